@@ -1,0 +1,17 @@
+//! Shardline's storage engine: topics split into partitions, each partition a segmented,
+//! append-only log owned by one shard (a glommio executor pinned to one core).
+//!
+//! Layers, bottom up (docs/architecture.md):
+//! - [`batch`]: the record-batch format (same bytes on the wire, on disk, in the cache);
+//! - [`storage`]: the narrow file trait the log is written against, and the crash-image backend;
+//! - [`log`]: one partition's log: append, group commit, reads, recovery, retention;
+//! - `rt`: the only module that touches glommio (executors, DMA files, timers);
+//! - [`shard`] and [`engine`]: shard state, request routing, and the embedding API.
+
+pub mod batch;
+pub mod error;
+pub mod log;
+pub mod storage;
+pub mod util;
+
+pub use error::{Error, Result};
