@@ -9,9 +9,20 @@
 //! - [`shard`] and [`engine`]: shard state, request routing, and the embedding API.
 
 pub mod batch;
+pub mod config;
+pub mod engine;
 pub mod error;
 pub mod log;
+pub mod metadata;
+pub mod rt;
+pub mod shard;
 pub mod storage;
 pub mod util;
 
+pub use batch::{BatchBuilder, Header, Record};
+pub use config::{EngineConfig, TopicConfig};
+pub use engine::{Engine, FetchRequest, Subscription, TopicDescription, TopicInfo, TopicRoute};
 pub use error::{Error, Result};
+pub use shard::{
+    Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardHandle, ShardStats,
+};

@@ -269,13 +269,11 @@ impl<S: Storage> FlushJob<S> {
             })
         };
         let mut futs = Vec::new();
-        for (base, f, buf, pos) in &self.writes {
-            let Some(f) = file_of(*base, f) else {
+        for (base, f, buf, pos) in self.writes {
+            let Some(f) = file_of(base, &f) else {
                 done.result = Err(io::Error::other("segment file missing"));
                 return done;
             };
-            let buf = buf.clone();
-            let pos = *pos;
             futs.push(async move { f.write_at(buf, pos).await });
         }
         for r in join_all(futs).await {
@@ -1085,17 +1083,25 @@ impl<S: Storage> PartitionLog<S> {
     /// Clean shutdown: a final flush and sync must have run; writes a checkpoint of the
     /// active segment so the next start scans nothing.
     pub async fn close(self) -> Result<()> {
-        if let Some(seg) = self.segments.values().next_back()
-            && seg.written_pos == seg.end_pos
-            && self.durable_offset == self.next_offset
-            && seg.checkpoint_pos < seg.end_pos
-        {
-            let cp = seg.checkpoint(seg.end_pos, seg.next_offset);
-            write_index_files(&self.storage, &self.dir, seg.base_offset, &cp)
-                .await
-                .map_err(|e| Error::io(self.dir.display(), e))?;
+        match self.close_job() {
+            Some(job) => job.run().await,
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The checkpoint write of a clean close, detached from the log (see [`Self::close`]).
+    pub fn close_job(&self) -> Option<CloseJob<S>> {
+        let seg = self.segments.values().next_back()?;
+        let clean = seg.written_pos == seg.end_pos && self.durable_offset == self.next_offset;
+        if !clean || seg.checkpoint_pos >= seg.end_pos {
+            return None;
+        }
+        Some(CloseJob {
+            storage: self.storage.clone(),
+            dir: self.dir.clone(),
+            base: seg.base_offset,
+            checkpoint: seg.checkpoint(seg.end_pos, seg.next_offset),
+        })
     }
 
     fn trim_cache(&mut self, max_bytes: usize) {
@@ -1292,6 +1298,22 @@ impl<S: Storage> PartitionLog<S> {
 
     pub fn storage(&self) -> &S {
         &self.storage
+    }
+}
+
+/// Writes the final checkpoint of a cleanly closed log.
+pub struct CloseJob<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    base: u64,
+    checkpoint: Checkpoint,
+}
+
+impl<S: Storage> CloseJob<S> {
+    pub async fn run(self) -> Result<()> {
+        write_index_files(&self.storage, &self.dir, self.base, &self.checkpoint)
+            .await
+            .map_err(|e| Error::io(self.dir.display(), e))
     }
 }
 

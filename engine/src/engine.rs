@@ -1,0 +1,851 @@
+//! The embedding API: [`Engine`] is a `Send + Sync + Clone` handle usable from any thread, with
+//! blocking methods and runtime-agnostic futures (flume underneath), so a plain thread, a tokio
+//! application or a glommio shard can embed Shardline (docs/architecture.md, "Embedding").
+//!
+//! The handle routes each partition's requests straight to the shard that owns it, using a
+//! routing snapshot read without locks. Topic administration (control plane) is serialized by a
+//! mutex and persisted in the metadata file before it takes effect.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::batch;
+use crate::config::{self, EngineConfig, TopicConfig};
+use crate::error::{Error, Result};
+use crate::log::RecoveryReport;
+use crate::metadata::{self, Metadata, TopicMeta};
+use crate::rt::{self, ExecutorHandle, ExecutorSpec};
+use crate::shard::{
+    Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, Request, Shard, ShardStats,
+    ShardTask,
+};
+
+/// Where a topic's partitions live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRoute {
+    pub name: Arc<str>,
+    pub id: u64,
+    /// `shards[p]` owns partition `p`.
+    pub shards: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Routes {
+    topics: HashMap<String, Arc<TopicRoute>>,
+}
+
+/// A topic as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TopicInfo {
+    pub name: String,
+    pub id: u64,
+    pub config: TopicConfig,
+    pub shards: Vec<u32>,
+}
+
+/// A topic with the live state of each partition.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TopicDescription {
+    pub info: TopicInfo,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// A fetch request.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub max_bytes: usize,
+    pub max_records: usize,
+    /// Long poll: wait up to this long for data if there is none at `offset`.
+    pub max_wait: Duration,
+}
+
+impl FetchRequest {
+    pub fn new(topic: impl Into<String>, partition: u32, offset: u64) -> Self {
+        FetchRequest {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_bytes: 1 << 20,
+            max_records: usize::MAX,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// A stream of batches pushed as soon as they are written.
+pub struct Subscription {
+    rx: flume::Receiver<Result<FetchResponse>>,
+}
+
+impl Subscription {
+    /// Next pushed response; `Err(ShuttingDown)` once the partition or engine closed.
+    pub fn recv(&self) -> Result<FetchResponse> {
+        self.rx.recv().map_err(|_| Error::ShuttingDown)?
+    }
+
+    pub fn recv_timeout(&self, d: Duration) -> Result<Option<FetchResponse>> {
+        match self.rx.recv_timeout(d) {
+            Ok(r) => r.map(Some),
+            Err(flume::RecvTimeoutError::Timeout) => Ok(None),
+            Err(flume::RecvTimeoutError::Disconnected) => Err(Error::ShuttingDown),
+        }
+    }
+
+    pub async fn recv_async(&self) -> Result<FetchResponse> {
+        self.rx
+            .recv_async()
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+struct Inner {
+    config: EngineConfig,
+    shards: Vec<flume::Sender<Request>>,
+    routes: ArcSwap<Routes>,
+    control: Mutex<Metadata>,
+    threads: Mutex<Vec<ExecutorHandle>>,
+    closed: AtomicBool,
+    /// Held while running; released by shutdown so the directory can be reopened.
+    lock: Mutex<Option<std::fs::File>>,
+    recovery: Mutex<RecoveryReport>,
+}
+
+/// A weak reference the shards hold (so they never keep the engine alive).
+#[derive(Clone, Default)]
+pub(crate) struct WeakEngine(Arc<OnceLock<Weak<Inner>>>);
+
+impl WeakEngine {
+    pub(crate) fn upgrade(&self) -> Option<Engine> {
+        self.0
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|inner| Engine { inner })
+    }
+}
+
+/// Handle to a running engine. Cheap to clone; the engine shuts down cleanly when
+/// [`Engine::shutdown`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+fn recv<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
+    rx.recv().map_err(|_| Error::ShuttingDown)?
+}
+
+async fn recv_async<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
+    rx.recv_async().await.map_err(|_| Error::ShuttingDown)?
+}
+
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(path.display(), e))?;
+    // SAFETY: flock on a valid, owned descriptor.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(Error::Runtime(format!(
+            "data directory {} is in use by another Shardline process",
+            dir.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// Raises the soft open-files limit to the hard one: every partition holds open segment files.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Removes topic directories that the metadata does not know (a crash during delete/create).
+fn remove_orphans(data_dir: &Path, m: &Metadata) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("topics")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let known = m
+            .topics
+            .iter()
+            .any(|(t, meta)| name == format!("{t}-{}", meta.id));
+        if !known {
+            tracing::warn!(dir = %e.path().display(), "removing orphaned topic directory");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+impl Engine {
+    /// Starts the shards, recovers every partition, and returns once all are open.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        Self::open_with(config, None)
+    }
+
+    /// Like [`Engine::open`], and runs `on_shard` on every shard once the engine is up (the
+    /// network server starts its listeners this way).
+    pub fn open_with(
+        config: EngineConfig,
+        on_shard: Option<Arc<dyn Fn(crate::shard::ShardHandle) + Send + Sync>>,
+    ) -> Result<Engine> {
+        config.validate()?;
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir.display(), e))?;
+        let lock = lock_data_dir(&dir)?;
+        raise_nofile_limit();
+        match rt::dma_alignment_ok(&dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(dir = %dir.display(), "O_DIRECT is not supported here; glommio falls back to buffered I/O")
+            }
+            Err(e) => return Err(Error::io(dir.display(), e)),
+        }
+        let cpus = rt::usable_cpus();
+        let shard_count = if config.shards == 0 {
+            cpus.len().max(1)
+        } else {
+            config.shards
+        };
+        let mut meta = metadata::load(&dir)?.unwrap_or_else(|| Metadata::new(shard_count as u32));
+        let moved = meta.reshard(shard_count as u32);
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                shards = shard_count,
+                "shard count changed; partitions re-placed"
+            );
+        }
+        metadata::store(&dir, &meta)?;
+        remove_orphans(&dir, &meta);
+
+        let weak = WeakEngine::default();
+        let mut senders = Vec::with_capacity(shard_count);
+        let mut threads = Vec::with_capacity(shard_count);
+        for id in 0..shard_count {
+            let (tx, rx) = flume::bounded(config.shard_queue_depth);
+            let spec = ExecutorSpec {
+                name: format!("shard-{id}"),
+                cpu: config.pin_shards.then(|| cpus[id % cpus.len()]),
+                io_memory_bytes: config.io_memory_bytes,
+                spin_before_park: Duration::from_micros(config.spin_before_park_us),
+            };
+            let cfg = config.clone();
+            let w = weak.clone();
+            let h = rt::spawn_executor(spec, move || async move {
+                Shard::new(id, cfg, w).run(rx).await;
+            });
+            match h {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    drop(senders);
+                    drop(tx);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
+            tracing::info!(shard = id, cpu = ?config.pin_shards.then(|| cpus[id % cpus.len()]), "shard started");
+            senders.push(tx);
+        }
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                shards: senders,
+                routes: ArcSwap::from_pointee(Routes::default()),
+                control: Mutex::new(meta.clone()),
+                threads: Mutex::new(threads),
+                closed: AtomicBool::new(false),
+                lock: Mutex::new(Some(lock)),
+                recovery: Mutex::new(RecoveryReport::default()),
+            }),
+        };
+        let _ = weak.0.set(Arc::downgrade(&engine.inner));
+        let mut pending = Vec::new();
+        for (name, t) in &meta.topics {
+            pending.extend(engine.open_partitions(name, t)?);
+        }
+        let mut total = RecoveryReport::default();
+        for rx in pending {
+            let r = recv(rx)?;
+            total.segments += r.segments;
+            total.rebuilt_indexes += r.rebuilt_indexes;
+            total.scanned_bytes += r.scanned_bytes;
+            total.truncated_bytes += r.truncated_bytes;
+            if r.truncation_reason.is_some() {
+                total.truncation_reason = r.truncation_reason;
+            }
+        }
+        tracing::info!(
+            topics = meta.topics.len(),
+            segments = total.segments,
+            rebuilt_indexes = total.rebuilt_indexes,
+            scanned_bytes = total.scanned_bytes,
+            truncated_bytes = total.truncated_bytes,
+            "recovery complete"
+        );
+        *engine
+            .inner
+            .recovery
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))? = total;
+        engine.publish_routes(&meta);
+        if let Some(hook) = on_shard {
+            for s in 0..shard_count {
+                let hook = hook.clone();
+                let task: ShardTask = Box::new(move |h| hook(h));
+                engine.send(s, Request::Run(task))?;
+            }
+        }
+        Ok(engine)
+    }
+
+    fn open_partitions(
+        &self,
+        name: &str,
+        t: &TopicMeta,
+    ) -> Result<Vec<flume::Receiver<Result<RecoveryReport>>>> {
+        let cfg = self.inner.config.log_config(&t.config);
+        let key_name: Arc<str> = Arc::from(name);
+        let mut out = Vec::new();
+        for (p, shard) in t.shards.iter().enumerate() {
+            let (tx, rx) = flume::bounded(1);
+            let dir = metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32);
+            self.send(
+                *shard as usize,
+                Request::Open {
+                    key: (key_name.clone(), p as u32),
+                    dir,
+                    config: cfg.clone(),
+                    reply: tx,
+                },
+            )?;
+            out.push(rx);
+        }
+        Ok(out)
+    }
+
+    fn publish_routes(&self, meta: &Metadata) {
+        let topics = meta
+            .topics
+            .iter()
+            .map(|(n, t)| {
+                let route = TopicRoute {
+                    name: Arc::from(n.as_str()),
+                    id: t.id,
+                    shards: t.shards.clone(),
+                };
+                (n.clone(), Arc::new(route))
+            })
+            .collect();
+        self.inner.routes.store(Arc::new(Routes { topics }));
+    }
+
+    fn send(&self, shard: usize, req: Request) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let tx = self
+            .inner
+            .shards
+            .get(shard)
+            .ok_or_else(|| Error::Runtime(format!("no shard {shard}")))?;
+        tx.send(req).map_err(|_| Error::ShuttingDown)
+    }
+
+    async fn send_async(&self, shard: usize, req: Request) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        let tx = self
+            .inner
+            .shards
+            .get(shard)
+            .ok_or_else(|| Error::Runtime(format!("no shard {shard}")))?;
+        tx.send_async(req).await.map_err(|_| Error::ShuttingDown)
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// What the last start recovered.
+    pub fn recovery_report(&self) -> RecoveryReport {
+        self.inner
+            .recovery
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
+    }
+
+    /// The route of a topic (lock-free read of the current snapshot).
+    pub fn route(&self, topic: &str) -> Result<Arc<TopicRoute>> {
+        self.inner
+            .routes
+            .load()
+            .topics
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))
+    }
+
+    /// The shard owning a partition.
+    pub fn shard_of(&self, topic: &str, partition: u32) -> Result<usize> {
+        self.locate(topic, partition).map(|(_, s)| s)
+    }
+
+    fn locate(&self, topic: &str, partition: u32) -> Result<(Arc<str>, usize)> {
+        let route = self.route(topic)?;
+        let shard =
+            route
+                .shards
+                .get(partition as usize)
+                .ok_or_else(|| Error::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                })?;
+        Ok((route.name.clone(), *shard as usize))
+    }
+
+    // ---------------------------------------------------------------- topic administration
+
+    pub fn create_topic(&self, name: &str, cfg: TopicConfig) -> Result<TopicInfo> {
+        config::validate_topic_name(name)?;
+        config::validate_topic_config(&cfg)?;
+        let mut meta = self
+            .inner
+            .control
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?;
+        if meta.topics.contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        let mut next = meta.clone();
+        let shards = next.place(cfg.partitions);
+        let id = next.next_topic_id;
+        next.next_topic_id += 1;
+        let t = TopicMeta {
+            id,
+            config: cfg.clone(),
+            shards: shards.clone(),
+            created_ms: batch::now_us() / 1000,
+        };
+        next.topics.insert(name.to_string(), t.clone());
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        let mut first_err = None;
+        for rx in self.open_partitions(name, &t)? {
+            if let Err(e) = recv(rx) {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.publish_routes(&meta);
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(TopicInfo {
+            name: name.to_string(),
+            id,
+            config: cfg,
+            shards,
+        })
+    }
+
+    /// Deletes a topic: producers and readers get `UnknownTopic` at once, then its files go.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let mut meta = self
+            .inner
+            .control
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?;
+        let Some(t) = meta.topics.get(name).cloned() else {
+            return Err(Error::UnknownTopic(name.to_string()));
+        };
+        let mut next = meta.clone();
+        next.topics.remove(name);
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        self.publish_routes(&meta);
+        let key: Arc<str> = Arc::from(name);
+        let mut rxs = Vec::new();
+        for (p, shard) in t.shards.iter().enumerate() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(
+                *shard as usize,
+                Request::Close {
+                    key: (key.clone(), p as u32),
+                    delete: true,
+                    reply: tx,
+                },
+            )?;
+            rxs.push(rx);
+        }
+        for rx in rxs {
+            recv(rx)?;
+        }
+        let dir = metadata::topic_dir(&self.inner.config.data_dir, name, t.id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(dir.display(), e));
+            }
+            _ => {}
+        }
+        metadata::sync_dir(&self.inner.config.data_dir.join("topics"))
+    }
+
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        let Ok(meta) = self.inner.control.lock() else {
+            return Vec::new();
+        };
+        meta.topics
+            .iter()
+            .map(|(n, t)| TopicInfo {
+                name: n.clone(),
+                id: t.id,
+                config: t.config.clone(),
+                shards: t.shards.clone(),
+            })
+            .collect()
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let info = self
+            .list_topics()
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        let mut partitions = Vec::with_capacity(info.shards.len());
+        for p in 0..info.shards.len() as u32 {
+            partitions.push(self.describe_partition(name, p)?);
+        }
+        Ok(TopicDescription { info, partitions })
+    }
+
+    pub fn describe_partition(&self, topic: &str, partition: u32) -> Result<PartitionInfo> {
+        let (name, shard) = self.locate(topic, partition)?;
+        let (tx, rx) = flume::bounded(1);
+        self.send(
+            shard,
+            Request::Describe {
+                key: (name, partition),
+                reply: tx,
+            },
+        )?;
+        recv(rx)
+    }
+
+    /// Changes a topic's retention (persisted, applied by the next retention pass).
+    pub fn set_retention(&self, topic: &str, bytes: Option<u64>, ms: Option<u64>) -> Result<()> {
+        let mut meta = self
+            .inner
+            .control
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?;
+        let mut next = meta.clone();
+        let t = next
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+        t.config.retention_bytes = bytes;
+        t.config.retention_ms = ms;
+        let shards = t.shards.clone();
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        let name: Arc<str> = Arc::from(topic);
+        for (p, s) in shards.iter().enumerate() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(
+                *s as usize,
+                Request::SetRetention {
+                    key: (name.clone(), p as u32),
+                    bytes,
+                    ms,
+                    reply: tx,
+                },
+            )?;
+            recv(rx)?;
+        }
+        Ok(())
+    }
+
+    pub fn shard_stats(&self) -> Result<Vec<ShardStats>> {
+        let mut out = Vec::new();
+        for s in 0..self.shard_count() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(s, Request::Stats { reply: tx })?;
+            out.push(recv(rx)?);
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------------- data path
+
+    fn check_batch(&self, batch: &Bytes) -> Result<()> {
+        let max = self.inner.config.batch_bytes_max;
+        if batch.len() > max {
+            return Err(Error::BatchTooLarge {
+                bytes: batch.len(),
+                max,
+            });
+        }
+        batch::validate(batch).map(|_| ())
+    }
+
+    /// Appends a batch (validated here, on the caller's thread) and waits for the requested
+    /// acknowledgement. `Ok(None)` for `Acks::None`, which does not wait at all.
+    pub fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: Acks,
+    ) -> Result<Option<ProduceAck>> {
+        self.check_batch(&batch)?;
+        let (name, shard) = self.locate(topic, partition)?;
+        if acks == Acks::None {
+            self.send(
+                shard,
+                Request::Produce {
+                    key: (name, partition),
+                    batch,
+                    acks,
+                    reply: None,
+                },
+            )?;
+            return Ok(None);
+        }
+        let (tx, rx) = flume::bounded(1);
+        self.send(
+            shard,
+            Request::Produce {
+                key: (name, partition),
+                batch,
+                acks,
+                reply: Some(tx),
+            },
+        )?;
+        recv(rx).map(Some)
+    }
+
+    /// [`Engine::produce`] as a future that any runtime can await. Validation runs now, on the
+    /// calling thread; the future only waits.
+    pub fn produce_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: Acks,
+    ) -> impl Future<Output = Result<Option<ProduceAck>>> + Send + 'static {
+        let ready = self
+            .check_batch(&batch)
+            .and_then(|()| self.locate(topic, partition));
+        let engine = self.clone();
+        async move {
+            let (name, shard) = ready?;
+            if acks == Acks::None {
+                engine
+                    .send_async(
+                        shard,
+                        Request::Produce {
+                            key: (name, partition),
+                            batch,
+                            acks,
+                            reply: None,
+                        },
+                    )
+                    .await?;
+                return Ok(None);
+            }
+            let (tx, rx) = flume::bounded(1);
+            engine
+                .send_async(
+                    shard,
+                    Request::Produce {
+                        key: (name, partition),
+                        batch,
+                        acks,
+                        reply: Some(tx),
+                    },
+                )
+                .await?;
+            recv_async(rx).await.map(Some)
+        }
+    }
+
+    fn fetch_request(
+        &self,
+        r: FetchRequest,
+    ) -> Result<(usize, Request, flume::Receiver<Result<FetchResponse>>)> {
+        let (name, shard) = self.locate(&r.topic, r.partition)?;
+        let (tx, rx) = flume::bounded(1);
+        let req = Request::Fetch {
+            key: (name, r.partition),
+            offset: r.offset,
+            max_bytes: r.max_bytes,
+            max_records: r.max_records,
+            max_wait: r.max_wait,
+            reply: tx,
+        };
+        Ok((shard, req, rx))
+    }
+
+    /// Reads whole batches from `offset` (long-polls up to `max_wait` when there is no data).
+    pub fn fetch(&self, r: FetchRequest) -> Result<FetchResponse> {
+        let (shard, req, rx) = self.fetch_request(r)?;
+        self.send(shard, req)?;
+        recv(rx)
+    }
+
+    pub fn fetch_async(
+        &self,
+        r: FetchRequest,
+    ) -> impl Future<Output = Result<FetchResponse>> + Send + 'static {
+        let ready = self.fetch_request(r);
+        let engine = self.clone();
+        async move {
+            let (shard, req, rx) = ready?;
+            engine.send_async(shard, req).await?;
+            recv_async(rx).await
+        }
+    }
+
+    /// Resolves an offset specification to an offset.
+    pub fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
+        let (name, shard) = self.locate(topic, partition)?;
+        let (tx, rx) = flume::bounded(1);
+        self.send(
+            shard,
+            Request::ListOffset {
+                key: (name, partition),
+                spec,
+                reply: tx,
+            },
+        )?;
+        recv(rx)
+    }
+
+    /// Subscribes to a partition from `from`: batches are pushed as soon as they are written.
+    /// At most `capacity` responses (each up to `max_bytes`) wait unread; then the shard waits
+    /// for the subscriber, so a slow subscriber holds bounded memory.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: OffsetSpec,
+        max_bytes: usize,
+        capacity: usize,
+    ) -> Result<Subscription> {
+        let offset = self.list_offset(topic, partition, from)?;
+        let (name, shard) = self.locate(topic, partition)?;
+        let (stx, srx) = flume::bounded(capacity.max(1));
+        let (tx, rx) = flume::bounded(1);
+        self.send(
+            shard,
+            Request::Subscribe {
+                key: (name, partition),
+                from: offset,
+                max_bytes,
+                tx: stx,
+                reply: tx,
+            },
+        )?;
+        recv(rx)?;
+        Ok(Subscription { rx: srx })
+    }
+
+    /// Runs `task` on shard `shard` (for code that must live inside a shard, e.g. listeners).
+    pub fn run_on_shard(&self, shard: usize, task: ShardTask) -> Result<()> {
+        self.send(shard, Request::Run(task))
+    }
+
+    /// Runs one retention pass on every shard now (admin tools and tests; shards also run
+    /// it every `retention_check_interval_ms`).
+    pub fn apply_retention_now(&self) -> Result<()> {
+        let mut rxs = Vec::new();
+        for s in 0..self.shard_count() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(s, Request::ApplyRetention { reply: tx })?;
+            rxs.push(rx);
+        }
+        for rx in rxs {
+            recv(rx)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and syncs every partition, writes checkpoints, and stops the shards.
+    /// Idempotent; other handles get `ShuttingDown` afterwards.
+    pub fn shutdown(&self) -> Result<()> {
+        shutdown_inner(&self.inner)
+    }
+}
+
+fn shutdown_inner(inner: &Inner) -> Result<()> {
+    if inner.closed.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let mut result = Ok(());
+    let mut rxs = Vec::new();
+    for tx in &inner.shards {
+        let (rtx, rrx) = flume::bounded(1);
+        if tx.send(Request::Shutdown { reply: rtx }).is_ok() {
+            rxs.push(rrx);
+        }
+    }
+    for rx in rxs {
+        if let Err(e) = recv(rx) {
+            result = Err(e);
+        }
+    }
+    let threads = std::mem::take(
+        &mut *inner
+            .threads
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?,
+    );
+    for t in threads {
+        t.join()?;
+    }
+    if let Ok(mut l) = inner.lock.lock() {
+        l.take();
+    }
+    result
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Err(e) = shutdown_inner(self) {
+            tracing::error!(error = %e, "engine shutdown failed");
+        }
+    }
+}

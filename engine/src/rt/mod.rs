@@ -1,0 +1,109 @@
+//! The runtime seam: the only module that imports glommio (docs/architecture.md, "Runtime seam").
+//! Executors pinned to cores, local task spawning, timers, and [`DmaStorage`] (O_DIRECT files on
+//! io_uring). A move to another io_uring runtime touches this module only.
+
+mod dma;
+
+use std::future::Future;
+use std::time::Duration;
+
+pub use dma::{DmaStorage, dma_alignment_ok};
+
+use crate::error::{Error, Result};
+
+/// Settings of one shard executor.
+#[derive(Debug, Clone)]
+pub struct ExecutorSpec {
+    pub name: String,
+    /// CPU to pin to (from the process's affinity mask), or `None` for unpinned.
+    pub cpu: Option<usize>,
+    /// Memory registered with io_uring for DMA buffers (must fit RLIMIT_MEMLOCK).
+    pub io_memory_bytes: usize,
+    /// Spin this long before parking when idle (0 = park at once).
+    pub spin_before_park: Duration,
+}
+
+/// Handle of a running shard thread.
+pub struct ExecutorHandle {
+    inner: glommio::ExecutorJoinHandle<()>,
+}
+
+impl ExecutorHandle {
+    pub fn join(self) -> Result<()> {
+        self.inner
+            .join()
+            .map_err(|e| Error::Runtime(format!("shard thread failed: {e}")))
+    }
+}
+
+/// Starts an executor on its own thread and runs `main` in it until it returns.
+pub fn spawn_executor<G, F>(spec: ExecutorSpec, main: G) -> Result<ExecutorHandle>
+where
+    G: FnOnce() -> F + Send + 'static,
+    F: Future<Output = ()> + 'static,
+{
+    let placement = match spec.cpu {
+        Some(cpu) => glommio::Placement::Fixed(cpu),
+        None => glommio::Placement::Unbound,
+    };
+    let mut b = glommio::LocalExecutorBuilder::new(placement)
+        .name(&spec.name)
+        .io_memory(spec.io_memory_bytes);
+    if !spec.spin_before_park.is_zero() {
+        b = b.spin_before_park(spec.spin_before_park);
+    }
+    let inner = b
+        .spawn(main)
+        .map_err(|e| Error::Runtime(startup_hint(&e.to_string())))?;
+    Ok(ExecutorHandle { inner })
+}
+
+fn startup_hint(e: &str) -> String {
+    if e.contains("MemLock") || e.contains("memlock") {
+        format!(
+            "cannot start a shard: {e}. Locked memory (ulimit -l) must be at least 512 KiB \
+             plus io_memory; raise it or lower engine.io_memory_bytes"
+        )
+    } else if e.contains("Operation not permitted") || e.contains("ENOSYS") {
+        format!("cannot start a shard: {e}. io_uring seems disabled (kernel.io_uring_disabled?)")
+    } else {
+        format!("cannot start a shard: {e}")
+    }
+}
+
+/// Spawns a task on the current shard; it runs to completion even if the handle is dropped.
+pub fn spawn_local<F>(fut: F)
+where
+    F: Future + 'static,
+    F::Output: 'static,
+{
+    glommio::spawn_local(fut).detach();
+}
+
+pub async fn sleep(d: Duration) {
+    glommio::timer::sleep(d).await;
+}
+
+/// Runs `fut` for at most `d`; `None` on timeout.
+pub async fn timeout<F: Future>(d: Duration, fut: F) -> Option<F::Output> {
+    futures_lite::future::or(async { Some(fut.await) }, async {
+        glommio::timer::sleep(d).await;
+        None
+    })
+    .await
+}
+
+/// Yields to other tasks of this shard if the executor asks for it (long loops).
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await;
+}
+
+/// Usable CPUs of this process (its affinity mask), in order.
+pub fn usable_cpus() -> Vec<usize> {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| {
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+        })
+}

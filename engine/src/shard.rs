@@ -1,0 +1,846 @@
+//! A shard: one executor that owns its partitions outright (docs/architecture.md, "Shards").
+//! Requests arrive on one bounded flume channel, from any thread and from other shards. Nothing
+//! here is shared with another thread: partition state lives in `Rc`/`RefCell`, and a borrow is
+//! never held across an await.
+//!
+//! Per partition, one *flush loop* task runs while there is data to write: it takes everything
+//! appended so far into one job (group commit), writes it, fdatasyncs it if a `durable` producer
+//! is waiting (or the periodic sync is due), then completes the acks that the new durable offset
+//! covers and wakes readers. Appends that arrive meanwhile join the next job.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::batch::{self, BatchHeader};
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::log::{self, LogConfig, PartitionLog, ReadPlan, ReadResult, RecoveryReport, Watermarks};
+use crate::rt::{self, DmaStorage};
+use crate::util::LocalNotify;
+
+/// Reply channel of one request (bounded(1)).
+pub(crate) type Reply<T> = flume::Sender<Result<T>>;
+
+/// How much durability a producer waits for (docs/semantics.md, "Acknowledgements").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acks {
+    /// No reply at all.
+    None,
+    /// Appended in order to the partition, in memory; survives nothing.
+    Leader,
+    /// Covered by fdatasync: survives a process crash and a power loss.
+    #[default]
+    Durable,
+}
+
+impl std::str::FromStr for Acks {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Acks::None),
+            "leader" => Ok(Acks::Leader),
+            "durable" => Ok(Acks::Durable),
+            _ => Err(Error::InvalidArgument(format!(
+                "acks must be none, leader or durable, not '{s}'"
+            ))),
+        }
+    }
+}
+
+/// Offsets assigned to a produced batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceAck {
+    pub base_offset: u64,
+    pub last_offset: u64,
+}
+
+/// Where to start reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// First record with a timestamp at or after this (microseconds since the epoch).
+    Timestamp(i64),
+    At(u64),
+}
+
+/// Batches returned by a fetch or pushed to a subscription.
+#[derive(Debug, Clone, Default)]
+pub struct FetchResponse {
+    /// Consecutive whole batches; the first may start before the requested offset.
+    pub chunks: Vec<Bytes>,
+    pub records: usize,
+    pub bytes: usize,
+    /// Offset after the last returned record (where the next fetch should start).
+    pub next_offset: u64,
+    pub high_watermark: u64,
+    pub log_start: u64,
+}
+
+/// State of one partition, for describe/stats.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PartitionInfo {
+    pub topic: String,
+    pub partition: u32,
+    pub shard: usize,
+    pub log_start: u64,
+    pub high_watermark: u64,
+    pub durable_offset: u64,
+    pub next_offset: u64,
+    pub size_bytes: u64,
+    pub segments: usize,
+    pub cache_bytes: usize,
+    pub produced_records: u64,
+    pub produced_bytes: u64,
+    pub fetched_records: u64,
+    pub failure: Option<String>,
+}
+
+/// Per-shard counters.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ShardStats {
+    pub shard: usize,
+    pub partitions: usize,
+    pub cache_bytes: usize,
+    pub flushes: u64,
+    pub syncs: u64,
+    pub flushed_bytes: u64,
+}
+
+pub(crate) type PartitionKey = (Arc<str>, u32);
+
+/// Code run on a shard on behalf of another crate (the network server's listeners).
+pub type ShardTask = Box<dyn FnOnce(ShardHandle) + Send>;
+
+pub(crate) enum Request {
+    Open {
+        key: PartitionKey,
+        dir: PathBuf,
+        config: LogConfig,
+        reply: Reply<RecoveryReport>,
+    },
+    Close {
+        key: PartitionKey,
+        delete: bool,
+        reply: Reply<()>,
+    },
+    SetRetention {
+        key: PartitionKey,
+        bytes: Option<u64>,
+        ms: Option<u64>,
+        reply: Reply<()>,
+    },
+    Produce {
+        key: PartitionKey,
+        batch: Bytes,
+        acks: Acks,
+        reply: Option<Reply<ProduceAck>>,
+    },
+    Fetch {
+        key: PartitionKey,
+        offset: u64,
+        max_bytes: usize,
+        max_records: usize,
+        max_wait: Duration,
+        reply: Reply<FetchResponse>,
+    },
+    ListOffset {
+        key: PartitionKey,
+        spec: OffsetSpec,
+        reply: Reply<u64>,
+    },
+    Subscribe {
+        key: PartitionKey,
+        from: u64,
+        max_bytes: usize,
+        tx: flume::Sender<Result<FetchResponse>>,
+        reply: Reply<()>,
+    },
+    Describe {
+        key: PartitionKey,
+        reply: Reply<PartitionInfo>,
+    },
+    Stats {
+        reply: Reply<ShardStats>,
+    },
+    ApplyRetention {
+        reply: Reply<()>,
+    },
+    Run(ShardTask),
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// What a [`ShardTask`] gets: its shard's id and a way to reach the whole engine.
+pub struct ShardHandle {
+    pub shard: usize,
+    pub engine: crate::engine::Engine,
+}
+
+struct Waiter {
+    ack: ProduceAck,
+    reply: Reply<ProduceAck>,
+}
+
+struct Partition {
+    key: PartitionKey,
+    dir: PathBuf,
+    config: LogConfig,
+    log: RefCell<PartitionLog<DmaStorage>>,
+    /// Bumped whenever the high watermark moves or the partition closes.
+    notify: LocalNotify,
+    durable_waiters: RefCell<VecDeque<Waiter>>,
+    flushing: Cell<bool>,
+    sync_timer: Cell<bool>,
+    closed: Cell<bool>,
+    produced_records: Cell<u64>,
+    produced_bytes: Cell<u64>,
+    fetched_records: Cell<u64>,
+}
+
+pub(crate) struct Shard {
+    id: usize,
+    cfg: EngineConfig,
+    partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
+    cache_total: Cell<usize>,
+    stats: RefCell<ShardStats>,
+    closing: Cell<bool>,
+    engine: crate::engine::WeakEngine,
+}
+
+fn now_ms() -> i64 {
+    batch::now_us() / 1000
+}
+
+/// An error for each of several waiters (errors are not `Clone`).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::DiskFull { path } => Error::DiskFull { path: path.clone() },
+        Error::ShuttingDown => Error::ShuttingDown,
+        Error::UnknownPartition { topic, partition } => Error::UnknownPartition {
+            topic: topic.clone(),
+            partition: *partition,
+        },
+        other => Error::PartitionFailed {
+            topic: String::new(),
+            partition: 0,
+            reason: other.to_string(),
+        },
+    }
+}
+
+impl Shard {
+    pub(crate) fn new(id: usize, cfg: EngineConfig, engine: crate::engine::WeakEngine) -> Rc<Self> {
+        Rc::new(Shard {
+            id,
+            cfg,
+            partitions: RefCell::new(HashMap::new()),
+            cache_total: Cell::new(0),
+            stats: RefCell::new(ShardStats {
+                shard: id,
+                ..Default::default()
+            }),
+            closing: Cell::new(false),
+            engine,
+        })
+    }
+
+    /// The shard's main loop: serves requests until shutdown.
+    pub(crate) async fn run(self: Rc<Self>, rx: flume::Receiver<Request>) {
+        rt::spawn_local(self.clone().retention_loop());
+        while let Ok(req) = rx.recv_async().await {
+            if let Request::Shutdown { reply } = req {
+                self.closing.set(true);
+                let r = self.close_all().await;
+                let _ = reply.send(r);
+                return;
+            }
+            self.handle(req);
+        }
+        // Every sender is gone without a shutdown: still close cleanly.
+        self.closing.set(true);
+        let _ = self.close_all().await;
+    }
+
+    fn partition(&self, key: &PartitionKey) -> Result<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: key.0.to_string(),
+                partition: key.1,
+            })
+    }
+
+    fn handle(self: &Rc<Self>, req: Request) {
+        match req {
+            Request::Open {
+                key,
+                dir,
+                config,
+                reply,
+            } => {
+                rt::spawn_local(self.clone().open(key, dir, config, reply));
+            }
+            Request::Close { key, delete, reply } => {
+                rt::spawn_local(self.clone().close(key, delete, reply));
+            }
+            Request::SetRetention {
+                key,
+                bytes,
+                ms,
+                reply,
+            } => {
+                let r = self
+                    .partition(&key)
+                    .map(|p| p.log.borrow_mut().set_retention(bytes, ms));
+                let _ = reply.send(r);
+            }
+            Request::Produce {
+                key,
+                batch,
+                acks,
+                reply,
+            } => self.produce(key, batch, acks, reply),
+            Request::Fetch {
+                key,
+                offset,
+                max_bytes,
+                max_records,
+                max_wait,
+                reply,
+            } => match self.partition(&key) {
+                Ok(p) => rt::spawn_local(async move {
+                    let r = fetch(&p, offset, max_bytes, max_records, max_wait).await;
+                    let _ = reply.send(r);
+                }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Request::ListOffset { key, spec, reply } => match self.partition(&key) {
+                Ok(p) => rt::spawn_local(async move {
+                    let _ = reply.send(list_offset(&p, spec).await);
+                }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Request::Subscribe {
+                key,
+                from,
+                max_bytes,
+                tx,
+                reply,
+            } => match self.partition(&key) {
+                Ok(p) => {
+                    let _ = reply.send(Ok(()));
+                    rt::spawn_local(subscription(p, from, max_bytes, tx));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Request::Describe { key, reply } => {
+                let _ = reply.send(self.partition(&key).map(|p| self.describe(&p)));
+            }
+            Request::Stats { reply } => {
+                let mut s = self.stats.borrow().clone();
+                s.partitions = self.partitions.borrow().len();
+                s.cache_bytes = self.cache_total.get();
+                let _ = reply.send(Ok(s));
+            }
+            Request::ApplyRetention { reply } => {
+                let shard = self.clone();
+                rt::spawn_local(async move {
+                    shard.apply_retention().await;
+                    let _ = reply.send(Ok(()));
+                });
+            }
+            Request::Run(task) => {
+                if let Some(engine) = self.engine.upgrade() {
+                    task(ShardHandle {
+                        shard: self.id,
+                        engine,
+                    });
+                }
+            }
+            Request::Shutdown { .. } => {}
+        }
+    }
+
+    fn describe(&self, p: &Partition) -> PartitionInfo {
+        let l = p.log.borrow();
+        let w = l.watermarks();
+        PartitionInfo {
+            topic: p.key.0.to_string(),
+            partition: p.key.1,
+            shard: self.id,
+            log_start: w.log_start,
+            high_watermark: w.written_offset,
+            durable_offset: w.durable_offset,
+            next_offset: w.next_offset,
+            size_bytes: l.size_bytes(),
+            segments: l.segment_count(),
+            cache_bytes: l.cache_bytes(),
+            produced_records: p.produced_records.get(),
+            produced_bytes: p.produced_bytes.get(),
+            fetched_records: p.fetched_records.get(),
+            failure: l.failure().map(str::to_string),
+        }
+    }
+
+    async fn open(
+        self: Rc<Self>,
+        key: PartitionKey,
+        dir: PathBuf,
+        config: LogConfig,
+        reply: Reply<RecoveryReport>,
+    ) {
+        if self.partitions.borrow().contains_key(&key) {
+            let _ = reply.send(Err(Error::InvalidArgument(format!(
+                "{}/{} is already open",
+                key.0, key.1
+            ))));
+            return;
+        }
+        match PartitionLog::open(DmaStorage, &dir, config.clone(), now_ms()).await {
+            Ok(log) => {
+                let report = log.recovery.clone();
+                let p = Rc::new(Partition {
+                    key: key.clone(),
+                    dir,
+                    config,
+                    log: RefCell::new(log),
+                    notify: LocalNotify::default(),
+                    durable_waiters: RefCell::new(VecDeque::new()),
+                    flushing: Cell::new(false),
+                    sync_timer: Cell::new(false),
+                    closed: Cell::new(false),
+                    produced_records: Cell::new(0),
+                    produced_bytes: Cell::new(0),
+                    fetched_records: Cell::new(0),
+                });
+                self.partitions.borrow_mut().insert(key, p);
+                let _ = reply.send(Ok(report));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    async fn close(self: Rc<Self>, key: PartitionKey, delete: bool, reply: Reply<()>) {
+        let Some(p) = self.partitions.borrow_mut().remove(&key) else {
+            let _ = reply.send(Ok(()));
+            return;
+        };
+        let r = if delete {
+            p.closed.set(true);
+            for w in p.durable_waiters.borrow_mut().drain(..) {
+                let _ = w.reply.send(Err(Error::UnknownTopic(key.0.to_string())));
+            }
+            p.notify.notify_all();
+            self.cache_total.set(
+                self.cache_total
+                    .get()
+                    .saturating_sub(p.log.borrow().cache_bytes()),
+            );
+            Ok(())
+        } else {
+            self.close_partition(&p).await
+        };
+        let _ = reply.send(r);
+    }
+
+    /// Final flush and sync, then a checkpoint so the next start scans nothing.
+    async fn close_partition(&self, p: &Rc<Partition>) -> Result<()> {
+        // Let a running flush loop finish (bounded: 30 s).
+        for _ in 0..30_000 {
+            if !p.flushing.get() {
+                break;
+            }
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        p.flushing.set(true);
+        let mut result = Ok(());
+        loop {
+            let job = p.log.borrow_mut().take_flush(true);
+            let Some(job) = job else { break };
+            let done = job.run().await;
+            let r = p.log.borrow_mut().finish_flush(done);
+            match r {
+                Ok(w) => complete_waiters(p, &w),
+                Err(e) => {
+                    fail_waiters(p, &e);
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        p.closed.set(true);
+        p.notify.notify_all();
+        if result.is_ok() {
+            let job = p.log.borrow().close_job();
+            if let Some(job) = job {
+                result = job.run().await;
+            }
+        }
+        result
+    }
+
+    async fn close_all(&self) -> Result<()> {
+        let parts: Vec<Rc<Partition>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        let mut first_err = Ok(());
+        let results =
+            crate::util::join_all(parts.iter().map(|p| self.close_partition(p)).collect()).await;
+        for r in results {
+            if let Err(e) = r {
+                tracing::error!(shard = self.id, error = %e, "closing a partition failed");
+                if first_err.is_ok() {
+                    first_err = Err(e);
+                }
+            }
+        }
+        first_err
+    }
+
+    fn produce(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        batch: Bytes,
+        acks: Acks,
+        reply: Option<Reply<ProduceAck>>,
+    ) {
+        let p = match self.partition(&key) {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e));
+                }
+                return;
+            }
+        };
+        let cache_before = p.log.borrow().cache_bytes();
+        let appended = p.log.borrow_mut().append(batch, now_ms());
+        let cache_after = p.log.borrow().cache_bytes();
+        self.cache_total
+            .set(self.cache_total.get() + cache_after - cache_before.min(cache_after));
+        match appended {
+            Err(e) => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(e));
+                }
+            }
+            Ok(a) => {
+                p.produced_records
+                    .set(p.produced_records.get() + a.last_offset - a.base_offset + 1);
+                p.produced_bytes
+                    .set(p.produced_bytes.get() + a.batch_bytes as u64);
+                let ack = ProduceAck {
+                    base_offset: a.base_offset,
+                    last_offset: a.last_offset,
+                };
+                match (acks, reply) {
+                    (Acks::Durable, Some(reply)) => p
+                        .durable_waiters
+                        .borrow_mut()
+                        .push_back(Waiter { ack, reply }),
+                    (_, Some(reply)) => {
+                        let _ = reply.send(Ok(ack));
+                    }
+                    (_, None) => {}
+                }
+                self.start_flush(&p, false);
+                self.enforce_cache_budget();
+            }
+        }
+    }
+
+    fn enforce_cache_budget(&self) {
+        let budget = self.cfg.cache_bytes_per_shard;
+        if self.cache_total.get() <= budget {
+            return;
+        }
+        let mut total = 0;
+        for p in self.partitions.borrow().values() {
+            let mut l = p.log.borrow_mut();
+            let keep = l.cache_bytes() / 2;
+            l.evict_cache(keep);
+            total += l.cache_bytes();
+        }
+        self.cache_total.set(total);
+    }
+
+    fn start_flush(self: &Rc<Self>, p: &Rc<Partition>, force_sync: bool) {
+        if p.flushing.get() || p.closed.get() {
+            return;
+        }
+        p.flushing.set(true);
+        rt::spawn_local(self.clone().flush_loop(p.clone(), force_sync));
+    }
+
+    async fn flush_loop(self: Rc<Self>, p: Rc<Partition>, mut force_sync: bool) {
+        loop {
+            let want_sync = force_sync || !p.durable_waiters.borrow().is_empty();
+            let job = p.log.borrow_mut().take_flush(want_sync);
+            let Some(job) = job else { break };
+            force_sync = false;
+            let syncs = job.syncs();
+            let done = job.run().await;
+            let r = p.log.borrow_mut().finish_flush(done);
+            match r {
+                Ok(w) => {
+                    {
+                        let mut s = self.stats.borrow_mut();
+                        s.flushes += 1;
+                        s.syncs += u64::from(syncs);
+                    }
+                    complete_waiters(&p, &w);
+                    p.notify.notify_all();
+                }
+                Err(e) => {
+                    tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "flush failed; repairing the partition");
+                    fail_waiters(&p, &e);
+                    p.flushing.set(false);
+                    rt::spawn_local(repair(p.clone()));
+                    return;
+                }
+            }
+        }
+        p.flushing.set(false);
+        let w = p.log.borrow().watermarks();
+        if w.durable_offset < w.written_offset && !p.sync_timer.get() && !self.closing.get() {
+            p.sync_timer.set(true);
+            let shard = self.clone();
+            let interval = Duration::from_millis(self.cfg.sync_interval_ms);
+            rt::spawn_local(async move {
+                rt::sleep(interval).await;
+                p.sync_timer.set(false);
+                if p.flushing.get() || p.closed.get() {
+                    return;
+                }
+                shard.start_flush(&p, true);
+            });
+        }
+    }
+
+    async fn retention_loop(self: Rc<Self>) {
+        let every = Duration::from_millis(self.cfg.retention_check_interval_ms.max(10));
+        while !self.closing.get() {
+            rt::sleep(every).await;
+            if self.closing.get() {
+                return;
+            }
+            self.apply_retention().await;
+        }
+    }
+
+    pub(crate) async fn apply_retention(&self) {
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        let now = now_ms();
+        for p in parts {
+            if p.closed.get() {
+                continue;
+            }
+            if let Err(e) = PartitionLog::roll_for_retention(&p.log, now).await {
+                tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "retention roll failed");
+            }
+            let (files, dir, storage) = {
+                let mut l = p.log.borrow_mut();
+                let before = l.cache_bytes();
+                let files = l.take_expired(now);
+                self.cache_total.set(
+                    self.cache_total
+                        .get()
+                        .saturating_sub(before - l.cache_bytes()),
+                );
+                (files, l.dir().to_path_buf(), *l.storage())
+            };
+            if !files.is_empty() {
+                if let Err(e) = log::remove_files(&storage, &dir, &files).await {
+                    tracing::warn!(error = %e, "deleting expired segments failed");
+                }
+                p.notify.notify_all();
+            }
+            rt::yield_if_needed().await;
+        }
+    }
+}
+
+fn complete_waiters(p: &Partition, w: &Watermarks) {
+    let mut ws = p.durable_waiters.borrow_mut();
+    while ws
+        .front()
+        .is_some_and(|x| x.ack.last_offset < w.durable_offset)
+    {
+        if let Some(x) = ws.pop_front() {
+            let _ = x.reply.send(Ok(x.ack));
+        }
+    }
+}
+
+fn fail_waiters(p: &Partition, e: &Error) {
+    for w in p.durable_waiters.borrow_mut().drain(..) {
+        let _ = w.reply.send(Err(copy_error(e)));
+    }
+}
+
+/// After an I/O error: reopen the partition from disk (the recovery path of a restart).
+async fn repair(p: Rc<Partition>) {
+    match PartitionLog::open(DmaStorage, &p.dir, p.config.clone(), now_ms()).await {
+        Ok(log) => {
+            tracing::info!(topic = %p.key.0, partition = p.key.1, next_offset = log.watermarks().next_offset, "partition repaired");
+            *p.log.borrow_mut() = log;
+            p.notify.notify_all();
+        }
+        Err(e) => {
+            tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "partition repair failed; it stays unwritable");
+        }
+    }
+}
+
+fn response(p: &Partition, r: ReadResult, offset: u64) -> FetchResponse {
+    let w = p.log.borrow().watermarks();
+    let next_offset = r
+        .chunks
+        .last()
+        .and_then(|c| batch::split_batches(c).ok())
+        .and_then(|bs| bs.last().and_then(|b| BatchHeader::parse(b).ok()))
+        .map_or(offset, |h| h.next_offset());
+    p.fetched_records
+        .set(p.fetched_records.get() + r.records as u64);
+    FetchResponse {
+        chunks: r.chunks,
+        records: r.records,
+        bytes: r.bytes,
+        next_offset,
+        high_watermark: w.written_offset,
+        log_start: w.log_start,
+    }
+}
+
+async fn read_once(
+    p: &Partition,
+    offset: u64,
+    max_bytes: usize,
+    max_records: usize,
+) -> Result<FetchResponse> {
+    let plan = p.log.borrow().plan_read(offset, max_bytes, max_records)?;
+    let r = match plan {
+        ReadPlan::Ready(r) => r,
+        ReadPlan::Disk(d) => d.run().await?,
+    };
+    Ok(response(p, r, offset))
+}
+
+async fn fetch(
+    p: &Partition,
+    offset: u64,
+    max_bytes: usize,
+    max_records: usize,
+    max_wait: Duration,
+) -> Result<FetchResponse> {
+    let deadline = Instant::now() + max_wait;
+    loop {
+        let seen = p.notify.version();
+        let r = read_once(p, offset, max_bytes, max_records).await?;
+        let now = Instant::now();
+        if r.records > 0 || now >= deadline || p.closed.get() {
+            return Ok(r);
+        }
+        rt::timeout(deadline - now, p.notify.changed(seen)).await;
+    }
+}
+
+async fn list_offset(p: &Partition, spec: OffsetSpec) -> Result<u64> {
+    let w = p.log.borrow().watermarks();
+    match spec {
+        OffsetSpec::Earliest => Ok(w.log_start),
+        OffsetSpec::Latest => Ok(w.written_offset),
+        OffsetSpec::At(o) if o >= w.log_start && o <= w.written_offset => Ok(o),
+        OffsetSpec::At(o) => Err(Error::OffsetOutOfRange {
+            offset: o,
+            log_start: w.log_start,
+            log_end: w.written_offset,
+        }),
+        OffsetSpec::Timestamp(ts) => {
+            let Some(mut offset) = p.log.borrow().time_lookup_start(ts) else {
+                return Ok(w.written_offset);
+            };
+            // Bounded: each round advances by at least one batch, and stops at the watermark.
+            while offset < w.written_offset {
+                let r = read_once(p, offset, 1 << 20, usize::MAX).await?;
+                if r.records == 0 {
+                    break;
+                }
+                if let Some(found) = log::first_at_or_after(&r.chunks, ts)? {
+                    return Ok(found.max(offset));
+                }
+                offset = r.next_offset;
+                rt::yield_if_needed().await;
+            }
+            Ok(w.written_offset)
+        }
+    }
+}
+
+/// Pushes batches to a subscriber as soon as they are written, as fast as the subscriber takes
+/// them (the bounded channel is the credit). Ends when the subscriber goes away or the
+/// partition closes; an error (e.g. the offset fell below the log start) is sent, then it ends.
+async fn subscription(
+    p: Rc<Partition>,
+    from: u64,
+    max_bytes: usize,
+    tx: flume::Sender<Result<FetchResponse>>,
+) {
+    let mut cursor = from;
+    loop {
+        if p.closed.get() {
+            let _ = tx
+                .send_async(Err(Error::UnknownPartition {
+                    topic: p.key.0.to_string(),
+                    partition: p.key.1,
+                }))
+                .await;
+            return;
+        }
+        let seen = p.notify.version();
+        match read_once(&p, cursor, max_bytes, usize::MAX).await {
+            Err(e) => {
+                let _ = tx.send_async(Err(e)).await;
+                return;
+            }
+            Ok(r) if r.records == 0 => {
+                // Idle: wait for new data, checking now and then whether anyone still listens.
+                if rt::timeout(Duration::from_secs(2), p.notify.changed(seen))
+                    .await
+                    .is_none()
+                    && tx.is_disconnected()
+                {
+                    return;
+                }
+            }
+            Ok(r) => {
+                cursor = r.next_offset;
+                if tx.send_async(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
