@@ -551,17 +551,21 @@ fn used_bytes(storage: &CrashStorage) -> u64 {
         .sum()
 }
 
-/// Drives the log into a failed flush with `fail`, checks what a failed partition does, clears
-/// the fault with `heal`, repairs, and checks nothing synced was lost and appends continue.
+/// Drives the log into a failed flush with `fail` after `synced_count` synced batches of about
+/// 2 KiB, checks what a failed partition does, clears the fault with `heal`, repairs, and checks
+/// nothing synced was lost and appends continue. `segments` is the segment count before and
+/// after the failing appends (so a case can put a roll inside the failed flush).
 fn failed_flush_then_repair(
-    fail: impl Fn(&CrashStorage),
-    heal: impl Fn(&CrashStorage),
-    expect_error: impl Fn(&Error) -> bool,
+    fail: &impl Fn(&CrashStorage),
+    heal: &impl Fn(&CrashStorage),
+    expect_error: &impl Fn(&Error) -> bool,
+    synced_count: usize,
+    segments: (usize, usize),
 ) {
     let storage = CrashStorage::new();
     let mut log = open(&storage).expect("open");
     let mut model = Vec::new();
-    for i in 0..30 {
+    for i in 0..synced_count {
         append(&mut log, &mut model, make_batch(i, 2, 1000));
         if i % 4 == 3 {
             flush(&mut log, true).expect("sync");
@@ -569,16 +573,17 @@ fn failed_flush_then_repair(
     }
     flush(&mut log, true).expect("sync");
     let synced = model.clone();
-    assert!(log.segment_count() > 1, "the failure should follow a roll");
+    assert_eq!(log.segment_count(), segments.0);
 
     fail(&storage);
-    for i in 30..40 {
+    for i in synced_count..synced_count + 10 {
         append(&mut log, &mut model, make_batch(i, 2, 1000));
     }
+    assert_eq!(log.segment_count(), segments.1);
     let err = flush(&mut log, true).expect_err("the flush must fail");
     assert!(expect_error(&err), "unexpected flush error: {err}");
     assert!(log.failure().is_some());
-    match log.append(make_batch(40, 1, 10), 0) {
+    match log.append(make_batch(999, 1, 10), 0) {
         Err(Error::PartitionFailed { .. }) => {}
         other => panic!("append after a failed flush: {other:?}"),
     }
@@ -607,32 +612,44 @@ fn failed_flush_then_repair(
         "recovered log must be a prefix"
     );
     model.truncate(recovered.len());
-    append(&mut log, &mut model, make_batch(41, 2, 1000));
+    append(&mut log, &mut model, make_batch(1000, 2, 1000));
     flush(&mut log, true).expect("sync after repair");
     drop(log);
     let log = open(&storage).expect("reopen");
     assert_eq!(read_all(&log), model);
 }
 
+/// Failure points: inside the first segment, across a roll, after a roll.
+const FAILURE_POINTS: [(usize, (usize, usize)); 3] = [(10, (1, 1)), (27, (1, 2)), (40, (2, 2))];
+
 // Proves: a flush that hits a full disk fails with DiskFull; the partition then refuses appends
 // (PartitionFailed) and flushes, still serves what was synced, and once space is back `repair`
-// reopens it with every synced batch intact and appends working again.
+// reopens it with every synced batch intact and appends working again, also when the failed
+// flush had created the next segment.
 #[test]
 fn disk_full_fails_partition_until_repair_without_losing_synced_batches() {
-    failed_flush_then_repair(
-        |s| s.set_capacity(Some(used_bytes(s) + 4096)),
-        |s| s.set_capacity(None),
-        |e| matches!(e, Error::DiskFull { .. }),
-    );
+    for (synced_count, segments) in FAILURE_POINTS {
+        failed_flush_then_repair(
+            &|s: &CrashStorage| s.set_capacity(Some(used_bytes(s) + 4096)),
+            &|s: &CrashStorage| s.set_capacity(None),
+            &|e: &Error| matches!(e, Error::DiskFull { .. }),
+            synced_count,
+            segments,
+        );
+    }
 }
 
 // Proves: the same for an I/O error (EIO) on write or sync: Error::Storage, PartitionFailed on
 // append, and a clean repair once the device works again.
 #[test]
 fn io_error_fails_partition_until_repair_without_losing_synced_batches() {
-    failed_flush_then_repair(
-        |s| s.set_fail_io(true),
-        |s| s.set_fail_io(false),
-        |e| matches!(e, Error::Storage { .. }),
-    );
+    for (synced_count, segments) in FAILURE_POINTS {
+        failed_flush_then_repair(
+            &|s: &CrashStorage| s.set_fail_io(true),
+            &|s: &CrashStorage| s.set_fail_io(false),
+            &|e: &Error| matches!(e, Error::Storage { .. }),
+            synced_count,
+            segments,
+        );
+    }
 }

@@ -480,6 +480,9 @@ pub struct DiskRead<F> {
     file: Rc<F>,
     path: PathBuf,
     start_pos: u64,
+    /// Base offset of the batch at `start_pos` (from the index). Checked like every later
+    /// batch's: the base offset is outside the CRC, so only continuity catches a damaged one.
+    start_offset: u64,
     end_pos: u64,
     offset: u64,
     upto_offset: u64,
@@ -508,7 +511,7 @@ impl<F: LogFile> DiskRead<F> {
     pub async fn run(self) -> Result<ReadResult> {
         let mut out = ReadResult::default();
         let mut pos = self.start_pos;
-        let mut expect: Option<u64> = None;
+        let mut expect = self.start_offset;
         let mut min_len = 0u64;
         'windows: while pos < self.end_pos && out.records < self.max_records {
             let wpos = align_down(pos);
@@ -529,6 +532,10 @@ impl<F: LogFile> DiskRead<F> {
                 let at = (cursor - wpos) as usize;
                 let h = BatchHeader::parse(&win[at..]).map_err(|e| self.corrupt(cursor, e))?;
                 let blen = u64::from(h.batch_length);
+                if h.base_offset != expect {
+                    let msg = format!("offset {} where {expect} was expected", h.base_offset);
+                    return Err(self.corrupt(cursor, Error::CorruptBatch(msg)));
+                }
                 if h.base_offset >= self.upto_offset {
                     stop = true;
                     break;
@@ -538,11 +545,7 @@ impl<F: LogFile> DiskRead<F> {
                 }
                 batch::check_crc(&win[at..at + blen as usize])
                     .map_err(|e| self.corrupt(cursor, e))?;
-                if let Some(exp) = expect.filter(|e| *e != h.base_offset) {
-                    let msg = format!("offset {} where {exp} was expected", h.base_offset);
-                    return Err(self.corrupt(cursor, Error::CorruptBatch(msg)));
-                }
-                expect = Some(h.next_offset());
+                expect = h.next_offset();
                 if h.next_offset() > self.offset {
                     if out.bytes > 0 && out.bytes + blen as usize > self.max_bytes {
                         stop = true;
@@ -659,8 +662,10 @@ impl<S: Storage> PartitionLog<S> {
             return Ok(log);
         }
         for (i, base) in bases.iter().enumerate() {
-            let active = i + 1 == bases.len();
-            let seg = log.recover_segment(*base, active, now_ms, &names).await?;
+            let next_base = bases.get(i + 1).copied();
+            let seg = log
+                .recover_segment(*base, next_base, now_ms, &names)
+                .await?;
             if let Some(prev) = log.segments.values_mut().next_back() {
                 if prev.next_offset != *base {
                     return Err(Error::CorruptLog {
@@ -691,10 +696,11 @@ impl<S: Storage> PartitionLog<S> {
     async fn recover_segment(
         &mut self,
         base: u64,
-        active: bool,
+        next_base: Option<u64>,
         now_ms: i64,
         names: &[String],
     ) -> Result<Segment<S::File>> {
+        let active = next_base.is_none();
         let dir = self.dir.clone();
         let mut seg = Segment::new(&dir, base, now_ms);
         let path_s = seg.path.display().to_string();
@@ -713,7 +719,10 @@ impl<S: Storage> PartitionLog<S> {
             entries: Vec::new(),
         });
         let interval = self.cfg.index_interval_bytes;
-        let scan = if had_cp && !active {
+        // A sealed segment's final index ends where the next segment starts. Any other
+        // checkpoint is stale (the rename of the final index was lost) and only a valid prefix.
+        let final_cp = had_cp && next_base == Some(start.next_offset);
+        let scan = if final_cp {
             // A sealed segment with a valid final index: trust it; reads verify every CRC.
             Scan {
                 end_pos: start.data_bytes,
@@ -740,12 +749,15 @@ impl<S: Storage> PartitionLog<S> {
             tracing::warn!(segment = %path_s, reason = %reason, "truncating torn tail");
             self.recovery.truncation_reason = Some(reason.clone());
         }
-        if active && size != scan.end_pos {
+        // Zero padding up to the end of the last block is what every flush leaves (and the
+        // next flush rewrites that block); anything else past the data is a torn tail, cut off
+        // durably so that stale bytes can never line up with future offsets.
+        if active && (scan.stopped.is_some() || size > align_up(scan.end_pos)) {
             self.recovery.truncated_bytes += size.saturating_sub(scan.end_pos);
             file.truncate(scan.end_pos).await.map_err(err)?;
             file.sync().await.map_err(err)?;
         }
-        if !had_cp {
+        if !had_cp || (!active && !final_cp) {
             self.recovery.rebuilt_indexes += 1;
         }
         seg.end_pos = scan.end_pos;
@@ -763,8 +775,8 @@ impl<S: Storage> PartitionLog<S> {
                 .map_err(err)?;
             seg.tail = r[..partial].to_vec();
         }
-        if !active && !had_cp {
-            // Sealed segment with a lost index: write it now so the next start is fast.
+        if !active && !final_cp {
+            // Sealed segment with a lost or stale index: write it now so the next start is fast.
             let cp = seg.checkpoint(seg.end_pos, seg.next_offset);
             if write_index_files(&self.storage, &dir, base, &cp)
                 .await
@@ -1076,7 +1088,19 @@ impl<S: Storage> PartitionLog<S> {
         let storage = self.storage.clone();
         let dir = self.dir.clone();
         let cfg = self.cfg.clone();
+        // A segment starting after the last synced offset was created by the failed flush (a
+        // roll always syncs): it holds nothing acknowledged, and its base offset counts batches
+        // the previous segment may not have on disk, a gap recovery would refuse. Remove it.
+        let unsynced: Vec<PathBuf> = self
+            .segments
+            .values()
+            .filter(|s| s.base_offset > self.durable_offset)
+            .map(|s| s.path.clone())
+            .collect();
         drop(self);
+        if !unsynced.is_empty() {
+            remove_files(&storage, &dir, &unsynced).await?;
+        }
         PartitionLog::open(storage, &dir, cfg, now_ms).await
     }
 
@@ -1180,12 +1204,14 @@ impl<S: Storage> PartitionLog<S> {
             .clone()
             .ok_or_else(|| Error::Runtime("segment not open".into()))?;
         let rel = (offset - seg.base_offset) as u32;
-        let start_pos =
-            index::lookup_offset(&seg.entries, rel).map_or(0, |i| seg.entries[i].position);
+        let (start_pos, start_rel) = index::lookup_offset(&seg.entries, rel).map_or((0, 0), |i| {
+            (seg.entries[i].position, seg.entries[i].rel_offset)
+        });
         Ok(ReadPlan::Disk(DiskRead {
             file,
             path: seg.path.clone(),
             start_pos: u64::from(start_pos),
+            start_offset: seg.base_offset + u64::from(start_rel),
             end_pos: seg.written_pos,
             offset,
             upto_offset: hw,
