@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 
 /// Size of the fixed batch header.
 pub const HEADER_BYTES: usize = 64;
-const _: () = assert!(HEADER_BYTES % 16 == 0);
+const _: () = assert!(HEADER_BYTES.is_multiple_of(16));
 /// Batches (and so rkyv bodies) start at 16-byte boundaries on the wire, on disk and in memory.
 pub const BATCH_ALIGN: usize = 16;
 /// `"SL"` little-endian.
@@ -152,7 +152,7 @@ impl BatchHeader {
             return corrupt(format!("unknown flags {:#04x}", self.flags));
         }
         let len = self.batch_length as usize;
-        if len > BATCH_BYTES_MAX || len % BATCH_ALIGN != 0 {
+        if len > BATCH_BYTES_MAX || !len.is_multiple_of(BATCH_ALIGN) {
             return corrupt(format!(
                 "batch length {len} not a multiple of 16 up to 64 MiB"
             ));
@@ -265,7 +265,7 @@ pub fn with_records<T>(
             .map_err(|e| Error::CorruptBatch(format!("invalid record body: {e}")))?;
         f(v.as_slice())
     };
-    if (body.as_ptr() as usize) % BATCH_ALIGN == 0 {
+    if (body.as_ptr() as usize).is_multiple_of(BATCH_ALIGN) {
         access(body)
     } else {
         let mut aligned = AlignedVec::<16>::with_capacity(body.len());

@@ -88,9 +88,23 @@ struct MemState {
     capacity_bytes: Option<u64>,
     /// Fail every write and sync with EIO while set.
     fail_io: bool,
+    /// Storage operations left before the simulated process dies (every later one fails).
+    ops_left: Option<u64>,
 }
 
 impl MemState {
+    /// Counts one mutating operation; `Err` once the simulated process has died.
+    fn tick(&mut self) -> io::Result<()> {
+        match &mut self.ops_left {
+            Some(0) => Err(io::Error::other("simulated crash: storage is gone")),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     fn used_bytes(&self) -> u64 {
         self.files.values().map(|f| f.live.len() as u64).sum()
     }
@@ -112,6 +126,13 @@ impl CrashStorage {
     /// Limits total live bytes; writes beyond fail with ENOSPC.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.state.borrow_mut().capacity_bytes = bytes;
+    }
+
+    /// Lets `ops` more mutating operations (write, sync, open, rename, remove, sync_dir,
+    /// truncate) succeed, then fails all others: a process dying in the middle of a flush.
+    /// `crash` then decides what reached the disk. `None` lifts the limit.
+    pub fn die_after_ops(&self, ops: Option<u64>) {
+        self.state.borrow_mut().ops_left = ops;
     }
 
     /// Makes every following write and sync fail with EIO (or succeed again).
@@ -219,6 +240,7 @@ impl LogFile for CrashFile {
         assert_eq!(pos % BLOCK_BYTES as u64, 0, "unaligned write position");
         assert_eq!(buf.0.len() % BLOCK_BYTES, 0, "unaligned write length");
         self.with(|st, path| {
+            st.tick()?;
             if st.fail_io {
                 return Err(eio());
             }
@@ -252,6 +274,7 @@ impl LogFile for CrashFile {
 
     async fn sync(&self) -> io::Result<()> {
         self.with(|st, path| {
+            st.tick()?;
             if st.fail_io {
                 return Err(eio());
             }
@@ -269,6 +292,7 @@ impl LogFile for CrashFile {
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
         self.with(|st, path| {
+            st.tick()?;
             let f = st.files.get_mut(path).ok_or_else(|| not_found(path))?;
             f.live.resize(len as usize, 0);
             // A truncate is metadata: model it as durable only after sync, like data. Pending
@@ -293,6 +317,9 @@ impl Storage for CrashStorage {
 
     async fn open(&self, path: &Path) -> io::Result<CrashFile> {
         let mut st = self.state.borrow_mut();
+        if !st.files.contains_key(path) {
+            st.tick()?;
+        }
         if let Some(parent) = path.parent()
             && !st.dirs.contains(parent)
         {
@@ -307,6 +334,7 @@ impl Storage for CrashStorage {
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
+        st.tick()?;
         st.files
             .remove(path)
             .map(|_| ())
@@ -315,6 +343,7 @@ impl Storage for CrashStorage {
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
+        st.tick()?;
         let f = st.files.remove(from).ok_or_else(|| not_found(from))?;
         st.files.insert(to.to_path_buf(), f);
         Ok(())
@@ -322,6 +351,7 @@ impl Storage for CrashStorage {
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut st = self.state.borrow_mut();
+        st.tick()?;
         let live: Vec<PathBuf> = st
             .files
             .keys()

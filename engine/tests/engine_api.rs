@@ -2,6 +2,8 @@
 //! produce with each ack level, fetch and long-poll, subscriptions, offset lookup by time,
 //! retention, restart (same and different shard count) without losing acknowledged data.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

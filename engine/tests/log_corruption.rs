@@ -3,6 +3,8 @@
 //! `Error::CorruptLog` and never served; damaged or missing index files are rebuilt from the
 //! segment; a full disk or an I/O error stops appends until `repair`, and loses nothing synced.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;

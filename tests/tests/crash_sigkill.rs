@@ -5,6 +5,8 @@
 //! no CRC-failing batch is ever returned. `CRASH_ROUNDS` (default 20) sets the number of rounds;
 //! the seed is printed, and `CRASH_SEED` replays the kill timings.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -86,7 +86,9 @@ impl LogConfig {
         if self.index_interval_bytes == 0 {
             return bad("index_interval_bytes must be positive");
         }
-        if self.write_chunk_bytes < CHUNK_BYTES_MIN || self.write_chunk_bytes % BLOCK_BYTES != 0 {
+        if self.write_chunk_bytes < CHUNK_BYTES_MIN
+            || !self.write_chunk_bytes.is_multiple_of(BLOCK_BYTES)
+        {
             return bad("write_chunk_bytes must be a multiple of 4 KiB, at least 64 KiB");
         }
         Ok(())
@@ -251,6 +253,42 @@ impl<S: Storage> FlushJob<S> {
             done.error_path = path.display().to_string();
             done.result = Err(e);
         };
+        // Order matters for power loss across a roll: the sealed segment's data must be durable
+        // before the next segment's name is, or recovery would find a sealed segment with a
+        // torn tail (indistinguishable from corruption). So: write and sync the existing
+        // files first, then create the new ones, write them, sync the directory and them.
+        let (old_writes, new_writes): (Vec<_>, Vec<_>) =
+            self.writes.into_iter().partition(|w| w.1.is_some());
+        let write_all = |writes: Vec<(u64, Rc<S::File>, Rc<<S::File as LogFile>::Buf>, u64)>| {
+            join_all(
+                writes
+                    .into_iter()
+                    .map(|(_, f, buf, pos)| async move { f.write_at(buf, pos).await })
+                    .collect(),
+            )
+        };
+        let old: Vec<_> = old_writes
+            .into_iter()
+            .filter_map(|(b, f, buf, pos)| f.map(|f| (b, f, buf, pos)))
+            .collect();
+        if let Some(e) = write_all(old).await.into_iter().find_map(Result::err) {
+            fail(&mut done, &self.dir, e);
+            return done;
+        }
+        let mut synced_first: Vec<u64> = Vec::new();
+        if !self.creates.is_empty() {
+            let existing: Vec<(u64, Rc<S::File>)> = self
+                .sync_files
+                .iter()
+                .filter_map(|(b, f)| f.clone().map(|f| (*b, f)))
+                .collect();
+            let results = join_all(existing.iter().map(|(_, f)| f.sync()).collect()).await;
+            if let Some(e) = results.into_iter().find_map(Result::err) {
+                fail(&mut done, &self.dir, e);
+                return done;
+            }
+            synced_first = existing.iter().map(|(b, _)| *b).collect();
+        }
         for (base, path) in &self.creates {
             match self.storage.open(path).await {
                 Ok(f) => done.created.push((*base, Rc::new(f))),
@@ -268,20 +306,17 @@ impl<S: Storage> FlushJob<S> {
                     .map(|x| x.1.clone())
             })
         };
-        let mut futs = Vec::new();
-        for (base, f, buf, pos) in self.writes {
+        let mut new = Vec::new();
+        for (base, f, buf, pos) in new_writes {
             let Some(f) = file_of(base, &f) else {
                 done.result = Err(io::Error::other("segment file missing"));
                 return done;
             };
-            futs.push(async move { f.write_at(buf, pos).await });
+            new.push((base, f, buf, pos));
         }
-        for r in join_all(futs).await {
-            if let Err(e) = r {
-                let p = self.dir.clone();
-                fail(&mut done, &p, e);
-                return done;
-            }
+        if let Some(e) = write_all(new).await.into_iter().find_map(Result::err) {
+            fail(&mut done, &self.dir, e);
+            return done;
         }
         if !self.creates.is_empty() {
             if let Err(e) = self.storage.sync_dir(&self.dir).await {
@@ -293,6 +328,7 @@ impl<S: Storage> FlushJob<S> {
             let files: Vec<Rc<S::File>> = self
                 .sync_files
                 .iter()
+                .filter(|(b, _)| !synced_first.contains(b))
                 .filter_map(|(b, f)| file_of(*b, f))
                 .collect();
             for r in join_all(files.iter().map(|f| f.sync()).collect()).await {
@@ -364,7 +400,7 @@ async fn load_checkpoint<S: Storage>(
     for (kind, ext) in [(IndexKind::Offset, "idx"), (IndexKind::Time, "tix")] {
         let path = index_path(dir, base, ext);
         let file_name = format!("{base:020}.{ext}");
-        if !names.iter().any(|n| *n == file_name) {
+        if !names.contains(&file_name) {
             return None;
         }
         let f = storage.open(&path).await.ok()?;
@@ -1275,11 +1311,16 @@ impl<S: Storage> PartitionLog<S> {
     /// Rolls an expired active segment (creating the new empty segment file right away, so the
     /// log's next offset survives a restart even when every older segment is deleted).
     pub async fn roll_for_retention(log: &std::cell::RefCell<Self>, now_ms: i64) -> Result<()> {
-        let (storage, dir, path, base) = {
+        let (storage, dir, path, base, rolled) = {
             let mut l = log.borrow_mut();
             if !l.active_expired(now_ms) || l.flushing || !l.chunks.is_empty() {
                 return Ok(());
             }
+            // All its data is written (`active_expired`), so its final index can be made here.
+            let rolled = l.segments.values().next_back().map(|s| {
+                let cp = s.checkpoint(s.end_pos, s.next_offset);
+                (s.base_offset, s.file.clone(), cp)
+            });
             l.roll(now_ms);
             let seg = l
                 .segments
@@ -1291,6 +1332,7 @@ impl<S: Storage> PartitionLog<S> {
                 l.dir.clone(),
                 seg.path.clone(),
                 seg.base_offset,
+                rolled,
             )
         };
         let err = |e| Error::io(path.display(), e);
@@ -1298,6 +1340,19 @@ impl<S: Storage> PartitionLog<S> {
         storage.sync_dir(&dir).await.map_err(err)?;
         if let Some(seg) = log.borrow_mut().segments.get_mut(&base) {
             seg.file = Some(Rc::new(f));
+        }
+        // Finish the rolled segment as a flush would (sync, then its final index): retention
+        // deletes only segments with a final index, and an idle partition has no next flush.
+        if let Some((rolled_base, Some(file), cp)) = rolled {
+            file.sync().await.map_err(|e| Error::io(dir.display(), e))?;
+            if write_index_files(&storage, &dir, rolled_base, &cp)
+                .await
+                .is_ok()
+                && let Some(seg) = log.borrow_mut().segments.get_mut(&rolled_base)
+            {
+                seg.checkpoint_pos = cp.data_bytes;
+                seg.index_final = true;
+            }
         }
         Ok(())
     }
@@ -1369,9 +1424,12 @@ pub fn first_at_or_after(chunks: &[Bytes], timestamp_us: i64) -> Result<Option<u
             if h.flags & batch::flags::ENCRYPTED != 0 {
                 return Ok(Some(h.base_offset));
             }
+            // The delta is a wrap-around difference (see `BatchBuilder::build`): a batch spanning
+            // the whole i64 range is valid, and only a wrapping add gives its timestamps back.
             let found = batch::with_records(b, &h, |rs| {
                 Ok(rs.iter().position(|r| {
-                    h.first_timestamp_us + r.timestamp_delta_us.to_native() as i64 >= timestamp_us
+                    let delta = r.timestamp_delta_us.to_native() as i64;
+                    h.first_timestamp_us.wrapping_add(delta) >= timestamp_us
                 }))
             })?;
             return Ok(Some(h.base_offset + found.unwrap_or(0) as u64));

@@ -9,6 +9,13 @@ use std::time::Duration;
 
 pub use dma::{DmaStorage, dma_alignment_ok};
 
+/// TCP for the network server, re-exported through the seam (so `net` never names glommio).
+/// Listeners bind with SO_REUSEPORT: every shard may listen on the same address and the kernel
+/// spreads connections across them.
+pub mod net {
+    pub use glommio::net::{TcpListener, TcpStream};
+}
+
 use crate::error::{Error, Result};
 
 /// Settings of one shard executor.
