@@ -116,6 +116,9 @@ pub struct ShardStats {
 
 pub(crate) type PartitionKey = (Arc<str>, u32);
 
+/// Requests handled back to back before the shard's main loop yields to I/O.
+const REQUESTS_PER_YIELD: u32 = 32;
+
 /// Code run on a shard on behalf of another crate (the network server's listeners).
 pub type ShardTask = Box<dyn FnOnce(ShardHandle) + Send>;
 
@@ -255,7 +258,11 @@ impl Shard {
 
     /// The shard's main loop: serves requests until shutdown.
     pub(crate) async fn run(self: Rc<Self>, rx: flume::Receiver<Request>) {
+        if let Err(e) = rt::prime_dma_probe(&self.cfg.data_dir).await {
+            tracing::warn!(shard = self.id, error = %e, "direct I/O probe failed");
+        }
         rt::spawn_local(self.clone().retention_loop());
+        let mut handled = 0u32;
         while let Ok(req) = rx.recv_async().await {
             if let Request::Shutdown { reply } = req {
                 self.closing.set(true);
@@ -264,6 +271,12 @@ impl Shard {
                 return;
             }
             self.handle(req);
+            // While the inbox stays full, `recv_async` never returns Pending: give the flush
+            // loops and io_uring completions their turn, or the high watermark stalls.
+            handled = handled.wrapping_add(1);
+            if handled % REQUESTS_PER_YIELD == 0 {
+                rt::yield_to_io().await;
+            }
         }
         // Every sender is gone without a shutdown: still close cleanly.
         self.closing.set(true);
@@ -538,8 +551,9 @@ impl Shard {
         let cache_before = p.log.borrow().cache_bytes();
         let appended = p.log.borrow_mut().append(batch, now_ms());
         let cache_after = p.log.borrow().cache_bytes();
+        // The append adds the batch and may trim older ones: apply the signed difference.
         self.cache_total
-            .set(self.cache_total.get() + cache_after - cache_before.min(cache_after));
+            .set((self.cache_total.get() + cache_after).saturating_sub(cache_before));
         match appended {
             Err(e) => {
                 if let Some(r) = reply {

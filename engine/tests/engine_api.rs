@@ -366,3 +366,30 @@ fn a_second_engine_on_the_same_directory_is_refused() {
         .shutdown()
         .unwrap();
 }
+
+/// Regression: on a fresh engine (whose first DMA file is an empty new segment), glommio's
+/// iopoll probe used to conclude "pollable" and every disk read then failed with EOPNOTSUPP.
+/// Reads beyond the in-memory cache must come from disk, in the same process that wrote them.
+#[test]
+fn reads_beyond_the_cache_come_from_disk_on_a_fresh_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path(), 1);
+    c.topic_defaults.partition_cache_bytes = 16 << 10;
+    let e = Engine::open(c).unwrap();
+    e.create_topic("t", TopicConfig::default()).unwrap();
+    for i in 0..200 {
+        e.produce("t", 0, values_batch(&format!("b{i}"), 8), Acks::Leader)
+            .unwrap();
+    }
+    e.produce("t", 0, values_batch("end", 1), Acks::Durable)
+        .unwrap();
+    let d = e.describe_partition("t", 0).unwrap();
+    assert!(
+        d.cache_bytes <= 16 << 10 && d.size_bytes > 64 << 10,
+        "{d:?}"
+    );
+    let vals = read_values(&e, "t", 0, 0);
+    assert_eq!(vals.len(), 1601);
+    assert_eq!(vals[8].1, b"b1-0".to_vec());
+    e.shutdown().unwrap();
+}

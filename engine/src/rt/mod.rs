@@ -13,7 +13,57 @@ pub use dma::{DmaStorage, dma_alignment_ok};
 /// Listeners bind with SO_REUSEPORT: every shard may listen on the same address and the kernel
 /// spreads connections across them.
 pub mod net {
+    use std::cell::RefCell;
+    use std::io;
+    use std::pin::Pin;
+    use std::rc::Rc;
+    use std::task::{Context, Poll};
+
+    use futures_lite::{AsyncRead, AsyncWrite};
     pub use glommio::net::{TcpListener, TcpStream};
+
+    /// Splits a stream so one task can read while another writes. glommio keeps separate
+    /// readiness sources for the two directions, and the `RefCell` is borrowed only inside a
+    /// synchronous `poll_*` call, never across an await, so the halves cannot conflict.
+    pub fn split(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+        let s = Rc::new(RefCell::new(stream));
+        (ReadHalf(s.clone()), WriteHalf(s))
+    }
+
+    pub struct ReadHalf(Rc<RefCell<TcpStream>>);
+    pub struct WriteHalf(Rc<RefCell<TcpStream>>);
+
+    impl ReadHalf {
+        pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+            Ok(self.0.borrow().peer_addr()?)
+        }
+    }
+
+    impl AsyncRead for ReadHalf {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for WriteHalf {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+        }
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+        }
+        fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+        }
+    }
 }
 
 use crate::error::{Error, Result};
@@ -98,6 +148,38 @@ pub async fn timeout<F: Future>(d: Duration, fut: F) -> Option<F::Output> {
         None
     })
     .await
+}
+
+/// Yields this task *and* the task queue, so the executor runs other tasks and polls io_uring
+/// for completions before coming back. A loop that always finds work ready (a busy request
+/// inbox) must call this now and then, or cooperative scheduling starves flushes and I/O.
+pub async fn yield_to_io() {
+    glommio::executor().yield_task_queue_now().await;
+}
+
+/// Works around a glommio 0.9 probe bug: the first DMA file a thread opens on a device decides,
+/// by reading its first block, whether the device supports polled I/O (IOPOLL), and caches the
+/// answer per thread and device. If that file is empty the read returns 0 bytes without touching
+/// the poll path, glommio concludes "pollable", and every later read on that device fails with
+/// EOPNOTSUPP on devices (like virtio) that cannot poll. So each shard first opens a non-empty
+/// probe file in the data directory, which makes the probe real.
+pub async fn prime_dma_probe(dir: &std::path::Path) -> std::io::Result<()> {
+    let path =
+        dir.join(format!(".dma-probe-{:?}", std::thread::current().id()).replace(['(', ')'], ""));
+    std::fs::write(&path, vec![0x5a; 4096])?;
+    let r = async {
+        let f = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(&path)
+            .await?;
+        let _ = f.read_at_aligned(0, 4096).await?;
+        f.close().await?;
+        Ok::<(), glommio::GlommioError<()>>(())
+    }
+    .await;
+    let _ = std::fs::remove_file(&path);
+    r.map_err(std::io::Error::from)
 }
 
 /// Yields to other tasks of this shard if the executor asks for it (long loops).
