@@ -83,6 +83,21 @@ impl FetchRequest {
     }
 }
 
+/// An enqueued produce, waiting for its acknowledgement.
+pub struct PendingAck {
+    rx: Option<flume::Receiver<Result<ProduceAck>>>,
+}
+
+impl PendingAck {
+    /// The acknowledgement; `None` for `Acks::None`.
+    pub async fn wait(self) -> Result<Option<ProduceAck>> {
+        match self.rx {
+            Some(rx) => recv_async(rx).await.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
 /// A stream of batches pushed as soon as they are written.
 pub struct Subscription {
     rx: flume::Receiver<Result<FetchResponse>>,
@@ -419,6 +434,15 @@ impl Engine {
             .ok_or_else(|| Error::UnknownTopic(topic.to_string()))
     }
 
+    /// Every topic's route, from the lock-free snapshot (safe on a shard thread, unlike
+    /// [`Engine::list_topics`], which takes the control-plane lock).
+    pub fn topic_routes(&self) -> Vec<Arc<TopicRoute>> {
+        let mut v: Vec<Arc<TopicRoute>> =
+            self.inner.routes.load().topics.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// The shard owning a partition.
     pub fn shard_of(&self, topic: &str, partition: u32) -> Result<usize> {
         self.locate(topic, partition).map(|(_, s)| s)
@@ -564,6 +588,25 @@ impl Engine {
         recv(rx)
     }
 
+    /// [`Engine::describe_partition`] as a future.
+    pub async fn describe_partition_async(
+        &self,
+        topic: &str,
+        partition: u32,
+    ) -> Result<PartitionInfo> {
+        let (name, shard) = self.locate(topic, partition)?;
+        let (tx, rx) = flume::bounded(1);
+        self.send_async(
+            shard,
+            Request::Describe {
+                key: (name, partition),
+                reply: tx,
+            },
+        )
+        .await?;
+        recv_async(rx).await
+    }
+
     /// Changes a topic's retention (persisted, applied by the next retention pass).
     pub fn set_retention(&self, topic: &str, bytes: Option<u64>, ms: Option<u64>) -> Result<()> {
         let mut meta = self
@@ -700,6 +743,94 @@ impl Engine {
                 .await?;
             recv_async(rx).await.map(Some)
         }
+    }
+
+    /// Enqueues a produce on the owning shard now, in call order, and returns a handle that
+    /// resolves to the acknowledgement. Callers that must keep per-partition order across
+    /// concurrent requests (the network server) await this in order and the acks in parallel.
+    /// Validation runs here, on the calling thread.
+    pub async fn submit_produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+        acks: Acks,
+    ) -> Result<PendingAck> {
+        self.check_batch(&batch)?;
+        let (name, shard) = self.locate(topic, partition)?;
+        let key = (name, partition);
+        if acks == Acks::None {
+            self.send_async(
+                shard,
+                Request::Produce {
+                    key,
+                    batch,
+                    acks,
+                    reply: None,
+                },
+            )
+            .await?;
+            return Ok(PendingAck { rx: None });
+        }
+        let (tx, rx) = flume::bounded(1);
+        self.send_async(
+            shard,
+            Request::Produce {
+                key,
+                batch,
+                acks,
+                reply: Some(tx),
+            },
+        )
+        .await?;
+        Ok(PendingAck { rx: Some(rx) })
+    }
+
+    /// [`Engine::subscribe`] as a future (safe to await inside a shard). Returns the resolved
+    /// start offset with the subscription.
+    pub async fn subscribe_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: OffsetSpec,
+        max_bytes: usize,
+        capacity: usize,
+    ) -> Result<(u64, Subscription)> {
+        let offset = self.list_offset_async(topic, partition, from).await?;
+        let (name, shard) = self.locate(topic, partition)?;
+        let (stx, srx) = flume::bounded(capacity.max(1));
+        let (tx, rx) = flume::bounded(1);
+        let req = Request::Subscribe {
+            key: (name, partition),
+            from: offset,
+            max_bytes,
+            tx: stx,
+            reply: tx,
+        };
+        self.send_async(shard, req).await?;
+        recv_async(rx).await?;
+        Ok((offset, Subscription { rx: srx }))
+    }
+
+    /// [`Engine::list_offset`] as a future.
+    pub async fn list_offset_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<u64> {
+        let (name, shard) = self.locate(topic, partition)?;
+        let (tx, rx) = flume::bounded(1);
+        self.send_async(
+            shard,
+            Request::ListOffset {
+                key: (name, partition),
+                spec,
+                reply: tx,
+            },
+        )
+        .await?;
+        recv_async(rx).await
     }
 
     fn fetch_request(

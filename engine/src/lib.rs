@@ -21,7 +21,9 @@ pub mod util;
 
 pub use batch::{BatchBuilder, Header, Record};
 pub use config::{EngineConfig, TopicConfig};
-pub use engine::{Engine, FetchRequest, Subscription, TopicDescription, TopicInfo, TopicRoute};
+pub use engine::{
+    Engine, FetchRequest, PendingAck, Subscription, TopicDescription, TopicInfo, TopicRoute,
+};
 pub use error::{Error, Result};
 pub use shard::{
     Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardHandle, ShardStats,

@@ -1,0 +1,288 @@
+//! Api keys, their versions, and version negotiation (docs/protocol.md, "Api keys" and
+//! "Version negotiation").
+
+use super::error::WireError;
+use super::messages::{ApiRange, ApiVersion};
+
+/// Every request kind, and `Push`, the server's unsolicited frame. The numbers are the wire's
+/// `api_key`; they are never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u16)]
+pub enum ApiKey {
+    Handshake = 0,
+    Ping = 1,
+    Metadata = 2,
+    CreateTopic = 3,
+    DeleteTopic = 4,
+    ListTopics = 5,
+    DescribeTopic = 6,
+    Produce = 7,
+    Fetch = 8,
+    ListOffsets = 9,
+    Subscribe = 10,
+    GrantCredits = 11,
+    Unsubscribe = 12,
+    Push = 13,
+    Stats = 14,
+}
+
+/// Number of api keys this build knows (they are dense from 0).
+pub const API_COUNT: usize = 15;
+
+impl ApiKey {
+    /// All api keys in numeric order.
+    pub const ALL: [ApiKey; API_COUNT] = [
+        ApiKey::Handshake,
+        ApiKey::Ping,
+        ApiKey::Metadata,
+        ApiKey::CreateTopic,
+        ApiKey::DeleteTopic,
+        ApiKey::ListTopics,
+        ApiKey::DescribeTopic,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+        ApiKey::Subscribe,
+        ApiKey::GrantCredits,
+        ApiKey::Unsubscribe,
+        ApiKey::Push,
+        ApiKey::Stats,
+    ];
+
+    pub fn from_u16(key: u16) -> Option<ApiKey> {
+        ApiKey::ALL.get(usize::from(key)).copied()
+    }
+
+    /// Like [`ApiKey::from_u16`], as a wire error.
+    pub fn parse(key: u16) -> Result<ApiKey, WireError> {
+        ApiKey::from_u16(key).ok_or(WireError::UnknownApi { api_key: key })
+    }
+
+    pub fn as_u16(self) -> u16 {
+        self as u16
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ApiKey::Handshake => "Handshake",
+            ApiKey::Ping => "Ping",
+            ApiKey::Metadata => "Metadata",
+            ApiKey::CreateTopic => "CreateTopic",
+            ApiKey::DeleteTopic => "DeleteTopic",
+            ApiKey::ListTopics => "ListTopics",
+            ApiKey::DescribeTopic => "DescribeTopic",
+            ApiKey::Produce => "Produce",
+            ApiKey::Fetch => "Fetch",
+            ApiKey::ListOffsets => "ListOffsets",
+            ApiKey::Subscribe => "Subscribe",
+            ApiKey::GrantCredits => "GrantCredits",
+            ApiKey::Unsubscribe => "Unsubscribe",
+            ApiKey::Push => "Push",
+            ApiKey::Stats => "Stats",
+        }
+    }
+
+    /// Versions this build can encode and decode, as `(min, max)`. Every api starts at 0.
+    pub const fn versions(self) -> (u16, u16) {
+        match self {
+            ApiKey::Handshake
+            | ApiKey::Ping
+            | ApiKey::Metadata
+            | ApiKey::CreateTopic
+            | ApiKey::DeleteTopic
+            | ApiKey::ListTopics
+            | ApiKey::DescribeTopic
+            | ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::ListOffsets
+            | ApiKey::Subscribe
+            | ApiKey::GrantCredits
+            | ApiKey::Unsubscribe
+            | ApiKey::Push
+            | ApiKey::Stats => (0, 0),
+        }
+    }
+
+    /// Newest version this build speaks.
+    pub const fn version_max(self) -> u16 {
+        self.versions().1
+    }
+
+    /// Fails with `UnsupportedVersion` unless this build speaks `version` of the api.
+    pub fn check_version(self, version: u16) -> Result<(), WireError> {
+        let (min, max) = self.versions();
+        if version < min || version > max {
+            return Err(WireError::UnsupportedVersion {
+                api_key: self.as_u16(),
+                version,
+                min,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a client may send a request with this key (all but `Push`).
+    pub fn is_request(self) -> bool {
+        self != ApiKey::Push
+    }
+}
+
+/// The ranges this build supports, for the Handshake request (client) or the negotiation
+/// (server).
+pub fn supported_apis() -> Vec<ApiRange> {
+    ApiKey::ALL
+        .iter()
+        .map(|&k| {
+            let (min_version, max_version) = k.versions();
+            ApiRange {
+                api_key: k.as_u16(),
+                min_version,
+                max_version,
+            }
+        })
+        .collect()
+}
+
+/// Server side of the Handshake: for every api in both lists, the highest version both speak.
+/// Apis only one side knows, or whose ranges do not overlap, are left out; the client must not
+/// use them. A key listed twice by the peer counts once (its first entry).
+pub fn negotiate(ours: &[ApiRange], theirs: &[ApiRange]) -> Vec<ApiVersion> {
+    let mut out: Vec<ApiVersion> = Vec::new();
+    for t in theirs {
+        if out.iter().any(|v| v.api_key == t.api_key) {
+            continue;
+        }
+        let Some(o) = ours.iter().find(|o| o.api_key == t.api_key) else {
+            continue;
+        };
+        let low = o.min_version.max(t.min_version);
+        let high = o.max_version.min(t.max_version);
+        if low <= high {
+            out.push(ApiVersion {
+                api_key: t.api_key,
+                version: high,
+            });
+        }
+    }
+    out.sort_by_key(|v| v.api_key);
+    out
+}
+
+/// The versions agreed on one connection, looked up on every request the client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NegotiatedVersions {
+    versions: [Option<u16>; API_COUNT],
+}
+
+impl NegotiatedVersions {
+    /// From the server's Handshake answer. Keys this build does not know, or versions it does not
+    /// speak, are ignored (the api counts as unavailable).
+    pub fn from_chosen(chosen: &[ApiVersion]) -> Self {
+        let mut versions = [None; API_COUNT];
+        for v in chosen {
+            if let Some(k) = ApiKey::from_u16(v.api_key)
+                && k.check_version(v.version).is_ok()
+            {
+                versions[k as usize] = Some(v.version);
+            }
+        }
+        NegotiatedVersions { versions }
+    }
+
+    /// Every api at this build's newest version (both ends of a test, or before negotiation).
+    pub fn newest() -> Self {
+        let mut versions = [None; API_COUNT];
+        for k in ApiKey::ALL {
+            versions[k as usize] = Some(k.version_max());
+        }
+        NegotiatedVersions { versions }
+    }
+
+    /// The version to send `api` at, or `UnsupportedVersion` if it was not agreed.
+    pub fn version(&self, api: ApiKey) -> Result<u16, WireError> {
+        self.versions[api as usize].ok_or_else(|| {
+            let (min, max) = api.versions();
+            WireError::UnsupportedVersion {
+                api_key: api.as_u16(),
+                version: max,
+                min,
+                max,
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_dense_and_round_trip() {
+        for (i, k) in ApiKey::ALL.iter().enumerate() {
+            assert_eq!(usize::from(k.as_u16()), i);
+            assert_eq!(ApiKey::from_u16(k.as_u16()), Some(*k));
+        }
+        assert_eq!(ApiKey::from_u16(API_COUNT as u16), None);
+        assert!(matches!(
+            ApiKey::parse(999),
+            Err(WireError::UnknownApi { api_key: 999 })
+        ));
+    }
+
+    #[test]
+    fn negotiation_picks_highest_common_version() {
+        let ours = [
+            ApiRange {
+                api_key: 1,
+                min_version: 0,
+                max_version: 3,
+            },
+            ApiRange {
+                api_key: 2,
+                min_version: 2,
+                max_version: 4,
+            },
+            ApiRange {
+                api_key: 3,
+                min_version: 0,
+                max_version: 0,
+            },
+        ];
+        let theirs = [
+            ApiRange {
+                api_key: 2,
+                min_version: 0,
+                max_version: 1,
+            }, // no overlap
+            ApiRange {
+                api_key: 1,
+                min_version: 1,
+                max_version: 9,
+            },
+            ApiRange {
+                api_key: 1,
+                min_version: 0,
+                max_version: 0,
+            }, // duplicate: ignored
+            ApiRange {
+                api_key: 77,
+                min_version: 0,
+                max_version: 0,
+            }, // unknown to us
+        ];
+        assert_eq!(
+            negotiate(&ours, &theirs),
+            vec![ApiVersion {
+                api_key: 1,
+                version: 3
+            }]
+        );
+        let all = negotiate(&supported_apis(), &supported_apis());
+        assert_eq!(all.len(), API_COUNT);
+        let n = NegotiatedVersions::from_chosen(&all);
+        assert_eq!(n, NegotiatedVersions::newest());
+        let none = NegotiatedVersions::from_chosen(&[]);
+        assert!(none.version(ApiKey::Produce).is_err());
+    }
+}

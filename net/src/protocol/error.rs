@@ -1,0 +1,295 @@
+//! Wire errors and the error-code table (docs/protocol.md, "Error codes").
+//!
+//! Codes `1..=99` belong to the engine: they are exactly `shardline_engine::Error::code()`, mirrored
+//! here so that a client can name them without linking the engine (a test checks the mirror).
+//! Codes `100..` are the protocol's own. Codes are never renumbered, only appended.
+
+/// Stable numeric error codes carried in `ErrorResponse::code` and per-partition `error_code`.
+pub mod code {
+    /// Success (per-partition results only; never in an `ErrorResponse`).
+    pub const NONE: u16 = 0;
+    // --- 1..=99: the engine's `Error::code()` (1 and 2 unassigned) ---
+    pub const UNKNOWN_TOPIC: u16 = 3;
+    pub const TOPIC_EXISTS: u16 = 4;
+    pub const UNKNOWN_PARTITION: u16 = 5;
+    pub const INVALID_TOPIC_NAME: u16 = 6;
+    pub const INVALID_ARGUMENT: u16 = 7;
+    pub const CORRUPT_BATCH: u16 = 8;
+    pub const BATCH_TOO_LARGE: u16 = 9;
+    pub const OFFSET_OUT_OF_RANGE: u16 = 10;
+    pub const DISK_FULL: u16 = 11;
+    pub const STORAGE: u16 = 12;
+    pub const PARTITION_FAILED: u16 = 13;
+    pub const CORRUPT_LOG: u16 = 14;
+    pub const METADATA: u16 = 15;
+    pub const SHUTTING_DOWN: u16 = 16;
+    pub const BUSY: u16 = 17;
+    pub const RUNTIME: u16 = 18;
+    pub const TIMEOUT: u16 = 19;
+    // --- 100..: protocol ---
+    /// The frame's api key is not one this peer knows (or not one it accepts in this direction).
+    pub const UNKNOWN_API: u16 = 100;
+    /// The api key is known but not at this version (or was not negotiated).
+    pub const UNSUPPORTED_VERSION: u16 = 101;
+    /// The frame exceeds the receiver's `frame_bytes_max`; the connection is closed.
+    pub const FRAME_TOO_LARGE: u16 = 102;
+    /// The payload failed rkyv validation or a blob reference is out of bounds.
+    pub const MALFORMED_PAYLOAD: u16 = 103;
+    /// Framing rules broken (reserved bits, flags, padding) or requests out of protocol order.
+    pub const PROTOCOL_VIOLATION: u16 = 104;
+    /// A count or length is above a protocol limit (partitions per request, name bytes, ...).
+    pub const LIMIT_EXCEEDED: u16 = 105;
+    /// A request other than Handshake arrived before the Handshake.
+    pub const HANDSHAKE_REQUIRED: u16 = 106;
+    /// Unsubscribe named a subscription this connection does not have.
+    pub const UNKNOWN_SUBSCRIPTION: u16 = 107;
+    /// An unexpected failure inside the server (a bug); the message says more.
+    pub const INTERNAL: u16 = 108;
+}
+
+/// Name of an error code, for logs and the CLI (`"UNKNOWN"` for codes this build does not know).
+pub fn code_name(code: u16) -> &'static str {
+    match code {
+        code::NONE => "NONE",
+        code::UNKNOWN_TOPIC => "UNKNOWN_TOPIC",
+        code::TOPIC_EXISTS => "TOPIC_EXISTS",
+        code::UNKNOWN_PARTITION => "UNKNOWN_PARTITION",
+        code::INVALID_TOPIC_NAME => "INVALID_TOPIC_NAME",
+        code::INVALID_ARGUMENT => "INVALID_ARGUMENT",
+        code::CORRUPT_BATCH => "CORRUPT_BATCH",
+        code::BATCH_TOO_LARGE => "BATCH_TOO_LARGE",
+        code::OFFSET_OUT_OF_RANGE => "OFFSET_OUT_OF_RANGE",
+        code::DISK_FULL => "DISK_FULL",
+        code::STORAGE => "STORAGE",
+        code::PARTITION_FAILED => "PARTITION_FAILED",
+        code::CORRUPT_LOG => "CORRUPT_LOG",
+        code::METADATA => "METADATA",
+        code::SHUTTING_DOWN => "SHUTTING_DOWN",
+        code::BUSY => "BUSY",
+        code::RUNTIME => "RUNTIME",
+        code::TIMEOUT => "TIMEOUT",
+        code::UNKNOWN_API => "UNKNOWN_API",
+        code::UNSUPPORTED_VERSION => "UNSUPPORTED_VERSION",
+        code::FRAME_TOO_LARGE => "FRAME_TOO_LARGE",
+        code::MALFORMED_PAYLOAD => "MALFORMED_PAYLOAD",
+        code::PROTOCOL_VIOLATION => "PROTOCOL_VIOLATION",
+        code::LIMIT_EXCEEDED => "LIMIT_EXCEEDED",
+        code::HANDSHAKE_REQUIRED => "HANDSHAKE_REQUIRED",
+        code::UNKNOWN_SUBSCRIPTION => "UNKNOWN_SUBSCRIPTION",
+        code::INTERNAL => "INTERNAL",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Whether a client may retry the same request later and expect success. Mirrors the engine's
+/// `Error::is_retriable` for its codes.
+pub fn code_is_retriable(code: u16) -> bool {
+    matches!(
+        code,
+        code::DISK_FULL | code::BUSY | code::TIMEOUT | code::PARTITION_FAILED
+    )
+}
+
+/// Everything that can go wrong turning bytes into frames and messages, or messages into frames.
+/// Every variant carries the offending value. [`WireError::is_fatal`] says whether the byte
+/// stream is still framed (answer and go on) or lost (answer if possible, then close).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// The header announces a frame above the receiver's limit. Raised as soon as the 16 header
+    /// bytes are in, before any byte of the body is buffered or any memory reserved for it.
+    #[error(
+        "frame of {frame_bytes} bytes exceeds the limit of {frame_bytes_max} (correlation id {correlation_id})"
+    )]
+    FrameTooLarge {
+        frame_bytes: u64,
+        frame_bytes_max: u32,
+        correlation_id: u32,
+        api_key: u16,
+    },
+    /// The header's reserved field is not zero: not a Shardline peer, or the stream lost sync.
+    #[error("reserved header field is {value:#06x}, not 0 (correlation id {correlation_id})")]
+    ReservedNotZero { value: u16, correlation_id: u32 },
+    /// Flag bits outside `flags::KNOWN`, or a combination no frame kind has.
+    #[error("invalid frame flags {flags:#06x} (correlation id {correlation_id})")]
+    InvalidFlags { flags: u16, correlation_id: u32 },
+    /// A byte of the zero padding after the payload is not zero.
+    #[error("frame padding is not zero (correlation id {correlation_id})")]
+    PaddingNotZero { correlation_id: u32 },
+    /// A frame of a kind this side never receives (a response sent to a server, a request to a
+    /// client), or a push whose header and payload disagree.
+    #[error("unexpected {kind} frame: {reason}")]
+    UnexpectedFrame {
+        kind: &'static str,
+        reason: &'static str,
+    },
+    #[error("unknown api key {api_key}")]
+    UnknownApi { api_key: u16 },
+    #[error("api {api_key} version {version} is not supported (supported {min}..={max})")]
+    UnsupportedVersion {
+        api_key: u16,
+        version: u16,
+        min: u16,
+        max: u16,
+    },
+    /// rkyv validation (bytecheck) refused the payload.
+    #[error("malformed payload for api {api_key}: {reason}")]
+    Malformed { api_key: u16, reason: String },
+    /// A blob reference (raw batch bytes) lies outside the payload's data section or is not
+    /// 16-aligned.
+    #[error("blob [{offset}, +{length}) outside data section of {data_bytes} bytes or unaligned")]
+    BlobOutOfBounds {
+        offset: u32,
+        length: u32,
+        data_bytes: u32,
+    },
+    #[error("{what} is {value}, above the limit of {max}")]
+    LimitExceeded {
+        what: &'static str,
+        value: u64,
+        max: u64,
+    },
+    /// The encoder could not build the frame (a value above a format limit).
+    #[error("cannot encode: {reason}")]
+    Encode { reason: String },
+    /// Decoder or encoder configured with values out of range.
+    #[error("invalid protocol configuration: {reason}")]
+    InvalidConfig { reason: String },
+}
+
+impl WireError {
+    /// The code to put in the `ErrorResponse` that reports this error to the peer.
+    pub fn code(&self) -> u16 {
+        match self {
+            WireError::FrameTooLarge { .. } => code::FRAME_TOO_LARGE,
+            WireError::ReservedNotZero { .. }
+            | WireError::InvalidFlags { .. }
+            | WireError::PaddingNotZero { .. }
+            | WireError::UnexpectedFrame { .. } => code::PROTOCOL_VIOLATION,
+            WireError::UnknownApi { .. } => code::UNKNOWN_API,
+            WireError::UnsupportedVersion { .. } => code::UNSUPPORTED_VERSION,
+            WireError::Malformed { .. } | WireError::BlobOutOfBounds { .. } => {
+                code::MALFORMED_PAYLOAD
+            }
+            WireError::LimitExceeded { .. } => code::LIMIT_EXCEEDED,
+            WireError::Encode { .. } | WireError::InvalidConfig { .. } => code::INTERNAL,
+        }
+    }
+
+    /// True when framing is lost (the decoder stays failed): the receiver reports the error if it
+    /// can and closes the connection. False for errors inside one well-framed payload: the
+    /// receiver answers that frame with an error and carries on.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            WireError::FrameTooLarge { .. }
+                | WireError::ReservedNotZero { .. }
+                | WireError::InvalidFlags { .. }
+                | WireError::PaddingNotZero { .. }
+                | WireError::UnexpectedFrame { .. }
+        )
+    }
+
+    /// The correlation id of the frame a framing error was found in, when the header was read.
+    pub fn correlation_id(&self) -> Option<u32> {
+        match self {
+            WireError::FrameTooLarge { correlation_id, .. }
+            | WireError::ReservedNotZero { correlation_id, .. }
+            | WireError::InvalidFlags { correlation_id, .. }
+            | WireError::PaddingNotZero { correlation_id } => Some(*correlation_id),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn limit(what: &'static str, value: usize, max: usize) -> Result<(), WireError> {
+    if value > max {
+        return Err(WireError::LimitExceeded {
+            what,
+            value: value as u64,
+            max: max as u64,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardline_engine::Error;
+
+    /// Guards the mirror of the engine's codes: renumbering either side breaks this test.
+    #[test]
+    fn engine_codes_match_the_mirror() {
+        let s = String::new;
+        let cases: Vec<(Error, u16)> = vec![
+            (Error::UnknownTopic(s()), code::UNKNOWN_TOPIC),
+            (Error::TopicExists(s()), code::TOPIC_EXISTS),
+            (
+                Error::UnknownPartition {
+                    topic: s(),
+                    partition: 0,
+                },
+                code::UNKNOWN_PARTITION,
+            ),
+            (
+                Error::InvalidTopicName {
+                    name: s(),
+                    reason: "",
+                },
+                code::INVALID_TOPIC_NAME,
+            ),
+            (Error::InvalidArgument(s()), code::INVALID_ARGUMENT),
+            (Error::CorruptBatch(s()), code::CORRUPT_BATCH),
+            (
+                Error::BatchTooLarge { bytes: 0, max: 0 },
+                code::BATCH_TOO_LARGE,
+            ),
+            (
+                Error::OffsetOutOfRange {
+                    offset: 0,
+                    log_start: 0,
+                    log_end: 0,
+                },
+                code::OFFSET_OUT_OF_RANGE,
+            ),
+            (Error::DiskFull { path: s() }, code::DISK_FULL),
+            (
+                Error::Storage {
+                    path: s(),
+                    source: std::io::Error::other("x"),
+                },
+                code::STORAGE,
+            ),
+            (
+                Error::PartitionFailed {
+                    topic: s(),
+                    partition: 0,
+                    reason: s(),
+                },
+                code::PARTITION_FAILED,
+            ),
+            (
+                Error::CorruptLog {
+                    path: s(),
+                    reason: s(),
+                },
+                code::CORRUPT_LOG,
+            ),
+            (Error::Metadata(s()), code::METADATA),
+            (Error::ShuttingDown, code::SHUTTING_DOWN),
+            (Error::Busy(s()), code::BUSY),
+            (Error::Runtime(s()), code::RUNTIME),
+            (Error::Timeout(0), code::TIMEOUT),
+        ];
+        for (e, c) in cases {
+            assert_eq!(e.code(), c, "{e:?}");
+            assert!(
+                e.code() < 100,
+                "engine codes stay below the protocol's range"
+            );
+            assert_ne!(code_name(c), "UNKNOWN");
+            assert_eq!(e.is_retriable(), code_is_retriable(c), "{e:?}");
+        }
+    }
+}
