@@ -31,6 +31,9 @@ pub struct EngineConfig {
     pub batch_bytes_max: usize,
     /// Requests queued to one shard before callers wait (backpressure).
     pub shard_queue_depth: usize,
+    /// Appended-but-unwritten bytes a shard may hold; beyond this it stops taking requests
+    /// until flushes catch up, so producers wait (acks `none` and `leader` included).
+    pub unflushed_bytes_max_per_shard: usize,
     /// Defaults for topics created without explicit settings.
     pub topic_defaults: TopicDefaults,
 }
@@ -78,6 +81,7 @@ impl Default for EngineConfig {
             retention_check_interval_ms: 30_000,
             batch_bytes_max: 16 << 20,
             shard_queue_depth: 4096,
+            unflushed_bytes_max_per_shard: 256 << 20,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -102,6 +106,9 @@ impl EngineConfig {
         }
         if self.batch_bytes_max < 1024 || self.batch_bytes_max > crate::batch::BATCH_BYTES_MAX {
             return bad("batch_bytes_max must be between 1 KiB and 64 MiB".into());
+        }
+        if self.unflushed_bytes_max_per_shard < 1 << 20 {
+            return bad("unflushed_bytes_max_per_shard must be at least 1 MiB".into());
         }
         if self.shard_queue_depth == 0 {
             return bad("shard_queue_depth must be positive".into());

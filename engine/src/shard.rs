@@ -214,6 +214,10 @@ pub(crate) struct Shard {
     cfg: EngineConfig,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     cache_total: Cell<usize>,
+    /// Bytes appended on this shard and not yet taken by a flush.
+    unflushed: Cell<usize>,
+    /// Notified after every flush, for the main loop waiting on `unflushed`.
+    flushed: LocalNotify,
     stats: RefCell<ShardStats>,
     closing: Cell<bool>,
     engine: crate::engine::WeakEngine,
@@ -247,6 +251,8 @@ impl Shard {
             cfg,
             partitions: RefCell::new(HashMap::new()),
             cache_total: Cell::new(0),
+            unflushed: Cell::new(0),
+            flushed: LocalNotify::default(),
             stats: RefCell::new(ShardStats {
                 shard: id,
                 ..Default::default()
@@ -276,6 +282,12 @@ impl Shard {
             handled = handled.wrapping_add(1);
             if handled % REQUESTS_PER_YIELD == 0 {
                 rt::yield_to_io().await;
+            }
+            // Memory bound: while too much is appended but unwritten, take no more requests;
+            // senders then wait on the bounded inbox (backpressure for every ack level).
+            while self.unflushed.get() > self.cfg.unflushed_bytes_max_per_shard {
+                let seen = self.flushed.version();
+                self.flushed.changed(seen).await;
             }
         }
         // Every sender is gone without a shutdown: still close cleanly.
@@ -561,6 +573,7 @@ impl Shard {
                 }
             }
             Ok(a) => {
+                self.unflushed.set(self.unflushed.get() + a.batch_bytes);
                 p.produced_records
                     .set(p.produced_records.get() + a.last_offset - a.base_offset + 1);
                 p.produced_bytes
@@ -611,18 +624,24 @@ impl Shard {
     async fn flush_loop(self: Rc<Self>, p: Rc<Partition>, mut force_sync: bool) {
         loop {
             let want_sync = force_sync || !p.durable_waiters.borrow().is_empty();
+            let before = p.log.borrow().pending_bytes();
             let job = p.log.borrow_mut().take_flush(want_sync);
             let Some(job) = job else { break };
+            let taken = before.saturating_sub(p.log.borrow().pending_bytes());
             force_sync = false;
             let syncs = job.syncs();
             let done = job.run().await;
             let r = p.log.borrow_mut().finish_flush(done);
+            self.unflushed
+                .set(self.unflushed.get().saturating_sub(taken));
+            self.flushed.notify_all();
             match r {
                 Ok(w) => {
                     {
                         let mut s = self.stats.borrow_mut();
                         s.flushes += 1;
                         s.syncs += u64::from(syncs);
+                        s.flushed_bytes += taken as u64;
                     }
                     complete_waiters(&p, &w);
                     p.notify.notify_all();

@@ -393,3 +393,26 @@ fn reads_beyond_the_cache_come_from_disk_on_a_fresh_engine() {
     assert_eq!(vals[8].1, b"b1-0".to_vec());
     e.shutdown().unwrap();
 }
+
+/// Data acknowledged at `leader` (or not at all) is fdatasync'd by the periodic sync within
+/// about `sync_interval_ms`, without any durable producer asking for it.
+#[test]
+fn leader_acked_data_becomes_durable_within_the_sync_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(dir.path(), 1)).unwrap();
+    e.create_topic("t", TopicConfig::default()).unwrap();
+    e.produce("t", 0, values_batch("a", 3), Acks::Leader)
+        .unwrap();
+    e.produce("t", 0, values_batch("b", 2), Acks::None).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let p = e.describe_partition("t", 0).unwrap();
+        if p.durable_offset == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never synced: {p:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(e.shard_stats().unwrap()[0].syncs >= 1);
+    e.shutdown().unwrap();
+}

@@ -59,6 +59,8 @@ pub struct LogConfig {
 /// Largest segment: positions in the index are u32.
 pub const SEGMENT_BYTES_MAX: u64 = 2 << 30;
 const CHUNK_BYTES_MIN: usize = 64 << 10;
+/// Chunk writes of one flush in flight at once.
+const WRITES_IN_FLIGHT_MAX: usize = 32;
 /// Disk reads are issued in windows of at least this.
 const READ_WINDOW_BYTES: usize = 256 << 10;
 
@@ -259,13 +261,21 @@ impl<S: Storage> FlushJob<S> {
         // files first, then create the new ones, write them, sync the directory and them.
         let (old_writes, new_writes): (Vec<_>, Vec<_>) =
             self.writes.into_iter().partition(|w| w.1.is_some());
-        let write_all = |writes: Vec<(u64, Rc<S::File>, Rc<<S::File as LogFile>::Buf>, u64)>| {
-            join_all(
-                writes
-                    .into_iter()
+        // Writes go out concurrently, at most WRITES_IN_FLIGHT_MAX at a time: a bounded
+        // io_uring footprint (glommio also counts a source's wakers in an i16, which a few
+        // hundred concurrently re-polled writes overflow).
+        let write_all = |writes: Vec<(u64, Rc<S::File>, Rc<<S::File as LogFile>::Buf>, u64)>| async move {
+            let mut results = Vec::with_capacity(writes.len());
+            let mut it = writes.into_iter().peekable();
+            while it.peek().is_some() {
+                let group: Vec<_> = it
+                    .by_ref()
+                    .take(WRITES_IN_FLIGHT_MAX)
                     .map(|(_, f, buf, pos)| async move { f.write_at(buf, pos).await })
-                    .collect(),
-            )
+                    .collect();
+                results.extend(join_all(group).await);
+            }
+            results
         };
         let old: Vec<_> = old_writes
             .into_iter()
@@ -866,6 +876,11 @@ impl<S: Storage> PartitionLog<S> {
 
     pub fn has_pending(&self) -> bool {
         !self.chunks.is_empty()
+    }
+
+    /// Bytes appended but not yet taken by a flush (memory held for this partition's writes).
+    pub fn pending_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.len).sum()
     }
 
     pub fn is_flushing(&self) -> bool {

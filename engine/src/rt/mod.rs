@@ -187,12 +187,27 @@ pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
 }
 
-/// Usable CPUs of this process (its affinity mask), in order.
+/// Usable CPUs of this process, in order: the affinity mask of the process's main thread
+/// (tid = pid), not of the calling thread, so an application that pinned the thread calling
+/// `Engine::open` does not squeeze every shard onto that one core. Falls back to all CPUs.
 pub fn usable_cpus() -> Vec<usize> {
-    core_affinity::get_core_ids()
-        .map(|ids| ids.into_iter().map(|c| c.id).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| {
-            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
-        })
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let pid = std::process::id() as libc::pid_t;
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: valid pointer to a local set of the size passed.
+    let ok = unsafe { libc::sched_getaffinity(pid, size, &mut set) } == 0;
+    let cpus: Vec<usize> = if ok {
+        // SAFETY: CPU_ISSET reads the set filled above; the index is below CPU_SETSIZE.
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| unsafe { libc::CPU_ISSET(*c, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+    } else {
+        cpus
+    }
 }
