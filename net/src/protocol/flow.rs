@@ -90,13 +90,15 @@ impl CreditWindow {
         if batches != 1 {
             return false;
         }
-        let over_records = records > self.window_records;
-        let over_bytes = bytes > self.window_bytes;
-        if !over_records && !over_bytes {
-            return false;
-        }
-        let records_ok = self.credit_records >= records.min(self.window_records);
-        let bytes_ok = self.credit_bytes >= bytes.min(self.window_bytes);
+        // Rule 2: one batch may go alone, beyond the credit, once the credit covers at least
+        // half the window (or the whole cost, if smaller). The client grants back as soon as it
+        // has consumed half the window, so after it has consumed everything pushed the server's
+        // credit always exceeds half the window: requiring more (the batch's full cost, when the
+        // batch is larger than half the window) could leave both sides waiting forever.
+        let half_records = (self.window_records + 1) / 2;
+        let half_bytes = (self.window_bytes + 1) / 2;
+        let records_ok = self.credit_records >= records.min(half_records);
+        let bytes_ok = self.credit_bytes >= bytes.min(half_bytes);
         records_ok && bytes_ok
     }
 
@@ -193,24 +195,28 @@ mod tests {
     }
 
     #[test]
-    fn oversized_batch_goes_alone_once_the_window_is_free() {
+    fn a_large_batch_goes_alone_once_half_the_window_is_free() {
         let mut w = CreditWindow::new(100, 1000);
-        w.consume(1, cost(1, 10));
-        // Larger than the whole window: waits until the full window is back.
-        assert!(!w.admits(1, cost(5, 5000)));
+        w.consume(1, cost(60, 600));
+        // Larger than the credit (40/400) and than half the window: waits.
+        assert!(!w.admits(1, cost(70, 700)));
+        w.grant(10, 100);
+        // Credit 50/500 = half the window: a lone batch may go, but never with another one.
+        assert!(w.admits(1, cost(70, 700)));
+        assert!(
+            w.admits(1, cost(5, 5000)),
+            "larger than the whole window too"
+        );
+        assert!(!w.admits(2, cost(71, 710)));
+        assert_eq!(w.fit([cost(70, 700), cost(1, 10)]), 1);
+        w.consume(1, cost(70, 700));
+        assert_eq!(w.credit(), cost(0, 0));
+        // In debt (-20/-200): nothing goes until it is granted back.
+        assert!(!w.admits(1, cost(1, 10)));
+        w.grant(20, 200);
+        assert!(!w.admits(1, cost(1, 10)));
         w.grant(1, 10);
-        assert!(w.admits(1, cost(5, 5000)));
-        // Never together with another batch.
-        assert!(!w.admits(2, cost(6, 5010)));
-        assert_eq!(w.fit([cost(5, 5000), cost(1, 10)]), 1);
-        w.consume(1, cost(5, 5000));
-        assert_eq!(w.credit(), cost(95, 0));
-        // In debt: nothing goes until the oversized batch is granted back.
-        assert!(!w.admits(1, cost(1, 10)));
-        w.grant(5, 4000);
-        assert!(!w.admits(1, cost(1, 10)));
-        w.grant(0, 1000);
-        assert_eq!(w.credit(), cost(100, 1000));
+        assert!(w.admits(1, cost(1, 10)));
     }
 
     #[test]
@@ -233,6 +239,7 @@ mod tests {
             consume_every in 1usize..4,
         ) {
             let mut server = CreditWindow::new(window_records, window_bytes);
+            let mut client = ConsumerWindow::new(window_records, window_bytes);
             let mut held: Vec<PushCost> = Vec::new(); // batches at the client, not consumed
             let mut next = 0;
             let mut steps = 0;
@@ -251,17 +258,27 @@ mod tests {
                     let in_flight = held.iter().fold(cost(0, 0), |t, c| {
                         cost(t.records + c.records, t.bytes + c.bytes)
                     });
-                    let within = in_flight.records <= u64::from(window_records)
-                        && in_flight.bytes <= window_bytes;
-                    prop_assert!(within || held.len() == 1,
+                    // Per dimension: within the window, or (rule 2) a lone batch sent with at
+                    // most half the window still held before it.
+                    let last = held[held.len() - 1];
+                    let before_last = cost(in_flight.records - last.records, in_flight.bytes - last.bytes);
+                    let ok = |held_d: u64, before_d: u64, window_d: u64| {
+                        held_d <= window_d || (n == 1 && before_d <= window_d / 2)
+                    };
+                    prop_assert!(
+                        ok(in_flight.records, before_last.records, u64::from(window_records))
+                            && ok(in_flight.bytes, before_last.bytes, window_bytes),
                         "client holds {in_flight:?} in {} batches, window {window_records}/{window_bytes}",
                         held.len());
                 }
                 if n == 0 || steps % consume_every == 0 {
-                    // The client consumes its oldest batch and grants it back.
+                    // The client consumes its oldest batch and grants back the way the real
+                    // client does: through ConsumerWindow, once half the window is consumed.
                     if !held.is_empty() {
                         let c = held.remove(0);
-                        server.grant(c.records as u32, c.bytes);
+                        if let Some((r, b)) = client.consumed(c) {
+                            server.grant(r, b);
+                        }
                     }
                 }
             }
