@@ -24,7 +24,7 @@ use crate::log::RecoveryReport;
 use crate::metadata::{self, Metadata, TopicMeta};
 use crate::rt::{self, ExecutorHandle, ExecutorSpec};
 use crate::shard::{
-    Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, Request, Shard, ShardStats,
+    Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, Reply, Request, Shard, ShardStats,
     ShardTask,
 };
 
@@ -382,28 +382,45 @@ impl Engine {
         self.inner.routes.store(Arc::new(Routes { topics }));
     }
 
-    fn send(&self, shard: usize, req: Request) -> Result<()> {
+    fn inbox(&self, shard: usize) -> Result<&flume::Sender<Request>> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
-        let tx = self
-            .inner
+        self.inner
             .shards
             .get(shard)
-            .ok_or_else(|| Error::Runtime(format!("no shard {shard}")))?;
-        tx.send(req).map_err(|_| Error::ShuttingDown)
+            .ok_or_else(|| Error::Runtime(format!("no shard {shard}")))
+    }
+
+    fn send(&self, shard: usize, req: Request) -> Result<()> {
+        self.inbox(shard)?
+            .send(req)
+            .map_err(|_| Error::ShuttingDown)
     }
 
     async fn send_async(&self, shard: usize, req: Request) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::ShuttingDown);
-        }
-        let tx = self
-            .inner
-            .shards
-            .get(shard)
-            .ok_or_else(|| Error::Runtime(format!("no shard {shard}")))?;
-        tx.send_async(req).await.map_err(|_| Error::ShuttingDown)
+        self.inbox(shard)?
+            .send_async(req)
+            .await
+            .map_err(|_| Error::ShuttingDown)
+    }
+
+    /// One request to a shard and its reply, blocking.
+    fn ask<T>(&self, shard: usize, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+        let (tx, rx) = flume::bounded(1);
+        self.send(shard, make(tx))?;
+        recv(rx)
+    }
+
+    /// One request to a shard and its reply, as a future.
+    async fn ask_async<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(Reply<T>) -> Request,
+    ) -> Result<T> {
+        let (tx, rx) = flume::bounded(1);
+        self.send_async(shard, make(tx)).await?;
+        recv_async(rx).await
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -577,15 +594,10 @@ impl Engine {
 
     pub fn describe_partition(&self, topic: &str, partition: u32) -> Result<PartitionInfo> {
         let (name, shard) = self.locate(topic, partition)?;
-        let (tx, rx) = flume::bounded(1);
-        self.send(
-            shard,
-            Request::Describe {
-                key: (name, partition),
-                reply: tx,
-            },
-        )?;
-        recv(rx)
+        self.ask(shard, |reply| Request::Describe {
+            key: (name, partition),
+            reply,
+        })
     }
 
     /// [`Engine::describe_partition`] as a future.
@@ -595,16 +607,11 @@ impl Engine {
         partition: u32,
     ) -> Result<PartitionInfo> {
         let (name, shard) = self.locate(topic, partition)?;
-        let (tx, rx) = flume::bounded(1);
-        self.send_async(
-            shard,
-            Request::Describe {
-                key: (name, partition),
-                reply: tx,
-            },
-        )
-        .await?;
-        recv_async(rx).await
+        self.ask_async(shard, |reply| Request::Describe {
+            key: (name, partition),
+            reply,
+        })
+        .await
     }
 
     /// Changes a topic's retention (persisted, applied by the next retention pass).
@@ -820,17 +827,12 @@ impl Engine {
         spec: OffsetSpec,
     ) -> Result<u64> {
         let (name, shard) = self.locate(topic, partition)?;
-        let (tx, rx) = flume::bounded(1);
-        self.send_async(
-            shard,
-            Request::ListOffset {
-                key: (name, partition),
-                spec,
-                reply: tx,
-            },
-        )
-        .await?;
-        recv_async(rx).await
+        self.ask_async(shard, |reply| Request::ListOffset {
+            key: (name, partition),
+            spec,
+            reply,
+        })
+        .await
     }
 
     fn fetch_request(
@@ -873,16 +875,11 @@ impl Engine {
     /// Resolves an offset specification to an offset.
     pub fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
         let (name, shard) = self.locate(topic, partition)?;
-        let (tx, rx) = flume::bounded(1);
-        self.send(
-            shard,
-            Request::ListOffset {
-                key: (name, partition),
-                spec,
-                reply: tx,
-            },
-        )?;
-        recv(rx)
+        self.ask(shard, |reply| Request::ListOffset {
+            key: (name, partition),
+            spec,
+            reply,
+        })
     }
 
     /// Subscribes to a partition from `from`: batches are pushed as soon as they are written.
@@ -899,18 +896,13 @@ impl Engine {
         let offset = self.list_offset(topic, partition, from)?;
         let (name, shard) = self.locate(topic, partition)?;
         let (stx, srx) = flume::bounded(capacity.max(1));
-        let (tx, rx) = flume::bounded(1);
-        self.send(
-            shard,
-            Request::Subscribe {
-                key: (name, partition),
-                from: offset,
-                max_bytes,
-                tx: stx,
-                reply: tx,
-            },
-        )?;
-        recv(rx)?;
+        self.ask(shard, |reply| Request::Subscribe {
+            key: (name, partition),
+            from: offset,
+            max_bytes,
+            tx: stx,
+            reply,
+        })?;
         Ok(Subscription { rx: srx })
     }
 
