@@ -2,7 +2,9 @@
 //!
 //! Codes `1..=99` belong to the engine: they are exactly `shardline_engine::Error::code()`, mirrored
 //! here so that a client can name them without linking the engine (a test checks the mirror).
-//! Codes `100..` are the protocol's own. Codes are never renumbered, only appended.
+//! Codes `100..=199` are the protocol's own; `200..=249` messaging semantics (groups, queues,
+//! idempotence), `250..=269` operations, `270..=299` security. Codes are never renumbered, only
+//! appended.
 
 /// Stable numeric error codes carried in `ErrorResponse::code` and per-partition `error_code`.
 pub mod code {

@@ -38,7 +38,7 @@ pub mod messages;
 #[cfg(test)]
 mod tests;
 
-pub use api::{API_COUNT, ApiKey, NegotiatedVersions, negotiate, supported_apis};
+pub use api::{API_COUNT, API_KEY_LIMIT, ApiKey, NegotiatedVersions, negotiate, supported_apis};
 pub use codec::{FrameEncoder, FrameParts, Request, Response, ServerMessage};
 pub use error::{WireError, code, code_is_retriable, code_name};
 pub use flow::{ConsumerWindow, CreditWindow, PushCost};
