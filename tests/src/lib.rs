@@ -13,3 +13,5 @@ pub fn crash_value(seq: u64, i: usize) -> Vec<u8> {
 pub fn crash_batch_len(seq: u64) -> usize {
     1 + (seq % 17) as usize
 }
+
+pub mod torture;

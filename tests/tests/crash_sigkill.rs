@@ -149,7 +149,7 @@ fn acked_batches_survive_sigkill() {
     let seed: u64 = std::env::var("CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     eprintln!("crash_sigkill: seed {seed} (CRASH_SEED={seed} replays the kill timings)");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,0 +1,166 @@
+//! Fault-injection harness: verifying producers and consumers against a real `shardline serve`
+//! while it is killed, paused, torn, cut off, stalled, flooded and filled up
+//! (docs/reliability.md). Exit status 0 = no invariant violated, 1 = the run could not be
+//! carried out, 3 = violations (listed on stderr and in the JSON report).
+//!
+//! cargo run --release -p shardline-tests --bin torture -- --minutes 30 --json soak.json
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use shardline_tests::torture::{self, Config, Fault};
+
+#[derive(Parser, Debug)]
+#[command(about = "Shardline fault-injection harness")]
+struct Args {
+    /// Run random faults for this many minutes (a soak).
+    #[arg(long, conflicts_with = "cycles")]
+    minutes: Option<f64>,
+    /// Run a fixed schedule of this many fault cycles (at least --kill-cycles kills and every
+    /// other fault once).
+    #[arg(long)]
+    cycles: Option<usize>,
+    #[arg(long, default_value_t = 10)]
+    kill_cycles: usize,
+    /// Faults to inject, comma separated.
+    #[arg(
+        long,
+        default_value = "kill,pause,torn,netdrop,netdelay,stall,burst",
+        value_delimiter = ','
+    )]
+    faults: Vec<String>,
+    /// Also fill up a small loop-mounted disk (root only; skipped with a reason otherwise).
+    #[arg(long)]
+    disk_full: bool,
+    #[arg(long, default_value_t = 48)]
+    disk_full_mib: u64,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    #[arg(long, default_value_t = 4)]
+    producers: usize,
+    #[arg(long, default_value_t = 2)]
+    consumers: usize,
+    #[arg(long, default_value_t = 2)]
+    shards: usize,
+    /// Load between faults, milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    cycle_ms: u64,
+    #[arg(long, default_value_t = 3000)]
+    pause_ms: u64,
+    #[arg(long, default_value_t = 2000)]
+    request_timeout_ms: u64,
+    #[arg(long, default_value_t = 30_000)]
+    restart_limit_ms: u64,
+    #[arg(long, default_value_t = 1024)]
+    rss_limit_mib: u64,
+    #[arg(long, default_value_t = 8 << 20)]
+    segment_bytes: u64,
+    #[arg(long, default_value_t = 64 << 20)]
+    unflushed_bytes_max: u64,
+    #[arg(long, default_value_t = 64 << 20)]
+    cache_bytes: u64,
+    /// Working directory on a real disk (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Write the report here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, short)]
+    verbose: bool,
+    /// Self-test: torn tails cut into acknowledged data (the run must then fail with exit 3).
+    #[arg(long, hide = true)]
+    sabotage: bool,
+}
+
+fn main() {
+    match real_main() {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(3),
+        Err(e) => {
+            eprintln!("torture: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<bool> {
+    let a = Args::parse();
+    let faults = a
+        .faults
+        .iter()
+        .map(|f| Fault::parse(f))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if faults.is_empty() {
+        anyhow::bail!("--faults is empty");
+    }
+    let tmp;
+    let dir = match &a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            tempfile::tempdir_in(d)?.keep()
+        }
+        None => {
+            tmp = tempfile::tempdir_in("/var/tmp").or_else(|_| tempfile::tempdir())?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let seed = a.seed.unwrap_or_else(rand::random);
+    eprintln!(
+        "torture: seed {seed} (rerun with --seed {seed}), dir {}",
+        dir.display()
+    );
+    let cycles = match (a.cycles, a.minutes) {
+        (Some(c), _) => Some(c),
+        (None, Some(_)) => None,
+        (None, None) => Some(a.kill_cycles + faults.len()),
+    };
+    let cfg = Config {
+        dir,
+        seed,
+        cycles,
+        duration: Duration::from_secs_f64(a.minutes.unwrap_or(0.0) * 60.0),
+        faults,
+        kill_cycles_min: a.kill_cycles,
+        partitions: a.partitions,
+        producers: a.producers,
+        consumers: a.consumers.max(1),
+        shards: a.shards,
+        cycle: Duration::from_millis(a.cycle_ms),
+        pause: Duration::from_millis(a.pause_ms),
+        request_timeout: Duration::from_millis(a.request_timeout_ms),
+        restart_limit: Duration::from_millis(a.restart_limit_ms),
+        rss_limit_bytes: a.rss_limit_mib << 20,
+        segment_bytes: a.segment_bytes,
+        unflushed_bytes_max: a.unflushed_bytes_max,
+        cache_bytes: a.cache_bytes,
+        disk_full: a.disk_full,
+        disk_full_mib: a.disk_full_mib,
+        verbose: a.verbose,
+        sabotage: a.sabotage,
+    };
+    let report = torture::run(&cfg)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &a.json {
+        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("{json}");
+    for v in &report.violations {
+        eprintln!("VIOLATION: {v}");
+    }
+    eprintln!(
+        "torture: {} cycles, {} acked records, {} verified, {} restarts (max {:.0} ms to serve), \
+         peak RSS {} MiB, {} violations",
+        report.cycles,
+        report.acked_records,
+        report.records_verified,
+        report.restarts.len(),
+        report.restart_serving_ms_max,
+        report.peak_rss_bytes >> 20,
+        report.violations.len()
+    );
+    Ok(report.violations.is_empty())
+}
