@@ -71,6 +71,10 @@ struct Args {
     json: Option<PathBuf>,
     #[arg(long, short)]
     verbose: bool,
+    /// Instead of a fault run: recovery time after SIGKILL (and after a clean stop) for logs of
+    /// these sizes in GiB, comma separated (e.g. 1,4,16).
+    #[arg(long, value_delimiter = ',')]
+    recovery_gib: Vec<f64>,
     /// Self-test: torn tails cut into acknowledged data (the run must then fail with exit 3).
     #[arg(long, hide = true)]
     sabotage: bool,
@@ -142,6 +146,30 @@ fn real_main() -> anyhow::Result<bool> {
         verbose: a.verbose,
         sabotage: a.sabotage,
     };
+    if !a.recovery_gib.is_empty() {
+        let spec = torture::server_spec(&cfg)?;
+        let mut points = Vec::new();
+        for &gib in &a.recovery_gib {
+            let p = torture::recovery::measure(&spec, gib, a.partitions)?;
+            eprintln!(
+                "recovery: {gib} GiB over {} partitions (filled at {:.0} MiB/s): after SIGKILL \
+                 listening {:.0} ms, serving {:.0} ms; after a clean stop {:.0} / {:.0} ms",
+                p.partitions,
+                p.fill_mib_per_s,
+                p.after_kill_listening_ms,
+                p.after_kill_serving_ms,
+                p.after_clean_stop_listening_ms,
+                p.after_clean_stop_serving_ms
+            );
+            points.push(p);
+        }
+        let json = serde_json::to_string_pretty(&points)?;
+        if let Some(p) = &a.json {
+            std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+        }
+        println!("{json}");
+        return Ok(true);
+    }
     let report = torture::run(&cfg)?;
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(p) = &a.json {

@@ -18,6 +18,7 @@
 
 pub mod ledger;
 pub mod proxy;
+pub mod recovery;
 pub mod server;
 
 use std::collections::{BTreeMap, HashMap};
@@ -219,6 +220,24 @@ impl Shared {
     }
 }
 
+/// The server settings of a run (also for the recovery measurements).
+pub fn server_spec(cfg: &Config) -> anyhow::Result<ServerSpec> {
+    let data_dir = cfg.dir.join("data");
+    std::fs::create_dir_all(&data_dir).context("creating the data dir")?;
+    Ok(ServerSpec {
+        bin: server::shardline_bin()?,
+        config: ServerSpec::write_config(
+            &cfg.dir,
+            cfg.segment_bytes,
+            cfg.unflushed_bytes_max,
+            cfg.cache_bytes,
+        )?,
+        data_dir,
+        shards: cfg.shards,
+        start_timeout: cfg.restart_limit,
+    })
+}
+
 /// Runs the harness; `Err` only when the run itself could not be carried out.
 pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     let t0 = Instant::now();
@@ -228,20 +247,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         rss_limit_bytes: cfg.rss_limit_bytes,
         ..Report::default()
     };
-    let data_dir = cfg.dir.join("data");
-    std::fs::create_dir_all(&data_dir).context("creating the data dir")?;
-    let spec = ServerSpec {
-        bin: server::shardline_bin()?,
-        config: ServerSpec::write_config(
-            &cfg.dir,
-            cfg.segment_bytes,
-            cfg.unflushed_bytes_max,
-            cfg.cache_bytes,
-        )?,
-        data_dir: data_dir.clone(),
-        shards: cfg.shards,
-        start_timeout: cfg.restart_limit,
-    };
+    let spec = server_spec(cfg)?;
     let mut srv = spec.start()?;
     let proxy = Proxy::start(&srv.addr)?;
     let shared = Arc::new(Shared {
