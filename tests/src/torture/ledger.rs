@@ -15,12 +15,12 @@ const MAGIC: &[u8; 4] = b"TRT1";
 /// Magic, producer, partition, sequence.
 const IDENTITY_BYTES: usize = 4 + 4 + 4 + 8;
 
-/// The bytes of record `seq` of `producer` on `partition`: 24..=1047 bytes, the tail derived
+/// The bytes of record `seq` of `producer` on `partition`: 20..=403 bytes, the tail derived
 /// from a seeded generator so that every byte is checkable.
 pub fn value(producer: u32, partition: u32, seq: u64) -> Vec<u8> {
     let seed = (u64::from(producer) << 40) ^ (u64::from(partition) << 20) ^ seq;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let tail = (seq.wrapping_mul(7919) % 1024) as usize;
+    let tail = (seq.wrapping_mul(7919) % 384) as usize;
     let mut v = Vec::with_capacity(IDENTITY_BYTES + tail);
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&producer.to_le_bytes());

@@ -267,15 +267,23 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     });
     {
         let admin = shared.client(false)?;
-        for (name, partitions) in [(TOPIC, cfg.partitions), (BURST_TOPIC, 1)] {
-            admin.create_topic(
-                name,
-                TopicConfig {
-                    partitions,
-                    ..TopicConfig::default()
-                },
-            )?;
-        }
+        admin.create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: cfg.partitions,
+                ..TopicConfig::default()
+            },
+        )?;
+        // The burst topic is not verified: retention keeps a long soak's disk use bounded.
+        admin.create_topic(
+            BURST_TOPIC,
+            TopicConfig {
+                partitions: 1,
+                retention_bytes: Some(256 << 20),
+                segment_bytes: Some(32 << 20),
+                ..TopicConfig::default()
+            },
+        )?;
     }
     let peak_rss = Arc::new(AtomicU64::new(0));
     let rss_pid = Arc::new(AtomicU64::new(u64::from(srv.pid)));
