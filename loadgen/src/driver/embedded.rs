@@ -73,6 +73,10 @@ impl Driver for EmbeddedDriver {
         "embedded"
     }
 
+    fn durability(&self, acks: AckLevel) -> String {
+        super::shardline::durability(acks)
+    }
+
     fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), DriverError> {
         match self.engine.delete_topic(topic) {
             Ok(()) | Err(EngineError::UnknownTopic(_)) => {}

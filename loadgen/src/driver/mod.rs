@@ -43,7 +43,7 @@ pub struct Received<'a> {
     pub value: &'a [u8],
 }
 
-/// Errors a driver reports. Network drivers will add their own variants.
+/// Errors a driver reports.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriverError {
@@ -82,7 +82,7 @@ impl DriverError {
 
 /// A broker the load generator can drive.
 pub trait Driver: Send + Sync {
-    /// Name written to the results (`"embedded"`, later `"shardline"`, `"nats"`, `"redis"`).
+    /// Name written to the results (`"embedded"`, `"shardline"`, `"nats"`, `"redis"`).
     fn name(&self) -> &'static str;
 
     /// What an acknowledgement at `acks` means on this broker as configured (for the results:

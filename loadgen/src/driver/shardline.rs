@@ -78,17 +78,22 @@ fn net_acks(a: AckLevel) -> Acks {
     }
 }
 
+/// What a Shardline ack means at each level (the embedded engine's too).
+pub(crate) fn durability(acks: AckLevel) -> String {
+    match acks {
+        AckLevel::Durable => "durable: ack after fdatasync (group commit)".into(),
+        AckLevel::Leader => "leader: ack after the in-memory append".into(),
+        AckLevel::None => "none: no ack".into(),
+    }
+}
+
 impl Driver for ShardlineDriver {
     fn name(&self) -> &'static str {
         "shardline"
     }
 
     fn durability(&self, acks: AckLevel) -> String {
-        match acks {
-            AckLevel::Durable => "durable: ack after fdatasync (group commit)".into(),
-            AckLevel::Leader => "leader: ack after the in-memory append".into(),
-            AckLevel::None => "none: no ack".into(),
-        }
+        durability(acks)
     }
 
     fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), DriverError> {
