@@ -9,15 +9,19 @@
 #                            it (>= 2.10: `sync_interval: always` is set), else its 2-minute default
 # installing redis-server and nats-server from Debian's packages when missing. For each message
 # size it runs every broker at maximum throughput (closed loop), then every broker at one fixed
-# rate (open loop, latency from intended send times), writes one JSON file per run and one
-# comparison report per group plus one over all runs, and stops the servers it started by PID.
+# rate (open loop, latency from intended send times; plus Shardline at acks=leader, like for like
+# with NATS's un-fsynced PubAck), writes one JSON file per run and one comparison report per
+# group plus one over all runs, and stops the servers it started by PID. Every run starts after
+# a `sync` (no writeback left over from the previous run; Redis's AOF auto-rewrite is off). A 4 KiB
+# write+fdatasync probe before and after shows the disk's fsync tail at the time.
 #
 # Usage: bench/compare.sh [--out DIR] [--duration 10s] [--warmup 2s] [--sizes "100 1024"]
 #                         [--rate N|auto] [--batch N] [--inflight N] [--partitions N]
 #                         [--producers N] [--consumers N]
 #   --out        results (default target/compare/<timestamp>)
 #   --rate auto  (default) half of the lowest maximum throughput measured for that size,
-#                rounded down to a multiple of 1000: a rate all three sustain
+#                rounded down to a multiple of 1000: a rate all three sustain; or one rate for
+#                every size, or per size: --rate 100:26000,1024:6000
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -85,6 +89,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # wait_for FILE PATTERN: the first line of FILE matching PATTERN, within 30 s.
 wait_for() {
@@ -112,8 +117,11 @@ pids+=($!)
 shardline_addr=$(wait_for "$work/shardline.log" "shardline listening on" | awk '{print $NF}')
 
 redis_port=$(free_port)
+# No automatic AOF rewrite: a background rewrite of the GBs the max-throughput runs append
+# would load the disk during the later runs of every broker.
 redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$work/redis" \
-    --appendonly yes --appendfsync always --save "" --daemonize no \
+    --appendonly yes --appendfsync always --auto-aof-rewrite-percentage 0 --save "" \
+    --daemonize no \
     --logfile "$work/redis.log" &
 pids+=($!)
 wait_for "$work/redis.log" "Ready to accept connections" >/dev/null
@@ -149,15 +157,41 @@ nats_addr=$(wait_for "$work/nats.log" "Listening for client connections on" | aw
     echo "             $partitions partitions, batch $batch, inflight $inflight, acks durable"
 } | tee "$out/setup.txt"
 
-# run NAME DRIVER ADDR SIZE [RATE]: one loadgen run; its JSON goes to $out/NAME.json.
+# Disk yardstick: 4 KiB write + fdatasync, 300 times, in the data directory's filesystem. The
+# durable brokers' tails follow this disk's fsync tail (the VM's disk is shared).
+fsync_probe() {
+    python3 - "$work" <<'PY'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+block, lat = b"x" * 4096, []
+for i in range(300):
+    t = time.perf_counter()
+    os.pwrite(fd, block, (i % 64) * 4096)
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - t) * 1e6)
+os.close(fd)
+os.unlink(path)
+lat.sort()
+q = lambda p: int(lat[min(len(lat) - 1, int(p * len(lat)))])
+print(f"4 KiB write+fdatasync us: p50 {q(0.5)} p99 {q(0.99)} max {int(lat[-1])}")
+PY
+}
+echo "fsync:       $(fsync_probe) (before)" | tee -a "$out/setup.txt"
+
+# run NAME DRIVER ADDR SIZE ACKS [RATE]: one loadgen run; its JSON goes to $out/NAME.json.
 run() {
-    local name=$1 driver=$2 addr=$3 size=$4 rate_arg=()
-    [[ $# -ge 5 ]] && rate_arg=(--rate "$5")
+    local name=$1 driver=$2 addr=$3 size=$4 acks=$5 rate_arg=()
+    [[ $# -ge 6 ]] && rate_arg=(--rate "$6")
     echo "== $name"
+    # Start every run with no dirty pages left by the previous one (NATS never fsyncs within
+    # a run, so the kernel would write its data back during the next broker's run).
+    sync
+    sleep 2
     "$loadgen" --driver "$driver" --addr "$addr" --duration "$duration" --warmup "$warmup" \
         --message-size "$size" --batch "$batch" --inflight "$inflight" \
         --partitions "$partitions" --producers "$producers" --consumers "$consumers" \
-        --acks durable "${rate_arg[@]}" --json "$out/$name.json" | tee "$out/$name.txt" \
+        --acks "$acks" "${rate_arg[@]}" --json "$out/$name.json" | tee "$out/$name.txt" \
         || echo "!! $name exited with status ${PIPESTATUS[0]} (see $out/$name.txt)"
 }
 
@@ -170,13 +204,19 @@ for size in $sizes; do
     group=()
     for broker in shardline nats redis; do
         addr_var=${broker}_addr
-        run "$broker-${size}b-max" "$broker" "${!addr_var}" "$size"
+        run "$broker-${size}b-max" "$broker" "${!addr_var}" "$size" durable
         group+=("$out/$broker-${size}b-max.json")
     done
     "$loadgen" compare "${group[@]}" --report "$out/report-${size}b-max" | tee "$out/compare-${size}b-max.txt"
     all+=("${group[@]}")
 
     size_rate=$rate
+    if [[ "$rate" == *:* ]]; then  # per size: "100:26000,1024:6000"
+        size_rate=auto
+        for pair in ${rate//,/ }; do
+            [[ "${pair%%:*}" == "$size" ]] && size_rate=${pair#*:}
+        done
+    fi
     if [[ "$size_rate" == auto ]]; then
         lowest=""
         for f in "${group[@]}"; do
@@ -191,12 +231,16 @@ for size in $sizes; do
     group=()
     for broker in shardline nats redis; do
         addr_var=${broker}_addr
-        run "$broker-${size}b-rate$size_rate" "$broker" "${!addr_var}" "$size" "$size_rate"
+        run "$broker-${size}b-rate$size_rate" "$broker" "${!addr_var}" "$size" durable "$size_rate"
         group+=("$out/$broker-${size}b-rate$size_rate.json")
     done
+    # Like for like with NATS, whose PubAck does not wait for an fsync: Shardline at leader.
+    run "shardline-leader-${size}b-rate$size_rate" shardline "$shardline_addr" "$size" leader "$size_rate"
+    group+=("$out/shardline-leader-${size}b-rate$size_rate.json")
     "$loadgen" compare "${group[@]}" --report "$out/report-${size}b-rate" | tee "$out/compare-${size}b-rate.txt"
     all+=("${group[@]}")
 done
 "$loadgen" compare "${all[@]}" --report "$out/report" >"$out/compare-all.txt"
+echo "fsync:       $(fsync_probe) (after)" | tee -a "$out/setup.txt"
 echo "loadavg:     $(cat /proc/loadavg) (after)" | tee -a "$out/setup.txt"
 echo "== results in $out (report: $out/report/index.html)"
