@@ -56,10 +56,7 @@ fn nats_jetstream_receives_every_acked_message() {
     let server = common::start_nats();
     let v = load("nats", &server.addr, "durable");
     assert!(
-        v["durability"]
-            .as_str()
-            .unwrap()
-            .contains("JetStream file store"),
+        v["durability"].as_str().unwrap().contains("page cache"),
         "{}",
         v["durability"]
     );

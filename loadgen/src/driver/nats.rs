@@ -107,12 +107,16 @@ impl Driver for NatsDriver {
 
     fn durability(&self, acks: AckLevel) -> String {
         let v = &self.server_version;
-        match acks {
-            AckLevel::None => format!("none: plain publish (nats-server {v})"),
-            _ => format!(
-                "JetStream file store, PubAck after write to page cache; fsync per \
-                 sync_interval, default 2 min (nats-server {v})"
-            ),
+        if acks == AckLevel::None {
+            return format!("none: plain publish (nats {v})");
+        }
+        // sync_interval exists from 2.10 (and may say `always`); before, a fixed 2 minutes.
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if version < (2, 10) {
+            format!("page cache; fsync every 2 min (nats {v})")
+        } else {
+            format!("page cache; fsync per sync_interval (nats {v})")
         }
     }
 

@@ -96,8 +96,8 @@ impl Driver for RedisDriver {
             return "none: replies ignored".into();
         }
         match (self.aof.0.as_str(), self.aof.1.as_str()) {
-            ("yes", "always") => "AOF appendfsync=always (fsync before reply)".into(),
-            ("yes", "everysec") => "AOF appendfsync=everysec (fsync about once a second)".into(),
+            ("yes", "always") => "AOF appendfsync=always: fsync before reply".into(),
+            ("yes", "everysec") => "AOF appendfsync=everysec: fsync ~1/s".into(),
             ("yes", other) => format!("AOF appendfsync={other}"),
             _ => "no AOF (memory; RDB snapshots at most)".into(),
         }

@@ -81,8 +81,8 @@ fn net_acks(a: AckLevel) -> Acks {
 /// What a Shardline ack means at each level (the embedded engine's too).
 pub(crate) fn durability(acks: AckLevel) -> String {
     match acks {
-        AckLevel::Durable => "durable: ack after fdatasync (group commit)".into(),
-        AckLevel::Leader => "leader: ack after the in-memory append".into(),
+        AckLevel::Durable => "durable: fdatasync before ack".into(),
+        AckLevel::Leader => "leader: in memory, in order".into(),
         AckLevel::None => "none: no ack".into(),
     }
 }
