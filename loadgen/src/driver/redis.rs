@@ -336,7 +336,7 @@ impl Feeder {
                     return;
                 }
             };
-            let deliveries = match self.parse(reply) {
+            let deliveries = match parse_read_reply(&self.keys, reply) {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = self.tx.send(Err(e));
@@ -350,51 +350,50 @@ impl Feeder {
             }
         }
     }
+}
 
-    /// `[[key, [[id, [field, value, ...]], ...]], ...]` (RESP2) or a map of key to entries
-    /// (RESP3); `Nil` when the block timed out.
-    fn parse(&self, reply: Value) -> Result<Vec<Delivery>, DriverError> {
-        let streams: Vec<(Value, Value)> = match reply {
-            Value::Nil => return Ok(Vec::new()),
-            Value::Map(m) => m,
-            Value::Array(a) => a
-                .into_iter()
-                .map(|s| match s {
-                    Value::Array(mut kv) if kv.len() == 2 => {
-                        let entries = kv.pop().unwrap_or(Value::Nil);
-                        let key = kv.pop().unwrap_or(Value::Nil);
-                        Ok((key, entries))
-                    }
-                    other => Err(peer(format!("XREADGROUP: unexpected stream {other:?}"))),
-                })
-                .collect::<Result<_, _>>()?,
-            other => return Err(peer(format!("XREADGROUP: unexpected reply {other:?}"))),
+/// `[[key, [[id, [field, value, ...]], ...]], ...]` (RESP2) or a map of key to entries
+/// (RESP3); `Nil` when the block timed out.
+fn parse_read_reply(keys: &[(String, u32)], reply: Value) -> Result<Vec<Delivery>, DriverError> {
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(m) => m,
+        Value::Array(a) => a
+            .into_iter()
+            .map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => {
+                    let entries = kv.pop().unwrap_or(Value::Nil);
+                    let key = kv.pop().unwrap_or(Value::Nil);
+                    Ok((key, entries))
+                }
+                other => Err(peer(format!("XREADGROUP: unexpected stream {other:?}"))),
+            })
+            .collect::<Result<_, _>>()?,
+        other => return Err(peer(format!("XREADGROUP: unexpected reply {other:?}"))),
+    };
+    let mut out = Vec::with_capacity(streams.len());
+    for (key, entries) in streams {
+        let Value::BulkString(key) = key else {
+            return Err(peer("XREADGROUP: stream key is not a string"));
         };
-        let mut out = Vec::with_capacity(streams.len());
-        for (key, entries) in streams {
-            let Value::BulkString(key) = key else {
-                return Err(peer("XREADGROUP: stream key is not a string"));
-            };
-            let partition = self
-                .keys
-                .iter()
-                .find(|(k, _)| k.as_bytes() == key.as_slice())
-                .map(|(_, p)| *p)
-                .ok_or_else(|| peer("XREADGROUP: a stream that was not asked for"))?;
-            let Value::Array(entries) = entries else {
-                return Err(peer("XREADGROUP: entries are not an array"));
-            };
-            let mut messages = Vec::with_capacity(entries.len());
-            for e in entries {
-                messages.push((None, entry_value(e)?));
-            }
-            out.push(Delivery {
-                partition,
-                messages,
-            });
+        let partition = keys
+            .iter()
+            .find(|(k, _)| k.as_bytes() == key.as_slice())
+            .map(|(_, p)| *p)
+            .ok_or_else(|| peer("XREADGROUP: a stream that was not asked for"))?;
+        let Value::Array(entries) = entries else {
+            return Err(peer("XREADGROUP: entries are not an array"));
+        };
+        let mut messages = Vec::with_capacity(entries.len());
+        for e in entries {
+            messages.push((None, entry_value(e)?));
         }
-        Ok(out)
+        out.push(Delivery {
+            partition,
+            messages,
+        });
     }
+    Ok(out)
 }
 
 /// The value of the `v` field of one `[id, [field, value]]` entry.
@@ -408,5 +407,89 @@ fn entry_value(entry: Value) -> Result<Bytes, DriverError> {
             _ => Err(peer("XREADGROUP: entry value is not a string")),
         },
         _ => Err(peer("XREADGROUP: entry has no single field")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
+    }
+
+    fn entry(id: &[u8], value: &[u8]) -> Value {
+        Value::Array(vec![bulk(id), Value::Array(vec![bulk(b"v"), bulk(value)])])
+    }
+
+    fn keys() -> Vec<(String, u32)> {
+        vec![("t:0".into(), 0), ("t:3".into(), 3)]
+    }
+
+    #[test]
+    fn a_resp2_reply_becomes_one_delivery_per_stream_in_order() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk(b"t:3"),
+                Value::Array(vec![entry(b"1-0", b"a"), entry(b"1-1", b"b")]),
+            ]),
+            Value::Array(vec![bulk(b"t:0"), Value::Array(vec![entry(b"2-0", b"c")])]),
+        ]);
+        let d = parse_read_reply(&keys(), reply).unwrap();
+        let got: Vec<(u32, Vec<Vec<u8>>)> = d
+            .iter()
+            .map(|d| {
+                (
+                    d.partition,
+                    d.messages.iter().map(|(_, v)| v.to_vec()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, vec![b"a".to_vec(), b"b".to_vec()]),
+                (0, vec![b"c".to_vec()])
+            ]
+        );
+        assert!(d.iter().flat_map(|d| &d.messages).all(|(o, _)| o.is_none()));
+    }
+
+    #[test]
+    fn a_timed_out_block_is_no_delivery() {
+        assert!(parse_read_reply(&keys(), Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_replies_are_typed_errors_not_panics() {
+        let bad = [
+            Value::Int(3),
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![bulk(b"t:9"), Value::Array(vec![])])]),
+            Value::Array(vec![Value::Array(vec![bulk(b"t:0"), Value::Int(1)])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"t:0"),
+                Value::Array(vec![Value::Array(vec![bulk(b"1-0")])]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                bulk(b"t:0"),
+                Value::Array(vec![Value::Array(vec![
+                    bulk(b"1-0"),
+                    Value::Array(vec![bulk(b"v"), Value::Int(5)]),
+                ])]),
+            ])]),
+        ];
+        for reply in bad {
+            let shown = format!("{reply:?}");
+            match parse_read_reply(&keys(), reply) {
+                Err(DriverError::Peer {
+                    broker: "redis", ..
+                }) => {}
+                other => panic!(
+                    "{shown}: expected a redis error, got {:?}",
+                    other.map(|d| d.len())
+                ),
+            }
+        }
     }
 }
