@@ -51,6 +51,7 @@ pub fn rows(runs: &[(String, RunResult)]) -> Vec<Row> {
     };
     let mut out = vec![
         text("driver", &|r| r.driver.clone()),
+        text("durability", &|r| r.durability.clone()),
         text("workload", &|r| r.workload.name.clone()),
         text("mode", &|r| r.latency_mode.clone()),
         text("acks", &|r| r.workload.acks.as_str().into()),

@@ -7,9 +7,9 @@
 //!            +-------------+  send(batch) -> ack future   +--------------------+
 //!  schedule->| producer i  |----------------------------->|                    |
 //!  (open or  | (thread,    |   publish latency = ack -    |  Driver            |
-//!   closed   |  pinned)    |   intended send time         |  (embedded engine  |
-//!   loop)    +-------------+                              |   today; network   |
-//!                                                         |   drivers later)   |
+//!   closed   |  pinned)    |   intended send time         |  (embedded engine, |
+//!   loop)    +-------------+                              |   shardline --addr,|
+//!                                                         |   nats, redis)     |
 //!            +-------------+  deliveries (zero-copy)      |                    |
 //!            | consumer j  |<-----------------------------|                    |
 //!            | (thread)    |   e2e latency = receive -    +--------------------+

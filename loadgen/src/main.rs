@@ -62,7 +62,7 @@ struct CompareArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Broker address (network drivers; not available yet).
+    /// Broker address; without it an embedded Shardline engine runs in this process.
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
     /// Broker family.
@@ -156,6 +156,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         addr: args.addr.clone(),
         data_dir: args.data_dir.clone(),
         shards: w.shards,
+        inflight: w.inflight,
     };
     let driver = driver::open(&opts).context("opening the broker")?;
     eprintln!("running {}", w.describe());

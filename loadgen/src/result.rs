@@ -147,6 +147,8 @@ pub struct OmbFields {
 #[serde(default)]
 pub struct RunResult {
     pub driver: String,
+    /// What an acknowledgement meant on this broker with this run's `acks` (its fsync setting).
+    pub durability: String,
     pub workload: Workload,
     /// `"open-loop"` (latency from intended send times) or `"closed-loop"`.
     pub latency_mode: String,
@@ -296,6 +298,7 @@ impl RunResult {
         );
         RunResult {
             driver: driver.to_string(),
+            durability: String::new(),
             workload: w.clone(),
             latency_mode: if w.rate.is_some() {
                 "open-loop"
@@ -402,6 +405,9 @@ impl RunResult {
             self.driver,
             w.describe()
         )?;
+        if !self.durability.is_empty() {
+            writeln!(out, "durability: {}", self.durability)?;
+        }
         writeln!(out)?;
         writeln!(out, "{:<24}{:>14}{:>12}", "throughput", "msgs/s", "MB/s")?;
         writeln!(

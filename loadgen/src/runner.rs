@@ -199,7 +199,9 @@ pub fn run(
     if let Some(r) = reporter {
         join(r, "progress")?;
     }
-    merge_reports(w, driver.name(), &times, producer_reports, consumer_reports)
+    let mut result = merge_reports(w, driver.name(), &times, producer_reports, consumer_reports)?;
+    result.durability = driver.durability(w.acks);
+    Ok(result)
 }
 
 fn merge_reports(

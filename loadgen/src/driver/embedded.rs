@@ -73,6 +73,10 @@ impl Driver for EmbeddedDriver {
         "embedded"
     }
 
+    fn durability(&self, acks: AckLevel) -> String {
+        super::shardline::durability(acks)
+    }
+
     fn create_topic(&self, topic: &str, partitions: u32) -> Result<(), DriverError> {
         match self.engine.delete_topic(topic) {
             Ok(()) | Err(EngineError::UnknownTopic(_)) => {}
@@ -133,6 +137,17 @@ impl Driver for EmbeddedDriver {
     }
 }
 
+/// One Shardline record batch of `values`, all stamped now (the engine's and the network
+/// drivers' unit of produce).
+pub(crate) fn record_batch(values: Vec<Vec<u8>>) -> Result<bytes::Bytes, DriverError> {
+    let now = batch::now_us();
+    let mut b = BatchBuilder::new();
+    for v in values {
+        b.push(now, None, v, Vec::new());
+    }
+    Ok(b.build()?)
+}
+
 struct EmbeddedProducer {
     engine: Engine,
     topic: String,
@@ -142,14 +157,9 @@ struct EmbeddedProducer {
 impl Producer for EmbeddedProducer {
     fn send(&mut self, partition: u32, values: Vec<Vec<u8>>) -> AckFuture {
         let count = values.len() as u64;
-        let now = batch::now_us();
-        let mut b = BatchBuilder::new();
-        for v in values {
-            b.push(now, None, v, Vec::new());
-        }
-        let built = match b.build() {
+        let built = match record_batch(values) {
             Ok(bytes) => bytes,
-            Err(e) => return Box::pin(std::future::ready(Err(e.into()))),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
         let ack = self
             .engine

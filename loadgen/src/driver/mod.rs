@@ -4,9 +4,11 @@
 //! [`Consumer`] per consumer thread. Everything is poll-based and runtime-free so that the same
 //! producer and consumer loops (and the same measurements) drive every broker:
 //!
-//! - `embedded` (today): the Shardline engine in this process ([`embedded`]).
-//! - `shardline` over `--addr` (later): the network client, one connection per thread, pipelined.
-//! - `nats` and `redis` (later): JetStream and Redis Streams, as peers under the same workload.
+//! - `embedded`: the Shardline engine in this process ([`embedded`]).
+//! - `shardline` over `--addr`: the network client, own connections per thread, pipelined
+//!   ([`shardline`]).
+//! - `nats` and `redis`: JetStream and Redis Streams, as peers under the same workload
+//!   ([`nats`], [`redis`]); each partition is a stream of its own.
 //!
 //! Contract for implementors:
 //! - [`Producer::send`] returns an [`AckFuture`] that submits its batch on its *first poll* (or
@@ -17,6 +19,10 @@
 //! - Queues inside a driver are bounded: a slow consumer holds back the broker, not memory.
 
 pub mod embedded;
+mod feed;
+pub mod nats;
+pub mod redis;
+pub mod shardline;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -37,7 +43,7 @@ pub struct Received<'a> {
     pub value: &'a [u8],
 }
 
-/// Errors a driver reports. Network drivers will add their own variants.
+/// Errors a driver reports.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DriverError {
@@ -45,6 +51,14 @@ pub enum DriverError {
     NotAvailable(String),
     #[error("engine: {0}")]
     Engine(#[from] shardline_engine::Error),
+    #[error("shardline: {0}")]
+    Net(#[from] shardline_net::client::ClientError),
+    /// A peer broker (NATS, Redis) refused or failed.
+    #[error("{broker}: {message}")]
+    Peer {
+        broker: &'static str,
+        message: String,
+    },
     #[error("corrupt delivery on partition {partition}: {reason}")]
     Corrupt { partition: u32, reason: String },
     #[error("{context}: {source}")]
@@ -61,14 +75,21 @@ impl DriverError {
             self,
             DriverError::Corrupt { .. }
                 | DriverError::Engine(shardline_engine::Error::CorruptBatch(_))
+                | DriverError::Net(shardline_net::client::ClientError::Batch(_))
         )
     }
 }
 
 /// A broker the load generator can drive.
 pub trait Driver: Send + Sync {
-    /// Name written to the results (`"embedded"`, later `"shardline"`, `"nats"`, `"redis"`).
+    /// Name written to the results (`"embedded"`, `"shardline"`, `"nats"`, `"redis"`).
     fn name(&self) -> &'static str;
+
+    /// What an acknowledgement at `acks` means on this broker as configured (for the results:
+    /// peers differ in when they fsync).
+    fn durability(&self, acks: AckLevel) -> String {
+        acks.as_str().to_string()
+    }
 
     /// Creates `topic` with `partitions` partitions, empty: an existing topic of that name is
     /// deleted first, so that consumers reading from the earliest offset see only this run.
@@ -121,24 +142,29 @@ pub struct DriverOptions {
     pub data_dir: Option<PathBuf>,
     /// Embedded only: shard count (0 = one per usable core).
     pub shards: u32,
+    /// Batches one producer keeps in flight (sizes the network clients' request windows).
+    pub inflight: u32,
 }
 
 /// Opens the driver the options name.
 pub fn open(opts: &DriverOptions) -> Result<Box<dyn Driver>, DriverError> {
-    match (opts.kind, &opts.addr) {
+    let need_addr = |name: &str| {
+        DriverError::NotAvailable(format!(
+            "--driver {name} needs --addr HOST:PORT (the load generator embeds only Shardline)"
+        ))
+    };
+    match (opts.kind, opts.addr.as_deref()) {
         (DriverKind::Shardline, None) => Ok(Box::new(embedded::EmbeddedDriver::open(
             opts.data_dir.clone(),
             opts.shards,
         )?)),
-        (DriverKind::Shardline, Some(addr)) => Err(DriverError::NotAvailable(format!(
-            "the shardline network driver (--addr {addr}) is not available yet: the wire \
-             protocol is still to come. Run without --addr to load an embedded engine."
-        ))),
-        (DriverKind::Nats, _) => Err(DriverError::NotAvailable(
-            "the nats driver is not available yet; only the embedded shardline engine is".into(),
-        )),
-        (DriverKind::Redis, _) => Err(DriverError::NotAvailable(
-            "the redis driver is not available yet; only the embedded shardline engine is".into(),
-        )),
+        (DriverKind::Shardline, Some(addr)) => Ok(Box::new(shardline::ShardlineDriver::connect(
+            addr,
+            opts.inflight,
+        )?)),
+        (DriverKind::Nats, Some(addr)) => Ok(Box::new(nats::NatsDriver::connect(addr)?)),
+        (DriverKind::Redis, Some(addr)) => Ok(Box::new(redis::RedisDriver::connect(addr)?)),
+        (DriverKind::Nats, None) => Err(need_addr("nats")),
+        (DriverKind::Redis, None) => Err(need_addr("redis")),
     }
 }
