@@ -80,7 +80,7 @@ fn rate(now: u64, before: u64, seconds: f64) -> f64 {
     now.saturating_sub(before) as f64 / seconds
 }
 
-fn merged(
+fn shard_histograms(
     m: &MetricsResponse,
     get: fn(&crate::protocol::ShardMetrics) -> &crate::protocol::Histogram,
 ) -> Vec<HistogramSnapshot> {
@@ -149,12 +149,12 @@ pub fn frame(now: &MetricsResponse, before: &MetricsResponse, seconds: f64) -> S
         "CONNS",
     ]);
     let durable = (
-        merged(now, |s| &s.append_durable_ns),
-        merged(before, |s| &s.append_durable_ns),
+        shard_histograms(now, |s| &s.append_durable_ns),
+        shard_histograms(before, |s| &s.append_durable_ns),
     );
     let fsync = (
-        merged(now, |s| &s.fsync_ns),
-        merged(before, |s| &s.fsync_ns),
+        shard_histograms(now, |s| &s.fsync_ns),
+        shard_histograms(before, |s| &s.fsync_ns),
     );
     for (i, s) in now.shards.iter().enumerate() {
         let b = before.shards.get(i);
