@@ -259,6 +259,7 @@ impl Engine {
         metadata::store(&dir, &meta)?;
         remove_orphans(&dir, &meta);
 
+        let recovery_started = std::time::Instant::now();
         let weak = WeakEngine::default();
         let mut senders = Vec::with_capacity(shard_count);
         let mut threads = Vec::with_capacity(shard_count);
@@ -286,9 +287,16 @@ impl Engine {
                     return Err(e);
                 }
             }
-            tracing::info!(shard = id, cpu = ?config.pin_shards.then(|| cpus[id % cpus.len()]), "shard started");
+            tracing::debug!(shard = id, cpu = ?config.pin_shards.then(|| cpus[id % cpus.len()]), "shard started");
             senders.push(tx);
         }
+        let map: Vec<String> = (0..shard_count)
+            .map(|id| match config.pin_shards {
+                true => format!("{id}->cpu{}", cpus[id % cpus.len()]),
+                false => format!("{id}->unpinned"),
+            })
+            .collect();
+        tracing::info!(shards = shard_count, map = %map.join(" "), data_dir = %dir.display(), "shards started");
         let engine = Engine {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -309,6 +317,8 @@ impl Engine {
         let mut total = RecoveryReport::default();
         for rx in pending {
             let r = recv(rx)?;
+            total.partitions += 1;
+            total.truncated_tails += usize::from(r.truncated_bytes > 0);
             total.segments += r.segments;
             total.rebuilt_indexes += r.rebuilt_indexes;
             total.scanned_bytes += r.scanned_bytes;
@@ -317,8 +327,12 @@ impl Engine {
                 total.truncation_reason = r.truncation_reason;
             }
         }
+        total.duration_ms = recovery_started.elapsed().as_millis() as u64;
         tracing::info!(
             topics = meta.topics.len(),
+            partitions = total.partitions,
+            truncated_tails = total.truncated_tails,
+            duration_ms = total.duration_ms,
             segments = total.segments,
             rebuilt_indexes = total.rebuilt_indexes,
             scanned_bytes = total.scanned_bytes,
@@ -616,6 +630,18 @@ impl Engine {
 
     /// Changes a topic's retention (persisted, applied by the next retention pass).
     pub fn set_retention(&self, topic: &str, bytes: Option<u64>, ms: Option<u64>) -> Result<()> {
+        self.alter_retention(topic, |_| bytes, |_| ms).map(|_| ())
+    }
+
+    /// Changes a topic's retention from its current settings (read and written under the
+    /// control-plane lock, so concurrent changes do not lose each other's updates). Returns
+    /// the topic with its new settings.
+    pub fn alter_retention(
+        &self,
+        topic: &str,
+        bytes: impl FnOnce(Option<u64>) -> Option<u64>,
+        ms: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) -> Result<TopicInfo> {
         let mut meta = self
             .inner
             .control
@@ -626,8 +652,15 @@ impl Engine {
             .topics
             .get_mut(topic)
             .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+        let (bytes, ms) = (bytes(t.config.retention_bytes), ms(t.config.retention_ms));
         t.config.retention_bytes = bytes;
         t.config.retention_ms = ms;
+        let info = TopicInfo {
+            name: topic.to_string(),
+            id: t.id,
+            config: t.config.clone(),
+            shards: t.shards.clone(),
+        };
         let shards = t.shards.clone();
         metadata::store(&self.inner.config.data_dir, &next)?;
         *meta = next;
@@ -645,7 +678,19 @@ impl Engine {
             )?;
             recv(rx)?;
         }
-        Ok(())
+        Ok(info)
+    }
+
+    /// A copy of every shard's metrics (engine/src/metrics.rs), one request per shard; the
+    /// caller (a scrape thread) merges and encodes them. Must not be called on a shard thread.
+    pub fn metrics_snapshot(&self) -> Result<Vec<crate::metrics::ShardMetricsSnapshot>> {
+        let mut rxs = Vec::with_capacity(self.shard_count());
+        for s in 0..self.shard_count() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(s, Request::Metrics { reply: tx })?;
+            rxs.push(rx);
+        }
+        rxs.into_iter().map(recv).collect()
     }
 
     pub fn shard_stats(&self) -> Result<Vec<ShardStats>> {

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod log;
 pub mod metadata;
+pub mod metrics;
 pub mod rt;
 pub mod shard;
 pub mod storage;

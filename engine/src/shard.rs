@@ -21,6 +21,7 @@ use crate::batch::{self, BatchHeader};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::log::{self, LogConfig, PartitionLog, ReadPlan, ReadResult, RecoveryReport, Watermarks};
+use crate::metrics::{Sample, ShardMetrics, ShardMetricsSnapshot};
 use crate::rt::{self, DmaStorage};
 use crate::util::LocalNotify;
 
@@ -100,6 +101,7 @@ pub struct PartitionInfo {
     pub produced_records: u64,
     pub produced_bytes: u64,
     pub fetched_records: u64,
+    pub fetched_bytes: u64,
     pub failure: Option<String>,
 }
 
@@ -173,6 +175,9 @@ pub(crate) enum Request {
     Stats {
         reply: Reply<ShardStats>,
     },
+    Metrics {
+        reply: Reply<ShardMetricsSnapshot>,
+    },
     ApplyRetention {
         reply: Reply<()>,
     },
@@ -191,6 +196,8 @@ pub struct ShardHandle {
 struct Waiter {
     ack: ProduceAck,
     reply: Reply<ProduceAck>,
+    /// When the batch was appended (append latency, docs/operations.md).
+    since: Instant,
 }
 
 struct Partition {
@@ -207,6 +214,10 @@ struct Partition {
     produced_records: Cell<u64>,
     produced_bytes: Cell<u64>,
     fetched_records: Cell<u64>,
+    fetched_bytes: Cell<u64>,
+    /// Reads served from the cache, and from disk.
+    cache_hits: Cell<u64>,
+    cache_misses: Cell<u64>,
 }
 
 pub(crate) struct Shard {
@@ -219,6 +230,7 @@ pub(crate) struct Shard {
     /// Notified after every flush, for the main loop waiting on `unflushed`.
     flushed: LocalNotify,
     stats: RefCell<ShardStats>,
+    metrics: RefCell<ShardMetrics>,
     closing: Cell<bool>,
     engine: crate::engine::WeakEngine,
 }
@@ -257,6 +269,7 @@ impl Shard {
                 shard: id,
                 ..Default::default()
             }),
+            metrics: RefCell::new(ShardMetrics::default()),
             closing: Cell::new(false),
             engine,
         })
@@ -379,10 +392,10 @@ impl Shard {
                 let _ = reply.send(self.partition(&key).map(|p| self.describe(&p)));
             }
             Request::Stats { reply } => {
-                let mut s = self.stats.borrow().clone();
-                s.partitions = self.partitions.borrow().len();
-                s.cache_bytes = self.cache_total.get();
-                let _ = reply.send(Ok(s));
+                let _ = reply.send(Ok(self.stats()));
+            }
+            Request::Metrics { reply } => {
+                let _ = reply.send(Ok(self.metrics_snapshot()));
             }
             Request::ApplyRetention { reply } => {
                 let shard = self.clone();
@@ -403,6 +416,45 @@ impl Shard {
         }
     }
 
+    fn stats(&self) -> ShardStats {
+        let mut s = self.stats.borrow().clone();
+        s.partitions = self.partitions.borrow().len();
+        s.cache_bytes = self.cache_total.get();
+        s
+    }
+
+    /// A copy of the shard's metrics for a scrape (engine/src/metrics.rs).
+    fn metrics_snapshot(&self) -> ShardMetricsSnapshot {
+        let mut out = ShardMetricsSnapshot {
+            stats: self.stats(),
+            unflushed_bytes: self.unflushed.get() as u64,
+            ..Default::default()
+        };
+        self.metrics.borrow().fill(&mut out);
+        let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
+        for p in &parts {
+            out.cache_hits += p.cache_hits.get();
+            out.cache_misses += p.cache_misses.get();
+            out.partitions.push(self.describe(p));
+        }
+        out.partitions
+            .sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        self.collect_samples(&out.partitions, &mut out.samples);
+        out
+    }
+
+    /// Figures of the generic families (`metrics::EXTRA_FAMILIES`): subsystems that live on
+    /// the shard push theirs here.
+    fn collect_samples(&self, partitions: &[PartitionInfo], out: &mut Vec<Sample>) {
+        for p in partitions {
+            out.push(Sample {
+                family: "shardline_partition_segments",
+                labels: vec![p.topic.clone(), p.partition.to_string()],
+                value: i64::try_from(p.segments).unwrap_or(i64::MAX),
+            });
+        }
+    }
+
     fn describe(&self, p: &Partition) -> PartitionInfo {
         let l = p.log.borrow();
         let w = l.watermarks();
@@ -420,6 +472,7 @@ impl Shard {
             produced_records: p.produced_records.get(),
             produced_bytes: p.produced_bytes.get(),
             fetched_records: p.fetched_records.get(),
+            fetched_bytes: p.fetched_bytes.get(),
             failure: l.failure().map(str::to_string),
         }
     }
@@ -454,6 +507,9 @@ impl Shard {
                     produced_records: Cell::new(0),
                     produced_bytes: Cell::new(0),
                     fetched_records: Cell::new(0),
+                    fetched_bytes: Cell::new(0),
+                    cache_hits: Cell::new(0),
+                    cache_misses: Cell::new(0),
                 });
                 self.partitions.borrow_mut().insert(key, p);
                 let _ = reply.send(Ok(report));
@@ -504,7 +560,7 @@ impl Shard {
             let done = job.run().await;
             let r = p.log.borrow_mut().finish_flush(done);
             match r {
-                Ok(w) => complete_waiters(p, &w),
+                Ok(w) => complete_waiters(p, &w, &self.metrics),
                 Err(e) => {
                     fail_waiters(p, &e);
                     result = Err(e);
@@ -560,6 +616,8 @@ impl Shard {
                 return;
             }
         };
+        let since = Instant::now();
+        let batch_bytes = batch.len() as u64;
         let cache_before = p.log.borrow().cache_bytes();
         let appended = p.log.borrow_mut().append(batch, now_ms());
         let cache_after = p.log.borrow().cache_bytes();
@@ -582,11 +640,18 @@ impl Shard {
                     base_offset: a.base_offset,
                     last_offset: a.last_offset,
                 };
+                {
+                    let mut m = self.metrics.borrow_mut();
+                    m.batch_bytes.record(batch_bytes);
+                    if !(acks == Acks::Durable && reply.is_some()) {
+                        m.append_memory_ns.record_duration(since.elapsed());
+                    }
+                }
                 match (acks, reply) {
                     (Acks::Durable, Some(reply)) => p
                         .durable_waiters
                         .borrow_mut()
-                        .push_back(Waiter { ack, reply }),
+                        .push_back(Waiter { ack, reply, since }),
                     (_, Some(reply)) => {
                         let _ = reply.send(Ok(ack));
                     }
@@ -631,6 +696,7 @@ impl Shard {
             force_sync = false;
             let syncs = job.syncs();
             let done = job.run().await;
+            let timings = done.timings();
             let r = p.log.borrow_mut().finish_flush(done);
             self.unflushed
                 .set(self.unflushed.get().saturating_sub(taken));
@@ -643,7 +709,15 @@ impl Shard {
                         s.syncs += u64::from(syncs);
                         s.flushed_bytes += taken as u64;
                     }
-                    complete_waiters(&p, &w);
+                    {
+                        let mut m = self.metrics.borrow_mut();
+                        m.flush_write_ns.record_duration(timings.write);
+                        m.flush_bytes.record(taken as u64);
+                        if syncs {
+                            m.fsync_ns.record_duration(timings.sync);
+                        }
+                    }
+                    complete_waiters(&p, &w, &self.metrics);
                     p.notify.notify_all();
                 }
                 Err(e) => {
@@ -715,13 +789,15 @@ impl Shard {
     }
 }
 
-fn complete_waiters(p: &Partition, w: &Watermarks) {
+fn complete_waiters(p: &Partition, w: &Watermarks, metrics: &RefCell<ShardMetrics>) {
     let mut ws = p.durable_waiters.borrow_mut();
+    let mut m = metrics.borrow_mut();
     while ws
         .front()
         .is_some_and(|x| x.ack.last_offset < w.durable_offset)
     {
         if let Some(x) = ws.pop_front() {
+            m.append_durable_ns.record_duration(x.since.elapsed());
             let _ = x.reply.send(Ok(x.ack));
         }
     }
@@ -755,8 +831,15 @@ fn response(p: &Partition, r: ReadResult, offset: u64) -> FetchResponse {
         .and_then(|c| batch::split_batches(c).ok())
         .and_then(|bs| bs.last().and_then(|b| BatchHeader::parse(b).ok()))
         .map_or(offset, |h| h.next_offset());
-    p.fetched_records
-        .set(p.fetched_records.get() + r.records as u64);
+    // Records delivered: whole batches are returned, so the first may start before `offset`.
+    let first_base = r
+        .chunks
+        .first()
+        .and_then(|c| BatchHeader::parse(c).ok())
+        .map_or(next_offset, |h| h.base_offset);
+    let delivered = next_offset.saturating_sub(first_base.max(offset));
+    p.fetched_records.set(p.fetched_records.get() + delivered);
+    p.fetched_bytes.set(p.fetched_bytes.get() + r.bytes as u64);
     FetchResponse {
         chunks: r.chunks,
         records: r.records,
@@ -775,8 +858,16 @@ async fn read_once(
 ) -> Result<FetchResponse> {
     let plan = p.log.borrow().plan_read(offset, max_bytes, max_records)?;
     let r = match plan {
-        ReadPlan::Ready(r) => r,
-        ReadPlan::Disk(d) => d.run().await?,
+        ReadPlan::Ready(r) => {
+            if r.records > 0 {
+                p.cache_hits.set(p.cache_hits.get() + 1);
+            }
+            r
+        }
+        ReadPlan::Disk(d) => {
+            p.cache_misses.set(p.cache_misses.get() + 1);
+            d.run().await?
+        }
     };
     Ok(response(p, r, offset))
 }

@@ -227,11 +227,25 @@ pub struct FlushDone<S: Storage> {
     upto_offset: u64,
     written_positions: Vec<(u64, u64)>,
     checkpoints: Vec<(u64, u64, bool)>,
+    timings: FlushTimings,
+}
+
+/// How long the phases of one flush took (operations metrics, docs/operations.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushTimings {
+    /// Data writes (the chunks, issued concurrently).
+    pub write: std::time::Duration,
+    /// fdatasync calls (zero when the flush did not sync).
+    pub sync: std::time::Duration,
 }
 
 impl<S: Storage> FlushDone<S> {
     pub fn is_ok(&self) -> bool {
         self.result.is_ok()
+    }
+
+    pub fn timings(&self) -> FlushTimings {
+        self.timings
     }
 }
 
@@ -250,7 +264,9 @@ impl<S: Storage> FlushJob<S> {
             upto_offset: self.upto_offset,
             written_positions: self.written_positions.clone(),
             checkpoints: Vec::new(),
+            timings: FlushTimings::default(),
         };
+        let started = std::time::Instant::now();
         let fail = |done: &mut FlushDone<S>, path: &Path, e: io::Error| {
             done.error_path = path.display().to_string();
             done.result = Err(e);
@@ -287,6 +303,7 @@ impl<S: Storage> FlushJob<S> {
         }
         let mut synced_first: Vec<u64> = Vec::new();
         if !self.creates.is_empty() {
+            let sync_started = std::time::Instant::now();
             let existing: Vec<(u64, Rc<S::File>)> = self
                 .sync_files
                 .iter()
@@ -298,6 +315,7 @@ impl<S: Storage> FlushJob<S> {
                 return done;
             }
             synced_first = existing.iter().map(|(b, _)| *b).collect();
+            done.timings.sync += sync_started.elapsed();
         }
         for (base, path) in &self.creates {
             match self.storage.open(path).await {
@@ -334,6 +352,8 @@ impl<S: Storage> FlushJob<S> {
                 return done;
             }
         }
+        let sync_started = std::time::Instant::now();
+        done.timings.write = (sync_started - started).saturating_sub(done.timings.sync);
         if self.sync {
             let files: Vec<Rc<S::File>> = self
                 .sync_files
@@ -349,6 +369,7 @@ impl<S: Storage> FlushJob<S> {
                 }
             }
             done.synced = true;
+            done.timings.sync += sync_started.elapsed();
         }
         // Index checkpoints are an optimisation: a failure only means a longer scan at recovery.
         for (base, cp, fin) in &self.checkpoints {
@@ -647,6 +668,12 @@ impl<F: LogFile> DiskRead<F> {
 /// Everything a recovery found, for the start-up summary.
 #[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
+    /// Partitions opened (1 for one log; summed by the engine).
+    pub partitions: usize,
+    /// Partitions whose tail was torn and truncated.
+    pub truncated_tails: usize,
+    /// Wall time of the whole recovery (set by the engine).
+    pub duration_ms: u64,
     pub segments: usize,
     pub rebuilt_indexes: usize,
     pub scanned_bytes: u64,

@@ -10,7 +10,10 @@
 //! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable]
 //! shardline [--addr ...] consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--count N]
 //!                                      [--timeout-ms MS]
-//! shardline [--addr ...] stats
+//! shardline [--addr ...] stats [--no-partitions]
+//! shardline [--addr ...] top [--interval-ms MS] [--iterations N]
+//! shardline [--addr ...] topic alter NAME [--retention-bytes B|none] [--retention-ms MS|none]
+//! shardline serve --print-config [--config FILE] [flags]
 //! ```
 //! Output for machines goes to stdout (`serve` prints exactly `shardline listening on <addr>`;
 //! `produce` prints the number of messages acknowledged; `consume` one value per line); logs and
@@ -25,13 +28,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
-use shardline_engine::EngineConfig;
+use shardline_net::cli::config::{FileConfig, LogFormat};
 use shardline_net::client::{
     Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer,
     ProducerConfig, SendHandle, TopicConfig, code,
 };
-use shardline_net::server::{Server, ServerConfig};
+use shardline_net::protocol::SettingChange;
+use shardline_net::server::Server;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -62,8 +65,21 @@ enum Command {
     Produce(ProduceArgs),
     /// Print messages, one value per line, until --count messages or --timeout-ms.
     Consume(ConsumeArgs),
-    /// Print the server's statistics.
-    Stats,
+    /// Print every figure of the server as tables (shards, latencies, partitions, requests).
+    Stats {
+        /// Leave out the per-partition table.
+        #[arg(long)]
+        no_partitions: bool,
+    },
+    /// A live view: per-topic rates, per-shard latency percentiles; q or Ctrl-C quits.
+    Top {
+        /// Refresh every this many milliseconds.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        interval_ms: u64,
+        /// Stop after this many refreshes (default: until q or Ctrl-C).
+        #[arg(long, value_name = "N")]
+        iterations: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -80,9 +96,13 @@ struct ServeArgs {
     /// Number of shards, one per core; 0 = every usable core (engine.shards).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
-    /// Prometheus metrics endpoint (not served yet: accepted and ignored).
+    /// Prometheus endpoint, GET /metrics; port 0 picks one (metrics.listen)
+    /// [default: 127.0.0.1:9464]
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// Print the effective configuration (file, defaults and flags) as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +125,24 @@ enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and its data.
     Delete { name: String },
+    /// Change a topic's retention; a setting not given is kept, `none` removes the limit.
+    Alter {
+        name: String,
+        #[arg(long, value_name = "B|none", value_parser = parse_setting)]
+        retention_bytes: Option<SettingChange>,
+        #[arg(long, value_name = "MS|none", value_parser = parse_setting)]
+        retention_ms: Option<SettingChange>,
+    },
+}
+
+fn parse_setting(s: &str) -> Result<SettingChange, String> {
+    match s {
+        "none" => Ok(SettingChange::Clear),
+        _ => s
+            .parse::<u64>()
+            .map(SettingChange::Set)
+            .map_err(|_| "expected a number or 'none'".to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -163,22 +201,15 @@ fn parse_from(s: &str) -> Result<OffsetSpec, String> {
     }
 }
 
-/// The `--config` file: `[engine]` is the engine's `EngineConfig`, `[server]` the server's
-/// `ServerConfig`. Unknown keys, at any level, are errors.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FileConfig {
-    engine: EngineConfig,
-    server: ServerConfig,
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    let is_serve = matches!(cli.command, Command::Serve(_));
-    init_logging(if is_serve { "info" } else { "warn" });
+    // `serve` sets up logging once its configuration is known (`[log]`).
+    if !matches!(cli.command, Command::Serve(_)) {
+        init_logging("warn", LogFormat::Full);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -214,14 +245,18 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging(default_level: &str) {
+/// Logs go to stderr; `RUST_LOG`, when set, wins over the configured level.
+fn init_logging(default_level: &str, format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Full => builder.init(),
+        LogFormat::Compact => builder.compact().init(),
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -238,7 +273,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(t) => topic(&client, t),
         Command::Produce(args) => produce(client, args),
         Command::Consume(args) => consume(client, args),
-        Command::Stats => stats(&client),
+        Command::Stats { no_partitions } => {
+            let m = client.metrics(!no_partitions)?;
+            let mut out = io::stdout().lock();
+            out.write_all(shardline_net::cli::stats::render(&m).as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Top {
+            interval_ms,
+            iterations,
+        } => {
+            let options = shardline_net::cli::top::TopOptions {
+                interval: Duration::from_millis(interval_ms.max(100)),
+                iterations,
+            };
+            Ok(shardline_net::cli::top::run(&client, options)?)
+        }
     }
 }
 
@@ -246,16 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 // serve
 
 fn load_config(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| {
-            let before = text.get(..s.start).unwrap_or(&text);
-            before.bytes().filter(|b| *b == b'\n').count() + 1
-        });
-        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-        anyhow!("config {}: {}{at}", path.display(), e.message().trim())
-    })
+    FileConfig::load(path).map_err(|e| anyhow!("config {}: {e}", path.display()))
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -263,6 +305,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => load_config(path)?,
         None => FileConfig::default(),
     };
+    // An address set by the operator must be served; the default one is best effort (a
+    // second server on the machine keeps running without metrics, with a warning).
+    let metrics_explicit = args.metrics_listen.is_some()
+        || args.config.is_some() && config.metrics != Default::default();
     if let Some(dir) = args.data_dir {
         config.engine.data_dir = dir;
     }
@@ -272,9 +318,26 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(shards) = args.shards {
         config.engine.shards = shards;
     }
-    if let Some(metrics) = &args.metrics_listen {
-        info!(%metrics, "--metrics-listen is accepted but not served yet (no metrics endpoint)");
+    if let Some(metrics) = args.metrics_listen {
+        config.metrics.listen = metrics;
+        config.metrics.enabled = true;
     }
+    config
+        .validate()
+        .map_err(|e| anyhow!("invalid configuration: {e}"))?;
+    if args.print_config {
+        let text = config.to_toml().context("printing the configuration")?;
+        let mut out = io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+        return Ok(());
+    }
+    init_logging(&config.log.level, config.log.format);
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        data_dir = %config.engine.data_dir.display(),
+        "starting"
+    );
     // Registered before the server starts, so that a signal during start-up is not lost: it
     // is handled (a clean shutdown) as soon as the server is up.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -282,7 +345,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
     ])
     .context("cannot install signal handlers")?;
-    let server = Server::start(config.engine, config.server).context("cannot start the server")?;
+    let mut server =
+        Server::start(config.engine, config.server).context("cannot start the server")?;
+    if config.metrics.enabled {
+        match server.serve_metrics(&config.metrics.listen) {
+            Ok(_) => {}
+            Err(e) if !metrics_explicit => {
+                tracing::warn!(error = %e, "metrics endpoint not started (default address busy); set metrics.listen");
+            }
+            Err(e) => {
+                let _ = server.shutdown();
+                return Err(anyhow!("cannot serve metrics: {e}"));
+            }
+        }
+    }
     // `Server::start` warns when the address is not loopback (no TLS yet).
     let addr = server.addr();
     info!(%addr, shards = ?server.shard_addrs(), "serving");
@@ -390,6 +466,29 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).map_err(|e| explain(e, &name))?;
             writeln!(out, "deleted topic {name}")?;
+        }
+        TopicCommand::Alter {
+            name,
+            retention_bytes,
+            retention_ms,
+        } => {
+            if retention_bytes.is_none() && retention_ms.is_none() {
+                bail!("nothing to change: give --retention-bytes and/or --retention-ms");
+            }
+            let t = client
+                .alter_topic_retention(
+                    &name,
+                    retention_bytes.unwrap_or_default(),
+                    retention_ms.unwrap_or_default(),
+                )
+                .map_err(|e| explain(e, &name))?;
+            writeln!(
+                out,
+                "altered topic {} retention_bytes={} retention_ms={}",
+                t.name,
+                opt(t.config.retention_bytes),
+                opt(t.config.retention_ms)
+            )?;
         }
     }
     out.flush()?;
@@ -532,22 +631,4 @@ fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
         }
         other => other,
     }
-}
-
-fn stats(client: &Client) -> anyhow::Result<()> {
-    let s = client.stats()?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "uptime_ms {}", s.uptime_ms)?;
-    for sh in &s.shards {
-        writeln!(
-            out,
-            "shard {} partitions={} cache_bytes={} flushes={} syncs={} flushed_bytes={}",
-            sh.shard, sh.partitions, sh.cache_bytes, sh.flushes, sh.syncs, sh.flushed_bytes
-        )?;
-    }
-    for c in &s.counters {
-        writeln!(out, "{} {}", c.name, c.value)?;
-    }
-    out.flush()?;
-    Ok(())
 }

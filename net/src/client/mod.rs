@@ -38,6 +38,7 @@ mod backoff;
 mod conn;
 mod consumer;
 mod error;
+mod ops;
 mod partitioner;
 mod pool;
 mod producer;

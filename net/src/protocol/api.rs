@@ -26,10 +26,13 @@ pub enum ApiKey {
     Unsubscribe = 12,
     Push = 13,
     Stats = 14,
+    // 30-39 operations (protocol/ops.rs)
+    Metrics = 30,
+    AlterTopic = 31,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 15;
+pub const API_COUNT: usize = 17;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -66,6 +69,8 @@ impl ApiKey {
         ApiKey::Unsubscribe,
         ApiKey::Push,
         ApiKey::Stats,
+        ApiKey::Metrics,
+        ApiKey::AlterTopic,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {
@@ -98,6 +103,8 @@ impl ApiKey {
             ApiKey::Unsubscribe => "Unsubscribe",
             ApiKey::Push => "Push",
             ApiKey::Stats => "Stats",
+            ApiKey::Metrics => "Metrics",
+            ApiKey::AlterTopic => "AlterTopic",
         }
     }
 
@@ -118,7 +125,9 @@ impl ApiKey {
             | ApiKey::GrantCredits
             | ApiKey::Unsubscribe
             | ApiKey::Push
-            | ApiKey::Stats => (0, 0),
+            | ApiKey::Stats
+            | ApiKey::Metrics
+            | ApiKey::AlterTopic => (0, 0),
         }
     }
 

@@ -35,6 +35,7 @@ use super::frame::{
     padded,
 };
 use super::messages::*;
+use super::ops::*;
 use super::{
     FRAME_ALIGN, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MIN_LIMIT,
     HANDSHAKE_APIS_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX,
@@ -432,6 +433,8 @@ pub enum Request {
     GrantCredits(GrantCreditsRequest),
     Unsubscribe(UnsubscribeRequest),
     Stats(StatsRequest),
+    Metrics(MetricsRequest),
+    AlterTopic(AlterTopicRequest),
 }
 
 impl Request {
@@ -451,6 +454,8 @@ impl Request {
             Request::GrantCredits(_) => ApiKey::GrantCredits,
             Request::Unsubscribe(_) => ApiKey::Unsubscribe,
             Request::Stats(_) => ApiKey::Stats,
+            Request::Metrics(_) => ApiKey::Metrics,
+            Request::AlterTopic(_) => ApiKey::AlterTopic,
         }
     }
 
@@ -566,6 +571,12 @@ impl Request {
                 ApiKey::GrantCredits => Request::GrantCredits(plain(api, b)?),
                 ApiKey::Unsubscribe => Request::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Request::Stats(plain(api, b)?),
+                ApiKey::Metrics => Request::Metrics(plain(api, b)?),
+                ApiKey::AlterTopic => {
+                    let m: AlterTopicRequest = plain(api, b)?;
+                    check_name("topic name bytes", &m.name)?;
+                    Request::AlterTopic(m)
+                }
                 ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
             };
             Ok(r)
@@ -589,6 +600,8 @@ pub enum Response {
     Subscribe(SubscribeResponse),
     Unsubscribe(UnsubscribeResponse),
     Stats(StatsResponse),
+    Metrics(MetricsResponse),
+    AlterTopic(AlterTopicResponse),
 }
 
 impl Response {
@@ -607,6 +620,8 @@ impl Response {
             Response::Subscribe(_) => ApiKey::Subscribe,
             Response::Unsubscribe(_) => ApiKey::Unsubscribe,
             Response::Stats(_) => ApiKey::Stats,
+            Response::Metrics(_) => ApiKey::Metrics,
+            Response::AlterTopic(_) => ApiKey::AlterTopic,
         }
     }
 
@@ -643,6 +658,8 @@ impl Response {
                 ApiKey::Subscribe => Response::Subscribe(plain(api, b)?),
                 ApiKey::Unsubscribe => Response::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Response::Stats(plain(api, b)?),
+                ApiKey::Metrics => Response::Metrics(plain(api, b)?),
+                ApiKey::AlterTopic => Response::AlterTopic(plain(api, b)?),
                 ApiKey::GrantCredits | ApiKey::Push => {
                     return Err(WireError::UnexpectedFrame {
                         kind: "response",
@@ -963,6 +980,8 @@ impl FrameEncoder {
             Request::GrantCredits(m) => self.prepare(h, m, none()),
             Request::Unsubscribe(m) => self.prepare(h, m, none()),
             Request::Stats(m) => self.prepare(h, m, none()),
+            Request::Metrics(m) => self.prepare(h, m, none()),
+            Request::AlterTopic(m) => self.prepare(h, m, none()),
         }
     }
 
@@ -993,6 +1012,8 @@ impl FrameEncoder {
             Response::Subscribe(m) => self.prepare(h, m, none()),
             Response::Unsubscribe(m) => self.prepare(h, m, none()),
             Response::Stats(m) => self.prepare(h, m, none()),
+            Response::Metrics(m) => self.prepare(h, m, none()),
+            Response::AlterTopic(m) => self.prepare(h, m, none()),
         }
     }
 

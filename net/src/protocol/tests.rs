@@ -202,7 +202,102 @@ fn request() -> impl Strategy<Value = Request> {
             subscription_id
         })),
         Just(Request::Stats(StatsRequest {})),
+        any::<bool>()
+            .prop_map(|include_partitions| Request::Metrics(MetricsRequest { include_partitions })),
+        (name(), setting_change(), setting_change()).prop_map(|(name, b, ms)| {
+            Request::AlterTopic(AlterTopicRequest {
+                name,
+                retention_bytes: b,
+                retention_ms: ms,
+            })
+        }),
     ]
+}
+
+fn setting_change() -> impl Strategy<Value = SettingChange> {
+    prop_oneof![
+        Just(SettingChange::Keep),
+        Just(SettingChange::Clear),
+        any::<u64>().prop_map(SettingChange::Set),
+    ]
+}
+
+fn histogram() -> impl Strategy<Value = Histogram> {
+    (
+        proptest::collection::vec((any::<u64>(), any::<u64>()), 0..6),
+        any::<u64>(),
+    )
+        .prop_map(|(b, sum)| Histogram {
+            buckets: b
+                .into_iter()
+                .map(|(value, count)| HistogramBucket { value, count })
+                .collect(),
+            sum,
+        })
+}
+
+fn metrics_response() -> impl Strategy<Value = MetricsResponse> {
+    let shard = (
+        (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        proptest::collection::vec((any::<u16>(), any::<u64>()), 0..3),
+        proptest::collection::vec((any::<u16>(), any::<u16>(), any::<u64>()), 0..3),
+        (histogram(), histogram()),
+    )
+        .prop_map(
+            |((shard, cache, hits, open), requests, errors, (a, f))| ShardMetrics {
+                shard,
+                cache_bytes: cache,
+                cache_hits: hits,
+                connections_open: open,
+                requests: requests
+                    .into_iter()
+                    .map(|(api_key, count)| ApiCount { api_key, count })
+                    .collect(),
+                errors: errors
+                    .into_iter()
+                    .map(|(api_key, code, count)| ErrorCount {
+                        api_key,
+                        code,
+                        count,
+                    })
+                    .collect(),
+                append_durable_ns: a,
+                fsync_ns: f,
+                ..ShardMetrics::default()
+            },
+        );
+    let partition = (name(), any::<u32>(), any::<u64>(), any::<u64>()).prop_map(
+        |(topic, partition, high_watermark, fetched_records)| PartitionMetrics {
+            topic,
+            partition,
+            high_watermark,
+            fetched_records,
+            ..PartitionMetrics::default()
+        },
+    );
+    let sample = (
+        name(),
+        proptest::collection::vec(name(), 0..3),
+        any::<i64>(),
+    )
+        .prop_map(|(family, labels, value)| MetricSample {
+            family,
+            labels,
+            value,
+        });
+    (
+        any::<u64>(),
+        proptest::collection::vec(shard, 0..3),
+        proptest::collection::vec(partition, 0..3),
+        proptest::collection::vec(sample, 0..3),
+    )
+        .prop_map(|(uptime_ms, shards, partitions, samples)| MetricsResponse {
+            uptime_ms,
+            resident_bytes: uptime_ms / 3,
+            shards,
+            partitions,
+            samples,
+        })
 }
 
 fn fetch_response() -> impl Strategy<Value = FetchResponse> {
@@ -371,6 +466,8 @@ fn response() -> impl Strategy<Value = Response> {
                     counters
                 })
             ),
+        metrics_response().prop_map(Response::Metrics),
+        topic_info().prop_map(|topic| Response::AlterTopic(AlterTopicResponse { topic })),
     ]
 }
 
@@ -1146,6 +1243,10 @@ fn wire_layout_is_pinned() {
         GrantCreditsRequest => 16, 8; UnsubscribeRequest => 4, 4; UnsubscribeResponse => 16, 8;
         PushEnvelope => 48, 8;
         StatsRequest => 0, 1; ShardStats => 40, 8; Counter => 16, 8; StatsResponse => 24, 8;
+        MetricsRequest => 1, 1; HistogramBucket => 16, 8; Histogram => 16, 8;
+        ApiCount => 16, 8; ErrorCount => 16, 8; ShardMetrics => 200, 8;
+        PartitionMetrics => 80, 8; MetricSample => 24, 8; MetricsResponse => 40, 8;
+        SettingChange => 16, 8; AlterTopicRequest => 40, 8; AlterTopicResponse => 96, 8;
         ErrorResponse => 12, 4;
     }
 

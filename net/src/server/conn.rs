@@ -146,6 +146,7 @@ pub(super) async fn serve(
     };
     futures_lite::future::zip(reader, writer).await;
     shared.connections.fetch_sub(1, Ordering::AcqRel);
+    shared.metrics.connection_closed(shard);
 }
 
 impl Conn {
@@ -240,6 +241,7 @@ impl Conn {
     }
 
     fn send_error(&self, correlation_id: u32, api_key: u16, api_version: u16, e: &ErrorResponse) {
+        self.shared.metrics.error(self.shard, api_key, e.code);
         let mut buf = FrameBuf::new();
         if self
             .encoder
@@ -252,6 +254,7 @@ impl Conn {
     }
 
     fn send_response(&self, correlation_id: u32, api_version: u16, r: &Response) {
+        self.shared.metrics.response_errors(self.shard, r);
         let parts = self
             .encoder
             .borrow_mut()
@@ -344,6 +347,7 @@ impl Conn {
     async fn dispatch(self: &Rc<Self>, frame: OwnedFrame) {
         let h = frame.header;
         let (cid, api, ver) = (h.correlation_id, h.api_key, h.api_version);
+        self.shared.metrics.request(self.shard, api);
         let request = match Request::decode_owned_frame(&frame) {
             Ok(r) => r,
             Err(e) => {
@@ -382,14 +386,17 @@ impl Conn {
                 let resp = self.metadata(&m);
                 self.send_response(cid, ver, &Response::Metadata(resp));
             }
-            Request::CreateTopic(_) | Request::DeleteTopic(_) => {
+            Request::CreateTopic(_) | Request::DeleteTopic(_) | Request::AlterTopic(_) => {
                 // Barriers: finish before reading the next request.
                 self.begin();
                 let r = self.admin(request).await;
                 self.reply_admin(cid, api, ver, r);
                 self.end();
             }
-            Request::ListTopics(_) | Request::DescribeTopic(_) | Request::Stats(_) => {
+            Request::ListTopics(_)
+            | Request::DescribeTopic(_)
+            | Request::Stats(_)
+            | Request::Metrics(_) => {
                 self.begin();
                 let c = self.clone();
                 rt::spawn_local(async move {
@@ -500,6 +507,7 @@ impl Conn {
     async fn admin(&self, request: Request) -> Result<Response, shardline_engine::Error> {
         let engine = self.engine.clone();
         let started = self.shared.started;
+        let shared = self.shared.clone();
         let (tx, rx) = flume::bounded(1);
         let spawned = std::thread::Builder::new()
             .name("shardline-admin".into())
@@ -521,9 +529,30 @@ impl Conn {
                         Response::Stats(StatsResponse {
                             uptime_ms: started.elapsed().as_millis() as u64,
                             shards: s.iter().map(Into::into).collect(),
-                            counters: Vec::new(),
+                            counters: shared.metrics.counters(),
                         })
                     }),
+                    Request::Metrics(m) => {
+                        let uptime_ms = started.elapsed().as_millis() as u64;
+                        super::metrics::gather(
+                            &engine,
+                            &shared.metrics,
+                            uptime_ms,
+                            m.include_partitions,
+                        )
+                        .map(Response::Metrics)
+                    }
+                    Request::AlterTopic(a) => engine
+                        .alter_retention(
+                            &a.name,
+                            |b| a.retention_bytes.apply(b),
+                            |ms| a.retention_ms.apply(ms),
+                        )
+                        .map(|t| {
+                            Response::AlterTopic(crate::protocol::AlterTopicResponse {
+                                topic: (&t).into(),
+                            })
+                        }),
                     _ => Err(shardline_engine::Error::InvalidArgument(
                         "not an admin request".into(),
                     )),

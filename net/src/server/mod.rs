@@ -10,6 +10,13 @@
 //! wait for every shard (topic create/delete/describe, stats) run on a helper thread.
 
 mod conn;
+mod metrics;
+mod prometheus;
+
+pub use metrics::snapshot_of as histogram_snapshot;
+pub use prometheus::{
+    CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsEndpoint, encode as encode_metrics,
+};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -79,6 +86,7 @@ pub(crate) struct Shared {
     pub(crate) shard_addrs: Mutex<Vec<SocketAddr>>,
     pub(crate) started: Instant,
     pub(crate) server_id: String,
+    pub(crate) metrics: metrics::NetMetrics,
 }
 
 /// A running server.
@@ -89,6 +97,7 @@ pub struct Server {
     shared: Arc<Shared>,
     /// Dropping these ends every accept loop.
     stop: Vec<flume::Sender<()>>,
+    metrics_endpoint: Option<MetricsEndpoint>,
 }
 
 type Bound = Result<(SocketAddr, SocketAddr), String>;
@@ -119,6 +128,7 @@ impl Server {
             shard_addrs: Mutex::new(Vec::new()),
             started: Instant::now(),
             server_id: format!("shardline-{}", env!("CARGO_PKG_VERSION")),
+            metrics: metrics::NetMetrics::new(engine.shard_count()),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -155,7 +165,48 @@ impl Server {
             shard_addrs,
             shared,
             stop,
+            metrics_endpoint: None,
         })
+    }
+
+    /// Every figure of the server and its shards (what `/metrics` and the Metrics api show).
+    /// Blocks on the shards: do not call it from a shard thread.
+    pub fn metrics(
+        &self,
+        include_partitions: bool,
+    ) -> Result<crate::protocol::MetricsResponse, ServerError> {
+        let uptime_ms = self.shared.started.elapsed().as_millis() as u64;
+        Ok(metrics::gather(
+            &self.engine,
+            &self.shared.metrics,
+            uptime_ms,
+            include_partitions,
+        )?)
+    }
+
+    /// Serves `GET /metrics` (Prometheus/OpenMetrics text) on `addr` from a thread of its
+    /// own, until shutdown. Returns the bound address (port 0 picks one).
+    pub fn serve_metrics(&mut self, addr: &str) -> Result<SocketAddr, ServerError> {
+        let at: SocketAddr = addr
+            .parse()
+            .map_err(|e| ServerError::Config(format!("metrics.listen '{addr}': {e}")))?;
+        let engine = self.engine.clone();
+        let shared = self.shared.clone();
+        let render: prometheus::Render = Arc::new(move || {
+            let uptime_ms = shared.started.elapsed().as_millis() as u64;
+            let snapshot = metrics::gather(&engine, &shared.metrics, uptime_ms, true)
+                .map_err(|e| e.to_string())?;
+            prometheus::encode(snapshot).map_err(|e| e.to_string())
+        });
+        let endpoint =
+            MetricsEndpoint::start(at, render).map_err(|source| ServerError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        let bound = endpoint.addr();
+        tracing::info!(addr = %bound, path = "/metrics", "metrics endpoint listening");
+        self.metrics_endpoint = Some(endpoint);
+        Ok(bound)
     }
 
     /// The shared (bootstrap) address; every shard accepts on it.
@@ -181,6 +232,7 @@ impl Server {
     /// and fsyncs every partition and stops the shards.
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.shared.stopping.store(true, Ordering::Release);
+        drop(self.metrics_endpoint);
         drop(self.stop);
         let deadline = Instant::now() + Duration::from_millis(self.shared.cfg.shutdown_grace_ms);
         while self.shared.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
@@ -237,6 +289,7 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let n = shared.connections.fetch_add(1, Ordering::AcqRel);
                 let refuse = n >= shared.cfg.connections_max;
+                shared.metrics.connection_opened(shard, refuse);
                 rt::spawn_local(conn::serve(
                     stream,
                     engine.clone(),

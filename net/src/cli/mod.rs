@@ -1,0 +1,6 @@
+//! Pieces of the `shardline` binary that deserve tests of their own: the configuration file,
+//! the `stats` tables and the `top` view (docs/operations.md).
+
+pub mod config;
+pub mod stats;
+pub mod top;

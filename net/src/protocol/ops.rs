@@ -1,0 +1,163 @@
+//! Operations apis (keys 30-39; docs/protocol.md, "30 Metrics" and "31 AlterTopic").
+//!
+//! `Metrics` carries the same figures as the `/metrics` endpoint (docs/operations.md): the
+//! server builds one [`MetricsResponse`] per scrape or request, and both the Prometheus encoder
+//! and `shardline stats`/`top` read it. Histograms travel as their occupied HDR buckets, so a
+//! client computes any percentile it likes at the server's precision (2 significant digits).
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::messages::TopicInfo;
+
+// ---------------------------------------------------------------------------------------------
+// 30 Metrics
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct MetricsRequest {
+    /// Also return one entry per partition (and the per-partition extra samples). Off, the
+    /// response stays small whatever the partition count.
+    pub include_partitions: bool,
+}
+
+/// One occupied histogram bucket: `count` values at or below `value` (and above the previous
+/// bucket's value).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct HistogramBucket {
+    pub value: u64,
+    pub count: u64,
+}
+
+/// A histogram as its occupied buckets, ascending, and the exact sum of its values.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Histogram {
+    pub buckets: Vec<HistogramBucket>,
+    pub sum: u64,
+}
+
+/// Requests received on one shard with one api key.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ApiCount {
+    pub api_key: u16,
+    pub count: u64,
+}
+
+/// Errors answered on one shard for one api key with one error code (whole-request errors
+/// and per-partition error codes alike).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ErrorCount {
+    pub api_key: u16,
+    pub code: u16,
+    pub count: u64,
+}
+
+/// Figures of one shard. Latencies are in nanoseconds, sizes in bytes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ShardMetrics {
+    pub shard: u32,
+    pub partitions: u32,
+    pub cache_bytes: u64,
+    pub unflushed_bytes: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub flushes: u64,
+    pub syncs: u64,
+    pub flushed_bytes: u64,
+    pub connections_open: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub requests: Vec<ApiCount>,
+    pub errors: Vec<ErrorCount>,
+    pub append_durable_ns: Histogram,
+    pub append_memory_ns: Histogram,
+    pub flush_write_ns: Histogram,
+    pub fsync_ns: Histogram,
+    pub flush_bytes: Histogram,
+    pub batch_bytes: Histogram,
+}
+
+/// Figures of one partition.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct PartitionMetrics {
+    pub topic: String,
+    pub partition: u32,
+    pub shard: u32,
+    pub log_start: u64,
+    /// Log end: the next offset a reader can see (high watermark).
+    pub high_watermark: u64,
+    pub durable_offset: u64,
+    pub size_bytes: u64,
+    pub produced_records: u64,
+    pub produced_bytes: u64,
+    pub fetched_records: u64,
+    pub fetched_bytes: u64,
+}
+
+/// A figure of an extra family (engine `metrics::EXTRA_FAMILIES`: consumer groups, queues...):
+/// label values in the order of the family's label names.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct MetricSample {
+    pub family: String,
+    pub labels: Vec<String>,
+    pub value: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct MetricsResponse {
+    pub uptime_ms: u64,
+    /// Resident memory of the server process (from /proc/self/statm; 0 if unknown).
+    pub resident_bytes: u64,
+    pub shards: Vec<ShardMetrics>,
+    /// Sorted by topic and partition; empty unless `include_partitions`.
+    pub partitions: Vec<PartitionMetrics>,
+    pub samples: Vec<MetricSample>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// 31 AlterTopic
+
+/// A change to one optional setting.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub enum SettingChange {
+    /// Leave the setting as it is.
+    #[default]
+    Keep,
+    /// Remove the limit (the topic inherits the server's default).
+    Clear,
+    Set(u64),
+}
+
+impl SettingChange {
+    /// The new value, given the current one.
+    pub fn apply(self, current: Option<u64>) -> Option<u64> {
+        match self {
+            SettingChange::Keep => current,
+            SettingChange::Clear => None,
+            SettingChange::Set(v) => Some(v),
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct AlterTopicRequest {
+    pub name: String,
+    pub retention_bytes: SettingChange,
+    pub retention_ms: SettingChange,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct AlterTopicResponse {
+    /// The topic with its new settings.
+    pub topic: TopicInfo,
+}
