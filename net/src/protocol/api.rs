@@ -26,10 +26,18 @@ pub enum ApiKey {
     Unsubscribe = 12,
     Push = 13,
     Stats = 14,
+    // 15..=21 messaging semantics (protocol/semantics.rs)
+    InitProducer = 15,
+    JoinGroup = 16,
+    Heartbeat = 17,
+    LeaveGroup = 18,
+    OffsetCommit = 19,
+    OffsetFetch = 20,
+    DescribeGroup = 21,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 15;
+pub const API_COUNT: usize = 22;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -66,6 +74,13 @@ impl ApiKey {
         ApiKey::Unsubscribe,
         ApiKey::Push,
         ApiKey::Stats,
+        ApiKey::InitProducer,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::DescribeGroup,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {
@@ -98,6 +113,13 @@ impl ApiKey {
             ApiKey::Unsubscribe => "Unsubscribe",
             ApiKey::Push => "Push",
             ApiKey::Stats => "Stats",
+            ApiKey::InitProducer => "InitProducer",
+            ApiKey::JoinGroup => "JoinGroup",
+            ApiKey::Heartbeat => "Heartbeat",
+            ApiKey::LeaveGroup => "LeaveGroup",
+            ApiKey::OffsetCommit => "OffsetCommit",
+            ApiKey::OffsetFetch => "OffsetFetch",
+            ApiKey::DescribeGroup => "DescribeGroup",
         }
     }
 
@@ -118,7 +140,14 @@ impl ApiKey {
             | ApiKey::GrantCredits
             | ApiKey::Unsubscribe
             | ApiKey::Push
-            | ApiKey::Stats => (0, 0),
+            | ApiKey::Stats
+            | ApiKey::InitProducer
+            | ApiKey::JoinGroup
+            | ApiKey::Heartbeat
+            | ApiKey::LeaveGroup
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+            | ApiKey::DescribeGroup => (0, 0),
         }
     }
 

@@ -35,6 +35,7 @@ use super::frame::{
     padded,
 };
 use super::messages::*;
+use super::semantics::*;
 use super::{
     FRAME_ALIGN, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MIN_LIMIT,
     HANDSHAKE_APIS_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX,
@@ -432,6 +433,13 @@ pub enum Request {
     GrantCredits(GrantCreditsRequest),
     Unsubscribe(UnsubscribeRequest),
     Stats(StatsRequest),
+    InitProducer(InitProducerRequest),
+    JoinGroup(JoinGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    DescribeGroup(DescribeGroupRequest),
 }
 
 impl Request {
@@ -451,6 +459,13 @@ impl Request {
             Request::GrantCredits(_) => ApiKey::GrantCredits,
             Request::Unsubscribe(_) => ApiKey::Unsubscribe,
             Request::Stats(_) => ApiKey::Stats,
+            Request::InitProducer(_) => ApiKey::InitProducer,
+            Request::JoinGroup(_) => ApiKey::JoinGroup,
+            Request::Heartbeat(_) => ApiKey::Heartbeat,
+            Request::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Request::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Request::OffsetFetch(_) => ApiKey::OffsetFetch,
+            Request::DescribeGroup(_) => ApiKey::DescribeGroup,
         }
     }
 
@@ -566,8 +581,16 @@ impl Request {
                 ApiKey::GrantCredits => Request::GrantCredits(plain(api, b)?),
                 ApiKey::Unsubscribe => Request::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Request::Stats(plain(api, b)?),
+                ApiKey::InitProducer => Request::InitProducer(plain(api, b)?),
+                ApiKey::JoinGroup => Request::JoinGroup(plain(api, b)?),
+                ApiKey::Heartbeat => Request::Heartbeat(plain(api, b)?),
+                ApiKey::LeaveGroup => Request::LeaveGroup(plain(api, b)?),
+                ApiKey::OffsetCommit => Request::OffsetCommit(plain(api, b)?),
+                ApiKey::OffsetFetch => Request::OffsetFetch(plain(api, b)?),
+                ApiKey::DescribeGroup => Request::DescribeGroup(plain(api, b)?),
                 ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
             };
+            super::semantics::check_request(&r)?;
             Ok(r)
         })
     }
@@ -589,6 +612,14 @@ pub enum Response {
     Subscribe(SubscribeResponse),
     Unsubscribe(UnsubscribeResponse),
     Stats(StatsResponse),
+    InitProducer(InitProducerResponse),
+    /// JoinGroup and Heartbeat both answer with an assignment.
+    JoinGroup(GroupAssignment),
+    Heartbeat(GroupAssignment),
+    LeaveGroup(LeaveGroupResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
+    DescribeGroup(DescribeGroupResponse),
 }
 
 impl Response {
@@ -607,6 +638,13 @@ impl Response {
             Response::Subscribe(_) => ApiKey::Subscribe,
             Response::Unsubscribe(_) => ApiKey::Unsubscribe,
             Response::Stats(_) => ApiKey::Stats,
+            Response::InitProducer(_) => ApiKey::InitProducer,
+            Response::JoinGroup(_) => ApiKey::JoinGroup,
+            Response::Heartbeat(_) => ApiKey::Heartbeat,
+            Response::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Response::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Response::OffsetFetch(_) => ApiKey::OffsetFetch,
+            Response::DescribeGroup(_) => ApiKey::DescribeGroup,
         }
     }
 
@@ -643,6 +681,13 @@ impl Response {
                 ApiKey::Subscribe => Response::Subscribe(plain(api, b)?),
                 ApiKey::Unsubscribe => Response::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Response::Stats(plain(api, b)?),
+                ApiKey::InitProducer => Response::InitProducer(plain(api, b)?),
+                ApiKey::JoinGroup => Response::JoinGroup(plain(api, b)?),
+                ApiKey::Heartbeat => Response::Heartbeat(plain(api, b)?),
+                ApiKey::LeaveGroup => Response::LeaveGroup(plain(api, b)?),
+                ApiKey::OffsetCommit => Response::OffsetCommit(plain(api, b)?),
+                ApiKey::OffsetFetch => Response::OffsetFetch(plain(api, b)?),
+                ApiKey::DescribeGroup => Response::DescribeGroup(plain(api, b)?),
                 ApiKey::GrantCredits | ApiKey::Push => {
                     return Err(WireError::UnexpectedFrame {
                         kind: "response",
@@ -963,6 +1008,13 @@ impl FrameEncoder {
             Request::GrantCredits(m) => self.prepare(h, m, none()),
             Request::Unsubscribe(m) => self.prepare(h, m, none()),
             Request::Stats(m) => self.prepare(h, m, none()),
+            Request::InitProducer(m) => self.prepare(h, m, none()),
+            Request::JoinGroup(m) => self.prepare(h, m, none()),
+            Request::Heartbeat(m) => self.prepare(h, m, none()),
+            Request::LeaveGroup(m) => self.prepare(h, m, none()),
+            Request::OffsetCommit(m) => self.prepare(h, m, none()),
+            Request::OffsetFetch(m) => self.prepare(h, m, none()),
+            Request::DescribeGroup(m) => self.prepare(h, m, none()),
         }
     }
 
@@ -993,6 +1045,12 @@ impl FrameEncoder {
             Response::Subscribe(m) => self.prepare(h, m, none()),
             Response::Unsubscribe(m) => self.prepare(h, m, none()),
             Response::Stats(m) => self.prepare(h, m, none()),
+            Response::InitProducer(m) => self.prepare(h, m, none()),
+            Response::JoinGroup(m) | Response::Heartbeat(m) => self.prepare(h, m, none()),
+            Response::LeaveGroup(m) => self.prepare(h, m, none()),
+            Response::OffsetCommit(m) => self.prepare(h, m, none()),
+            Response::OffsetFetch(m) => self.prepare(h, m, none()),
+            Response::DescribeGroup(m) => self.prepare(h, m, none()),
         }
     }
 

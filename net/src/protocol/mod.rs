@@ -34,6 +34,7 @@ pub mod error;
 pub mod flow;
 pub mod frame;
 pub mod messages;
+pub mod semantics;
 
 #[cfg(test)]
 mod tests;
@@ -47,6 +48,7 @@ pub use frame::{
     flags,
 };
 pub use messages::*;
+pub use semantics::*;
 
 /// The buffer frames are encoded into (and the decoder reads into): 16-aligned, reusable.
 /// Re-exported so that users need not depend on rkyv (and risk its format features).

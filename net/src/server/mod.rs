@@ -10,6 +10,7 @@
 //! wait for every shard (topic create/delete/describe, stats) run on a helper thread.
 
 mod conn;
+mod semantics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
