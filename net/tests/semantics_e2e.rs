@@ -500,3 +500,113 @@ fn offsets_and_producer_state_survive_sigkill_of_the_server() {
     assert_eq!((r.partition, r.offset), (1, 6));
     g.close().unwrap();
 }
+
+/// Polls `n` records (bounded in time).
+fn poll_n(g: &mut GroupConsumer, n: usize) -> Vec<shardline_net::client::ConsumerRecord> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} records",
+            out.len()
+        );
+        if let Some(r) = g.poll(Duration::from_millis(100)).unwrap() {
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn produce_values(c: &Client, topic: &str, values: impl Iterator<Item = String>) {
+    let producer = Producer::new(c.clone(), ProducerConfig::default()).unwrap();
+    let handles: Vec<_> = values
+        .map(|v| {
+            let id = shardline_net::client::new_message_id();
+            producer.send_record(
+                ProducerRecord::new(topic, v)
+                    .message_id(id)
+                    .content_type("text/plain"),
+            )
+        })
+        .collect();
+    for h in handles {
+        h.wait().unwrap();
+    }
+    producer.close().unwrap();
+}
+
+#[test]
+fn pub_sub_groups_each_get_everything_resume_durably_and_ephemeral_starts_at_the_tail() {
+    use shardline_net::client::Guarantee;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path());
+    let c = client(&server.addr);
+    c.create_topic(
+        "news",
+        TopicConfig {
+            partitions: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    produce_values(&c, "news", (0..300).map(|i| format!("before-{i}")));
+    // Ephemeral subscriber: from the tail, no state on the server.
+    let mut ephemeral = Consumer::new(c.clone(), ConsumerConfig::default()).unwrap();
+    for p in 0..3 {
+        ephemeral.subscribe("news", p, OffsetSpec::Latest).unwrap();
+    }
+    let group = |name: &str, guarantee| {
+        GroupConsumer::new(
+            c.clone(),
+            GroupConsumerConfig {
+                reset: OffsetSpec::Earliest,
+                guarantee,
+                ..GroupConsumerConfig::new(name, "news")
+            },
+        )
+        .unwrap()
+    };
+    let mut a = group("a", Guarantee::AtLeastOnce);
+    let mut b = group("b", Guarantee::EffectivelyOnce { window: 10_000 });
+    produce_values(&c, "news", (0..300).map(|i| format!("after-{i}")));
+    for g in [&mut a, &mut b] {
+        let got: BTreeSet<Vec<u8>> = poll_n(g, 600).into_iter().map(|r| r.value).collect();
+        assert_eq!(got.len(), 600, "each group gets every message");
+    }
+    let mut tail = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tail.len() < 300 {
+        assert!(Instant::now() < deadline);
+        if let Some(r) = ephemeral.poll(Duration::from_millis(100)).unwrap() {
+            assert!(
+                r.value.starts_with(b"after-"),
+                "the ephemeral subscriber starts at the tail"
+            );
+            assert_eq!(r.content_type(), Some("text/plain"));
+            assert_eq!(r.header("message-id").map(<[u8]>::len), Some(32));
+            tail.insert(r.value);
+        }
+    }
+    // Effectively once: a replay from the start delivers nothing the member already had.
+    b.seek(0, OffsetSpec::Earliest).unwrap();
+    assert!(b.poll(Duration::from_millis(500)).unwrap().is_none());
+    // Durable: group a resumes after its last commit (close commits), sees only what is new.
+    a.close().unwrap();
+    produce_values(&c, "news", (0..30).map(|i| format!("later-{i}")));
+    let mut a = group("a", Guarantee::AtMostOnce);
+    let later = poll_n(&mut a, 30);
+    assert!(later.iter().all(|r| r.value.starts_with(b"later-")));
+    // At most once: the last record's position was committed before it was handed out.
+    let last = later.last().unwrap();
+    let committed = c.fetch_offsets("a", "news").unwrap();
+    let at = committed
+        .iter()
+        .find(|o| o.partition == last.partition)
+        .unwrap();
+    assert_eq!(at.offset, last.offset + 1);
+    assert!(
+        a.poll(Duration::from_millis(300)).unwrap().is_none(),
+        "nothing more"
+    );
+}

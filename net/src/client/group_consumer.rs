@@ -31,8 +31,27 @@ use tracing::{debug, warn};
 
 use super::consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 use super::error::ClientError;
+use super::message::Deduplicator;
 use super::pool::Client;
 use crate::protocol::{CommitOffset, GroupAssignment, OffsetSpec, code};
+
+/// What a [`GroupConsumer`] promises about each record (docs/semantics.md, "Delivery
+/// guarantees").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guarantee {
+    /// A record's offset is committed before the record is handed out: a crash while
+    /// processing it loses it, nothing is ever delivered twice.
+    AtMostOnce,
+    /// Offsets are committed after the application had the records (the default): a crash
+    /// redelivers what followed the last commit, nothing is lost.
+    #[default]
+    AtLeastOnce,
+    /// At least once, and redeliveries within the last `window` records are dropped by
+    /// message id ([`super::Deduplicator`]); with an idempotent producer the log holds no
+    /// duplicates either. Across a consumer crash the application's own store must remember
+    /// the ids it applied (see `Deduplicator`).
+    EffectivelyOnce { window: usize },
+}
 
 /// Settings of a [`GroupConsumer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +70,7 @@ pub struct GroupConsumerConfig {
     pub reset: OffsetSpec,
     /// Longest gap between polls before the member stops heartbeating.
     pub max_poll_interval: Duration,
+    pub guarantee: Guarantee,
     pub consumer: ConsumerConfig,
 }
 
@@ -64,6 +84,7 @@ impl GroupConsumerConfig {
             auto_commit_interval: Duration::from_secs(1),
             reset: OffsetSpec::Latest,
             max_poll_interval: Duration::from_secs(300),
+            guarantee: Guarantee::AtLeastOnce,
             consumer: ConsumerConfig::default(),
         }
     }
@@ -129,6 +150,7 @@ pub struct GroupConsumer {
     /// Positions as last committed.
     committed: BTreeMap<u32, u64>,
     last_commit: Instant,
+    dedup: Option<Deduplicator>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -185,6 +207,10 @@ impl GroupConsumer {
                 .spawn(move || heartbeat_loop(&client, &shared, &nudged, &assign_tx, interval))
                 .map_err(|e| ClientError::InvalidArgument(format!("cannot spawn: {e}")))?
         };
+        let dedup = match config.guarantee {
+            Guarantee::EffectivelyOnce { window } => Some(Deduplicator::new(window)),
+            _ => None,
+        };
         Ok(GroupConsumer {
             client,
             config,
@@ -198,6 +224,7 @@ impl GroupConsumer {
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
             last_commit: Instant::now(),
+            dedup,
         })
     }
 
@@ -241,6 +268,7 @@ impl GroupConsumer {
                 }
             };
             if let Some(r) = got.and_then(|r| self.take(r)) {
+                block_on(self.before_handing_out(&r))?;
                 return Ok(Some(r));
             }
             block_on(self.reconcile_latest())?;
@@ -283,6 +311,7 @@ impl GroupConsumer {
             match event {
                 Event::Record(Ok(r)) => {
                     if let Some(r) = self.take(r) {
+                        self.before_handing_out(&r).await?;
                         return Ok(r);
                     }
                 }
@@ -292,14 +321,29 @@ impl GroupConsumer {
         }
     }
 
-    /// Records the position of a record handed out; drops records of partitions given up.
+    /// Records the position of a record handed out; drops records of partitions given up
+    /// and, effectively-once, records already seen.
     fn take(&mut self, r: ConsumerRecord) -> Option<ConsumerRecord> {
         let position = self.positions.get_mut(&r.partition)?;
         if r.offset < *position {
             return None;
         }
         *position = r.offset + 1;
+        if let Some(d) = &mut self.dedup
+            && !d.is_new(&r)
+        {
+            return None;
+        }
         Some(r)
+    }
+
+    /// At most once: the record's position is durable before the application sees it (if the
+    /// commit fails, the record is dropped, never delivered).
+    async fn before_handing_out(&mut self, r: &ConsumerRecord) -> Result<(), ClientError> {
+        if self.config.guarantee == Guarantee::AtMostOnce {
+            self.commit_positions(Some(&[r.partition])).await?;
+        }
+        Ok(())
     }
 
     async fn before_poll(&mut self) -> Result<(), ClientError> {
