@@ -1317,6 +1317,12 @@ fn wire_layout_is_pinned() {
         PushEnvelope => 48, 8;
         StatsRequest => 0, 1; ShardStats => 40, 8; Counter => 16, 8; StatsResponse => 24, 8;
         ErrorResponse => 12, 4;
+        InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
+        JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;
+        LeaveGroupRequest => 16, 4; LeaveGroupResponse => 0, 1;
+        CommitOffset => 24, 8; OffsetCommitRequest => 36, 4; OffsetCommitResponse => 0, 1;
+        OffsetFetchRequest => 16, 4; CommittedOffset => 32, 8; OffsetFetchResponse => 8, 4;
+        DescribeGroupRequest => 8, 4; GroupMember => 40, 8; DescribeGroupResponse => 40, 4;
     }
 
     let mut enc = FrameEncoder::default();
