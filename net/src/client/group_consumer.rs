@@ -151,6 +151,9 @@ pub struct GroupConsumer {
     committed: BTreeMap<u32, u64>,
     last_commit: Instant,
     dedup: Option<Deduplicator>,
+    /// An assignment whose reconciliation failed (e.g. the offset fetch timed out): retried on
+    /// the next poll, since the heartbeat thread forwards only changes.
+    unapplied: Option<GroupAssignment>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -225,6 +228,7 @@ impl GroupConsumer {
             committed: BTreeMap::new(),
             last_commit: Instant::now(),
             dedup,
+            unapplied: None,
         })
     }
 
@@ -396,7 +400,7 @@ impl GroupConsumer {
     }
 
     async fn reconcile_latest(&mut self) -> Result<(), ClientError> {
-        let mut latest = None;
+        let mut latest = self.unapplied.take();
         while let Ok(a) = self.assignments.try_recv() {
             latest = Some(a);
         }
@@ -413,6 +417,13 @@ impl GroupConsumer {
             latest = a;
         }
         let a = latest;
+        self.unapplied = Some(a.clone());
+        self.apply(&a).await?;
+        self.unapplied = None;
+        Ok(())
+    }
+
+    async fn apply(&mut self, a: &GroupAssignment) -> Result<(), ClientError> {
         let revoked: Vec<u32> = self
             .positions
             .keys()
