@@ -610,3 +610,81 @@ fn pub_sub_groups_each_get_everything_resume_durably_and_ephemeral_starts_at_the
         "nothing more"
     );
 }
+
+/// Runs the CLI to completion: (exit code, stdout lines).
+fn cli(addr: &str, args: &[&str], stdin: &str) -> (i32, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(["--addr", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+#[test]
+fn cli_group_consumer_resumes_where_the_last_run_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(dir.path());
+    let c = client(&server.addr);
+    c.create_topic(
+        "q",
+        TopicConfig {
+            partitions: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let input: String = (0..10).map(|i| format!("line-{i}\n")).collect();
+    let (code, out) = cli(&server.addr, &["produce", "q", "--idempotent"], &input);
+    assert_eq!((code, out), (0, vec!["10".to_string()]));
+    let run = |count: &str| {
+        cli(
+            &server.addr,
+            &[
+                "consume",
+                "q",
+                "--group",
+                "g",
+                "--count",
+                count,
+                "--timeout-ms",
+                "20000",
+            ],
+            "",
+        )
+    };
+    let (code, first) = run("4");
+    assert_eq!(code, 0);
+    assert_eq!(
+        first,
+        (0..4).map(|i| format!("line-{i}")).collect::<Vec<_>>()
+    );
+    let (code, second) = run("6");
+    assert_eq!(code, 0);
+    assert_eq!(
+        second,
+        (4..10).map(|i| format!("line-{i}")).collect::<Vec<_>>()
+    );
+    let committed = c.fetch_offsets("g", "q").unwrap();
+    assert_eq!(
+        committed
+            .iter()
+            .map(|o| (o.partition, o.offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 10)]
+    );
+}

@@ -7,15 +7,19 @@
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
 //!                                                     [--retention-ms MS]
 //! shardline [--addr ...] topic list | topic describe NAME | topic delete NAME
-//! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable]
-//! shardline [--addr ...] consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--count N]
-//!                                      [--timeout-ms MS]
+//! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable] [--idempotent]
+//! shardline [--addr ...] consume TOPIC [--group G [--session-timeout-ms MS]]
+//!                                      [--from earliest|latest|OFFSET] [--count N] [--timeout-ms MS]
 //! shardline [--addr ...] stats
 //! ```
 //! Output for machines goes to stdout (`serve` prints exactly `shardline listening on <addr>`;
 //! `produce` prints the number of messages acknowledged; `consume` one value per line); logs and
-//! errors go to stderr, errors as one line `shardline: error: ...`. Exit codes: 0 success, 1 a
-//! failure (server unreachable, unknown topic, a server error), 2 bad flags.
+//! errors go to stderr, errors as one line `shardline: error: ...`. With `--group`, `consume`
+//! is a member of the consumer group (docs/semantics.md): it reads only its share of the
+//! partitions, starts each at the group's committed offset (`--from` applies to partitions
+//! without one), and commits what it has printed and flushed (at least once).
+//! Exit codes: 0 success, 1 a failure (server unreachable, unknown topic, a server error),
+//! 2 bad flags.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
