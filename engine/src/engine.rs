@@ -135,6 +135,8 @@ struct Inner {
     /// Held while running; released by shutdown so the directory can be reopened.
     lock: Mutex<Option<std::fs::File>>,
     recovery: Mutex<RecoveryReport>,
+    /// Producer ids and consumer groups (`crate::groups`).
+    semantics: crate::groups::Semantics,
 }
 
 /// A weak reference the shards hold (so they never keep the engine alive).
@@ -258,6 +260,7 @@ impl Engine {
         }
         metadata::store(&dir, &meta)?;
         remove_orphans(&dir, &meta);
+        let semantics = crate::groups::Semantics::open(&dir)?;
 
         let recovery_started = std::time::Instant::now();
         let weak = WeakEngine::default();
@@ -307,6 +310,7 @@ impl Engine {
                 closed: AtomicBool::new(false),
                 lock: Mutex::new(Some(lock)),
                 recovery: Mutex::new(RecoveryReport::default()),
+                semantics,
             }),
         };
         let _ = weak.0.set(Arc::downgrade(&engine.inner));
@@ -345,6 +349,7 @@ impl Engine {
             .lock()
             .map_err(|_| Error::Runtime("poisoned".into()))? = total;
         engine.publish_routes(&meta);
+        engine.inner.semantics.open_groups(&engine)?;
         if let Some(hook) = on_shard {
             for s in 0..shard_count {
                 let hook = hook.clone();
@@ -394,6 +399,10 @@ impl Engine {
             })
             .collect();
         self.inner.routes.store(Arc::new(Routes { topics }));
+    }
+
+    pub(crate) fn semantics(&self) -> Result<&crate::groups::Semantics> {
+        Ok(&self.inner.semantics)
     }
 
     fn inbox(&self, shard: usize) -> Result<&flume::Sender<Request>> {
@@ -465,11 +474,18 @@ impl Engine {
             .ok_or_else(|| Error::UnknownTopic(topic.to_string()))
     }
 
-    /// Every topic's route, from the lock-free snapshot (safe on a shard thread, unlike
+    /// Every user topic's route, from the lock-free snapshot (safe on a shard thread, unlike
     /// [`Engine::list_topics`], which takes the control-plane lock).
     pub fn topic_routes(&self) -> Vec<Arc<TopicRoute>> {
-        let mut v: Vec<Arc<TopicRoute>> =
-            self.inner.routes.load().topics.values().cloned().collect();
+        let mut v: Vec<Arc<TopicRoute>> = self
+            .inner
+            .routes
+            .load()
+            .topics
+            .values()
+            .filter(|r| !crate::groups::is_internal(&r.name))
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -538,6 +554,11 @@ impl Engine {
 
     /// Deletes a topic: producers and readers get `UnknownTopic` at once, then its files go.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
+        if name == crate::groups::OFFSETS_TOPIC {
+            return Err(Error::InvalidArgument(format!(
+                "'{name}' is internal (committed offsets)"
+            )));
+        }
         let mut meta = self
             .inner
             .control
@@ -578,7 +599,15 @@ impl Engine {
         metadata::sync_dir(&self.inner.config.data_dir.join("topics"))
     }
 
+    /// Every user topic (internal ones, such as `__offsets`, are left out; describe them by
+    /// name).
     pub fn list_topics(&self) -> Vec<TopicInfo> {
+        let mut all = self.all_topics();
+        all.retain(|t| !crate::groups::is_internal(&t.name));
+        all
+    }
+
+    fn all_topics(&self) -> Vec<TopicInfo> {
         let Ok(meta) = self.inner.control.lock() else {
             return Vec::new();
         };
@@ -595,7 +624,7 @@ impl Engine {
 
     pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
         let info = self
-            .list_topics()
+            .all_topics()
             .into_iter()
             .find(|t| t.name == name)
             .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;

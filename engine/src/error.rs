@@ -50,6 +50,50 @@ pub enum Error {
     Runtime(String),
     #[error("timed out after {0} ms")]
     Timeout(u64),
+    // --- messaging semantics (codes 200..=224; docs/semantics.md) ---
+    #[error("producer {producer_id}: sequence {got} out of order, expected {expected}")]
+    OutOfOrderSequence {
+        producer_id: u64,
+        expected: u32,
+        got: u32,
+    },
+    #[error("producer {producer_id} epoch {epoch} is fenced by epoch {current_epoch}")]
+    ProducerFenced {
+        producer_id: u64,
+        epoch: u16,
+        current_epoch: u16,
+    },
+    #[error(
+        "producer {producer_id}: sequence {sequence} was written before (last is {last_sequence}), its offsets are no longer known"
+    )]
+    DuplicateSequence {
+        producer_id: u64,
+        sequence: u32,
+        last_sequence: u32,
+    },
+    #[error(
+        "producer {producer_id} is unknown to this partition (first sequence {sequence} is not 0)"
+    )]
+    UnknownProducer { producer_id: u64, sequence: u32 },
+    #[error("unknown member '{member}' of group '{group}'")]
+    UnknownMember { group: String, member: String },
+    #[error("group '{group}': generation {generation} is stale (current {current})")]
+    IllegalGeneration {
+        group: String,
+        generation: u32,
+        current: u32,
+    },
+    #[error(
+        "group '{group}': partition {partition} of '{topic}' is not assigned to member '{member}'"
+    )]
+    NotAssigned {
+        group: String,
+        member: String,
+        topic: String,
+        partition: u32,
+    },
+    #[error("invalid group '{group}': {reason}")]
+    InvalidGroup { group: String, reason: String },
 }
 
 impl Error {
@@ -89,6 +133,14 @@ impl Error {
             Error::Busy(_) => 17,
             Error::Runtime(_) => 18,
             Error::Timeout(_) => 19,
+            Error::OutOfOrderSequence { .. } => 200,
+            Error::ProducerFenced { .. } => 201,
+            Error::DuplicateSequence { .. } => 202,
+            Error::UnknownProducer { .. } => 203,
+            Error::UnknownMember { .. } => 204,
+            Error::IllegalGeneration { .. } => 205,
+            Error::NotAssigned { .. } => 206,
+            Error::InvalidGroup { .. } => 207,
         }
     }
 

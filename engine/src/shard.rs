@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader};
+use crate::batch::{self, BatchHeader, ProducerInfo};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
+use crate::idempotence::{self, ProducerTable, Verdict};
 use crate::log::{self, LogConfig, PartitionLog, ReadPlan, ReadResult, RecoveryReport, Watermarks};
 use crate::metrics::{Sample, ShardMetrics, ShardMetricsSnapshot};
 use crate::rt::{self, DmaStorage};
@@ -218,6 +219,10 @@ struct Partition {
     /// Reads served from the cache, and from disk.
     cache_hits: Cell<u64>,
     cache_misses: Cell<u64>,
+    /// Idempotent producers' sequence state (docs/semantics.md).
+    producers: RefCell<ProducerTable>,
+    /// Offset of the newest producer snapshot this process wrote.
+    producers_snapshot: Cell<Option<u64>>,
 }
 
 pub(crate) struct Shard {
@@ -491,8 +496,12 @@ impl Shard {
             ))));
             return;
         }
-        match PartitionLog::open(DmaStorage, &dir, config.clone(), now_ms()).await {
-            Ok(log) => {
+        let opened = match PartitionLog::open(DmaStorage, &dir, config.clone(), now_ms()).await {
+            Ok(log) => idempotence::rebuild(&log).await.map(|t| (log, t)),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok((log, producers)) => {
                 let report = log.recovery.clone();
                 let p = Rc::new(Partition {
                     key: key.clone(),
@@ -510,6 +519,8 @@ impl Shard {
                     fetched_bytes: Cell::new(0),
                     cache_hits: Cell::new(0),
                     cache_misses: Cell::new(0),
+                    producers: RefCell::new(producers),
+                    producers_snapshot: Cell::new(None),
                 });
                 self.partitions.borrow_mut().insert(key, p);
                 let _ = reply.send(Ok(report));
@@ -576,6 +587,10 @@ impl Shard {
                 result = job.run().await;
             }
         }
+        if result.is_ok() {
+            // Everything is durable now: the next open replays nothing.
+            snapshot_producers(p);
+        }
         result
     }
 
@@ -616,6 +631,20 @@ impl Shard {
                 return;
             }
         };
+        let producer = match idempotence_check(&p, &batch) {
+            Ok(stamp) => stamp,
+            Err((e, ack)) => {
+                if let Some(r) = reply {
+                    match ack {
+                        Some(ack) => self.answer_duplicate(&p, ack, acks, r),
+                        None => {
+                            let _ = r.send(Err(e));
+                        }
+                    }
+                }
+                return;
+            }
+        };
         let since = Instant::now();
         let batch_bytes = batch.len() as u64;
         let cache_before = p.log.borrow().cache_bytes();
@@ -631,6 +660,9 @@ impl Shard {
                 }
             }
             Ok(a) => {
+                if let Some((info, count)) = producer {
+                    p.producers.borrow_mut().record(info, count, a.base_offset);
+                }
                 self.unflushed.set(self.unflushed.get() + a.batch_bytes);
                 p.produced_records
                     .set(p.produced_records.get() + a.last_offset - a.base_offset + 1);
@@ -660,6 +692,27 @@ impl Shard {
                 self.start_flush(&p, false);
                 self.enforce_cache_budget();
             }
+        }
+    }
+
+    /// A retried batch that is already in the log: the original offsets, once as durable as
+    /// the producer asked (the original may still be waiting for its fdatasync).
+    fn answer_duplicate(
+        &self,
+        p: &Partition,
+        ack: ProduceAck,
+        acks: Acks,
+        reply: Reply<ProduceAck>,
+    ) {
+        let durable = p.log.borrow().watermarks().durable_offset;
+        if acks == Acks::Durable && ack.last_offset >= durable {
+            p.durable_waiters.borrow_mut().push_back(Waiter {
+                ack,
+                reply,
+                since: Instant::now(),
+            });
+        } else {
+            let _ = reply.send(Ok(ack));
         }
     }
 
@@ -764,6 +817,7 @@ impl Shard {
             if p.closed.get() {
                 continue;
             }
+            snapshot_producers(&p);
             if let Err(e) = PartitionLog::roll_for_retention(&p.log, now).await {
                 tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "retention roll failed");
             }
@@ -786,6 +840,53 @@ impl Shard {
             }
             rt::yield_if_needed().await;
         }
+    }
+}
+
+/// Writes a producer-state snapshot at the durable offset if the log moved since the last one
+/// (at clean close, and on the retention timer so a crash replays only recent batches). A
+/// small blocking write: the shard pays one fsync per partition and interval at most.
+fn snapshot_producers(p: &Partition) {
+    let upto = p.log.borrow().watermarks().durable_offset;
+    if p.producers_snapshot.get() == Some(upto) {
+        return;
+    }
+    match p.producers.borrow().write_snapshot(&p.dir, upto) {
+        Ok(()) => p.producers_snapshot.set(Some(upto)),
+        Err(e) => {
+            tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
+        }
+    }
+}
+
+type ProducerStamp = Option<(ProducerInfo, u32)>;
+
+/// The idempotence check before an append: `Ok(stamp)` = append (and record `stamp` if the
+/// producer is idempotent), `Err((error, None))` = refuse, `Err((_, Some(ack)))` = a duplicate
+/// to answer with its original offsets. An unreadable header passes: append reports it.
+fn idempotence_check(
+    p: &Partition,
+    batch: &Bytes,
+) -> std::result::Result<ProducerStamp, (Error, Option<ProduceAck>)> {
+    let Ok(h) = BatchHeader::parse(batch) else {
+        return Ok(None);
+    };
+    if h.producer.producer_id == 0 {
+        return Ok(None);
+    }
+    match p.producers.borrow().check(h.producer, h.record_count) {
+        Ok(Verdict::Append) => Ok(Some((h.producer, h.record_count))),
+        Ok(Verdict::Duplicate {
+            base_offset,
+            last_offset,
+        }) => Err((
+            Error::Runtime("duplicate".into()),
+            Some(ProduceAck {
+                base_offset,
+                last_offset,
+            }),
+        )),
+        Err(e) => Err((e, None)),
     }
 }
 
@@ -814,6 +915,9 @@ async fn repair(p: Rc<Partition>) {
     match PartitionLog::open(DmaStorage, &p.dir, p.config.clone(), now_ms()).await {
         Ok(log) => {
             tracing::info!(topic = %p.key.0, partition = p.key.1, next_offset = log.watermarks().next_offset, "partition repaired");
+            p.producers
+                .borrow_mut()
+                .truncate_to(log.watermarks().next_offset);
             *p.log.borrow_mut() = log;
             p.notify.notify_all();
         }

@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardline_net::protocol::{
-    DecoderConfig, FRAME_BYTES_MIN_LIMIT, FrameBuf, FrameDecoder, FrameEncoder, OwnedFrame, Push,
+    API_KEY_LIMIT, ApiKey, DecoderConfig, FRAME_BYTES_MIN_LIMIT, FrameBuf, FrameDecoder, FrameEncoder, OwnedFrame, Push,
     Request, Response, ServerMessage, WireError,
 };
 
@@ -54,8 +54,9 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // Every key this build knows (core and operations ranges) plus unknown neighbours.
-    for api_key in (0..16).chain(29..33) {
+    // Every api this build knows (semantics apis 15.. included), and one it does not.
+    let keys = ApiKey::ALL.iter().map(|k| k.as_u16());
+    for api_key in keys.chain([API_KEY_LIMIT as u16]) {
         let _ = Request::decode(api_key, 0, stream);
         let _ = Response::decode(api_key, 0, stream);
     }

@@ -7,9 +7,9 @@
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
 //!                                                     [--retention-ms MS]
 //! shardline [--addr ...] topic list | topic describe NAME | topic delete NAME
-//! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable]
-//! shardline [--addr ...] consume TOPIC [--group G] [--from earliest|latest|OFFSET] [--count N]
-//!                                      [--timeout-ms MS]
+//! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable] [--idempotent]
+//! shardline [--addr ...] consume TOPIC [--group G [--session-timeout-ms MS]]
+//!                                      [--from earliest|latest|OFFSET] [--count N] [--timeout-ms MS]
 //! shardline [--addr ...] stats [--no-partitions]
 //! shardline [--addr ...] top [--interval-ms MS] [--iterations N]
 //! shardline [--addr ...] topic alter NAME [--retention-bytes B|none] [--retention-ms MS|none]
@@ -17,8 +17,12 @@
 //! ```
 //! Output for machines goes to stdout (`serve` prints exactly `shardline listening on <addr>`;
 //! `produce` prints the number of messages acknowledged; `consume` one value per line); logs and
-//! errors go to stderr, errors as one line `shardline: error: ...`. Exit codes: 0 success, 1 a
-//! failure (server unreachable, unknown topic, a server error), 2 bad flags.
+//! errors go to stderr, errors as one line `shardline: error: ...`. With `--group`, `consume`
+//! is a member of the consumer group (docs/semantics.md): it reads only its share of the
+//! partitions, starts each at the group's committed offset (`--from` applies to partitions
+//! without one), and commits what it has printed and flushed (at least once).
+//! Exit codes: 0 success, 1 a failure (server unreachable, unknown topic, a server error),
+//! 2 bad flags.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufWriter, IsTerminal, Write};
@@ -171,15 +175,23 @@ struct ProduceArgs {
     /// What counts as acknowledged: none (sent), leader (appended), durable (fsynced).
     #[arg(long, value_enum, default_value_t = AcksArg::Durable)]
     acks: AcksArg,
+    /// Idempotent producer: retries after lost connections or timeouts never duplicate.
+    #[arg(long)]
+    idempotent: bool,
 }
 
 #[derive(Debug, Args)]
 struct ConsumeArgs {
     topic: String,
-    /// Consumer group (not supported yet: accepted, reported, ignored).
+    /// Consume as a member of this group: partitions are shared with the group's other
+    /// members, and consumed offsets are committed (resumed on the next run).
     #[arg(long, value_name = "G")]
     group: Option<String>,
-    /// Where to start in every partition: earliest, latest, or an offset.
+    /// With --group: a member silent this long is dropped and its partitions move.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    session_timeout_ms: u64,
+    /// Where to start in every partition: earliest, latest, or an offset (with --group: only
+    /// partitions without a committed offset).
     #[arg(long, default_value = "earliest", value_parser = parse_from, value_name = "FROM")]
     from: OffsetSpec,
     /// Exit after this many messages.
@@ -505,6 +517,7 @@ fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         .map_err(|e| explain(e, &args.topic))?;
     let config = ProducerConfig {
         acks: args.acks.into(),
+        idempotent: args.idempotent,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;
@@ -563,10 +576,7 @@ const POLL_WAIT: Duration = Duration::from_secs(1);
 
 fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
     if let Some(group) = &args.group {
-        eprintln!(
-            "shardline: note: consumer groups are not supported yet; --group {group} is \
-             ignored and every partition is read"
-        );
+        return group_consume::run(client, &args, group);
     }
     let partitions = client
         .partitions(&args.topic)
@@ -631,4 +641,110 @@ fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
         }
         other => other,
     }
+}
+
+/// `consume --group`: prints what the member is assigned; commits only what it has written to
+/// stdout and flushed (at least once: a crash re-prints at most what followed the last commit).
+mod group_consume {
+    use super::*;
+    use shardline_net::client::{GroupConsumer, GroupConsumerConfig};
+
+    /// Printed records between commits, at most.
+    const COMMIT_EVERY_RECORDS: u64 = 1000;
+    const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+    /// Commits; a commit refused because a rebalance moved the partitions is only reported
+    /// (their new owner re-reads from the previous commit: at least once).
+    fn commit(consumer: &mut GroupConsumer) -> anyhow::Result<()> {
+        use shardline_net::client::code;
+        match consumer.commit() {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(code::ILLEGAL_GENERATION | code::NOT_ASSIGNED | code::UNKNOWN_MEMBER)
+                ) =>
+            {
+                eprintln!("shardline: note: commit refused after a rebalance: {e}");
+                Ok(())
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    pub(super) fn run(client: Client, args: &ConsumeArgs, group: &str) -> anyhow::Result<()> {
+        client
+            .route(&args.topic)
+            .map_err(|e| explain(e, &args.topic))?;
+        let config = GroupConsumerConfig {
+            session_timeout: Duration::from_millis(args.session_timeout_ms),
+            auto_commit: false,
+            reset: args.from,
+            ..GroupConsumerConfig::new(group, &args.topic)
+        };
+        let mut consumer = GroupConsumer::new(client, config)?;
+        let deadline = args
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        let mut out = BufWriter::new(io::stdout().lock());
+        let (mut printed, mut uncommitted) = (0u64, 0u64);
+        let mut last_commit = Instant::now();
+        let result = (|| -> anyhow::Result<()> {
+            while args.count.is_none_or(|c| printed < c) {
+                let wait = match deadline {
+                    Some(d) => match d.checked_duration_since(Instant::now()) {
+                        Some(left) if !left.is_zero() => left.min(COMMIT_EVERY),
+                        _ => break,
+                    },
+                    None => COMMIT_EVERY,
+                };
+                if let Some(record) = consumer.poll(wait)? {
+                    out.write_all(&record.value)?;
+                    out.write_all(b"\n")?;
+                    printed += 1;
+                    uncommitted += 1;
+                }
+                if uncommitted > 0
+                    && (uncommitted >= COMMIT_EVERY_RECORDS
+                        || last_commit.elapsed() >= COMMIT_EVERY)
+                {
+                    out.flush()?;
+                    commit(&mut consumer)?;
+                    (uncommitted, last_commit) = (0, Instant::now());
+                }
+            }
+            out.flush()?;
+            Ok(())
+        })();
+        let closing = commit(&mut consumer)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))
+            .and_then(|()| consumer.close());
+        match result {
+            Err(e)
+                if e.downcast_ref::<io::Error>()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe) =>
+            {
+                Ok(())
+            }
+            Ok(()) => closing.map_err(Into::into),
+            other => other,
+        }
+    }
+}
+
+fn stats(client: &Client) -> anyhow::Result<()> {
+    let s = client.stats()?;
+    let mut out = io::stdout().lock();
+    writeln!(out, "uptime_ms {}", s.uptime_ms)?;
+    for sh in &s.shards {
+        writeln!(
+            out,
+            "shard {} partitions={} cache_bytes={} flushes={} syncs={} flushed_bytes={}",
+            sh.shard, sh.partitions, sh.cache_bytes, sh.flushes, sh.syncs, sh.flushed_bytes
+        )?;
+    }
+    for c in &s.counters {
+        writeln!(out, "{} {}", c.name, c.value)?;
+    }
+    out.flush()?;
+    Ok(())
 }

@@ -38,6 +38,9 @@ mod backoff;
 mod conn;
 mod consumer;
 mod error;
+mod group_consumer;
+mod groups;
+mod message;
 mod ops;
 mod partitioner;
 mod pool;
@@ -51,14 +54,18 @@ use std::time::Duration;
 pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedRecords, SubscriptionInfo};
 pub use error::ClientError;
+pub use group_consumer::{GroupConsumer, GroupConsumerConfig, Guarantee};
+pub use groups::ProducerId;
+pub use message::{Deduplicator, headers, new_message_id};
 pub use partitioner::partition_for_key;
 pub use pool::{Client, ProduceAck, SHARD_RETRY_AFTER, TopicRoute};
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, SendHandle};
 
 // The wire types callers of the client handle.
 pub use crate::protocol::{
-    Acks, DescribeTopicResponse, MetadataResponse, OffsetSpec, PartitionInfo, StatsResponse,
-    TopicConfig, TopicInfo, code, code_name,
+    Acks, CommitOffset, CommittedOffset, DescribeGroupResponse, DescribeTopicResponse,
+    GroupAssignment, MetadataResponse, OffsetSpec, PartitionInfo, StatsResponse, TopicConfig,
+    TopicInfo, code, code_name,
 };
 pub use shardline_engine::Header;
 

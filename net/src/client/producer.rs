@@ -19,6 +19,14 @@
 //!   server's retriable codes, a connection that could not be opened), at most `retries_max`
 //!   times, after [`Backoff`] delays. A lost connection or a timeout is reported, not retried:
 //!   the batch may have been appended, and a retry could duplicate it.
+//! - Idempotence (`idempotent: true`, docs/semantics.md "Idempotent producer"): the producer
+//!   gets an identity from the broker (InitProducer) and stamps each batch with it and a
+//!   per-partition sequence, once, when the batch is first encoded; a retry resends the same
+//!   bytes. The broker drops a duplicate and answers with the original offsets, so a lost
+//!   connection or a timeout *is* retried (`retries_max` times): each record is appended once.
+//!   A batch that fails for good leaves a hole in its partition's sequence, so the producer
+//!   then takes a new epoch (sequences restart at 0 everywhere); batches in flight under the
+//!   old epoch that are then refused as fenced are reported failed, never resent.
 //! - Memory: records in the queue (at most `queue_records_max`) plus records accepted and not
 //!   completed (at most `buffer_bytes_max` plus one record); `send` waits when both are full.
 
@@ -33,7 +41,7 @@ use bytes::Bytes;
 use flume::{RecvError, Selector};
 use futures_lite::future::block_on;
 use shardline_engine::Header;
-use shardline_engine::batch::{BatchBuilder, now_us};
+use shardline_engine::batch::{BatchBuilder, BatchHeader, ProducerInfo, now_us};
 use tracing::debug;
 
 use super::accumulator::{Accumulator, AccumulatorConfig, Batch, PendingRecord, TopicPartition};
@@ -69,6 +77,12 @@ pub struct ProducerConfig {
     /// Deadline of each Produce request, also sent as the server's durability timeout. `None`
     /// = the client's `request_timeout`.
     pub request_timeout: Option<Duration>,
+    /// Exactly-once appends per partition: stamp producer id, epoch and sequences, and retry
+    /// lost or timed-out requests safely (see the module doc). Needs `acks` above `None`.
+    pub idempotent: bool,
+    /// An identity this producer had before (persisted by the application): the broker keeps
+    /// the id and bumps the epoch, fencing any older instance. `None`: a new identity.
+    pub producer_id: Option<super::ProducerId>,
 }
 
 impl Default for ProducerConfig {
@@ -83,6 +97,8 @@ impl Default for ProducerConfig {
             retries_max: 5,
             backoff: Backoff::default(),
             request_timeout: None,
+            idempotent: false,
+            producer_id: None,
         }
     }
 }
@@ -101,6 +117,9 @@ impl ProducerConfig {
         }
         if self.linger > Duration::from_secs(60) {
             return bad("linger above 60 s");
+        }
+        if self.idempotent && self.acks == Acks::None {
+            return bad("an idempotent producer needs acks leader or durable");
         }
         Ok(())
     }
@@ -360,6 +379,33 @@ struct Worker {
     next_seq: u64,
     flushes: Vec<(u64, flume::Sender<()>)>,
     jitter: Jitter,
+    idempotence: Option<Idempotence>,
+}
+
+/// An idempotent producer's state: its identity and each partition's next sequence.
+struct Idempotence {
+    identity: Option<super::ProducerId>,
+    sequences: HashMap<TopicPartition, u32>,
+}
+
+impl Idempotence {
+    /// The identity, asked of the broker the first time (and after a reset).
+    fn identity(&mut self, client: &Client) -> Result<super::ProducerId, ClientError> {
+        if let Some(id) = self.identity {
+            return Ok(id);
+        }
+        let id = client.init_producer(None)?;
+        self.identity = Some(id);
+        Ok(id)
+    }
+
+    /// After a batch failed for good: a new epoch, every sequence back to 0.
+    fn reset(&mut self, client: &Client) {
+        self.sequences.clear();
+        self.identity = self
+            .identity
+            .and_then(|old| client.init_producer(Some(old)).ok());
+    }
 }
 
 impl Worker {
@@ -393,10 +439,23 @@ impl Worker {
             next_seq: 0,
             flushes: Vec::new(),
             jitter,
+            idempotence: None,
         }
     }
 
     fn run(mut self) {
+        if self.config.idempotent {
+            let mut i = Idempotence {
+                identity: None,
+                sequences: HashMap::new(),
+            };
+            if let Some(old) = self.config.producer_id {
+                // Resume (and fence) the application's earlier identity; a failure here is
+                // retried on the first batch, with a fresh identity.
+                i.identity = self.client.init_producer(Some(old)).ok();
+            }
+            self.idempotence = Some(i);
+        }
         loop {
             let now = Instant::now();
             let flushing = !self.flushes.is_empty() || !self.input_open;
@@ -523,7 +582,7 @@ impl Worker {
         for mut batch in batches {
             let encoded = match batch.encoded.clone() {
                 Some(b) => b,
-                None => match encode(&mut batch) {
+                None => match self.encode(&mut batch) {
                     Ok(b) => b,
                     Err(e) => {
                         self.failed(batch, e);
@@ -656,8 +715,38 @@ impl Worker {
         }
     }
 
+    /// Encodes a batch once; an idempotent producer stamps identity and sequence here.
+    fn encode(&mut self, batch: &mut Batch<DeliveryReply>) -> Result<Bytes, ClientError> {
+        let producer = match &mut self.idempotence {
+            None => None,
+            Some(i) => {
+                let id = i.identity(&self.client)?;
+                let next = i.sequences.entry(batch.tp.clone()).or_insert(0);
+                let base_sequence = *next;
+                *next = next.wrapping_add(batch.records.len() as u32);
+                Some(ProducerInfo {
+                    producer_id: id.producer_id,
+                    producer_epoch: id.epoch,
+                    base_sequence,
+                })
+            }
+        };
+        encode(batch, producer)
+    }
+
     fn failed(&mut self, batch: Batch<DeliveryReply>, error: ClientError) {
-        if error.is_retriable() && batch.attempts <= self.config.retries_max {
+        let idempotent = self.idempotence.is_some() && batch.encoded.is_some();
+        if idempotent && error.code() == Some(code::DUPLICATE_SEQUENCE) {
+            // Written by an earlier attempt, too long ago for the broker to know its offsets.
+            return self.delivered(batch, None);
+        }
+        // With an idempotent producer a request whose outcome is unknown is safe to resend.
+        let unknown_outcome = matches!(
+            error,
+            ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }
+        );
+        let retriable = error.is_retriable() || (idempotent && unknown_outcome);
+        if retriable && batch.attempts <= self.config.retries_max {
             let delay = self
                 .config
                 .backoff
@@ -670,6 +759,18 @@ impl Worker {
         if error.is_stale_metadata() {
             self.client.invalidate(&batch.tp.topic);
         }
+        let stamped_with_current = batch
+            .encoded
+            .as_ref()
+            .and_then(|b| BatchHeader::parse(b).ok())
+            .map(|h| h.producer);
+        if let (Some(i), Some(p)) = (&mut self.idempotence, stamped_with_current)
+            && i.identity
+                .is_some_and(|id| id.producer_id == p.producer_id && id.epoch == p.producer_epoch)
+        {
+            // Its partition's sequence now has a hole: continue under a new epoch.
+            i.reset(&self.client);
+        }
         for r in self.acc.complete(batch) {
             let _ = r.token.try_send(Err(error.clone()));
         }
@@ -678,8 +779,14 @@ impl Worker {
 
 /// Builds the batch's bytes once (kept for retries). The records' data moves into the builder;
 /// only their reply tokens stay behind.
-fn encode(batch: &mut Batch<DeliveryReply>) -> Result<Bytes, ClientError> {
+fn encode(
+    batch: &mut Batch<DeliveryReply>,
+    producer: Option<ProducerInfo>,
+) -> Result<Bytes, ClientError> {
     let mut builder = BatchBuilder::new();
+    if let Some(p) = producer {
+        builder = builder.producer(p);
+    }
     for r in &mut batch.records {
         builder.push(
             r.timestamp_us,

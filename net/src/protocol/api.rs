@@ -26,13 +26,21 @@ pub enum ApiKey {
     Unsubscribe = 12,
     Push = 13,
     Stats = 14,
+    // 15..=21 messaging semantics (protocol/semantics.rs)
+    InitProducer = 15,
+    JoinGroup = 16,
+    Heartbeat = 17,
+    LeaveGroup = 18,
+    OffsetCommit = 19,
+    OffsetFetch = 20,
+    DescribeGroup = 21,
     // 30-39 operations (protocol/ops.rs)
     Metrics = 30,
     AlterTopic = 31,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 17;
+pub const API_COUNT: usize = 24;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -69,6 +77,13 @@ impl ApiKey {
         ApiKey::Unsubscribe,
         ApiKey::Push,
         ApiKey::Stats,
+        ApiKey::InitProducer,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::DescribeGroup,
         ApiKey::Metrics,
         ApiKey::AlterTopic,
     ];
@@ -103,6 +118,13 @@ impl ApiKey {
             ApiKey::Unsubscribe => "Unsubscribe",
             ApiKey::Push => "Push",
             ApiKey::Stats => "Stats",
+            ApiKey::InitProducer => "InitProducer",
+            ApiKey::JoinGroup => "JoinGroup",
+            ApiKey::Heartbeat => "Heartbeat",
+            ApiKey::LeaveGroup => "LeaveGroup",
+            ApiKey::OffsetCommit => "OffsetCommit",
+            ApiKey::OffsetFetch => "OffsetFetch",
+            ApiKey::DescribeGroup => "DescribeGroup",
             ApiKey::Metrics => "Metrics",
             ApiKey::AlterTopic => "AlterTopic",
         }
@@ -126,8 +148,14 @@ impl ApiKey {
             | ApiKey::Unsubscribe
             | ApiKey::Push
             | ApiKey::Stats
-            | ApiKey::Metrics
-            | ApiKey::AlterTopic => (0, 0),
+            | ApiKey::InitProducer
+            | ApiKey::JoinGroup
+            | ApiKey::Heartbeat
+            | ApiKey::LeaveGroup
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+            | ApiKey::DescribeGroup => (0, 0),
+            ApiKey::Metrics | ApiKey::AlterTopic => (0, 0),
         }
     }
 

@@ -36,6 +36,7 @@ use super::frame::{
 };
 use super::messages::*;
 use super::ops::*;
+use super::semantics::*;
 use super::{
     FRAME_ALIGN, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MIN_LIMIT,
     HANDSHAKE_APIS_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX,
@@ -435,6 +436,13 @@ pub enum Request {
     Stats(StatsRequest),
     Metrics(MetricsRequest),
     AlterTopic(AlterTopicRequest),
+    InitProducer(InitProducerRequest),
+    JoinGroup(JoinGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    DescribeGroup(DescribeGroupRequest),
 }
 
 impl Request {
@@ -456,6 +464,13 @@ impl Request {
             Request::Stats(_) => ApiKey::Stats,
             Request::Metrics(_) => ApiKey::Metrics,
             Request::AlterTopic(_) => ApiKey::AlterTopic,
+            Request::InitProducer(_) => ApiKey::InitProducer,
+            Request::JoinGroup(_) => ApiKey::JoinGroup,
+            Request::Heartbeat(_) => ApiKey::Heartbeat,
+            Request::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Request::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Request::OffsetFetch(_) => ApiKey::OffsetFetch,
+            Request::DescribeGroup(_) => ApiKey::DescribeGroup,
         }
     }
 
@@ -577,8 +592,16 @@ impl Request {
                     check_name("topic name bytes", &m.name)?;
                     Request::AlterTopic(m)
                 }
+                ApiKey::InitProducer => Request::InitProducer(plain(api, b)?),
+                ApiKey::JoinGroup => Request::JoinGroup(plain(api, b)?),
+                ApiKey::Heartbeat => Request::Heartbeat(plain(api, b)?),
+                ApiKey::LeaveGroup => Request::LeaveGroup(plain(api, b)?),
+                ApiKey::OffsetCommit => Request::OffsetCommit(plain(api, b)?),
+                ApiKey::OffsetFetch => Request::OffsetFetch(plain(api, b)?),
+                ApiKey::DescribeGroup => Request::DescribeGroup(plain(api, b)?),
                 ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
             };
+            super::semantics::check_request(&r)?;
             Ok(r)
         })
     }
@@ -602,6 +625,14 @@ pub enum Response {
     Stats(StatsResponse),
     Metrics(MetricsResponse),
     AlterTopic(AlterTopicResponse),
+    InitProducer(InitProducerResponse),
+    /// JoinGroup and Heartbeat both answer with an assignment.
+    JoinGroup(GroupAssignment),
+    Heartbeat(GroupAssignment),
+    LeaveGroup(LeaveGroupResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
+    DescribeGroup(DescribeGroupResponse),
 }
 
 impl Response {
@@ -622,6 +653,13 @@ impl Response {
             Response::Stats(_) => ApiKey::Stats,
             Response::Metrics(_) => ApiKey::Metrics,
             Response::AlterTopic(_) => ApiKey::AlterTopic,
+            Response::InitProducer(_) => ApiKey::InitProducer,
+            Response::JoinGroup(_) => ApiKey::JoinGroup,
+            Response::Heartbeat(_) => ApiKey::Heartbeat,
+            Response::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Response::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Response::OffsetFetch(_) => ApiKey::OffsetFetch,
+            Response::DescribeGroup(_) => ApiKey::DescribeGroup,
         }
     }
 
@@ -660,6 +698,13 @@ impl Response {
                 ApiKey::Stats => Response::Stats(plain(api, b)?),
                 ApiKey::Metrics => Response::Metrics(plain(api, b)?),
                 ApiKey::AlterTopic => Response::AlterTopic(plain(api, b)?),
+                ApiKey::InitProducer => Response::InitProducer(plain(api, b)?),
+                ApiKey::JoinGroup => Response::JoinGroup(plain(api, b)?),
+                ApiKey::Heartbeat => Response::Heartbeat(plain(api, b)?),
+                ApiKey::LeaveGroup => Response::LeaveGroup(plain(api, b)?),
+                ApiKey::OffsetCommit => Response::OffsetCommit(plain(api, b)?),
+                ApiKey::OffsetFetch => Response::OffsetFetch(plain(api, b)?),
+                ApiKey::DescribeGroup => Response::DescribeGroup(plain(api, b)?),
                 ApiKey::GrantCredits | ApiKey::Push => {
                     return Err(WireError::UnexpectedFrame {
                         kind: "response",
@@ -982,6 +1027,13 @@ impl FrameEncoder {
             Request::Stats(m) => self.prepare(h, m, none()),
             Request::Metrics(m) => self.prepare(h, m, none()),
             Request::AlterTopic(m) => self.prepare(h, m, none()),
+            Request::InitProducer(m) => self.prepare(h, m, none()),
+            Request::JoinGroup(m) => self.prepare(h, m, none()),
+            Request::Heartbeat(m) => self.prepare(h, m, none()),
+            Request::LeaveGroup(m) => self.prepare(h, m, none()),
+            Request::OffsetCommit(m) => self.prepare(h, m, none()),
+            Request::OffsetFetch(m) => self.prepare(h, m, none()),
+            Request::DescribeGroup(m) => self.prepare(h, m, none()),
         }
     }
 
@@ -1014,6 +1066,12 @@ impl FrameEncoder {
             Response::Stats(m) => self.prepare(h, m, none()),
             Response::Metrics(m) => self.prepare(h, m, none()),
             Response::AlterTopic(m) => self.prepare(h, m, none()),
+            Response::InitProducer(m) => self.prepare(h, m, none()),
+            Response::JoinGroup(m) | Response::Heartbeat(m) => self.prepare(h, m, none()),
+            Response::LeaveGroup(m) => self.prepare(h, m, none()),
+            Response::OffsetCommit(m) => self.prepare(h, m, none()),
+            Response::OffsetFetch(m) => self.prepare(h, m, none()),
+            Response::DescribeGroup(m) => self.prepare(h, m, none()),
         }
     }
 

@@ -47,6 +47,23 @@ pub mod code {
     pub const UNKNOWN_SUBSCRIPTION: u16 = 107;
     /// An unexpected failure inside the server (a bug); the message says more.
     pub const INTERNAL: u16 = 108;
+    // --- 200..=224: messaging semantics, engine-raised (docs/semantics.md) ---
+    /// An idempotent producer's batch does not follow its last sequence (a batch is missing).
+    pub const OUT_OF_ORDER_SEQUENCE: u16 = 200;
+    /// A newer epoch of the producer id exists: this instance must stop.
+    pub const PRODUCER_FENCED: u16 = 201;
+    /// The batch was written before, too long ago for its offsets to be known.
+    pub const DUPLICATE_SEQUENCE: u16 = 202;
+    /// The partition has no state for the producer and the sequence is not 0.
+    pub const UNKNOWN_PRODUCER: u16 = 203;
+    /// The member is not (or no longer) in the group: join again.
+    pub const UNKNOWN_MEMBER: u16 = 204;
+    /// The request's generation is stale for what it asks.
+    pub const ILLEGAL_GENERATION: u16 = 205;
+    /// The member committed a partition it neither owns nor is assigned.
+    pub const NOT_ASSIGNED: u16 = 206;
+    /// The group cannot do this (another topic, no such group, standalone commit refused...).
+    pub const INVALID_GROUP: u16 = 207;
 }
 
 /// Name of an error code, for logs and the CLI (`"UNKNOWN"` for codes this build does not know).
@@ -79,6 +96,14 @@ pub fn code_name(code: u16) -> &'static str {
         code::HANDSHAKE_REQUIRED => "HANDSHAKE_REQUIRED",
         code::UNKNOWN_SUBSCRIPTION => "UNKNOWN_SUBSCRIPTION",
         code::INTERNAL => "INTERNAL",
+        code::OUT_OF_ORDER_SEQUENCE => "OUT_OF_ORDER_SEQUENCE",
+        code::PRODUCER_FENCED => "PRODUCER_FENCED",
+        code::DUPLICATE_SEQUENCE => "DUPLICATE_SEQUENCE",
+        code::UNKNOWN_PRODUCER => "UNKNOWN_PRODUCER",
+        code::UNKNOWN_MEMBER => "UNKNOWN_MEMBER",
+        code::ILLEGAL_GENERATION => "ILLEGAL_GENERATION",
+        code::NOT_ASSIGNED => "NOT_ASSIGNED",
+        code::INVALID_GROUP => "INVALID_GROUP",
         _ => "UNKNOWN",
     }
 }
@@ -284,6 +309,76 @@ mod tests {
             (Error::Runtime(s()), code::RUNTIME),
             (Error::Timeout(0), code::TIMEOUT),
         ];
+        let semantics: Vec<(Error, u16)> = vec![
+            (
+                Error::OutOfOrderSequence {
+                    producer_id: 1,
+                    expected: 0,
+                    got: 1,
+                },
+                code::OUT_OF_ORDER_SEQUENCE,
+            ),
+            (
+                Error::ProducerFenced {
+                    producer_id: 1,
+                    epoch: 0,
+                    current_epoch: 1,
+                },
+                code::PRODUCER_FENCED,
+            ),
+            (
+                Error::DuplicateSequence {
+                    producer_id: 1,
+                    sequence: 0,
+                    last_sequence: 9,
+                },
+                code::DUPLICATE_SEQUENCE,
+            ),
+            (
+                Error::UnknownProducer {
+                    producer_id: 1,
+                    sequence: 3,
+                },
+                code::UNKNOWN_PRODUCER,
+            ),
+            (
+                Error::UnknownMember {
+                    group: s(),
+                    member: s(),
+                },
+                code::UNKNOWN_MEMBER,
+            ),
+            (
+                Error::IllegalGeneration {
+                    group: s(),
+                    generation: 0,
+                    current: 1,
+                },
+                code::ILLEGAL_GENERATION,
+            ),
+            (
+                Error::NotAssigned {
+                    group: s(),
+                    member: s(),
+                    topic: s(),
+                    partition: 0,
+                },
+                code::NOT_ASSIGNED,
+            ),
+            (
+                Error::InvalidGroup {
+                    group: s(),
+                    reason: s(),
+                },
+                code::INVALID_GROUP,
+            ),
+        ];
+        for (e, c) in semantics {
+            assert_eq!(e.code(), c, "{e:?}");
+            assert!((200..=224).contains(&c), "semantics codes of this area");
+            assert_ne!(code_name(c), "UNKNOWN");
+            assert_eq!(e.is_retriable(), code_is_retriable(c), "{e:?}");
+        }
         for (e, c) in cases {
             assert_eq!(e.code(), c, "{e:?}");
             assert!(

@@ -35,6 +35,7 @@ pub mod flow;
 pub mod frame;
 pub mod messages;
 pub mod ops;
+pub mod semantics;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +50,7 @@ pub use frame::{
 };
 pub use messages::*;
 pub use ops::*;
+pub use semantics::*;
 
 /// The buffer frames are encoded into (and the decoder reads into): 16-aligned, reusable.
 /// Re-exported so that users need not depend on rkyv (and risk its format features).

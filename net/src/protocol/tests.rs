@@ -211,6 +211,144 @@ fn request() -> impl Strategy<Value = Request> {
                 retention_ms: ms,
             })
         }),
+        semantics_request(),
+    ]
+}
+
+fn commit_offset() -> impl Strategy<Value = CommitOffset> {
+    (any::<u32>(), any::<u64>(), text(30)).prop_map(|(partition, offset, metadata)| CommitOffset {
+        partition,
+        offset,
+        metadata,
+    })
+}
+
+fn committed_offset() -> impl Strategy<Value = CommittedOffset> {
+    (any::<u32>(), any::<u64>(), text(30), any::<i64>()).prop_map(
+        |(partition, offset, metadata, commit_time_ms)| CommittedOffset {
+            partition,
+            offset,
+            metadata,
+            commit_time_ms,
+        },
+    )
+}
+
+fn partitions() -> impl Strategy<Value = Vec<u32>> {
+    proptest::collection::vec(any::<u32>(), 0..8)
+}
+
+/// Requests of apis 15..=21.
+fn semantics_request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (any::<u64>(), any::<u16>()).prop_map(|(producer_id, epoch)| Request::InitProducer(
+            InitProducerRequest { producer_id, epoch }
+        )),
+        (name(), name(), name(), any::<u32>()).prop_map(|(group, topic, client_id, t)| {
+            Request::JoinGroup(JoinGroupRequest {
+                group,
+                topic,
+                client_id,
+                session_timeout_ms: t,
+            })
+        }),
+        (name(), name(), partitions()).prop_map(|(group, member_id, owned)| Request::Heartbeat(
+            HeartbeatRequest {
+                group,
+                member_id,
+                owned
+            }
+        )),
+        (name(), name()).prop_map(|(group, member_id)| Request::LeaveGroup(LeaveGroupRequest {
+            group,
+            member_id
+        })),
+        (
+            name(),
+            name(),
+            name(),
+            any::<u32>(),
+            proptest::collection::vec(commit_offset(), 0..5)
+        )
+            .prop_map(|(group, topic, member_id, generation, offsets)| {
+                Request::OffsetCommit(OffsetCommitRequest {
+                    group,
+                    topic,
+                    member_id,
+                    generation,
+                    offsets,
+                })
+            }),
+        (name(), name())
+            .prop_map(|(group, topic)| Request::OffsetFetch(OffsetFetchRequest { group, topic })),
+        name().prop_map(|group| Request::DescribeGroup(DescribeGroupRequest { group })),
+    ]
+}
+
+fn group_assignment() -> impl Strategy<Value = GroupAssignment> {
+    (
+        name(),
+        any::<u32>(),
+        name(),
+        partitions(),
+        partitions(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(member_id, generation, topic, partitions, pending, heartbeat_interval_ms)| {
+                GroupAssignment {
+                    member_id,
+                    generation,
+                    topic,
+                    partitions,
+                    pending,
+                    heartbeat_interval_ms,
+                }
+            },
+        )
+}
+
+/// Responses of apis 15..=21.
+fn semantics_response() -> impl Strategy<Value = Response> {
+    let member = (name(), name(), partitions(), partitions(), any::<i64>()).prop_map(
+        |(member_id, client_id, assigned, owned, last_seen_ms_ago)| GroupMember {
+            member_id,
+            client_id,
+            assigned,
+            owned,
+            last_seen_ms_ago,
+        },
+    );
+    prop_oneof![
+        (any::<u64>(), any::<u16>()).prop_map(|(producer_id, epoch)| Response::InitProducer(
+            InitProducerResponse { producer_id, epoch }
+        )),
+        group_assignment().prop_map(Response::JoinGroup),
+        group_assignment().prop_map(Response::Heartbeat),
+        Just(Response::LeaveGroup(LeaveGroupResponse {})),
+        Just(Response::OffsetCommit(OffsetCommitResponse {})),
+        proptest::collection::vec(committed_offset(), 0..5)
+            .prop_map(|offsets| Response::OffsetFetch(OffsetFetchResponse { offsets })),
+        (
+            name(),
+            name(),
+            any::<u32>(),
+            any::<u32>(),
+            proptest::collection::vec(member, 0..4),
+            proptest::collection::vec(committed_offset(), 0..4)
+        )
+            .prop_map(
+                |(group, topic, generation, coordinator_slot, members, offsets)| {
+                    Response::DescribeGroup(DescribeGroupResponse {
+                        group,
+                        topic,
+                        generation,
+                        coordinator_slot,
+                        members,
+                        offsets,
+                    })
+                }
+            ),
     ]
 }
 
@@ -468,6 +606,7 @@ fn response() -> impl Strategy<Value = Response> {
             ),
         metrics_response().prop_map(Response::Metrics),
         topic_info().prop_map(|topic| Response::AlterTopic(AlterTopicResponse { topic })),
+        semantics_response(),
     ]
 }
 
@@ -993,6 +1132,37 @@ fn request_limits_are_enforced_on_decode() {
 }
 
 #[test]
+fn semantics_request_limits_are_enforced_on_decode() {
+    let too_many = Request::Heartbeat(HeartbeatRequest {
+        group: "g".into(),
+        member_id: "m".into(),
+        owned: vec![0; PARTITIONS_PER_REQUEST_MAX + 1],
+    });
+    let long_metadata = Request::OffsetCommit(OffsetCommitRequest {
+        group: "g".into(),
+        topic: "t".into(),
+        member_id: "m".into(),
+        generation: 1,
+        offsets: vec![CommitOffset {
+            partition: 0,
+            offset: 1,
+            metadata: "x".repeat(MESSAGE_BYTES_MAX + 1),
+        }],
+    });
+    for r in [too_many, long_metadata] {
+        let mut enc = FrameEncoder::default();
+        let mut out = AlignedVec::<16>::new();
+        enc.request(&mut out, 1, 0, &r).unwrap();
+        let mut dec = decoder();
+        dec.push(&out);
+        let f = dec.next_frame().unwrap().unwrap();
+        let e = Request::decode_frame(&f).unwrap_err();
+        assert!(matches!(e, WireError::LimitExceeded { .. }), "{e}");
+        assert!(!e.is_fatal());
+    }
+}
+
+#[test]
 fn encoder_refuses_frames_above_the_peer_limit_and_writes_nothing() {
     let mut enc = FrameEncoder::new(FRAME_BYTES_MIN_LIMIT).unwrap();
     let mut out = AlignedVec::<16>::new();
@@ -1248,6 +1418,12 @@ fn wire_layout_is_pinned() {
         PartitionMetrics => 80, 8; MetricSample => 24, 8; MetricsResponse => 40, 8;
         SettingChange => 16, 8; AlterTopicRequest => 40, 8; AlterTopicResponse => 96, 8;
         ErrorResponse => 12, 4;
+        InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
+        JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;
+        LeaveGroupRequest => 16, 4; LeaveGroupResponse => 0, 1;
+        CommitOffset => 24, 8; OffsetCommitRequest => 36, 4; OffsetCommitResponse => 0, 1;
+        OffsetFetchRequest => 16, 4; CommittedOffset => 32, 8; OffsetFetchResponse => 8, 4;
+        DescribeGroupRequest => 8, 4; GroupMember => 40, 8; DescribeGroupResponse => 40, 4;
     }
 
     let mut enc = FrameEncoder::default();

@@ -425,6 +425,21 @@ impl Conn {
                 });
             }
             Request::Subscribe(s) => self.subscribe(cid, ver, s).await,
+            Request::InitProducer(_)
+            | Request::JoinGroup(_)
+            | Request::Heartbeat(_)
+            | Request::LeaveGroup(_)
+            | Request::OffsetCommit(_)
+            | Request::OffsetFetch(_)
+            | Request::DescribeGroup(_) => {
+                self.begin();
+                let c = self.clone();
+                rt::spawn_local(async move {
+                    let r = super::semantics::handle(&c.engine, request).await;
+                    c.reply_admin(cid, api, ver, r);
+                    c.end();
+                });
+            }
             Request::GrantCredits(g) => {
                 if let Some(s) = self.subs.borrow().get(&g.subscription_id) {
                     s.window.borrow_mut().grant(g.records, g.bytes);

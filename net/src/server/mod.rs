@@ -17,6 +17,7 @@ pub use metrics::snapshot_of as histogram_snapshot;
 pub use prometheus::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsEndpoint, encode as encode_metrics,
 };
+mod semantics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
