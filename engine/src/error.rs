@@ -50,6 +50,8 @@ pub enum Error {
     Runtime(String),
     #[error("timed out after {0} ms")]
     Timeout(u64),
+    #[error("topic '{0}' is not a work queue")]
+    NotAQueue(String),
 }
 
 impl Error {
@@ -89,6 +91,8 @@ impl Error {
             Error::Busy(_) => 17,
             Error::Runtime(_) => 18,
             Error::Timeout(_) => 19,
+            // Messaging semantics (work queues) own 225-249.
+            Error::NotAQueue(_) => 226,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod log;
 pub mod metadata;
+pub mod queue;
 pub mod rt;
 pub mod shard;
 pub mod storage;
@@ -25,6 +26,9 @@ pub use engine::{
     Engine, FetchRequest, PendingAck, Subscription, TopicDescription, TopicInfo, TopicRoute,
 };
 pub use error::{Error, Result};
+pub use queue::{
+    LeaseError, QueueConfig, QueueMessage, QueuePartitionStats, Receipt, ReceiveOptions,
+};
 pub use shard::{
     Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardHandle, ShardStats,
 };
