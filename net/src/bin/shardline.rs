@@ -35,6 +35,9 @@ use shardline_net::server::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+#[path = "shardline/queue.rs"]
+mod queue_cli;
+
 const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 
 #[derive(Debug, Parser)]
@@ -64,6 +67,9 @@ enum Command {
     Consume(ConsumeArgs),
     /// Print the server's statistics.
     Stats,
+    /// Work queues: create, send, receive, ack, nack, stats, dead letters.
+    #[command(subcommand)]
+    Queue(queue_cli::QueueCommand),
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce(client, args),
         Command::Consume(args) => consume(client, args),
         Command::Stats => stats(&client),
+        Command::Queue(q) => queue_cli::run(&client, q),
     }
 }
 
@@ -327,8 +334,7 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 partitions,
                 retention_bytes,
                 retention_ms,
-                segment_bytes: None,
-                segment_ms: None,
+                ..TopicConfig::default()
             };
             let t = client
                 .create_topic(&name, config)

@@ -321,7 +321,7 @@ impl Client {
         lock(&self.inner.metadata).topics.remove(topic);
     }
 
-    async fn call_bootstrap(&self, request: Request) -> Result<Response, ClientError> {
+    pub(crate) async fn call_bootstrap(&self, request: Request) -> Result<Response, ClientError> {
         let c = self.bootstrap().await?;
         c.call(&request, self.inner.config.request_timeout).await
     }

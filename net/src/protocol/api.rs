@@ -26,10 +26,19 @@ pub enum ApiKey {
     Unsubscribe = 12,
     Push = 13,
     Stats = 14,
+    // 22..=29: work queues (protocol/queue.rs).
+    QueueCreate = 22,
+    QueueReceive = 23,
+    QueueAck = 24,
+    QueueNack = 25,
+    QueueChangeVisibility = 26,
+    QueueStats = 27,
+    QueuePeek = 28,
+    QueueRedrive = 29,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 15;
+pub const API_COUNT: usize = 23;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -66,6 +75,14 @@ impl ApiKey {
         ApiKey::Unsubscribe,
         ApiKey::Push,
         ApiKey::Stats,
+        ApiKey::QueueCreate,
+        ApiKey::QueueReceive,
+        ApiKey::QueueAck,
+        ApiKey::QueueNack,
+        ApiKey::QueueChangeVisibility,
+        ApiKey::QueueStats,
+        ApiKey::QueuePeek,
+        ApiKey::QueueRedrive,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {
@@ -98,6 +115,14 @@ impl ApiKey {
             ApiKey::Unsubscribe => "Unsubscribe",
             ApiKey::Push => "Push",
             ApiKey::Stats => "Stats",
+            ApiKey::QueueCreate => "QueueCreate",
+            ApiKey::QueueReceive => "QueueReceive",
+            ApiKey::QueueAck => "QueueAck",
+            ApiKey::QueueNack => "QueueNack",
+            ApiKey::QueueChangeVisibility => "QueueChangeVisibility",
+            ApiKey::QueueStats => "QueueStats",
+            ApiKey::QueuePeek => "QueuePeek",
+            ApiKey::QueueRedrive => "QueueRedrive",
         }
     }
 
@@ -118,7 +143,15 @@ impl ApiKey {
             | ApiKey::GrantCredits
             | ApiKey::Unsubscribe
             | ApiKey::Push
-            | ApiKey::Stats => (0, 0),
+            | ApiKey::Stats
+            | ApiKey::QueueCreate
+            | ApiKey::QueueReceive
+            | ApiKey::QueueAck
+            | ApiKey::QueueNack
+            | ApiKey::QueueChangeVisibility
+            | ApiKey::QueueStats
+            | ApiKey::QueuePeek
+            | ApiKey::QueueRedrive => (0, 0),
         }
     }
 

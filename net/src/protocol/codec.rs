@@ -35,6 +35,7 @@ use super::frame::{
     padded,
 };
 use super::messages::*;
+use super::queue::*;
 use super::{
     FRAME_ALIGN, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MIN_LIMIT,
     HANDSHAKE_APIS_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX,
@@ -432,6 +433,14 @@ pub enum Request {
     GrantCredits(GrantCreditsRequest),
     Unsubscribe(UnsubscribeRequest),
     Stats(StatsRequest),
+    QueueCreate(QueueCreateRequest),
+    QueueReceive(QueueReceiveRequest),
+    QueueAck(QueueAckRequest),
+    QueueNack(QueueNackRequest),
+    QueueChangeVisibility(QueueChangeVisibilityRequest),
+    QueueStats(QueueStatsRequest),
+    QueuePeek(QueuePeekRequest),
+    QueueRedrive(QueueRedriveRequest),
 }
 
 impl Request {
@@ -451,6 +460,14 @@ impl Request {
             Request::GrantCredits(_) => ApiKey::GrantCredits,
             Request::Unsubscribe(_) => ApiKey::Unsubscribe,
             Request::Stats(_) => ApiKey::Stats,
+            Request::QueueCreate(_) => ApiKey::QueueCreate,
+            Request::QueueReceive(_) => ApiKey::QueueReceive,
+            Request::QueueAck(_) => ApiKey::QueueAck,
+            Request::QueueNack(_) => ApiKey::QueueNack,
+            Request::QueueChangeVisibility(_) => ApiKey::QueueChangeVisibility,
+            Request::QueueStats(_) => ApiKey::QueueStats,
+            Request::QueuePeek(_) => ApiKey::QueuePeek,
+            Request::QueueRedrive(_) => ApiKey::QueueRedrive,
         }
     }
 
@@ -566,6 +583,46 @@ impl Request {
                 ApiKey::GrantCredits => Request::GrantCredits(plain(api, b)?),
                 ApiKey::Unsubscribe => Request::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Request::Stats(plain(api, b)?),
+                ApiKey::QueueCreate => {
+                    let m: QueueCreateRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueCreate(m)
+                }
+                ApiKey::QueueReceive => {
+                    let m: QueueReceiveRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueReceive(m)
+                }
+                ApiKey::QueueAck => {
+                    let m: QueueAckRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueAck(m)
+                }
+                ApiKey::QueueNack => {
+                    let m: QueueNackRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueNack(m)
+                }
+                ApiKey::QueueChangeVisibility => {
+                    let m: QueueChangeVisibilityRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueChangeVisibility(m)
+                }
+                ApiKey::QueueStats => {
+                    let m: QueueStatsRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueStats(m)
+                }
+                ApiKey::QueuePeek => {
+                    let m: QueuePeekRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueuePeek(m)
+                }
+                ApiKey::QueueRedrive => {
+                    let m: QueueRedriveRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueRedrive(m)
+                }
                 ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
             };
             Ok(r)
@@ -589,6 +646,14 @@ pub enum Response {
     Subscribe(SubscribeResponse),
     Unsubscribe(UnsubscribeResponse),
     Stats(StatsResponse),
+    QueueCreate(QueueCreateResponse),
+    QueueReceive(QueueMessages),
+    QueueAck(QueueLeaseResponse),
+    QueueNack(QueueLeaseResponse),
+    QueueChangeVisibility(QueueLeaseResponse),
+    QueueStats(QueueStatsResponse),
+    QueuePeek(QueueMessages),
+    QueueRedrive(QueueRedriveResponse),
 }
 
 impl Response {
@@ -607,6 +672,14 @@ impl Response {
             Response::Subscribe(_) => ApiKey::Subscribe,
             Response::Unsubscribe(_) => ApiKey::Unsubscribe,
             Response::Stats(_) => ApiKey::Stats,
+            Response::QueueCreate(_) => ApiKey::QueueCreate,
+            Response::QueueReceive(_) => ApiKey::QueueReceive,
+            Response::QueueAck(_) => ApiKey::QueueAck,
+            Response::QueueNack(_) => ApiKey::QueueNack,
+            Response::QueueChangeVisibility(_) => ApiKey::QueueChangeVisibility,
+            Response::QueueStats(_) => ApiKey::QueueStats,
+            Response::QueuePeek(_) => ApiKey::QueuePeek,
+            Response::QueueRedrive(_) => ApiKey::QueueRedrive,
         }
     }
 
@@ -643,6 +716,14 @@ impl Response {
                 ApiKey::Subscribe => Response::Subscribe(plain(api, b)?),
                 ApiKey::Unsubscribe => Response::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Response::Stats(plain(api, b)?),
+                ApiKey::QueueCreate => Response::QueueCreate(plain(api, b)?),
+                ApiKey::QueueReceive => Response::QueueReceive(plain(api, b)?),
+                ApiKey::QueueAck => Response::QueueAck(plain(api, b)?),
+                ApiKey::QueueNack => Response::QueueNack(plain(api, b)?),
+                ApiKey::QueueChangeVisibility => Response::QueueChangeVisibility(plain(api, b)?),
+                ApiKey::QueueStats => Response::QueueStats(plain(api, b)?),
+                ApiKey::QueuePeek => Response::QueuePeek(plain(api, b)?),
+                ApiKey::QueueRedrive => Response::QueueRedrive(plain(api, b)?),
                 ApiKey::GrantCredits | ApiKey::Push => {
                     return Err(WireError::UnexpectedFrame {
                         kind: "response",
@@ -963,6 +1044,14 @@ impl FrameEncoder {
             Request::GrantCredits(m) => self.prepare(h, m, none()),
             Request::Unsubscribe(m) => self.prepare(h, m, none()),
             Request::Stats(m) => self.prepare(h, m, none()),
+            Request::QueueCreate(m) => self.prepare(h, m, none()),
+            Request::QueueReceive(m) => self.prepare(h, m, none()),
+            Request::QueueAck(m) => self.prepare(h, m, none()),
+            Request::QueueNack(m) => self.prepare(h, m, none()),
+            Request::QueueChangeVisibility(m) => self.prepare(h, m, none()),
+            Request::QueueStats(m) => self.prepare(h, m, none()),
+            Request::QueuePeek(m) => self.prepare(h, m, none()),
+            Request::QueueRedrive(m) => self.prepare(h, m, none()),
         }
     }
 
@@ -993,6 +1082,13 @@ impl FrameEncoder {
             Response::Subscribe(m) => self.prepare(h, m, none()),
             Response::Unsubscribe(m) => self.prepare(h, m, none()),
             Response::Stats(m) => self.prepare(h, m, none()),
+            Response::QueueCreate(m) => self.prepare(h, m, none()),
+            Response::QueueReceive(m) | Response::QueuePeek(m) => self.prepare(h, m, none()),
+            Response::QueueAck(m) | Response::QueueNack(m) | Response::QueueChangeVisibility(m) => {
+                self.prepare(h, m, none())
+            }
+            Response::QueueStats(m) => self.prepare(h, m, none()),
+            Response::QueueRedrive(m) => self.prepare(h, m, none()),
         }
     }
 
