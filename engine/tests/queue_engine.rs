@@ -69,7 +69,13 @@ fn leases_acks_dead_letters_and_redrive() {
     e.create_queue("jobs", queue(Some("jobs.dlq"), 1)).unwrap();
     produce(&e, "jobs", &[("a", None), ("b", None), ("c", None)]);
 
-    let got = receive(&e, "jobs", 10);
+    // A long lease, so that the check below holds on a loaded machine.
+    let long = ReceiveOptions {
+        max_messages: 10,
+        visibility_timeout_ms: Some(30_000),
+        max_wait: Duration::from_millis(500),
+    };
+    let got = e.queue_receive("jobs", 0, long).unwrap();
     assert_eq!(got.len(), 3);
     assert!(got.iter().all(|m| m.attempt == 1));
     // A second consumer sees nothing while the leases hold.
@@ -88,9 +94,15 @@ fn leases_acks_dead_letters_and_redrive() {
     assert_eq!(r, vec![Ok(()), Err(LeaseError::Done)]);
     e.queue_nack("jobs", 0, &[got[1].receipt()], None).unwrap();
     let again = receive(&e, "jobs", 10);
-    let b2 = again.iter().find(|m| m.value == b"b").unwrap();
-    assert_eq!(b2.attempt, 2);
+    assert_eq!(again.len(), 1);
+    let b2 = &again[0];
+    assert_eq!((b2.value.as_slice(), b2.attempt), (&b"b"[..], 2));
     e.queue_nack("jobs", 0, &[b2.receipt()], None).unwrap();
+    // c: its lease ends now, as if it had timed out; its next (last) lease times out for real.
+    let r = e
+        .queue_change_visibility("jobs", 0, &[got[2].receipt()], 0)
+        .unwrap();
+    assert_eq!(r, vec![Ok(())]);
     // Wait (bounded) for both b and c to land in the DLQ.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

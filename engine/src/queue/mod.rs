@@ -558,54 +558,100 @@ fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Resul
     })
 }
 
-/// Reads the messages named by `receipts` (sorted by offset) from the partition log.
+/// Reads the messages named by `receipts` from the partition log, in the receipts' order.
+/// Each batch is read once (from the cache when recent) and only the wanted records decoded.
 async fn read_messages(
     p: &Rc<Partition>,
     receipts: &[Receipt],
     levels_max: u8,
 ) -> Result<Vec<QueueMessage>> {
+    let mut sorted = receipts.to_vec();
+    sorted.sort_unstable_by_key(|r| r.offset);
+    let mut msgs = read_sorted(p, &sorted, levels_max).await?;
+    // Back to delivery (priority) order.
+    let position: HashMap<u64, usize> = receipts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.offset, i))
+        .collect();
+    msgs.sort_by_key(|m| position.get(&m.offset).copied().unwrap_or(usize::MAX));
+    Ok(msgs)
+}
+
+async fn read_sorted(
+    p: &Rc<Partition>,
+    receipts: &[Receipt],
+    levels_max: u8,
+) -> Result<Vec<QueueMessage>> {
     let mut out = Vec::with_capacity(receipts.len());
-    let mut current: Option<(BatchHeader, Vec<Record>)> = None;
-    for r in receipts {
-        let inside = |c: &Option<(BatchHeader, Vec<Record>)>| {
-            c.as_ref()
-                .is_some_and(|(h, _)| h.base_offset <= r.offset && r.offset < h.next_offset())
-        };
-        if !inside(&current) {
-            let got = crate::shard::read_once(p, r.offset, 1, 1).await?;
-            current = None;
-            for chunk in &got.chunks {
-                for b in batch::split_batches(chunk)? {
-                    let h = BatchHeader::parse(b)?;
-                    if h.base_offset <= r.offset && r.offset < h.next_offset() {
-                        current = Some(decode_any(b, h)?);
-                    }
+    let mut i = 0;
+    while i < receipts.len() {
+        let offset = receipts[i].offset;
+        let got = crate::shard::read_once(p, offset, 1, 1).await?;
+        let mut found = false;
+        for chunk in &got.chunks {
+            for b in batch::split_batches(chunk)? {
+                let h = BatchHeader::parse(b)?;
+                if !(h.base_offset <= offset && offset < h.next_offset()) {
+                    continue;
                 }
+                let end = receipts[i..]
+                    .iter()
+                    .position(|r| r.offset >= h.next_offset() || r.offset < h.base_offset)
+                    .map_or(receipts.len(), |n| i + n);
+                decode_wanted(b, &h, &receipts[i..end], p.key.1, levels_max, &mut out)?;
+                i = end;
+                found = true;
             }
         }
-        let Some((h, records)) = &current else {
+        if !found {
+            let w = p.log.borrow().watermarks();
             return Err(Error::OffsetOutOfRange {
-                offset: r.offset,
-                log_start: p.log.borrow().watermarks().log_start,
-                log_end: p.log.borrow().watermarks().written_offset,
+                offset,
+                log_start: w.log_start,
+                log_end: w.written_offset,
             });
-        };
-        let index = (r.offset - h.base_offset) as usize;
-        let Some(rec) = records.get(index) else {
-            return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
-        };
-        out.push(QueueMessage::from_record(p.key.1, *r, h, rec, levels_max));
+        }
     }
     Ok(out)
 }
 
-/// Decodes a batch; a sealed one yields records whose value is empty (the key is unknown here).
-fn decode_any(b: &[u8], h: BatchHeader) -> Result<(BatchHeader, Vec<Record>)> {
+/// Deserializes the records of one batch that `receipts` name (all inside the batch). A sealed
+/// batch yields messages with an empty value (the broker cannot open it).
+fn decode_wanted(
+    b: &[u8],
+    h: &BatchHeader,
+    receipts: &[Receipt],
+    partition: u32,
+    levels_max: u8,
+    out: &mut Vec<QueueMessage>,
+) -> Result<()> {
     if h.flags & batch::flags::ENCRYPTED != 0 {
-        let n = h.record_count as usize;
-        return Ok((h, vec![Record::default(); n]));
+        for r in receipts {
+            out.push(QueueMessage::from_record(
+                partition,
+                *r,
+                h,
+                &Record::default(),
+                levels_max,
+            ));
+        }
+        return Ok(());
     }
-    batch::decode(b)
+    batch::with_records(b, h, |records| {
+        for r in receipts {
+            let index = (r.offset - h.base_offset) as usize;
+            let Some(archived) = records.get(index) else {
+                return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
+            };
+            let rec = rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(archived)
+                .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))?;
+            out.push(QueueMessage::from_record(
+                partition, *r, h, &rec, levels_max,
+            ));
+        }
+        Ok(())
+    })
 }
 
 // ---------------------------------------------------------------------------- operations

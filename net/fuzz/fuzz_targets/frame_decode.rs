@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    for api_key in 0..16 {
+    for api_key in 0..shardline_net::protocol::API_KEY_LIMIT as u16 {
         let _ = Request::decode(api_key, 0, stream);
         let _ = Response::decode(api_key, 0, stream);
     }
