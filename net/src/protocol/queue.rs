@@ -370,3 +370,147 @@ pub fn lease_code(r: &Result<(), engine::LeaseError>) -> u16 {
         Err(engine::LeaseError::Unknown) => code::UNKNOWN_MESSAGE,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FrameBuf, FrameDecoder, FrameEncoder, Request, Response};
+    use proptest::prelude::*;
+    use rkyv::Archived;
+
+    /// The archived size and alignment of every work-queue payload type (docs/protocol.md,
+    /// "Work queues"): changing any of them requires a new api version.
+    #[test]
+    fn queue_wire_layout_is_pinned() {
+        macro_rules! pin {
+            ($($t:ty => $size:expr, $align:expr;)*) => {$(
+                assert_eq!(
+                    (size_of::<Archived<$t>>(), align_of::<Archived<$t>>()),
+                    ($size, $align),
+                    "archived layout of {}",
+                    stringify!($t)
+                );
+            )*};
+        }
+        pin! {
+            QueueSettings => 48, 8; QueueCreateRequest => 128, 8; QueueCreateResponse => 144, 8;
+            QueueReceiveRequest => 40, 8; MessageHeader => 16, 4; QueueMessage => 64, 8;
+            QueueMessages => 8, 4; QueueReceipt => 24, 8; QueueAckRequest => 16, 4;
+            QueueNackRequest => 32, 8; QueueChangeVisibilityRequest => 24, 8;
+            QueueLeaseResponse => 8, 4; QueueStatsRequest => 8, 4;
+            QueuePartitionStats => 112, 8; QueueStatsResponse => 8, 4;
+            QueuePeekRequest => 16, 4; QueueRedriveRequest => 12, 4; QueueRedriveResponse => 8, 8;
+        }
+    }
+
+    fn through_frames(r: &Request) -> Request {
+        let mut enc = FrameEncoder::default();
+        let mut buf = FrameBuf::new();
+        enc.request(&mut buf, 7, 0, r).unwrap();
+        let mut dec = FrameDecoder::new(crate::protocol::DecoderConfig::default()).unwrap();
+        let n = dec.push(&buf);
+        assert_eq!(n, buf.len());
+        let f = dec.next_frame_owned().unwrap().unwrap();
+        Request::decode_owned_frame(&f).unwrap()
+    }
+
+    fn receipt() -> impl Strategy<Value = QueueReceipt> {
+        (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(partition, offset, attempt)| {
+            QueueReceipt {
+                partition,
+                offset,
+                attempt,
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn queue_requests_round_trip(
+            topic in "[a-z.]{1,40}",
+            receipts in proptest::collection::vec(receipt(), 0..50),
+            delay in proptest::option::of(any::<u64>()),
+            n in 0u32..10_000,
+            partition in proptest::option::of(any::<u32>()),
+        ) {
+            let all = [
+                Request::QueueCreate(QueueCreateRequest {
+                    name: topic.clone(),
+                    config: TopicConfig { partitions: n, ..Default::default() },
+                    queue: QueueSettings {
+                        visibility_timeout_ms: n.into(),
+                        max_deliveries: n,
+                        backoff_base_ms: 1,
+                        backoff_max_ms: 2,
+                        dead_letter_topic: Some(format!("{topic}.dlq")),
+                        priority_levels: 3,
+                    },
+                }),
+                Request::QueueReceive(QueueReceiveRequest {
+                    topic: topic.clone(), partition, max_messages: n,
+                    visibility_timeout_ms: delay.unwrap_or(0), max_wait_ms: n,
+                }),
+                Request::QueueAck(QueueAckRequest { topic: topic.clone(), receipts: receipts.clone() }),
+                Request::QueueNack(QueueNackRequest {
+                    topic: topic.clone(), receipts: receipts.clone(), delay_ms: delay,
+                }),
+                Request::QueueChangeVisibility(QueueChangeVisibilityRequest {
+                    topic: topic.clone(), receipts: receipts.clone(), visibility_timeout_ms: 5,
+                }),
+                Request::QueueStats(QueueStatsRequest { topic: topic.clone() }),
+                Request::QueuePeek(QueuePeekRequest { topic: topic.clone(), partition: 1, max_messages: n }),
+                Request::QueueRedrive(QueueRedriveRequest { dead_letter_topic: topic.clone(), max_messages: n }),
+            ];
+            for r in &all {
+                prop_assert_eq!(&through_frames(r), r);
+            }
+        }
+
+        #[test]
+        fn queue_responses_round_trip(
+            value in proptest::collection::vec(any::<u8>(), 0..200),
+            codes in proptest::collection::vec(any::<u16>(), 0..50),
+            attempt in any::<u32>(),
+        ) {
+            let m = QueueMessage {
+                partition: 3, offset: 99, attempt, timestamp_us: -5, priority: 2,
+                key: Some(b"k".to_vec()), value: value.clone(),
+                headers: vec![MessageHeader { key: "correlation-id".into(), value }],
+            };
+            let all = [
+                Response::QueueReceive(QueueMessages { messages: vec![m.clone(), m.clone()] }),
+                Response::QueuePeek(QueueMessages { messages: vec![m] }),
+                Response::QueueAck(QueueLeaseResponse { error_codes: codes.clone() }),
+                Response::QueueNack(QueueLeaseResponse { error_codes: codes }),
+                Response::QueueStats(QueueStatsResponse { partitions: vec![QueuePartitionStats { depth: 4, ..Default::default() }] }),
+                Response::QueueRedrive(QueueRedriveResponse { moved: 8 }),
+            ];
+            for r in &all {
+                let mut enc = FrameEncoder::default();
+                let mut buf = FrameBuf::new();
+                enc.response(&mut buf, 1, 0, r).unwrap();
+                let mut dec = FrameDecoder::new(crate::protocol::DecoderConfig::default()).unwrap();
+                dec.push(&buf);
+                let f = dec.next_frame_owned().unwrap().unwrap();
+                let back = Response::decode_bytes(f.header.api_key, 0, &f.payload).unwrap();
+                prop_assert_eq!(&back, r);
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_receipt_lists_are_refused() {
+        let r = Request::QueueAck(QueueAckRequest {
+            topic: "t".into(),
+            receipts: vec![QueueReceipt::default(); RECEIPTS_PER_REQUEST_MAX + 1],
+        });
+        let mut enc = FrameEncoder::default();
+        let mut buf = FrameBuf::new();
+        enc.request(&mut buf, 7, 0, &r).unwrap();
+        let mut dec = FrameDecoder::new(crate::protocol::DecoderConfig::default()).unwrap();
+        dec.push(&buf);
+        let f = dec.next_frame_owned().unwrap().unwrap();
+        let e = Request::decode_owned_frame(&f).unwrap_err();
+        assert_eq!(e.code(), code::LIMIT_EXCEEDED, "{e}");
+    }
+}
