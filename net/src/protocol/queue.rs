@@ -498,6 +498,30 @@ mod tests {
         }
     }
 
+    /// The worked example of docs/protocol.md, "Work queues", byte for byte.
+    #[test]
+    fn ack_request_bytes_match_the_spec() {
+        let m = QueueAckRequest {
+            topic: "jobs".into(),
+            receipts: vec![QueueReceipt {
+                partition: 0,
+                offset: 5,
+                attempt: 1,
+            }],
+        };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&m).unwrap();
+        let mut want = Vec::new();
+        want.extend_from_slice(&0u32.to_le_bytes());
+        want.extend_from_slice(&[0; 4]);
+        want.extend_from_slice(&5u64.to_le_bytes());
+        want.extend_from_slice(&1u32.to_le_bytes());
+        want.extend_from_slice(&[0; 4]);
+        want.extend_from_slice(b"jobs\xff\xff\xff\xff");
+        want.extend_from_slice(&(-32i32).to_le_bytes());
+        want.extend_from_slice(&1u32.to_le_bytes());
+        assert_eq!(bytes.as_slice(), want.as_slice());
+    }
+
     #[test]
     fn oversized_receipt_lists_are_refused() {
         let r = Request::QueueAck(QueueAckRequest {
