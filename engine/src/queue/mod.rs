@@ -369,7 +369,7 @@ async fn replay(acks: &Rc<Partition>, st: &mut QueueState) -> Result<u64> {
                         continue;
                     }
                     let a = AckRecord::decode(&rec.value)?;
-                    if !seen_snapshot && !matches!(a, AckRecord::Snapshot { .. }) {
+                    if !seen_snapshot && !matches!(a, AckRecord::Snapshot(_)) {
                         continue;
                     }
                     seen_snapshot = true;
@@ -405,7 +405,7 @@ fn apply(st: &mut QueueState, a: AckRecord) {
             },
         ),
         AckRecord::Acked { offset } | AckRecord::Dead { offset } => st.learn(offset, Known::Done),
-        AckRecord::Snapshot { floor, facts } => st.restore(floor, facts),
+        AckRecord::Snapshot(s) => st.restore(s),
     }
 }
 
@@ -443,13 +443,13 @@ async fn append(shard: &Rc<Shard>, q: &QueueCtx, records: &[AckRecord], acks: Ac
 }
 
 async fn write_snapshot(shard: &Rc<Shard>, q: &QueueCtx, acks: Acks) -> Result<()> {
-    let (floor, facts) = q.state.borrow().snapshot();
+    let snapshot = q.state.borrow().snapshot();
     q.since_snapshot_bytes.set(0);
     let mut b = BatchBuilder::new();
     b.push(
         batch::now_us(),
         None,
-        AckRecord::Snapshot { floor, facts }.encode(),
+        AckRecord::Snapshot(snapshot).encode(),
         Vec::new(),
     );
     let batch = b.build()?;
@@ -876,7 +876,7 @@ async fn stats(shard: &Rc<Shard>, key: &PartitionKey) -> Result<QueuePartitionSt
     let unscanned = w
         .written_offset
         .saturating_sub(c.scanned)
-        .saturating_sub(st.known_done_in(c.scanned, w.written_offset));
+        .min(st.not_done_in(c.scanned, w.written_offset));
     let now = now_ms();
     let k = &q.counters;
     Ok(QueuePartitionStats {

@@ -7,12 +7,12 @@
 //!  kind 2 Acked     : u8 kind | u64 offset                                   ( 9 bytes)
 //!  kind 3 Nacked    : u8 kind | u64 offset | u32 attempt | i64 ready_at_ms   (21 bytes)
 //!  kind 4 Dead      : u8 kind | u64 offset                                   ( 9 bytes)
-//!  kind 5 Snapshot  : u8 kind | u64 floor | u32 count | count x fact
+//!  kind 5 Snapshot  : u8 kind | u64 floor | u64 scanned | u32 count | count x fact
 //!         fact      : u64 offset | u8 tag (0 done, 1 delivered) | u32 attempts | i64 ready_at_ms
 //! ```
 //! Replay applies records in log order; a Snapshot replaces everything before it.
 
-use super::state::Known;
+use super::state::{Known, Snapshot};
 use crate::error::{Error, Result};
 
 const DELIVERED: u8 = 1;
@@ -39,10 +39,7 @@ pub enum AckRecord {
     Dead {
         offset: u64,
     },
-    Snapshot {
-        floor: u64,
-        facts: Vec<(u64, Known)>,
-    },
+    Snapshot(Snapshot),
 }
 
 impl AckRecord {
@@ -72,10 +69,15 @@ impl AckRecord {
                 v.push(DEAD);
                 v.extend_from_slice(&offset.to_le_bytes());
             }
-            AckRecord::Snapshot { floor, facts } => {
-                v.reserve(13 + facts.len() * FACT_BYTES);
+            AckRecord::Snapshot(Snapshot {
+                floor,
+                scanned,
+                facts,
+            }) => {
+                v.reserve(21 + facts.len() * FACT_BYTES);
                 v.push(SNAPSHOT);
                 v.extend_from_slice(&floor.to_le_bytes());
+                v.extend_from_slice(&scanned.to_le_bytes());
                 v.extend_from_slice(&(facts.len() as u32).to_le_bytes());
                 for (o, k) in facts {
                     v.extend_from_slice(&o.to_le_bytes());
@@ -112,6 +114,7 @@ impl AckRecord {
             DEAD => AckRecord::Dead { offset: r.u64()? },
             SNAPSHOT => {
                 let floor = r.u64()?;
+                let scanned = r.u64()?;
                 let count = r.u32()? as usize;
                 // Checked before allocating: the count must fit the bytes that are there.
                 if count > (b.len() - r.at) / FACT_BYTES {
@@ -133,7 +136,11 @@ impl AckRecord {
                     };
                     facts.push((o, k));
                 }
-                AckRecord::Snapshot { floor, facts }
+                AckRecord::Snapshot(Snapshot {
+                    floor,
+                    scanned,
+                    facts,
+                })
             }
             k => return Err(corrupt(format!("record kind {k}"))),
         };
@@ -208,9 +215,14 @@ mod tests {
             any::<u64>().prop_map(|offset| AckRecord::Dead { offset }),
             (
                 any::<u64>(),
+                any::<u64>(),
                 proptest::collection::vec((any::<u64>(), known()), 0..20)
             )
-                .prop_map(|(floor, facts)| AckRecord::Snapshot { floor, facts }),
+                .prop_map(|(floor, scanned, facts)| AckRecord::Snapshot(Snapshot {
+                    floor,
+                    scanned,
+                    facts
+                })),
         ]
     }
 

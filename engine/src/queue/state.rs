@@ -128,6 +128,19 @@ pub struct QueueState {
     deadlines: BTreeSet<(i64, u64)>,
     dead_pending: BTreeSet<u64>,
     known: BTreeMap<u64, Known>,
+    /// From a restored snapshot: offsets below this without a fact in `known` are done.
+    implied_done_until: u64,
+}
+
+/// The durable state of a queue partition, as the ack log stores it (bounded by the window, not
+/// by the number of messages done): every offset below `floor` is done; in `[floor, scanned)`
+/// exactly the offsets listed in `facts` are not done; at or above `scanned`, `facts` says what
+/// is known (done or delivered) and everything else is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub floor: u64,
+    pub scanned: u64,
+    pub facts: Vec<(u64, Known)>,
 }
 
 impl QueueState {
@@ -146,6 +159,7 @@ impl QueueState {
             deadlines: BTreeSet::new(),
             dead_pending: BTreeSet::new(),
             known: BTreeMap::new(),
+            implied_done_until: 0,
         }
     }
 
@@ -184,46 +198,40 @@ impl QueueState {
         }
     }
 
-    /// Replaces everything with a snapshot: `floor` plus facts about offsets at or above it.
-    pub fn restore(&mut self, floor: u64, facts: impl IntoIterator<Item = (u64, Known)>) {
+    /// Replaces everything with a snapshot (replay of the ack log).
+    pub fn restore(&mut self, s: Snapshot) {
         assert!(self.entries.is_empty(), "restore only before the scan");
-        self.floor = floor;
-        self.scanned = floor;
+        self.floor = s.floor;
+        self.scanned = s.floor;
         self.known.clear();
-        for (o, k) in facts {
+        self.implied_done_until = s.scanned;
+        for (o, k) in s.facts {
             self.learn(o, k);
         }
     }
 
-    /// A snapshot of the durable facts: the floor and, for every offset at or above it that
-    /// is done or was delivered, what the ack log must remember.
-    pub fn snapshot(&self) -> (u64, Vec<(u64, Known)>) {
-        let mut facts = Vec::new();
-        let mut next = self.floor;
+    /// The durable state, bounded by the window and the facts not yet scanned.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut facts = Vec::with_capacity(self.entries.len() + self.known.len());
         for (&o, e) in &self.entries {
-            for done in next..o {
-                facts.push((done, Known::Done));
-            }
-            next = o + 1;
-            if e.attempts > 0 || matches!(e.status, Status::Delayed { .. }) {
-                let ready_at_ms = match e.status {
-                    Status::Delayed { ready_at_ms } => ready_at_ms,
-                    _ => 0,
-                };
-                facts.push((
-                    o,
-                    Known::Delivered {
-                        attempts: e.attempts,
-                        ready_at_ms,
-                    },
-                ));
-            }
-        }
-        for done in next..self.scanned {
-            facts.push((done, Known::Done));
+            let ready_at_ms = match e.status {
+                Status::Delayed { ready_at_ms } => ready_at_ms,
+                _ => 0,
+            };
+            facts.push((
+                o,
+                Known::Delivered {
+                    attempts: e.attempts,
+                    ready_at_ms,
+                },
+            ));
         }
         facts.extend(self.known.range(self.scanned..).map(|(o, k)| (*o, *k)));
-        (self.floor, facts)
+        Snapshot {
+            floor: self.floor,
+            scanned: self.scanned.max(self.implied_done_until),
+            facts,
+        }
     }
 
     // ------------------------------------------------------------------ scan
@@ -238,12 +246,7 @@ impl QueueState {
             lost += 1;
         }
         if self.scanned < log_start {
-            lost += log_start - self.scanned;
-            lost -= self
-                .known
-                .range(self.scanned..log_start)
-                .filter(|(_, k)| **k == Known::Done)
-                .count() as u64;
+            lost += self.not_done_in(self.scanned, log_start);
             self.scanned = log_start;
         }
         self.advance_floor();
@@ -257,6 +260,10 @@ impl QueueState {
         let level = level.min(self.settings.priority_levels - 1);
         let (attempts, ready_at_ms) = match self.known.remove(&offset) {
             Some(Known::Done) => {
+                self.advance_floor();
+                return;
+            }
+            None if offset < self.implied_done_until => {
                 self.advance_floor();
                 return;
             }
@@ -445,15 +452,25 @@ impl QueueState {
         self.entries.len()
     }
 
-    /// Facts about unscanned offsets that say "done" in `[from, to)` (depth accounting).
-    pub fn known_done_in(&self, from: u64, to: u64) -> u64 {
+    /// Offsets in `[from, to)`, at or above `scanned()`, that are not done (depth accounting).
+    pub fn not_done_in(&self, from: u64, to: u64) -> u64 {
         if from >= to {
             return 0;
         }
-        self.known
-            .range(from..to)
+        let mid = self.implied_done_until.clamp(from, to);
+        // Below `mid` only the offsets with a "delivered" fact are not done...
+        let below = self
+            .known
+            .range(from..mid)
+            .filter(|(_, k)| **k != Known::Done)
+            .count() as u64;
+        // ...at or above it, all but those with a "done" fact.
+        let done_above = self
+            .known
+            .range(mid..to)
             .filter(|(_, k)| **k == Known::Done)
-            .count() as u64
+            .count() as u64;
+        below + (to - mid) - done_above
     }
 
     // ------------------------------------------------------------------ internals

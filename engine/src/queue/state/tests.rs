@@ -200,10 +200,14 @@ proptest! {
                 _ => {}
             }
         }
-        let (floor, facts) = q.snapshot();
+        let snap = q.snapshot();
+        let floor = snap.floor;
+        prop_assert!(snap.facts.len() <= q.window_len(), "bounded by the window");
         let mut r = QueueState::new(s, 0);
-        r.restore(floor, facts);
+        r.restore(snap.clone());
         for o in floor..q.scanned() { r.add(o, 0, now, now); }
+        // A snapshot of the restored state, taken before and after the rescan, says the same.
+        prop_assert_eq!(r.snapshot().facts.len(), snap.facts.len());
         prop_assert_eq!(r.floor(), q.floor());
         let live: Vec<u64> = q.peek(usize::MAX).iter().map(|x| x.0).collect();
         let back: Vec<u64> = r.peek(usize::MAX).iter().map(|x| x.0).collect();
@@ -287,5 +291,37 @@ fn stale_receipts_are_refused_after_redelivery() {
             attempt: 1
         }),
         Err(LeaseError::Unknown)
+    );
+}
+
+/// Guards the snapshot size: one message stuck at the floor while 10,000 after it are acked
+/// must not make the snapshot list 10,000 facts.
+#[test]
+fn snapshot_is_bounded_by_the_window_not_by_the_done_range() {
+    let mut q = QueueState::new(settings(1), 0);
+    for o in 0..10_000 {
+        q.add(o, 0, 0, 0);
+    }
+    for r in q.lease(0, 10_000, 1_000_000) {
+        if r.offset != 0 {
+            q.ack(r).unwrap();
+        }
+    }
+    let snap = q.snapshot();
+    assert_eq!((snap.floor, snap.scanned, snap.facts.len()), (0, 10_000, 1));
+    let mut r = QueueState::new(settings(1), 0);
+    r.restore(snap);
+    assert_eq!(r.not_done_in(0, 10_005), 1 + 5);
+    for o in 0..10_000 {
+        r.add(o, 0, 0, 0);
+    }
+    assert_eq!(r.window_len(), 1);
+    let again = r.lease(0, 10, 100);
+    assert_eq!(
+        again,
+        vec![Receipt {
+            offset: 0,
+            attempt: 2
+        }]
     );
 }
