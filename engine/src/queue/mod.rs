@@ -54,8 +54,12 @@ pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(60);
 pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
 
 const SNAPSHOT_EVERY_BYTES: usize = 256 << 10;
-const WINDOW_MAX: usize = 100_000;
-const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// Not-done messages held in memory per queue partition (~70 bytes each): the priority
+/// lookahead, and the bound of a snapshot.
+const WINDOW_MAX: usize = 32_768;
+/// The ticker sleeps until the next lease deadline or delay ends, within these bounds.
+const TICK_MIN: Duration = Duration::from_millis(10);
+const TICK_MAX: Duration = Duration::from_secs(1);
 const SCAN_BYTES_MAX: usize = 1 << 20;
 const DEAD_LETTER_BATCH_MAX: usize = 64;
 
@@ -466,7 +470,11 @@ async fn write_snapshot(shard: &Rc<Shard>, q: &QueueCtx, acks: Acks) -> Result<(
 /// Expires leases and starts dead-lettering even when nobody receives.
 async fn ticker(shard: Rc<Shard>, q: Rc<QueueCtx>) {
     while !q.closed.get() && !shard.is_closing() {
-        rt::sleep(TICK_INTERVAL).await;
+        let due = q.state.borrow().next_due_ms();
+        let wait = due.map_or(TICK_MAX, |d| {
+            Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0))
+        });
+        rt::sleep(wait.clamp(TICK_MIN, TICK_MAX)).await;
         let expired = q.state.borrow_mut().tick(now_ms());
         if !expired.is_empty() {
             q.counters
@@ -804,6 +812,11 @@ async fn dead_letter(shard: &Rc<Shard>, q: &Rc<QueueCtx>) -> Result<()> {
             })
             .collect();
         let msgs = read_messages(&p, &receipts, q.config.priority_levels).await?;
+        let counter = if q.config.dead_letter_topic.is_some() {
+            &q.counters.dead_lettered
+        } else {
+            &q.counters.dropped
+        };
         if let Some(dlq) = &q.config.dead_letter_topic {
             let engine = shard.engine().ok_or(Error::ShuttingDown)?;
             let partitions = engine.route(dlq)?.shards.len() as u32;
@@ -820,13 +833,6 @@ async fn dead_letter(shard: &Rc<Shard>, q: &Rc<QueueCtx>) -> Result<()> {
             engine
                 .produce_async(dlq, target, b.build()?, Acks::Durable)
                 .await?;
-            q.counters
-                .dead_lettered
-                .set(q.counters.dead_lettered.get() + msgs.len() as u64);
-        } else {
-            q.counters
-                .dropped
-                .set(q.counters.dropped.get() + msgs.len() as u64);
         }
         let records: Vec<AckRecord> = receipts
             .iter()
@@ -837,6 +843,8 @@ async fn dead_letter(shard: &Rc<Shard>, q: &Rc<QueueCtx>) -> Result<()> {
         for r in &receipts {
             st.dead_lettered(r.offset);
         }
+        // Counted once done here, so that stats never show a message both dead and pending.
+        counter.set(counter.get() + receipts.len() as u64);
     }
 }
 
