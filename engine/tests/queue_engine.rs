@@ -234,3 +234,70 @@ fn plain_topics_are_not_queues() {
     assert!(e.create_queue("bad", bad).is_err());
     e.shutdown().unwrap();
 }
+
+/// Compaction of the ack log by retention: with small segments, retention deletes its oldest
+/// segments (so replay must start at the first retained snapshot), and a restart still finds
+/// exactly the unacked messages.
+#[test]
+fn ack_log_compaction_keeps_the_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.topic_defaults.segment_bytes = 64 << 10;
+    let mut stuck = Vec::new();
+    {
+        let e = Engine::open(c.clone()).unwrap();
+        e.create_queue("c", queue(None, 1)).unwrap();
+        let values: Vec<String> = (0..3000).map(|i| format!("m{i}")).collect();
+        for chunk in values.chunks(500) {
+            let refs: Vec<(&str, Option<u8>)> = chunk.iter().map(|v| (v.as_str(), None)).collect();
+            produce(&e, "c", &refs);
+        }
+        let long = ReceiveOptions {
+            max_messages: 50,
+            visibility_timeout_ms: Some(600_000),
+            max_wait: Duration::from_millis(200),
+        };
+        loop {
+            let got = e.queue_receive("c", 0, long).unwrap();
+            if got.is_empty() {
+                break;
+            }
+            // Every 97th message stays in flight (unacked) forever.
+            let (keep, ack): (Vec<_>, Vec<_>) = got.iter().partition(|m| m.offset % 97 == 0);
+            stuck.extend(keep.iter().map(|m| m.offset));
+            let receipts: Vec<_> = ack.iter().map(|m| m.receipt()).collect();
+            assert!(
+                e.queue_ack("c", 0, &receipts)
+                    .unwrap()
+                    .iter()
+                    .all(Result::is_ok)
+            );
+        }
+        e.apply_retention_now().unwrap();
+        e.shutdown().unwrap();
+    }
+    let acks_dir = std::fs::read_dir(dir.path().join("topics"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("0")
+        .join("queue-acks");
+    let segments: Vec<String> = std::fs::read_dir(&acks_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    assert!(
+        !segments.contains(&format!("{:020}.log", 0)),
+        "retention deleted the oldest ack-log segment: {segments:?}"
+    );
+    let e = Engine::open(c).unwrap();
+    let got = receive(&e, "c", 1000);
+    let mut back: Vec<u64> = got.iter().map(|m| m.offset).collect();
+    back.sort_unstable();
+    assert_eq!(back, stuck, "exactly the unacked messages come back");
+    assert!(got.iter().all(|m| m.attempt == 2));
+    e.shutdown().unwrap();
+}

@@ -6,8 +6,10 @@
 //! machinery (group commit, CRC, recovery), whose records ([`record::AckRecord`]) are replayed on
 //! open. Acks are answered only once their record is durable; deliveries and nacks are written at
 //! `leader` level (after a crash they are at worst redelivered). Snapshots of the state are
-//! appended every `SNAPSHOT_EVERY_BYTES`, and retention on the ack log drops the segments that
-//! the latest snapshot made useless (compaction through the engine's own retention).
+//! appended every quarter segment of records, and retention on the ack log (four segments)
+//! drops the segments that the latest snapshot made useless (compaction through the engine's
+//! own retention: whatever it deletes, the retained tail holds a whole snapshot, because
+//! snapshots come more often than the retained bytes).
 //!
 //! Everything here runs on the owning shard: no locks, `RefCell` borrows never cross an await.
 
@@ -53,7 +55,9 @@ pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Longest visibility timeout.
 pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
 
-const SNAPSHOT_EVERY_BYTES: usize = 256 << 10;
+/// Ack-log segment size: the topic's, within these bounds.
+const ACK_SEGMENT_BYTES_MIN: u64 = 64 << 10;
+const ACK_SEGMENT_BYTES_MAX: u64 = 1 << 20;
 /// Not-done messages held in memory per queue partition (~70 bytes each): the priority
 /// lookahead, and the bound of a snapshot.
 const WINDOW_MAX: usize = 32_768;
@@ -131,10 +135,13 @@ impl QueueConfig {
 
 /// Log settings of an ack log: small segments, and retention that keeps a few snapshots.
 pub(crate) fn ack_log_config(base: &LogConfig) -> LogConfig {
+    let segment_bytes = base
+        .segment_bytes
+        .clamp(ACK_SEGMENT_BYTES_MIN, ACK_SEGMENT_BYTES_MAX);
     LogConfig {
-        segment_bytes: 1 << 20,
+        segment_bytes,
         segment_ms: u64::MAX / 4,
-        retention_bytes: Some(4 << 20),
+        retention_bytes: Some(4 * segment_bytes),
         retention_ms: None,
         cache_bytes: 1 << 20,
         ..base.clone()
@@ -215,6 +222,8 @@ struct QueueCtx {
     dead_lettering: Cell<bool>,
     closed: Cell<bool>,
     since_snapshot_bytes: Cell<usize>,
+    /// A quarter of an ack-log segment: well below the retained bytes (four segments).
+    snapshot_every_bytes: usize,
     counters: Counters,
 }
 
@@ -323,9 +332,11 @@ async fn open(
         return Ok(());
     }
     let (tx, rx) = flume::bounded(1);
+    let ack_config = ack_log_config(&log);
+    let snapshot_every_bytes = (ack_config.segment_bytes / 4) as usize;
     shard
         .clone()
-        .open(ack_key.clone(), dir, ack_log_config(&log), tx)
+        .open(ack_key.clone(), dir, ack_config, tx)
         .await;
     rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
     let acks = shard.partition(&ack_key)?;
@@ -344,6 +355,7 @@ async fn open(
         dead_lettering: Cell::new(false),
         closed: Cell::new(false),
         since_snapshot_bytes: Cell::new(0),
+        snapshot_every_bytes,
         counters: Counters::default(),
     });
     q.counters.lost.set(lost);
@@ -437,7 +449,7 @@ async fn append(shard: &Rc<Shard>, q: &QueueCtx, records: &[AckRecord], acks: Ac
         shard.produce(q.ack_key.clone(), batch, acks, None);
         None
     };
-    if q.since_snapshot_bytes.get() > SNAPSHOT_EVERY_BYTES {
+    if q.since_snapshot_bytes.get() > q.snapshot_every_bytes {
         write_snapshot(shard, q, Acks::Leader).await?;
     }
     if let Some(rx) = wait {
