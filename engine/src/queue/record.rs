@@ -127,7 +127,9 @@ impl AckRecord {
                     let attempts = r.u32()?;
                     let ready_at_ms = r.u64()?.cast_signed();
                     let k = match tag {
-                        0 => Known::Done,
+                        // One encoding per fact: a done fact carries zeros.
+                        0 if attempts == 0 && ready_at_ms == 0 => Known::Done,
+                        0 => return Err(corrupt(format!("done fact at {o} with counts"))),
                         1 => Known::Delivered {
                             attempts,
                             ready_at_ms,
@@ -224,6 +226,21 @@ mod tests {
                     facts
                 })),
         ]
+    }
+
+    /// Found by the fuzzer (`queue_ack_record`): a done fact with non-zero fields decoded, and
+    /// re-encoded differently. Such bytes are now refused.
+    #[test]
+    fn done_facts_with_counts_are_refused() {
+        let mut b = AckRecord::Snapshot(Snapshot {
+            floor: 0,
+            scanned: 9,
+            facts: vec![(3, Known::Done)],
+        })
+        .encode();
+        let n = b.len();
+        b[n - 12] = 7; // attempts of the done fact
+        assert!(AckRecord::decode(&b).is_err());
     }
 
     proptest! {
