@@ -6,7 +6,8 @@
 //! - [`storage`]: the narrow file trait the log is written against, and the crash-image backend;
 //! - [`log`]: one partition's log: append, group commit, reads, recovery, retention;
 //! - `rt`: the only module that touches glommio (executors, DMA files, timers);
-//! - [`shard`] and [`engine`]: shard state, request routing, and the embedding API.
+//! - [`shard`] and [`engine`]: shard state, request routing, and the embedding API;
+//! - [`queue`]: work queues on topics (leases, acks, dead letters, priorities, the ack log).
 
 pub mod batch;
 pub mod config;
