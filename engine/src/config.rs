@@ -147,6 +147,9 @@ pub struct TopicConfig {
     pub retention_ms: Option<u64>,
     pub segment_bytes: Option<u64>,
     pub segment_ms: Option<u64>,
+    /// Work-queue settings; `None` for a plain (streaming) topic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<crate::queue::QueueConfig>,
 }
 
 impl Default for TopicConfig {
@@ -157,6 +160,7 @@ impl Default for TopicConfig {
             retention_ms: None,
             segment_bytes: None,
             segment_ms: None,
+            queue: None,
         }
     }
 }
@@ -216,6 +220,9 @@ pub fn validate_topic_config(t: &TopicConfig) -> Result<()> {
         return Err(Error::InvalidArgument(format!(
             "segment_bytes {s} outside 64 KiB..2 GiB"
         )));
+    }
+    if let Some(q) = &t.queue {
+        q.validate()?;
     }
     Ok(())
 }

@@ -348,6 +348,9 @@ impl Engine {
             .recovery
             .lock()
             .map_err(|_| Error::Runtime("poisoned".into()))? = total;
+        for (name, t) in &meta.topics {
+            engine.open_queues(name, t)?;
+        }
         engine.publish_routes(&meta);
         engine.inner.semantics.open_groups(&engine)?;
         if let Some(hook) = on_shard {
@@ -383,6 +386,36 @@ impl Engine {
             out.push(rx);
         }
         Ok(out)
+    }
+
+    /// Starts the work-queue state of each partition of a queue topic (after its logs opened).
+    fn open_queues(&self, name: &str, t: &TopicMeta) -> Result<()> {
+        let Some(q) = &t.config.queue else {
+            return Ok(());
+        };
+        let log = self.inner.config.log_config(&t.config);
+        let key_name: Arc<str> = Arc::from(name);
+        let mut rxs = Vec::new();
+        for (p, shard) in t.shards.iter().enumerate() {
+            let (tx, rx) = flume::bounded(1);
+            let dir = metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
+                .join(crate::queue::ACK_LOG_DIR);
+            self.send(
+                *shard as usize,
+                Request::Queue(crate::queue::QueueRequest::Open {
+                    key: (key_name.clone(), p as u32),
+                    config: q.clone(),
+                    dir,
+                    log: log.clone(),
+                    reply: tx,
+                }),
+            )?;
+            rxs.push(rx);
+        }
+        for rx in rxs {
+            recv(rx)?;
+        }
+        Ok(())
     }
 
     fn publish_routes(&self, meta: &Metadata) {
@@ -429,14 +462,14 @@ impl Engine {
     }
 
     /// One request to a shard and its reply, blocking.
-    fn ask<T>(&self, shard: usize, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+    pub(crate) fn ask<T>(&self, shard: usize, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
         let (tx, rx) = flume::bounded(1);
         self.send(shard, make(tx))?;
         recv(rx)
     }
 
     /// One request to a shard and its reply, as a future.
-    async fn ask_async<T>(
+    pub(crate) async fn ask_async<T>(
         &self,
         shard: usize,
         make: impl FnOnce(Reply<T>) -> Request,
@@ -495,7 +528,7 @@ impl Engine {
         self.locate(topic, partition).map(|(_, s)| s)
     }
 
-    fn locate(&self, topic: &str, partition: u32) -> Result<(Arc<str>, usize)> {
+    pub(crate) fn locate(&self, topic: &str, partition: u32) -> Result<(Arc<str>, usize)> {
         let route = self.route(topic)?;
         let shard =
             route
@@ -539,6 +572,11 @@ impl Engine {
             if let Err(e) = recv(rx) {
                 first_err.get_or_insert(e);
             }
+        }
+        if first_err.is_none()
+            && let Err(e) = self.open_queues(name, &t)
+        {
+            first_err = Some(e);
         }
         self.publish_routes(&meta);
         if let Some(e) = first_err {

@@ -94,6 +94,8 @@ pub enum Error {
     },
     #[error("invalid group '{group}': {reason}")]
     InvalidGroup { group: String, reason: String },
+    #[error("topic '{0}' is not a work queue")]
+    NotAQueue(String),
 }
 
 impl Error {
@@ -141,6 +143,8 @@ impl Error {
             Error::IllegalGeneration { .. } => 205,
             Error::NotAssigned { .. } => 206,
             Error::InvalidGroup { .. } => 207,
+            // Messaging semantics (work queues) own 225-249.
+            Error::NotAQueue(_) => 226,
         }
     }
 

@@ -6,7 +6,8 @@
 //! - [`storage`]: the narrow file trait the log is written against, and the crash-image backend;
 //! - [`log`]: one partition's log: append, group commit, reads, recovery, retention;
 //! - `rt`: the only module that touches glommio (executors, DMA files, timers);
-//! - [`shard`] and [`engine`]: shard state, request routing, and the embedding API.
+//! - [`shard`] and [`engine`]: shard state, request routing, and the embedding API;
+//! - [`queue`]: work queues on topics (leases, acks, dead letters, priorities, the ack log).
 
 pub mod batch;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod log;
 pub mod metadata;
 pub mod metrics;
 pub mod producer_ids;
+pub mod queue;
 pub mod rt;
 pub mod shard;
 pub mod storage;
@@ -29,6 +31,9 @@ pub use engine::{
     Engine, FetchRequest, PendingAck, Subscription, TopicDescription, TopicInfo, TopicRoute,
 };
 pub use error::{Error, Result};
+pub use queue::{
+    LeaseError, QueueConfig, QueueMessage, QueuePartitionStats, Receipt, ReceiveOptions,
+};
 pub use shard::{
     Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardHandle, ShardStats,
 };

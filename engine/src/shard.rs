@@ -183,6 +183,8 @@ pub(crate) enum Request {
         reply: Reply<()>,
     },
     Run(ShardTask),
+    /// Work-queue requests (engine/src/queue/).
+    Queue(crate::queue::QueueRequest),
     Shutdown {
         reply: Reply<()>,
     },
@@ -201,13 +203,13 @@ struct Waiter {
     since: Instant,
 }
 
-struct Partition {
-    key: PartitionKey,
+pub(crate) struct Partition {
+    pub(crate) key: PartitionKey,
     dir: PathBuf,
     config: LogConfig,
-    log: RefCell<PartitionLog<DmaStorage>>,
+    pub(crate) log: RefCell<PartitionLog<DmaStorage>>,
     /// Bumped whenever the high watermark moves or the partition closes.
-    notify: LocalNotify,
+    pub(crate) notify: LocalNotify,
     durable_waiters: RefCell<VecDeque<Waiter>>,
     flushing: Cell<bool>,
     sync_timer: Cell<bool>,
@@ -238,6 +240,7 @@ pub(crate) struct Shard {
     metrics: RefCell<ShardMetrics>,
     closing: Cell<bool>,
     engine: crate::engine::WeakEngine,
+    pub(crate) queues: crate::queue::ShardQueues,
 }
 
 fn now_ms() -> i64 {
@@ -277,6 +280,7 @@ impl Shard {
             metrics: RefCell::new(ShardMetrics::default()),
             closing: Cell::new(false),
             engine,
+            queues: crate::queue::ShardQueues::default(),
         })
     }
 
@@ -313,7 +317,15 @@ impl Shard {
         let _ = self.close_all().await;
     }
 
-    fn partition(&self, key: &PartitionKey) -> Result<Rc<Partition>> {
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    pub(crate) fn engine(&self) -> Option<crate::engine::Engine> {
+        self.engine.upgrade()
+    }
+
+    pub(crate) fn partition(&self, key: &PartitionKey) -> Result<Rc<Partition>> {
         self.partitions
             .borrow()
             .get(key)
@@ -417,6 +429,7 @@ impl Shard {
                     });
                 }
             }
+            Request::Queue(q) => crate::queue::handle(self, q),
             Request::Shutdown { .. } => {}
         }
     }
@@ -482,7 +495,7 @@ impl Shard {
         }
     }
 
-    async fn open(
+    pub(crate) async fn open(
         self: Rc<Self>,
         key: PartitionKey,
         dir: PathBuf,
@@ -531,7 +544,10 @@ impl Shard {
         }
     }
 
-    async fn close(self: Rc<Self>, key: PartitionKey, delete: bool, reply: Reply<()>) {
+    pub(crate) async fn close(self: Rc<Self>, key: PartitionKey, delete: bool, reply: Reply<()>) {
+        if delete {
+            self.queues.remove(&self, &key);
+        }
         let Some(p) = self.partitions.borrow_mut().remove(&key) else {
             let _ = reply.send(Ok(()));
             return;
@@ -615,7 +631,7 @@ impl Shard {
         first_err
     }
 
-    fn produce(
+    pub(crate) fn produce(
         self: &Rc<Self>,
         key: PartitionKey,
         batch: Bytes,
@@ -954,7 +970,7 @@ fn response(p: &Partition, r: ReadResult, offset: u64) -> FetchResponse {
     }
 }
 
-async fn read_once(
+pub(crate) async fn read_once(
     p: &Partition,
     offset: u64,
     max_bytes: usize,

@@ -54,9 +54,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    // Every api this build knows (semantics apis 15.. included), and one it does not.
-    let keys = ApiKey::ALL.iter().map(|k| k.as_u16());
-    for api_key in keys.chain([API_KEY_LIMIT as u16]) {
+    for api_key in 0..shardline_net::protocol::API_KEY_LIMIT as u16 {
         let _ = Request::decode(api_key, 0, stream);
         let _ = Response::decode(api_key, 0, stream);
     }

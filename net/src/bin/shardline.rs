@@ -42,6 +42,9 @@ use shardline_net::server::Server;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+#[path = "shardline/queue.rs"]
+mod queue_cli;
+
 const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 
 #[derive(Debug, Parser)]
@@ -84,6 +87,9 @@ enum Command {
         #[arg(long, value_name = "N")]
         iterations: Option<u64>,
     },
+    /// Work queues: create, send, receive, ack, nack, stats, dead letters.
+    #[command(subcommand)]
+    Queue(queue_cli::QueueCommand),
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             Ok(shardline_net::cli::top::run(&client, options)?)
         }
+        Command::Queue(q) => queue_cli::run(&client, q),
     }
 }
 
@@ -415,8 +422,7 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 partitions,
                 retention_bytes,
                 retention_ms,
-                segment_bytes: None,
-                segment_ms: None,
+                ..TopicConfig::default()
             };
             let t = client
                 .create_topic(&name, config)
@@ -729,22 +735,4 @@ mod group_consume {
             other => other,
         }
     }
-}
-
-fn stats(client: &Client) -> anyhow::Result<()> {
-    let s = client.stats()?;
-    let mut out = io::stdout().lock();
-    writeln!(out, "uptime_ms {}", s.uptime_ms)?;
-    for sh in &s.shards {
-        writeln!(
-            out,
-            "shard {} partitions={} cache_bytes={} flushes={} syncs={} flushed_bytes={}",
-            sh.shard, sh.partitions, sh.cache_bytes, sh.flushes, sh.syncs, sh.flushed_bytes
-        )?;
-    }
-    for c in &s.counters {
-        writeln!(out, "{} {}", c.name, c.value)?;
-    }
-    out.flush()?;
-    Ok(())
 }

@@ -45,12 +45,16 @@ mod ops;
 mod partitioner;
 mod pool;
 mod producer;
+mod queue;
 
 #[cfg(test)]
 mod fake_server;
 
 use std::time::Duration;
 
+pub use crate::protocol::queue::{
+    QueueCreateResponse, QueueMessage, QueuePartitionStats, QueueReceipt, QueueSettings,
+};
 pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedRecords, SubscriptionInfo};
 pub use error::ClientError;
@@ -60,6 +64,7 @@ pub use message::{Deduplicator, headers, new_message_id};
 pub use partitioner::partition_for_key;
 pub use pool::{Client, ProduceAck, SHARD_RETRY_AFTER, TopicRoute};
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, SendHandle};
+pub use queue::{CORRELATION_ID_HEADER, REPLY_TO_HEADER, ReplyMessage, Requester, all_ok, reply};
 
 // The wire types callers of the client handle.
 pub use crate::protocol::{

@@ -34,13 +34,22 @@ pub enum ApiKey {
     OffsetCommit = 19,
     OffsetFetch = 20,
     DescribeGroup = 21,
+    // 22..=29: work queues (protocol/queue.rs).
+    QueueCreate = 22,
+    QueueReceive = 23,
+    QueueAck = 24,
+    QueueNack = 25,
+    QueueChangeVisibility = 26,
+    QueueStats = 27,
+    QueuePeek = 28,
+    QueueRedrive = 29,
     // 30-39 operations (protocol/ops.rs)
     Metrics = 30,
     AlterTopic = 31,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 24;
+pub const API_COUNT: usize = 32;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -84,6 +93,14 @@ impl ApiKey {
         ApiKey::OffsetCommit,
         ApiKey::OffsetFetch,
         ApiKey::DescribeGroup,
+        ApiKey::QueueCreate,
+        ApiKey::QueueReceive,
+        ApiKey::QueueAck,
+        ApiKey::QueueNack,
+        ApiKey::QueueChangeVisibility,
+        ApiKey::QueueStats,
+        ApiKey::QueuePeek,
+        ApiKey::QueueRedrive,
         ApiKey::Metrics,
         ApiKey::AlterTopic,
     ];
@@ -127,6 +144,14 @@ impl ApiKey {
             ApiKey::DescribeGroup => "DescribeGroup",
             ApiKey::Metrics => "Metrics",
             ApiKey::AlterTopic => "AlterTopic",
+            ApiKey::QueueCreate => "QueueCreate",
+            ApiKey::QueueReceive => "QueueReceive",
+            ApiKey::QueueAck => "QueueAck",
+            ApiKey::QueueNack => "QueueNack",
+            ApiKey::QueueChangeVisibility => "QueueChangeVisibility",
+            ApiKey::QueueStats => "QueueStats",
+            ApiKey::QueuePeek => "QueuePeek",
+            ApiKey::QueueRedrive => "QueueRedrive",
         }
     }
 
@@ -156,6 +181,14 @@ impl ApiKey {
             | ApiKey::OffsetFetch
             | ApiKey::DescribeGroup => (0, 0),
             ApiKey::Metrics | ApiKey::AlterTopic => (0, 0),
+            ApiKey::QueueCreate
+            | ApiKey::QueueReceive
+            | ApiKey::QueueAck
+            | ApiKey::QueueNack
+            | ApiKey::QueueChangeVisibility
+            | ApiKey::QueueStats
+            | ApiKey::QueuePeek
+            | ApiKey::QueueRedrive => (0, 0),
         }
     }
 

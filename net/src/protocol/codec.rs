@@ -36,6 +36,7 @@ use super::frame::{
 };
 use super::messages::*;
 use super::ops::*;
+use super::queue::*;
 use super::semantics::*;
 use super::{
     FRAME_ALIGN, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MIN_LIMIT,
@@ -443,6 +444,14 @@ pub enum Request {
     OffsetCommit(OffsetCommitRequest),
     OffsetFetch(OffsetFetchRequest),
     DescribeGroup(DescribeGroupRequest),
+    QueueCreate(QueueCreateRequest),
+    QueueReceive(QueueReceiveRequest),
+    QueueAck(QueueAckRequest),
+    QueueNack(QueueNackRequest),
+    QueueChangeVisibility(QueueChangeVisibilityRequest),
+    QueueStats(QueueStatsRequest),
+    QueuePeek(QueuePeekRequest),
+    QueueRedrive(QueueRedriveRequest),
 }
 
 impl Request {
@@ -471,6 +480,14 @@ impl Request {
             Request::OffsetCommit(_) => ApiKey::OffsetCommit,
             Request::OffsetFetch(_) => ApiKey::OffsetFetch,
             Request::DescribeGroup(_) => ApiKey::DescribeGroup,
+            Request::QueueCreate(_) => ApiKey::QueueCreate,
+            Request::QueueReceive(_) => ApiKey::QueueReceive,
+            Request::QueueAck(_) => ApiKey::QueueAck,
+            Request::QueueNack(_) => ApiKey::QueueNack,
+            Request::QueueChangeVisibility(_) => ApiKey::QueueChangeVisibility,
+            Request::QueueStats(_) => ApiKey::QueueStats,
+            Request::QueuePeek(_) => ApiKey::QueuePeek,
+            Request::QueueRedrive(_) => ApiKey::QueueRedrive,
         }
     }
 
@@ -599,6 +616,46 @@ impl Request {
                 ApiKey::OffsetCommit => Request::OffsetCommit(plain(api, b)?),
                 ApiKey::OffsetFetch => Request::OffsetFetch(plain(api, b)?),
                 ApiKey::DescribeGroup => Request::DescribeGroup(plain(api, b)?),
+                ApiKey::QueueCreate => {
+                    let m: QueueCreateRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueCreate(m)
+                }
+                ApiKey::QueueReceive => {
+                    let m: QueueReceiveRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueReceive(m)
+                }
+                ApiKey::QueueAck => {
+                    let m: QueueAckRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueAck(m)
+                }
+                ApiKey::QueueNack => {
+                    let m: QueueNackRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueNack(m)
+                }
+                ApiKey::QueueChangeVisibility => {
+                    let m: QueueChangeVisibilityRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueChangeVisibility(m)
+                }
+                ApiKey::QueueStats => {
+                    let m: QueueStatsRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueStats(m)
+                }
+                ApiKey::QueuePeek => {
+                    let m: QueuePeekRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueuePeek(m)
+                }
+                ApiKey::QueueRedrive => {
+                    let m: QueueRedriveRequest = plain(api, b)?;
+                    m.check()?;
+                    Request::QueueRedrive(m)
+                }
                 ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
             };
             super::semantics::check_request(&r)?;
@@ -633,6 +690,14 @@ pub enum Response {
     OffsetCommit(OffsetCommitResponse),
     OffsetFetch(OffsetFetchResponse),
     DescribeGroup(DescribeGroupResponse),
+    QueueCreate(QueueCreateResponse),
+    QueueReceive(QueueMessages),
+    QueueAck(QueueLeaseResponse),
+    QueueNack(QueueLeaseResponse),
+    QueueChangeVisibility(QueueLeaseResponse),
+    QueueStats(QueueStatsResponse),
+    QueuePeek(QueueMessages),
+    QueueRedrive(QueueRedriveResponse),
 }
 
 impl Response {
@@ -660,6 +725,14 @@ impl Response {
             Response::OffsetCommit(_) => ApiKey::OffsetCommit,
             Response::OffsetFetch(_) => ApiKey::OffsetFetch,
             Response::DescribeGroup(_) => ApiKey::DescribeGroup,
+            Response::QueueCreate(_) => ApiKey::QueueCreate,
+            Response::QueueReceive(_) => ApiKey::QueueReceive,
+            Response::QueueAck(_) => ApiKey::QueueAck,
+            Response::QueueNack(_) => ApiKey::QueueNack,
+            Response::QueueChangeVisibility(_) => ApiKey::QueueChangeVisibility,
+            Response::QueueStats(_) => ApiKey::QueueStats,
+            Response::QueuePeek(_) => ApiKey::QueuePeek,
+            Response::QueueRedrive(_) => ApiKey::QueueRedrive,
         }
     }
 
@@ -705,6 +778,14 @@ impl Response {
                 ApiKey::OffsetCommit => Response::OffsetCommit(plain(api, b)?),
                 ApiKey::OffsetFetch => Response::OffsetFetch(plain(api, b)?),
                 ApiKey::DescribeGroup => Response::DescribeGroup(plain(api, b)?),
+                ApiKey::QueueCreate => Response::QueueCreate(plain(api, b)?),
+                ApiKey::QueueReceive => Response::QueueReceive(plain(api, b)?),
+                ApiKey::QueueAck => Response::QueueAck(plain(api, b)?),
+                ApiKey::QueueNack => Response::QueueNack(plain(api, b)?),
+                ApiKey::QueueChangeVisibility => Response::QueueChangeVisibility(plain(api, b)?),
+                ApiKey::QueueStats => Response::QueueStats(plain(api, b)?),
+                ApiKey::QueuePeek => Response::QueuePeek(plain(api, b)?),
+                ApiKey::QueueRedrive => Response::QueueRedrive(plain(api, b)?),
                 ApiKey::GrantCredits | ApiKey::Push => {
                     return Err(WireError::UnexpectedFrame {
                         kind: "response",
@@ -1034,6 +1115,14 @@ impl FrameEncoder {
             Request::OffsetCommit(m) => self.prepare(h, m, none()),
             Request::OffsetFetch(m) => self.prepare(h, m, none()),
             Request::DescribeGroup(m) => self.prepare(h, m, none()),
+            Request::QueueCreate(m) => self.prepare(h, m, none()),
+            Request::QueueReceive(m) => self.prepare(h, m, none()),
+            Request::QueueAck(m) => self.prepare(h, m, none()),
+            Request::QueueNack(m) => self.prepare(h, m, none()),
+            Request::QueueChangeVisibility(m) => self.prepare(h, m, none()),
+            Request::QueueStats(m) => self.prepare(h, m, none()),
+            Request::QueuePeek(m) => self.prepare(h, m, none()),
+            Request::QueueRedrive(m) => self.prepare(h, m, none()),
         }
     }
 
@@ -1072,6 +1161,13 @@ impl FrameEncoder {
             Response::OffsetCommit(m) => self.prepare(h, m, none()),
             Response::OffsetFetch(m) => self.prepare(h, m, none()),
             Response::DescribeGroup(m) => self.prepare(h, m, none()),
+            Response::QueueCreate(m) => self.prepare(h, m, none()),
+            Response::QueueReceive(m) | Response::QueuePeek(m) => self.prepare(h, m, none()),
+            Response::QueueAck(m) | Response::QueueNack(m) | Response::QueueChangeVisibility(m) => {
+                self.prepare(h, m, none())
+            }
+            Response::QueueStats(m) => self.prepare(h, m, none()),
+            Response::QueueRedrive(m) => self.prepare(h, m, none()),
         }
     }
 

@@ -77,6 +77,7 @@ impl From<TopicConfig> for engine::TopicConfig {
             retention_ms: c.retention_ms,
             segment_bytes: c.segment_bytes,
             segment_ms: c.segment_ms,
+            queue: None,
         }
     }
 }

@@ -64,6 +64,16 @@ pub mod code {
     pub const NOT_ASSIGNED: u16 = 206;
     /// The group cannot do this (another topic, no such group, standalone commit refused...).
     pub const INVALID_GROUP: u16 = 207;
+    // --- 225..=249: work queues ---
+    /// The receipt's delivery is not in flight: its lease expired, it was nacked, or the message
+    /// was delivered again since. Not retriable: the message is (or will be) redelivered.
+    pub const LEASE_NOT_HELD: u16 = 225;
+    /// The topic is not a work queue (engine `NotAQueue`).
+    pub const NOT_A_QUEUE: u16 = 226;
+    /// The message was already acked or dead-lettered.
+    pub const MESSAGE_DONE: u16 = 227;
+    /// The offset was never delivered.
+    pub const UNKNOWN_MESSAGE: u16 = 228;
 }
 
 /// Name of an error code, for logs and the CLI (`"UNKNOWN"` for codes this build does not know).
@@ -104,6 +114,10 @@ pub fn code_name(code: u16) -> &'static str {
         code::ILLEGAL_GENERATION => "ILLEGAL_GENERATION",
         code::NOT_ASSIGNED => "NOT_ASSIGNED",
         code::INVALID_GROUP => "INVALID_GROUP",
+        code::LEASE_NOT_HELD => "LEASE_NOT_HELD",
+        code::NOT_A_QUEUE => "NOT_A_QUEUE",
+        code::MESSAGE_DONE => "MESSAGE_DONE",
+        code::UNKNOWN_MESSAGE => "UNKNOWN_MESSAGE",
         _ => "UNKNOWN",
     }
 }

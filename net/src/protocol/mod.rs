@@ -35,6 +35,7 @@ pub mod flow;
 pub mod frame;
 pub mod messages;
 pub mod ops;
+pub mod queue;
 pub mod semantics;
 
 #[cfg(test)]

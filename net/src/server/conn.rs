@@ -25,6 +25,8 @@ use crate::protocol::{
     messages::*, negotiate, supported_apis,
 };
 
+mod queue;
+
 enum Out {
     Flat(FrameBuf),
     Parts(FrameParts),
@@ -424,6 +426,19 @@ impl Conn {
                     c.end();
                 });
             }
+            Request::QueueCreate(_) => {
+                // A barrier like CreateTopic: later requests may use the queue.
+                self.begin();
+                self.answer_queue(cid, api, ver, request).await;
+                self.end();
+            }
+            Request::QueueReceive(_)
+            | Request::QueueAck(_)
+            | Request::QueueNack(_)
+            | Request::QueueChangeVisibility(_)
+            | Request::QueueStats(_)
+            | Request::QueuePeek(_)
+            | Request::QueueRedrive(_) => self.serve_queue(cid, api, ver, request),
             Request::Subscribe(s) => self.subscribe(cid, ver, s).await,
             Request::InitProducer(_)
             | Request::JoinGroup(_)

@@ -1,0 +1,413 @@
+//! The embedding API of work queues: [`Engine`] methods, blocking and as futures.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{
+    DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, LeaseError, PRIORITY_HEADER, QueueConfig, QueueRequest,
+    Receipt,
+};
+use crate::batch::{BatchBuilder, BatchHeader, Header, Record};
+use crate::config::TopicConfig;
+use crate::engine::{Engine, TopicInfo};
+use crate::error::{Error, Result};
+use crate::shard::{Acks, Reply, Request};
+
+/// One delivery of a queue message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    pub partition: u32,
+    pub offset: u64,
+    /// Deliveries so far, this one included (1 on the first). Peek shows past deliveries.
+    pub attempt: u32,
+    pub timestamp_us: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<Header>,
+    pub priority: u8,
+}
+
+impl QueueMessage {
+    pub(super) fn from_record(
+        partition: u32,
+        r: Receipt,
+        h: &BatchHeader,
+        rec: &Record,
+        levels: u8,
+    ) -> Self {
+        let priority = rec
+            .headers
+            .iter()
+            .find(|x| x.key == PRIORITY_HEADER)
+            .and_then(|x| std::str::from_utf8(&x.value).ok())
+            .and_then(|s| s.trim().parse::<u8>().ok())
+            .unwrap_or(0)
+            .min(levels.saturating_sub(1));
+        QueueMessage {
+            partition,
+            offset: r.offset,
+            attempt: r.attempt,
+            timestamp_us: h
+                .first_timestamp_us
+                .wrapping_add(rec.timestamp_delta_us as i64),
+            key: rec.key.clone(),
+            value: rec.value.clone(),
+            headers: rec.headers.clone(),
+            priority,
+        }
+    }
+
+    /// What acks, nacks or extends this delivery.
+    pub fn receipt(&self) -> Receipt {
+        Receipt {
+            offset: self.offset,
+            attempt: self.attempt,
+        }
+    }
+
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.key == name)
+            .map(|h| h.value.as_slice())
+    }
+}
+
+/// How to receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiveOptions {
+    pub max_messages: usize,
+    /// `None`: the queue's setting.
+    pub visibility_timeout_ms: Option<u64>,
+    /// Long poll: wait up to this long when nothing is available.
+    pub max_wait: Duration,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions {
+            max_messages: 10,
+            visibility_timeout_ms: None,
+            max_wait: Duration::ZERO,
+        }
+    }
+}
+
+/// Live state of one queue partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueuePartitionStats {
+    pub partition: u32,
+    /// Messages waiting for a consumer (ready, delayed by a nack or backoff, or not yet
+    /// scanned), in-flight ones excluded.
+    pub depth: u64,
+    pub ready: u64,
+    pub delayed: u64,
+    pub in_flight: u64,
+    /// Age of the oldest message not yet acked or dead-lettered (0 if none).
+    pub oldest_age_ms: u64,
+    /// Counters since the partition was opened (this process).
+    pub acked: u64,
+    pub nacked: u64,
+    pub expired: u64,
+    pub dead_lettered: u64,
+    pub dropped: u64,
+    pub lost: u64,
+    /// Every offset below this is acked or dead-lettered.
+    pub ack_floor: u64,
+    pub high_watermark: u64,
+}
+
+/// Result of each receipt of an ack, nack or visibility change, in request order.
+pub type LeaseResults = Vec<std::result::Result<(), LeaseError>>;
+
+impl Engine {
+    fn queue_ask<T>(
+        &self,
+        topic: &str,
+        partition: u32,
+        make: impl FnOnce(crate::shard::PartitionKey, Reply<T>) -> QueueRequest,
+    ) -> Result<T> {
+        let (name, shard) = self.locate(topic, partition)?;
+        self.ask(shard, |reply| {
+            Request::Queue(make((name, partition), reply))
+        })
+    }
+
+    async fn queue_ask_async<T>(
+        &self,
+        topic: &str,
+        partition: u32,
+        make: impl FnOnce(crate::shard::PartitionKey, Reply<T>) -> QueueRequest,
+    ) -> Result<T> {
+        let (name, shard) = self.locate(topic, partition)?;
+        self.ask_async(shard, |reply| {
+            Request::Queue(make((name, partition), reply))
+        })
+        .await
+    }
+
+    /// Creates a work-queue topic. If the settings name a dead-letter topic that does not
+    /// exist, it is created first, as a queue with the same partition count whose messages
+    /// are never dead-lettered again.
+    pub fn create_queue(&self, name: &str, mut topic: TopicConfig) -> Result<TopicInfo> {
+        let q = topic.queue.get_or_insert_with(QueueConfig::default).clone();
+        q.validate()?;
+        if let Some(dlq) = &q.dead_letter_topic {
+            if dlq == name {
+                return Err(Error::InvalidArgument(
+                    "a queue cannot be its own dead-letter topic".into(),
+                ));
+            }
+            if self.route(dlq).is_err() {
+                let dlq_cfg = TopicConfig {
+                    queue: Some(QueueConfig {
+                        max_deliveries: u32::MAX,
+                        dead_letter_topic: None,
+                        priority_levels: 1,
+                        ..q.clone()
+                    }),
+                    ..TopicConfig::with_partitions(topic.partitions)
+                };
+                match self.create_topic(dlq, dlq_cfg) {
+                    Ok(_) | Err(Error::TopicExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.create_topic(name, topic)
+    }
+
+    /// Leases messages of one partition (long-polls up to `options.max_wait`).
+    pub fn queue_receive(
+        &self,
+        topic: &str,
+        partition: u32,
+        options: ReceiveOptions,
+    ) -> Result<Vec<QueueMessage>> {
+        self.queue_ask(topic, partition, |key, reply| QueueRequest::Receive {
+            key,
+            options,
+            reply,
+        })
+    }
+
+    pub async fn queue_receive_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        options: ReceiveOptions,
+    ) -> Result<Vec<QueueMessage>> {
+        self.queue_ask_async(topic, partition, |key, reply| QueueRequest::Receive {
+            key,
+            options,
+            reply,
+        })
+        .await
+    }
+
+    /// Acks deliveries; answered once the acks are durable.
+    pub fn queue_ack(
+        &self,
+        topic: &str,
+        partition: u32,
+        receipts: &[Receipt],
+    ) -> Result<LeaseResults> {
+        let receipts = receipts.to_vec();
+        self.queue_ask(topic, partition, |key, reply| QueueRequest::Ack {
+            key,
+            receipts,
+            reply,
+        })
+    }
+
+    pub async fn queue_ack_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        receipts: Vec<Receipt>,
+    ) -> Result<LeaseResults> {
+        self.queue_ask_async(topic, partition, |key, reply| QueueRequest::Ack {
+            key,
+            receipts,
+            reply,
+        })
+        .await
+    }
+
+    /// Gives deliveries back: visible again after `delay_ms` (`None`: the backoff).
+    pub fn queue_nack(
+        &self,
+        topic: &str,
+        partition: u32,
+        receipts: &[Receipt],
+        delay_ms: Option<u64>,
+    ) -> Result<LeaseResults> {
+        let receipts = receipts.to_vec();
+        self.queue_ask(topic, partition, |key, reply| QueueRequest::Nack {
+            key,
+            receipts,
+            delay_ms,
+            reply,
+        })
+    }
+
+    pub async fn queue_nack_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        receipts: Vec<Receipt>,
+        delay_ms: Option<u64>,
+    ) -> Result<LeaseResults> {
+        self.queue_ask_async(topic, partition, |key, reply| QueueRequest::Nack {
+            key,
+            receipts,
+            delay_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets the deadline of leases to now + `visibility_ms` (0 makes them visible at once).
+    pub async fn queue_change_visibility_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        receipts: Vec<Receipt>,
+        visibility_ms: u64,
+    ) -> Result<LeaseResults> {
+        self.queue_ask_async(topic, partition, |key, reply| {
+            QueueRequest::ChangeVisibility {
+                key,
+                receipts,
+                visibility_ms,
+                reply,
+            }
+        })
+        .await
+    }
+
+    pub fn queue_change_visibility(
+        &self,
+        topic: &str,
+        partition: u32,
+        receipts: &[Receipt],
+        visibility_ms: u64,
+    ) -> Result<LeaseResults> {
+        let receipts = receipts.to_vec();
+        self.queue_ask(topic, partition, |key, reply| {
+            QueueRequest::ChangeVisibility {
+                key,
+                receipts,
+                visibility_ms,
+                reply,
+            }
+        })
+    }
+
+    /// Depth, in-flight count, oldest message age and counters of every partition.
+    pub fn queue_stats(&self, topic: &str) -> Result<Vec<QueuePartitionStats>> {
+        let n = self.route(topic)?.shards.len() as u32;
+        (0..n)
+            .map(|p| self.queue_ask(topic, p, |key, reply| QueueRequest::Stats { key, reply }))
+            .collect()
+    }
+
+    pub async fn queue_stats_async(&self, topic: &str) -> Result<Vec<QueuePartitionStats>> {
+        let n = self.route(topic)?.shards.len() as u32;
+        let mut out = Vec::with_capacity(n as usize);
+        for p in 0..n {
+            out.push(
+                self.queue_ask_async(topic, p, |key, reply| QueueRequest::Stats { key, reply })
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Up to `max` messages of a partition that are not acked, in offset order, without
+    /// leasing them (inspect a dead-letter queue, debug a stuck queue).
+    pub async fn queue_peek_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        max: usize,
+    ) -> Result<Vec<QueueMessage>> {
+        self.queue_ask_async(topic, partition, |key, reply| QueueRequest::Peek {
+            key,
+            max,
+            reply,
+        })
+        .await
+    }
+
+    pub fn queue_peek(&self, topic: &str, partition: u32, max: usize) -> Result<Vec<QueueMessage>> {
+        self.queue_ask(topic, partition, |key, reply| QueueRequest::Peek {
+            key,
+            max,
+            reply,
+        })
+    }
+
+    /// Moves up to `max` messages from a dead-letter queue back to the topic and partition they
+    /// came from (their `x-dlq-*` headers name it), without those headers. Each is produced
+    /// durably before it is acked in the dead-letter queue (at-least-once). Returns how many.
+    pub async fn queue_redrive_async(&self, dlq: &str, max: usize) -> Result<u64> {
+        let partitions = self.route(dlq)?.shards.len() as u32;
+        let mut moved = 0u64;
+        for p in 0..partitions {
+            while (moved as usize) < max {
+                let options = ReceiveOptions {
+                    max_messages: (max - moved as usize).min(256),
+                    visibility_timeout_ms: Some(60_000),
+                    max_wait: Duration::ZERO,
+                };
+                let msgs = self.queue_receive_async(dlq, p, options).await?;
+                if msgs.is_empty() {
+                    break;
+                }
+                for m in &msgs {
+                    self.redrive_one(m).await?;
+                }
+                let receipts = msgs.iter().map(QueueMessage::receipt).collect();
+                self.queue_ack_async(dlq, p, receipts).await?;
+                moved += msgs.len() as u64;
+            }
+        }
+        Ok(moved)
+    }
+
+    pub fn queue_redrive(&self, dlq: &str, max: usize) -> Result<u64> {
+        futures_lite::future::block_on(self.queue_redrive_async(dlq, max))
+    }
+
+    async fn redrive_one(&self, m: &QueueMessage) -> Result<()> {
+        let text = |name| {
+            m.header(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(str::to_string)
+        };
+        let (Some(topic), Some(partition)) = (text(DLQ_TOPIC_HEADER), text(DLQ_PARTITION_HEADER))
+        else {
+            return Err(Error::InvalidArgument(format!(
+                "message at offset {} has no {DLQ_TOPIC_HEADER}/{DLQ_PARTITION_HEADER} headers",
+                m.offset
+            )));
+        };
+        let partition: u32 = partition.parse().map_err(|_| {
+            Error::InvalidArgument(format!("bad {DLQ_PARTITION_HEADER} '{partition}'"))
+        })?;
+        let headers = m
+            .headers
+            .iter()
+            .filter(|h| !h.key.starts_with("x-dlq-"))
+            .cloned()
+            .collect();
+        let mut b = BatchBuilder::new();
+        b.push(m.timestamp_us, m.key.clone(), m.value.clone(), headers);
+        self.produce_async(&topic, partition, b.build()?, Acks::Durable)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,934 @@
+//! Work queues on a topic (docs/semantics.md, "Work queues" and "Priorities").
+//!
+//! A queue partition is an ordinary partition log plus, on the shard that owns it, a
+//! [`state::QueueState`] (what is ready, in flight, delayed, done) and an internal *ack log*:
+//! another partition log in `<partition dir>/queue-acks/` written through the same shard
+//! machinery (group commit, CRC, recovery), whose records ([`record::AckRecord`]) are replayed on
+//! open. Acks are answered only once their record is durable; deliveries and nacks are written at
+//! `leader` level (after a crash they are at worst redelivered). Snapshots of the state are
+//! appended every quarter segment of records, and retention on the ack log (four segments)
+//! drops the segments that the latest snapshot made useless (compaction through the engine's
+//! own retention: whatever it deletes, the retained tail holds a whole snapshot, because
+//! snapshots come more often than the retained bytes).
+//!
+//! Everything here runs on the owning shard: no locks, `RefCell` borrows never cross an await.
+
+pub mod record;
+pub mod state;
+
+mod api;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{self, BatchBuilder, BatchHeader, Header, Record};
+use crate::error::{Error, Result};
+use crate::log::LogConfig;
+use crate::rt;
+use crate::shard::{Acks, Partition, PartitionKey, Reply, Shard};
+use crate::util::LocalNotify;
+use record::AckRecord;
+use state::{DeadReason, Known, QueueSettings, QueueState};
+
+pub use api::{LeaseResults, QueueMessage, QueuePartitionStats, ReceiveOptions};
+pub use state::{LeaseError, PRIORITY_LEVELS_MAX, PRIORITY_WEIGHT_RATIO, Receipt};
+
+/// Header a producer sets to give a message a priority: ASCII decimal, 0 = lowest.
+pub const PRIORITY_HEADER: &str = "priority";
+/// Headers the dead-letter queue adds to the original ones.
+pub const DLQ_REASON_HEADER: &str = "x-dlq-reason";
+pub const DLQ_DELIVERIES_HEADER: &str = "x-dlq-delivery-count";
+pub const DLQ_TOPIC_HEADER: &str = "x-dlq-original-topic";
+pub const DLQ_PARTITION_HEADER: &str = "x-dlq-original-partition";
+pub const DLQ_OFFSET_HEADER: &str = "x-dlq-original-offset";
+/// Subdirectory of a queue partition's directory holding its ack log.
+pub const ACK_LOG_DIR: &str = "queue-acks";
+/// Messages one receive may lease.
+pub const RECEIVE_MESSAGES_MAX: usize = 10_000;
+/// Longest receive long-poll.
+pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Longest visibility timeout.
+pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
+
+/// Ack-log segment size: the topic's, within these bounds.
+const ACK_SEGMENT_BYTES_MIN: u64 = 64 << 10;
+const ACK_SEGMENT_BYTES_MAX: u64 = 1 << 20;
+/// Not-done messages held in memory per queue partition (~70 bytes each): the priority
+/// lookahead, and the bound of a snapshot.
+const WINDOW_MAX: usize = 32_768;
+/// The ticker sleeps until the next lease deadline or delay ends, within these bounds.
+const TICK_MIN: Duration = Duration::from_millis(10);
+const TICK_MAX: Duration = Duration::from_secs(1);
+const SCAN_BYTES_MAX: usize = 1 << 20;
+const DEAD_LETTER_BATCH_MAX: usize = 64;
+
+/// Work-queue settings of a topic (persisted in the metadata file with the topic).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// How long a received message stays invisible to other consumers unless acked.
+    pub visibility_timeout_ms: u64,
+    /// Deliveries before a message goes to the dead-letter topic (at least 1).
+    pub max_deliveries: u32,
+    /// Redelivery delay after the first failed delivery; doubles per delivery.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Where messages go after `max_deliveries`; `None` drops them (counted).
+    pub dead_letter_topic: Option<String>,
+    /// 1..=10; a message's level is its `priority` header, higher first.
+    pub priority_levels: u8,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            visibility_timeout_ms: 30_000,
+            max_deliveries: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            dead_letter_topic: None,
+            priority_levels: 1,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        if self.max_deliveries == 0 {
+            return bad("max_deliveries must be at least 1".into());
+        }
+        if !(1..=PRIORITY_LEVELS_MAX).contains(&self.priority_levels) {
+            return bad(format!(
+                "priority_levels must be 1..={PRIORITY_LEVELS_MAX}, got {}",
+                self.priority_levels
+            ));
+        }
+        if self.visibility_timeout_ms == 0 || self.visibility_timeout_ms > VISIBILITY_TIMEOUT_MS_MAX
+        {
+            return bad(format!(
+                "visibility_timeout_ms must be 1..={VISIBILITY_TIMEOUT_MS_MAX}"
+            ));
+        }
+        if self.backoff_base_ms > self.backoff_max_ms {
+            return bad("backoff_base_ms exceeds backoff_max_ms".into());
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> QueueSettings {
+        QueueSettings {
+            visibility_timeout_ms: self.visibility_timeout_ms,
+            max_deliveries: self.max_deliveries,
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            priority_levels: self.priority_levels,
+            window_max: WINDOW_MAX,
+        }
+    }
+}
+
+/// Log settings of an ack log: small segments, and retention that keeps a few snapshots.
+pub(crate) fn ack_log_config(base: &LogConfig) -> LogConfig {
+    let segment_bytes = base
+        .segment_bytes
+        .clamp(ACK_SEGMENT_BYTES_MIN, ACK_SEGMENT_BYTES_MAX);
+    LogConfig {
+        segment_bytes,
+        segment_ms: u64::MAX / 4,
+        retention_bytes: Some(4 * segment_bytes),
+        retention_ms: None,
+        cache_bytes: 1 << 20,
+        ..base.clone()
+    }
+}
+
+/// Key of a queue partition's ack log in the shard's partition map (never routed to clients:
+/// topic names cannot contain '/').
+fn ack_key(key: &PartitionKey) -> PartitionKey {
+    (format!("__queue-acks/{}", key.0).into(), key.1)
+}
+
+pub(crate) enum QueueRequest {
+    Open {
+        key: PartitionKey,
+        config: QueueConfig,
+        dir: PathBuf,
+        log: LogConfig,
+        reply: Reply<()>,
+    },
+    Receive {
+        key: PartitionKey,
+        options: ReceiveOptions,
+        reply: Reply<Vec<QueueMessage>>,
+    },
+    Ack {
+        key: PartitionKey,
+        receipts: Vec<Receipt>,
+        reply: Reply<Vec<Result<(), LeaseError>>>,
+    },
+    Nack {
+        key: PartitionKey,
+        receipts: Vec<Receipt>,
+        delay_ms: Option<u64>,
+        reply: Reply<Vec<Result<(), LeaseError>>>,
+    },
+    ChangeVisibility {
+        key: PartitionKey,
+        receipts: Vec<Receipt>,
+        visibility_ms: u64,
+        reply: Reply<Vec<Result<(), LeaseError>>>,
+    },
+    Stats {
+        key: PartitionKey,
+        reply: Reply<QueuePartitionStats>,
+    },
+    Peek {
+        key: PartitionKey,
+        max: usize,
+        reply: Reply<Vec<QueueMessage>>,
+    },
+}
+
+/// The queues of one shard.
+#[derive(Default)]
+pub(crate) struct ShardQueues {
+    map: RefCell<HashMap<PartitionKey, Rc<QueueCtx>>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    acked: Cell<u64>,
+    nacked: Cell<u64>,
+    expired: Cell<u64>,
+    dead_lettered: Cell<u64>,
+    dropped: Cell<u64>,
+    lost: Cell<u64>,
+}
+
+struct QueueCtx {
+    key: PartitionKey,
+    ack_key: PartitionKey,
+    config: QueueConfig,
+    state: RefCell<QueueState>,
+    /// Bumped when messages become available other than by an append (nack, expiry).
+    changed: LocalNotify,
+    filling: Cell<bool>,
+    dead_lettering: Cell<bool>,
+    closed: Cell<bool>,
+    since_snapshot_bytes: Cell<usize>,
+    /// A quarter of an ack-log segment: well below the retained bytes (four segments).
+    snapshot_every_bytes: usize,
+    counters: Counters,
+}
+
+fn now_ms() -> i64 {
+    batch::now_us() / 1000
+}
+
+fn not_a_queue(key: &PartitionKey) -> Error {
+    Error::NotAQueue(key.0.to_string())
+}
+
+impl ShardQueues {
+    fn get(&self, key: &PartitionKey) -> Result<Rc<QueueCtx>> {
+        self.map
+            .borrow()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| not_a_queue(key))
+    }
+
+    /// Drops a queue (its topic was deleted) and closes its ack log.
+    pub(crate) fn remove(&self, shard: &Rc<Shard>, key: &PartitionKey) {
+        if let Some(q) = self.map.borrow_mut().remove(key) {
+            q.closed.set(true);
+            q.changed.notify_all();
+            let (tx, _rx) = flume::bounded(1);
+            rt::spawn_local(shard.clone().close(q.ack_key.clone(), true, tx));
+        }
+    }
+}
+
+/// Entry point from `Shard::handle`.
+pub(crate) fn handle(shard: &Rc<Shard>, req: QueueRequest) {
+    let s = shard.clone();
+    match req {
+        QueueRequest::Open {
+            key,
+            config,
+            dir,
+            log,
+            reply,
+        } => rt::spawn_local(async move {
+            let r = open(&s, key, config, dir, log).await;
+            let _ = reply.send(r);
+        }),
+        QueueRequest::Receive {
+            key,
+            options,
+            reply,
+        } => rt::spawn_local(async move {
+            let _ = reply.send(receive(&s, &key, options).await);
+        }),
+        QueueRequest::Ack {
+            key,
+            receipts,
+            reply,
+        } => rt::spawn_local(async move {
+            let _ = reply.send(ack(&s, &key, &receipts).await);
+        }),
+        QueueRequest::Nack {
+            key,
+            receipts,
+            delay_ms,
+            reply,
+        } => {
+            let _ = reply.send(nack(&s, &key, &receipts, delay_ms));
+        }
+        QueueRequest::ChangeVisibility {
+            key,
+            receipts,
+            visibility_ms,
+            reply,
+        } => {
+            let r = shard.queues.get(&key).map(|q| {
+                let now = now_ms();
+                let mut st = q.state.borrow_mut();
+                receipts
+                    .iter()
+                    .map(|r| st.change_visibility(*r, visibility_ms, now).map(|_| ()))
+                    .collect()
+            });
+            let _ = reply.send(r);
+        }
+        QueueRequest::Stats { key, reply } => rt::spawn_local(async move {
+            let _ = reply.send(stats(&s, &key).await);
+        }),
+        QueueRequest::Peek { key, max, reply } => rt::spawn_local(async move {
+            let _ = reply.send(peek(&s, &key, max).await);
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------- open and replay
+
+async fn open(
+    shard: &Rc<Shard>,
+    key: PartitionKey,
+    config: QueueConfig,
+    dir: PathBuf,
+    log: LogConfig,
+) -> Result<()> {
+    config.validate()?;
+    let p = shard.partition(&key)?;
+    let ack_key = ack_key(&key);
+    if shard.queues.map.borrow().contains_key(&key) {
+        return Ok(());
+    }
+    let (tx, rx) = flume::bounded(1);
+    let ack_config = ack_log_config(&log);
+    let snapshot_every_bytes = (ack_config.segment_bytes / 4) as usize;
+    shard
+        .clone()
+        .open(ack_key.clone(), dir, ack_config, tx)
+        .await;
+    rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
+    let acks = shard.partition(&ack_key)?;
+    let log_start = p.log.borrow().watermarks().log_start;
+    let mut st = QueueState::new(config.settings(), 0);
+    let replayed = replay(&acks, &mut st).await?;
+    let lost = st.skip_to(log_start);
+    tracing::info!(topic = %key.0, partition = key.1, records = replayed, floor = st.floor(), lost, "queue opened");
+    let q = Rc::new(QueueCtx {
+        key: key.clone(),
+        ack_key,
+        config,
+        state: RefCell::new(st),
+        changed: LocalNotify::default(),
+        filling: Cell::new(false),
+        dead_lettering: Cell::new(false),
+        closed: Cell::new(false),
+        since_snapshot_bytes: Cell::new(0),
+        snapshot_every_bytes,
+        counters: Counters::default(),
+    });
+    q.counters.lost.set(lost);
+    // A fresh snapshot: the next open replays from here, and retention may drop what precedes.
+    write_snapshot(shard, &q, Acks::Durable).await?;
+    shard.queues.map.borrow_mut().insert(key, q.clone());
+    rt::spawn_local(ticker(shard.clone(), q));
+    Ok(())
+}
+
+/// Applies the ack log to `st`; from its first snapshot when older segments were dropped.
+async fn replay(acks: &Rc<Partition>, st: &mut QueueState) -> Result<u64> {
+    let w = acks.log.borrow().watermarks();
+    let mut offset = w.log_start;
+    let mut seen_snapshot = w.log_start == 0;
+    let mut applied = 0u64;
+    while offset < w.written_offset {
+        let r = crate::shard::read_once(acks, offset, 4 << 20, usize::MAX).await?;
+        if r.records == 0 {
+            break;
+        }
+        for chunk in &r.chunks {
+            for b in batch::split_batches(chunk)? {
+                let (h, records) = batch::decode(b)?;
+                for rec in records {
+                    if h.base_offset + u64::from(rec.offset_delta) < offset {
+                        continue;
+                    }
+                    let a = AckRecord::decode(&rec.value)?;
+                    if !seen_snapshot && !matches!(a, AckRecord::Snapshot(_)) {
+                        continue;
+                    }
+                    seen_snapshot = true;
+                    apply(st, a);
+                    applied += 1;
+                }
+            }
+        }
+        offset = r.next_offset;
+        rt::yield_if_needed().await;
+    }
+    Ok(applied)
+}
+
+fn apply(st: &mut QueueState, a: AckRecord) {
+    match a {
+        AckRecord::Delivered { offset, attempt } => st.learn(
+            offset,
+            Known::Delivered {
+                attempts: attempt,
+                ready_at_ms: 0,
+            },
+        ),
+        AckRecord::Nacked {
+            offset,
+            attempt,
+            ready_at_ms,
+        } => st.learn(
+            offset,
+            Known::Delivered {
+                attempts: attempt,
+                ready_at_ms,
+            },
+        ),
+        AckRecord::Acked { offset } | AckRecord::Dead { offset } => st.learn(offset, Known::Done),
+        AckRecord::Snapshot(s) => st.restore(s),
+    }
+}
+
+/// Appends ack-log records; `Durable` waits for fdatasync.
+async fn append(shard: &Rc<Shard>, q: &QueueCtx, records: &[AckRecord], acks: Acks) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut b = BatchBuilder::new();
+    let now = batch::now_us();
+    let mut bytes = 0;
+    for r in records {
+        let v = r.encode();
+        bytes += v.len();
+        b.push(now, None, v, Vec::new());
+    }
+    let batch = b.build()?;
+    q.since_snapshot_bytes
+        .set(q.since_snapshot_bytes.get() + bytes);
+    let wait = if acks == Acks::Durable {
+        let (tx, rx) = flume::bounded(1);
+        shard.produce(q.ack_key.clone(), batch, acks, Some(tx));
+        Some(rx)
+    } else {
+        shard.produce(q.ack_key.clone(), batch, acks, None);
+        None
+    };
+    if q.since_snapshot_bytes.get() > q.snapshot_every_bytes {
+        write_snapshot(shard, q, Acks::Leader).await?;
+    }
+    if let Some(rx) = wait {
+        rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
+    }
+    Ok(())
+}
+
+async fn write_snapshot(shard: &Rc<Shard>, q: &QueueCtx, acks: Acks) -> Result<()> {
+    let snapshot = q.state.borrow().snapshot();
+    q.since_snapshot_bytes.set(0);
+    let mut b = BatchBuilder::new();
+    b.push(
+        batch::now_us(),
+        None,
+        AckRecord::Snapshot(snapshot).encode(),
+        Vec::new(),
+    );
+    let batch = b.build()?;
+    if acks == Acks::Durable {
+        let (tx, rx) = flume::bounded(1);
+        shard.produce(q.ack_key.clone(), batch, acks, Some(tx));
+        rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
+    } else {
+        shard.produce(q.ack_key.clone(), batch, acks, None);
+    }
+    Ok(())
+}
+
+/// Expires leases and starts dead-lettering even when nobody receives.
+async fn ticker(shard: Rc<Shard>, q: Rc<QueueCtx>) {
+    while !q.closed.get() && !shard.is_closing() {
+        let due = q.state.borrow().next_due_ms();
+        let wait = due.map_or(TICK_MAX, |d| {
+            Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0))
+        });
+        rt::sleep(wait.clamp(TICK_MIN, TICK_MAX)).await;
+        let expired = q.state.borrow_mut().tick(now_ms());
+        if !expired.is_empty() {
+            q.counters
+                .expired
+                .set(q.counters.expired.get() + expired.len() as u64);
+            q.changed.notify_all();
+        }
+        start_dead_lettering(&shard, &q);
+    }
+}
+
+// ---------------------------------------------------------------------------- scan
+
+/// Feeds the window with messages appended since the last scan (up to the window bound).
+async fn fill(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
+    if q.filling.get() {
+        return Ok(());
+    }
+    q.filling.set(true);
+    let r = fill_inner(shard, q).await;
+    q.filling.set(false);
+    r
+}
+
+async fn fill_inner(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
+    let p = shard.partition(&q.key)?;
+    for _ in 0..8 {
+        let w = p.log.borrow().watermarks();
+        let (scanned, room) = {
+            let mut st = q.state.borrow_mut();
+            let lost = st.skip_to(w.log_start);
+            q.counters.lost.set(q.counters.lost.get() + lost);
+            (st.scanned(), st.window_room())
+        };
+        if room == 0 || scanned >= w.written_offset {
+            return Ok(());
+        }
+        let r = crate::shard::read_once(&p, scanned, SCAN_BYTES_MAX, room).await?;
+        if r.records == 0 {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut st = q.state.borrow_mut();
+        for chunk in &r.chunks {
+            for b in batch::split_batches(chunk)? {
+                let h = BatchHeader::parse(b)?;
+                scan_batch(&mut st, b, &h, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Result<()> {
+    if h.next_offset() <= st.scanned() {
+        return Ok(());
+    }
+    let first_ms = h.first_timestamp_us / 1000;
+    if h.flags & batch::flags::ENCRYPTED != 0 {
+        // Sealed bodies: no headers to read, every message at level 0.
+        for o in st.scanned().max(h.base_offset)..h.next_offset() {
+            if st.window_room() == 0 {
+                break;
+            }
+            st.add(o, 0, first_ms, now);
+        }
+        return Ok(());
+    }
+    batch::with_records(b, h, |records| {
+        for r in records {
+            let o = h.base_offset + u64::from(r.offset_delta.to_native());
+            if o != st.scanned() {
+                continue;
+            }
+            if st.window_room() == 0 {
+                break;
+            }
+            let level = r
+                .headers
+                .iter()
+                .find(|x| x.key.as_str() == PRIORITY_HEADER)
+                .and_then(|x| std::str::from_utf8(x.value.as_slice()).ok())
+                .and_then(|s| s.trim().parse::<u8>().ok())
+                .unwrap_or(0);
+            let ts = first_ms + (r.timestamp_delta_us.to_native() / 1000) as i64;
+            st.add(o, level, ts, now);
+        }
+        Ok(())
+    })
+}
+
+/// Reads the messages named by `receipts` from the partition log, in the receipts' order.
+/// Each batch is read once (from the cache when recent) and only the wanted records decoded.
+async fn read_messages(
+    p: &Rc<Partition>,
+    receipts: &[Receipt],
+    levels_max: u8,
+) -> Result<Vec<QueueMessage>> {
+    let mut sorted = receipts.to_vec();
+    sorted.sort_unstable_by_key(|r| r.offset);
+    let mut msgs = read_sorted(p, &sorted, levels_max).await?;
+    // Back to delivery (priority) order.
+    let position: HashMap<u64, usize> = receipts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.offset, i))
+        .collect();
+    msgs.sort_by_key(|m| position.get(&m.offset).copied().unwrap_or(usize::MAX));
+    Ok(msgs)
+}
+
+async fn read_sorted(
+    p: &Rc<Partition>,
+    receipts: &[Receipt],
+    levels_max: u8,
+) -> Result<Vec<QueueMessage>> {
+    let mut out = Vec::with_capacity(receipts.len());
+    let mut i = 0;
+    while i < receipts.len() {
+        let offset = receipts[i].offset;
+        let got = crate::shard::read_once(p, offset, 1, 1).await?;
+        let mut found = false;
+        for chunk in &got.chunks {
+            for b in batch::split_batches(chunk)? {
+                let h = BatchHeader::parse(b)?;
+                if !(h.base_offset <= offset && offset < h.next_offset()) {
+                    continue;
+                }
+                let end = receipts[i..]
+                    .iter()
+                    .position(|r| r.offset >= h.next_offset() || r.offset < h.base_offset)
+                    .map_or(receipts.len(), |n| i + n);
+                decode_wanted(b, &h, &receipts[i..end], p.key.1, levels_max, &mut out)?;
+                i = end;
+                found = true;
+            }
+        }
+        if !found {
+            let w = p.log.borrow().watermarks();
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start: w.log_start,
+                log_end: w.written_offset,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Deserializes the records of one batch that `receipts` name (all inside the batch). A sealed
+/// batch yields messages with an empty value (the broker cannot open it).
+fn decode_wanted(
+    b: &[u8],
+    h: &BatchHeader,
+    receipts: &[Receipt],
+    partition: u32,
+    levels_max: u8,
+    out: &mut Vec<QueueMessage>,
+) -> Result<()> {
+    if h.flags & batch::flags::ENCRYPTED != 0 {
+        for r in receipts {
+            out.push(QueueMessage::from_record(
+                partition,
+                *r,
+                h,
+                &Record::default(),
+                levels_max,
+            ));
+        }
+        return Ok(());
+    }
+    batch::with_records(b, h, |records| {
+        for r in receipts {
+            let index = (r.offset - h.base_offset) as usize;
+            let Some(archived) = records.get(index) else {
+                return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
+            };
+            let rec = rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(archived)
+                .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))?;
+            out.push(QueueMessage::from_record(
+                partition, *r, h, &rec, levels_max,
+            ));
+        }
+        Ok(())
+    })
+}
+
+// ---------------------------------------------------------------------------- operations
+
+async fn receive(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    o: ReceiveOptions,
+) -> Result<Vec<QueueMessage>> {
+    let q = shard.queues.get(key)?;
+    let p = shard.partition(key)?;
+    let max = o.max_messages.clamp(1, RECEIVE_MESSAGES_MAX);
+    let visibility = o
+        .visibility_timeout_ms
+        .unwrap_or(q.config.visibility_timeout_ms)
+        .clamp(1, VISIBILITY_TIMEOUT_MS_MAX);
+    let deadline = Instant::now() + o.max_wait.min(RECEIVE_WAIT_MAX);
+    loop {
+        if q.closed.get() {
+            return Err(not_a_queue(key));
+        }
+        let seen_log = p.notify.version();
+        let seen_queue = q.changed.version();
+        fill(shard, &q).await?;
+        let now = now_ms();
+        let (receipts, next_due) = {
+            let mut st = q.state.borrow_mut();
+            let expired = st.tick(now);
+            q.counters
+                .expired
+                .set(q.counters.expired.get() + expired.len() as u64);
+            (st.lease(now, max, visibility), st.next_due_ms())
+        };
+        start_dead_lettering(shard, &q);
+        if !receipts.is_empty() {
+            let records: Vec<AckRecord> = receipts
+                .iter()
+                .map(|r| AckRecord::Delivered {
+                    offset: r.offset,
+                    attempt: r.attempt,
+                })
+                .collect();
+            append(shard, &q, &records, Acks::Leader).await?;
+            return read_messages(&p, &receipts, q.config.priority_levels).await;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Vec::new());
+        }
+        let until_due = next_due.map_or(left, |d| {
+            Duration::from_millis(u64::try_from(d - now).unwrap_or(0).max(1))
+        });
+        let wake =
+            futures_lite::future::or(p.notify.changed(seen_log), q.changed.changed(seen_queue));
+        rt::timeout(left.min(until_due), wake).await;
+    }
+}
+
+async fn ack(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    receipts: &[Receipt],
+) -> Result<Vec<Result<(), LeaseError>>> {
+    let q = shard.queues.get(key)?;
+    let results: Vec<Result<(), LeaseError>> = {
+        let mut st = q.state.borrow_mut();
+        receipts.iter().map(|r| st.ack(*r)).collect()
+    };
+    let records: Vec<AckRecord> = receipts
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(r, _)| AckRecord::Acked { offset: r.offset })
+        .collect();
+    q.counters
+        .acked
+        .set(q.counters.acked.get() + records.len() as u64);
+    append(shard, &q, &records, Acks::Durable).await?;
+    Ok(results)
+}
+
+fn nack(
+    shard: &Rc<Shard>,
+    key: &PartitionKey,
+    receipts: &[Receipt],
+    delay_ms: Option<u64>,
+) -> Result<Vec<Result<(), LeaseError>>> {
+    let q = shard.queues.get(key)?;
+    let now = now_ms();
+    let mut records = Vec::new();
+    let results: Vec<Result<(), LeaseError>> = {
+        let mut st = q.state.borrow_mut();
+        receipts
+            .iter()
+            .map(|r| {
+                let at = st.nack(*r, delay_ms, now)?;
+                if let Some(ready_at_ms) = at {
+                    records.push(AckRecord::Nacked {
+                        offset: r.offset,
+                        attempt: r.attempt,
+                        ready_at_ms,
+                    });
+                }
+                Ok(())
+            })
+            .collect()
+    };
+    let n = results.iter().filter(|r| r.is_ok()).count() as u64;
+    q.counters.nacked.set(q.counters.nacked.get() + n);
+    q.changed.notify_all();
+    let s = shard.clone();
+    rt::spawn_local(async move {
+        if let Err(e) = append(&s, &q, &records, Acks::Leader).await {
+            tracing::warn!(topic = %q.key.0, error = %e, "writing nack records failed");
+        }
+        start_dead_lettering(&s, &q);
+    });
+    Ok(results)
+}
+
+fn start_dead_lettering(shard: &Rc<Shard>, q: &Rc<QueueCtx>) {
+    if q.dead_lettering.get() || q.state.borrow().counts().dead_pending == 0 {
+        return;
+    }
+    q.dead_lettering.set(true);
+    let (s, q) = (shard.clone(), q.clone());
+    rt::spawn_local(async move {
+        if let Err(e) = dead_letter(&s, &q).await {
+            tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "dead-lettering failed; retrying");
+            rt::sleep(Duration::from_secs(1)).await;
+        }
+        q.dead_lettering.set(false);
+    });
+}
+
+/// Copies dead messages to the dead-letter topic (durably), then marks them done.
+async fn dead_letter(shard: &Rc<Shard>, q: &Rc<QueueCtx>) -> Result<()> {
+    let p = shard.partition(&q.key)?;
+    loop {
+        let mut pending = q.state.borrow().dead_pending();
+        if pending.is_empty() || q.closed.get() {
+            return Ok(());
+        }
+        pending.truncate(DEAD_LETTER_BATCH_MAX);
+        let receipts: Vec<Receipt> = pending
+            .iter()
+            .map(|(o, a, _)| Receipt {
+                offset: *o,
+                attempt: *a,
+            })
+            .collect();
+        let msgs = read_messages(&p, &receipts, q.config.priority_levels).await?;
+        let counter = if q.config.dead_letter_topic.is_some() {
+            &q.counters.dead_lettered
+        } else {
+            &q.counters.dropped
+        };
+        if let Some(dlq) = &q.config.dead_letter_topic {
+            let engine = shard.engine().ok_or(Error::ShuttingDown)?;
+            let partitions = engine.route(dlq)?.shards.len() as u32;
+            let target = q.key.1 % partitions.max(1);
+            let mut b = BatchBuilder::new();
+            for (m, (_, attempts, reason)) in msgs.iter().zip(&pending) {
+                b.push(
+                    m.timestamp_us,
+                    m.key.clone(),
+                    m.value.clone(),
+                    dead_headers(&m.headers, &q.key, m.offset, *attempts, *reason),
+                );
+            }
+            engine
+                .produce_async(dlq, target, b.build()?, Acks::Durable)
+                .await?;
+        }
+        let records: Vec<AckRecord> = receipts
+            .iter()
+            .map(|r| AckRecord::Dead { offset: r.offset })
+            .collect();
+        append(shard, q, &records, Acks::Durable).await?;
+        let mut st = q.state.borrow_mut();
+        for r in &receipts {
+            st.dead_lettered(r.offset);
+        }
+        // Counted once done here, so that stats never show a message both dead and pending.
+        counter.set(counter.get() + receipts.len() as u64);
+    }
+}
+
+fn dead_headers(
+    original: &[Header],
+    key: &PartitionKey,
+    offset: u64,
+    attempts: u32,
+    reason: DeadReason,
+) -> Vec<Header> {
+    let mut h: Vec<Header> = original
+        .iter()
+        .filter(|x| !x.key.starts_with("x-dlq-"))
+        .cloned()
+        .collect();
+    let mut add = |k: &str, v: String| {
+        h.push(Header {
+            key: k.to_string(),
+            value: v.into_bytes(),
+        });
+    };
+    add(DLQ_REASON_HEADER, reason.as_str().to_string());
+    add(DLQ_DELIVERIES_HEADER, attempts.to_string());
+    add(DLQ_TOPIC_HEADER, key.0.to_string());
+    add(DLQ_PARTITION_HEADER, key.1.to_string());
+    add(DLQ_OFFSET_HEADER, offset.to_string());
+    h
+}
+
+async fn stats(shard: &Rc<Shard>, key: &PartitionKey) -> Result<QueuePartitionStats> {
+    let q = shard.queues.get(key)?;
+    let p = shard.partition(key)?;
+    fill(shard, &q).await?;
+    let w = p.log.borrow().watermarks();
+    let st = q.state.borrow();
+    let c = st.counts();
+    let unscanned = w
+        .written_offset
+        .saturating_sub(c.scanned)
+        .min(st.not_done_in(c.scanned, w.written_offset));
+    let now = now_ms();
+    let k = &q.counters;
+    Ok(QueuePartitionStats {
+        partition: key.1,
+        depth: c.ready + c.delayed + c.dead_pending + unscanned,
+        ready: c.ready,
+        delayed: c.delayed,
+        in_flight: c.in_flight,
+        oldest_age_ms: c
+            .oldest_timestamp_ms
+            .map_or(0, |t| u64::try_from(now - t).unwrap_or(0)),
+        acked: k.acked.get(),
+        nacked: k.nacked.get(),
+        expired: k.expired.get(),
+        dead_lettered: k.dead_lettered.get(),
+        dropped: k.dropped.get(),
+        lost: k.lost.get(),
+        ack_floor: c.floor,
+        high_watermark: w.written_offset,
+    })
+}
+
+async fn peek(shard: &Rc<Shard>, key: &PartitionKey, max: usize) -> Result<Vec<QueueMessage>> {
+    let q = shard.queues.get(key)?;
+    let p = shard.partition(key)?;
+    fill(shard, &q).await?;
+    let offsets: Vec<Receipt> = q
+        .state
+        .borrow()
+        .peek(max.min(RECEIVE_MESSAGES_MAX))
+        .into_iter()
+        .map(|(offset, attempt)| Receipt { offset, attempt })
+        .collect();
+    read_messages(&p, &offsets, q.config.priority_levels).await
+}

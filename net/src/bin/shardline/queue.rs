@@ -1,0 +1,327 @@
+//! `shardline queue ...`: work queues from the command line (docs/semantics.md, "Work queues").
+
+use std::io::{self, BufRead, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::Subcommand;
+use shardline_engine::batch::{BatchBuilder, Header, now_us};
+use shardline_net::client::{
+    Acks, Client, QueueMessage, QueueReceipt, QueueSettings, TopicConfig, code, code_name,
+};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Create a work-queue topic (and its dead-letter topic NAME.dlq unless --no-dlq).
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        partitions: u32,
+        /// How long a received message stays invisible unless acked.
+        #[arg(long, default_value_t = 30_000, value_name = "MS")]
+        visibility_timeout_ms: u64,
+        /// Deliveries before a message goes to the dead-letter topic.
+        #[arg(long, default_value_t = 5, value_name = "N")]
+        max_deliveries: u32,
+        /// Redelivery delay after a failed delivery; doubles per delivery up to --backoff-max-ms.
+        #[arg(long, default_value_t = 1_000, value_name = "MS")]
+        backoff_base_ms: u64,
+        #[arg(long, default_value_t = 60_000, value_name = "MS")]
+        backoff_max_ms: u64,
+        /// Dead-letter topic [default: NAME.dlq].
+        #[arg(long, value_name = "TOPIC", conflicts_with = "no_dlq")]
+        dlq: Option<String>,
+        /// Drop messages after --max-deliveries instead of dead-lettering them.
+        #[arg(long)]
+        no_dlq: bool,
+        /// Priority levels (1..=10); a message's level is its `priority` header.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        priority_levels: u8,
+    },
+    /// Send one message per stdin line; prints the number acknowledged.
+    Send {
+        topic: String,
+        #[arg(long, default_value_t = 0, value_name = "P")]
+        partition: u32,
+        /// Priority level of every message (the `priority` header).
+        #[arg(long, value_name = "LEVEL")]
+        priority: Option<u8>,
+    },
+    /// Receive messages, print one value per line, and ack them (unless --no-ack).
+    Receive {
+        topic: String,
+        /// Only this partition [default: any].
+        #[arg(long, value_name = "P")]
+        partition: Option<u32>,
+        /// Exit after this many messages.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        count: u64,
+        /// Exit when nothing arrives for this long.
+        #[arg(long, default_value_t = 1_000, value_name = "MS")]
+        timeout_ms: u64,
+        /// Visibility timeout of these deliveries [default: the queue's].
+        #[arg(long, value_name = "MS")]
+        visibility_timeout_ms: Option<u64>,
+        /// Leave the messages in flight; print PARTITION:OFFSET:ATTEMPT before each value.
+        #[arg(long)]
+        no_ack: bool,
+    },
+    /// Ack deliveries named by PARTITION:OFFSET:ATTEMPT receipts.
+    Ack {
+        topic: String,
+        #[arg(required = true)]
+        receipts: Vec<String>,
+    },
+    /// Give deliveries back (visible again after --delay-ms, or the backoff).
+    Nack {
+        topic: String,
+        #[arg(required = true)]
+        receipts: Vec<String>,
+        #[arg(long, value_name = "MS")]
+        delay_ms: Option<u64>,
+    },
+    /// Depth, in flight, oldest message age and counters of each partition.
+    Stats {
+        topic: String,
+        /// One JSON object per partition.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or re-drive a dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Show dead-lettered messages: offset, reason, deliveries, origin, value.
+    List {
+        dlq: String,
+        #[arg(long, default_value_t = 100, value_name = "N")]
+        max: u32,
+    },
+    /// Move dead-lettered messages back to the topic they came from.
+    Redrive {
+        dlq: String,
+        #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+        max: u32,
+    },
+}
+
+pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match command {
+        QueueCommand::Create {
+            name,
+            partitions,
+            visibility_timeout_ms,
+            max_deliveries,
+            backoff_base_ms,
+            backoff_max_ms,
+            dlq,
+            no_dlq,
+            priority_levels,
+        } => {
+            let dead_letter_topic = (!no_dlq).then(|| dlq.unwrap_or_else(|| format!("{name}.dlq")));
+            let queue = QueueSettings {
+                visibility_timeout_ms,
+                max_deliveries,
+                backoff_base_ms,
+                backoff_max_ms,
+                dead_letter_topic: dead_letter_topic.clone(),
+                priority_levels,
+            };
+            let config = TopicConfig {
+                partitions,
+                ..Default::default()
+            };
+            client.create_queue(&name, config, queue)?;
+            let dlq =
+                dead_letter_topic.map_or_else(String::new, |d| format!(", dead letters to {d}"));
+            writeln!(out, "created queue {name} ({partitions} partitions{dlq})")?;
+        }
+        QueueCommand::Send {
+            topic,
+            partition,
+            priority,
+        } => {
+            let mut sent = 0u64;
+            let mut batch = BatchBuilder::new();
+            let headers = || {
+                priority.map_or_else(Vec::new, |p| {
+                    vec![Header {
+                        key: "priority".into(),
+                        value: p.to_string().into_bytes(),
+                    }]
+                })
+            };
+            for line in io::stdin().lock().lines() {
+                batch.push(now_us(), None, line?.into_bytes(), headers());
+                if batch.len() >= 1000 {
+                    let b = std::mem::take(&mut batch);
+                    sent += b.len() as u64;
+                    client.produce(&topic, partition, b.build()?, Acks::Durable)?;
+                }
+            }
+            if !batch.is_empty() {
+                sent += batch.len() as u64;
+                client.produce(&topic, partition, batch.build()?, Acks::Durable)?;
+            }
+            writeln!(out, "{sent}")?;
+        }
+        QueueCommand::Receive {
+            topic,
+            partition,
+            count,
+            timeout_ms,
+            visibility_timeout_ms,
+            no_ack,
+        } => {
+            let mut got = 0u64;
+            let idle = Duration::from_millis(timeout_ms);
+            let mut last = Instant::now();
+            while got < count && last.elapsed() < idle {
+                let max = u32::try_from(count - got).unwrap_or(u32::MAX).min(1000);
+                let wait = idle.saturating_sub(last.elapsed());
+                let vis = visibility_timeout_ms.map(Duration::from_millis);
+                let msgs = client.queue_receive(&topic, partition, max, vis, wait)?;
+                if msgs.is_empty() {
+                    continue;
+                }
+                last = Instant::now();
+                for m in &msgs {
+                    if no_ack {
+                        write!(out, "{}:{}:{}\t", m.partition, m.offset, m.attempt)?;
+                    }
+                    out.write_all(&m.value)?;
+                    writeln!(out)?;
+                }
+                out.flush()?;
+                if !no_ack {
+                    let receipts: Vec<QueueReceipt> =
+                        msgs.iter().map(QueueMessage::receipt).collect();
+                    check(&client.queue_ack(&topic, &receipts)?)?;
+                }
+                got += msgs.len() as u64;
+            }
+        }
+        QueueCommand::Ack { topic, receipts } => {
+            let r = parse_receipts(&receipts)?;
+            check(&client.queue_ack(&topic, &r)?)?;
+            writeln!(out, "acked {}", r.len())?;
+        }
+        QueueCommand::Nack {
+            topic,
+            receipts,
+            delay_ms,
+        } => {
+            let r = parse_receipts(&receipts)?;
+            check(&client.queue_nack(&topic, &r, delay_ms.map(Duration::from_millis))?)?;
+            writeln!(out, "nacked {}", r.len())?;
+        }
+        QueueCommand::Stats { topic, json } => {
+            for s in client.queue_stats(&topic)? {
+                if json {
+                    writeln!(
+                        out,
+                        "{{\"partition\":{},\"depth\":{},\"ready\":{},\"delayed\":{},\"in_flight\":{},\
+                         \"oldest_age_ms\":{},\"acked\":{},\"nacked\":{},\"expired\":{},\
+                         \"dead_lettered\":{},\"dropped\":{},\"lost\":{},\"ack_floor\":{},\
+                         \"high_watermark\":{}}}",
+                        s.partition,
+                        s.depth,
+                        s.ready,
+                        s.delayed,
+                        s.in_flight,
+                        s.oldest_age_ms,
+                        s.acked,
+                        s.nacked,
+                        s.expired,
+                        s.dead_lettered,
+                        s.dropped,
+                        s.lost,
+                        s.ack_floor,
+                        s.high_watermark
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "partition {} depth={} in_flight={} delayed={} oldest_age_ms={} acked={} \
+                         nacked={} expired={} dead_lettered={} ack_floor={} high_watermark={}",
+                        s.partition,
+                        s.depth,
+                        s.in_flight,
+                        s.delayed,
+                        s.oldest_age_ms,
+                        s.acked,
+                        s.nacked,
+                        s.expired,
+                        s.dead_lettered,
+                        s.ack_floor,
+                        s.high_watermark
+                    )?;
+                }
+            }
+        }
+        QueueCommand::Dlq(DlqCommand::List { dlq, max }) => {
+            let partitions = client.partitions(&dlq)?;
+            for p in 0..partitions {
+                for m in client.queue_peek(&dlq, p, max)? {
+                    let h = |k| {
+                        m.header(k)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                            .unwrap_or_default()
+                    };
+                    writeln!(
+                        out,
+                        "{}:{}\treason={}\tdeliveries={}\torigin={}/{}/{}\t{}",
+                        m.partition,
+                        m.offset,
+                        h("x-dlq-reason"),
+                        h("x-dlq-delivery-count"),
+                        h("x-dlq-original-topic"),
+                        h("x-dlq-original-partition"),
+                        h("x-dlq-original-offset"),
+                        String::from_utf8_lossy(&m.value)
+                    )?;
+                }
+            }
+        }
+        QueueCommand::Dlq(DlqCommand::Redrive { dlq, max }) => {
+            let moved = client.queue_redrive(&dlq, max)?;
+            writeln!(out, "redriven {moved}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn parse_receipts(args: &[String]) -> anyhow::Result<Vec<QueueReceipt>> {
+    args.iter()
+        .map(|s| {
+            let parts: Vec<&str> = s.split(':').collect();
+            let [p, o, a] = parts.as_slice() else {
+                bail!("receipt '{s}' is not PARTITION:OFFSET:ATTEMPT");
+            };
+            Ok(QueueReceipt {
+                partition: p.parse().with_context(|| format!("receipt '{s}'"))?,
+                offset: o.parse().with_context(|| format!("receipt '{s}'"))?,
+                attempt: a.parse().with_context(|| format!("receipt '{s}'"))?,
+            })
+        })
+        .collect()
+}
+
+fn check(codes: &[u16]) -> anyhow::Result<()> {
+    let bad: Vec<String> = codes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c != code::NONE)
+        .map(|(i, c)| format!("receipt {i}: {}", code_name(*c)))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!("{}", bad.join(", ")))
+    }
+}
