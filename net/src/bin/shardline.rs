@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! shardline serve [--config FILE] [--data-dir DIR] [--listen 127.0.0.1:7070] [--shards N]
-//!                 [--metrics-listen 127.0.0.1:9464]
+//!                 [--metrics-listen 127.0.0.1:9464] [--tls-cert FILE --tls-key FILE
+//!                 [--tls-client-ca FILE]]
+//! shardline [--tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE]
+//!           [--tls-server-name NAME]] <client command>   (TLS, docs/security.md)
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
 //!                                                     [--retention-ms MS]
 //! shardline [--addr ...] topic list | topic describe NAME | topic delete NAME
@@ -35,6 +38,9 @@ use shardline_net::server::{Server, ServerConfig};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+#[path = "shardline/security.rs"]
+mod security;
+
 const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 
 #[derive(Debug, Parser)]
@@ -47,6 +53,8 @@ struct Cli {
     /// Server to talk to (client commands) [default: 127.0.0.1:7070]
     #[arg(long, global = true, value_name = "HOST:PORT")]
     addr: Option<String>,
+    #[command(flatten)]
+    tls: security::ClientTlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,6 +91,8 @@ struct ServeArgs {
     /// Prometheus metrics endpoint (not served yet: accepted and ignored).
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    #[command(flatten)]
+    tls: security::ServeTlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,10 +239,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if cli.addr.is_some() {
             bail!("--addr is for client commands; serve listens on --listen");
         }
+        if cli.tls.is_set() {
+            bail!("--tls-ca and --tls-client-* are for client commands; serve uses --tls-cert");
+        }
         return serve(args);
     }
     let addr = cli.addr.as_deref().unwrap_or(DEFAULT_ADDR);
-    let client = Client::connect(addr, ClientConfig::default())?;
+    let mut client_config = ClientConfig::default();
+    cli.tls.apply(&mut client_config)?;
+    let client = Client::connect(addr, client_config)?;
     match cli.command {
         Command::Serve(_) => Ok(()),
         Command::Topic(t) => topic(&client, t),
@@ -272,6 +287,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(shards) = args.shards {
         config.engine.shards = shards;
     }
+    args.tls.apply(&mut config.server.tls)?;
     if let Some(metrics) = &args.metrics_listen {
         info!(%metrics, "--metrics-listen is accepted but not served yet (no metrics endpoint)");
     }
@@ -283,7 +299,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ])
     .context("cannot install signal handlers")?;
     let server = Server::start(config.engine, config.server).context("cannot start the server")?;
-    // `Server::start` warns when the address is not loopback (no TLS yet).
+    // `Server::start` warns when the address is not loopback and TLS is off.
     let addr = server.addr();
     info!(%addr, shards = ?server.shard_addrs(), "serving");
     {

@@ -41,12 +41,14 @@ mod error;
 mod partitioner;
 mod pool;
 mod producer;
+mod tls;
 
 #[cfg(test)]
 mod fake_server;
 
 use std::time::Duration;
 
+pub use crate::tls::ClientTls;
 pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedRecords, SubscriptionInfo};
 pub use error::ClientError;
@@ -79,6 +81,8 @@ pub struct ClientConfig {
     pub read_buffer_bytes: u32,
     /// Route each partition's requests to its shard's own address (else: bootstrap only).
     pub shard_aware: bool,
+    /// Connect with TLS (docs/security.md); `None` = plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -91,6 +95,7 @@ impl Default for ClientConfig {
             response_frame_bytes_max: (64 << 20) + (1 << 20),
             read_buffer_bytes: 64 << 10,
             shard_aware: true,
+            tls: None,
         }
     }
 }

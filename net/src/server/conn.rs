@@ -75,7 +75,28 @@ pub(super) async fn serve(
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         return;
     };
-    let (mut rd, mut wr) = rt::net::split(stream);
+    let peer_addr = stream.peer_addr().ok();
+    let handshake_timeout = Duration::from_millis(
+        shared
+            .cfg
+            .tls
+            .as_ref()
+            .map_or(0, |t| t.handshake_timeout_ms.max(1)),
+    );
+    let (stream, peer) =
+        match super::tls::establish(stream, shared.tls.as_ref(), handshake_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                // No secrets here: the error is rustls' (bad record, unknown CA, no certificate).
+                tracing::info!(peer = ?peer_addr, error = %e, "TLS handshake failed");
+                shared.connections.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        };
+    if let Some(cn) = &peer.cert_common_name {
+        tracing::debug!(peer = ?peer_addr, client_cert = %cn, "mutual TLS");
+    }
+    let (mut rd, mut wr) = super::tls::split(stream);
     let c = Rc::new(Conn {
         engine,
         shard,
@@ -134,7 +155,7 @@ impl Conn {
         }
     }
 
-    async fn write_loop(&self, wr: &mut rt::net::WriteHalf) {
+    async fn write_loop(&self, wr: &mut super::tls::WriteHalf) {
         loop {
             let next = self.queue.borrow_mut().pop_front();
             let Some(out) = next else {
@@ -226,7 +247,7 @@ impl Conn {
         self.inflight_changed.notify_all();
     }
 
-    async fn read_loop(self: &Rc<Self>, rd: &mut rt::net::ReadHalf) {
+    async fn read_loop(self: &Rc<Self>, rd: &mut super::tls::ReadHalf) {
         let cfg = DecoderConfig {
             frame_bytes_max: self.shared.cfg.frame_bytes_max,
             ..DecoderConfig::default()

@@ -10,6 +10,7 @@
 //! wait for every shard (topic create/delete/describe, stats) run on a helper thread.
 
 mod conn;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     pub outbox_bytes_max: usize,
     /// On shutdown, how long to wait for in-flight requests before stopping the engine.
     pub shutdown_grace_ms: u64,
+    /// `[server.tls]`: serve TLS on every listener (docs/security.md). Absent = plain TCP.
+    pub tls: Option<crate::tls::ServerTlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             subscriptions_per_connection_max: 1024,
             outbox_bytes_max: 16 << 20,
             shutdown_grace_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -68,6 +72,8 @@ pub enum ServerError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 /// State shared by every shard's listeners and connections.
@@ -79,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) shard_addrs: Mutex<Vec<SocketAddr>>,
     pub(crate) started: Instant,
     pub(crate) server_id: String,
+    /// Set when `cfg.tls` is: every accepted connection does a TLS handshake first.
+    pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
 }
 
 /// A running server.
@@ -107,8 +115,16 @@ impl Server {
                 "frame_bytes_max must be between 64 KiB and 1 GiB".into(),
             ));
         }
-        if !listen.ip().is_loopback() {
-            tracing::warn!(%listen, "listening on a non-loopback address without TLS");
+        let tls = match &cfg.tls {
+            Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),
+            None => None,
+        };
+        if !listen.ip().is_loopback() && tls.is_none() {
+            tracing::warn!(
+                %listen,
+                "listening on a non-loopback address without TLS: traffic and credentials \
+                 travel in clear text (configure [server.tls] or --tls-cert/--tls-key)"
+            );
         }
         let engine = Engine::open(engine_config)?;
         let shared = Arc::new(Shared {
@@ -119,6 +135,7 @@ impl Server {
             shard_addrs: Mutex::new(Vec::new()),
             started: Instant::now(),
             server_id: format!("shardline-{}", env!("CARGO_PKG_VERSION")),
+            tls,
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -148,7 +165,8 @@ impl Server {
         if let Ok(mut a) = shared.shard_addrs.lock() {
             *a = shard_addrs.clone();
         }
-        tracing::info!(%addr, shards = ?shard_addrs, "listening");
+        let tls_on = shared.tls.is_some();
+        tracing::info!(%addr, shards = ?shard_addrs, tls = tls_on, "listening");
         Ok(Server {
             engine,
             addr,
