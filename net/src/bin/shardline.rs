@@ -54,7 +54,7 @@ struct Cli {
     #[arg(long, global = true, value_name = "HOST:PORT")]
     addr: Option<String>,
     #[command(flatten)]
-    tls: security::ClientTlsArgs,
+    security: security::ClientSecurityArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +72,8 @@ enum Command {
     Consume(ConsumeArgs),
     /// Print the server's statistics.
     Stats,
+    #[command(flatten)]
+    Security(security::SecurityCommand),
 }
 
 #[derive(Debug, Args)]
@@ -239,17 +241,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if cli.addr.is_some() {
             bail!("--addr is for client commands; serve listens on --listen");
         }
-        if cli.tls.is_set() {
-            bail!("--tls-ca and --tls-client-* are for client commands; serve uses --tls-cert");
+        if cli.security.is_set() {
+            bail!("--tls-ca, --user and friends are for client commands; serve uses --tls-cert");
         }
         return serve(args);
     }
+    if let Command::Security(command) = cli.command {
+        return security::run(command);
+    }
     let addr = cli.addr.as_deref().unwrap_or(DEFAULT_ADDR);
     let mut client_config = ClientConfig::default();
-    cli.tls.apply(&mut client_config)?;
+    cli.security.apply(&mut client_config)?;
     let client = Client::connect(addr, client_config)?;
     match cli.command {
-        Command::Serve(_) => Ok(()),
+        Command::Serve(_) | Command::Security(_) => Ok(()),
         Command::Topic(t) => topic(&client, t),
         Command::Produce(args) => produce(client, args),
         Command::Consume(args) => consume(client, args),

@@ -418,8 +418,9 @@ impl From<io::Error> for HandshakeError {
     }
 }
 
-/// Sends the Handshake (version 0, frozen) and reads its answer, within `connect_timeout` (the
-/// socket's timeouts, set by the caller).
+/// Sends the Handshake (version 0, frozen) and reads its answer, then Authenticate when the
+/// config has credentials, all within `connect_timeout` (the socket's timeouts, set by the
+/// caller).
 fn handshake(
     reader: &mut WireReader,
     writer: &mut WireWriter,
@@ -430,13 +431,65 @@ fn handshake(
         client_id: config.client_id.clone(),
         apis: supported_apis(),
     });
+    let h = match exchange(reader, writer, decoder, config, &request, 0, "Handshake")? {
+        Response::Handshake(h) => h,
+        other => {
+            return Err(HandshakeError::Client(ClientError::UnexpectedResponse {
+                api: "Handshake",
+                got: other.api_key().name(),
+            }));
+        }
+    };
+    if let Some(credentials) = &config.credentials {
+        let versions = NegotiatedVersions::from_chosen(&h.apis);
+        let version = versions
+            .version(ApiKey::Authenticate)
+            .map_err(|e| HandshakeError::Client(e.into()))?;
+        let request = Request::Authenticate(credentials.request());
+        match exchange(
+            reader,
+            writer,
+            decoder,
+            config,
+            &request,
+            version,
+            "Authenticate",
+        )? {
+            Response::Authenticate(a) => debug!(principal = %a.principal, "authenticated"),
+            other => {
+                return Err(HandshakeError::Client(ClientError::UnexpectedResponse {
+                    api: "Authenticate",
+                    got: other.api_key().name(),
+                }));
+            }
+        }
+    }
+    Ok(h)
+}
+
+/// Writes one request and reads its answer (nothing else may be in flight).
+fn exchange(
+    reader: &mut WireReader,
+    writer: &mut WireWriter,
+    decoder: &mut FrameDecoder,
+    config: &ClientConfig,
+    request: &Request,
+    version: u16,
+    api: &'static str,
+) -> Result<Response, HandshakeError> {
     let mut buf = FrameBuf::new();
     FrameEncoder::default()
-        .request(&mut buf, 0, 0, &request)
+        .request(&mut buf, 0, version, request)
         .map_err(|e| HandshakeError::Client(e.into()))?;
     writer.write_all(&buf)?;
     let mut first = true;
     let frame = loop {
+        if let Some(frame) = decoder
+            .next_frame_owned()
+            .map_err(|e| HandshakeError::Client(e.into()))?
+        {
+            break frame;
+        }
         let n = reader.read(decoder.read_buf())?;
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
@@ -454,27 +507,18 @@ fn handshake(
         }
         first = false;
         decoder.filled(n);
-        let next = decoder
-            .next_frame_owned()
-            .map_err(|e| HandshakeError::Client(e.into()))?;
-        if let Some(frame) = next {
-            break frame;
-        }
     };
     let message =
         ServerMessage::decode_owned(&frame).map_err(|e| HandshakeError::Client(e.into()))?;
     match message {
-        ServerMessage::Response {
-            response: Response::Handshake(h),
-            ..
-        } => Ok(h),
+        ServerMessage::Response { response, .. } => Ok(response),
         ServerMessage::Error { error, .. } => Err(HandshakeError::Client(ClientError::server(
-            "Handshake",
+            api,
             error.code,
             error.message,
         ))),
         other => Err(HandshakeError::Client(ClientError::UnexpectedResponse {
-            api: "Handshake",
+            api,
             got: message_name(&other),
         })),
     }

@@ -48,6 +48,7 @@ mod fake_server;
 
 use std::time::Duration;
 
+pub use crate::auth::Credentials;
 pub use crate::tls::ClientTls;
 pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedRecords, SubscriptionInfo};
@@ -83,6 +84,8 @@ pub struct ClientConfig {
     pub shard_aware: bool,
     /// Connect with TLS (docs/security.md); `None` = plain TCP.
     pub tls: Option<crate::tls::ClientTls>,
+    /// Authenticate after the Handshake on every connection (docs/security.md).
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -96,6 +99,7 @@ impl Default for ClientConfig {
             read_buffer_bytes: 64 << 10,
             shard_aware: true,
             tls: None,
+            credentials: None,
         }
     }
 }

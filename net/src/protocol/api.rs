@@ -26,10 +26,12 @@ pub enum ApiKey {
     Unsubscribe = 12,
     Push = 13,
     Stats = 14,
+    // 40-49: security (docs/security.md)
+    Authenticate = 40,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 15;
+pub const API_COUNT: usize = 16;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -66,6 +68,7 @@ impl ApiKey {
         ApiKey::Unsubscribe,
         ApiKey::Push,
         ApiKey::Stats,
+        ApiKey::Authenticate,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {
@@ -98,6 +101,7 @@ impl ApiKey {
             ApiKey::Unsubscribe => "Unsubscribe",
             ApiKey::Push => "Push",
             ApiKey::Stats => "Stats",
+            ApiKey::Authenticate => "Authenticate",
         }
     }
 
@@ -118,7 +122,8 @@ impl ApiKey {
             | ApiKey::GrantCredits
             | ApiKey::Unsubscribe
             | ApiKey::Push
-            | ApiKey::Stats => (0, 0),
+            | ApiKey::Stats
+            | ApiKey::Authenticate => (0, 0),
         }
     }
 

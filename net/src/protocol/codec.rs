@@ -432,6 +432,7 @@ pub enum Request {
     GrantCredits(GrantCreditsRequest),
     Unsubscribe(UnsubscribeRequest),
     Stats(StatsRequest),
+    Authenticate(AuthenticateRequest),
 }
 
 impl Request {
@@ -451,6 +452,7 @@ impl Request {
             Request::GrantCredits(_) => ApiKey::GrantCredits,
             Request::Unsubscribe(_) => ApiKey::Unsubscribe,
             Request::Stats(_) => ApiKey::Stats,
+            Request::Authenticate(_) => ApiKey::Authenticate,
         }
     }
 
@@ -566,6 +568,12 @@ impl Request {
                 ApiKey::GrantCredits => Request::GrantCredits(plain(api, b)?),
                 ApiKey::Unsubscribe => Request::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Request::Stats(plain(api, b)?),
+                ApiKey::Authenticate => {
+                    let m: AuthenticateRequest = plain(api, b)?;
+                    check_name("user name bytes", &m.username)?;
+                    limit("secret bytes", m.secret.len(), SECRET_BYTES_MAX)?;
+                    Request::Authenticate(m)
+                }
                 ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
             };
             Ok(r)
@@ -589,6 +597,7 @@ pub enum Response {
     Subscribe(SubscribeResponse),
     Unsubscribe(UnsubscribeResponse),
     Stats(StatsResponse),
+    Authenticate(AuthenticateResponse),
 }
 
 impl Response {
@@ -607,6 +616,7 @@ impl Response {
             Response::Subscribe(_) => ApiKey::Subscribe,
             Response::Unsubscribe(_) => ApiKey::Unsubscribe,
             Response::Stats(_) => ApiKey::Stats,
+            Response::Authenticate(_) => ApiKey::Authenticate,
         }
     }
 
@@ -643,6 +653,7 @@ impl Response {
                 ApiKey::Subscribe => Response::Subscribe(plain(api, b)?),
                 ApiKey::Unsubscribe => Response::Unsubscribe(plain(api, b)?),
                 ApiKey::Stats => Response::Stats(plain(api, b)?),
+                ApiKey::Authenticate => Response::Authenticate(plain(api, b)?),
                 ApiKey::GrantCredits | ApiKey::Push => {
                     return Err(WireError::UnexpectedFrame {
                         kind: "response",
@@ -963,6 +974,7 @@ impl FrameEncoder {
             Request::GrantCredits(m) => self.prepare(h, m, none()),
             Request::Unsubscribe(m) => self.prepare(h, m, none()),
             Request::Stats(m) => self.prepare(h, m, none()),
+            Request::Authenticate(m) => self.prepare(h, m, none()),
         }
     }
 
@@ -993,6 +1005,7 @@ impl FrameEncoder {
             Response::Subscribe(m) => self.prepare(h, m, none()),
             Response::Unsubscribe(m) => self.prepare(h, m, none()),
             Response::Stats(m) => self.prepare(h, m, none()),
+            Response::Authenticate(m) => self.prepare(h, m, none()),
         }
     }
 

@@ -47,6 +47,17 @@ pub mod code {
     pub const UNKNOWN_SUBSCRIPTION: u16 = 107;
     /// An unexpected failure inside the server (a bug); the message says more.
     pub const INTERNAL: u16 = 108;
+
+    // 270-299: security (docs/security.md).
+    /// Wrong user or password, unknown or revoked token, or a session whose credentials were
+    /// revoked: one code for all, so that a client cannot probe which names exist.
+    pub const AUTHENTICATION_FAILED: u16 = 270;
+    /// A request other than Handshake/Authenticate before a successful Authenticate.
+    pub const AUTHENTICATION_REQUIRED: u16 = 271;
+    /// The principal's ACLs do not allow this operation on this resource.
+    pub const AUTHORIZATION_FAILED: u16 = 272;
+    /// Too many failed Authenticate attempts from this address; retry later.
+    pub const AUTHENTICATION_RATE_LIMITED: u16 = 273;
 }
 
 /// Name of an error code, for logs and the CLI (`"UNKNOWN"` for codes this build does not know).
@@ -79,6 +90,10 @@ pub fn code_name(code: u16) -> &'static str {
         code::HANDSHAKE_REQUIRED => "HANDSHAKE_REQUIRED",
         code::UNKNOWN_SUBSCRIPTION => "UNKNOWN_SUBSCRIPTION",
         code::INTERNAL => "INTERNAL",
+        code::AUTHENTICATION_FAILED => "AUTHENTICATION_FAILED",
+        code::AUTHENTICATION_REQUIRED => "AUTHENTICATION_REQUIRED",
+        code::AUTHORIZATION_FAILED => "AUTHORIZATION_FAILED",
+        code::AUTHENTICATION_RATE_LIMITED => "AUTHENTICATION_RATE_LIMITED",
         _ => "UNKNOWN",
     }
 }
@@ -88,7 +103,11 @@ pub fn code_name(code: u16) -> &'static str {
 pub fn code_is_retriable(code: u16) -> bool {
     matches!(
         code,
-        code::DISK_FULL | code::BUSY | code::TIMEOUT | code::PARTITION_FAILED
+        code::DISK_FULL
+            | code::BUSY
+            | code::TIMEOUT
+            | code::PARTITION_FAILED
+            | code::AUTHENTICATION_RATE_LIMITED
     )
 }
 

@@ -34,6 +34,7 @@ pub mod error;
 pub mod flow;
 pub mod frame;
 pub mod messages;
+mod security;
 
 #[cfg(test)]
 mod tests;

@@ -202,6 +202,17 @@ fn request() -> impl Strategy<Value = Request> {
             subscription_id
         })),
         Just(Request::Stats(StatsRequest {})),
+        (any::<bool>(), name(), text(40)).prop_map(|(token, username, secret)| {
+            Request::Authenticate(AuthenticateRequest {
+                mechanism: if token {
+                    AuthMechanism::Token
+                } else {
+                    AuthMechanism::Password
+                },
+                username,
+                secret,
+            })
+        }),
     ]
 }
 
@@ -371,6 +382,7 @@ fn response() -> impl Strategy<Value = Response> {
                     counters
                 })
             ),
+        name().prop_map(|principal| Response::Authenticate(AuthenticateResponse { principal })),
     ]
 }
 
@@ -1147,6 +1159,7 @@ fn wire_layout_is_pinned() {
         PushEnvelope => 48, 8;
         StatsRequest => 0, 1; ShardStats => 40, 8; Counter => 16, 8; StatsResponse => 24, 8;
         ErrorResponse => 12, 4;
+        AuthMechanism => 1, 1; AuthenticateRequest => 20, 4; AuthenticateResponse => 8, 4;
     }
 
     let mut enc = FrameEncoder::default();

@@ -60,6 +60,8 @@ struct Conn {
     next_sub: Cell<u32>,
     versions: RefCell<Option<NegotiatedVersions>>,
     closed: Cell<bool>,
+    /// Session and ACL cache (docs/security.md); a no-op when auth is off.
+    auth: super::auth::ConnAuth,
 }
 
 /// Serves one accepted connection until it closes.
@@ -111,6 +113,11 @@ pub(super) async fn serve(
         next_sub: Cell::new(1),
         versions: RefCell::new(None),
         closed: Cell::new(false),
+        auth: super::auth::ConnAuth::new(
+            shared.auth.clone(),
+            peer_addr,
+            peer.cert_common_name.as_deref(),
+        ),
     });
     let writer = {
         let c = c.clone();
@@ -328,6 +335,15 @@ impl Conn {
             self.send_error(cid, api, ver, &e);
             return;
         }
+        if let Err(denied) = self.auth.gate(&request) {
+            if request.expects_response() || denied.close {
+                self.send_error(cid, api, ver, &denied.error);
+            }
+            if denied.close {
+                self.close();
+            }
+            return;
+        }
         match request {
             Request::Handshake(r) => {
                 let chosen = negotiate(&supported_apis(), &r.apis);
@@ -345,8 +361,8 @@ impl Conn {
                 self.send_response(cid, ver, &Response::Ping(PingResponse { nonce: p.nonce }))
             }
             Request::Metadata(m) => {
-                let resp = self.metadata(&m);
-                self.send_response(cid, ver, &Response::Metadata(resp));
+                let resp = Response::Metadata(self.metadata(&m));
+                self.send_response(cid, ver, &super::auth::filter_response(&self.auth, resp));
             }
             Request::CreateTopic(_) | Request::DeleteTopic(_) => {
                 // Barriers: finish before reading the next request.
@@ -384,6 +400,15 @@ impl Conn {
                 });
             }
             Request::Subscribe(s) => self.subscribe(cid, ver, s).await,
+            Request::Authenticate(a) => {
+                // A barrier: requests behind it run with its outcome.
+                self.begin();
+                match self.auth.authenticate(a).await {
+                    Ok(r) => self.send_response(cid, ver, &Response::Authenticate(r)),
+                    Err(e) => self.send_error(cid, api, ver, &e),
+                }
+                self.end();
+            }
             Request::GrantCredits(g) => {
                 if let Some(s) = self.subs.borrow().get(&g.subscription_id) {
                     s.window.borrow_mut().grant(g.records, g.bytes);
@@ -514,7 +539,10 @@ impl Conn {
         r: Result<Response, shardline_engine::Error>,
     ) {
         match r {
-            Ok(resp) => self.send_response(cid, ver, &resp),
+            Ok(resp) => {
+                let resp = super::auth::filter_response(&self.auth, resp);
+                self.send_response(cid, ver, &resp);
+            }
             Err(e) => self.send_error(cid, api, ver, &ErrorResponse::from(&e)),
         }
     }

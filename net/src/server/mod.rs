@@ -9,8 +9,11 @@
 //! drains a bounded outbox. Nothing on a shard thread ever blocks: control-plane calls that
 //! wait for every shard (topic create/delete/describe, stats) run on a helper thread.
 
+mod auth;
 mod conn;
 mod tls;
+
+pub use auth::AuthConfig;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,6 +46,8 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// `[server.tls]`: serve TLS on every listener (docs/security.md). Absent = plain TCP.
     pub tls: Option<crate::tls::ServerTlsConfig>,
+    /// `[server.auth]`: authentication and ACLs (docs/security.md). Off by default.
+    pub auth: AuthConfig,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +62,7 @@ impl Default for ServerConfig {
             outbox_bytes_max: 16 << 20,
             shutdown_grace_ms: 10_000,
             tls: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -87,6 +93,8 @@ pub(crate) struct Shared {
     pub(crate) server_id: String,
     /// Set when `cfg.tls` is: every accepted connection does a TLS handshake first.
     pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
+    /// Set when `cfg.auth.enabled`.
+    pub(crate) auth: Option<Arc<auth::AuthState>>,
 }
 
 /// A running server.
@@ -126,6 +134,14 @@ impl Server {
                  travel in clear text (configure [server.tls] or --tls-cert/--tls-key)"
             );
         }
+        let auth = if cfg.auth.enabled {
+            Some(
+                auth::AuthState::open(&cfg.auth, &engine_config.data_dir)
+                    .map_err(ServerError::Config)?,
+            )
+        } else {
+            None
+        };
         let engine = Engine::open(engine_config)?;
         let shared = Arc::new(Shared {
             cfg,
@@ -136,6 +152,7 @@ impl Server {
             started: Instant::now(),
             server_id: format!("shardline-{}", env!("CARGO_PKG_VERSION")),
             tls,
+            auth,
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -199,6 +216,9 @@ impl Server {
     /// and fsyncs every partition and stops the shards.
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.shared.stopping.store(true, Ordering::Release);
+        if let Some(a) = &self.shared.auth {
+            a.stop();
+        }
         drop(self.stop);
         let deadline = Instant::now() + Duration::from_millis(self.shared.cfg.shutdown_grace_ms);
         while self.shared.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {

@@ -97,3 +97,86 @@ pub(crate) fn start(dir: &Path, server: ServerConfig) -> Server {
     };
     Server::start(engine_config(dir), s).unwrap()
 }
+
+/// A raw protocol connection (no client library): send requests, read server messages.
+pub(crate) struct Raw {
+    s: std::net::TcpStream,
+    enc: shardline_net::protocol::FrameEncoder,
+    dec: shardline_net::protocol::FrameDecoder,
+    next: u32,
+}
+
+impl Raw {
+    pub(crate) fn connect(addr: std::net::SocketAddr) -> Raw {
+        use shardline_net::protocol::{DecoderConfig, FRAME_BYTES_MAX_DEFAULT};
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.set_nodelay(true).unwrap();
+        Raw {
+            s,
+            enc: shardline_net::protocol::FrameEncoder::new(FRAME_BYTES_MAX_DEFAULT).unwrap(),
+            dec: shardline_net::protocol::FrameDecoder::new(DecoderConfig::default()).unwrap(),
+            next: 1,
+        }
+    }
+
+    pub(crate) fn send(&mut self, r: &shardline_net::protocol::Request) -> u32 {
+        use std::io::Write;
+        let cid = self.next;
+        self.next += 1;
+        let mut buf = shardline_net::protocol::FrameBuf::new();
+        self.enc.request(&mut buf, cid, 0, r).unwrap();
+        self.s.write_all(&buf).unwrap();
+        cid
+    }
+
+    /// Next server message, or None when the server closed the connection.
+    pub(crate) fn recv(&mut self) -> Option<shardline_net::protocol::ServerMessage> {
+        use std::io::Read;
+        loop {
+            if let Some(f) = self.dec.next_frame_owned().unwrap() {
+                return Some(shardline_net::protocol::ServerMessage::decode_owned(&f).unwrap());
+            }
+            let mut tmp = [0u8; 65536];
+            match self.s.read(&mut tmp) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => {
+                    self.dec.push(&tmp[..n]);
+                }
+            }
+        }
+    }
+
+    /// Sends and returns the answer: `Ok(response)` or `Err(error code)`.
+    pub(crate) fn call(
+        &mut self,
+        r: &shardline_net::protocol::Request,
+    ) -> Result<shardline_net::protocol::Response, u16> {
+        use shardline_net::protocol::ServerMessage;
+        let cid = self.send(r);
+        loop {
+            match self.recv().expect("connection closed") {
+                ServerMessage::Response {
+                    correlation_id,
+                    response,
+                } if correlation_id == cid => return Ok(response),
+                ServerMessage::Error {
+                    correlation_id,
+                    error,
+                    ..
+                } if correlation_id == cid => return Err(error.code),
+                _ => {}
+            }
+        }
+    }
+
+    pub(crate) fn handshake(&mut self) {
+        use shardline_net::protocol::{HandshakeRequest, Request, supported_apis};
+        self.call(&Request::Handshake(HandshakeRequest {
+            client_id: "raw".into(),
+            apis: supported_apis(),
+        }))
+        .unwrap();
+    }
+}
