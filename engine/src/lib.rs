@@ -10,6 +10,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod error;
 pub mod log;

@@ -293,6 +293,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.engine.shards = shards;
     }
     args.tls.apply(&mut config.server.tls)?;
+    args.tls
+        .apply_security(&mut config.engine, &mut config.server);
     if let Some(metrics) = &args.metrics_listen {
         info!(%metrics, "--metrics-listen is accepted but not served yet (no metrics endpoint)");
     }

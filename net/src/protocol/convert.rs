@@ -77,6 +77,8 @@ impl From<TopicConfig> for engine::TopicConfig {
             retention_ms: c.retention_ms,
             segment_bytes: c.segment_bytes,
             segment_ms: c.segment_ms,
+            // Decided by the server's policy (server/encryption.rs), not by the client.
+            encrypted: false,
         }
     }
 }

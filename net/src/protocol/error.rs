@@ -58,6 +58,12 @@ pub mod code {
     pub const AUTHORIZATION_FAILED: u16 = 272;
     /// Too many failed Authenticate attempts from this address; retry later.
     pub const AUTHENTICATION_RATE_LIMITED: u16 = 273;
+    /// A sealed batch of an encrypted topic does not open with the server's keys (wrong or
+    /// missing key file): the read fails rather than return ciphertext.
+    pub const DECRYPTION_FAILED: u16 = 274;
+    /// The principal is over its produce or fetch byte rate; the message says how long to
+    /// back off (`retry after N ms`).
+    pub const QUOTA_EXCEEDED: u16 = 275;
 }
 
 /// Name of an error code, for logs and the CLI (`"UNKNOWN"` for codes this build does not know).
@@ -94,6 +100,8 @@ pub fn code_name(code: u16) -> &'static str {
         code::AUTHENTICATION_REQUIRED => "AUTHENTICATION_REQUIRED",
         code::AUTHORIZATION_FAILED => "AUTHORIZATION_FAILED",
         code::AUTHENTICATION_RATE_LIMITED => "AUTHENTICATION_RATE_LIMITED",
+        code::DECRYPTION_FAILED => "DECRYPTION_FAILED",
+        code::QUOTA_EXCEEDED => "QUOTA_EXCEEDED",
         _ => "UNKNOWN",
     }
 }
@@ -108,6 +116,7 @@ pub fn code_is_retriable(code: u16) -> bool {
             | code::TIMEOUT
             | code::PARTITION_FAILED
             | code::AUTHENTICATION_RATE_LIMITED
+            | code::QUOTA_EXCEEDED
     )
 }
 

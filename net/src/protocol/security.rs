@@ -43,3 +43,32 @@ pub struct AuthenticateResponse {
     /// The principal the connection now acts as (ACLs name it).
     pub principal: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{FrameBuf, FrameEncoder, Request};
+
+    /// The worked example of docs/protocol.md, "40 Authenticate", byte for byte.
+    #[test]
+    fn authenticate_frame_is_pinned() {
+        let r = Request::Authenticate(AuthenticateRequest {
+            mechanism: AuthMechanism::Password,
+            username: "alice".into(),
+            secret: "pw".into(),
+        });
+        let mut out = FrameBuf::new();
+        FrameEncoder::default()
+            .request(&mut out, 1, 0, &r)
+            .expect("encode");
+        #[rustfmt::skip]
+        let want: [u8; 48] = [
+            0x14, 0, 0, 0,  0x28, 0,  0, 0,  0x01, 0, 0, 0,  0, 0,  0, 0,   // header: payload 20, api 40
+            0x00, 0, 0, 0,                                                  // mechanism Password, pad
+            b'a', b'l', b'i', b'c', b'e', 0xff, 0xff, 0xff,                 // username inline
+            b'p', b'w', 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,                 // secret inline
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,                             // frame padding
+        ];
+        assert_eq!(&out[..], &want[..]);
+    }
+}

@@ -350,6 +350,15 @@ impl ConnAuth {
         }
     }
 
+    /// Who quotas charge: the session's principal, else the client's IP address.
+    pub(crate) fn quota_key(&self) -> Arc<str> {
+        if let Some(s) = self.session.borrow().as_ref() {
+            return s.principal.clone();
+        }
+        self.peer
+            .map_or_else(|| Arc::from("unknown"), |p| Arc::from(p.ip().to_string()))
+    }
+
     fn principal(&self) -> Option<String> {
         self.session
             .borrow()

@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -123,11 +123,20 @@ pub(super) async fn serve(
         let c = c.clone();
         async move { c.write_loop(&mut wr).await }
     };
+    // Connections per client address (quota.rs); registered only if within the limit.
+    let ip = peer_addr.map(|p| p.ip());
+    let address_ok = refuse || ip.is_none_or(|ip| shared.quotas.connect(ip));
     let reader = {
         let c = c.clone();
         async move {
             if refuse {
                 let e = ErrorResponse::new(code::LIMIT_EXCEEDED, "too many connections");
+                c.send_error(0, 0, 0, &e);
+            } else if !address_ok {
+                let e = ErrorResponse::new(
+                    code::LIMIT_EXCEEDED,
+                    "too many connections from this address",
+                );
                 c.send_error(0, 0, 0, &e);
             } else {
                 c.read_loop(&mut rd).await;
@@ -136,6 +145,9 @@ pub(super) async fn serve(
         }
     };
     futures_lite::future::zip(reader, writer).await;
+    if let (Some(ip), true, false) = (ip, address_ok, refuse) {
+        shared.quotas.disconnect(ip);
+    }
     shared.connections.fetch_sub(1, Ordering::AcqRel);
 }
 
@@ -364,6 +376,14 @@ impl Conn {
                 let resp = Response::Metadata(self.metadata(&m));
                 self.send_response(cid, ver, &super::auth::filter_response(&self.auth, resp));
             }
+            Request::CreateTopic(ref t)
+                if let Err(e) = self
+                    .shared
+                    .quotas
+                    .check_create(&self.engine, t.config.partitions) =>
+            {
+                self.send_error(cid, api, ver, &e);
+            }
             Request::CreateTopic(_) | Request::DeleteTopic(_) => {
                 // Barriers: finish before reading the next request.
                 self.begin();
@@ -380,12 +400,43 @@ impl Conn {
                     c.end();
                 });
             }
-            Request::Produce(p) => self.produce(cid, ver, p).await,
+            Request::Produce(p) => {
+                if self.shared.quotas.rates_enabled() {
+                    let key = self.auth.quota_key();
+                    let bytes = super::quota::produce_bytes(&p);
+                    let dir = super::quota::Direction::Produce;
+                    let admitted = self.shared.quotas.admit(&key, dir, bytes, Instant::now());
+                    if let Err(e) = admitted {
+                        if p.acks != Acks::None {
+                            self.send_error(cid, api, ver, &e);
+                        }
+                        return;
+                    }
+                }
+                self.produce(cid, ver, p).await
+            }
             Request::Fetch(f) => {
+                let quota_key = self
+                    .shared
+                    .quotas
+                    .rates_enabled()
+                    .then(|| self.auth.quota_key());
+                if let Some(key) = &quota_key {
+                    let dir = super::quota::Direction::Fetch;
+                    if let Err(e) = self.shared.quotas.admit(key, dir, 0, Instant::now()) {
+                        self.send_error(cid, api, ver, &e);
+                        return;
+                    }
+                }
                 self.begin();
                 let c = self.clone();
                 rt::spawn_local(async move {
                     let resp = c.fetch(f).await;
+                    if let Some(key) = &quota_key {
+                        let bytes = super::quota::fetch_bytes(&resp);
+                        let dir = super::quota::Direction::Fetch;
+                        c.shared.quotas.charge(key, dir, bytes, Instant::now());
+                    }
                     c.send_response(cid, ver, &Response::Fetch(resp));
                     c.end();
                 });
@@ -490,6 +541,7 @@ impl Conn {
     /// Runs a control-plane call on a helper thread (it may wait for every shard, this one too).
     async fn admin(&self, request: Request) -> Result<Response, shardline_engine::Error> {
         let engine = self.engine.clone();
+        let encryption = self.shared.cfg.encryption.clone();
         let started = self.shared.started;
         let (tx, rx) = flume::bounded(1);
         let spawned = std::thread::Builder::new()
@@ -497,7 +549,7 @@ impl Conn {
             .spawn(move || {
                 let r = match request {
                     Request::CreateTopic(c) => engine
-                        .create_topic(&c.name, c.config.into())
+                        .create_topic(&c.name, super::encryption::topic_config(&encryption, &c))
                         .map(|t| Response::CreateTopic(CreateTopicResponse { topic: (&t).into() })),
                     Request::DeleteTopic(d) => engine
                         .delete_topic(&d.name)
@@ -615,11 +667,16 @@ impl Conn {
                 };
                 let (name, partition, offset) = (t.name.clone(), p.partition, p.offset);
                 let fut = self.engine.fetch_async(req);
+                let engine = &self.engine;
                 futs.push(async move {
-                    (
-                        name,
-                        FetchPartitionResult::from_engine(partition, offset, fut.await),
-                    )
+                    let r = super::encryption::fetch_result(
+                        engine,
+                        &name,
+                        partition,
+                        offset,
+                        fut.await,
+                    );
+                    (name, r)
                 });
             }
         }
@@ -702,11 +759,18 @@ impl Conn {
             log_start,
         };
         self.send_response(cid, ver, &Response::Subscribe(resp));
-        rt::spawn_local(self.clone().pump(id, state, sub));
+        let opener = super::encryption::Opener::for_partition(&self.engine, &s.topic, s.partition);
+        rt::spawn_local(self.clone().pump(id, state, sub, opener));
     }
 
     /// Moves pushed batches from the engine to the socket, within the subscription's credit.
-    async fn pump(self: Rc<Self>, id: u32, sub: Rc<Sub>, source: Subscription) {
+    async fn pump(
+        self: Rc<Self>,
+        id: u32,
+        sub: Rc<Sub>,
+        source: Subscription,
+        opener: Option<super::encryption::Opener>,
+    ) {
         let ver = self.version(ApiKey::Push);
         loop {
             let next = futures_lite::future::or(async { Some(source.recv_async().await) }, async {
@@ -737,9 +801,30 @@ impl Conn {
                 }
                 Some(Ok(r)) => r,
             };
+            // Encrypted topics: open the sealed batches (the subscriber passed the ACL check).
+            let opened = match &opener {
+                None => Ok(resp.chunks.clone()),
+                Some(o) => o.open(&resp.chunks),
+            };
+            let chunks = match opened {
+                Ok(c) => c,
+                Err(er) => {
+                    let mut buf = FrameBuf::new();
+                    if self
+                        .encoder
+                        .borrow_mut()
+                        .push_error(&mut buf, id, ver, &er)
+                        .is_ok()
+                    {
+                        self.enqueue(Out::Flat(buf));
+                    }
+                    self.subs.borrow_mut().remove(&id);
+                    return;
+                }
+            };
             // Split into single batches so the credit can be honoured batch by batch.
             let mut batches: VecDeque<(Bytes, PushCost, u64)> = VecDeque::new();
-            for chunk in &resp.chunks {
+            for chunk in &chunks {
                 let mut at = 0;
                 while at < chunk.len() {
                     let Ok(h) = BatchHeader::parse(&chunk[at..]) else {
@@ -800,6 +885,20 @@ impl Conn {
                     chunks: taken.into_iter().map(|t| t.0).collect(),
                 };
                 sub.position.set(next_offset);
+                // Fetch quota: pushes of a principal over its rate wait instead of being refused.
+                if self.shared.quotas.rates_enabled() {
+                    let key = self.auth.quota_key();
+                    let dir = super::quota::Direction::Fetch;
+                    while let Err(back_off) = self.shared.quotas.check(&key, dir, Instant::now()) {
+                        rt::sleep(back_off).await;
+                        if sub.cancelled.get() || self.closed.get() {
+                            return;
+                        }
+                    }
+                    self.shared
+                        .quotas
+                        .charge(&key, dir, cost.bytes, Instant::now());
+                }
                 self.wait_for_outbox_space().await;
                 match self.encoder.borrow_mut().push_parts(ver, &push) {
                     Ok(p) => self.enqueue(Out::Parts(p)),

@@ -11,9 +11,13 @@
 
 mod auth;
 mod conn;
+mod encryption;
+mod quota;
 mod tls;
 
 pub use auth::AuthConfig;
+pub use encryption::EncryptionConfig;
+pub use quota::QuotaConfig;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,6 +52,10 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::ServerTlsConfig>,
     /// `[server.auth]`: authentication and ACLs (docs/security.md). Off by default.
     pub auth: AuthConfig,
+    /// `[server.encryption]`: which new topics are encrypted at rest.
+    pub encryption: EncryptionConfig,
+    /// `[server.quotas]`: byte rates per principal, connections per address, topic limits.
+    pub quotas: QuotaConfig,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +71,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 10_000,
             tls: None,
             auth: AuthConfig::default(),
+            encryption: EncryptionConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -95,6 +105,7 @@ pub(crate) struct Shared {
     pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
     /// Set when `cfg.auth.enabled`.
     pub(crate) auth: Option<Arc<auth::AuthState>>,
+    pub(crate) quotas: quota::Quotas,
 }
 
 /// A running server.
@@ -143,6 +154,7 @@ impl Server {
             None
         };
         let engine = Engine::open(engine_config)?;
+        let cfg_quotas = cfg.quotas.clone();
         let shared = Arc::new(Shared {
             cfg,
             connections: AtomicUsize::new(0),
@@ -153,6 +165,7 @@ impl Server {
             server_id: format!("shardline-{}", env!("CARGO_PKG_VERSION")),
             tls,
             auth,
+            quotas: quota::Quotas::new(cfg_quotas),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();

@@ -112,9 +112,37 @@ pub(crate) struct ServeTlsArgs {
     /// Require client certificates signed by these CAs: mutual TLS (server.tls.client_ca)
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
+    /// Master keys for encrypted topics (engine.encryption_key_file; see
+    /// `shardline encryption-key generate`)
+    #[arg(long, value_name = "FILE")]
+    encryption_key_file: Option<PathBuf>,
+    /// New topics matching these are encrypted at rest: names, or prefixes ending in '*'
+    /// (server.encryption.topics)
+    #[arg(long, value_name = "PATTERN", value_delimiter = ',')]
+    encrypt_topics: Vec<String>,
+    /// Require authentication and ACLs (server.auth.enabled)
+    #[arg(long)]
+    auth: bool,
 }
 
 impl ServeTlsArgs {
+    /// Encryption and authentication flags.
+    pub(crate) fn apply_security(
+        &self,
+        engine: &mut shardline_engine::EngineConfig,
+        server: &mut shardline_net::server::ServerConfig,
+    ) {
+        if let Some(f) = &self.encryption_key_file {
+            engine.encryption_key_file = Some(f.clone());
+        }
+        if !self.encrypt_topics.is_empty() {
+            server.encryption.topics = self.encrypt_topics.clone();
+        }
+        if self.auth {
+            server.auth.enabled = true;
+        }
+    }
+
     pub(crate) fn apply(&self, tls: &mut Option<ServerTlsConfig>) -> anyhow::Result<()> {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             let mut t = ServerTlsConfig::new(cert, key);
@@ -170,6 +198,20 @@ pub(crate) enum SecurityCommand {
     /// Manage ACLs (offline; a running server re-reads the file).
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Encryption-at-rest key files.
+    #[command(subcommand, name = "encryption-key")]
+    EncryptionKey(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Write a new key file with one random 256-bit key (refuses to overwrite).
+    Generate {
+        file: PathBuf,
+        /// Key id (rotation: generate a new id, merge it into the file, make it active)
+        #[arg(long, default_value_t = 1)]
+        id: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +333,19 @@ fn edit(
 pub(crate) fn run(command: SecurityCommand) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match command {
+        SecurityCommand::EncryptionKey(KeyCommand::Generate { file, id }) => {
+            let text = shardline_engine::crypto::Keyring::generate_file_text(id)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options
+                .open(&file)
+                .with_context(|| format!("cannot create {}", file.display()))?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            writeln!(out, "key {id} written to {}", file.display())?;
+        }
         SecurityCommand::User(UserCommand::Add {
             name,
             password_file,
