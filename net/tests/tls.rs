@@ -127,6 +127,10 @@ fn rust_client_round_trip_over_tls() {
         assert_eq!(values.len(), 20);
         assert_eq!(values[19], format!("secret-{p}-19").into_bytes());
     }
+    // Regression: a batch far above rustls' 64 KiB record buffer (the client used to fail with
+    // "failed to write whole buffer").
+    let big = batch::batch_of_values([vec![9u8; 3 << 20]]).unwrap();
+    client.produce("secure", 0, big, Acks::Leader).unwrap();
     drop(client);
     server.shutdown().unwrap();
 }

@@ -145,7 +145,27 @@ impl WireWriter {
             WireWriter::Plain(s) => s.write_all(data),
             WireWriter::Tls { shared, records } => {
                 let mut sock = lock(&shared.sock_write);
-                lock(&shared.conn).writer().write_all(data)?;
+                // rustls buffers at most 64 KiB of records: encrypt what it takes, send it,
+                // repeat (a large produce is many rounds, with bounded memory).
+                let mut rest = data;
+                let mut stalled = false;
+                while !rest.is_empty() {
+                    let n = lock(&shared.conn).writer().write(rest)?;
+                    shared.drain(&mut sock, records)?;
+                    if n == 0 {
+                        // Nothing taken even with an empty buffer: the session is closing.
+                        if stalled {
+                            return Err(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "TLS session does not accept data",
+                            ));
+                        }
+                        stalled = true;
+                    } else {
+                        stalled = false;
+                    }
+                    rest = &rest[n..];
+                }
                 shared.drain(&mut sock, records)?;
                 // A writer that grew past one large produce gives the memory back.
                 if records.capacity() > 1 << 20 {
