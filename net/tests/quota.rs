@@ -179,3 +179,52 @@ fn connections_per_address_and_topic_limits() {
     drop((a, b));
     server.shutdown().unwrap();
 }
+
+/// Fetch byte rate: once a principal (here: the client address, auth being off) has fetched
+/// more than its burst, its next fetch is refused with a back-off time; after waiting that
+/// long it is served again.
+#[test]
+fn fetch_rate_is_limited_per_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(
+        &dir.path().join("data"),
+        ServerConfig {
+            quotas: QuotaConfig {
+                fetch_bytes_per_s: Some(1 << 20),
+                burst_ms: 100,
+                ..QuotaConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    );
+    let client = Client::connect(&server.addr().to_string(), ClientConfig::default()).unwrap();
+    let topic = TopicConfig {
+        partitions: 1,
+        ..TopicConfig::default()
+    };
+    client.create_topic("f", topic).unwrap();
+    let big = batch::batch_of_values([vec![3u8; 512 << 10]]).unwrap();
+    for _ in 0..4 {
+        client.produce("f", 0, big.clone(), Acks::Durable).unwrap();
+    }
+    // 2 MiB in one fetch: far above the 100 KiB burst, so the account is in debt.
+    let f = client.fetch("f", 0, 0, Duration::ZERO, 4 << 20).unwrap();
+    assert!(f.chunks.iter().map(|c| c.len()).sum::<usize>() >= 2 << 20);
+    let e = client.fetch("f", 0, 0, Duration::ZERO, 1024).unwrap_err();
+    assert_eq!(e.code(), Some(code::QUOTA_EXCEEDED), "{e}");
+    let text = e.to_string();
+    let ms: u64 = text
+        .split("retry after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no back-off in {text}"));
+    assert!(
+        (1000..=2500).contains(&ms),
+        "back-off {ms} ms for ~2 MiB of debt at 1 MiB/s"
+    );
+    std::thread::sleep(Duration::from_millis(ms + 50));
+    client.fetch("f", 0, 0, Duration::ZERO, 1024).unwrap();
+    drop(client);
+    server.shutdown().unwrap();
+}
