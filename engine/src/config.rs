@@ -13,6 +13,8 @@ use crate::log::{LogConfig, SEGMENT_BYTES_MAX};
 pub struct EngineConfig {
     /// Where topics, partitions and the metadata file live.
     pub data_dir: PathBuf,
+    /// Master keys for encrypted topics (crypto.rs); needed to create or open one.
+    pub encryption_key_file: Option<PathBuf>,
     /// Number of shards (executors); 0 = one per usable core.
     pub shards: usize,
     /// Pin each shard to a core of the process's affinity mask.
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             data_dir: PathBuf::from("./shardline-data"),
+            encryption_key_file: None,
             shards: 0,
             pin_shards: true,
             io_memory_bytes: 2 << 20,
@@ -134,6 +137,7 @@ impl EngineConfig {
             retention_bytes: t.retention_bytes.or(d.retention_bytes),
             retention_ms: t.retention_ms.or(d.retention_ms),
             cache_bytes: d.partition_cache_bytes,
+            encryption: None,
         }
     }
 }
@@ -150,6 +154,9 @@ pub struct TopicConfig {
     /// Work-queue settings; `None` for a plain (streaming) topic.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<crate::queue::QueueConfig>,
+    /// Seal batch bodies on disk with AES-256-GCM (needs `encryption_key_file`); fixed at
+    /// creation (crypto.rs, docs/storage.md "Encrypted batches").
+    pub encrypted: bool,
 }
 
 impl Default for TopicConfig {
@@ -161,6 +168,7 @@ impl Default for TopicConfig {
             segment_bytes: None,
             segment_ms: None,
             queue: None,
+            encrypted: false,
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct TopicRoute {
     pub id: u64,
     /// `shards[p]` owns partition `p`.
     pub shards: Vec<u32>,
+    /// Batches on disk are sealed (crypto.rs); readers open them with [`Engine::keyring`].
+    pub encrypted: bool,
 }
 
 #[derive(Default)]
@@ -127,6 +129,8 @@ impl Subscription {
 
 struct Inner {
     config: EngineConfig,
+    /// Loaded from `config.encryption_key_file`.
+    keyring: Option<Arc<crate::crypto::Keyring>>,
     shards: Vec<flume::Sender<Request>>,
     routes: ArcSwap<Routes>,
     control: Mutex<Metadata>,
@@ -225,6 +229,12 @@ impl Engine {
         Self::open_with(config, None)
     }
 
+    /// The master keys of encrypted topics, to open sealed batches that fetches and
+    /// subscriptions return (`Keyring::open_chunk`).
+    pub fn keyring(&self) -> Option<&Arc<crate::crypto::Keyring>> {
+        self.inner.keyring.as_ref()
+    }
+
     /// Like [`Engine::open`], and runs `on_shard` on every shard once the engine is up (the
     /// network server starts its listeners this way).
     pub fn open_with(
@@ -232,6 +242,10 @@ impl Engine {
         on_shard: Option<Arc<dyn Fn(crate::shard::ShardHandle) + Send + Sync>>,
     ) -> Result<Engine> {
         config.validate()?;
+        let keyring = match &config.encryption_key_file {
+            Some(path) => Some(Arc::new(crate::crypto::Keyring::load(path)?)),
+            None => None,
+        };
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir.display(), e))?;
         let lock = lock_data_dir(&dir)?;
@@ -303,6 +317,7 @@ impl Engine {
         let engine = Engine {
             inner: Arc::new(Inner {
                 config: config.clone(),
+                keyring,
                 shards: senders,
                 routes: ArcSwap::from_pointee(Routes::default()),
                 control: Mutex::new(meta.clone()),
@@ -371,7 +386,24 @@ impl Engine {
         let cfg = self.inner.config.log_config(&t.config);
         let key_name: Arc<str> = Arc::from(name);
         let mut out = Vec::new();
+        let keyring = match (t.config.encrypted, &self.inner.keyring) {
+            (false, _) => None,
+            (true, Some(k)) => Some(k.clone()),
+            (true, None) => {
+                return Err(Error::InvalidArgument(format!(
+                    "topic '{name}' is encrypted: the engine needs encryption_key_file"
+                )));
+            }
+        };
         for (p, shard) in t.shards.iter().enumerate() {
+            let mut cfg = cfg.clone();
+            cfg.encryption = keyring
+                .clone()
+                .map(|keyring| crate::crypto::TopicEncryption {
+                    keyring,
+                    topic_id: t.id,
+                    partition: p as u32,
+                });
             let (tx, rx) = flume::bounded(1);
             let dir = metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32);
             self.send(
@@ -427,6 +459,7 @@ impl Engine {
                     name: Arc::from(n.as_str()),
                     id: t.id,
                     shards: t.shards.clone(),
+                    encrypted: t.config.encrypted,
                 };
                 (n.clone(), Arc::new(route))
             })
@@ -546,6 +579,11 @@ impl Engine {
     pub fn create_topic(&self, name: &str, cfg: TopicConfig) -> Result<TopicInfo> {
         config::validate_topic_name(name)?;
         config::validate_topic_config(&cfg)?;
+        if cfg.encrypted && self.inner.keyring.is_none() {
+            return Err(Error::InvalidArgument(
+                "encrypted topics need an encryption key file (engine.encryption_key_file)".into(),
+            ));
+        }
         let mut meta = self
             .inner
             .control

@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod crypto;
 pub mod engine;
 pub mod error;
 pub mod groups;

@@ -29,6 +29,7 @@ fn small_config() -> LogConfig {
         retention_bytes: None,
         retention_ms: None,
         cache_bytes: 8 << 10,
+        encryption: None,
     }
 }
 

@@ -37,6 +37,7 @@ fn config() -> LogConfig {
         retention_bytes: None,
         retention_ms: None,
         cache_bytes: 8 << 10,
+        encryption: None,
     }
 }
 

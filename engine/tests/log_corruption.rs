@@ -33,6 +33,7 @@ fn config() -> LogConfig {
         retention_bytes: None,
         retention_ms: None,
         cache_bytes: 0,
+        encryption: None,
     }
 }
 

@@ -8,7 +8,9 @@
 //! The server (one listener per shard), the Rust client and the `shardline` binary are built on
 //! top of it as thin shells around the runtime (docs/architecture.md, "Runtime seam").
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod protocol;
 pub mod server;
+pub mod tls;

@@ -54,6 +54,8 @@ pub struct LogConfig {
     pub retention_ms: Option<u64>,
     /// Recent batches kept in memory for tailing readers (per partition cap).
     pub cache_bytes: usize,
+    /// Seal every appended batch (encryption at rest, `crate::crypto`); `None` = plaintext.
+    pub encryption: Option<crate::crypto::TopicEncryption>,
 }
 
 /// Largest segment: positions in the index are u32.
@@ -75,6 +77,7 @@ impl Default for LogConfig {
             retention_bytes: None,
             retention_ms: None,
             cache_bytes: 4 << 20,
+            encryption: None,
         }
     }
 }
@@ -696,6 +699,8 @@ pub struct PartitionLog<S: Storage> {
     failed: Option<String>,
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
+    /// Set for encrypted topics: batches are sealed in `append`, after offsets are assigned.
+    sealer: Option<crate::crypto::Sealer>,
     pub recovery: RecoveryReport,
 }
 
@@ -710,10 +715,15 @@ impl<S: Storage> PartitionLog<S> {
             storage.remove(&dir.join(n)).await.map_err(err)?;
         }
         let bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
+        let sealer = match &cfg.encryption {
+            Some(spec) => Some(crate::crypto::Sealer::new(spec.clone())?),
+            None => None,
+        };
         let mut log = PartitionLog {
             storage: storage.clone(),
             dir: dir.to_path_buf(),
             cfg,
+            sealer,
             segments: BTreeMap::new(),
             chunks: Vec::new(),
             next_offset: 0,
@@ -925,13 +935,19 @@ impl<S: Storage> PartitionLog<S> {
             });
         }
         let h = BatchHeader::parse(&batch)?;
-        let len = batch.len();
-        if len != h.batch_length as usize {
+        if batch.len() != h.batch_length as usize {
             return Err(Error::CorruptBatch(format!(
-                "{len} bytes for a batch of {}",
+                "{} bytes for a batch of {}",
+                batch.len(),
                 h.batch_length
             )));
         }
+        // Encrypted topics: seal now that the base offset is known (it is the nonce).
+        let batch = match &mut self.sealer {
+            Some(s) => s.seal(&batch, self.next_offset)?,
+            None => batch,
+        };
+        let len = batch.len();
         if len as u64 > self.cfg.segment_bytes {
             return Err(Error::BatchTooLarge {
                 bytes: len,

@@ -33,6 +33,51 @@ pub mod net {
     /// Most buffers one `sendmsg` takes (Linux's `IOV_MAX` is 1024).
     pub const IOV_MAX: usize = 1024;
 
+    /// One `sendmsg(2)` (gathering, `MSG_DONTWAIT`) on the socket for all of `bufs`: a response's header
+    /// and body, and every response queued behind it, leave in one system call and, small
+    /// enough, one TCP segment, so the peer wakes once per batch instead of once per part.
+    /// glommio's stream has no vectored write; when the socket is full this falls back to
+    /// its `poll_write` of the first buffer, which registers the waker for writability.
+    pub fn poll_write_vectored(
+        stream: &mut TcpStream,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        let iov_count = bufs.len().min(IOV_MAX);
+        if iov_count > 1 {
+            let fd = stream.as_raw_fd();
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` (guaranteed by std on Unix);
+            // the slices outlive the call and `iov_count` is within `bufs`. A zeroed
+            // `msghdr` is valid (no address, no control data).
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = bufs.as_ptr().cast::<libc::iovec>().cast_mut();
+                msg.msg_iovlen = iov_count as _;
+                // glommio's sockets are blocking; MSG_DONTWAIT makes this one call
+                // non-blocking, as glommio's own `send` does.
+                libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock => {}
+                io::ErrorKind::Interrupted => {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                _ => return Poll::Ready(Err(e)),
+            }
+        }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        Pin::new(stream).poll_write(cx, first)
+    }
+
     pub struct ReadHalf(Rc<RefCell<TcpStream>>);
     pub struct WriteHalf(Rc<RefCell<TcpStream>>);
 
@@ -60,50 +105,12 @@ pub mod net {
         ) -> Poll<io::Result<usize>> {
             Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
         }
-        /// One `sendmsg(2)` (gathering, `MSG_DONTWAIT`) on the socket for all of `bufs`: a response's header
-        /// and body, and every response queued behind it, leave in one system call and, small
-        /// enough, one TCP segment, so the peer wakes once per batch instead of once per part.
-        /// glommio's stream has no vectored write; when the socket is full this falls back to
-        /// its `poll_write` of the first buffer, which registers the waker for writability.
         fn poll_write_vectored(
             self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             bufs: &[io::IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
-            use std::os::fd::AsRawFd;
-            let mut stream = self.0.borrow_mut();
-            let iov_count = bufs.len().min(IOV_MAX);
-            if iov_count > 1 {
-                let fd = stream.as_raw_fd();
-                // SAFETY: `IoSlice` is ABI-compatible with `iovec` (guaranteed by std on Unix);
-                // the slices outlive the call and `iov_count` is within `bufs`. A zeroed
-                // `msghdr` is valid (no address, no control data).
-                let n = unsafe {
-                    let mut msg: libc::msghdr = std::mem::zeroed();
-                    msg.msg_iov = bufs.as_ptr().cast::<libc::iovec>().cast_mut();
-                    msg.msg_iovlen = iov_count as _;
-                    // glommio's sockets are blocking; MSG_DONTWAIT makes this one call
-                    // non-blocking, as glommio's own `send` does.
-                    libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-                };
-                if n >= 0 {
-                    return Poll::Ready(Ok(n as usize));
-                }
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => {}
-                    io::ErrorKind::Interrupted => {
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    _ => return Poll::Ready(Err(e)),
-                }
-            }
-            let first = bufs
-                .iter()
-                .find(|b| !b.is_empty())
-                .map_or(&[][..], |b| &**b);
-            Pin::new(&mut *stream).poll_write(cx, first)
+            poll_write_vectored(&mut self.0.borrow_mut(), cx, bufs)
         }
         fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)

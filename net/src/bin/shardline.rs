@@ -3,7 +3,10 @@
 //!
 //! ```text
 //! shardline serve [--config FILE] [--data-dir DIR] [--listen 127.0.0.1:7070] [--shards N]
-//!                 [--metrics-listen 127.0.0.1:9464]
+//!                 [--metrics-listen 127.0.0.1:9464] [--tls-cert FILE --tls-key FILE
+//!                 [--tls-client-ca FILE]]
+//! shardline [--tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE]
+//!           [--tls-server-name NAME]] <client command>   (TLS, docs/security.md)
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
 //!                                                     [--retention-ms MS]
 //! shardline [--addr ...] topic list | topic describe NAME | topic delete NAME
@@ -44,6 +47,8 @@ use tracing_subscriber::EnvFilter;
 
 #[path = "shardline/queue.rs"]
 mod queue_cli;
+#[path = "shardline/security.rs"]
+mod security;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:7070";
 
@@ -57,6 +62,8 @@ struct Cli {
     /// Server to talk to (client commands) [default: 127.0.0.1:7070]
     #[arg(long, global = true, value_name = "HOST:PORT")]
     addr: Option<String>,
+    #[command(flatten)]
+    security: security::ClientSecurityArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +97,8 @@ enum Command {
     /// Work queues: create, send, receive, ack, nack, stats, dead letters.
     #[command(subcommand)]
     Queue(queue_cli::QueueCommand),
+    #[command(flatten)]
+    Security(security::SecurityCommand),
 }
 
 #[derive(Debug, Args)]
@@ -113,6 +122,8 @@ struct ServeArgs {
     /// Print the effective configuration (file, defaults and flags) as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(flatten)]
+    tls: security::ServeTlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,12 +293,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if cli.addr.is_some() {
             bail!("--addr is for client commands; serve listens on --listen");
         }
+        if cli.security.is_set() {
+            bail!("--tls-ca, --user and friends are for client commands; serve uses --tls-cert");
+        }
         return serve(args);
     }
+    if let Command::Security(command) = cli.command {
+        return security::run(command);
+    }
     let addr = cli.addr.as_deref().unwrap_or(DEFAULT_ADDR);
-    let client = Client::connect(addr, ClientConfig::default())?;
+    let mut client_config = ClientConfig::default();
+    cli.security.apply(&mut client_config)?;
+    let client = Client::connect(addr, client_config)?;
     match cli.command {
-        Command::Serve(_) => Ok(()),
+        Command::Serve(_) | Command::Security(_) => Ok(()),
         Command::Topic(t) => topic(&client, t),
         Command::Produce(args) => produce(client, args),
         Command::Consume(args) => consume(client, args),
@@ -337,6 +356,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(shards) = args.shards {
         config.engine.shards = shards;
     }
+    args.tls.apply(&mut config.server.tls)?;
+    args.tls
+        .apply_security(&mut config.engine, &mut config.server);
     if let Some(metrics) = args.metrics_listen {
         config.metrics.listen = metrics;
         config.metrics.enabled = true;
@@ -378,7 +400,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    // `Server::start` warns when the address is not loopback (no TLS yet).
+    // `Server::start` warns when the address is not loopback and TLS is off.
     let addr = server.addr();
     info!(%addr, shards = ?server.shard_addrs(), "serving");
     {

@@ -16,7 +16,7 @@
 //! runtime timer. A failed connection is never reused; the pool (`pool.rs`) opens a new one.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 
 use super::ClientConfig;
 use super::error::ClientError;
+use super::tls::{WireReader, WireWriter};
 use crate::protocol::{
     ApiKey, DecoderConfig, FrameBuf, FrameDecoder, FrameEncoder, FrameKind, HandshakeRequest,
     HandshakeResponse, NegotiatedVersions, OwnedFrame, Push, Request, Response, ServerMessage,
@@ -100,7 +101,7 @@ struct State {
 }
 
 struct Writer {
-    stream: TcpStream,
+    stream: WireWriter,
     encoder: FrameEncoder,
     buf: FrameBuf,
 }
@@ -180,24 +181,34 @@ impl Connection {
         let io = |e: io::Error| connect_error(e.to_string());
         stream.set_nodelay(true).map_err(io)?;
         let peer = stream.peer_addr().map_err(io)?;
+        // Socket timeouts are per socket, shared by every clone: they bound the TLS handshake
+        // and the protocol Handshake, then are relaxed below.
+        stream
+            .set_read_timeout(Some(config.connect_timeout))
+            .map_err(io)?;
+        stream
+            .set_write_timeout(Some(config.connect_timeout))
+            .map_err(io)?;
+        let socket = stream.try_clone().map_err(io)?;
+        let (mut reader_stream, mut writer_stream) =
+            super::tls::wrap(stream, addr, config.tls.as_ref()).map_err(io)?;
         let mut decoder = FrameDecoder::new(DecoderConfig {
             frame_bytes_max: config.response_frame_bytes_max,
             read_buffer_bytes: config.read_buffer_bytes,
         })?;
-        let handshake = handshake(&stream, &mut decoder, config).map_err(|e| match e {
-            HandshakeError::Io(e) => connect_error(format!("handshake: {e}")),
-            HandshakeError::Client(e) => e,
-        })?;
+        let handshake = handshake(&mut reader_stream, &mut writer_stream, &mut decoder, config)
+            .map_err(|e| match e {
+                HandshakeError::Io(e) => connect_error(format!("handshake: {e}")),
+                HandshakeError::Client(e) => e,
+            })?;
         let versions = NegotiatedVersions::from_chosen(&handshake.apis);
         let encoder = FrameEncoder::new(handshake.frame_bytes_max)?;
-        stream.set_read_timeout(None).map_err(io)?;
+        socket.set_read_timeout(None).map_err(io)?;
         // A write that cannot progress for this long (server not reading) aborts the connection
         // instead of holding the writer lock forever.
-        stream
+        socket
             .set_write_timeout(Some(config.request_timeout))
             .map_err(io)?;
-        let reader_stream = stream.try_clone().map_err(io)?;
-        let socket = stream.try_clone().map_err(io)?;
         let (permits_tx, permits_rx) = flume::bounded(config.inflight_requests_max.max(1));
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
@@ -212,7 +223,7 @@ impl Connection {
             }),
             timer_wake: Condvar::new(),
             writer: Mutex::new(Writer {
-                stream,
+                stream: writer_stream,
                 encoder,
                 buf: FrameBuf::new(),
             }),
@@ -407,9 +418,12 @@ impl From<io::Error> for HandshakeError {
     }
 }
 
-/// Sends the Handshake (version 0, frozen) and reads its answer, within `connect_timeout`.
+/// Sends the Handshake (version 0, frozen) and reads its answer, then Authenticate when the
+/// config has credentials, all within `connect_timeout` (the socket's timeouts, set by the
+/// caller).
 fn handshake(
-    mut stream: &TcpStream,
+    reader: &mut WireReader,
+    writer: &mut WireWriter,
     decoder: &mut FrameDecoder,
     config: &ClientConfig,
 ) -> Result<HandshakeResponse, HandshakeError> {
@@ -417,40 +431,94 @@ fn handshake(
         client_id: config.client_id.clone(),
         apis: supported_apis(),
     });
+    let h = match exchange(reader, writer, decoder, config, &request, 0, "Handshake")? {
+        Response::Handshake(h) => h,
+        other => {
+            return Err(HandshakeError::Client(ClientError::UnexpectedResponse {
+                api: "Handshake",
+                got: other.api_key().name(),
+            }));
+        }
+    };
+    if let Some(credentials) = &config.credentials {
+        let versions = NegotiatedVersions::from_chosen(&h.apis);
+        let version = versions
+            .version(ApiKey::Authenticate)
+            .map_err(|e| HandshakeError::Client(e.into()))?;
+        let request = Request::Authenticate(credentials.request());
+        match exchange(
+            reader,
+            writer,
+            decoder,
+            config,
+            &request,
+            version,
+            "Authenticate",
+        )? {
+            Response::Authenticate(a) => debug!(principal = %a.principal, "authenticated"),
+            other => {
+                return Err(HandshakeError::Client(ClientError::UnexpectedResponse {
+                    api: "Authenticate",
+                    got: other.api_key().name(),
+                }));
+            }
+        }
+    }
+    Ok(h)
+}
+
+/// Writes one request and reads its answer (nothing else may be in flight).
+fn exchange(
+    reader: &mut WireReader,
+    writer: &mut WireWriter,
+    decoder: &mut FrameDecoder,
+    config: &ClientConfig,
+    request: &Request,
+    version: u16,
+    api: &'static str,
+) -> Result<Response, HandshakeError> {
     let mut buf = FrameBuf::new();
     FrameEncoder::default()
-        .request(&mut buf, 0, 0, &request)
+        .request(&mut buf, 0, version, request)
         .map_err(|e| HandshakeError::Client(e.into()))?;
-    stream.set_write_timeout(Some(config.connect_timeout))?;
-    stream.set_read_timeout(Some(config.connect_timeout))?;
-    stream.write_all(&buf)?;
+    writer.write_all(&buf)?;
+    let mut first = true;
     let frame = loop {
-        let n = stream.read(decoder.read_buf())?;
+        if let Some(frame) = decoder
+            .next_frame_owned()
+            .map_err(|e| HandshakeError::Client(e.into()))?
+        {
+            break frame;
+        }
+        let n = reader.read(decoder.read_buf())?;
         if n == 0 {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        decoder.filled(n);
-        let next = decoder
-            .next_frame_owned()
-            .map_err(|e| HandshakeError::Client(e.into()))?;
-        if let Some(frame) = next {
-            break frame;
+        // A TLS server answers our plain frame with an alert record: say so plainly.
+        if first
+            && config.tls.is_none()
+            && crate::tls::looks_like_tls_alert(&decoder.read_buf()[..n])
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server answered with a TLS alert: it serves TLS (use a CA file, --tls-ca)",
+            )
+            .into());
         }
+        first = false;
+        decoder.filled(n);
     };
     let message =
         ServerMessage::decode_owned(&frame).map_err(|e| HandshakeError::Client(e.into()))?;
     match message {
-        ServerMessage::Response {
-            response: Response::Handshake(h),
-            ..
-        } => Ok(h),
+        ServerMessage::Response { response, .. } => Ok(response),
         ServerMessage::Error { error, .. } => Err(HandshakeError::Client(ClientError::server(
-            "Handshake",
+            api,
             error.code,
             error.message,
         ))),
         other => Err(HandshakeError::Client(ClientError::UnexpectedResponse {
-            api: "Handshake",
+            api,
             got: message_name(&other),
         })),
     }
@@ -540,7 +608,7 @@ impl Shared {
         Ok(())
     }
 
-    fn read_loop(self: Arc<Self>, mut stream: TcpStream, mut decoder: FrameDecoder) {
+    fn read_loop(self: Arc<Self>, mut stream: WireReader, mut decoder: FrameDecoder) {
         let reason = 'read: loop {
             let n = match stream.read(decoder.read_buf()) {
                 Ok(0) if self.dropped.load(Ordering::Relaxed) => {

@@ -46,15 +46,18 @@ mod partitioner;
 mod pool;
 mod producer;
 mod queue;
+mod tls;
 
 #[cfg(test)]
 mod fake_server;
 
 use std::time::Duration;
 
+pub use crate::auth::Credentials;
 pub use crate::protocol::queue::{
     QueueCreateResponse, QueueMessage, QueuePartitionStats, QueueReceipt, QueueSettings,
 };
+pub use crate::tls::ClientTls;
 pub use backoff::Backoff;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchedRecords, SubscriptionInfo};
 pub use error::ClientError;
@@ -92,6 +95,10 @@ pub struct ClientConfig {
     pub read_buffer_bytes: u32,
     /// Route each partition's requests to its shard's own address (else: bootstrap only).
     pub shard_aware: bool,
+    /// Connect with TLS (docs/security.md); `None` = plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
+    /// Authenticate after the Handshake on every connection (docs/security.md).
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -104,6 +111,8 @@ impl Default for ClientConfig {
             response_frame_bytes_max: (64 << 20) + (1 << 20),
             read_buffer_bytes: 64 << 10,
             shard_aware: true,
+            tls: None,
+            credentials: None,
         }
     }
 }

@@ -46,10 +46,12 @@ pub enum ApiKey {
     // 30-39 operations (protocol/ops.rs)
     Metrics = 30,
     AlterTopic = 31,
+    // 40-49: security (docs/security.md)
+    Authenticate = 40,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 32;
+pub const API_COUNT: usize = 33;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -103,6 +105,7 @@ impl ApiKey {
         ApiKey::QueueRedrive,
         ApiKey::Metrics,
         ApiKey::AlterTopic,
+        ApiKey::Authenticate,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {
@@ -152,6 +155,7 @@ impl ApiKey {
             ApiKey::QueueStats => "QueueStats",
             ApiKey::QueuePeek => "QueuePeek",
             ApiKey::QueueRedrive => "QueueRedrive",
+            ApiKey::Authenticate => "Authenticate",
         }
     }
 
@@ -189,6 +193,7 @@ impl ApiKey {
             | ApiKey::QueueStats
             | ApiKey::QueuePeek
             | ApiKey::QueueRedrive => (0, 0),
+            ApiKey::Authenticate => (0, 0),
         }
     }
 

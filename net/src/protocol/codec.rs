@@ -452,6 +452,7 @@ pub enum Request {
     QueueStats(QueueStatsRequest),
     QueuePeek(QueuePeekRequest),
     QueueRedrive(QueueRedriveRequest),
+    Authenticate(AuthenticateRequest),
 }
 
 impl Request {
@@ -488,6 +489,7 @@ impl Request {
             Request::QueueStats(_) => ApiKey::QueueStats,
             Request::QueuePeek(_) => ApiKey::QueuePeek,
             Request::QueueRedrive(_) => ApiKey::QueueRedrive,
+            Request::Authenticate(_) => ApiKey::Authenticate,
         }
     }
 
@@ -656,6 +658,12 @@ impl Request {
                     m.check()?;
                     Request::QueueRedrive(m)
                 }
+                ApiKey::Authenticate => {
+                    let m: AuthenticateRequest = plain(api, b)?;
+                    check_name("user name bytes", &m.username)?;
+                    limit("secret bytes", m.secret.len(), SECRET_BYTES_MAX)?;
+                    Request::Authenticate(m)
+                }
                 ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
             };
             super::semantics::check_request(&r)?;
@@ -698,6 +706,7 @@ pub enum Response {
     QueueStats(QueueStatsResponse),
     QueuePeek(QueueMessages),
     QueueRedrive(QueueRedriveResponse),
+    Authenticate(AuthenticateResponse),
 }
 
 impl Response {
@@ -733,6 +742,7 @@ impl Response {
             Response::QueueStats(_) => ApiKey::QueueStats,
             Response::QueuePeek(_) => ApiKey::QueuePeek,
             Response::QueueRedrive(_) => ApiKey::QueueRedrive,
+            Response::Authenticate(_) => ApiKey::Authenticate,
         }
     }
 
@@ -786,6 +796,7 @@ impl Response {
                 ApiKey::QueueStats => Response::QueueStats(plain(api, b)?),
                 ApiKey::QueuePeek => Response::QueuePeek(plain(api, b)?),
                 ApiKey::QueueRedrive => Response::QueueRedrive(plain(api, b)?),
+                ApiKey::Authenticate => Response::Authenticate(plain(api, b)?),
                 ApiKey::GrantCredits | ApiKey::Push => {
                     return Err(WireError::UnexpectedFrame {
                         kind: "response",
@@ -1123,6 +1134,7 @@ impl FrameEncoder {
             Request::QueueStats(m) => self.prepare(h, m, none()),
             Request::QueuePeek(m) => self.prepare(h, m, none()),
             Request::QueueRedrive(m) => self.prepare(h, m, none()),
+            Request::Authenticate(m) => self.prepare(h, m, none()),
         }
     }
 
@@ -1168,6 +1180,7 @@ impl FrameEncoder {
             }
             Response::QueueStats(m) => self.prepare(h, m, none()),
             Response::QueueRedrive(m) => self.prepare(h, m, none()),
+            Response::Authenticate(m) => self.prepare(h, m, none()),
         }
     }
 

@@ -78,6 +78,8 @@ impl From<TopicConfig> for engine::TopicConfig {
             segment_bytes: c.segment_bytes,
             segment_ms: c.segment_ms,
             queue: None,
+            // Decided by the server's policy (server/encryption.rs), not by the client.
+            encrypted: false,
         }
     }
 }

@@ -74,6 +74,23 @@ pub mod code {
     pub const MESSAGE_DONE: u16 = 227;
     /// The offset was never delivered.
     pub const UNKNOWN_MESSAGE: u16 = 228;
+
+    // 270-299: security (docs/security.md).
+    /// Wrong user or password, unknown or revoked token, or a session whose credentials were
+    /// revoked: one code for all, so that a client cannot probe which names exist.
+    pub const AUTHENTICATION_FAILED: u16 = 270;
+    /// A request other than Handshake/Authenticate before a successful Authenticate.
+    pub const AUTHENTICATION_REQUIRED: u16 = 271;
+    /// The principal's ACLs do not allow this operation on this resource.
+    pub const AUTHORIZATION_FAILED: u16 = 272;
+    /// Too many failed Authenticate attempts from this address; retry later.
+    pub const AUTHENTICATION_RATE_LIMITED: u16 = 273;
+    /// A sealed batch of an encrypted topic does not open with the server's keys (wrong or
+    /// missing key file): the read fails rather than return ciphertext.
+    pub const DECRYPTION_FAILED: u16 = 274;
+    /// The principal is over its produce or fetch byte rate; the message says how long to
+    /// back off (`retry after N ms`).
+    pub const QUOTA_EXCEEDED: u16 = 275;
 }
 
 /// Name of an error code, for logs and the CLI (`"UNKNOWN"` for codes this build does not know).
@@ -118,6 +135,12 @@ pub fn code_name(code: u16) -> &'static str {
         code::NOT_A_QUEUE => "NOT_A_QUEUE",
         code::MESSAGE_DONE => "MESSAGE_DONE",
         code::UNKNOWN_MESSAGE => "UNKNOWN_MESSAGE",
+        code::AUTHENTICATION_FAILED => "AUTHENTICATION_FAILED",
+        code::AUTHENTICATION_REQUIRED => "AUTHENTICATION_REQUIRED",
+        code::AUTHORIZATION_FAILED => "AUTHORIZATION_FAILED",
+        code::AUTHENTICATION_RATE_LIMITED => "AUTHENTICATION_RATE_LIMITED",
+        code::DECRYPTION_FAILED => "DECRYPTION_FAILED",
+        code::QUOTA_EXCEEDED => "QUOTA_EXCEEDED",
         _ => "UNKNOWN",
     }
 }
@@ -127,7 +150,12 @@ pub fn code_name(code: u16) -> &'static str {
 pub fn code_is_retriable(code: u16) -> bool {
     matches!(
         code,
-        code::DISK_FULL | code::BUSY | code::TIMEOUT | code::PARTITION_FAILED
+        code::DISK_FULL
+            | code::BUSY
+            | code::TIMEOUT
+            | code::PARTITION_FAILED
+            | code::AUTHENTICATION_RATE_LIMITED
+            | code::QUOTA_EXCEEDED
     )
 }
 

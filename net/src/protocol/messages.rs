@@ -10,6 +10,8 @@
 //! platform. Changing a field's type, order or meaning is a new api version.
 
 use bytes::Bytes;
+
+pub use super::security::*;
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// How much durability a producer waits for; the same three levels as the engine's `Acks`.

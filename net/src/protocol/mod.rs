@@ -36,6 +36,7 @@ pub mod frame;
 pub mod messages;
 pub mod ops;
 pub mod queue;
+mod security;
 pub mod semantics;
 
 #[cfg(test)]

@@ -212,6 +212,17 @@ fn request() -> impl Strategy<Value = Request> {
             })
         }),
         semantics_request(),
+        (any::<bool>(), name(), text(40)).prop_map(|(token, username, secret)| {
+            Request::Authenticate(AuthenticateRequest {
+                mechanism: if token {
+                    AuthMechanism::Token
+                } else {
+                    AuthMechanism::Password
+                },
+                username,
+                secret,
+            })
+        }),
     ]
 }
 
@@ -607,6 +618,7 @@ fn response() -> impl Strategy<Value = Response> {
         metrics_response().prop_map(Response::Metrics),
         topic_info().prop_map(|topic| Response::AlterTopic(AlterTopicResponse { topic })),
         semantics_response(),
+        name().prop_map(|principal| Response::Authenticate(AuthenticateResponse { principal })),
     ]
 }
 
@@ -1424,6 +1436,7 @@ fn wire_layout_is_pinned() {
         CommitOffset => 24, 8; OffsetCommitRequest => 36, 4; OffsetCommitResponse => 0, 1;
         OffsetFetchRequest => 16, 4; CommittedOffset => 32, 8; OffsetFetchResponse => 8, 4;
         DescribeGroupRequest => 8, 4; GroupMember => 40, 8; DescribeGroupResponse => 40, 4;
+        AuthMechanism => 1, 1; AuthenticateRequest => 20, 4; AuthenticateResponse => 8, 4;
     }
 
     let mut enc = FrameEncoder::default();

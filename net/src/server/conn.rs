@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use std::io::IoSlice;
@@ -99,6 +99,8 @@ struct Conn {
     next_sub: Cell<u32>,
     versions: RefCell<Option<NegotiatedVersions>>,
     closed: Cell<bool>,
+    /// Session and ACL cache (docs/security.md); a no-op when auth is off.
+    auth: super::auth::ConnAuth,
 }
 
 /// Serves one accepted connection until it closes.
@@ -114,7 +116,28 @@ pub(super) async fn serve(
         shared.connections.fetch_sub(1, Ordering::AcqRel);
         return;
     };
-    let (mut rd, mut wr) = rt::net::split(stream);
+    let peer_addr = stream.peer_addr().ok();
+    let handshake_timeout = Duration::from_millis(
+        shared
+            .cfg
+            .tls
+            .as_ref()
+            .map_or(0, |t| t.handshake_timeout_ms.max(1)),
+    );
+    let (stream, peer) =
+        match super::tls::establish(stream, shared.tls.as_ref(), handshake_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                // No secrets here: the error is rustls' (bad record, unknown CA, no certificate).
+                tracing::info!(peer = ?peer_addr, error = %e, "TLS handshake failed");
+                shared.connections.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        };
+    if let Some(cn) = &peer.cert_common_name {
+        tracing::debug!(peer = ?peer_addr, client_cert = %cn, "mutual TLS");
+    }
+    let (mut rd, mut wr) = super::tls::split(stream);
     let c = Rc::new(Conn {
         engine,
         shard,
@@ -129,16 +152,30 @@ pub(super) async fn serve(
         next_sub: Cell::new(1),
         versions: RefCell::new(None),
         closed: Cell::new(false),
+        auth: super::auth::ConnAuth::new(
+            shared.auth.clone(),
+            peer_addr,
+            peer.cert_common_name.as_deref(),
+        ),
     });
     let writer = {
         let c = c.clone();
         async move { c.write_loop(&mut wr).await }
     };
+    // Connections per client address (quota.rs); registered only if within the limit.
+    let ip = peer_addr.map(|p| p.ip());
+    let address_ok = refuse || ip.is_none_or(|ip| shared.quotas.connect(ip));
     let reader = {
         let c = c.clone();
         async move {
             if refuse {
                 let e = ErrorResponse::new(code::LIMIT_EXCEEDED, "too many connections");
+                c.send_error(0, 0, 0, &e);
+            } else if !address_ok {
+                let e = ErrorResponse::new(
+                    code::LIMIT_EXCEEDED,
+                    "too many connections from this address",
+                );
                 c.send_error(0, 0, 0, &e);
             } else {
                 c.read_loop(&mut rd).await;
@@ -147,6 +184,9 @@ pub(super) async fn serve(
         }
     };
     futures_lite::future::zip(reader, writer).await;
+    if let (Some(ip), true, false) = (ip, address_ok, refuse) {
+        shared.quotas.disconnect(ip);
+    }
     shared.connections.fetch_sub(1, Ordering::AcqRel);
     shared.metrics.connection_closed(shard);
 }
@@ -178,7 +218,7 @@ impl Conn {
     /// [`WRITE_BATCH_FRAMES_MAX`] frames and [`WRITE_BATCH_BYTES_MAX`] bytes) leaves in one
     /// vectored write: pipelined responses and a response's header and body share a system
     /// call and, when small, a TCP segment.
-    async fn write_loop(&self, wr: &mut rt::net::WriteHalf) {
+    async fn write_loop(&self, wr: &mut super::tls::WriteHalf) {
         let mut batch: Vec<Out> = Vec::new();
         loop {
             {
@@ -286,7 +326,7 @@ impl Conn {
         self.inflight_changed.notify_all();
     }
 
-    async fn read_loop(self: &Rc<Self>, rd: &mut rt::net::ReadHalf) {
+    async fn read_loop(self: &Rc<Self>, rd: &mut super::tls::ReadHalf) {
         let cfg = DecoderConfig {
             frame_bytes_max: self.shared.cfg.frame_bytes_max,
             ..DecoderConfig::default()
@@ -368,6 +408,15 @@ impl Conn {
             self.send_error(cid, api, ver, &e);
             return;
         }
+        if let Err(denied) = self.auth.gate(&request) {
+            if request.expects_response() || denied.close {
+                self.send_error(cid, api, ver, &denied.error);
+            }
+            if denied.close {
+                self.close();
+            }
+            return;
+        }
         match request {
             Request::Handshake(r) => {
                 let chosen = negotiate(&supported_apis(), &r.apis);
@@ -385,8 +434,16 @@ impl Conn {
                 self.send_response(cid, ver, &Response::Ping(PingResponse { nonce: p.nonce }))
             }
             Request::Metadata(m) => {
-                let resp = self.metadata(&m);
-                self.send_response(cid, ver, &Response::Metadata(resp));
+                let resp = Response::Metadata(self.metadata(&m));
+                self.send_response(cid, ver, &super::auth::filter_response(&self.auth, resp));
+            }
+            Request::CreateTopic(ref t)
+                if let Err(e) = self
+                    .shared
+                    .quotas
+                    .check_create(&self.engine, t.config.partitions) =>
+            {
+                self.send_error(cid, api, ver, &e);
             }
             Request::CreateTopic(_) | Request::DeleteTopic(_) | Request::AlterTopic(_) => {
                 // Barriers: finish before reading the next request.
@@ -407,12 +464,43 @@ impl Conn {
                     c.end();
                 });
             }
-            Request::Produce(p) => self.produce(cid, ver, p).await,
+            Request::Produce(p) => {
+                if self.shared.quotas.rates_enabled() {
+                    let key = self.auth.quota_key();
+                    let bytes = super::quota::produce_bytes(&p);
+                    let dir = super::quota::Direction::Produce;
+                    let admitted = self.shared.quotas.admit(&key, dir, bytes, Instant::now());
+                    if let Err(e) = admitted {
+                        if p.acks != Acks::None {
+                            self.send_error(cid, api, ver, &e);
+                        }
+                        return;
+                    }
+                }
+                self.produce(cid, ver, p).await
+            }
             Request::Fetch(f) => {
+                let quota_key = self
+                    .shared
+                    .quotas
+                    .rates_enabled()
+                    .then(|| self.auth.quota_key());
+                if let Some(key) = &quota_key {
+                    let dir = super::quota::Direction::Fetch;
+                    if let Err(e) = self.shared.quotas.admit(key, dir, 0, Instant::now()) {
+                        self.send_error(cid, api, ver, &e);
+                        return;
+                    }
+                }
                 self.begin();
                 let c = self.clone();
                 rt::spawn_local(async move {
                     let resp = c.fetch(f).await;
+                    if let Some(key) = &quota_key {
+                        let bytes = super::quota::fetch_bytes(&resp);
+                        let dir = super::quota::Direction::Fetch;
+                        c.shared.quotas.charge(key, dir, bytes, Instant::now());
+                    }
                     c.send_response(cid, ver, &Response::Fetch(resp));
                     c.end();
                 });
@@ -454,6 +542,15 @@ impl Conn {
                     c.reply_admin(cid, api, ver, r);
                     c.end();
                 });
+            }
+            Request::Authenticate(a) => {
+                // A barrier: requests behind it run with its outcome.
+                self.begin();
+                match self.auth.authenticate(a).await {
+                    Ok(r) => self.send_response(cid, ver, &Response::Authenticate(r)),
+                    Err(e) => self.send_error(cid, api, ver, &e),
+                }
+                self.end();
             }
             Request::GrantCredits(g) => {
                 if let Some(s) = self.subs.borrow().get(&g.subscription_id) {
@@ -536,6 +633,7 @@ impl Conn {
     /// Runs a control-plane call on a helper thread (it may wait for every shard, this one too).
     async fn admin(&self, request: Request) -> Result<Response, shardline_engine::Error> {
         let engine = self.engine.clone();
+        let encryption = self.shared.cfg.encryption.clone();
         let started = self.shared.started;
         let shared = self.shared.clone();
         let (tx, rx) = flume::bounded(1);
@@ -544,7 +642,7 @@ impl Conn {
             .spawn(move || {
                 let r = match request {
                     Request::CreateTopic(c) => engine
-                        .create_topic(&c.name, c.config.into())
+                        .create_topic(&c.name, super::encryption::topic_config(&encryption, &c))
                         .map(|t| Response::CreateTopic(CreateTopicResponse { topic: (&t).into() })),
                     Request::DeleteTopic(d) => engine
                         .delete_topic(&d.name)
@@ -607,7 +705,10 @@ impl Conn {
         r: Result<Response, shardline_engine::Error>,
     ) {
         match r {
-            Ok(resp) => self.send_response(cid, ver, &resp),
+            Ok(resp) => {
+                let resp = super::auth::filter_response(&self.auth, resp);
+                self.send_response(cid, ver, &resp);
+            }
             Err(e) => self.send_error(cid, api, ver, &ErrorResponse::from(&e)),
         }
     }
@@ -680,11 +781,16 @@ impl Conn {
                 };
                 let (name, partition, offset) = (t.name.clone(), p.partition, p.offset);
                 let fut = self.engine.fetch_async(req);
+                let engine = &self.engine;
                 futs.push(async move {
-                    (
-                        name,
-                        FetchPartitionResult::from_engine(partition, offset, fut.await),
-                    )
+                    let r = super::encryption::fetch_result(
+                        engine,
+                        &name,
+                        partition,
+                        offset,
+                        fut.await,
+                    );
+                    (name, r)
                 });
             }
         }
@@ -767,11 +873,18 @@ impl Conn {
             log_start,
         };
         self.send_response(cid, ver, &Response::Subscribe(resp));
-        rt::spawn_local(self.clone().pump(id, state, sub));
+        let opener = super::encryption::Opener::for_partition(&self.engine, &s.topic, s.partition);
+        rt::spawn_local(self.clone().pump(id, state, sub, opener));
     }
 
     /// Moves pushed batches from the engine to the socket, within the subscription's credit.
-    async fn pump(self: Rc<Self>, id: u32, sub: Rc<Sub>, source: Subscription) {
+    async fn pump(
+        self: Rc<Self>,
+        id: u32,
+        sub: Rc<Sub>,
+        source: Subscription,
+        opener: Option<super::encryption::Opener>,
+    ) {
         let ver = self.version(ApiKey::Push);
         loop {
             let next = futures_lite::future::or(async { Some(source.recv_async().await) }, async {
@@ -802,9 +915,30 @@ impl Conn {
                 }
                 Some(Ok(r)) => r,
             };
+            // Encrypted topics: open the sealed batches (the subscriber passed the ACL check).
+            let opened = match &opener {
+                None => Ok(resp.chunks.clone()),
+                Some(o) => o.open(&resp.chunks),
+            };
+            let chunks = match opened {
+                Ok(c) => c,
+                Err(er) => {
+                    let mut buf = FrameBuf::new();
+                    if self
+                        .encoder
+                        .borrow_mut()
+                        .push_error(&mut buf, id, ver, &er)
+                        .is_ok()
+                    {
+                        self.enqueue(Out::Flat(buf));
+                    }
+                    self.subs.borrow_mut().remove(&id);
+                    return;
+                }
+            };
             // Split into single batches so the credit can be honoured batch by batch.
             let mut batches: VecDeque<(Bytes, PushCost, u64)> = VecDeque::new();
-            for chunk in &resp.chunks {
+            for chunk in &chunks {
                 let mut at = 0;
                 while at < chunk.len() {
                     let Ok(h) = BatchHeader::parse(&chunk[at..]) else {
@@ -865,6 +999,20 @@ impl Conn {
                     chunks: taken.into_iter().map(|t| t.0).collect(),
                 };
                 sub.position.set(next_offset);
+                // Fetch quota: pushes of a principal over its rate wait instead of being refused.
+                if self.shared.quotas.rates_enabled() {
+                    let key = self.auth.quota_key();
+                    let dir = super::quota::Direction::Fetch;
+                    while let Err(back_off) = self.shared.quotas.check(&key, dir, Instant::now()) {
+                        rt::sleep(back_off).await;
+                        if sub.cancelled.get() || self.closed.get() {
+                            return;
+                        }
+                    }
+                    self.shared
+                        .quotas
+                        .charge(&key, dir, cost.bytes, Instant::now());
+                }
                 self.wait_for_outbox_space().await;
                 match self.encoder.borrow_mut().push_parts(ver, &push) {
                     Ok(p) => self.enqueue(Out::Parts(p)),

@@ -9,6 +9,7 @@
 //! drains a bounded outbox. Nothing on a shard thread ever blocks: control-plane calls that
 //! wait for every shard (topic create/delete/describe, stats) run on a helper thread.
 
+mod auth;
 mod conn;
 mod metrics;
 mod prometheus;
@@ -17,7 +18,14 @@ pub use metrics::snapshot_of as histogram_snapshot;
 pub use prometheus::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsEndpoint, encode as encode_metrics,
 };
+mod encryption;
+mod quota;
 mod semantics;
+mod tls;
+
+pub use auth::AuthConfig;
+pub use encryption::EncryptionConfig;
+pub use quota::QuotaConfig;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -48,6 +56,14 @@ pub struct ServerConfig {
     pub outbox_bytes_max: usize,
     /// On shutdown, how long to wait for in-flight requests before stopping the engine.
     pub shutdown_grace_ms: u64,
+    /// `[server.tls]`: serve TLS on every listener (docs/security.md). Absent = plain TCP.
+    pub tls: Option<crate::tls::ServerTlsConfig>,
+    /// `[server.auth]`: authentication and ACLs (docs/security.md). Off by default.
+    pub auth: AuthConfig,
+    /// `[server.encryption]`: which new topics are encrypted at rest.
+    pub encryption: EncryptionConfig,
+    /// `[server.quotas]`: byte rates per principal, connections per address, topic limits.
+    pub quotas: QuotaConfig,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +77,10 @@ impl Default for ServerConfig {
             subscriptions_per_connection_max: 1024,
             outbox_bytes_max: 16 << 20,
             shutdown_grace_ms: 10_000,
+            tls: None,
+            auth: AuthConfig::default(),
+            encryption: EncryptionConfig::default(),
+            quotas: QuotaConfig::default(),
         }
     }
 }
@@ -76,6 +96,8 @@ pub enum ServerError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
 }
 
 /// State shared by every shard's listeners and connections.
@@ -88,6 +110,11 @@ pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) server_id: String,
     pub(crate) metrics: metrics::NetMetrics,
+    /// Set when `cfg.tls` is: every accepted connection does a TLS handshake first.
+    pub(crate) tls: Option<futures_rustls::TlsAcceptor>,
+    /// Set when `cfg.auth.enabled`.
+    pub(crate) auth: Option<Arc<auth::AuthState>>,
+    pub(crate) quotas: quota::Quotas,
 }
 
 /// A running server.
@@ -117,10 +144,27 @@ impl Server {
                 "frame_bytes_max must be between 64 KiB and 1 GiB".into(),
             ));
         }
-        if !listen.ip().is_loopback() {
-            tracing::warn!(%listen, "listening on a non-loopback address without TLS");
+        let tls = match &cfg.tls {
+            Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),
+            None => None,
+        };
+        if !listen.ip().is_loopback() && tls.is_none() {
+            tracing::warn!(
+                %listen,
+                "listening on a non-loopback address without TLS: traffic and credentials \
+                 travel in clear text (configure [server.tls] or --tls-cert/--tls-key)"
+            );
         }
+        let auth = if cfg.auth.enabled {
+            Some(
+                auth::AuthState::open(&cfg.auth, &engine_config.data_dir)
+                    .map_err(ServerError::Config)?,
+            )
+        } else {
+            None
+        };
         let engine = Engine::open(engine_config)?;
+        let cfg_quotas = cfg.quotas.clone();
         let shared = Arc::new(Shared {
             cfg,
             connections: AtomicUsize::new(0),
@@ -130,6 +174,9 @@ impl Server {
             started: Instant::now(),
             server_id: format!("shardline-{}", env!("CARGO_PKG_VERSION")),
             metrics: metrics::NetMetrics::new(engine.shard_count()),
+            tls,
+            auth,
+            quotas: quota::Quotas::new(cfg_quotas),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -159,7 +206,8 @@ impl Server {
         if let Ok(mut a) = shared.shard_addrs.lock() {
             *a = shard_addrs.clone();
         }
-        tracing::info!(%addr, shards = ?shard_addrs, "listening");
+        let tls_on = shared.tls.is_some();
+        tracing::info!(%addr, shards = ?shard_addrs, tls = tls_on, "listening");
         Ok(Server {
             engine,
             addr,
@@ -234,6 +282,9 @@ impl Server {
     pub fn shutdown(self) -> Result<(), ServerError> {
         self.shared.stopping.store(true, Ordering::Release);
         drop(self.metrics_endpoint);
+        if let Some(a) = &self.shared.auth {
+            a.stop();
+        }
         drop(self.stop);
         let deadline = Instant::now() + Duration::from_millis(self.shared.cfg.shutdown_grace_ms);
         while self.shared.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {

@@ -1,0 +1,493 @@
+//! Authentication and authorization against a real server on loopback:
+//! - before a successful Authenticate, every api but Handshake/Authenticate is refused with
+//!   AUTHENTICATION_REQUIRED (the list of apis is exhaustive: a new api must be added here);
+//! - wrong passwords, unknown users and bad tokens all get the one code AUTHENTICATION_FAILED,
+//!   with the same message; repeated failures from one address are rate limited;
+//! - ACLs deny by default, each operation is denied until its own entry is added (the
+//!   running server picks up file changes), deny entries win, listings are filtered;
+//! - a revoked token stops working on open connections and new ones without a restart;
+//! - a verified client certificate authenticates as its common name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Pki, Raw, start};
+use shardline_engine::batch;
+use shardline_net::auth::acl::parse_resource;
+use shardline_net::auth::{AclEntry, Operation, Permission, SecurityFile};
+use shardline_net::client::{Client, ClientConfig, ClientTls, Credentials};
+use shardline_net::protocol::queue::*;
+use shardline_net::protocol::*;
+use shardline_net::server::{AuthConfig, Server, ServerConfig};
+use shardline_net::tls::ServerTlsConfig;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn auth_server(dir: &Path, db: &SecurityFile, tls: Option<ServerTlsConfig>) -> (Server, PathBuf) {
+    let file = dir.join("security.json");
+    db.save(&file).unwrap();
+    let server = start(
+        &dir.join("data"),
+        ServerConfig {
+            tls,
+            auth: AuthConfig {
+                enabled: true,
+                file: Some(file.clone()),
+                reload_interval_ms: 20,
+                failures_max: 3,
+                failure_window_ms: 60_000,
+                ..AuthConfig::default()
+            },
+            ..ServerConfig::default()
+        },
+    );
+    (server, file)
+}
+
+fn acl(principal: &str, resource: &str, operation: Operation, permission: Permission) -> AclEntry {
+    let (resource, pattern_type, pattern) = parse_resource(resource).unwrap();
+    AclEntry {
+        principal: principal.into(),
+        resource,
+        pattern,
+        pattern_type,
+        operation,
+        permission,
+    }
+}
+
+fn authenticate(raw: &mut Raw, user: &str, password: &str) -> Result<Response, u16> {
+    raw.call(&Request::Authenticate(AuthenticateRequest {
+        mechanism: AuthMechanism::Password,
+        username: user.into(),
+        secret: password.into(),
+    }))
+}
+
+/// One request of every api that has a response (Handshake and Authenticate excepted).
+fn every_api() -> Vec<Request> {
+    let topic = "t".to_string();
+    ApiKey::ALL
+        .iter()
+        .filter_map(|api| match api {
+            ApiKey::Handshake | ApiKey::Authenticate | ApiKey::Push => None,
+            // No response; the refusal is checked by the Ping that follows it.
+            ApiKey::GrantCredits => None,
+            ApiKey::Ping => Some(Request::Ping(PingRequest { nonce: 1 })),
+            ApiKey::Metadata => Some(Request::Metadata(MetadataRequest {
+                topics: vec![topic.clone()],
+            })),
+            ApiKey::CreateTopic => Some(Request::CreateTopic(CreateTopicRequest {
+                name: "new".into(),
+                config: TopicConfig {
+                    partitions: 1,
+                    ..TopicConfig::default()
+                },
+            })),
+            ApiKey::DeleteTopic => Some(Request::DeleteTopic(DeleteTopicRequest {
+                name: topic.clone(),
+            })),
+            ApiKey::ListTopics => Some(Request::ListTopics(ListTopicsRequest {})),
+            ApiKey::DescribeTopic => Some(Request::DescribeTopic(DescribeTopicRequest {
+                name: topic.clone(),
+            })),
+            ApiKey::Produce => Some(produce(&topic)),
+            ApiKey::Fetch => Some(fetch(&topic)),
+            ApiKey::ListOffsets => Some(Request::ListOffsets(ListOffsetsRequest {
+                topics: vec![ListOffsetsTopic {
+                    name: topic.clone(),
+                    partitions: vec![ListOffsetsPartition {
+                        partition: 0,
+                        spec: OffsetSpec::Latest,
+                    }],
+                }],
+            })),
+            ApiKey::Subscribe => Some(subscribe(&topic)),
+            ApiKey::Unsubscribe => Some(Request::Unsubscribe(UnsubscribeRequest {
+                subscription_id: 1,
+            })),
+            ApiKey::Stats => Some(Request::Stats(StatsRequest {})),
+            ApiKey::Metrics => Some(Request::Metrics(MetricsRequest::default())),
+            ApiKey::AlterTopic => Some(Request::AlterTopic(AlterTopicRequest {
+                name: topic.clone(),
+                ..AlterTopicRequest::default()
+            })),
+            ApiKey::InitProducer => Some(Request::InitProducer(InitProducerRequest::default())),
+            ApiKey::JoinGroup => Some(Request::JoinGroup(JoinGroupRequest {
+                group: "g".into(),
+                topic: topic.clone(),
+                client_id: "c".into(),
+                session_timeout_ms: 10_000,
+            })),
+            ApiKey::Heartbeat => Some(Request::Heartbeat(HeartbeatRequest {
+                group: "g".into(),
+                member_id: "m".into(),
+                ..HeartbeatRequest::default()
+            })),
+            ApiKey::LeaveGroup => Some(Request::LeaveGroup(LeaveGroupRequest {
+                group: "g".into(),
+                member_id: "m".into(),
+                ..LeaveGroupRequest::default()
+            })),
+            ApiKey::OffsetCommit => Some(Request::OffsetCommit(OffsetCommitRequest {
+                group: "g".into(),
+                topic: topic.clone(),
+                ..OffsetCommitRequest::default()
+            })),
+            ApiKey::OffsetFetch => Some(Request::OffsetFetch(OffsetFetchRequest {
+                group: "g".into(),
+                topic: topic.clone(),
+                ..OffsetFetchRequest::default()
+            })),
+            ApiKey::DescribeGroup => Some(Request::DescribeGroup(DescribeGroupRequest {
+                group: "g".into(),
+            })),
+            ApiKey::QueueCreate => Some(Request::QueueCreate(QueueCreateRequest {
+                name: "q".into(),
+                ..QueueCreateRequest::default()
+            })),
+            ApiKey::QueueReceive => Some(Request::QueueReceive(QueueReceiveRequest {
+                topic: topic.clone(),
+                ..QueueReceiveRequest::default()
+            })),
+            ApiKey::QueueAck => Some(Request::QueueAck(QueueAckRequest {
+                topic: topic.clone(),
+                ..QueueAckRequest::default()
+            })),
+            ApiKey::QueueNack => Some(Request::QueueNack(QueueNackRequest {
+                topic: topic.clone(),
+                ..QueueNackRequest::default()
+            })),
+            ApiKey::QueueChangeVisibility => Some(Request::QueueChangeVisibility(
+                QueueChangeVisibilityRequest {
+                    topic: topic.clone(),
+                    ..QueueChangeVisibilityRequest::default()
+                },
+            )),
+            ApiKey::QueueStats => Some(Request::QueueStats(QueueStatsRequest {
+                topic: topic.clone(),
+                ..QueueStatsRequest::default()
+            })),
+            ApiKey::QueuePeek => Some(Request::QueuePeek(QueuePeekRequest {
+                topic: topic.clone(),
+                ..QueuePeekRequest::default()
+            })),
+            ApiKey::QueueRedrive => Some(Request::QueueRedrive(QueueRedriveRequest {
+                dead_letter_topic: topic.clone(),
+                max_messages: 1,
+            })),
+        })
+        .collect()
+}
+
+fn produce(topic: &str) -> Request {
+    Request::Produce(ProduceRequest {
+        acks: Acks::Leader,
+        timeout_ms: 5000,
+        topics: vec![ProduceTopic {
+            name: topic.into(),
+            partitions: vec![ProducePartition {
+                partition: 0,
+                batch: batch::batch_of_values([b"secret".to_vec()]).unwrap(),
+            }],
+        }],
+    })
+}
+
+fn fetch(topic: &str) -> Request {
+    Request::Fetch(FetchRequest {
+        max_wait_ms: 0,
+        max_bytes: 1 << 20,
+        topics: vec![FetchTopic {
+            name: topic.into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                offset: 0,
+                max_bytes: 1 << 20,
+                max_records: 0,
+            }],
+        }],
+    })
+}
+
+fn subscribe(topic: &str) -> Request {
+    Request::Subscribe(SubscribeRequest {
+        topic: topic.into(),
+        partition: 0,
+        start: OffsetSpec::Earliest,
+        credit_records: 100,
+        credit_bytes: 1 << 20,
+    })
+}
+
+fn assert_refused_everywhere(raw: &mut Raw, want: u16) {
+    for r in every_api() {
+        assert_eq!(raw.call(&r).map(|_| ()), Err(want), "{:?}", r.api_key());
+    }
+    raw.send(&Request::GrantCredits(GrantCreditsRequest {
+        subscription_id: 1,
+        records: 1,
+        bytes: 1,
+    }));
+    assert_eq!(
+        raw.call(&Request::Ping(PingRequest { nonce: 2 }))
+            .map(|_| ()),
+        Err(want)
+    );
+}
+
+fn users() -> SecurityFile {
+    let mut db = SecurityFile::default();
+    db.add_user("alice", PASSWORD).unwrap();
+    db.add_user("bob", PASSWORD).unwrap();
+    db.acls
+        .push(acl("alice", "cluster", Operation::Admin, Permission::Allow));
+    db
+}
+
+#[test]
+fn unauthenticated_and_wrongly_authenticated_clients_are_refused_for_every_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = auth_server(dir.path(), &users(), None);
+    // Set up a topic as alice, so that refusals are not "unknown topic".
+    let mut admin = Raw::connect(server.addr());
+    admin.handshake();
+    authenticate(&mut admin, "alice", PASSWORD).unwrap();
+    admin
+        .call(&Request::CreateTopic(CreateTopicRequest {
+            name: "t".into(),
+            config: TopicConfig {
+                partitions: 1,
+                ..TopicConfig::default()
+            },
+        }))
+        .unwrap();
+
+    let mut anonymous = Raw::connect(server.addr());
+    anonymous.handshake();
+    assert_refused_everywhere(&mut anonymous, code::AUTHENTICATION_REQUIRED);
+
+    // Wrong password, unknown user, malformed and unknown tokens: one code, one message.
+    let mut wrong = Raw::connect(server.addr());
+    wrong.handshake();
+    let attempts = [
+        (AuthMechanism::Password, "alice", "wrong"),
+        (AuthMechanism::Password, "mallory", PASSWORD),
+        (AuthMechanism::Token, "", "slt_0011_not-a-token"),
+    ];
+    for (mechanism, user, secret) in attempts {
+        let r = wrong.call(&Request::Authenticate(AuthenticateRequest {
+            mechanism,
+            username: user.into(),
+            secret: secret.into(),
+        }));
+        assert_eq!(r.map(|_| ()), Err(code::AUTHENTICATION_FAILED), "{user}");
+    }
+    assert_refused_everywhere(&mut wrong, code::AUTHENTICATION_REQUIRED);
+
+    // The address has used its 3 failures: even the right password is now rate limited.
+    assert_eq!(
+        authenticate(&mut wrong, "alice", PASSWORD).map(|_| ()),
+        Err(code::AUTHENTICATION_RATE_LIMITED)
+    );
+
+    // The authenticated super user was not disturbed: every api answers (errors allowed,
+    // but not the authentication codes).
+    for r in every_api() {
+        if let Err(c) = admin.call(&r) {
+            assert!(
+                ![
+                    code::AUTHENTICATION_REQUIRED,
+                    code::AUTHENTICATION_FAILED,
+                    code::AUTHORIZATION_FAILED
+                ]
+                .contains(&c),
+                "{:?}: {c}",
+                r.api_key()
+            );
+        }
+    }
+    server.shutdown().unwrap();
+}
+
+/// Polls `f` until it returns true (the server re-reads the file every 20 ms).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn each_operation_is_denied_until_its_acl_is_added() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, file) = auth_server(dir.path(), &users(), None);
+    let mut alice = Raw::connect(server.addr());
+    alice.handshake();
+    authenticate(&mut alice, "alice", PASSWORD).unwrap();
+    for name in ["t", "other"] {
+        alice
+            .call(&Request::CreateTopic(CreateTopicRequest {
+                name: name.into(),
+                config: TopicConfig {
+                    partitions: 1,
+                    ..TopicConfig::default()
+                },
+            }))
+            .unwrap();
+    }
+    alice.call(&produce("t")).unwrap();
+
+    let mut bob = Raw::connect(server.addr());
+    bob.handshake();
+    let who = authenticate(&mut bob, "bob", PASSWORD).unwrap();
+    assert_eq!(
+        who,
+        Response::Authenticate(AuthenticateResponse {
+            principal: "bob".into()
+        })
+    );
+    let describe = Request::DescribeTopic(DescribeTopicRequest { name: "t".into() });
+    let create = Request::CreateTopic(CreateTopicRequest {
+        name: "bobs".into(),
+        config: TopicConfig {
+            partitions: 1,
+            ..TopicConfig::default()
+        },
+    });
+    let delete = Request::DeleteTopic(DeleteTopicRequest { name: "t".into() });
+    let stats = Request::Stats(StatsRequest {});
+    // (operation, resource, requests needing it)
+    let cases: Vec<(Operation, &str, Vec<Request>)> = vec![
+        (Operation::Produce, "topic:t", vec![produce("t")]),
+        (
+            Operation::Consume,
+            "topic:t",
+            vec![fetch("t"), subscribe("t")],
+        ),
+        (Operation::Describe, "topic:t", vec![describe.clone()]),
+        (Operation::Create, "topic:bobs", vec![create]),
+        (Operation::Describe, "cluster", vec![stats]),
+        (Operation::Delete, "topic:t", vec![delete]),
+    ];
+    for (operation, resource, requests) in &cases {
+        for r in requests {
+            assert_eq!(
+                bob.call(r).map(|_| ()),
+                Err(code::AUTHORIZATION_FAILED),
+                "{:?} before its ACL",
+                r.api_key()
+            );
+        }
+        let mut db = SecurityFile::load(&file).unwrap();
+        db.acls
+            .push(acl("bob", resource, *operation, Permission::Allow));
+        db.save(&file).unwrap();
+        let probe = requests[0].clone();
+        eventually(&format!("{operation:?} allowed"), || {
+            bob.call(&probe) != Err(code::AUTHORIZATION_FAILED)
+        });
+        for r in &requests[1..] {
+            assert_ne!(bob.call(r).map(|_| ()), Err(code::AUTHORIZATION_FAILED));
+        }
+        // Allowing this operation allowed nothing on the other topic.
+        assert_eq!(
+            bob.call(&produce("other")).map(|_| ()),
+            Err(code::AUTHORIZATION_FAILED)
+        );
+    }
+    // Listings show only what bob may describe.
+    let Ok(Response::ListTopics(l)) = bob.call(&Request::ListTopics(ListTopicsRequest {})) else {
+        panic!("list topics");
+    };
+    let names: Vec<_> = l.topics.iter().map(|t| t.name.as_str()).collect();
+    assert!(!names.contains(&"other"), "{names:?}");
+    // A deny entry wins over the allow.
+    let mut db = SecurityFile::load(&file).unwrap();
+    db.acls.push(acl(
+        "*",
+        "topic-prefix:",
+        Operation::Describe,
+        Permission::Deny,
+    ));
+    db.save(&file).unwrap();
+    eventually("deny wins", || {
+        bob.call(&describe) == Err(code::AUTHORIZATION_FAILED)
+    });
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn revoked_tokens_stop_working_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut db = users();
+    let (id, token) = db.create_token("svc", "test").unwrap();
+    db.acls.push(acl(
+        "svc",
+        "cluster",
+        Operation::Describe,
+        Permission::Allow,
+    ));
+    let (server, file) = auth_server(dir.path(), &db, None);
+    let config = ClientConfig {
+        credentials: Some(Credentials::Token(token.clone())),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(&server.addr().to_string(), config.clone()).unwrap();
+    client.stats().unwrap();
+    // Revoke through the real CLI, as an operator would.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .args(["token", "revoke", &id, "--security-file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the open connection is refused", || {
+        client
+            .stats()
+            .is_err_and(|e| e.code() == Some(code::AUTHENTICATION_FAILED) || e.code().is_none())
+    });
+    let e = Client::connect(&server.addr().to_string(), config).unwrap_err();
+    assert_eq!(e.code(), Some(code::AUTHENTICATION_FAILED), "{e}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn password_and_certificate_principals_through_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let mut tls = ServerTlsConfig::new(&pki.server_cert, &pki.server_key);
+    tls.client_ca = Some(pki.ca.clone());
+    let (server, _) = auth_server(dir.path(), &users(), Some(tls));
+    let addr = server.addr().to_string();
+    // The certificate says "alice": no Authenticate needed, and alice is a super user.
+    let cert = ClientTls::new(&pki.ca, Some((&pki.client_cert, &pki.client_key))).unwrap();
+    let by_cert = ClientConfig {
+        tls: Some(cert.clone()),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(&addr, by_cert).unwrap();
+    client.stats().unwrap();
+    // bob logs in with his password over the same mutual TLS and is no super user.
+    let bob = ClientConfig {
+        tls: Some(cert),
+        credentials: Some(Credentials::Password {
+            username: "bob".into(),
+            password: PASSWORD.into(),
+        }),
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(&addr, bob).unwrap();
+    let e = client.stats().unwrap_err();
+    assert_eq!(e.code(), Some(code::AUTHORIZATION_FAILED), "{e}");
+    server.shutdown().unwrap();
+}
