@@ -63,7 +63,7 @@ fn histograms_and_counters_count_each_event_once() {
     );
     assert!(s.stats.syncs >= 1, "durable acks needed an fsync");
     assert!(s.append_durable_ns.quantile(0.5) > 0);
-    let p = &s.partitions[0];
+    let p = topic_m(&s);
     assert_eq!((p.produced_records, p.produced_bytes), (40, 4 * bytes));
 
     // From offset 5 the first batch is returned whole, but only 5 of its records (and the
@@ -71,17 +71,25 @@ fn histograms_and_counters_count_each_event_once() {
     let r = e.fetch(FetchRequest::new("m", 0, 5)).unwrap();
     assert_eq!(r.records, 40, "whole batches come back");
     let s = snapshot(&e);
-    assert_eq!(s.partitions[0].fetched_records, 35);
-    assert_eq!(s.partitions[0].fetched_bytes, r.bytes as u64);
+    assert_eq!(topic_m(&s).fetched_records, 35);
+    assert_eq!(topic_m(&s).fetched_bytes, r.bytes as u64);
     assert_eq!(
         (s.cache_hits, s.cache_misses),
         (1, 0),
         "recent batches come from the cache"
     );
-    assert_eq!(s.samples.len(), 1, "one segments sample per partition");
-    assert_eq!(s.samples[0].family, "shardline_partition_segments");
-    assert_eq!(s.samples[0].labels, vec!["m".to_string(), "0".to_string()]);
-    assert_eq!(s.samples[0].value, 1);
+    assert_eq!(
+        s.samples.len(),
+        s.partitions.len(),
+        "one segments sample per partition (topic m's and `__offsets`')"
+    );
+    let m = s
+        .samples
+        .iter()
+        .find(|x| x.labels == vec!["m".to_string(), "0".to_string()])
+        .expect("topic m's segments sample");
+    assert_eq!(m.family, "shardline_partition_segments");
+    assert_eq!(m.value, 1);
     e.shutdown().unwrap();
 
     // After a restart the cache is empty: the same read goes to disk.
@@ -89,8 +97,9 @@ fn histograms_and_counters_count_each_event_once() {
     e.fetch(FetchRequest::new("m", 0, 0)).unwrap();
     let s = snapshot(&e);
     assert_eq!((s.cache_hits, s.cache_misses), (0, 1));
-    assert_eq!(s.partitions[0].fetched_records, 40);
-    assert_eq!(e.recovery_report().partitions, 1);
+    assert_eq!(topic_m(&s).fetched_records, 40);
+    // Every partition recovered: topic m's and the internal `__offsets` topic's.
+    assert_eq!(e.recovery_report().partitions as usize, s.partitions.len());
     e.shutdown().unwrap();
 }
 
@@ -117,4 +126,14 @@ fn alter_retention_changes_only_what_it_is_asked_to() {
     let d = e.describe_topic("r").unwrap();
     assert_eq!(d.info.config.retention_ms, Some(60_000));
     e.shutdown().unwrap();
+}
+
+/// Topic m's partition (the snapshot also lists the internal `__offsets` topic's).
+fn topic_m(
+    s: &shardline_engine::metrics::ShardMetricsSnapshot,
+) -> &shardline_engine::shard::PartitionInfo {
+    s.partitions
+        .iter()
+        .find(|p| p.topic == "m")
+        .expect("topic m in the snapshot")
 }
