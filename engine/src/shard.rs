@@ -302,7 +302,7 @@ impl Shard {
             // While the inbox stays full, `recv_async` never returns Pending: give the flush
             // loops and io_uring completions their turn, or the high watermark stalls.
             handled = handled.wrapping_add(1);
-            if handled % REQUESTS_PER_YIELD == 0 {
+            if handled.is_multiple_of(REQUESTS_PER_YIELD) {
                 rt::yield_to_io().await;
             }
             // Memory bound: while too much is appended but unwritten, take no more requests;

@@ -131,7 +131,6 @@ fn every_api() -> Vec<Request> {
             ApiKey::LeaveGroup => Some(Request::LeaveGroup(LeaveGroupRequest {
                 group: "g".into(),
                 member_id: "m".into(),
-                ..LeaveGroupRequest::default()
             })),
             ApiKey::OffsetCommit => Some(Request::OffsetCommit(OffsetCommitRequest {
                 group: "g".into(),
@@ -141,7 +140,6 @@ fn every_api() -> Vec<Request> {
             ApiKey::OffsetFetch => Some(Request::OffsetFetch(OffsetFetchRequest {
                 group: "g".into(),
                 topic: topic.clone(),
-                ..OffsetFetchRequest::default()
             })),
             ApiKey::DescribeGroup => Some(Request::DescribeGroup(DescribeGroupRequest {
                 group: "g".into(),
@@ -170,7 +168,6 @@ fn every_api() -> Vec<Request> {
             )),
             ApiKey::QueueStats => Some(Request::QueueStats(QueueStatsRequest {
                 topic: topic.clone(),
-                ..QueueStatsRequest::default()
             })),
             ApiKey::QueuePeek => Some(Request::QueuePeek(QueuePeekRequest {
                 topic: topic.clone(),

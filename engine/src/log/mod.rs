@@ -349,11 +349,11 @@ impl<S: Storage> FlushJob<S> {
             fail(&mut done, &self.dir, e);
             return done;
         }
-        if !self.creates.is_empty() {
-            if let Err(e) = self.storage.sync_dir(&self.dir).await {
-                fail(&mut done, &self.dir, e);
-                return done;
-            }
+        if !self.creates.is_empty()
+            && let Err(e) = self.storage.sync_dir(&self.dir).await
+        {
+            fail(&mut done, &self.dir, e);
+            return done;
         }
         let sync_started = std::time::Instant::now();
         done.timings.write = (sync_started - started).saturating_sub(done.timings.sync);

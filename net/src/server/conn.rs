@@ -1054,7 +1054,7 @@ mod tests {
             bufs: &[IoSlice<'_>],
         ) -> Poll<std::io::Result<usize>> {
             self.calls += 1;
-            if self.calls % 3 == 0 {
+            if self.calls.is_multiple_of(3) {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
