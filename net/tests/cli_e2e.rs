@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,9 @@ use shardline_net::client::{
     Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, TopicConfig,
 };
 use shardline_net::protocol::OffsetSpec;
+
+#[path = "common/spawn.rs"]
+mod spawn;
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 
@@ -24,29 +27,7 @@ struct ServerProc {
 
 impl ServerProc {
     fn start(dir: &std::path::Path) -> ServerProc {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("shardline listening on ")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_string();
+        let (child, addr) = spawn::serve(BIN, dir);
         ServerProc { child, addr }
     }
 

@@ -24,6 +24,9 @@ use shardline_net::client::{
 };
 use shardline_net::protocol::{ApiKey, OffsetSpec};
 
+#[path = "common/spawn.rs"]
+mod spawn;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 
 struct ServerProc {
@@ -33,29 +36,7 @@ struct ServerProc {
 
 impl ServerProc {
     fn start(dir: &std::path::Path) -> ServerProc {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-                "--data-dir",
-            ])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("shardline listening on ")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_string();
+        let (child, addr) = spawn::serve(BIN, dir);
         ServerProc { child, addr }
     }
 
