@@ -313,6 +313,18 @@ where
     rkyv::deserialize::<T, BoxedError>(archived).map_err(|e| malformed(api, e))
 }
 
+/// [`plain`], then the request's own limits.
+fn checked<T>(api: ApiKey, bytes: &[u8]) -> Result<T, WireError>
+where
+    T: Archive + super::queue::CheckLimits,
+    T::Archived: for<'v> CheckBytes<HighValidator<'v, BoxedError>>
+        + Deserialize<T, Strategy<Pool, BoxedError>>,
+{
+    let m: T = plain(api, bytes)?;
+    m.check()?;
+    Ok(m)
+}
+
 fn check_name(what: &'static str, name: &str) -> Result<(), WireError> {
     limit(what, name.len(), NAME_BYTES_MAX)
 }
@@ -618,46 +630,14 @@ impl Request {
                 ApiKey::OffsetCommit => Request::OffsetCommit(plain(api, b)?),
                 ApiKey::OffsetFetch => Request::OffsetFetch(plain(api, b)?),
                 ApiKey::DescribeGroup => Request::DescribeGroup(plain(api, b)?),
-                ApiKey::QueueCreate => {
-                    let m: QueueCreateRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueueCreate(m)
-                }
-                ApiKey::QueueReceive => {
-                    let m: QueueReceiveRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueueReceive(m)
-                }
-                ApiKey::QueueAck => {
-                    let m: QueueAckRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueueAck(m)
-                }
-                ApiKey::QueueNack => {
-                    let m: QueueNackRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueueNack(m)
-                }
-                ApiKey::QueueChangeVisibility => {
-                    let m: QueueChangeVisibilityRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueueChangeVisibility(m)
-                }
-                ApiKey::QueueStats => {
-                    let m: QueueStatsRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueueStats(m)
-                }
-                ApiKey::QueuePeek => {
-                    let m: QueuePeekRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueuePeek(m)
-                }
-                ApiKey::QueueRedrive => {
-                    let m: QueueRedriveRequest = plain(api, b)?;
-                    m.check()?;
-                    Request::QueueRedrive(m)
-                }
+                ApiKey::QueueCreate => Request::QueueCreate(checked(api, b)?),
+                ApiKey::QueueReceive => Request::QueueReceive(checked(api, b)?),
+                ApiKey::QueueAck => Request::QueueAck(checked(api, b)?),
+                ApiKey::QueueNack => Request::QueueNack(checked(api, b)?),
+                ApiKey::QueueChangeVisibility => Request::QueueChangeVisibility(checked(api, b)?),
+                ApiKey::QueueStats => Request::QueueStats(checked(api, b)?),
+                ApiKey::QueuePeek => Request::QueuePeek(checked(api, b)?),
+                ApiKey::QueueRedrive => Request::QueueRedrive(checked(api, b)?),
                 ApiKey::Authenticate => {
                     let m: AuthenticateRequest = plain(api, b)?;
                     check_name("user name bytes", &m.username)?;

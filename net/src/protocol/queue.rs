@@ -204,49 +204,54 @@ fn messages(n: u32) -> Result<(), WireError> {
     )
 }
 
-impl QueueCreateRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+/// Limits a decoded queue request must keep (checked by the decoder, after the layout).
+pub(crate) trait CheckLimits {
+    fn check(&self) -> Result<(), WireError>;
+}
+
+impl CheckLimits for QueueCreateRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.name)?;
         self.queue.dead_letter_topic.as_deref().map_or(Ok(()), name)
     }
 }
-impl QueueReceiveRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+impl CheckLimits for QueueReceiveRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         messages(self.max_messages)
     }
 }
-impl QueueAckRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+impl CheckLimits for QueueAckRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         receipts(&self.receipts)
     }
 }
-impl QueueNackRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+impl CheckLimits for QueueNackRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         receipts(&self.receipts)
     }
 }
-impl QueueChangeVisibilityRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+impl CheckLimits for QueueChangeVisibilityRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         receipts(&self.receipts)
     }
 }
-impl QueueStatsRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+impl CheckLimits for QueueStatsRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.topic)
     }
 }
-impl QueuePeekRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+impl CheckLimits for QueuePeekRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         messages(self.max_messages)
     }
 }
-impl QueueRedriveRequest {
-    pub(crate) fn check(&self) -> Result<(), WireError> {
+impl CheckLimits for QueueRedriveRequest {
+    fn check(&self) -> Result<(), WireError> {
         name(&self.dead_letter_topic)
     }
 }
