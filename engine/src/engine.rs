@@ -238,7 +238,7 @@ impl Engine {
     /// Like [`Engine::open`], and runs `on_shard` on every shard once the engine is up (the
     /// network server starts its listeners this way).
     pub fn open_with(
-        config: EngineConfig,
+        mut config: EngineConfig,
         on_shard: Option<Arc<dyn Fn(crate::shard::ShardHandle) + Send + Sync>>,
     ) -> Result<Engine> {
         config.validate()?;
@@ -248,6 +248,10 @@ impl Engine {
         };
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir.display(), e))?;
+        // Absolute from here on: glommio opens directories by path without a base descriptor,
+        // and a relative path there fails with EBADF (`serve --data-dir ./data`).
+        let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(dir.display(), e))?;
+        config.data_dir = dir.clone();
         let lock = lock_data_dir(&dir)?;
         raise_nofile_limit();
         match rt::dma_alignment_ok(&dir) {

@@ -424,3 +424,27 @@ fn leader_acked_data_becomes_durable_within_the_sync_interval() {
     assert!(e.shard_stats().unwrap()[0].syncs >= 1);
     e.shutdown().unwrap();
 }
+
+#[test]
+fn a_relative_data_dir_works_like_an_absolute_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // The same directory spelled relative to the working directory (`serve --data-dir ./data`).
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let rel = std::path::PathBuf::from(format!(
+        "{up}{}",
+        dir.path().strip_prefix("/").unwrap().display()
+    ));
+    assert!(rel.is_relative());
+    let e = Engine::open(config(&rel, 1)).unwrap();
+    assert!(e.config().data_dir.is_absolute());
+    e.create_topic("t", TopicConfig::with_partitions(2))
+        .unwrap();
+    let ack = e
+        .produce("t", 1, values_batch("r", 3), Acks::Durable)
+        .unwrap()
+        .unwrap();
+    assert_eq!((ack.base_offset, ack.last_offset), (0, 2));
+    assert_eq!(read_values(&e, "t", 1, 0).len(), 3);
+    e.shutdown().unwrap();
+}
