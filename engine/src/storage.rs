@@ -167,6 +167,18 @@ impl CrashStorage {
         }
     }
 
+    /// Simulates a process killed (SIGKILL) while writes were in flight: every directory
+    /// operation it completed stays (the kernel has it), and each unsynced block write either
+    /// landed or not, in any order (`keep_block` as in [`CrashStorage::crash`]), as io_uring
+    /// requests in flight at the kill complete or are cancelled independently.
+    pub fn kill(&self, keep_block: impl FnMut(usize, usize, usize) -> bool) {
+        {
+            let mut st = self.state.borrow_mut();
+            st.durable_names = st.files.keys().cloned().collect();
+        }
+        self.crash(keep_block);
+    }
+
     /// Raw durable+live access for corruption tests.
     pub fn with_file_bytes<T>(&self, path: &Path, f: impl FnOnce(&mut Vec<u8>) -> T) -> Option<T> {
         let mut st = self.state.borrow_mut();

@@ -106,17 +106,26 @@ fn run_case(seed: u64) {
     for _step in 0..rng.random_range(20..120) {
         match rng.random_range(0..100) {
             0..=54 => {
-                ts += rng.random_range(0..1000);
-                let b = random_batch(&mut rng, ts);
-                let a = log.append(b.clone(), 0).expect("append");
-                let mut expected = b.to_vec();
-                batch::set_base_offset(&mut expected, a.base_offset);
-                let next: u64 = model
+                // Now and then a burst, so that one flush spans several segment rolls.
+                let n = if rng.random_bool(0.05) {
+                    rng.random_range(8..40)
+                } else {
+                    1
+                };
+                let mut next: u64 = model
                     .iter()
                     .map(|m| u64::from(BatchHeader::parse(m).unwrap().record_count))
                     .sum();
-                assert_eq!(a.base_offset, next, "offsets must be dense");
-                model.push(Bytes::from(expected));
+                for _ in 0..n {
+                    ts += rng.random_range(0..1000);
+                    let b = random_batch(&mut rng, ts);
+                    let a = log.append(b.clone(), 0).expect("append");
+                    let mut expected = b.to_vec();
+                    batch::set_base_offset(&mut expected, a.base_offset);
+                    assert_eq!(a.base_offset, next, "offsets must be dense");
+                    next = a.last_offset + 1;
+                    model.push(Bytes::from(expected));
+                }
             }
             55..=69 => assert!(flush(&mut log, false)),
             70..=84 => {
@@ -143,9 +152,10 @@ fn run_case(seed: u64) {
                 assert_eq!(got.len(), expect_n);
             }
             92..=97 => {
-                // Power loss: unsynced block writes land at random. Half the time the process
-                // dies in the middle of a flush first (after a random number of storage
-                // operations), which exercises the ordering inside a group commit and a roll.
+                // Power loss (or a process kill): unsynced block writes land at random. Half the
+                // time the process dies in the middle of a flush first (after a random number of
+                // storage operations), which exercises the ordering inside a group commit and a
+                // roll.
                 if rng.random_bool(0.5) {
                     storage.die_after_ops(Some(rng.random_range(0..6)));
                     let _ = flush(&mut log, rng.random_bool(0.5));
@@ -154,7 +164,13 @@ fn run_case(seed: u64) {
                 drop(log);
                 let keep_p = rng.random_range(0.0..1.0);
                 let mut r2 = Xoshiro256PlusPlus::seed_from_u64(rng.random());
-                storage.crash(|_, _, _| r2.random_bool(keep_p));
+                if rng.random_bool(0.5) {
+                    // Or a process kill: files created and renamed stay, in-flight writes
+                    // land in any order (a roll's new segment without the old one's tail).
+                    storage.kill(|_, _, _| r2.random_bool(keep_p));
+                } else {
+                    storage.crash(|_, _, _| r2.random_bool(keep_p));
+                }
                 log = open(&storage);
                 let got = read_all(&log);
                 assert!(

@@ -545,6 +545,114 @@ fn sealed_segment_without_index_and_corrupt_middle_fails_open() {
     );
 }
 
+/// The state a SIGKILL in the middle of a flush that rolled leaves behind: the flush wrote
+/// the tail of segment `bases[1]` and created the next segment concurrently and died before its
+/// sync, so `bases[1]` ends short or torn (`damage`) and no segment from `bases[1]` on has index
+/// files. Returns the storage, the model and the index of the first batch lost.
+fn crashed_mid_roll(damage: impl Fn(&mut Vec<u8>, usize)) -> (CrashStorage, Vec<Bytes>, usize) {
+    let (storage, model) = build_clean_log(50);
+    let bases = segment_bases(&storage);
+    assert!(bases.len() >= 3, "three segments: {bases:?}");
+    for b in &bases[1..] {
+        for ext in ["idx", "tix"] {
+            block_on(storage.remove(&file_path(*b, ext))).expect("remove index");
+        }
+    }
+    let lost = model
+        .iter()
+        .position(|b| next_of(b) == bases[2])
+        .expect("last batch of the middle segment");
+    let (path, pos) = locate(&storage, &model, lost);
+    storage
+        .with_file_bytes(&path, |b| damage(b, pos as usize))
+        .expect("segment");
+    (storage, model, lost)
+}
+
+// Proves: a crash in the middle of a flush that rolled (old segment short, new segment written,
+// no index yet) opens: the log ends where the old segment's valid data ends, the later segment
+// (nothing in it was acknowledged: its flush never completed) is removed, every earlier batch
+// reads back, and appends continue from there across a further restart.
+#[test]
+fn crash_mid_roll_drops_the_unacknowledged_segments() {
+    let cut_at_batch = |b: &mut Vec<u8>, pos: usize| b.truncate(pos);
+    let zero_tail = |b: &mut Vec<u8>, pos: usize| b[pos..].fill(0);
+    let torn_batch = |b: &mut Vec<u8>, pos: usize| {
+        let end = b.len();
+        b[(pos + 100).min(end)..].fill(0);
+    };
+    type Damage<'a> = &'a dyn Fn(&mut Vec<u8>, usize);
+    let damages: [(&str, Damage); 3] = [
+        ("short file", &cut_at_batch),
+        ("zeros", &zero_tail),
+        ("torn batch", &torn_batch),
+    ];
+    for (what, damage) in damages {
+        let (storage, mut model, lost) = crashed_mid_roll(damage);
+        let bases = segment_bases(&storage);
+        let mut log = open(&storage).unwrap_or_else(|e| panic!("{what}: open failed: {e}"));
+        assert_eq!(read_all(&log), model[..lost], "{what}");
+        assert_eq!(
+            log.watermarks().next_offset,
+            base_of(&model[lost]),
+            "{what}"
+        );
+        assert_eq!(
+            segment_bases(&storage),
+            bases[..2],
+            "{what}: the segment after the torn one is removed"
+        );
+        assert!(log.recovery.truncation_reason.is_some(), "{what}");
+        assert!(log.recovery.truncated_bytes > 0, "{what}");
+
+        model.truncate(lost);
+        for i in 0..30 {
+            append(&mut log, &mut model, make_batch(100 + i, 1, 3000));
+        }
+        flush(&mut log, true).expect("sync after recovery");
+        drop(log);
+        let log = open(&storage).expect("reopen");
+        assert_eq!(
+            read_all(&log),
+            model,
+            "{what}: after new appends and a restart"
+        );
+    }
+}
+
+// Proves: the same damage is refused (CorruptLog, nothing removed) when a later segment has an
+// index file: its flush completed, so the damage is not a torn write but lost acknowledged data.
+#[test]
+fn short_sealed_segment_before_an_indexed_one_fails_open() {
+    let (storage, _, _) = crashed_mid_roll(|b, pos| b.truncate(pos));
+    let bases = segment_bases(&storage);
+    let (idx, tix) = (file_path(bases[2], "idx"), file_path(bases[2], "tix"));
+    let (clean, _) = build_clean_log(50);
+    for (path, bytes) in [
+        (&idx, file_bytes(&clean, &idx).expect("idx")),
+        (&tix, file_bytes(&clean, &tix).expect("tix")),
+    ] {
+        let f = block_on(storage.open(path)).expect("create index");
+        drop(f);
+        storage
+            .with_file_bytes(path, |b| *b = bytes)
+            .expect("index");
+    }
+    let storage_names = segment_bases(&storage);
+    match open(&storage) {
+        Err(Error::CorruptLog { path, reason }) => {
+            assert!(
+                path.ends_with(&segment_file_name(bases[1])),
+                "error names {path}"
+            );
+            assert!(reason.contains("previous one ends"), "{reason}");
+        }
+        Err(e) => panic!("expected CorruptLog, got {e}"),
+        Ok(_) => panic!("a short segment before an indexed one must not open"),
+    }
+    assert_eq!(segment_bases(&storage), storage_names, "nothing removed");
+}
+
 /// Sum of the live bytes of every file in the log directory.
 fn used_bytes(storage: &CrashStorage) -> u64 {
     let names = storage.list(dir()).expect("list");

@@ -207,12 +207,21 @@ pub struct Watermarks {
     pub durable_offset: u64,
 }
 
+/// One block-aligned write of a flush: (segment base, its file if it exists before the flush,
+/// buffer, position).
+type BlockWrite<S> = (
+    u64,
+    Option<Rc<<S as Storage>::File>>,
+    Rc<<<S as Storage>::File as LogFile>::Buf>,
+    u64,
+);
+
 /// I/O of one group commit, detached from the log.
 pub struct FlushJob<S: Storage> {
     storage: S,
     dir: PathBuf,
     creates: Vec<(u64, PathBuf)>,
-    writes: Vec<(u64, Option<Rc<S::File>>, Rc<<S::File as LogFile>::Buf>, u64)>,
+    writes: Vec<BlockWrite<S>>,
     sync_files: Vec<(u64, Option<Rc<S::File>>)>,
     /// Index files to write after the sync: (segment base, checkpoint, final).
     checkpoints: Vec<(u64, Checkpoint, bool)>,
@@ -245,6 +254,11 @@ pub struct FlushTimings {
 impl<S: Storage> FlushDone<S> {
     pub fn is_ok(&self) -> bool {
         self.result.is_ok()
+    }
+
+    /// Whether the flush wrote an index checkpoint (recovery's scan restarts there).
+    pub fn wrote_checkpoint(&self) -> bool {
+        !self.checkpoints.is_empty()
     }
 
     pub fn timings(&self) -> FlushTimings {
@@ -283,7 +297,13 @@ impl<S: Storage> FlushJob<S> {
         // Writes go out concurrently, at most WRITES_IN_FLIGHT_MAX at a time: a bounded
         // io_uring footprint (glommio also counts a source's wakers in an i16, which a few
         // hundred concurrently re-polled writes overflow).
-        let write_all = |writes: Vec<(u64, Rc<S::File>, Rc<<S::File as LogFile>::Buf>, u64)>| async move {
+        type Ready<S> = (
+            u64,
+            Rc<<S as Storage>::File>,
+            Rc<<<S as Storage>::File as LogFile>::Buf>,
+            u64,
+        );
+        let write_all = |writes: Vec<Ready<S>>| async move {
             let mut results = Vec::with_capacity(writes.len());
             let mut it = writes.into_iter().peekable();
             while it.peek().is_some() {
@@ -391,7 +411,11 @@ fn index_path(dir: &Path, base: u64, ext: &str) -> PathBuf {
     dir.join(format!("{base:020}.{ext}"))
 }
 
-async fn write_whole_file<S: Storage>(storage: &S, path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_whole_file<S: Storage>(
+    storage: &S,
+    path: &Path,
+    bytes: &[u8],
+) -> io::Result<()> {
     let f = storage.open(path).await?;
     let len = (align_up(bytes.len() as u64) as usize).max(BLOCK_BYTES);
     let mut buf = S::alloc_buf(len);
@@ -458,6 +482,30 @@ struct Scan {
 }
 
 /// Reads batches from `start_pos` while they are whole, CRC-valid and contiguous in offsets.
+/// What recovering one segment found.
+enum Recovered<F> {
+    Segment(Segment<F>),
+    /// A sealed segment (one with a successor) whose data stops before its end: the reason.
+    Sealed(String),
+}
+
+/// Whether the segments after a short or torn sealed one (`after`) can only have been created
+/// by the flush that was in flight at a crash. A flush that rolls writes the old segment's tail
+/// and the new segments concurrently, syncs them all, and only then writes their index files
+/// and acknowledges anything; flushes of a partition never overlap. So if a process dies in
+/// the middle of such a flush, the old segment may end short (its tail write was lost) while
+/// the new ones hold data, none of it acknowledged, and none of them has an index file. Any
+/// index file after the damage means the damage is not a torn write but corruption of
+/// acknowledged data, which recovery must refuse rather than cut (`Error::CorruptLog`).
+fn crashed_mid_roll(after: &[u64], names: &[String]) -> bool {
+    !after.is_empty()
+        && after.iter().all(|b| {
+            ["idx", "tix"]
+                .iter()
+                .all(|ext| !names.iter().any(|n| *n == format!("{b:020}.{ext}")))
+        })
+}
+
 async fn scan_segment<F: LogFile>(
     file: &F,
     file_size: u64,
@@ -744,25 +792,91 @@ impl<S: Storage> PartitionLog<S> {
             log.segments.insert(0, seg);
             return Ok(log);
         }
-        for (i, base) in bases.iter().enumerate() {
-            let next_base = bases.get(i + 1).copied();
-            let seg = log
-                .recover_segment(*base, next_base, now_ms, &names)
-                .await?;
-            if let Some(prev) = log.segments.values_mut().next_back() {
-                if prev.next_offset != *base {
-                    return Err(Error::CorruptLog {
-                        path: seg.path.display().to_string(),
-                        reason: format!(
-                            "segment starts at {base} but the previous one ends at {}",
-                            prev.next_offset
-                        ),
-                    });
+        // Segments `bases[..keep]` make up the log; a crash in the middle of a roll can leave
+        // the ones after it holding nothing acknowledged (see `crashed_mid_roll`).
+        let mut keep = bases.len();
+        let mut i = 0;
+        while i < keep {
+            let base = bases[i];
+            let next_base = bases[..keep].get(i + 1).copied();
+            let torn = match log.recover_segment(base, next_base, now_ms, &names).await? {
+                Recovered::Sealed(reason) => Some((i, reason)),
+                Recovered::Segment(seg) => {
+                    let gap = match log.segments.values_mut().next_back() {
+                        Some(prev) if prev.next_offset != base => Some(prev.next_offset),
+                        Some(prev) => {
+                            prev.sealed = true;
+                            prev.index_final = true;
+                            None
+                        }
+                        None => None,
+                    };
+                    match gap {
+                        None => {
+                            log.segments.insert(base, seg);
+                            None
+                        }
+                        Some(prev_end) => {
+                            let reason = format!(
+                                "segment starts at {base} but the previous one ends at {prev_end}"
+                            );
+                            if prev_end > base {
+                                return Err(Error::CorruptLog {
+                                    path: seg.path.display().to_string(),
+                                    reason,
+                                });
+                            }
+                            Some((i - 1, reason))
+                        }
+                    }
                 }
-                prev.sealed = true;
-                prev.index_final = true;
+            };
+            let Some((last, reason)) = torn else {
+                i += 1;
+                continue;
+            };
+            if !crashed_mid_roll(&bases[last + 1..keep], &names) {
+                return Err(Error::CorruptLog {
+                    path: dir
+                        .join(segment_file_name(bases[last]))
+                        .display()
+                        .to_string(),
+                    reason,
+                });
             }
-            log.segments.insert(*base, seg);
+            // Segment `last` ends short and the segments after it were created by the flush
+            // that was in flight at the crash: it never completed (no index was written), so
+            // nothing in them was acknowledged. `last` becomes the active segment again (its
+            // torn tail is cut like any other) and the later files go.
+            tracing::warn!(segment = bases[last], reason = %reason, dropped = keep - last - 1, "crash during a segment roll: dropping the unacknowledged segments after the torn one");
+            log.recovery.truncation_reason = Some(reason);
+            log.segments.remove(&bases[last]);
+            keep = last + 1;
+            i = last;
+        }
+        if keep < bases.len() {
+            let mut files = Vec::new();
+            for b in &bases[keep..] {
+                let path = dir.join(segment_file_name(*b));
+                if let Ok(f) = storage.open(&path).await {
+                    log.recovery.truncated_bytes += f.size().await.unwrap_or(0);
+                }
+                files.push(path);
+            }
+            remove_files(&storage, dir, &files).await?;
+        }
+        // Sealed segments with a lost or stale index: write it now so the next start is fast.
+        let last = log.segments.keys().next_back().copied();
+        for seg in log.segments.values_mut() {
+            if Some(seg.base_offset) != last && seg.checkpoint_pos != seg.end_pos {
+                let cp = seg.checkpoint(seg.end_pos, seg.next_offset);
+                if write_index_files(&storage, dir, seg.base_offset, &cp)
+                    .await
+                    .is_ok()
+                {
+                    seg.checkpoint_pos = seg.end_pos;
+                }
+            }
         }
         let next = log
             .segments
@@ -782,7 +896,7 @@ impl<S: Storage> PartitionLog<S> {
         next_base: Option<u64>,
         now_ms: i64,
         names: &[String],
-    ) -> Result<Segment<S::File>> {
+    ) -> Result<Recovered<S::File>> {
         let active = next_base.is_none();
         let dir = self.dir.clone();
         let mut seg = Segment::new(&dir, base, now_ms);
@@ -824,10 +938,7 @@ impl<S: Storage> PartitionLog<S> {
         };
         if let Some(reason) = &scan.stopped {
             if !active {
-                return Err(Error::CorruptLog {
-                    path: path_s.clone(),
-                    reason: reason.clone(),
-                });
+                return Ok(Recovered::Sealed(reason.clone()));
             }
             tracing::warn!(segment = %path_s, reason = %reason, "truncating torn tail");
             self.recovery.truncation_reason = Some(reason.clone());
@@ -858,18 +969,11 @@ impl<S: Storage> PartitionLog<S> {
                 .map_err(err)?;
             seg.tail = r[..partial].to_vec();
         }
-        if !active && !final_cp {
-            // Sealed segment with a lost or stale index: write it now so the next start is fast.
-            let cp = seg.checkpoint(seg.end_pos, seg.next_offset);
-            if write_index_files(&self.storage, &dir, base, &cp)
-                .await
-                .is_ok()
-            {
-                seg.checkpoint_pos = seg.end_pos;
-            }
-        }
+        // A sealed segment with a lost or stale index gets one in `open` once the segments
+        // are known to follow each other (an index written here would make a segment that
+        // turns out to be the unacknowledged tail of a crash look like acknowledged data).
         seg.file = Some(Rc::new(file));
-        Ok(seg)
+        Ok(Recovered::Segment(seg))
     }
 
     pub fn dir(&self) -> &Path {
