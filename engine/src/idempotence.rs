@@ -283,6 +283,22 @@ impl ProducerTable {
     /// offset); batches at or above it in the table are dropped again on load and replayed
     /// from the log instead.
     pub fn write_snapshot(&self, dir: &Path, upto_offset: u64) -> Result<()> {
+        let path = snapshot_path(dir, upto_offset);
+        let tmp = path.with_extension("tmp");
+        let err = |e| Error::io(path.display(), e);
+        let bytes = self.snapshot_bytes(upto_offset)?;
+        let mut f = std::fs::File::create(&tmp).map_err(err)?;
+        f.write_all(&bytes).map_err(err)?;
+        f.sync_all().map_err(err)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(err)?;
+        crate::metadata::sync_dir(dir)?;
+        remove_old_snapshots(dir);
+        Ok(())
+    }
+
+    /// The snapshot file's contents (JSON) for the table as valid below `upto_offset`.
+    pub fn snapshot_bytes(&self, upto_offset: u64) -> Result<Vec<u8>> {
         let mut producers: Vec<ProducerEntry> = self.producers.values().cloned().collect();
         producers.sort_by_key(|e| e.last_active);
         let snap = Snapshot {
@@ -290,22 +306,7 @@ impl ProducerTable {
             upto_offset,
             producers,
         };
-        let path = snapshot_path(dir, upto_offset);
-        let tmp = path.with_extension("tmp");
-        let err = |e| Error::io(path.display(), e);
-        let bytes = serde_json::to_vec(&snap).map_err(|e| Error::Metadata(e.to_string()))?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        crate::metadata::sync_dir(dir)?;
-        let offsets = snapshot_offsets(dir);
-        let excess = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
-        for o in &offsets[..excess] {
-            let _ = std::fs::remove_file(snapshot_path(dir, *o));
-        }
-        Ok(())
+        serde_json::to_vec(&snap).map_err(|e| Error::Metadata(e.to_string()))
     }
 
     /// Loads the newest snapshot the recovered log covers (`upto_offset <= log_end`) and
@@ -322,7 +323,7 @@ impl ProducerTable {
             let path = snapshot_path(dir, *o);
             let parsed = std::fs::read(&path)
                 .ok()
-                .and_then(|b| serde_json::from_slice::<Snapshot>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<Snapshot>(without_padding(&b)).ok())
                 .filter(|s| s.version == SNAPSHOT_VERSION && s.upto_offset == *o);
             let Some(s) = parsed else {
                 tracing::warn!(path = %path.display(), "unreadable producer snapshot; trying an older one");
@@ -345,6 +346,46 @@ impl ProducerTable {
 
 /// Bytes read per step while replaying the log into the table.
 const REPLAY_READ_BYTES: usize = 4 << 20;
+
+/// Writes a snapshot made by [`ProducerTable::snapshot_bytes`] through the log's storage
+/// (io_uring, no blocking call on the shard): temp file, fdatasync, rename. The directory is
+/// not synced: a lost rename only means an older snapshot and a longer replay at the next open.
+/// Written after each index checkpoint of the log, so a crash replays about as much of the log
+/// for producer state as recovery scans for the index.
+pub async fn write_snapshot_async<S: Storage>(
+    storage: &S,
+    dir: &Path,
+    upto_offset: u64,
+    bytes: &[u8],
+) -> Result<()> {
+    let path = snapshot_path(dir, upto_offset);
+    let tmp = path.with_extension("tmp");
+    crate::log::write_whole_file(storage, &tmp, bytes)
+        .await
+        .map_err(|e| Error::io(tmp.display(), e))?;
+    storage
+        .rename(&tmp, &path)
+        .await
+        .map_err(|e| Error::io(path.display(), e))?;
+    remove_old_snapshots(dir);
+    Ok(())
+}
+
+/// Keeps the newest [`SNAPSHOTS_KEPT`] snapshots of a partition directory.
+fn remove_old_snapshots(dir: &Path) {
+    let offsets = snapshot_offsets(dir);
+    let excess = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
+    for o in &offsets[..excess] {
+        let _ = std::fs::remove_file(snapshot_path(dir, *o));
+    }
+}
+
+/// Snapshots written through the block-aligned storage end in zero padding; JSON never
+/// contains a NUL byte, so trailing zeros are padding.
+fn without_padding(b: &[u8]) -> &[u8] {
+    let end = b.iter().rposition(|&c| c != 0).map_or(0, |i| i + 1);
+    &b[..end]
+}
 
 /// Rebuilds a partition's table on open: the newest usable snapshot, then every batch header
 /// from the snapshot's offset (or the log start) to the end of the recovered log.

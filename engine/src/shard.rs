@@ -225,6 +225,8 @@ pub(crate) struct Partition {
     producers: RefCell<ProducerTable>,
     /// Offset of the newest producer snapshot this process wrote.
     producers_snapshot: Cell<Option<u64>>,
+    /// A [`snapshot_producers_async`] is writing.
+    producers_snapshot_running: Cell<bool>,
 }
 
 pub(crate) struct Shard {
@@ -534,6 +536,7 @@ impl Shard {
                     cache_misses: Cell::new(0),
                     producers: RefCell::new(producers),
                     producers_snapshot: Cell::new(None),
+                    producers_snapshot_running: Cell::new(false),
                 });
                 self.partitions.borrow_mut().insert(key, p);
                 let _ = reply.send(Ok(report));
@@ -604,7 +607,14 @@ impl Shard {
             }
         }
         if result.is_ok() {
-            // Everything is durable now: the next open replays nothing.
+            // Everything is durable now: the next open replays nothing. (After a running
+            // checkpoint snapshot, which may write the same file; bounded: 30 s.)
+            for _ in 0..30_000 {
+                if !p.producers_snapshot_running.get() {
+                    break;
+                }
+                rt::sleep(Duration::from_millis(1)).await;
+            }
             snapshot_producers(p);
         }
         result
@@ -766,6 +776,7 @@ impl Shard {
             let syncs = job.syncs();
             let done = job.run().await;
             let timings = done.timings();
+            let checkpointed = done.wrote_checkpoint();
             let r = p.log.borrow_mut().finish_flush(done);
             self.unflushed
                 .set(self.unflushed.get().saturating_sub(taken));
@@ -788,6 +799,9 @@ impl Shard {
                     }
                     complete_waiters(&p, &w, &self.metrics);
                     p.notify.notify_all();
+                    if checkpointed && !p.producers_snapshot_running.get() {
+                        rt::spawn_local(snapshot_producers_async(p.clone()));
+                    }
                 }
                 Err(e) => {
                     tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "flush failed; repairing the partition");
@@ -868,6 +882,34 @@ fn snapshot_producers(p: &Partition) {
         return;
     }
     match p.producers.borrow().write_snapshot(&p.dir, upto) {
+        Ok(()) => p.producers_snapshot.set(Some(upto)),
+        Err(e) => {
+            tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
+        }
+    }
+}
+
+/// [`snapshot_producers`] after an index checkpoint, without blocking the shard: the file is
+/// written through io_uring. Without it a crash would replay every batch since the last
+/// timer snapshot (up to `retention_check_interval_ms` of appends, gigabytes at disk speed)
+/// while recovery itself scans only from the last index checkpoint.
+async fn snapshot_producers_async(p: Rc<Partition>) {
+    let upto = p.log.borrow().watermarks().durable_offset;
+    if p.producers_snapshot.get() == Some(upto) || p.closed.get() {
+        return;
+    }
+    let bytes = match p.producers.borrow().snapshot_bytes(upto) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not serialised");
+            return;
+        }
+    };
+    let storage = *p.log.borrow().storage();
+    p.producers_snapshot_running.set(true);
+    let r = idempotence::write_snapshot_async(&storage, &p.dir, upto, &bytes).await;
+    p.producers_snapshot_running.set(false);
+    match r {
         Ok(()) => p.producers_snapshot.set(Some(upto)),
         Err(e) => {
             tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
