@@ -557,6 +557,8 @@ impl Shard {
         };
         let r = if delete {
             p.closed.set(true);
+            // The directory goes next: let a snapshot being written there finish first.
+            wait_for_snapshot(&p).await;
             for w in p.durable_waiters.borrow_mut().drain(..) {
                 let _ = w.reply.send(Err(Error::UnknownTopic(key.0.to_string())));
             }
@@ -607,14 +609,8 @@ impl Shard {
             }
         }
         if result.is_ok() {
-            // Everything is durable now: the next open replays nothing. (After a running
-            // checkpoint snapshot, which may write the same file; bounded: 30 s.)
-            for _ in 0..30_000 {
-                if !p.producers_snapshot_running.get() {
-                    break;
-                }
-                rt::sleep(Duration::from_millis(1)).await;
-            }
+            // Everything is durable now: the next open replays nothing.
+            wait_for_snapshot(p).await;
             snapshot_producers(p);
         }
         result
@@ -799,7 +795,7 @@ impl Shard {
                     }
                     complete_waiters(&p, &w, &self.metrics);
                     p.notify.notify_all();
-                    if checkpointed && !p.producers_snapshot_running.get() {
+                    if checkpointed && !p.producers_snapshot_running.replace(true) {
                         rt::spawn_local(snapshot_producers_async(p.clone()));
                     }
                 }
@@ -877,6 +873,9 @@ impl Shard {
 /// (at clean close, and on the retention timer so a crash replays only recent batches). A
 /// small blocking write: the shard pays one fsync per partition and interval at most.
 fn snapshot_producers(p: &Partition) {
+    if p.producers_snapshot_running.get() {
+        return; // a checkpoint snapshot is being written (and would share its temporary file)
+    }
     let upto = p.log.borrow().watermarks().durable_offset;
     if p.producers_snapshot.get() == Some(upto) {
         return;
@@ -889,32 +888,46 @@ fn snapshot_producers(p: &Partition) {
     }
 }
 
+/// Waits (bounded: 30 s) until no [`snapshot_producers_async`] is writing in the partition's
+/// directory.
+async fn wait_for_snapshot(p: &Partition) {
+    for _ in 0..30_000 {
+        if !p.producers_snapshot_running.get() {
+            return;
+        }
+        rt::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// [`snapshot_producers`] after an index checkpoint, without blocking the shard: the file is
 /// written through io_uring. Without it a crash would replay every batch since the last
 /// timer snapshot (up to `retention_check_interval_ms` of appends, gigabytes at disk speed)
 /// while recovery itself scans only from the last index checkpoint.
+///
+/// The caller sets `producers_snapshot_running` when it spawns this, so that two never write the
+/// same temporary file (glommio's open panics if the file vanishes between its open and its
+/// statfs, which a concurrent rename of the same path would do).
 async fn snapshot_producers_async(p: Rc<Partition>) {
-    let upto = p.log.borrow().watermarks().durable_offset;
-    if p.producers_snapshot.get() == Some(upto) || p.closed.get() {
-        return;
-    }
-    let bytes = match p.producers.borrow().snapshot_bytes(upto) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not serialised");
-            return;
-        }
-    };
-    let storage = *p.log.borrow().storage();
-    p.producers_snapshot_running.set(true);
-    let r = idempotence::write_snapshot_async(&storage, &p.dir, upto, &bytes).await;
+    let r = write_producer_snapshot(&p).await;
     p.producers_snapshot_running.set(false);
     match r {
-        Ok(()) => p.producers_snapshot.set(Some(upto)),
+        Ok(Some(upto)) => p.producers_snapshot.set(Some(upto)),
+        Ok(None) => {}
         Err(e) => {
             tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
         }
     }
+}
+
+async fn write_producer_snapshot(p: &Partition) -> Result<Option<u64>> {
+    let upto = p.log.borrow().watermarks().durable_offset;
+    if p.producers_snapshot.get() == Some(upto) || p.closed.get() {
+        return Ok(None);
+    }
+    let bytes = p.producers.borrow().snapshot_bytes(upto)?;
+    let storage = *p.log.borrow().storage();
+    idempotence::write_snapshot_async(&storage, &p.dir, upto, &bytes).await?;
+    Ok(Some(upto))
 }
 
 type ProducerStamp = Option<(ProducerInfo, u32)>;

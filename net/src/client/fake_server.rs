@@ -467,6 +467,16 @@ fn retriable_codes_are_retried_and_others_are_not() {
     assert_eq!(e.code(), Some(code::BUSY), "gives up after retries_max");
     let d = producer.send("t", None, "d", vec![]).wait().unwrap();
     assert_eq!(d.offset, Some(1));
+    // The server's TIMEOUT means "appended, not durable in time": resending could duplicate.
+    fake.script(|s| s.produce_failures = vec![code::TIMEOUT]);
+    let e = producer.send("t", None, "e", vec![]).wait().unwrap_err();
+    assert_eq!(
+        e.code(),
+        Some(code::TIMEOUT),
+        "a plain producer does not resend"
+    );
+    let d = producer.send("t", None, "f", vec![]).wait().unwrap();
+    assert_eq!(d.offset, Some(2), "the TIMEOUT attempt was not retried");
 }
 
 #[test]

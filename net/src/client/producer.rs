@@ -16,8 +16,9 @@
 //! - Order: one batch in flight per partition, and a retried batch is resent before any later
 //!   batch of its partition, so records of one partition are appended in `send` order.
 //! - Retries: only on errors that say a retry is safe ([`ClientError::is_retriable`]: the
-//!   server's retriable codes, a connection that could not be opened), at most `retries_max`
-//!   times, after [`Backoff`] delays. A lost connection or a timeout is reported, not retried:
+//!   server's retriable codes except TIMEOUT, a connection that could not be opened), at most
+//!   `retries_max` times, after [`Backoff`] delays. A lost connection or a timeout (the
+//!   client's, or the server's TIMEOUT: appended, not yet durable) is reported, not retried:
 //!   the batch may have been appended, and a retry could duplicate it.
 //! - Idempotence (`idempotent: true`, docs/semantics.md "Idempotent producer"): the producer
 //!   gets an identity from the broker (InitProducer) and stamps each batch with it and a
@@ -740,12 +741,15 @@ impl Worker {
             // Written by an earlier attempt, too long ago for the broker to know its offsets.
             return self.delivered(batch, None);
         }
-        // With an idempotent producer a request whose outcome is unknown is safe to resend.
+        // With an idempotent producer a request whose outcome is unknown is safe to resend. The
+        // server's TIMEOUT on a produce is one of those: the batch was appended and did not
+        // become durable in time (it may still), so a plain producer must not resend it.
         let unknown_outcome = matches!(
             error,
             ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }
-        );
-        let retriable = error.is_retriable() || (idempotent && unknown_outcome);
+        ) || error.code() == Some(code::TIMEOUT);
+        let retriable =
+            (error.is_retriable() && !unknown_outcome) || (idempotent && unknown_outcome);
         if retriable && batch.attempts <= self.config.retries_max {
             let delay = self
                 .config
