@@ -694,9 +694,15 @@ fn failed_flush_then_repair(
     let err = flush(&mut log, true).expect_err("the flush must fail");
     assert!(expect_error(&err), "unexpected flush error: {err}");
     assert!(log.failure().is_some());
-    match log.append(make_batch(999, 1, 10), 0) {
-        Err(Error::PartitionFailed { .. }) => {}
-        other => panic!("append after a failed flush: {other:?}"),
+    // A full disk stays DiskFull (retriable, names the cause); any other failure is
+    // PartitionFailed, until the repair.
+    let refused = log
+        .append(make_batch(999, 1, 10), 0)
+        .expect_err("append after a failed flush");
+    if matches!(err, Error::DiskFull { .. }) {
+        assert!(matches!(refused, Error::DiskFull { .. }), "{refused:?}");
+    } else {
+        assert!(matches!(refused, Error::PartitionFailed { .. }), "{refused:?}");
     }
     assert!(
         log.take_flush(true).is_none(),
@@ -734,7 +740,7 @@ fn failed_flush_then_repair(
 const FAILURE_POINTS: [(usize, (usize, usize)); 3] = [(10, (1, 1)), (27, (1, 2)), (40, (2, 2))];
 
 // Proves: a flush that hits a full disk fails with DiskFull; the partition then refuses appends
-// (PartitionFailed) and flushes, still serves what was synced, and once space is back `repair`
+// (DiskFull again) and flushes, still serves what was synced, and once space is back `repair`
 // reopens it with every synced batch intact and appends working again, also when the failed
 // flush had created the next segment.
 #[test]

@@ -745,6 +745,9 @@ pub struct PartitionLog<S: Storage> {
     unsynced_segments: BTreeSet<u64>,
     flushing: bool,
     failed: Option<String>,
+    /// The failure was ENOSPC: appends answer `DiskFull` (retriable, and what the operator
+    /// must fix) rather than the generic `PartitionFailed` until the repair reopens the log.
+    failed_disk_full: bool,
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
     /// Set for encrypted topics: batches are sealed in `append`, after offsets are assigned.
@@ -780,6 +783,7 @@ impl<S: Storage> PartitionLog<S> {
             unsynced_segments: BTreeSet::new(),
             flushing: false,
             failed: None,
+            failed_disk_full: false,
             cache: VecDeque::new(),
             cache_bytes: 0,
             recovery: RecoveryReport::default(),
@@ -1032,6 +1036,11 @@ impl<S: Storage> PartitionLog<S> {
     /// kept for the cache; the caller decides when to flush.
     pub fn append(&mut self, batch: Bytes, now_ms: i64) -> Result<Appended> {
         if let Some(reason) = &self.failed {
+            if self.failed_disk_full {
+                return Err(Error::DiskFull {
+                    path: self.dir.display().to_string(),
+                });
+            }
             return Err(Error::PartitionFailed {
                 topic: self.dir.display().to_string(),
                 partition: 0,
@@ -1257,6 +1266,7 @@ impl<S: Storage> PartitionLog<S> {
         if let Err(e) = done.result {
             let err = Error::io(&done.error_path, e);
             self.failed = Some(err.to_string());
+            self.failed_disk_full = matches!(err, Error::DiskFull { .. });
             self.chunks.clear();
             return Err(err);
         }
