@@ -231,6 +231,8 @@ pub(crate) struct Partition {
 
 pub(crate) struct Shard {
     id: usize,
+    /// Partitions closed at shutdown, until their files are released (`release_files`).
+    closed_partitions: RefCell<Vec<std::rc::Weak<Partition>>>,
     cfg: EngineConfig,
     partitions: RefCell<HashMap<PartitionKey, Rc<Partition>>>,
     cache_total: Cell<usize>,
@@ -270,6 +272,7 @@ impl Shard {
     pub(crate) fn new(id: usize, cfg: EngineConfig, engine: crate::engine::WeakEngine) -> Rc<Self> {
         Rc::new(Shard {
             id,
+            closed_partitions: RefCell::new(Vec::new()),
             cfg,
             partitions: RefCell::new(HashMap::new()),
             cache_total: Cell::new(0),
@@ -297,6 +300,7 @@ impl Shard {
             if let Request::Shutdown { reply } = req {
                 self.closing.set(true);
                 let r = self.close_all().await;
+                self.release_files().await;
                 let _ = reply.send(r);
                 return;
             }
@@ -317,6 +321,25 @@ impl Shard {
         // Every sender is gone without a shutdown: still close cleanly.
         self.closing.set(true);
         let _ = self.close_all().await;
+        self.release_files().await;
+    }
+
+    /// After `close_all`: lets the reactor run the closes of the dropped files. glommio closes a
+    /// file dropped without an explicit `close` asynchronously, on the reactor's next cycle; if
+    /// the executor ends first the descriptor is never closed (an embedding program that
+    /// shuts the engine down and reopens it would leak one per segment and index file). The
+    /// other tasks holding partitions (flush loops, retention, queue tickers) see `closing`
+    /// and end within a tick; bounded: 1 s.
+    async fn release_files(&self) {
+        let closed = std::mem::take(&mut *self.closed_partitions.borrow_mut());
+        for _ in 0..200 {
+            if closed.iter().all(|p| p.strong_count() == 0) {
+                break;
+            }
+            rt::sleep(Duration::from_millis(5)).await;
+        }
+        // One more reactor cycle submits the closes of the files dropped last.
+        rt::sleep(Duration::from_millis(1)).await;
     }
 
     pub(crate) fn is_closing(&self) -> bool {
@@ -623,6 +646,9 @@ impl Shard {
             .drain()
             .map(|(_, p)| p)
             .collect();
+        self.closed_partitions
+            .borrow_mut()
+            .extend(parts.iter().map(Rc::downgrade));
         let mut first_err = Ok(());
         let results =
             crate::util::join_all(parts.iter().map(|p| self.close_partition(p)).collect()).await;
