@@ -52,6 +52,8 @@ pub struct TopicDefaults {
     pub retention_bytes: Option<u64>,
     pub retention_ms: Option<u64>,
     pub partition_cache_bytes: usize,
+    /// Zero-filled space kept ahead of small writes (docs/storage.md, "Preallocation").
+    pub preallocate_bytes: u64,
 }
 
 impl Default for TopicDefaults {
@@ -66,6 +68,7 @@ impl Default for TopicDefaults {
             retention_bytes: None,
             retention_ms: None,
             partition_cache_bytes: l.cache_bytes,
+            preallocate_bytes: l.preallocate_bytes,
         }
     }
 }
@@ -138,6 +141,7 @@ impl EngineConfig {
             retention_ms: t.retention_ms.or(d.retention_ms),
             cache_bytes: d.partition_cache_bytes,
             encryption: None,
+            preallocate_bytes: d.preallocate_bytes,
         }
     }
 }

@@ -38,6 +38,7 @@ fn config() -> LogConfig {
         retention_ms: None,
         cache_bytes: 8 << 10,
         encryption: None,
+        preallocate_bytes: 0,
     }
 }
 
@@ -731,4 +732,65 @@ proptest! {
         prop_assert_eq!(h.read_all(), h.model.clone());
         prop_assert_eq!(h.log().watermarks().next_offset, h.model.last().map_or(0, |b| next_of(b)));
     }
+}
+
+fn file_len(storage: &CrashStorage, path: &Path) -> usize {
+    storage
+        .with_file_bytes(path, |b| b.len())
+        .expect("file exists")
+}
+
+// Proves: with `preallocate_bytes`, small flushes keep zero-filled space ahead of the data (so
+// the next small writes do not grow the file), large flushes do not zero-fill (streaming
+// writes each byte once), a restart keeps the zeros as preallocated space without counting a
+// torn tail, and anything but zeros past the data is still cut off as a torn tail.
+#[test]
+fn preallocated_space_ahead_of_small_writes_survives_restarts() {
+    let window = 16 << 10;
+    let mut h = Harness::new(LogConfig {
+        preallocate_bytes: window,
+        segment_bytes: 256 << 10,
+        ..config()
+    });
+    let seg = file_path(0, "log");
+    h.append(make_batch(0, 1, 100));
+    h.flush(true);
+    assert_eq!(file_len(&h.storage, &seg), window as usize + 4096);
+    // Small appends inside the window do not grow the file.
+    for i in 1..20 {
+        h.append(make_batch(i, 1, 100));
+        h.flush(true);
+    }
+    assert_eq!(file_len(&h.storage, &seg), window as usize + 4096);
+    h.restart_after_crash();
+    assert_eq!(
+        h.log().recovery.truncated_bytes,
+        0,
+        "zeros are not a torn tail"
+    );
+    assert_eq!(file_len(&h.storage, &seg), window as usize + 4096);
+    // A flush larger than the window writes just its data.
+    let before = file_len(&h.storage, &seg);
+    for i in 20..30 {
+        h.append(make_batch(i, 4, 4000));
+    }
+    h.flush(true);
+    let data_end: usize = h.model.iter().map(|b| b.len()).sum();
+    assert!(data_end > before);
+    assert_eq!(file_len(&h.storage, &seg), data_end.div_ceil(4096) * 4096);
+    // Garbage in the preallocated space past the data is a torn tail.
+    h.append(make_batch(30, 1, 100));
+    h.flush(true);
+    let len = file_len(&h.storage, &seg);
+    assert!(
+        len > data_end + 8192,
+        "zeros ahead again after a small flush"
+    );
+    h.storage
+        .with_file_bytes(&seg, |b| b[len - 10] = 0x5a)
+        .expect("segment");
+    h.restart_after_crash();
+    let data_end: usize = h.model.iter().map(|b| b.len()).sum();
+    assert!(h.log().recovery.truncated_bytes > 0);
+    assert_eq!(file_len(&h.storage, &seg), data_end);
 }

@@ -34,6 +34,7 @@ fn config() -> LogConfig {
         retention_ms: None,
         cache_bytes: 0,
         encryption: None,
+        preallocate_bytes: 0,
     }
 }
 
@@ -702,7 +703,10 @@ fn failed_flush_then_repair(
     if matches!(err, Error::DiskFull { .. }) {
         assert!(matches!(refused, Error::DiskFull { .. }), "{refused:?}");
     } else {
-        assert!(matches!(refused, Error::PartitionFailed { .. }), "{refused:?}");
+        assert!(
+            matches!(refused, Error::PartitionFailed { .. }),
+            "{refused:?}"
+        );
     }
     assert!(
         log.take_flush(true).is_none(),

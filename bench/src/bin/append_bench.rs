@@ -86,6 +86,9 @@ struct Args {
     /// costs an fdatasync and index writes even at `leader` level.
     #[arg(long, default_value_t = 0)]
     segment_mib: u64,
+    /// Zero-filled KiB kept ahead of small writes (`preallocate_bytes`; default: the engine's).
+    #[arg(long)]
+    preallocate_kib: Option<u64>,
     /// Engine setting `spin_before_park_us` (0 = the engine default: park at once).
     #[arg(long, default_value_t = 0)]
     spin_before_park_us: u64,
@@ -366,6 +369,9 @@ fn main() -> anyhow::Result<()> {
         spin_before_park_us: args.spin_before_park_us,
         ..EngineConfig::with_data_dir(&dir)
     };
+    if let Some(kib) = args.preallocate_kib {
+        config.topic_defaults.preallocate_bytes = kib << 10;
+    }
     if args.segment_mib > 0 {
         config.topic_defaults.segment_bytes = args.segment_mib << 20;
     }

@@ -56,6 +56,10 @@ pub struct LogConfig {
     pub cache_bytes: usize,
     /// Seal every appended batch (encryption at rest, `crate::crypto`); `None` = plaintext.
     pub encryption: Option<crate::crypto::TopicEncryption>,
+    /// Zero-filled file space kept ahead of small writes in the active segment (0 = off):
+    /// writes that stay inside the file need no metadata change, so their fdatasync is a
+    /// device flush instead of a journal commit (docs/storage.md, "Preallocation").
+    pub preallocate_bytes: u64,
 }
 
 /// Largest segment: positions in the index are u32.
@@ -78,6 +82,7 @@ impl Default for LogConfig {
             retention_ms: None,
             cache_bytes: 4 << 20,
             encryption: None,
+            preallocate_bytes: 256 << 10,
         }
     }
 }
@@ -95,6 +100,11 @@ impl LogConfig {
             || !self.write_chunk_bytes.is_multiple_of(BLOCK_BYTES)
         {
             return bad("write_chunk_bytes must be a multiple of 4 KiB, at least 64 KiB");
+        }
+        if !self.preallocate_bytes.is_multiple_of(BLOCK_BYTES as u64)
+            || self.preallocate_bytes > 64 << 20
+        {
+            return bad("preallocate_bytes must be a multiple of 4 KiB, at most 64 MiB");
         }
         Ok(())
     }
@@ -131,6 +141,9 @@ struct Segment<F> {
     checkpoint_pos: u64,
     sealed: bool,
     index_final: bool,
+    /// File bytes from 0 that are written (data or preallocated zeros): writes below need no
+    /// change of the file's size.
+    zeroed_to: u64,
 }
 
 impl<F> Segment<F> {
@@ -150,6 +163,7 @@ impl<F> Segment<F> {
             checkpoint_pos: 0,
             sealed: false,
             index_final: false,
+            zeroed_to: 0,
         }
     }
 
@@ -482,6 +496,31 @@ struct Scan {
 }
 
 /// Reads batches from `start_pos` while they are whole, CRC-valid and contiguous in offsets.
+/// Whether `[from, to)` of the file holds only zero bytes (preallocated space past the data).
+/// Bounded: a region larger than [`PREALLOCATED_SCAN_MAX`] is not preallocation.
+async fn only_zeros<F: LogFile>(file: &F, from: u64, to: u64) -> io::Result<bool> {
+    if to.saturating_sub(from) > PREALLOCATED_SCAN_MAX {
+        return Ok(false);
+    }
+    let mut pos = from;
+    while pos < to {
+        let len = (to - pos).min(4 << 20) as usize;
+        let r = file.read_at(pos, align_up(len as u64) as usize).await?;
+        let n = len.min(r.len());
+        if n == 0 {
+            return Ok(true); // the file ends here
+        }
+        if r[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        pos += n as u64;
+    }
+    Ok(true)
+}
+
+/// Largest zero region after the data that recovery keeps as preallocated space.
+const PREALLOCATED_SCAN_MAX: u64 = 64 << 20;
+
 /// What recovering one segment found.
 enum Recovered<F> {
     Segment(Segment<F>),
@@ -948,12 +987,21 @@ impl<S: Storage> PartitionLog<S> {
             self.recovery.truncation_reason = Some(reason.clone());
         }
         // Zero padding up to the end of the last block is what every flush leaves (and the
-        // next flush rewrites that block); anything else past the data is a torn tail, cut off
-        // durably so that stale bytes can never line up with future offsets.
-        if active && (scan.stopped.is_some() || size > align_up(scan.end_pos)) {
+        // next flush rewrites that block), and zeros beyond are preallocated space; anything
+        // else past the data is a torn tail, cut off durably so that stale bytes can never line
+        // up with future offsets.
+        let mut zeroed_to = size;
+        if active
+            && (scan.stopped.is_some()
+                || (size > align_up(scan.end_pos)
+                    && !only_zeros(&file, align_up(scan.end_pos), size)
+                        .await
+                        .map_err(err)?))
+        {
             self.recovery.truncated_bytes += size.saturating_sub(scan.end_pos);
             file.truncate(scan.end_pos).await.map_err(err)?;
             file.sync().await.map_err(err)?;
+            zeroed_to = scan.end_pos;
         }
         if !had_cp || (!active && !final_cp) {
             self.recovery.rebuilt_indexes += 1;
@@ -965,6 +1013,7 @@ impl<S: Storage> PartitionLog<S> {
         seg.bytes_since_index = scan.bytes_since_index;
         seg.max_timestamp_us = scan.max_timestamp_us;
         seg.checkpoint_pos = if had_cp { start.data_bytes } else { 0 };
+        seg.zeroed_to = zeroed_to;
         let partial = (scan.end_pos % BLOCK_BYTES as u64) as usize;
         if partial > 0 {
             let r = file
@@ -1210,6 +1259,7 @@ impl<S: Storage> PartitionLog<S> {
             buf.set_len(wlen);
             writes.push((c.segment_base, seg.file.clone(), Rc::new(buf), c.pos));
         }
+        self.preallocate(&mut writes, &written_positions);
         let mut sync_files = Vec::new();
         let mut checkpoints = Vec::new();
         let do_sync = sync || self.segments.values().any(|s| s.sealed && !s.index_final);
@@ -1251,6 +1301,44 @@ impl<S: Storage> PartitionLog<S> {
             upto_offset: self.next_offset,
             written_positions,
         })
+    }
+
+    /// Zero-fills file space ahead of the active segment's data when this flush writes little
+    /// of it (a latency-bound producer): the flush that extends the file pays the metadata
+    /// commit of its fdatasync, the next ones (overwrites of those zeros) only a device flush.
+    /// Large flushes extend the file as they go, so streaming writes each byte once. The
+    /// zeros go out with the flush's data writes (disjoint blocks) and under its sync.
+    fn preallocate(&mut self, writes: &mut Vec<BlockWrite<S>>, written: &[(u64, u64)]) {
+        let window = self.cfg.preallocate_bytes;
+        let limit = align_up(self.cfg.segment_bytes);
+        let Some(seg) = self.segments.values_mut().next_back() else {
+            return;
+        };
+        let Some((_, end)) = written.iter().find(|(b, _)| *b == seg.base_offset) else {
+            return;
+        };
+        let data: u64 = writes
+            .iter()
+            .filter(|w| w.0 == seg.base_offset)
+            .map(|w| w.2.as_bytes().len() as u64)
+            .sum();
+        let end = align_up(*end);
+        if window == 0 || data > window || seg.zeroed_to >= end + window / 2 {
+            seg.zeroed_to = seg.zeroed_to.max(end);
+            return;
+        }
+        let from = seg.zeroed_to.max(end);
+        let to = (end + window).min(limit.max(end));
+        if to <= from {
+            seg.zeroed_to = from;
+            return;
+        }
+        let len = (to - from) as usize;
+        let mut buf = S::alloc_buf(len);
+        buf.as_bytes_mut().fill(0);
+        writes.push((seg.base_offset, seg.file.clone(), Rc::new(buf), from));
+        // Set now: if the flush fails the log is repaired by reopening, which reads the size.
+        seg.zeroed_to = to;
     }
 
     /// Applies a finished flush. On an I/O error the partition stops taking appends and
