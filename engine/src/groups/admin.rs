@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use super::{
-    Committed, Groups, OFFSETS_TOPIC, OffsetKey, encode_key, encode_value, now_ms,
+    Committed, Groups, OFFSETS_TOPIC, OffsetKey, Slot, encode_key, encode_value, now_ms,
     validate_group_name,
 };
 use crate::batch::BatchBuilder;
@@ -70,26 +70,26 @@ impl Drop for ResetGuard<'_> {
     }
 }
 
-impl Groups {
-    /// Fails with `GroupNotEmpty` while the group has live members.
-    fn check_empty(&self, group: &str) -> Result<()> {
-        let mut slot = self.slot(group)?;
-        if let Some(g) = slot.groups.get_mut(group) {
-            g.expire(now_ms());
-            if !g.members.is_empty() {
-                return Err(Error::GroupNotEmpty {
-                    group: group.to_string(),
-                    members: g.members.len(),
-                });
-            }
+/// Fails with `GroupNotEmpty` while the group has live members.
+fn check_empty(slot: &mut Slot, group: &str) -> Result<()> {
+    if let Some(g) = slot.groups.get_mut(group) {
+        g.expire(now_ms());
+        if !g.members.is_empty() {
+            return Err(Error::GroupNotEmpty {
+                group: group.to_string(),
+                members: g.members.len(),
+            });
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// Checks again that the group is empty and refuses joins until the guard is dropped.
+impl Groups {
+    /// Checks again that the group is empty and refuses joins until the guard is dropped;
+    /// both under one lock, so no member can join in between.
     fn begin_reset(&self, group: &str) -> Result<ResetGuard<'_>> {
-        self.check_empty(group)?;
         let mut slot = self.slot(group)?;
+        check_empty(&mut slot, group)?;
         if !slot.resetting.insert(group.to_string()) {
             return Err(Error::Busy(format!(
                 "offsets of group '{group}' are being reset by another request"
@@ -176,7 +176,7 @@ impl Engine {
             Some(p) => vec![p],
             None => (0..count).collect(),
         };
-        groups.check_empty(group)?;
+        check_empty(&mut *groups.slot(group)?, group)?;
         let previous: HashMap<u32, u64> = groups
             .fetch_offsets(group, topic)?
             .into_iter()
