@@ -799,7 +799,12 @@ impl Engine {
             self.send(s, Request::Metrics { reply: tx })?;
             rxs.push(rx);
         }
-        rxs.into_iter().map(recv).collect()
+        let mut out: Vec<crate::metrics::ShardMetricsSnapshot> =
+            rxs.into_iter().map(recv).collect::<Result<_>>()?;
+        // Figures that join two owners, added here on the scrape thread (never on a shard).
+        crate::groups::admin::group_samples(self, &mut out);
+        crate::queue::dlq_samples(self, &mut out);
+        Ok(out)
     }
 
     pub fn shard_stats(&self) -> Result<Vec<ShardStats>> {

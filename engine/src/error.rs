@@ -96,6 +96,11 @@ pub enum Error {
     InvalidGroup { group: String, reason: String },
     #[error("topic '{0}' is not a work queue")]
     NotAQueue(String),
+    // --- operations (codes 250..=269; docs/operations.md) ---
+    #[error(
+        "group '{group}' has {members} live members: stop its consumers (or wait for their session timeout) before resetting its offsets"
+    )]
+    GroupNotEmpty { group: String, members: usize },
 }
 
 impl Error {
@@ -145,6 +150,8 @@ impl Error {
             Error::InvalidGroup { .. } => 207,
             // Messaging semantics (work queues) own 225-249.
             Error::NotAQueue(_) => 226,
+            // Operations own 250-269.
+            Error::GroupNotEmpty { .. } => 250,
         }
     }
 

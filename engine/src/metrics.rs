@@ -226,17 +226,78 @@ pub struct Sample {
     pub value: i64,
 }
 
-/// Families exported through the generic path. Consumer groups and work queues add theirs
-/// here (e.g. `shardline_group_lag{group,topic,partition}`,
-/// `shardline_queue_depth{queue}`, `shardline_queue_inflight{queue}`,
-/// `shardline_queue_oldest_age_seconds{queue}`, `shardline_queue_dlq_messages{queue}`,
-/// `shardline_queue_redeliveries{queue}`).
-pub const EXTRA_FAMILIES: &[FamilySpec] = &[FamilySpec {
-    name: "shardline_partition_segments",
-    help: "Segment files of the partition's log",
-    kind: FamilyKind::Gauge,
-    labels: &["topic", "partition"],
-}];
+/// Families exported through the generic path (docs/operations.md, "Metrics"): the shards
+/// push per-partition figures of the subsystems they own (work queues, segments); the figures
+/// that join two owners (a group's committed offset and the log end of the partition, a queue
+/// and its dead-letter topic) are added on the scrape thread (`Engine::metrics_snapshot`).
+pub const EXTRA_FAMILIES: &[FamilySpec] = &[
+    FamilySpec {
+        name: "shardline_partition_segments",
+        help: "Segment files of the partition's log",
+        kind: FamilyKind::Gauge,
+        labels: &["topic", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_group_committed_offset",
+        help: "Offset the consumer group committed (the next it will consume)",
+        kind: FamilyKind::Gauge,
+        labels: &["group", "topic", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_group_lag",
+        help: "Messages of the partition after the group's committed offset (log end - committed)",
+        kind: FamilyKind::Gauge,
+        labels: &["group", "topic", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_group_members",
+        help: "Live members of the consumer group",
+        kind: FamilyKind::Gauge,
+        labels: &["group"],
+    },
+    FamilySpec {
+        name: "shardline_queue_depth",
+        help: "Messages of the work-queue partition waiting for a consumer (in flight excluded)",
+        kind: FamilyKind::Gauge,
+        labels: &["queue", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_queue_inflight",
+        help: "Messages of the work-queue partition leased to a consumer and not yet acked",
+        kind: FamilyKind::Gauge,
+        labels: &["queue", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_queue_oldest_age_seconds",
+        help: "Age of the oldest message of the partition not yet acked or dead-lettered",
+        kind: FamilyKind::Gauge,
+        labels: &["queue", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_queue_redeliveries",
+        help: "Deliveries after the first (nacked or timed-out messages handed out again)",
+        kind: FamilyKind::Counter,
+        labels: &["queue", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_queue_dead_lettered",
+        help: "Messages moved to the dead-letter topic (or dropped without one)",
+        kind: FamilyKind::Counter,
+        labels: &["queue", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_queue_purged",
+        help: "Messages discarded by QueuePurge",
+        kind: FamilyKind::Counter,
+        labels: &["queue", "partition"],
+    },
+    FamilySpec {
+        name: "shardline_queue_dlq_messages",
+        help: "Records in the queue's dead-letter topic (log end - log start of each of its partitions)",
+        kind: FamilyKind::Gauge,
+        labels: &["queue", "dead_letter_topic", "partition"],
+    },
+];
 
 /// The spec of an extra family, by name.
 pub fn family_spec(name: &str) -> Option<&'static FamilySpec> {

@@ -437,7 +437,11 @@ impl Shard {
                 let _ = reply.send(Ok(self.stats()));
             }
             Request::Metrics { reply } => {
-                let _ = reply.send(Ok(self.metrics_snapshot()));
+                let shard = self.clone();
+                rt::spawn_local(async move {
+                    crate::queue::refresh_for_metrics(&shard).await;
+                    let _ = reply.send(Ok(shard.metrics_snapshot()));
+                });
             }
             Request::ApplyRetention { reply } => {
                 let shard = self.clone();
@@ -496,6 +500,7 @@ impl Shard {
                 value: i64::try_from(p.segments).unwrap_or(i64::MAX),
             });
         }
+        crate::queue::collect_samples(self, out);
     }
 
     fn describe(&self, p: &Partition) -> PartitionInfo {

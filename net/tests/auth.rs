@@ -177,6 +177,16 @@ fn every_api() -> Vec<Request> {
                 dead_letter_topic: topic.clone(),
                 max_messages: 1,
             })),
+            ApiKey::ResetOffsets => Some(Request::ResetOffsets(ResetOffsetsRequest {
+                group: "g".into(),
+                topic: topic.clone(),
+                dry_run: true,
+                ..ResetOffsetsRequest::default()
+            })),
+            ApiKey::QueuePurge => Some(Request::QueuePurge(QueuePurgeRequest {
+                topic: topic.clone(),
+            })),
+            ApiKey::ListGroups => Some(Request::ListGroups(ListGroupsRequest {})),
         })
         .collect()
 }
@@ -359,6 +369,14 @@ fn each_operation_is_denied_until_its_acl_is_added() {
     });
     let delete = Request::DeleteTopic(DeleteTopicRequest { name: "t".into() });
     let stats = Request::Stats(StatsRequest {});
+    // Needs Admin on the group besides Describe on the topic (allowed by then).
+    let reset = Request::ResetOffsets(ResetOffsetsRequest {
+        group: "g".into(),
+        topic: "t".into(),
+        dry_run: true,
+        ..ResetOffsetsRequest::default()
+    });
+    let purge = Request::QueuePurge(QueuePurgeRequest { topic: "t".into() });
     // (operation, resource, requests needing it)
     let cases: Vec<(Operation, &str, Vec<Request>)> = vec![
         (Operation::Produce, "topic:t", vec![produce("t")]),
@@ -370,7 +388,8 @@ fn each_operation_is_denied_until_its_acl_is_added() {
         (Operation::Describe, "topic:t", vec![describe.clone()]),
         (Operation::Create, "topic:bobs", vec![create]),
         (Operation::Describe, "cluster", vec![stats]),
-        (Operation::Delete, "topic:t", vec![delete]),
+        (Operation::Admin, "group:g", vec![reset]),
+        (Operation::Delete, "topic:t", vec![purge, delete]),
     ];
     for (operation, resource, requests) in &cases {
         for r in requests {

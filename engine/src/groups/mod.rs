@@ -18,9 +18,10 @@
 //!        an empty value deletes the key (tombstone)
 //! ```
 
+pub mod admin;
 pub mod coordinator;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use crate::engine::{Engine, FetchRequest};
 use crate::error::{Error, Result};
 use crate::shard::Acks;
 
+pub use admin::{GroupListing, OffsetReset, ResetTarget};
 pub use coordinator::{Group, Member, MemberAssignment, range_assign, validate_group_name};
 
 /// The internal topic holding committed offsets.
@@ -90,6 +92,8 @@ struct Slot {
     groups: HashMap<String, Group>,
     /// (group, topic, partition) -> committed.
     offsets: BTreeMap<OffsetKey, Committed>,
+    /// Groups whose offsets an operator is resetting (admin.rs): joins wait.
+    resetting: HashSet<String>,
 }
 
 /// Every coordinator slot of the engine.
@@ -256,6 +260,11 @@ impl Groups {
         validate_group_name(group)?;
         let partitions = engine.route(topic)?.shards.len() as u32;
         let mut slot = self.slot(group)?;
+        if slot.resetting.contains(group) {
+            return Err(Error::Busy(format!(
+                "offsets of group '{group}' are being reset; join again"
+            )));
+        }
         let g = slot
             .groups
             .entry(group.to_string())

@@ -114,6 +114,10 @@ pub struct QueuePartitionStats {
     pub dead_lettered: u64,
     pub dropped: u64,
     pub lost: u64,
+    /// Deliveries after the first (nacked or expired messages handed out again).
+    pub redelivered: u64,
+    /// Messages discarded by purges (docs/semantics.md, "Purging a queue").
+    pub purged: u64,
     /// Every offset below this is acked or dead-lettered.
     pub ack_floor: u64,
     pub high_watermark: u64,

@@ -17,6 +17,7 @@ pub mod record;
 pub mod state;
 
 mod api;
+mod ops;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -36,6 +37,8 @@ use record::AckRecord;
 use state::{DeadReason, Known, QueueSettings, QueueState};
 
 pub use api::{LeaseResults, QueueMessage, QueuePartitionStats, ReceiveOptions};
+pub use ops::PurgedPartition;
+pub(crate) use ops::{collect_samples, dlq_samples, refresh_for_metrics};
 pub use state::{LeaseError, PRIORITY_LEVELS_MAX, PRIORITY_WEIGHT_RATIO, Receipt};
 
 /// Header a producer sets to give a message a priority: ASCII decimal, 0 = lowest.
@@ -193,6 +196,11 @@ pub(crate) enum QueueRequest {
         max: usize,
         reply: Reply<Vec<QueueMessage>>,
     },
+    /// Discards every message below the partition's end (queue/ops.rs).
+    Purge {
+        key: PartitionKey,
+        reply: Reply<PurgedPartition>,
+    },
 }
 
 /// The queues of one shard.
@@ -209,6 +217,10 @@ struct Counters {
     dead_lettered: Cell<u64>,
     dropped: Cell<u64>,
     lost: Cell<u64>,
+    /// Deliveries with an attempt above 1.
+    redelivered: Cell<u64>,
+    /// Messages discarded by a purge.
+    purged: Cell<u64>,
 }
 
 struct QueueCtx {
@@ -312,6 +324,9 @@ pub(crate) fn handle(shard: &Rc<Shard>, req: QueueRequest) {
         }),
         QueueRequest::Peek { key, max, reply } => rt::spawn_local(async move {
             let _ = reply.send(peek(&s, &key, max).await);
+        }),
+        QueueRequest::Purge { key, reply } => rt::spawn_local(async move {
+            let _ = reply.send(ops::purge(&s, &key).await);
         }),
     }
 }
@@ -707,6 +722,10 @@ async fn receive(
         };
         start_dead_lettering(shard, &q);
         if !receipts.is_empty() {
+            let again = receipts.iter().filter(|r| r.attempt > 1).count() as u64;
+            q.counters
+                .redelivered
+                .set(q.counters.redelivered.get() + again);
             let records: Vec<AckRecord> = receipts
                 .iter()
                 .map(|r| AckRecord::Delivered {
@@ -890,6 +909,11 @@ async fn stats(shard: &Rc<Shard>, key: &PartitionKey) -> Result<QueuePartitionSt
     let q = shard.queues.get(key)?;
     let p = shard.partition(key)?;
     fill(shard, &q).await?;
+    Ok(partition_stats(&q, &p, now_ms()))
+}
+
+/// The figures of one queue partition as they are now (after a `fill`, exact).
+fn partition_stats(q: &QueueCtx, p: &Partition, now: i64) -> QueuePartitionStats {
     let w = p.log.borrow().watermarks();
     let st = q.state.borrow();
     let c = st.counts();
@@ -897,10 +921,9 @@ async fn stats(shard: &Rc<Shard>, key: &PartitionKey) -> Result<QueuePartitionSt
         .written_offset
         .saturating_sub(c.scanned)
         .min(st.not_done_in(c.scanned, w.written_offset));
-    let now = now_ms();
     let k = &q.counters;
-    Ok(QueuePartitionStats {
-        partition: key.1,
+    QueuePartitionStats {
+        partition: q.key.1,
         depth: c.ready + c.delayed + c.dead_pending + unscanned,
         ready: c.ready,
         delayed: c.delayed,
@@ -914,9 +937,11 @@ async fn stats(shard: &Rc<Shard>, key: &PartitionKey) -> Result<QueuePartitionSt
         dead_lettered: k.dead_lettered.get(),
         dropped: k.dropped.get(),
         lost: k.lost.get(),
+        redelivered: k.redelivered.get(),
+        purged: k.purged.get(),
         ack_floor: c.floor,
         high_watermark: w.written_offset,
-    })
+    }
 }
 
 async fn peek(shard: &Rc<Shard>, key: &PartitionKey, max: usize) -> Result<Vec<QueueMessage>> {

@@ -253,6 +253,15 @@ impl QueueState {
         lost
     }
 
+    /// Discards every message below `end`, whatever its state (ready, delayed, in flight,
+    /// waiting for the dead-letter queue, not yet scanned): they are done, and a later ack or
+    /// nack of one of their leases answers [`LeaseError::Done`]. Offsets at or above `end` are
+    /// untouched. Returns how many not-done messages were discarded. The same move as
+    /// [`QueueState::skip_to`], which retention makes involuntarily.
+    pub fn purge(&mut self, end: u64) -> u64 {
+        self.skip_to(end)
+    }
+
     /// Feeds the message at `scanned()` into the window.
     pub fn add(&mut self, offset: u64, level: u8, timestamp_ms: i64, now_ms: i64) {
         assert_eq!(offset, self.scanned, "messages are added in offset order");

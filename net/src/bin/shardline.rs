@@ -16,6 +16,10 @@
 //! shardline [--addr ...] stats [--no-partitions]
 //! shardline [--addr ...] top [--interval-ms MS] [--iterations N]
 //! shardline [--addr ...] topic alter NAME [--retention-bytes B|none] [--retention-ms MS|none]
+//! shardline [--addr ...] group list | group describe GROUP
+//! shardline [--addr ...] group reset-offsets GROUP --topic T [--partition N] [--dry-run]
+//!                        --to-earliest|--to-latest|--to-offset N|--to-timestamp MS
+//! shardline [--addr ...] queue purge QUEUE   (and the other queue commands, docs/semantics.md)
 //! shardline serve --print-config [--config FILE] [flags]
 //! ```
 //! Output for machines goes to stdout (`serve` prints exactly `shardline listening on <addr>`;
@@ -45,6 +49,8 @@ use shardline_net::server::Server;
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+#[path = "shardline/group.rs"]
+mod group_cli;
 #[path = "shardline/queue.rs"]
 mod queue_cli;
 #[path = "shardline/security.rs"]
@@ -94,9 +100,12 @@ enum Command {
         #[arg(long, value_name = "N")]
         iterations: Option<u64>,
     },
-    /// Work queues: create, send, receive, ack, nack, stats, dead letters.
+    /// Work queues: create, send, receive, ack, nack, stats, purge, dead letters.
     #[command(subcommand)]
     Queue(queue_cli::QueueCommand),
+    /// Consumer groups: list, describe (members, offsets, lag), reset offsets.
+    #[command(subcommand)]
+    Group(group_cli::GroupCommand),
     #[command(flatten)]
     Security(security::SecurityCommand),
 }
@@ -328,6 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(shardline_net::cli::top::run(&client, options)?)
         }
         Command::Queue(q) => queue_cli::run(&client, q),
+        Command::Group(g) => group_cli::run(&client, g),
     }
 }
 

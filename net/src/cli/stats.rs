@@ -208,7 +208,119 @@ pub fn render(m: &MetricsResponse) -> String {
         t.render(&mut out);
     }
     render_requests(m, &mut out);
+    render_groups(m, &mut out);
+    render_queues(m, &mut out);
     render_samples(m, &mut out);
+    out
+}
+
+/// Families shown in tables of their own (the rest are listed generically).
+const TABLED_FAMILIES: [&str; 10] = [
+    "shardline_group_committed_offset",
+    "shardline_group_lag",
+    "shardline_group_members",
+    "shardline_queue_depth",
+    "shardline_queue_inflight",
+    "shardline_queue_oldest_age_seconds",
+    "shardline_queue_redeliveries",
+    "shardline_queue_dead_lettered",
+    "shardline_queue_purged",
+    "shardline_queue_dlq_messages",
+];
+
+/// The samples of one family: label values -> value.
+fn family_values<'m>(m: &'m MetricsResponse, family: &str) -> BTreeMap<&'m [String], i64> {
+    m.samples
+        .iter()
+        .filter(|s| s.family == family)
+        .map(|s| (s.labels.as_slice(), s.value))
+        .collect()
+}
+
+/// Consumer groups: committed offset and lag per partition.
+fn render_groups(m: &MetricsResponse, out: &mut String) {
+    let lag = family_values(m, "shardline_group_lag");
+    if lag.is_empty() {
+        return;
+    }
+    let committed = family_values(m, "shardline_group_committed_offset");
+    out.push('\n');
+    let mut t = Table::new(&["GROUP", "TOPIC", "PARTITION", "COMMITTED", "LAG"]);
+    for (labels, value) in &lag {
+        let mut row: Vec<String> = labels.to_vec();
+        row.resize(3, String::new());
+        row.push(committed.get(labels).map_or("-".into(), i64::to_string));
+        row.push(value.to_string());
+        t.row(row);
+    }
+    t.render(out);
+}
+
+/// Work queues: one row per queue partition.
+fn render_queues(m: &MetricsResponse, out: &mut String) {
+    let depth = family_values(m, "shardline_queue_depth");
+    if depth.is_empty() {
+        return;
+    }
+    let columns = [
+        "shardline_queue_inflight",
+        "shardline_queue_oldest_age_seconds",
+        "shardline_queue_redeliveries",
+        "shardline_queue_dead_lettered",
+        "shardline_queue_purged",
+    ]
+    .map(|f| family_values(m, f));
+    // DLQ records by source queue (summed over the dead-letter topic's partitions).
+    let mut dlq: BTreeMap<&str, i64> = BTreeMap::new();
+    for (labels, v) in family_values(m, "shardline_queue_dlq_messages") {
+        if let Some(q) = labels.first() {
+            *dlq.entry(q.as_str()).or_default() += v;
+        }
+    }
+    out.push('\n');
+    let mut t = Table::new(&[
+        "QUEUE",
+        "PARTITION",
+        "DEPTH",
+        "IN FLIGHT",
+        "OLDEST AGE s",
+        "REDELIVERED",
+        "DEAD-LETTERED",
+        "PURGED",
+        "DLQ RECORDS",
+    ]);
+    for (labels, value) in &depth {
+        let mut row: Vec<String> = labels.to_vec();
+        row.resize(2, String::new());
+        row.push(value.to_string());
+        for c in &columns {
+            row.push(c.get(labels).map_or("-".into(), i64::to_string));
+        }
+        let queue = labels.first().map_or("", String::as_str);
+        row.push(dlq.get(queue).map_or("-".into(), i64::to_string));
+        t.row(row);
+    }
+    t.render(out);
+}
+
+/// Lag of each topic: for every group, its lag summed over the topic's partitions; the
+/// largest over the groups (the consumer furthest behind).
+pub fn topic_lag(m: &MetricsResponse) -> BTreeMap<String, u64> {
+    let mut by_group: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for s in m
+        .samples
+        .iter()
+        .filter(|s| s.family == "shardline_group_lag")
+    {
+        if let [group, topic, ..] = s.labels.as_slice() {
+            *by_group.entry((topic, group)).or_default() += u64::try_from(s.value).unwrap_or(0);
+        }
+    }
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for ((topic, _), lag) in by_group {
+        let e = out.entry(topic.to_string()).or_default();
+        *e = (*e).max(lag);
+    }
     out
 }
 
@@ -246,11 +358,16 @@ fn render_requests(m: &MetricsResponse, out: &mut String) {
 
 /// Extra families (consumer groups, queues...): `family{label=value,...} value`.
 fn render_samples(m: &MetricsResponse, out: &mut String) {
-    if m.samples.is_empty() {
+    let rest: Vec<_> = m
+        .samples
+        .iter()
+        .filter(|s| !TABLED_FAMILIES.contains(&s.family.as_str()))
+        .collect();
+    if rest.is_empty() {
         return;
     }
     out.push('\n');
-    for s in &m.samples {
+    for s in rest {
         let names = family_spec(&s.family).map_or(&[][..], |f| f.labels);
         let labels: Vec<String> = s
             .labels
@@ -347,6 +464,47 @@ mod tests {
             "{text}"
         );
         assert_eq!(topic_totals(&m)["orders"].produced_records, 42);
+    }
+
+    #[test]
+    fn groups_and_queues_get_tables_and_top_shows_the_largest_group_lag() {
+        let sample = |family: &str, labels: &[&str], value: i64| crate::protocol::MetricSample {
+            family: family.into(),
+            labels: labels.iter().map(|l| (*l).to_string()).collect(),
+            value,
+        };
+        let m = MetricsResponse {
+            samples: vec![
+                sample("shardline_group_lag", &["a", "t", "0"], 3),
+                sample("shardline_group_lag", &["a", "t", "1"], 4),
+                sample("shardline_group_lag", &["b", "t", "0"], 5),
+                sample("shardline_group_committed_offset", &["a", "t", "0"], 17),
+                sample("shardline_queue_depth", &["q", "0"], 9),
+                sample("shardline_queue_inflight", &["q", "0"], 2),
+                sample("shardline_queue_dlq_messages", &["q", "q.dlq", "0"], 1),
+                sample("shardline_queue_dlq_messages", &["q", "q.dlq", "1"], 2),
+                sample("shardline_partition_segments", &["t", "0"], 1),
+            ],
+            ..Default::default()
+        };
+        let text = render(&m);
+        let row = |start: &str| {
+            text.lines()
+                .find(|l| l.starts_with(start))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_else(|| panic!("no {start} row in {text}"))
+        };
+        assert_eq!(row("a  "), vec!["a", "t", "0", "17", "3"]);
+        assert_eq!(
+            row("q  "),
+            vec!["q", "0", "9", "2", "-", "-", "-", "-", "3"]
+        );
+        assert!(text.contains("shardline_partition_segments{topic=t,partition=0} 1"));
+        assert!(
+            !text.contains("shardline_group_lag{"),
+            "tabled, not listed: {text}"
+        );
+        assert_eq!(topic_lag(&m)["t"], 7, "group a: 3 + 4, more than b's 5");
     }
 
     #[test]

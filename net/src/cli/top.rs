@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use shardline_engine::metrics::HistogramSnapshot;
 
-use super::stats::{Table, bytes, histogram_delta, percentiles, topic_totals};
+use super::stats::{Table, bytes, histogram_delta, percentiles, topic_lag, topic_totals};
 use crate::client::{Client, ClientError};
 use crate::protocol::MetricsResponse;
 use crate::server::histogram_snapshot;
@@ -102,6 +102,7 @@ pub fn frame(now: &MetricsResponse, before: &MetricsResponse, seconds: f64) -> S
         bytes(now.resident_bytes)
     );
     let (topics, previous) = (topic_totals(now), topic_totals(before));
+    let lag = topic_lag(now);
     let mut t = Table::new(&[
         "TOPIC",
         "PARTS",
@@ -133,9 +134,10 @@ pub fn frame(now: &MetricsResponse, before: &MetricsResponse, seconds: f64) -> S
             ),
             n.log_end.to_string(),
             bytes(n.size_bytes),
-            // Lag needs a consumer's committed position: consumer groups export it as an
-            // extra family; plain fetch consumers have none the server knows.
-            "-".to_string(),
+            // Needs a committed position: the largest group lag; plain fetch consumers have
+            // none the server knows.
+            lag.get(name)
+                .map_or_else(|| "-".to_string(), u64::to_string),
         ]);
     }
     t.render(&mut out);

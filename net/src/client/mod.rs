@@ -64,6 +64,7 @@ pub use error::ClientError;
 pub use group_consumer::{GroupConsumer, GroupConsumerConfig, Guarantee};
 pub use groups::ProducerId;
 pub use message::{Deduplicator, headers, new_message_id};
+pub use ops::GroupPartitionLag;
 pub use partitioner::partition_for_key;
 pub use pool::{Client, ProduceAck, SHARD_RETRY_AFTER, TopicRoute};
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, SendHandle};

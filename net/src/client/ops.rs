@@ -1,11 +1,27 @@
-//! Operations calls of the client: the Metrics api (what `shardline stats` and `top` show)
-//! and AlterTopic (docs/protocol.md, "30 Metrics", "31 AlterTopic").
+//! Operations calls of the client: the Metrics api (what `shardline stats` and `top` show),
+//! AlterTopic, ResetOffsets, QueuePurge and ListGroups (docs/protocol.md, "30 Metrics" to
+//! "34 ListGroups"), and a group's lag per partition (DescribeGroup joined with ListOffsets).
 
 use super::error::ClientError;
 use super::pool::{Client, expect_response};
 use crate::protocol::{
-    AlterTopicRequest, MetricsRequest, MetricsResponse, Request, SettingChange, TopicInfo,
+    AlterTopicRequest, DescribeGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    MetricsRequest, MetricsResponse, OffsetResetTarget, OffsetSpec, PartitionOffsetReset,
+    QueuePurgeRequest, QueuePurgedPartition, Request, ResetOffsetsRequest, SettingChange,
+    TopicInfo,
 };
+
+/// One partition of a group, as `shardline group describe` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPartitionLag {
+    pub partition: u32,
+    /// The group's committed offset (`None`: none yet).
+    pub committed: Option<u64>,
+    /// The partition's log end (high watermark) when asked.
+    pub log_end: u64,
+    /// `log_end - committed` (`None` without a committed offset).
+    pub lag: Option<u64>,
+}
 
 impl Client {
     /// Every figure of the server: shards, connections, requests and, with
@@ -38,5 +54,74 @@ impl Client {
         futures_lite::future::block_on(async {
             expect_response!(self.call_bootstrap(request).await?, AlterTopic).map(|r| r.topic)
         })
+    }
+
+    /// Moves `group`'s committed offsets in `topic` (one partition or all) to `target`;
+    /// refused with `GROUP_NOT_EMPTY` while the group has live members. With `dry_run`,
+    /// returns the plan and writes nothing.
+    pub fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: Option<u32>,
+        target: OffsetResetTarget,
+        dry_run: bool,
+    ) -> Result<Vec<PartitionOffsetReset>, ClientError> {
+        let request = Request::ResetOffsets(ResetOffsetsRequest {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            partition,
+            target,
+            dry_run,
+        });
+        futures_lite::future::block_on(async {
+            expect_response!(self.call_bootstrap(request).await?, ResetOffsets)
+                .map(|r| r.partitions)
+        })
+    }
+
+    /// Discards every message of the work queue below each partition's log end (in-flight
+    /// ones included). Returns what each partition discarded.
+    pub fn queue_purge(&self, topic: &str) -> Result<Vec<QueuePurgedPartition>, ClientError> {
+        let request = Request::QueuePurge(QueuePurgeRequest {
+            topic: topic.to_string(),
+        });
+        futures_lite::future::block_on(async {
+            expect_response!(self.call_bootstrap(request).await?, QueuePurge).map(|r| r.partitions)
+        })
+    }
+
+    /// Every consumer group the principal may describe.
+    pub fn list_groups(&self) -> Result<ListGroupsResponse, ClientError> {
+        let request = Request::ListGroups(ListGroupsRequest {});
+        futures_lite::future::block_on(async {
+            expect_response!(self.call_bootstrap(request).await?, ListGroups)
+        })
+    }
+
+    /// The group's description and, for every partition of its topic, the committed offset,
+    /// the log end and the lag between them.
+    pub fn describe_group_lag(
+        &self,
+        group: &str,
+    ) -> Result<(DescribeGroupResponse, Vec<GroupPartitionLag>), ClientError> {
+        let d = self.describe_group(group)?;
+        let partitions = self.partitions(&d.topic)?;
+        let mut out = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            let committed = d
+                .offsets
+                .iter()
+                .find(|o| o.partition == partition)
+                .map(|o| o.offset);
+            let log_end = self.list_offsets(&d.topic, partition, OffsetSpec::Latest)?;
+            out.push(GroupPartitionLag {
+                partition,
+                committed,
+                log_end,
+                lag: committed.map(|c| log_end.saturating_sub(c)),
+            });
+        }
+        Ok((d, out))
     }
 }

@@ -46,12 +46,15 @@ pub enum ApiKey {
     // 30-39 operations (protocol/ops.rs)
     Metrics = 30,
     AlterTopic = 31,
+    ResetOffsets = 32,
+    QueuePurge = 33,
+    ListGroups = 34,
     // 40-49: security (docs/security.md)
     Authenticate = 40,
 }
 
 /// Number of api keys this build knows.
-pub const API_COUNT: usize = 33;
+pub const API_COUNT: usize = 36;
 
 /// Every api key is below this (a bound for lookup tables).
 pub const API_KEY_LIMIT: usize = 64;
@@ -105,6 +108,9 @@ impl ApiKey {
         ApiKey::QueueRedrive,
         ApiKey::Metrics,
         ApiKey::AlterTopic,
+        ApiKey::ResetOffsets,
+        ApiKey::QueuePurge,
+        ApiKey::ListGroups,
         ApiKey::Authenticate,
     ];
 
@@ -147,6 +153,9 @@ impl ApiKey {
             ApiKey::DescribeGroup => "DescribeGroup",
             ApiKey::Metrics => "Metrics",
             ApiKey::AlterTopic => "AlterTopic",
+            ApiKey::ResetOffsets => "ResetOffsets",
+            ApiKey::QueuePurge => "QueuePurge",
+            ApiKey::ListGroups => "ListGroups",
             ApiKey::QueueCreate => "QueueCreate",
             ApiKey::QueueReceive => "QueueReceive",
             ApiKey::QueueAck => "QueueAck",
@@ -184,7 +193,11 @@ impl ApiKey {
             | ApiKey::OffsetCommit
             | ApiKey::OffsetFetch
             | ApiKey::DescribeGroup => (0, 0),
-            ApiKey::Metrics | ApiKey::AlterTopic => (0, 0),
+            ApiKey::Metrics
+            | ApiKey::AlterTopic
+            | ApiKey::ResetOffsets
+            | ApiKey::QueuePurge
+            | ApiKey::ListGroups => (0, 0),
             ApiKey::QueueCreate
             | ApiKey::QueueReceive
             | ApiKey::QueueAck

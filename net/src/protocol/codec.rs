@@ -449,6 +449,9 @@ pub enum Request {
     Stats(StatsRequest),
     Metrics(MetricsRequest),
     AlterTopic(AlterTopicRequest),
+    ResetOffsets(ResetOffsetsRequest),
+    QueuePurge(QueuePurgeRequest),
+    ListGroups(ListGroupsRequest),
     InitProducer(InitProducerRequest),
     JoinGroup(JoinGroupRequest),
     Heartbeat(HeartbeatRequest),
@@ -486,6 +489,9 @@ impl Request {
             Request::Stats(_) => ApiKey::Stats,
             Request::Metrics(_) => ApiKey::Metrics,
             Request::AlterTopic(_) => ApiKey::AlterTopic,
+            Request::ResetOffsets(_) => ApiKey::ResetOffsets,
+            Request::QueuePurge(_) => ApiKey::QueuePurge,
+            Request::ListGroups(_) => ApiKey::ListGroups,
             Request::InitProducer(_) => ApiKey::InitProducer,
             Request::JoinGroup(_) => ApiKey::JoinGroup,
             Request::Heartbeat(_) => ApiKey::Heartbeat,
@@ -623,6 +629,18 @@ impl Request {
                     check_name("topic name bytes", &m.name)?;
                     Request::AlterTopic(m)
                 }
+                ApiKey::ResetOffsets => {
+                    let m: ResetOffsetsRequest = plain(api, b)?;
+                    check_name("group name bytes", &m.group)?;
+                    check_name("topic name bytes", &m.topic)?;
+                    Request::ResetOffsets(m)
+                }
+                ApiKey::QueuePurge => {
+                    let m: QueuePurgeRequest = plain(api, b)?;
+                    check_name("topic name bytes", &m.topic)?;
+                    Request::QueuePurge(m)
+                }
+                ApiKey::ListGroups => Request::ListGroups(plain(api, b)?),
                 ApiKey::InitProducer => Request::InitProducer(plain(api, b)?),
                 ApiKey::JoinGroup => Request::JoinGroup(plain(api, b)?),
                 ApiKey::Heartbeat => Request::Heartbeat(plain(api, b)?),
@@ -670,6 +688,9 @@ pub enum Response {
     Stats(StatsResponse),
     Metrics(MetricsResponse),
     AlterTopic(AlterTopicResponse),
+    ResetOffsets(ResetOffsetsResponse),
+    QueuePurge(QueuePurgeResponse),
+    ListGroups(ListGroupsResponse),
     InitProducer(InitProducerResponse),
     /// JoinGroup and Heartbeat both answer with an assignment.
     JoinGroup(GroupAssignment),
@@ -707,6 +728,9 @@ impl Response {
             Response::Stats(_) => ApiKey::Stats,
             Response::Metrics(_) => ApiKey::Metrics,
             Response::AlterTopic(_) => ApiKey::AlterTopic,
+            Response::ResetOffsets(_) => ApiKey::ResetOffsets,
+            Response::QueuePurge(_) => ApiKey::QueuePurge,
+            Response::ListGroups(_) => ApiKey::ListGroups,
             Response::InitProducer(_) => ApiKey::InitProducer,
             Response::JoinGroup(_) => ApiKey::JoinGroup,
             Response::Heartbeat(_) => ApiKey::Heartbeat,
@@ -761,6 +785,9 @@ impl Response {
                 ApiKey::Stats => Response::Stats(plain(api, b)?),
                 ApiKey::Metrics => Response::Metrics(plain(api, b)?),
                 ApiKey::AlterTopic => Response::AlterTopic(plain(api, b)?),
+                ApiKey::ResetOffsets => Response::ResetOffsets(plain(api, b)?),
+                ApiKey::QueuePurge => Response::QueuePurge(plain(api, b)?),
+                ApiKey::ListGroups => Response::ListGroups(plain(api, b)?),
                 ApiKey::InitProducer => Response::InitProducer(plain(api, b)?),
                 ApiKey::JoinGroup => Response::JoinGroup(plain(api, b)?),
                 ApiKey::Heartbeat => Response::Heartbeat(plain(api, b)?),
@@ -1099,6 +1126,9 @@ impl FrameEncoder {
             Request::Stats(m) => self.prepare(h, m, none()),
             Request::Metrics(m) => self.prepare(h, m, none()),
             Request::AlterTopic(m) => self.prepare(h, m, none()),
+            Request::ResetOffsets(m) => self.prepare(h, m, none()),
+            Request::QueuePurge(m) => self.prepare(h, m, none()),
+            Request::ListGroups(m) => self.prepare(h, m, none()),
             Request::InitProducer(m) => self.prepare(h, m, none()),
             Request::JoinGroup(m) => self.prepare(h, m, none()),
             Request::Heartbeat(m) => self.prepare(h, m, none()),
@@ -1147,6 +1177,9 @@ impl FrameEncoder {
             Response::Stats(m) => self.prepare(h, m, none()),
             Response::Metrics(m) => self.prepare(h, m, none()),
             Response::AlterTopic(m) => self.prepare(h, m, none()),
+            Response::ResetOffsets(m) => self.prepare(h, m, none()),
+            Response::QueuePurge(m) => self.prepare(h, m, none()),
+            Response::ListGroups(m) => self.prepare(h, m, none()),
             Response::InitProducer(m) => self.prepare(h, m, none()),
             Response::JoinGroup(m) | Response::Heartbeat(m) => self.prepare(h, m, none()),
             Response::LeaveGroup(m) => self.prepare(h, m, none()),

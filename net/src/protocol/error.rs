@@ -74,6 +74,10 @@ pub mod code {
     pub const MESSAGE_DONE: u16 = 227;
     /// The offset was never delivered.
     pub const UNKNOWN_MESSAGE: u16 = 228;
+    // --- 250..=269: operations (docs/operations.md) ---
+    /// ResetOffsets on a group that has live members: stop its consumers first (engine
+    /// `GroupNotEmpty`).
+    pub const GROUP_NOT_EMPTY: u16 = 250;
 
     // 270-299: security (docs/security.md).
     /// Wrong user or password, unknown or revoked token, or a session whose credentials were
@@ -135,6 +139,7 @@ pub fn code_name(code: u16) -> &'static str {
         code::NOT_A_QUEUE => "NOT_A_QUEUE",
         code::MESSAGE_DONE => "MESSAGE_DONE",
         code::UNKNOWN_MESSAGE => "UNKNOWN_MESSAGE",
+        code::GROUP_NOT_EMPTY => "GROUP_NOT_EMPTY",
         code::AUTHENTICATION_FAILED => "AUTHENTICATION_FAILED",
         code::AUTHENTICATION_REQUIRED => "AUTHENTICATION_REQUIRED",
         code::AUTHORIZATION_FAILED => "AUTHORIZATION_FAILED",
@@ -415,6 +420,14 @@ mod tests {
                 code::INVALID_GROUP,
             ),
         ];
+        let ops = Error::GroupNotEmpty {
+            group: s(),
+            members: 1,
+        };
+        assert_eq!(ops.code(), code::GROUP_NOT_EMPTY);
+        assert!((250..=269).contains(&ops.code()), "operations codes");
+        assert!(!ops.is_retriable() && !code_is_retriable(ops.code()));
+        assert_eq!(code_name(ops.code()), "GROUP_NOT_EMPTY");
         for (e, c) in semantics {
             assert_eq!(e.code(), c, "{e:?}");
             assert!((200..=224).contains(&c), "semantics codes of this area");

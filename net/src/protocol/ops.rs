@@ -1,4 +1,5 @@
-//! Operations apis (keys 30-39; docs/protocol.md, "30 Metrics" and "31 AlterTopic").
+//! Operations apis (keys 30-39; docs/protocol.md, "30 Metrics", "31 AlterTopic",
+//! "32 ResetOffsets", "33 QueuePurge" and "34 ListGroups").
 //!
 //! `Metrics` carries the same figures as the `/metrics` endpoint (docs/operations.md): the
 //! server builds one [`MetricsResponse`] per scrape or request, and both the Prometheus encoder
@@ -160,4 +161,110 @@ pub struct AlterTopicRequest {
 pub struct AlterTopicResponse {
     /// The topic with its new settings.
     pub topic: TopicInfo,
+}
+
+// ---------------------------------------------------------------------------------------------
+// 32 ResetOffsets
+
+/// Where a reset moves the group's committed offsets.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub enum OffsetResetTarget {
+    /// The log start of each partition.
+    #[default]
+    Earliest,
+    /// The log end of each partition (the group skips everything written so far).
+    Latest,
+    /// This offset, clamped into `[log start, log end]` of each partition.
+    Offset(u64),
+    /// The first record at or after this time (milliseconds since the epoch); the log end if
+    /// there is none.
+    TimestampMs(i64),
+}
+
+/// Moves a consumer group's committed offsets. Refused with `GROUP_NOT_EMPTY` while the group
+/// has live members; answered once the new offsets are durable (or, with `dry_run`, at once
+/// with the plan and nothing written).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ResetOffsetsRequest {
+    pub group: String,
+    pub topic: String,
+    /// One partition; `None`: every partition of the topic.
+    pub partition: Option<u32>,
+    pub target: OffsetResetTarget,
+    pub dry_run: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct PartitionOffsetReset {
+    pub partition: u32,
+    /// The committed offset before the reset; `None`: the group had none.
+    pub previous: Option<u64>,
+    /// The committed offset after it.
+    pub offset: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ResetOffsetsResponse {
+    /// By partition, ascending.
+    pub partitions: Vec<PartitionOffsetReset>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// 33 QueuePurge
+
+/// Discards every message of a work queue below each partition's log end, in flight ones
+/// included (their leases are refused afterwards). Answered once durable.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct QueuePurgeRequest {
+    pub topic: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct QueuePurgedPartition {
+    pub partition: u32,
+    /// Messages discarded.
+    pub purged: u64,
+    /// Every offset below this is done; later messages are delivered as usual.
+    pub purged_until: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct QueuePurgeResponse {
+    pub partitions: Vec<QueuePurgedPartition>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// 34 ListGroups
+
+/// Groups listed in one answer, at most (the rest is left out and `truncated` set).
+pub const GROUPS_LISTED_MAX: usize = 10_000;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ListGroupsRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ListedGroup {
+    pub group: String,
+    /// Topics the group consumes or has committed offsets in, sorted.
+    pub topics: Vec<String>,
+    /// Live members (0: only committed offsets are left).
+    pub members: u32,
+    pub generation: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ListGroupsResponse {
+    /// Sorted by name; only the groups the principal may describe.
+    pub groups: Vec<ListedGroup>,
+    pub truncated: bool,
 }

@@ -212,6 +212,7 @@ fn request() -> impl Strategy<Value = Request> {
             })
         }),
         semantics_request(),
+        ops_request(),
         (any::<bool>(), name(), text(40)).prop_map(|(token, username, secret)| {
             Request::Authenticate(AuthenticateRequest {
                 mechanism: if token {
@@ -360,6 +361,80 @@ fn semantics_response() -> impl Strategy<Value = Response> {
                     })
                 }
             ),
+    ]
+}
+
+fn reset_target() -> impl Strategy<Value = OffsetResetTarget> {
+    prop_oneof![
+        Just(OffsetResetTarget::Earliest),
+        Just(OffsetResetTarget::Latest),
+        any::<u64>().prop_map(OffsetResetTarget::Offset),
+        any::<i64>().prop_map(OffsetResetTarget::TimestampMs),
+    ]
+}
+
+/// Requests of apis 32..=34.
+fn ops_request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        (
+            name(),
+            name(),
+            proptest::option::of(any::<u32>()),
+            reset_target(),
+            any::<bool>()
+        )
+            .prop_map(|(group, topic, partition, target, dry_run)| {
+                Request::ResetOffsets(ResetOffsetsRequest {
+                    group,
+                    topic,
+                    partition,
+                    target,
+                    dry_run,
+                })
+            }),
+        name().prop_map(|topic| Request::QueuePurge(QueuePurgeRequest { topic })),
+        Just(Request::ListGroups(ListGroupsRequest {})),
+    ]
+}
+
+/// Responses of apis 32..=34.
+fn ops_response() -> impl Strategy<Value = Response> {
+    let reset =
+        (any::<u32>(), opt_u64(), any::<u64>()).prop_map(|(partition, previous, offset)| {
+            PartitionOffsetReset {
+                partition,
+                previous,
+                offset,
+            }
+        });
+    let purged =
+        (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(partition, purged, purged_until)| {
+            QueuePurgedPartition {
+                partition,
+                purged,
+                purged_until,
+            }
+        });
+    let group = (
+        name(),
+        proptest::collection::vec(name(), 0..3),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(|(group, topics, members, generation)| ListedGroup {
+            group,
+            topics,
+            members,
+            generation,
+        });
+    prop_oneof![
+        proptest::collection::vec(reset, 0..4)
+            .prop_map(|partitions| Response::ResetOffsets(ResetOffsetsResponse { partitions })),
+        proptest::collection::vec(purged, 0..4)
+            .prop_map(|partitions| Response::QueuePurge(QueuePurgeResponse { partitions })),
+        (proptest::collection::vec(group, 0..4), any::<bool>()).prop_map(|(groups, truncated)| {
+            Response::ListGroups(ListGroupsResponse { groups, truncated })
+        }),
     ]
 }
 
@@ -618,6 +693,7 @@ fn response() -> impl Strategy<Value = Response> {
         metrics_response().prop_map(Response::Metrics),
         topic_info().prop_map(|topic| Response::AlterTopic(AlterTopicResponse { topic })),
         semantics_response(),
+        ops_response(),
         name().prop_map(|principal| Response::Authenticate(AuthenticateResponse { principal })),
     ]
 }
@@ -1161,7 +1237,15 @@ fn semantics_request_limits_are_enforced_on_decode() {
             metadata: "x".repeat(MESSAGE_BYTES_MAX + 1),
         }],
     });
-    for r in [too_many, long_metadata] {
+    let long_group = Request::ResetOffsets(ResetOffsetsRequest {
+        group: "g".repeat(NAME_BYTES_MAX + 1),
+        topic: "t".into(),
+        ..ResetOffsetsRequest::default()
+    });
+    let long_queue = Request::QueuePurge(QueuePurgeRequest {
+        topic: "q".repeat(NAME_BYTES_MAX + 1),
+    });
+    for r in [too_many, long_metadata, long_group, long_queue] {
         let mut enc = FrameEncoder::default();
         let mut out = AlignedVec::<16>::new();
         enc.request(&mut out, 1, 0, &r).unwrap();
@@ -1429,6 +1513,10 @@ fn wire_layout_is_pinned() {
         ApiCount => 16, 8; ErrorCount => 16, 8; ShardMetrics => 200, 8;
         PartitionMetrics => 80, 8; MetricSample => 24, 8; MetricsResponse => 40, 8;
         SettingChange => 16, 8; AlterTopicRequest => 40, 8; AlterTopicResponse => 96, 8;
+        OffsetResetTarget => 16, 8; ResetOffsetsRequest => 48, 8;
+        PartitionOffsetReset => 32, 8; ResetOffsetsResponse => 8, 4;
+        QueuePurgeRequest => 8, 4; QueuePurgedPartition => 24, 8; QueuePurgeResponse => 8, 4;
+        ListGroupsRequest => 0, 1; ListedGroup => 24, 4; ListGroupsResponse => 12, 4;
         ErrorResponse => 12, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;

@@ -571,6 +571,17 @@ pub(crate) fn for_each_permission<'r>(
         Request::QueuePeek(q) => f(Topic, &q.topic, Consume),
         // Re-drive moves messages out of a dead-letter topic back into their sources.
         Request::QueueRedrive(q) => f(Topic, &q.dead_letter_topic, Admin),
+        // Rewriting a group's position bypasses its members: an administrative act on the
+        // group (Kafka asks only Group Read, as its reset is an ordinary commit); reading the
+        // partitions' offsets and timestamps needs Describe on the topic.
+        Request::ResetOffsets(r) => {
+            f(Group, &r.group, Admin);
+            f(Topic, &r.topic, Describe);
+        }
+        // Purging deletes messages, as Kafka's DeleteRecords needs Topic Delete.
+        Request::QueuePurge(q) => f(Topic, &q.topic, Delete),
+        // Filtered instead: only the groups the principal may describe are listed.
+        Request::ListGroups(_) => {}
     }
 }
 
@@ -593,6 +604,11 @@ pub(crate) fn filter_response(
         Response::Metadata(mut m) => {
             m.topics.retain(|t| may(&t.name));
             Response::Metadata(m)
+        }
+        Response::ListGroups(mut l) => {
+            l.groups
+                .retain(|g| auth.allowed(ResourceType::Group, &g.group, Operation::Describe));
+            Response::ListGroups(l)
         }
         other => other,
     }

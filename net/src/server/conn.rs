@@ -543,6 +543,22 @@ impl Conn {
                     c.end();
                 });
             }
+            Request::ResetOffsets(_) | Request::QueuePurge(_) => {
+                // Barriers, like AlterTopic: requests behind them see their effect.
+                self.begin();
+                let r = super::ops::handle(&self.engine, request).await;
+                self.reply_admin(cid, api, ver, r);
+                self.end();
+            }
+            Request::ListGroups(_) => {
+                self.begin();
+                let c = self.clone();
+                rt::spawn_local(async move {
+                    let r = super::ops::handle(&c.engine, request).await;
+                    c.reply_admin(cid, api, ver, r);
+                    c.end();
+                });
+            }
             Request::Authenticate(a) => {
                 // A barrier: requests behind it run with its outcome.
                 self.begin();

@@ -12,6 +12,7 @@
 mod auth;
 mod conn;
 mod metrics;
+mod ops;
 mod prometheus;
 
 pub use metrics::snapshot_of as histogram_snapshot;

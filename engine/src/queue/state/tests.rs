@@ -325,3 +325,36 @@ fn snapshot_is_bounded_by_the_window_not_by_the_done_range() {
         }]
     );
 }
+
+/// Purge discards every state below the end (ready, delayed, in flight, dead-pending and
+/// not yet scanned), keeps what is above it, and its leases are refused afterwards; a snapshot
+/// taken after it restores to the same state (what the ack log keeps).
+#[test]
+fn purge_discards_everything_below_the_end_and_survives_a_snapshot() {
+    let mut q = QueueState::new(settings(1), 0);
+    for o in 0..6 {
+        q.add(o, 0, o as i64, 0);
+    }
+    let leased = q.lease(0, 3, 1_000); // 0, 1, 2 in flight
+    q.nack(leased[1], Some(500), 0).unwrap(); // 1 delayed
+    assert_eq!(q.counts().in_flight, 2);
+    // 6..9 exist in the log but are not scanned; 9 and up arrive after the purge point.
+    assert_eq!(q.purge(9), 9);
+    let c = q.counts();
+    assert_eq!(
+        (c.ready, c.delayed, c.in_flight, c.dead_pending),
+        (0, 0, 0, 0)
+    );
+    assert_eq!((q.floor(), q.scanned()), (9, 9));
+    assert_eq!(q.ack(leased[0]), Err(LeaseError::Done));
+    assert_eq!(q.nack(leased[2], None, 0), Err(LeaseError::Done));
+    assert_eq!(q.purge(3), 0, "a purge below the floor changes nothing");
+    q.add(9, 0, 9, 0);
+    let mut restored = QueueState::new(settings(1), 0);
+    restored.restore(q.snapshot());
+    restored.add(9, 0, 9, 0);
+    assert_eq!(restored.floor(), 9);
+    let r = restored.lease(0, 10, 100);
+    assert_eq!(r.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![9]);
+    assert_eq!(q.lease(0, 10, 100), r);
+}

@@ -87,6 +87,9 @@ pub(crate) enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Discard every message of the queue (all partitions) below its current end, in-flight
+    /// ones included; prints what each partition discarded.
+    Purge { queue: String },
     /// Inspect or re-drive a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -286,6 +289,18 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
                     )?;
                 }
             }
+        }
+        QueueCommand::Purge { queue } => {
+            let mut total = 0;
+            for p in client.queue_purge(&queue)? {
+                total += p.purged;
+                writeln!(
+                    out,
+                    "partition {} purged={} purged_until={}",
+                    p.partition, p.purged, p.purged_until
+                )?;
+            }
+            writeln!(out, "purged {total}")?;
         }
         QueueCommand::Dlq(DlqCommand::Redrive { dlq, max }) => {
             let moved = client.queue_redrive(&dlq, max)?;

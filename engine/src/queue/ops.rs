@@ -1,0 +1,143 @@
+//! Operations on work queues: purging (docs/semantics.md, "Purging a queue") and the queue
+//! figures of a metrics scrape (docs/operations.md, "Metrics").
+//!
+//! A purge discards every message of the partition below its log end at the moment the purge
+//! runs on the owning shard: ready, delayed, in flight, waiting for the dead-letter queue, or
+//! not yet scanned. It is recorded as a snapshot of the state appended durably to the ack log
+//! (the snapshot says "everything below the floor is done"), so it survives a restart; the
+//! purge is answered only once that snapshot is fdatasync'd. Leases of purged messages are
+//! refused afterwards (`MESSAGE_DONE`): they are never redelivered.
+
+use std::rc::Rc;
+
+use serde::Serialize;
+
+use super::{QueueCtx, fill, now_ms, partition_stats, write_snapshot};
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::metrics::{Sample, ShardMetricsSnapshot};
+use crate::shard::{Acks, PartitionKey, Shard};
+
+/// What a purge did to one partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgedPartition {
+    pub partition: u32,
+    /// Messages discarded (not yet acked or dead-lettered when the purge ran).
+    pub purged: u64,
+    /// Every offset below this is done now; messages from here on are delivered as usual.
+    pub purged_until: u64,
+}
+
+pub(super) async fn purge(shard: &Rc<Shard>, key: &PartitionKey) -> Result<PurgedPartition> {
+    let q = shard.queues.get(key)?;
+    let p = shard.partition(key)?;
+    // No await between reading the end and writing the snapshot: the snapshot is exactly the
+    // purged state, appended after every ack-log record that preceded the purge.
+    let end = p.log.borrow().watermarks().written_offset;
+    let purged = q.state.borrow_mut().purge(end);
+    q.counters.purged.set(q.counters.purged.get() + purged);
+    write_snapshot(shard, &q, Acks::Durable).await?;
+    tracing::info!(topic = %key.0, partition = key.1, purged, purged_until = end, "queue purged");
+    Ok(PurgedPartition {
+        partition: key.1,
+        purged,
+        purged_until: end,
+    })
+}
+
+/// Brings every queue window of the shard up to the log end before a scrape, so that depth
+/// and oldest age are as exact as a QueueStats answer. Bounded like any fill.
+pub(crate) async fn refresh_for_metrics(shard: &Rc<Shard>) {
+    let queues: Vec<Rc<QueueCtx>> = shard.queues.map.borrow().values().cloned().collect();
+    for q in queues {
+        if let Err(e) = fill(shard, &q).await {
+            tracing::debug!(topic = %q.key.0, partition = q.key.1, error = %e, "queue fill before a scrape failed");
+        }
+    }
+}
+
+/// The queue families of every queue partition this shard owns (no lock, no I/O).
+pub(crate) fn collect_samples(shard: &Shard, out: &mut Vec<Sample>) {
+    let now = now_ms();
+    let mut queues: Vec<Rc<QueueCtx>> = shard.queues.map.borrow().values().cloned().collect();
+    queues.sort_by(|a, b| a.key.cmp(&b.key));
+    for q in queues {
+        let Ok(p) = shard.partition(&q.key) else {
+            continue;
+        };
+        let s = partition_stats(&q, &p, now);
+        let figures = [
+            ("shardline_queue_depth", s.depth),
+            ("shardline_queue_inflight", s.in_flight),
+            ("shardline_queue_oldest_age_seconds", s.oldest_age_ms / 1000),
+            ("shardline_queue_redeliveries", s.redelivered),
+            ("shardline_queue_dead_lettered", s.dead_lettered + s.dropped),
+            ("shardline_queue_purged", s.purged),
+        ];
+        for (family, value) in figures {
+            out.push(Sample {
+                family,
+                labels: vec![q.key.0.to_string(), q.key.1.to_string()],
+                value: i64::try_from(value).unwrap_or(i64::MAX),
+            });
+        }
+    }
+}
+
+/// Records held by each queue's dead-letter topic, per partition of that topic. Runs on the
+/// scrape thread (it reads the topic settings under the control-plane lock, which a shard must
+/// not take) and joins them with the partition figures the shards reported.
+pub(crate) fn dlq_samples(engine: &Engine, shards: &mut [ShardMetricsSnapshot]) {
+    let dead_letter: Vec<(String, String)> = engine
+        .list_topics()
+        .into_iter()
+        .filter_map(|t| {
+            let dlq = t.config.queue?.dead_letter_topic?;
+            Some((t.name, dlq))
+        })
+        .collect();
+    if dead_letter.is_empty() {
+        return;
+    }
+    for s in shards.iter_mut() {
+        let mut found = Vec::new();
+        for p in &s.partitions {
+            for (queue, dlq) in dead_letter.iter().filter(|(_, d)| *d == p.topic) {
+                found.push(Sample {
+                    family: "shardline_queue_dlq_messages",
+                    labels: vec![queue.clone(), dlq.clone(), p.partition.to_string()],
+                    value: i64::try_from(p.high_watermark.saturating_sub(p.log_start))
+                        .unwrap_or(i64::MAX),
+                });
+            }
+        }
+        s.samples.extend(found);
+    }
+}
+
+impl Engine {
+    /// Discards every message of the work queue `topic` below each partition's log end
+    /// (docs/semantics.md, "Purging a queue"). Answered once each partition's purge is durable.
+    pub async fn queue_purge_async(&self, topic: &str) -> Result<Vec<PurgedPartition>> {
+        let n = self.route(topic)?.shards.len() as u32;
+        let mut out = Vec::with_capacity(n as usize);
+        for partition in 0..n {
+            let (name, shard) = self.locate(topic, partition)?;
+            let r = self
+                .ask_async(shard, |reply| {
+                    crate::shard::Request::Queue(super::QueueRequest::Purge {
+                        key: (name, partition),
+                        reply,
+                    })
+                })
+                .await?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// [`Engine::queue_purge_async`], blocking.
+    pub fn queue_purge(&self, topic: &str) -> Result<Vec<PurgedPartition>> {
+        futures_lite::future::block_on(self.queue_purge_async(topic))
+    }
+}
