@@ -793,4 +793,19 @@ fn preallocated_space_ahead_of_small_writes_survives_restarts() {
     let data_end: usize = h.model.iter().map(|b| b.len()).sum();
     assert!(h.log().recovery.truncated_bytes > 0);
     assert_eq!(file_len(&h.storage, &seg), data_end);
+    // Zeros that end mid-block (a torn extension, or a cut) are kept, and the next writes
+    // still start on a block (CrashStorage refuses unaligned writes, as O_DIRECT does).
+    h.append(make_batch(31, 1, 100));
+    h.flush(true);
+    let len = file_len(&h.storage, &seg);
+    h.storage
+        .with_file_bytes(&seg, |b| b.truncate(len - 4096 - 1000))
+        .expect("segment");
+    h.restart_after_crash();
+    assert_eq!(h.log().recovery.truncated_bytes, 0);
+    for i in 32..60 {
+        h.append(make_batch(i, 1, 700));
+        h.flush(true);
+    }
+    h.restart_after_crash();
 }

@@ -1013,7 +1013,9 @@ impl<S: Storage> PartitionLog<S> {
         seg.bytes_since_index = scan.bytes_since_index;
         seg.max_timestamp_us = scan.max_timestamp_us;
         seg.checkpoint_pos = if had_cp { start.data_bytes } else { 0 };
-        seg.zeroed_to = zeroed_to;
+        // Block-aligned: a torn extension (or a cut, like the harness's torn-tail fault) can
+        // leave the zeros ending mid-block, and direct writes start on a block.
+        seg.zeroed_to = align_down(zeroed_to);
         let partial = (scan.end_pos % BLOCK_BYTES as u64) as usize;
         if partial > 0 {
             let r = file
