@@ -455,15 +455,20 @@ impl GroupConsumer {
     }
 
     async fn apply(&mut self, a: &GroupAssignment) -> Result<(), ClientError> {
+        // A new member id: the old membership expired (the member stopped polling, or the
+        // server lost the group in a restart) and its partitions may have been consumed and
+        // committed further by others since. Nothing of it is kept: every partition of the new
+        // assignment starts at the group's committed offset.
+        let rejoined = a.member_id != self.member_id;
         let revoked: Vec<u32> = self
             .positions
             .keys()
             .copied()
-            .filter(|p| !a.partitions.contains(p))
+            .filter(|p| rejoined || !a.partitions.contains(p))
             .collect();
         if !revoked.is_empty()
             && self.config.auto_commit
-            && a.member_id == self.member_id
+            && !rejoined
             && let Err(e) = self.commit_positions(Some(&revoked)).await
         {
             warn!(group = %self.config.group, error = %e, "commit on revocation failed; the next owner may redeliver");
