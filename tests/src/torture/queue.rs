@@ -74,8 +74,9 @@ pub fn is_poison(seq: u64) -> bool {
 /// The queue checks (pure).
 #[derive(Debug, Default)]
 pub struct QueueTracker {
-    /// (partition, offset) -> when its ack was answered (NONE, or MESSAGE_DONE to a resend).
-    acked: HashMap<(u32, u64), Instant>,
+    /// (partition, offset) -> when its ack was answered (NONE, or MESSAGE_DONE to a resend),
+    /// the receipt's attempt, and the answer.
+    acked: HashMap<(u32, u64), (Instant, u32, &'static str)>,
     /// Per partition: the highest ack floor read back.
     floors: Vec<u64>,
     pub received: u64,
@@ -114,12 +115,12 @@ impl QueueTracker {
                 m.partition, m.offset
             ));
         }
-        if let Some(at) = self.acked.get(&(m.partition, m.offset))
+        if let Some((at, attempt, how)) = self.acked.get(&(m.partition, m.offset))
             && sent_at > *at
         {
             v.push(format!(
-                "[queue] partition {} offset {} was acked {:?} before a receive that returned \
-                 it again (attempt {})",
+                "[queue] partition {} offset {} was acked ({how}, attempt {attempt}) {:?} before \
+                 a receive that returned it again (attempt {})",
                 m.partition,
                 m.offset,
                 sent_at - *at,
@@ -137,16 +138,24 @@ impl QueueTracker {
         match answer {
             code::NONE => {
                 self.acks += 1;
-                if self.acked.insert(key, Instant::now()).is_some() {
+                let how = if resend { "NONE to a resend" } else { "NONE" };
+                let now = (Instant::now(), r.attempt, how);
+                if let Some((at, attempt, first)) = self.acked.insert(key, now) {
                     v.push(format!(
-                        "[queue] partition {} offset {} acked successfully twice",
-                        r.partition, r.offset
+                        "[queue] partition {} offset {} acked successfully twice: {first} \
+                         (attempt {attempt}), then {:?} later {how} (attempt {})",
+                        r.partition,
+                        r.offset,
+                        at.elapsed(),
+                        r.attempt
                     ));
                 }
             }
             code::MESSAGE_DONE if resend => {
                 self.acks_settled_by_resend += 1;
-                self.acked.entry(key).or_insert_with(Instant::now);
+                self.acked
+                    .entry(key)
+                    .or_insert_with(|| (Instant::now(), r.attempt, "MESSAGE_DONE to a resend"));
             }
             _ => self.lease_lost += 1,
         }
