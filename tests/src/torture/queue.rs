@@ -74,9 +74,13 @@ pub fn is_poison(seq: u64) -> bool {
 /// The queue checks (pure).
 #[derive(Debug, Default)]
 pub struct QueueTracker {
-    /// (partition, offset) -> when its ack was answered (NONE, or MESSAGE_DONE to a resend),
-    /// the receipt's attempt, and the answer.
+    /// (partition, offset) -> when the server first said it is done (an ack answered NONE, or
+    /// MESSAGE_DONE to a resend), the receipt's attempt, and the answer.
     acked: HashMap<(u32, u64), (Instant, u32, &'static str)>,
+    /// Messages whose ack was answered NONE (a successful ack). MESSAGE_DONE to a resend is not
+    /// one: the first attempt, another consumer's ack (whose answer may be processed later
+    /// here) or dead-lettering may have made it done.
+    acked_ok: HashSet<(u32, u64)>,
     /// Per partition: the highest ack floor read back.
     floors: Vec<u64>,
     pub received: u64,
@@ -139,10 +143,14 @@ impl QueueTracker {
             code::NONE => {
                 self.acks += 1;
                 let how = if resend { "NONE to a resend" } else { "NONE" };
-                let now = (Instant::now(), r.attempt, how);
-                if let Some((at, attempt, first)) = self.acked.insert(key, now) {
+                let first = *self
+                    .acked
+                    .entry(key)
+                    .or_insert((Instant::now(), r.attempt, how));
+                if !self.acked_ok.insert(key) {
+                    let (at, attempt, first_how) = first;
                     v.push(format!(
-                        "[queue] partition {} offset {} acked successfully twice: {first} \
+                        "[queue] partition {} offset {} acked successfully twice: {first_how} \
                          (attempt {attempt}), then {:?} later {how} (attempt {})",
                         r.partition,
                         r.offset,
@@ -532,6 +540,16 @@ mod tests {
         assert!(t.acked(&receipt(0, 4), code::NONE, false).is_empty());
         let v = t.acked(&receipt(0, 4), code::NONE, true);
         assert!(v.iter().any(|v| v.contains("twice")), "{v:?}");
+    }
+
+    /// Another consumer's ack may be answered by the server first and processed here second:
+    /// a resend's MESSAGE_DONE followed by a NONE is one successful ack, not two.
+    #[test]
+    fn a_resend_answered_done_then_another_consumers_success_is_one_ack() {
+        let mut t = QueueTracker::new(1);
+        assert!(t.acked(&receipt(0, 4), code::MESSAGE_DONE, true).is_empty());
+        assert!(t.acked(&receipt(0, 4), code::NONE, false).is_empty());
+        assert!(t.is_acked(0, 4));
     }
 
     #[test]
