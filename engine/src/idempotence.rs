@@ -390,7 +390,18 @@ fn without_padding(b: &[u8]) -> &[u8] {
 /// Rebuilds a partition's table on open: the newest usable snapshot, then every batch header
 /// from the snapshot's offset (or the log start) to the end of the recovered log.
 pub async fn rebuild<S: Storage>(log: &PartitionLog<S>) -> Result<ProducerTable> {
+    rebuild_counted(log).await.map(|(table, _)| table)
+}
+
+/// Log bytes replayed at an open above which the opener writes a snapshot at once (see
+/// `shard.rs`), so that a process that keeps crashing before its first snapshot timer does not
+/// replay the whole log again at every start.
+pub const REPLAY_SNAPSHOT_BYTES: u64 = 4 << 20;
+
+/// [`rebuild`], also returning how many bytes of the log it read.
+pub async fn rebuild_counted<S: Storage>(log: &PartitionLog<S>) -> Result<(ProducerTable, u64)> {
     let w = log.watermarks();
+    let mut replayed_bytes = 0u64;
     let (mut table, from) = ProducerTable::load_snapshot(log.dir(), w.written_offset);
     let mut offset = from.unwrap_or(w.log_start).max(w.log_start);
     // Bounded: each step consumes at least one batch (plan_read returns at least one).
@@ -401,6 +412,7 @@ pub async fn rebuild<S: Storage>(log: &PartitionLog<S>) -> Result<ProducerTable>
         };
         let mut next = offset;
         for chunk in &r.chunks {
+            replayed_bytes += chunk.len() as u64;
             for b in crate::batch::split_batches(chunk)? {
                 let h = BatchHeader::parse(b)?;
                 if h.base_offset >= offset {
@@ -417,7 +429,7 @@ pub async fn rebuild<S: Storage>(log: &PartitionLog<S>) -> Result<ProducerTable>
         }
         offset = next;
     }
-    Ok(table)
+    Ok((table, replayed_bytes))
 }
 
 #[cfg(test)]

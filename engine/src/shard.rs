@@ -540,11 +540,13 @@ impl Shard {
             return;
         }
         let opened = match PartitionLog::open(DmaStorage, &dir, config.clone(), now_ms()).await {
-            Ok(log) => idempotence::rebuild(&log).await.map(|t| (log, t)),
+            Ok(log) => idempotence::rebuild_counted(&log)
+                .await
+                .map(|(t, replayed)| (log, t, replayed)),
             Err(e) => Err(e),
         };
         match opened {
-            Ok((log, producers)) => {
+            Ok((log, producers, replayed_bytes)) => {
                 let report = log.recovery.clone();
                 let p = Rc::new(Partition {
                     key: key.clone(),
@@ -566,6 +568,11 @@ impl Shard {
                     producers_snapshot: Cell::new(None),
                     producers_snapshot_running: Cell::new(false),
                 });
+                if replayed_bytes >= idempotence::REPLAY_SNAPSHOT_BYTES {
+                    // The next open (after a crash that may come before the retention timer's
+                    // first snapshot) then replays only what this process writes.
+                    snapshot_producers(&p);
+                }
                 self.partitions.borrow_mut().insert(key, p);
                 let _ = reply.send(Ok(report));
             }

@@ -20,7 +20,7 @@
 //! poll or polled within `max_poll_interval`; an application stuck longer stops heartbeating,
 //! so its partitions move to others after the session timeout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -154,6 +154,9 @@ pub struct GroupConsumer {
     /// An assignment whose reconciliation failed (e.g. the offset fetch timed out): retried on
     /// the next poll, since the heartbeat thread forwards only changes.
     unapplied: Option<GroupAssignment>,
+    /// Owned partitions whose subscription ended and could not be resumed yet (the server was
+    /// unreachable): resumed at their position on later polls.
+    detached: BTreeSet<u32>,
 }
 
 impl std::fmt::Debug for GroupConsumer {
@@ -229,6 +232,7 @@ impl GroupConsumer {
             last_commit: Instant::now(),
             dedup,
             unapplied: None,
+            detached: BTreeSet::new(),
         })
     }
 
@@ -254,7 +258,8 @@ impl GroupConsumer {
         loop {
             let now = Instant::now();
             let slice = deadline.saturating_duration_since(now).min(POLL_SLICE);
-            let got = if self.positions.is_empty() {
+            block_on(self.reattach());
+            let got = if self.attached() == 0 {
                 match self.assignments.recv_timeout(slice) {
                     Ok(a) => {
                         block_on(self.reconcile(a))?;
@@ -291,11 +296,36 @@ impl GroupConsumer {
             enum Event {
                 Record(Result<ConsumerRecord, ClientError>),
                 Assignment(GroupAssignment),
+                Retry,
             }
-            let event = if self.positions.is_empty() {
-                match self.assignments.recv_async().await {
-                    Ok(a) => Event::Assignment(a),
-                    Err(_) => {
+            self.reattach().await;
+            let event = if self.attached() == 0 {
+                let assignment = async {
+                    match self.assignments.recv_async().await {
+                        Ok(a) => Some(Event::Assignment(a)),
+                        Err(_) => None,
+                    }
+                };
+                // While detached partitions wait, look at them again after a slice.
+                let retry = async {
+                    if self.detached.is_empty() {
+                        std::future::pending::<()>().await;
+                    }
+                    let (tx, rx) = flume::bounded::<()>(1);
+                    std::thread::spawn(move || {
+                        std::thread::sleep(POLL_SLICE);
+                        let _ = tx.send(());
+                    });
+                    let _ = rx.recv_async().await;
+                };
+                let event = futures_lite::future::or(assignment, async {
+                    retry.await;
+                    Some(Event::Retry)
+                })
+                .await;
+                match event {
+                    Some(e) => e,
+                    None => {
                         return Err(ClientError::Closed {
                             what: "group consumer",
                         });
@@ -321,6 +351,7 @@ impl GroupConsumer {
                 }
                 Event::Record(Err(e)) => self.recover(e).await?,
                 Event::Assignment(a) => self.reconcile(a).await?,
+                Event::Retry => {}
             }
         }
     }
@@ -424,15 +455,20 @@ impl GroupConsumer {
     }
 
     async fn apply(&mut self, a: &GroupAssignment) -> Result<(), ClientError> {
+        // A new member id: the old membership expired (the member stopped polling, or the
+        // server lost the group in a restart) and its partitions may have been consumed and
+        // committed further by others since. Nothing of it is kept: every partition of the new
+        // assignment starts at the group's committed offset.
+        let rejoined = a.member_id != self.member_id;
         let revoked: Vec<u32> = self
             .positions
             .keys()
             .copied()
-            .filter(|p| !a.partitions.contains(p))
+            .filter(|p| rejoined || !a.partitions.contains(p))
             .collect();
         if !revoked.is_empty()
             && self.config.auto_commit
-            && a.member_id == self.member_id
+            && !rejoined
             && let Err(e) = self.commit_positions(Some(&revoked)).await
         {
             warn!(group = %self.config.group, error = %e, "commit on revocation failed; the next owner may redeliver");
@@ -444,6 +480,7 @@ impl GroupConsumer {
                 .await;
             self.positions.remove(p);
             self.committed.remove(p);
+            self.detached.remove(p);
         }
         self.member_id.clone_from(&a.member_id);
         self.generation = a.generation;
@@ -517,7 +554,6 @@ impl GroupConsumer {
             return Ok(());
         };
         let _ = self.consumer.unsubscribe_async(&self.config.topic, p).await;
-        let mut last = e.clone();
         for attempt in 0..RESUBSCRIBE_MAX {
             match self
                 .consumer
@@ -527,11 +563,43 @@ impl GroupConsumer {
                 Ok(_) => return Ok(()),
                 Err(err) => {
                     debug!(partition = p, attempt, error = %err, "resubscribe failed");
-                    last = err;
                 }
             }
         }
-        Err(last)
+        // Still owned: resumed at its position by a later poll (a server that restarts takes
+        // longer than a few attempts). Giving up here would leave the partition owned and never
+        // consumed.
+        self.detached.insert(p);
+        Ok(())
+    }
+
+    /// Owned partitions with a live subscription.
+    fn attached(&self) -> usize {
+        self.positions.len() - self.detached.len()
+    }
+
+    /// One attempt to resume each detached partition at its position.
+    async fn reattach(&mut self) {
+        let detached: Vec<u32> = self.detached.iter().copied().collect();
+        for p in detached {
+            let Some(position) = self.positions.get(&p).copied() else {
+                self.detached.remove(&p);
+                continue;
+            };
+            match self
+                .consumer
+                .subscribe_async(&self.config.topic, p, OffsetSpec::At(position))
+                .await
+            {
+                Ok(_) => {
+                    self.detached.remove(&p);
+                }
+                Err(err) => {
+                    debug!(partition = p, error = %err, "resubscribe failed; retried on the next poll");
+                    return;
+                }
+            }
+        }
     }
 
     /// Moves partition `p` (which must be owned) to `spec`: replay from an offset, the start,
@@ -547,8 +615,18 @@ impl GroupConsumer {
             )));
         }
         let topic = self.config.topic.clone();
-        self.consumer.unsubscribe_async(&topic, p).await?;
-        let info = self.consumer.subscribe_async(&topic, p, spec).await?;
+        if !self.detached.contains(&p) {
+            self.consumer.unsubscribe_async(&topic, p).await?;
+        }
+        let info = match self.consumer.subscribe_async(&topic, p, spec).await {
+            Ok(info) => info,
+            Err(e) => {
+                // Resumed at its old position later, like any subscription that ended.
+                self.detached.insert(p);
+                return Err(e);
+            }
+        };
+        self.detached.remove(&p);
         self.positions.insert(p, info.start_offset);
         Ok(info.start_offset)
     }

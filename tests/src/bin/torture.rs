@@ -44,6 +44,18 @@ struct Args {
     producers: usize,
     #[arg(long, default_value_t = 2)]
     consumers: usize,
+    /// Idempotent producers on the torture topic (each resends a batch until it is acked).
+    #[arg(long, default_value_t = 2)]
+    idempotent_producers: usize,
+    /// Members of one consumer group on the torture topic (0: none).
+    #[arg(long, default_value_t = 3)]
+    group_members: usize,
+    /// Competing consumers of the work queue, which one more idempotent producer feeds (0: no
+    /// queue).
+    #[arg(long, default_value_t = 2)]
+    queue_consumers: usize,
+    #[arg(long, default_value_t = 2)]
+    queue_partitions: u32,
     #[arg(long, default_value_t = 2)]
     shards: usize,
     /// Load between faults, milliseconds.
@@ -75,7 +87,8 @@ struct Args {
     /// these sizes in GiB, comma separated (e.g. 1,4,16).
     #[arg(long, value_delimiter = ',')]
     recovery_gib: Vec<f64>,
-    /// Self-test: torn tails cut into acknowledged data (the run must then fail with exit 3).
+    /// Self-test: torn tails cut into acknowledged data, and idempotent producers resend with a
+    /// fresh sequence number (the run must then fail with exit 3).
     #[arg(long, hide = true)]
     sabotage: bool,
 }
@@ -132,6 +145,10 @@ fn real_main() -> anyhow::Result<bool> {
         partitions: a.partitions,
         producers: a.producers,
         consumers: a.consumers.max(1),
+        idempotent_producers: a.idempotent_producers,
+        group_members: a.group_members,
+        queue_consumers: a.queue_consumers,
+        queue_partitions: a.queue_partitions.max(1),
         shards: a.shards,
         cycle: Duration::from_millis(a.cycle_ms),
         pause: Duration::from_millis(a.pause_ms),
@@ -190,5 +207,34 @@ fn real_main() -> anyhow::Result<bool> {
         report.peak_rss_bytes >> 20,
         report.violations.len()
     );
+    let i = &report.idempotent;
+    eprintln!(
+        "torture: idempotent: {} batches acked ({} after a resend), {} resends",
+        i.batches_acked, i.acked_after_resend, i.resends
+    );
+    if let Some(g) = &report.groups {
+        eprintln!(
+            "torture: group: {} records delivered ({} again), {} of {} acked delivered, {} \
+             memberships, {} commits checked",
+            g.records_delivered,
+            g.redelivered,
+            g.acked_records_delivered,
+            g.acked_records_delivered + g.acked_records_undelivered,
+            g.memberships,
+            g.commits_checked
+        );
+    }
+    if let Some(q) = &report.queue {
+        eprintln!(
+            "torture: queue: {} produced, {} acked, {} dead letters, {} redelivered, {} lost",
+            q.produced_acked, q.acked, q.dead_letters, q.redelivered, q.produced_acked_lost
+        );
+    }
+    if !report.violations_by_family.is_empty() {
+        eprintln!(
+            "torture: violations by family: {:?}",
+            report.violations_by_family
+        );
+    }
     Ok(report.violations.is_empty())
 }

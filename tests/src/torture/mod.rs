@@ -16,8 +16,11 @@
 //! follows completed writes), except after an injected torn tail, which stands for a power loss
 //! and may take back whatever was not acknowledged as durable.
 
+pub mod groups;
+pub mod idempotent;
 pub mod ledger;
 pub mod proxy;
+pub mod queue;
 pub mod recovery;
 pub mod server;
 
@@ -103,6 +106,13 @@ pub struct Config {
     pub partitions: u32,
     pub producers: usize,
     pub consumers: usize,
+    /// Idempotent producers on the torture topic (one more feeds the work queue).
+    pub idempotent_producers: usize,
+    /// Members of the consumer group on the torture topic (0: no group).
+    pub group_members: usize,
+    /// Competing consumers of the work queue (0: no queue).
+    pub queue_consumers: usize,
+    pub queue_partitions: u32,
     pub shards: usize,
     /// Load between faults.
     pub cycle: Duration,
@@ -154,6 +164,11 @@ pub struct Report {
     pub peak_rss_bytes: u64,
     pub rss_limit_bytes: u64,
     pub burst_acked_bytes: u64,
+    pub idempotent: idempotent::IdempotentReport,
+    pub groups: Option<groups::GroupReport>,
+    pub queue: Option<queue::QueueReport>,
+    /// Violations per invariant family (the `[family]` prefix; `log` when there is none).
+    pub violations_by_family: BTreeMap<String, u64>,
     pub disk_full: Option<DiskFullReport>,
     pub disk_full_skipped: Option<String>,
     pub duration_s: f64,
@@ -193,6 +208,22 @@ struct Shared {
     torn_epoch: Vec<AtomicU64>,
     violations: Mutex<Vec<String>>,
     request_timeout: Duration,
+    /// Producers stop (at the end; consumers go on draining).
+    load_stop: AtomicBool,
+    /// The work queue's acknowledged batches.
+    queue_ledger: Vec<Mutex<PartitionLedger>>,
+    idempotent: idempotent::Stats,
+    groups: groups::GroupState,
+    queue: queue::QueueState,
+}
+
+/// A send in progress (see [`Shared::start_send`]).
+struct Sending<'a>(&'a Shared);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
@@ -200,6 +231,44 @@ impl Shared {
         let mut all = lock(&self.violations);
         if all.len() < 200 {
             all.push(v);
+        }
+    }
+
+    fn load_stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.load_stop.load(Ordering::Relaxed)
+    }
+
+    /// Counts a send in progress, unless producers are held (then `None`).
+    fn start_send(&self) -> Option<Sending<'_>> {
+        self.sending.fetch_add(1, Ordering::AcqRel);
+        let s = Sending(self);
+        if self.hold.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(s)
+    }
+
+    /// Holds the producers and waits (bounded) for the sends in flight.
+    fn hold_producers(&self) {
+        self.hold.store(true, Ordering::Release);
+        let deadline = Instant::now() + self.request_timeout * 3;
+        while self.sending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The client in `slot`, connecting a new one if there is none; `None` (after a short
+    /// back-off) while the server cannot be reached.
+    fn cached_client(&self, slot: &mut Option<Client>, via_proxy: bool) -> Option<Client> {
+        if let Some(c) = slot {
+            return Some(c.clone());
+        }
+        match self.client(via_proxy) {
+            Ok(c) => Some(slot.insert(c).clone()),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                None
+            }
         }
     }
 
@@ -247,6 +316,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         rss_limit_bytes: cfg.rss_limit_bytes,
         ..Report::default()
     };
+    if cfg.group_members > 0 && cfg.pause <= groups::SESSION_TIMEOUT {
+        bail!(
+            "--pause-ms must outlast the group session timeout ({:?})",
+            groups::SESSION_TIMEOUT
+        );
+    }
     let spec = server_spec(cfg)?;
     let mut srv = spec.start()?;
     let proxy = Proxy::start(&srv.addr)?;
@@ -264,6 +339,13 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         torn_epoch: (0..cfg.partitions).map(|_| AtomicU64::new(0)).collect(),
         violations: Mutex::new(Vec::new()),
         request_timeout: cfg.request_timeout,
+        load_stop: AtomicBool::new(false),
+        queue_ledger: (0..cfg.queue_partitions)
+            .map(|_| Mutex::new(PartitionLedger::default()))
+            .collect(),
+        idempotent: idempotent::Stats::default(),
+        groups: groups::GroupState::new(cfg.partitions, cfg.group_members),
+        queue: queue::QueueState::new(cfg.queue_partitions),
     });
     {
         let admin = shared.client(false)?;
@@ -284,31 +366,17 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
                 ..TopicConfig::default()
             },
         )?;
+        if cfg.queue_consumers > 0 {
+            queue::create(&admin, cfg.queue_partitions)?;
+        }
     }
     let peak_rss = Arc::new(AtomicU64::new(0));
     let rss_pid = Arc::new(AtomicU64::new(u64::from(srv.pid)));
     let monitor = spawn_rss_monitor(rss_pid.clone(), peak_rss.clone(), shared.clone());
 
-    let mut workers: Vec<JoinHandle<()>> = Vec::new();
-    for i in 0..cfg.producers {
-        let sh = shared.clone();
-        let partitions = cfg.partitions;
-        let seed = cfg.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        workers.push(std::thread::spawn(move || {
-            producer_loop(&sh, i as u32 + 1, partitions, i % 2 == 0, seed);
-        }));
-    }
-    for c in 0..cfg.consumers {
-        let sh = shared.clone();
-        let mine: Vec<u32> = (0..cfg.partitions)
-            .filter(|p| (*p as usize) % cfg.consumers == c)
-            .collect();
-        workers.push(std::thread::spawn(move || consumer_loop(&sh, &mine)));
-    }
-
+    let workers = spawn_workers(cfg, &shared);
     let schedule = schedule(cfg, &mut rng);
-    let mut verified: Vec<(u64, HashMap<u32, u64>)> =
-        vec![(0, HashMap::new()); cfg.partitions as usize];
+    let mut verified = Verified::new(cfg);
     let mut cycle = 0usize;
     loop {
         let fault = match &schedule {
@@ -342,7 +410,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         }
         // Let the load run on the healed system, then verify on a quiet log.
         std::thread::sleep(cfg.cycle / 2);
-        let (records, acked) = verify(&shared, &mut verified, cfg.partitions, false)?;
+        let (records, acked) = verify(&shared, &mut verified, false)?;
         report.records_verified += records;
         report.acked_records_verified += acked;
         if srv.exited() {
@@ -351,10 +419,12 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         }
         if cfg.verbose {
             eprintln!(
-                "cycle {cycle:>4} {fault:<9?} acked {:>9} verified {:>9} rss {:>5} MiB  \
-                 violations {}",
+                "cycle {cycle:>4} {fault:<9?} acked {:>9} verified {:>9} group {:>9} queue acks \
+                 {:>7} rss {:>5} MiB  violations {}",
                 acked_records(&shared),
                 report.records_verified,
+                lock(&shared.groups.tracker).records,
+                lock(&shared.queue.tracker).acks,
                 peak_rss.load(Ordering::Relaxed) >> 20,
                 lock(&shared.violations).len()
             );
@@ -363,22 +433,18 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
             break;
         }
     }
-    shared.stop.store(true, Ordering::Relaxed);
-    shared.hold.store(false, Ordering::Relaxed);
-    for w in workers {
-        let _ = w.join();
-    }
+    finish_load(cfg, &shared, workers, &mut report)?;
     // A full scan from offset 0 of every partition, then a clean restart and another one.
-    let mut from_zero = vec![(0, HashMap::new()); cfg.partitions as usize];
-    verify(&shared, &mut from_zero, cfg.partitions, true)?;
+    let mut from_zero = Verified::new(cfg);
+    verify(&shared, &mut from_zero, true)?;
     let status = srv.terminate(Duration::from_secs(60))?;
     if !status.success() {
         shared.violation(format!("graceful shutdown exited with {status}"));
     }
     srv = spec.start()?;
     lock(&shared.server_addr).clone_from(&srv.addr);
-    let mut again = vec![(0, HashMap::new()); cfg.partitions as usize];
-    let (records, acked) = verify(&shared, &mut again, cfg.partitions, true)?;
+    let mut again = Verified::new(cfg);
+    let (records, acked) = verify(&shared, &mut again, true)?;
     report.records_verified += records;
     report.acked_records_verified += acked;
     let _ = srv.terminate(Duration::from_secs(60));
@@ -406,6 +472,9 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     }
     report.producer_errors = shared.producer_errors.load(Ordering::Relaxed);
     report.consumer_records_checked = shared.consumer_records.load(Ordering::Relaxed);
+    report.idempotent = shared
+        .idempotent
+        .report(cfg.idempotent_producers + usize::from(cfg.queue_consumers > 0));
     report.peak_rss_bytes = peak_rss.load(Ordering::Relaxed);
     report.restart_serving_ms_max = report
         .restarts
@@ -420,8 +489,146 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         ));
     }
     report.violations = lock(&shared.violations).clone();
+    for v in &report.violations {
+        let family = v
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .map_or("log", |(f, _)| f);
+        *report
+            .violations_by_family
+            .entry(family.to_string())
+            .or_default() += 1;
+    }
     report.duration_s = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The harness's threads, by how they are stopped.
+struct Workers {
+    /// Stopped by `load_stop`.
+    producers: Vec<JoinHandle<()>>,
+    /// Stopped by their own flags after draining.
+    group_members: Vec<JoinHandle<()>>,
+    queue_consumers: Vec<JoinHandle<()>>,
+    /// Stopped by `stop`.
+    tail_consumers: Vec<JoinHandle<()>>,
+}
+
+fn spawn_workers(cfg: &Config, shared: &Arc<Shared>) -> Workers {
+    let mut w = Workers {
+        producers: Vec::new(),
+        group_members: Vec::new(),
+        queue_consumers: Vec::new(),
+        tail_consumers: Vec::new(),
+    };
+    let seed_of = |i: u64| cfg.seed ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for i in 0..cfg.producers {
+        let sh = shared.clone();
+        let partitions = cfg.partitions;
+        let seed = seed_of(i as u64);
+        w.producers.push(std::thread::spawn(move || {
+            producer_loop(&sh, i as u32 + 1, partitions, i % 2 == 0, seed);
+        }));
+    }
+    // Idempotent producers: ids 101.. on the torture topic, 201 on the work queue.
+    let idempotent = (0..cfg.idempotent_producers).map(|i| (false, 101 + i as u32, i % 2 == 1));
+    let feeding_queue = (cfg.queue_consumers > 0).then_some((true, 201, true));
+    for (to_queue, producer, via_proxy) in idempotent.chain(feeding_queue) {
+        let sh = shared.clone();
+        let seed = seed_of(u64::from(producer));
+        let sabotage = cfg.sabotage;
+        w.producers.push(std::thread::spawn(move || {
+            let target = if to_queue {
+                idempotent::Target {
+                    topic: queue::QUEUE,
+                    ledger: &sh.queue_ledger,
+                    batch_records_max: 8,
+                    via_proxy,
+                }
+            } else {
+                idempotent::Target {
+                    topic: TOPIC,
+                    ledger: &sh.ledger,
+                    batch_records_max: 16,
+                    via_proxy,
+                }
+            };
+            idempotent::producer_loop(&sh, &target, producer, seed, sabotage);
+        }));
+    }
+    for m in 0..cfg.group_members {
+        let sh = shared.clone();
+        w.group_members.push(std::thread::spawn(move || {
+            groups::member_loop(&sh, m, m == 0)
+        }));
+    }
+    if cfg.group_members > 0 {
+        let sh = shared.clone();
+        w.group_members
+            .push(std::thread::spawn(move || groups::watch_committed(&sh)));
+    }
+    for c in 0..cfg.queue_consumers {
+        let sh = shared.clone();
+        let seed = seed_of(300 + c as u64);
+        w.queue_consumers.push(std::thread::spawn(move || {
+            queue::consumer_loop(&sh, c, c == 0, seed);
+        }));
+    }
+    for c in 0..cfg.consumers {
+        let sh = shared.clone();
+        let mine: Vec<u32> = (0..cfg.partitions)
+            .filter(|p| (*p as usize) % cfg.consumers == c)
+            .collect();
+        w.tail_consumers
+            .push(std::thread::spawn(move || consumer_loop(&sh, &mine)));
+    }
+    w
+}
+
+/// Stops the load, lets the group and the queue consumers drain what was acknowledged and
+/// checks it, then stops every worker.
+fn finish_load(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+    workers: Workers,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    shared.load_stop.store(true, Ordering::Relaxed);
+    shared.hold.store(false, Ordering::Relaxed);
+    for w in workers.producers {
+        let _ = w.join();
+    }
+    // A run that failed already does not wait for what may never come.
+    let drain_limit = if lock(&shared.violations).is_empty() {
+        Duration::from_secs(90)
+    } else {
+        Duration::ZERO
+    };
+    let client = retry_client(shared)?;
+    if cfg.group_members > 0 {
+        if let Err(e) = groups::check_committed(shared, &client) {
+            shared.violation(format!("[group] reading committed offsets: {e:#}"));
+        }
+        report.groups = Some(groups::drain(shared, drain_limit));
+    }
+    shared.groups.stop.store(true, Ordering::Relaxed);
+    for w in workers.group_members {
+        let _ = w.join();
+    }
+    let queue_report =
+        (cfg.queue_consumers > 0).then(|| queue::drain(shared, &client, drain_limit));
+    shared.queue.stop.store(true, Ordering::Relaxed);
+    for w in workers.queue_consumers {
+        let _ = w.join();
+    }
+    if let Some(r) = queue_report {
+        report.queue = Some(queue::finish(shared, &client, r, cfg.queue_consumers));
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for w in workers.tail_consumers {
+        let _ = w.join();
+    }
+    Ok(())
 }
 
 fn acked_records(shared: &Shared) -> u64 {
@@ -488,16 +695,24 @@ fn inject(
 ) -> anyhow::Result<Option<Restart>> {
     match fault {
         Fault::Kill | Fault::Torn => {
+            let torn = (fault == Fault::Torn).then(|| rng.random_range(0..cfg.partitions));
+            if torn.is_some() && cfg.group_members > 0 {
+                // The tear may take back records the group consumed: members leave first.
+                groups::park(shared);
+            }
             srv.kill9()?;
-            if fault == Fault::Torn {
-                let p = rng.random_range(0..cfg.partitions);
-                tear_tail(
+            if let Some(p) = torn {
+                // Acknowledgements already on their way are in the ledger before it is read.
+                shared.hold_producers();
+                let torn = tear_tail(
                     &spec.data_dir,
                     p,
                     &shared.ledger[p as usize],
                     rng,
                     cfg.sabotage,
-                )?;
+                );
+                shared.hold.store(false, Ordering::Release);
+                torn?;
                 shared.torn_epoch[p as usize].fetch_add(1, Ordering::Relaxed);
             }
             let log_bytes = dir_bytes(&spec.data_dir);
@@ -515,6 +730,14 @@ fn inject(
                     "server took {serving_ms:.0} ms to serve again (limit {:?})",
                     cfg.restart_limit
                 ));
+            }
+            if let Some(p) = torn
+                && cfg.group_members > 0
+            {
+                let moved = retry_client(shared).and_then(|c| groups::after_torn(shared, &c, p));
+                if let Err(e) = moved {
+                    shared.violation(format!("[group] after a torn tail: {e:#}"));
+                }
             }
             Ok(Some(Restart {
                 fault,
@@ -543,6 +766,17 @@ fn inject(
             Ok(None)
         }
         Fault::Stall => {
+            // Every kind of consumer stops at once: a group member stops polling past its
+            // session (its partitions move), a queue consumer holds its leases past the
+            // visibility timeout, a subscriber stops reading.
+            if cfg.group_members > 0 {
+                let m = rng.random_range(0..cfg.group_members) as u64;
+                shared.groups.pause_member.store(m + 1, Ordering::Release);
+            }
+            if cfg.queue_consumers > 0 {
+                let c = rng.random_range(0..cfg.queue_consumers) as u64;
+                shared.queue.stall_consumer.store(c + 1, Ordering::Release);
+            }
             stall(shared, cfg)?;
             Ok(None)
         }
@@ -669,26 +903,16 @@ fn producer_loop(shared: &Shared, producer: u32, partitions: u32, via_proxy: boo
     let mut seqs = vec![0u64; partitions as usize];
     let mut client: Option<Client> = None;
     let mut p = producer % partitions;
-    while !shared.stop.load(Ordering::Relaxed) {
+    while !shared.load_stopped() {
         shared.sending.fetch_add(1, Ordering::AcqRel);
         if shared.hold.load(Ordering::Acquire) {
             shared.sending.fetch_sub(1, Ordering::AcqRel);
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let c = match &client {
-            Some(c) => c.clone(),
-            None => match shared.client(via_proxy) {
-                Ok(c) => {
-                    client = Some(c.clone());
-                    c
-                }
-                Err(_) => {
-                    shared.sending.fetch_sub(1, Ordering::AcqRel);
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-            },
+        let Some(c) = shared.cached_client(&mut client, via_proxy) else {
+            shared.sending.fetch_sub(1, Ordering::AcqRel);
+            continue;
         };
         let n = rng.random_range(1..=16u64);
         let seq_base = seqs[p as usize];
@@ -762,18 +986,8 @@ fn consumer_loop(shared: &Shared, partitions: &[u32]) {
     let mut client: Option<Client> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         for (i, &p) in partitions.iter().enumerate() {
-            let c = match &client {
-                Some(c) => c.clone(),
-                None => match shared.client(false) {
-                    Ok(c) => {
-                        client = Some(c.clone());
-                        c
-                    }
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(20));
-                        break;
-                    }
-                },
+            let Some(c) = shared.cached_client(&mut client, false) else {
+                break;
             };
             let at = &mut pos[i];
             let r = c.fetch(TOPIC, p, at.next, Duration::from_millis(50), 1 << 20);
@@ -849,37 +1063,68 @@ fn consumer_loop(shared: &Shared, partitions: &[u32]) {
     }
 }
 
-/// Holds the producers, waits for sends in flight, scans every partition from its verified
-/// point to the high watermark against the ledger, and moves the verified point. Returns
-/// (records scanned, acknowledged records found).
-fn verify(
-    shared: &Shared,
-    verified: &mut [(u64, HashMap<u32, u64>)],
-    partitions: u32,
-    from_zero: bool,
-) -> anyhow::Result<(u64, u64)> {
-    shared.hold.store(true, Ordering::Release);
-    let deadline = Instant::now() + shared.request_timeout * 3;
-    while shared.sending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
+/// Verified points of every verified topic: per partition, the offset up to which the log was
+/// checked and each producer's highest sequence below it.
+struct Verified {
+    topic: Vec<(u64, HashMap<u32, u64>)>,
+    queue: Vec<(u64, HashMap<u32, u64>)>,
+    groups: bool,
+    queue_enabled: bool,
+}
+
+impl Verified {
+    fn new(cfg: &Config) -> Verified {
+        Verified {
+            topic: vec![(0, HashMap::new()); cfg.partitions as usize],
+            queue: vec![
+                (0, HashMap::new());
+                if cfg.queue_consumers > 0 {
+                    cfg.queue_partitions as usize
+                } else {
+                    0
+                }
+            ],
+            groups: cfg.group_members > 0,
+            queue_enabled: cfg.queue_consumers > 0,
+        }
     }
+}
+
+/// Holds the producers, waits for sends in flight, scans every partition of the torture topic
+/// and the work queue from its verified point to the high watermark against the ledger, and
+/// moves the verified point; reads the group's committed offsets and the queue's ack floors back.
+/// Returns (records scanned, acknowledged records found).
+fn verify(shared: &Shared, verified: &mut Verified, from_zero: bool) -> anyhow::Result<(u64, u64)> {
+    shared.hold_producers();
     let result = (|| {
         let client = retry_client(shared)?;
         let (mut records, mut acked) = (0, 0);
-        for p in 0..partitions {
-            let (from, last_seq) = if from_zero {
-                (0, HashMap::new())
-            } else {
-                verified[p as usize].clone()
-            };
-            let ledger = &shared.ledger[p as usize];
-            let (r, end) = scan_partition(&client, ledger, p, from, last_seq)?;
-            records += r.records;
-            acked += r.acked_found;
-            for v in &r.violations {
-                shared.violation(v.0.clone());
+        let topics = [
+            (TOPIC, &shared.ledger, &mut verified.topic),
+            (queue::QUEUE, &shared.queue_ledger, &mut verified.queue),
+        ];
+        for (topic, ledgers, points) in topics {
+            for (p, point) in points.iter_mut().enumerate() {
+                let (from, last_seq) = if from_zero {
+                    (0, HashMap::new())
+                } else {
+                    point.clone()
+                };
+                let (r, end) =
+                    scan_partition(&client, topic, &ledgers[p], p as u32, from, last_seq)?;
+                records += r.records;
+                acked += r.acked_found;
+                for v in &r.violations {
+                    shared.violation(format!("{topic} {}", v.0));
+                }
+                *point = (end, r.last_seq);
             }
-            verified[p as usize] = (end, r.last_seq);
+        }
+        if verified.groups {
+            groups::check_committed(shared, &client)?;
+        }
+        if verified.queue_enabled {
+            queue::check_floors(shared, &client)?;
         }
         Ok((records, acked))
     })();
@@ -916,6 +1161,7 @@ fn decode_chunk(chunk: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, shardline_engine::E
 /// Scans one partition from `from` to its high watermark.
 fn scan_partition(
     client: &Client,
+    topic: &str,
     ledger: &Mutex<PartitionLedger>,
     p: u32,
     from: u64,
@@ -924,7 +1170,7 @@ fn scan_partition(
     // Held for the whole scan: no acknowledgement lands between reading the high watermark
     // and checking the ledger.
     let ledger = lock(ledger);
-    let first = client.fetch(TOPIC, p, from, Duration::ZERO, 1 << 20)?;
+    let first = client.fetch(topic, p, from, Duration::ZERO, 1 << 20)?;
     if first.log_start != 0 {
         bail!(
             "partition {p}: log start moved to {} (no retention here)",
@@ -962,7 +1208,7 @@ fn scan_partition(
         if guard > 10_000_000 {
             bail!("partition {p}: scan does not advance at {at}");
         }
-        let r = client.fetch(TOPIC, p, at, Duration::ZERO, 4 << 20)?;
+        let r = client.fetch(topic, p, at, Duration::ZERO, 4 << 20)?;
         if r.chunks.is_empty() {
             break;
         }
@@ -1175,7 +1421,7 @@ fn disk_full_phase(cfg: &Config, spec: &ServerSpec) -> anyhow::Result<DiskFull> 
     report.acked_records = ledger.acked_records;
     // Reads still work, and every acknowledged record is there, before and after a restart.
     let ledger = Mutex::new(ledger);
-    let (r, _) = scan_partition(&client, &ledger, 0, 0, HashMap::new())?;
+    let (r, _) = scan_partition(&client, TOPIC, &ledger, 0, 0, HashMap::new())?;
     report.records_verified = r.records;
     if r.failed() {
         bail!("after disk full: {:?}", r.violations);
@@ -1191,7 +1437,7 @@ fn disk_full_phase(cfg: &Config, spec: &ServerSpec) -> anyhow::Result<DiskFull> 
     }
     let srv = dspec.start()?;
     let client = Client::connect(&srv.addr, ClientConfig::default())?;
-    let (r, _) = scan_partition(&client, &ledger, 0, 0, HashMap::new())?;
+    let (r, _) = scan_partition(&client, TOPIC, &ledger, 0, 0, HashMap::new())?;
     if r.failed() {
         bail!("after disk full and a restart: {:?}", r.violations);
     }
