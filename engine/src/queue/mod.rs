@@ -58,9 +58,12 @@ pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Longest visibility timeout.
 pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
 
-/// Ack-log segment size: the topic's, within these bounds.
-const ACK_SEGMENT_BYTES_MIN: u64 = 64 << 10;
-const ACK_SEGMENT_BYTES_MAX: u64 = 1 << 20;
+/// Ack-log segment size. A snapshot is one batch, so it must fit in a segment: at most
+/// `WINDOW_MAX` window facts plus the facts learned since the previous snapshot (a snapshot is
+/// written after every quarter segment of records, at least 9 bytes each), 21 bytes per fact:
+/// 0.7 MB + 0.58 x the segment (`snapshot_of_the_worst_case_fits_in_an_ack_segment`). 1 MiB
+/// was too small: a restart in the torture soak could not write its opening snapshot.
+const ACK_SEGMENT_BYTES: u64 = 8 << 20;
 /// Not-done messages held in memory per queue partition (~70 bytes each): the priority
 /// lookahead, and the bound of a snapshot.
 const WINDOW_MAX: usize = 32_768;
@@ -138,9 +141,7 @@ impl QueueConfig {
 
 /// Log settings of an ack log: small segments, and retention that keeps a few snapshots.
 pub(crate) fn ack_log_config(base: &LogConfig) -> LogConfig {
-    let segment_bytes = base
-        .segment_bytes
-        .clamp(ACK_SEGMENT_BYTES_MIN, ACK_SEGMENT_BYTES_MAX);
+    let segment_bytes = ACK_SEGMENT_BYTES;
     LogConfig {
         segment_bytes,
         segment_ms: u64::MAX / 4,
@@ -956,4 +957,51 @@ async fn peek(shard: &Rc<Shard>, key: &PartitionKey, max: usize) -> Result<Vec<Q
         .map(|(offset, attempt)| Receipt { offset, attempt })
         .collect();
     read_messages(&p, &offsets, q.config.priority_levels).await
+}
+
+#[cfg(test)]
+mod ack_log_tests {
+    use super::*;
+    use crate::queue::state::{Known, Snapshot};
+
+    // Proves: the largest snapshot the queue can write (a full window of not-done messages
+    // plus every fact a quarter segment of the smallest records can carry) fits in one batch
+    // of an ack-log segment, so opening a queue (which writes a snapshot) cannot fail on it.
+    #[test]
+    fn snapshot_of_the_worst_case_fits_in_an_ack_segment() {
+        let cfg = ack_log_config(&LogConfig {
+            segment_bytes: 64 << 10,
+            ..LogConfig::default()
+        });
+        let since_snapshot_max = cfg.segment_bytes as usize / 4 + 10_000 * 21;
+        let facts = WINDOW_MAX + since_snapshot_max / 9;
+        let snapshot = Snapshot {
+            floor: 1,
+            scanned: 2,
+            facts: (0..facts as u64)
+                .map(|o| {
+                    (
+                        o,
+                        Known::Delivered {
+                            attempts: u32::MAX,
+                            ready_at_ms: i64::MAX,
+                        },
+                    )
+                })
+                .collect(),
+        };
+        let mut b = BatchBuilder::new();
+        b.push(
+            batch::now_us(),
+            None,
+            AckRecord::Snapshot(snapshot).encode(),
+            Vec::new(),
+        );
+        let len = b.build().unwrap().len() as u64;
+        assert!(
+            len < cfg.segment_bytes,
+            "a worst-case snapshot of {len} bytes does not fit a {} byte ack segment",
+            cfg.segment_bytes
+        );
+    }
 }
