@@ -1112,10 +1112,13 @@ impl<S: Storage> PartitionLog<S> {
             None => batch,
         };
         let len = batch.len();
-        if len as u64 > self.cfg.segment_bytes {
+        // A batch larger than the segment size gets a segment of its own (positions are u32,
+        // so only the hard segment limit applies). The queue ack log relies on this: its
+        // snapshot is one batch and can outgrow its small segments.
+        if len as u64 > SEGMENT_BYTES_MAX {
             return Err(Error::BatchTooLarge {
                 bytes: len,
-                max: self.cfg.segment_bytes as usize,
+                max: SEGMENT_BYTES_MAX as usize,
             });
         }
         self.maybe_roll(len as u64, now_ms);

@@ -58,12 +58,13 @@ pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(60);
 /// Longest visibility timeout.
 pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
 
-/// Ack-log segment size. A snapshot is one batch, so it must fit in a segment: at most
-/// `WINDOW_MAX` window facts plus the facts learned since the previous snapshot (a snapshot is
-/// written after every quarter segment of records, at least 9 bytes each), 21 bytes per fact:
-/// 0.7 MB + 0.58 x the segment (`snapshot_of_the_worst_case_fits_in_an_ack_segment`). 1 MiB
-/// was too small: a restart in the torture soak could not write its opening snapshot.
-const ACK_SEGMENT_BYTES: u64 = 8 << 20;
+/// Ack-log segment size: the topic's, within these bounds. A snapshot is one batch and can be
+/// larger than a segment (a full window of not-done messages plus the facts learned since the
+/// previous snapshot: up to ~1.8 MB); the log then gives it a segment of its own. Before it did,
+/// a restart in the torture soak could not write its opening snapshot and the server did not
+/// start (`snapshot_of_the_worst_case_fits_in_an_ack_log`).
+const ACK_SEGMENT_BYTES_MIN: u64 = 64 << 10;
+const ACK_SEGMENT_BYTES_MAX: u64 = 1 << 20;
 /// Not-done messages held in memory per queue partition (~70 bytes each): the priority
 /// lookahead, and the bound of a snapshot.
 const WINDOW_MAX: usize = 32_768;
@@ -141,7 +142,9 @@ impl QueueConfig {
 
 /// Log settings of an ack log: small segments, and retention that keeps a few snapshots.
 pub(crate) fn ack_log_config(base: &LogConfig) -> LogConfig {
-    let segment_bytes = ACK_SEGMENT_BYTES;
+    let segment_bytes = base
+        .segment_bytes
+        .clamp(ACK_SEGMENT_BYTES_MIN, ACK_SEGMENT_BYTES_MAX);
     LogConfig {
         segment_bytes,
         segment_ms: u64::MAX / 4,
@@ -962,18 +965,21 @@ async fn peek(shard: &Rc<Shard>, key: &PartitionKey, max: usize) -> Result<Vec<Q
 #[cfg(test)]
 mod ack_log_tests {
     use super::*;
+    use crate::log::PartitionLog;
     use crate::queue::state::{Known, Snapshot};
+    use crate::storage::CrashStorage;
 
     // Proves: the largest snapshot the queue can write (a full window of not-done messages
-    // plus every fact a quarter segment of the smallest records can carry) fits in one batch
-    // of an ack-log segment, so opening a queue (which writes a snapshot) cannot fail on it.
+    // plus every fact a quarter segment of the smallest records can carry) is appended to an
+    // ack log with the smallest segments and read back after a restart, so opening a queue
+    // (which writes a snapshot) cannot fail on its size.
     #[test]
-    fn snapshot_of_the_worst_case_fits_in_an_ack_segment() {
+    fn snapshot_of_the_worst_case_fits_in_an_ack_log() {
         let cfg = ack_log_config(&LogConfig {
             segment_bytes: 64 << 10,
             ..LogConfig::default()
         });
-        let since_snapshot_max = cfg.segment_bytes as usize / 4 + 10_000 * 21;
+        let since_snapshot_max = cfg.segment_bytes as usize / 4 + RECEIVE_MESSAGES_MAX * 21;
         let facts = WINDOW_MAX + since_snapshot_max / 9;
         let snapshot = Snapshot {
             floor: 1,
@@ -991,17 +997,34 @@ mod ack_log_tests {
                 .collect(),
         };
         let mut b = BatchBuilder::new();
-        b.push(
-            batch::now_us(),
-            None,
-            AckRecord::Snapshot(snapshot).encode(),
-            Vec::new(),
-        );
-        let len = b.build().unwrap().len() as u64;
-        assert!(
-            len < cfg.segment_bytes,
-            "a worst-case snapshot of {len} bytes does not fit a {} byte ack segment",
-            cfg.segment_bytes
-        );
+        b.push(1, None, AckRecord::Snapshot(snapshot).encode(), Vec::new());
+        let big = b.build().unwrap();
+        assert!(big.len() as u64 > cfg.segment_bytes, "the case of interest");
+        let mut b = BatchBuilder::new();
+        b.push(1, None, AckRecord::Acked { offset: 7 }.encode(), Vec::new());
+        let small = b.build().unwrap();
+
+        let storage = CrashStorage::new();
+        let dir = std::path::Path::new("/acks");
+        let open = || {
+            futures_lite::future::block_on(PartitionLog::open(storage.clone(), dir, cfg.clone(), 0))
+                .unwrap()
+        };
+        let mut log = open();
+        for batch in [small.clone(), big.clone(), small] {
+            log.append(batch, 0).unwrap();
+            let job = log.take_flush(true).unwrap();
+            let done = futures_lite::future::block_on(job.run());
+            log.finish_flush(done).unwrap();
+        }
+        drop(log);
+        let log = open();
+        assert_eq!(log.watermarks().next_offset, 3);
+        let r = match log.plan_read(1, 1 << 20, 1).unwrap() {
+            crate::log::ReadPlan::Ready(r) => r,
+            crate::log::ReadPlan::Disk(d) => futures_lite::future::block_on(d.run()).unwrap(),
+        };
+        let got: usize = r.chunks.iter().map(|c| c.len()).sum();
+        assert_eq!(got, big.len(), "the snapshot batch reads back whole");
     }
 }
