@@ -251,6 +251,18 @@ fn now_ms() -> i64 {
     batch::now_us() / 1000
 }
 
+/// The partition's name in a `PartitionFailed` (the log knows only its directory).
+fn named(e: Error, key: &PartitionKey) -> Error {
+    match e {
+        Error::PartitionFailed { reason, .. } => Error::PartitionFailed {
+            topic: key.0.to_string(),
+            partition: key.1,
+            reason,
+        },
+        other => other,
+    }
+}
+
 /// An error for each of several waiters (errors are not `Clone`).
 fn copy_error(e: &Error) -> Error {
     match e {
@@ -716,7 +728,7 @@ impl Shard {
         match appended {
             Err(e) => {
                 if let Some(r) = reply {
-                    let _ = r.send(Err(e));
+                    let _ = r.send(Err(named(e, &p.key)));
                 }
             }
             Ok(a) => {
@@ -1015,7 +1027,7 @@ fn complete_waiters(p: &Partition, w: &Watermarks, metrics: &RefCell<ShardMetric
 
 fn fail_waiters(p: &Partition, e: &Error) {
     for w in p.durable_waiters.borrow_mut().drain(..) {
-        let _ = w.reply.send(Err(copy_error(e)));
+        let _ = w.reply.send(Err(named(copy_error(e), &p.key)));
     }
 }
 
@@ -1179,5 +1191,42 @@ async fn subscription(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves: a failed partition's error names the topic and partition, not the log's
+    // directory (the log knows only that), for the producer and for every durable waiter.
+    #[test]
+    fn partition_failures_name_the_partition() {
+        let key: PartitionKey = (Arc::from("orders"), 3);
+        let from_log = Error::PartitionFailed {
+            topic: "/data/topics/orders-1/3".into(),
+            partition: 0,
+            reason: "EIO".into(),
+        };
+        let want = "partition orders/3 is not writable after an I/O error: EIO";
+        assert_eq!(named(from_log, &key).to_string(), want);
+        let io = Error::Storage {
+            path: "/data/x".into(),
+            source: std::io::Error::other("EIO"),
+        };
+        let copied = named(copy_error(&io), &key);
+        assert!(
+            copied
+                .to_string()
+                .starts_with("partition orders/3 is not writable"),
+            "{copied}"
+        );
+        let full = Error::DiskFull {
+            path: "/data".into(),
+        };
+        assert!(matches!(
+            named(copy_error(&full), &key),
+            Error::DiskFull { .. }
+        ));
     }
 }

@@ -1377,12 +1377,8 @@ fn disk_full_phase(cfg: &Config, spec: &ServerSpec) -> anyhow::Result<DiskFull> 
                 }
                 Ok(None) => bail!("durable produce without an ack"),
                 // The failed write's partition is reopened from disk ("repaired"); until that is
-                // done it answers PARTITION_FAILED, naming the disk-full cause.
-                Err(e)
-                    if e.code() == Some(code::DISK_FULL)
-                        || (e.code() == Some(code::PARTITION_FAILED)
-                            && e.to_string().contains("disk full")) =>
-                {
+                // done it keeps answering DISK_FULL (one consistent, retriable error).
+                Err(e) if e.code() == Some(code::DISK_FULL) => {
                     report.disk_full_errors += 1;
                     Ok(false)
                 }
