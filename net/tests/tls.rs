@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod common;
+#[path = "common/spawn.rs"]
+mod spawn;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -224,7 +226,6 @@ fn mutual_tls_refuses_clients_without_a_trusted_certificate() {
 /// produces and consumes; without `--tls-ca` it fails with one clear line.
 #[test]
 fn cli_serves_and_connects_over_tls() {
-    use std::io::{BufRead, BufReader};
     const BIN: &str = env!("CARGO_BIN_EXE_shardline");
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
@@ -246,15 +247,7 @@ fn cli_serves_and_connects_over_tls() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("shardline listening on ")
-        .unwrap_or_else(|| panic!("{line:?}"))
-        .to_string();
+    let addr = spawn::listening_addr(&mut server);
     let cli = |args: &[&str], stdin: &str, tls: bool| {
         let mut c = Command::new(BIN);
         c.args(["--addr", &addr]);

@@ -23,16 +23,20 @@ pub(crate) fn serve(bin: &str, dir: &Path) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let addr = listening_addr(&mut child);
+    (child, addr)
+}
+
+/// The protocol address a just-spawned `shardline serve` prints as its first stdout line.
+pub(crate) fn listening_addr(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .trim()
+    line.trim()
         .strip_prefix("shardline listening on ")
         .unwrap_or_else(|| panic!("{line:?}"))
-        .to_string();
-    (child, addr)
+        .to_string()
 }
 
 /// Like [`serve`], with `/metrics` on an ephemeral port as well: returns the child, the
