@@ -827,7 +827,7 @@ impl Engine {
                 max,
             });
         }
-        batch::validate(batch).map(|_| ())
+        batch::validate(batch).map(|_| ()).map_err(Error::from)
     }
 
     /// Appends a batch (validated here, on the caller's thread) and waits for the requested

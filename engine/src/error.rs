@@ -166,3 +166,15 @@ impl Error {
         )
     }
 }
+
+impl From<shardline_format::FormatError> for Error {
+    fn from(e: shardline_format::FormatError) -> Self {
+        use shardline_format::FormatError;
+        match e {
+            FormatError::Corrupt(reason) => Error::CorruptBatch(reason),
+            FormatError::InvalidArgument(reason) => Error::InvalidArgument(reason),
+            FormatError::TooLarge { bytes, max } => Error::BatchTooLarge { bytes, max },
+            other => Error::CorruptBatch(other.to_string()),
+        }
+    }
+}

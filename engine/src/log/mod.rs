@@ -687,7 +687,7 @@ impl<F: LogFile> DiskRead<F> {
             let mut stop = false;
             while cursor + HEADER_BYTES as u64 <= limit {
                 let at = (cursor - wpos) as usize;
-                let h = BatchHeader::parse(&win[at..]).map_err(|e| self.corrupt(cursor, e))?;
+                let h = BatchHeader::parse(&win[at..]).map_err(|e| self.corrupt(cursor, e.into()))?;
                 let blen = u64::from(h.batch_length);
                 if h.base_offset != expect {
                     let msg = format!("offset {} where {expect} was expected", h.base_offset);
@@ -701,7 +701,7 @@ impl<F: LogFile> DiskRead<F> {
                     break;
                 }
                 batch::check_crc(&win[at..at + blen as usize])
-                    .map_err(|e| self.corrupt(cursor, e))?;
+                    .map_err(|e| self.corrupt(cursor, e.into()))?;
                 expect = h.next_offset();
                 if h.next_offset() > self.offset {
                     if out.bytes > 0 && out.bytes + blen as usize > self.max_bytes {
@@ -732,7 +732,7 @@ impl<F: LogFile> DiskRead<F> {
                     break;
                 }
                 let at = (pos - wpos) as usize;
-                let h = BatchHeader::parse(&win[at..]).map_err(|e| self.corrupt(pos, e))?;
+                let h = BatchHeader::parse(&win[at..]).map_err(|e| self.corrupt(pos, e.into()))?;
                 if pos + u64::from(h.batch_length) > self.end_pos {
                     return Err(
                         self.corrupt(pos, Error::CorruptBatch("batch runs past the data".into()))
@@ -1691,7 +1691,7 @@ pub fn first_at_or_after(chunks: &[Bytes], timestamp_us: i64) -> Result<Option<u
             }
             // The delta is a wrap-around difference (see `BatchBuilder::build`): a batch spanning
             // the whole i64 range is valid, and only a wrapping add gives its timestamps back.
-            let found = batch::with_records(b, &h, |rs| {
+            let found = batch::with_records(b, &h, |rs| -> Result<_> {
                 Ok(rs.iter().position(|r| {
                     let delta = r.timestamp_delta_us.to_native() as i64;
                     h.first_timestamp_us.wrapping_add(delta) >= timestamp_us

@@ -145,7 +145,7 @@ pub(crate) fn record_batch(values: Vec<Vec<u8>>) -> Result<bytes::Bytes, DriverE
     for v in values {
         b.push(now, None, v, Vec::new());
     }
-    Ok(b.build()?)
+    Ok(b.build().map_err(shardline_engine::Error::from)?)
 }
 
 struct EmbeddedProducer {
@@ -229,7 +229,7 @@ impl PartitionSub {
                         });
                         n += 1;
                     }
-                    Ok(())
+                    Ok::<(), shardline_engine::batch::FormatError>(())
                 })
                 .map_err(|e| corrupt(e.to_string()))?;
                 cursor = cursor.max(h.next_offset());

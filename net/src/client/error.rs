@@ -99,7 +99,7 @@ impl ClientError {
         }
     }
 
-    pub(crate) fn batch(e: shardline_engine::Error) -> Self {
+    pub(crate) fn batch(e: impl std::fmt::Display) -> Self {
         ClientError::Batch(e.to_string())
     }
 }
