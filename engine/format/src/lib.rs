@@ -316,9 +316,7 @@ pub fn split_batches(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
         let h = BatchHeader::parse(bytes)?;
         let len = h.batch_length as usize;
         if len > bytes.len() {
-            return Err(Error::Corrupt(format!(
-                "batch of {len} bytes truncated"
-            )));
+            return Err(Error::Corrupt(format!("batch of {len} bytes truncated")));
         }
         out.push(&bytes[..len]);
         bytes = &bytes[len..];

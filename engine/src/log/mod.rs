@@ -687,7 +687,8 @@ impl<F: LogFile> DiskRead<F> {
             let mut stop = false;
             while cursor + HEADER_BYTES as u64 <= limit {
                 let at = (cursor - wpos) as usize;
-                let h = BatchHeader::parse(&win[at..]).map_err(|e| self.corrupt(cursor, e.into()))?;
+                let h =
+                    BatchHeader::parse(&win[at..]).map_err(|e| self.corrupt(cursor, e.into()))?;
                 let blen = u64::from(h.batch_length);
                 if h.base_offset != expect {
                     let msg = format!("offset {} where {expect} was expected", h.base_offset);
