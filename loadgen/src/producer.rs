@@ -24,7 +24,7 @@ use crate::exec;
 use crate::payload::{self, MessageHeader};
 use crate::progress::{IntervalRecorder, Progress};
 use crate::runner::RunTimes;
-use crate::scheduler::{self, Pacing};
+use crate::scheduler::{self, OpenLoop, Pacing};
 use crate::stats::{self, PerSecond};
 
 /// What one producer thread is asked to do.
@@ -150,38 +150,135 @@ impl State<'_> {
     }
 }
 
+/// A batch about to be sent: where, when it was meant to go, what it holds.
+struct Outgoing {
+    partition: u32,
+    intended_us: u64,
+    values: Vec<Vec<u8>>,
+}
+
+impl<'a> State<'a> {
+    fn new(plan: &'a ProducerPlan, pinned: bool) -> State<'a> {
+        let seconds = plan.times.seconds_max();
+        let closed_loop = matches!(plan.pacing, Pacing::ClosedLoop);
+        State {
+            plan,
+            report: ProducerReport {
+                publish: stats::new_histogram(),
+                delay: stats::new_histogram(),
+                publish_corrected: closed_loop.then(stats::new_histogram),
+                sent: 0,
+                acked: 0,
+                errors: 0,
+                unsent: 0,
+                acked_in_window: 0,
+                acked_by_partition: vec![0; plan.partition_count as usize],
+                acked_per_second: PerSecond::new(seconds),
+                errors_per_second: PerSecond::new(seconds),
+                first_error: None,
+                pinned,
+            },
+            warmup: stats::new_histogram(),
+            correction_interval_us: None,
+            interval: IntervalRecorder::new(plan.progress.clone(), false),
+        }
+    }
+
+    /// Sends `batch` and polls it once, which submits it in order (see the driver's contract);
+    /// an ack not ready at once joins `inflight`.
+    fn send(
+        &mut self,
+        producer: &mut dyn Producer,
+        batch: Outgoing,
+        inflight: &mut Vec<InFlight>,
+        cx: &mut Context<'_>,
+    ) {
+        let t = &self.plan.times;
+        let messages = batch.values.len() as u64;
+        let sent_at = clock::now_us();
+        if batch.intended_us >= t.warmup_end_us {
+            let delay = sent_at.saturating_sub(batch.intended_us);
+            scheduler::record(&mut self.report.delay, delay, messages);
+        }
+        let mut f = InFlight {
+            fut: producer.send(batch.partition, batch.values),
+            partition: batch.partition,
+            messages,
+            intended_us: batch.intended_us,
+        };
+        self.report.sent += messages;
+        match f.fut.as_mut().poll(cx) {
+            Poll::Ready(r) => self.complete(&f, r, clock::now_us()),
+            Poll::Pending => inflight.push(f),
+        }
+    }
+
+    /// Open loop: whatever was due and never sent is a lower-bounded latency, not an omission.
+    fn record_unsent(&mut self, schedule: &OpenLoop) {
+        let t = &self.plan.times;
+        let batch = schedule.batch_messages();
+        let gave_up = clock::now_us();
+        for intended in schedule.unsent_before(t.end_us) {
+            self.report.unsent += batch;
+            if intended >= t.warmup_end_us {
+                let latency = gave_up.saturating_sub(intended);
+                scheduler::record(&mut self.report.publish, latency, batch);
+            }
+        }
+    }
+
+    /// Waits for outstanding acks until the drain deadline; those that never came are errors.
+    fn drain(&mut self, mut inflight: Vec<InFlight>, cx: &mut Context<'_>) {
+        let t = self.plan.times;
+        let deadline = t.drain_deadline_us();
+        while !inflight.is_empty() {
+            self.poll_inflight(&mut inflight, cx);
+            if inflight.is_empty() || clock::now_us() >= deadline {
+                break;
+            }
+            exec::park_until(deadline);
+        }
+        let now = clock::now_us();
+        for f in inflight.drain(..) {
+            let msg = format!(
+                "no ack within the {:.0} s drain timeout",
+                t.drain_timeout_us as f64 / 1e6
+            );
+            self.fail(f.messages, msg, now.saturating_sub(t.start_us));
+        }
+        self.interval.maybe_flush(now, true);
+    }
+}
+
+/// The next batch's values: `batch_messages` copies of `template`, each stamped with the
+/// intended send time and the partition's next sequence number.
+fn stamp_batch(
+    template: &[u8],
+    batch_messages: u32,
+    intended_us: u64,
+    seq: &mut u64,
+) -> Vec<Vec<u8>> {
+    (0..batch_messages)
+        .map(|_| {
+            let header = MessageHeader {
+                send_us: intended_us,
+                sequence: *seq,
+            };
+            *seq += 1;
+            payload::stamp(template, header)
+        })
+        .collect()
+}
+
 /// Runs one producer to completion (blocking the calling thread).
 pub fn run_producer(plan: ProducerPlan, mut producer: Box<dyn Producer>) -> ProducerReport {
     let pinned = exec::pin_current(plan.core);
     let t = plan.times;
-    let seconds = t.seconds_max();
-    let partitions = plan.partition_count as usize;
-    let closed_loop = matches!(plan.pacing, Pacing::ClosedLoop);
-    let mut state = State {
-        plan: &plan,
-        report: ProducerReport {
-            publish: stats::new_histogram(),
-            delay: stats::new_histogram(),
-            publish_corrected: closed_loop.then(stats::new_histogram),
-            sent: 0,
-            acked: 0,
-            errors: 0,
-            unsent: 0,
-            acked_in_window: 0,
-            acked_by_partition: vec![0; partitions],
-            acked_per_second: PerSecond::new(seconds),
-            errors_per_second: PerSecond::new(seconds),
-            first_error: None,
-            pinned,
-        },
-        warmup: stats::new_histogram(),
-        correction_interval_us: None,
-        interval: IntervalRecorder::new(plan.progress.clone(), false),
-    };
+    let mut state = State::new(&plan, pinned);
     assert!(!plan.partitions.is_empty(), "a producer without partitions");
     let mut pacing = plan.pacing.clone();
     let template = payload::template(plan.message_bytes);
-    let mut sequence = vec![0u64; partitions];
+    let mut sequence = vec![0u64; plan.partition_count as usize];
     let mut next_partition = 0;
     let mut inflight: Vec<InFlight> = Vec::with_capacity(plan.inflight_max);
     let waker = exec::current_thread_waker();
@@ -217,80 +314,26 @@ pub fn run_producer(plan: ProducerPlan, mut producer: Box<dyn Producer>) -> Prod
             }
         };
         match due {
-            Some(intended) => {
+            Some(intended_us) => {
                 let partition = plan.partitions[next_partition];
                 next_partition = (next_partition + 1) % plan.partitions.len();
                 let seq = &mut sequence[partition as usize];
-                let values: Vec<Vec<u8>> = (0..plan.batch_messages)
-                    .map(|_| {
-                        let header = MessageHeader {
-                            send_us: intended,
-                            sequence: *seq,
-                        };
-                        *seq += 1;
-                        payload::stamp(&template, header)
-                    })
-                    .collect();
-                let messages = values.len() as u64;
-                let sent_at = clock::now_us();
-                if intended >= t.warmup_end_us {
-                    scheduler::record(
-                        &mut state.report.delay,
-                        sent_at.saturating_sub(intended),
-                        messages,
-                    );
-                }
-                let mut f = InFlight {
-                    fut: producer.send(partition, values),
+                let values = stamp_batch(&template, plan.batch_messages, intended_us, seq);
+                let batch = Outgoing {
                     partition,
-                    messages,
-                    intended_us: intended,
+                    intended_us,
+                    values,
                 };
-                state.report.sent += messages;
-                // First poll now: this submits the batch, in order (see driver's contract).
-                match f.fut.as_mut().poll(&mut cx) {
-                    Poll::Ready(r) => state.complete(&f, r, clock::now_us()),
-                    Poll::Pending => inflight.push(f),
-                }
+                state.send(producer.as_mut(), batch, &mut inflight, &mut cx);
             }
             // Window full or nothing due: wait for an ack, the next due time, or the end.
             None => exec::park_until(wake_at),
         }
     }
-
-    // Open loop: whatever was due and never sent is a lower-bounded latency, not an omission.
     if let Pacing::OpenLoop(s) = &pacing {
-        let batch = s.batch_messages();
-        let gave_up = clock::now_us();
-        for intended in s.unsent_before(t.end_us) {
-            state.report.unsent += batch;
-            if intended >= t.warmup_end_us {
-                scheduler::record(
-                    &mut state.report.publish,
-                    gave_up.saturating_sub(intended),
-                    batch,
-                );
-            }
-        }
+        state.record_unsent(s);
     }
-
-    // Drain: wait for outstanding acks until the deadline.
-    while !inflight.is_empty() {
-        state.poll_inflight(&mut inflight, &mut cx);
-        if inflight.is_empty() || clock::now_us() >= deadline {
-            break;
-        }
-        exec::park_until(deadline);
-    }
-    let now = clock::now_us();
-    for f in inflight.drain(..) {
-        let msg = format!(
-            "no ack within the {:.0} s drain timeout",
-            t.drain_timeout_us as f64 / 1e6
-        );
-        state.fail(f.messages, msg, now.saturating_sub(t.start_us));
-    }
-    state.interval.maybe_flush(now, true);
+    state.drain(inflight, &mut cx);
     if state.correction_interval_us.is_none() {
         // No warm-up samples to calibrate against: a "corrected" histogram would be the raw one.
         state.report.publish_corrected = None;

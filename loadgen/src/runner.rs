@@ -6,7 +6,7 @@ use std::thread::JoinHandle;
 
 use crate::clock;
 use crate::consumer::{self, ConsumerPlan, ConsumerReport, Control};
-use crate::driver::{Driver, DriverError};
+use crate::driver::{Consumer, Driver, DriverError, Producer};
 use crate::producer::{self, ProducerPlan, ProducerReport};
 use crate::progress::{self, Progress};
 use crate::result::{Counters, Measured, RunResult};
@@ -69,12 +69,50 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-fn cores() -> Vec<core_affinity::CoreId> {
-    core_affinity::get_core_ids().unwrap_or_default()
+/// Where the load threads run: producer and consumer threads start after the shards' cores so
+/// that, with more cores than shards, load generation and the broker do not share a core.
+struct Placement {
+    /// Empty when threads are not pinned.
+    cores: Vec<core_affinity::CoreId>,
+    shards: usize,
 }
+
+impl Placement {
+    fn new(w: &Workload) -> Placement {
+        let cores = if w.pin_threads {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Placement {
+            cores,
+            shards: w.shards as usize,
+        }
+    }
+
+    /// The core of load thread `k` (producers first, then consumers).
+    fn core_of(&self, k: usize) -> Option<core_affinity::CoreId> {
+        (!self.cores.is_empty()).then(|| self.cores[(self.shards + k) % self.cores.len()])
+    }
+}
+
+/// The first send is this far from now, so every thread is up before it.
+const START_DELAY_US: u64 = 10_000;
 
 fn join<T>(h: JoinHandle<T>, what: &str) -> Result<T, RunError> {
     h.join().map_err(|_| RunError::Panicked(what.to_string()))
+}
+
+/// The running consumer threads, how to tell each to drain or stop, and how each says it is
+/// done.
+struct Consumers {
+    handles: Vec<JoinHandle<ConsumerReport>>,
+    /// Per consumer: its partitions and its control channel.
+    controls: Vec<(Vec<u32>, flume::Sender<Control>)>,
+    done: flume::Receiver<usize>,
+    /// Kept open until the drain ends, so that `done` waits out the drain timeout even when
+    /// every consumer has gone.
+    _done_tx: flume::Sender<usize>,
 }
 
 /// Runs the workload against the driver's topic `topic` (created afresh).
@@ -85,17 +123,10 @@ pub fn run(
     opts: RunOptions,
 ) -> Result<RunResult, RunError> {
     driver.create_topic(topic, w.partitions)?;
-    let cores = if w.pin_threads { cores() } else { Vec::new() };
-    // Producer and consumer threads start after the shards' cores so that, with more cores
-    // than shards, load generation and the broker do not share a core.
-    let core_of =
-        |k: usize| (!cores.is_empty()).then(|| cores[(w.shards as usize + k) % cores.len()]);
+    let placement = Placement::new(w);
     let progress = opts.progress.then(|| Arc::new(Progress::default()));
 
     // Consumers first: their subscriptions must exist before the first message.
-    let mut consumer_handles = Vec::new();
-    let mut controls = Vec::new();
-    let (done_tx, done_rx) = flume::bounded(w.consumers.max(1) as usize);
     let mut pending_consumers = Vec::new();
     for j in 0..w.consumers {
         let partitions = w.consumer_partitions(j);
@@ -106,17 +137,53 @@ pub fn run(
         producers.push(driver.producer(topic, w.acks)?);
     }
 
-    // Start on a whole millisecond from now, so every thread is up before the first send.
-    let times = RunTimes::new(clock::now_us() + 10_000, w);
-    for (j, partitions, c) in pending_consumers {
+    let times = RunTimes::new(clock::now_us() + START_DELAY_US, w);
+    let consumers = spawn_consumers(w, pending_consumers, times, &placement, &progress)?;
+    let producer_handles = spawn_producers(w, producers, times, &placement, &progress)?;
+    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+    let reporter = match &progress {
+        Some(p) => Some(progress::spawn_reporter(p.clone(), times, stop_rx)?),
+        None => None,
+    };
+
+    let mut producer_reports = Vec::new();
+    for (i, h) in producer_handles.into_iter().enumerate() {
+        producer_reports.push(join(h, &format!("producer {i}"))?);
+    }
+    let consumer_reports = drain_consumers(w, consumers, &producer_reports, &times)?;
+    let _ = stop_tx.send(());
+    if let Some(r) = reporter {
+        join(r, "progress")?;
+    }
+    let mut result = merge_reports(w, driver.name(), &times, producer_reports, consumer_reports)?;
+    result.durability = driver.durability(w.acks);
+    Ok(result)
+}
+
+/// Starts a thread per consumer (`(index, partitions, consumer)`).
+fn spawn_consumers(
+    w: &Workload,
+    pending: Vec<(u32, Vec<u32>, Box<dyn Consumer>)>,
+    times: RunTimes,
+    placement: &Placement,
+    progress: &Option<Arc<Progress>>,
+) -> Result<Consumers, RunError> {
+    let (done_tx, done_rx) = flume::bounded(w.consumers.max(1) as usize);
+    let mut consumers = Consumers {
+        handles: Vec::new(),
+        controls: Vec::new(),
+        done: done_rx,
+        _done_tx: done_tx.clone(),
+    };
+    for (j, partitions, c) in pending {
         let (ctl_tx, ctl_rx) = flume::bounded(2);
-        controls.push((partitions.clone(), ctl_tx));
+        consumers.controls.push((partitions.clone(), ctl_tx));
         let plan = ConsumerPlan {
             index: j as usize,
             partitions,
             partition_count: w.partitions,
             times,
-            core: core_of((w.producers + j) as usize),
+            core: placement.core_of((w.producers + j) as usize),
             progress: progress.clone(),
             control: ctl_rx,
             done: done_tx.clone(),
@@ -124,9 +191,20 @@ pub fn run(
         let h = std::thread::Builder::new()
             .name(format!("loadgen-consumer-{j}"))
             .spawn(move || consumer::run_consumer(plan, c))?;
-        consumer_handles.push(h);
+        consumers.handles.push(h);
     }
-    let mut producer_handles = Vec::new();
+    Ok(consumers)
+}
+
+/// Starts a thread per producer, open loop at the workload's rate if it has one.
+fn spawn_producers(
+    w: &Workload,
+    producers: Vec<Box<dyn Producer>>,
+    times: RunTimes,
+    placement: &Placement,
+    progress: &Option<Arc<Progress>>,
+) -> Result<Vec<JoinHandle<ProducerReport>>, RunError> {
+    let mut handles = Vec::new();
     for (i, p) in producers.into_iter().enumerate() {
         let pacing = match w.rate {
             Some(rate) => Pacing::OpenLoop(OpenLoop::new(
@@ -147,33 +225,32 @@ pub fn run(
             inflight_max: w.inflight as usize,
             pacing,
             times,
-            core: core_of(i),
+            core: placement.core_of(i),
             progress: progress.clone(),
         };
         let h = std::thread::Builder::new()
             .name(format!("loadgen-producer-{i}"))
             .spawn(move || producer::run_producer(plan, p))?;
-        producer_handles.push(h);
+        handles.push(h);
     }
-    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
-    let reporter = match &progress {
-        Some(p) => Some(progress::spawn_reporter(p.clone(), times, stop_rx)?),
-        None => None,
-    };
+    Ok(handles)
+}
 
-    let mut producer_reports = Vec::new();
-    for (i, h) in producer_handles.into_iter().enumerate() {
-        producer_reports.push(join(h, &format!("producer {i}"))?);
-    }
+/// Drain: each consumer exits once it has every acknowledged message of its partitions, or is
+/// stopped at the drain timeout. Returns what each measured.
+fn drain_consumers(
+    w: &Workload,
+    consumers: Consumers,
+    producer_reports: &[ProducerReport],
+    times: &RunTimes,
+) -> Result<Vec<ConsumerReport>, RunError> {
     let mut acked_by_partition = vec![0u64; w.partitions as usize];
-    for r in &producer_reports {
+    for r in producer_reports {
         for (a, b) in acked_by_partition.iter_mut().zip(&r.acked_by_partition) {
             *a += b;
         }
     }
-
-    // Drain: each consumer exits once it has every acknowledged message of its partitions.
-    for (partitions, ctl) in &controls {
+    for (partitions, ctl) in &consumers.controls {
         let targets = partitions
             .iter()
             .map(|&p| (p, acked_by_partition[p as usize]))
@@ -182,26 +259,20 @@ pub fn run(
     }
     let drain_deadline = clock::now_us() + times.drain_timeout_us;
     let mut drained = 0;
-    while drained < controls.len() {
-        match done_rx.recv_timeout(clock::until_us(drain_deadline)) {
+    while drained < consumers.controls.len() {
+        match consumers.done.recv_timeout(clock::until_us(drain_deadline)) {
             Ok(_) => drained += 1,
             Err(_) => break,
         }
     }
-    for (_, ctl) in &controls {
+    for (_, ctl) in &consumers.controls {
         let _ = ctl.try_send(Control::Stop);
     }
     let mut consumer_reports = Vec::new();
-    for (j, h) in consumer_handles.into_iter().enumerate() {
+    for (j, h) in consumers.handles.into_iter().enumerate() {
         consumer_reports.push(join(h, &format!("consumer {j}"))?);
     }
-    let _ = stop_tx.send(());
-    if let Some(r) = reporter {
-        join(r, "progress")?;
-    }
-    let mut result = merge_reports(w, driver.name(), &times, producer_reports, consumer_reports)?;
-    result.durability = driver.durability(w.acks);
-    Ok(result)
+    Ok(consumer_reports)
 }
 
 fn merge_reports(

@@ -514,8 +514,83 @@ fn raw_produce_rtts(
     Ok(h)
 }
 
+/// The target of every Shardline-to-raw ratio, for p50 and p99.
+const RATIO_TARGET: f64 = 1.5;
+
+/// What every phase needs, and the rows measured so far.
+struct Bench {
+    args: Args,
+    cpus: Vec<usize>,
+    /// The shard's CPU (the first usable one), and the other one.
+    shard_cpu: usize,
+    other_cpu: usize,
+    /// Frame sizes in bytes, (request, response): a Ping, and a one-record produce.
+    ping_frames: (usize, usize),
+    produce_frames: (usize, usize),
+    out: Out,
+    rows: Vec<Row>,
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    check_args(&args)?;
+    // The engine places shards on the main thread's affinity mask: this thread never pins
+    // itself; every measurement runs on a pinned thread of its own.
+    let cpus = engine_rt::usable_cpus();
+    if cpus.len() < 2 {
+        bail!("needs two usable CPUs, has {cpus:?}");
+    }
+    let (ping_frames, produce_frames) = frame_sizes(args.value_bytes)?;
+    let out = Out::open(args.json.as_deref())?;
+    let mut b = Bench {
+        shard_cpu: cpus[0],
+        other_cpu: cpus[1],
+        cpus,
+        ping_frames,
+        produce_frames,
+        out,
+        rows: Vec::new(),
+        args,
+    };
+    let load_start = loadavg();
+    println!("load average at start: {load_start}");
+    let ((ping_req, ping_resp), (prod_req, prod_resp)) = (ping_frames, produce_frames);
+    println!(
+        "net_rtt: 127.0.0.1, shard CPU {}, other CPU {}; {} round trips after \
+         {} warm-up, one at a time; frames: ping {ping_req}/{ping_resp} B, produce of one \
+         {}-byte record {prod_req}/{prod_resp} B (request/response)",
+        b.shard_cpu, b.other_cpu, b.args.count, b.args.warmup, b.args.value_bytes
+    );
+    header();
+    if b.has("raw") {
+        b.raw_phase()?;
+    }
+    let (dir, _guard) = bench_dir(Some(&b.args.dir))?;
+    for spin in b.args.spin_before_park_us.clone() {
+        if b.has("shardline") {
+            b.shardline_phase(&dir, spin)?;
+        }
+        if b.has("forward") {
+            b.forward_phase(&dir, spin)?;
+        }
+    }
+    let load_end = loadavg();
+    println!("load average at end: {load_end}");
+    b.out.emit(serde_json::json!({
+        "kind": "run",
+        "count": b.args.count,
+        "warmup": b.args.warmup,
+        "shard_cpu": b.shard_cpu,
+        "other_cpu": b.other_cpu,
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
+        "ping_frame_bytes": [ping_req, ping_resp],
+        "produce_frame_bytes": [prod_req, prod_resp],
+    }))?;
+    b.print_ratios()
+}
+
+fn check_args(args: &Args) -> anyhow::Result<()> {
     for p in &args.phases {
         if !["raw", "shardline", "forward"].contains(&p.as_str()) {
             bail!("unknown phase '{p}' (raw, shardline, forward)");
@@ -526,28 +601,23 @@ fn main() -> anyhow::Result<()> {
             bail!("unknown placement '{p}' (cross, same)");
         }
     }
-    let has = |p: &str| args.phases.iter().any(|x| x == p);
-    // The engine places shards on the main thread's affinity mask: this thread never pins
-    // itself; every measurement runs on a pinned thread of its own.
-    let cpus = engine_rt::usable_cpus();
-    if cpus.len() < 2 {
-        bail!("needs two usable CPUs, has {cpus:?}");
-    }
-    let shard_cpu = cpus[0];
-    let other_cpu = cpus[1];
-    let client_cpu = |placement: &str| {
-        if placement == "same" {
-            shard_cpu
-        } else {
-            other_cpu
-        }
-    };
-    let ((ping_req, ping_resp), (prod_req, prod_resp)) = frame_sizes(args.value_bytes)?;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut out = Out {
-        json: match &args.json {
+    Ok(())
+}
+
+/// The 1, 5 and 15 minute load averages, as `/proc/loadavg` has them (empty if unreadable).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+impl Out {
+    /// Output to stdout, and JSON lines appended to `json` if given.
+    fn open(json: Option<&std::path::Path>) -> anyhow::Result<Out> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let json = match json {
             Some(p) => Some(
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -556,27 +626,42 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("opening {}", p.display()))?,
             ),
             None => None,
-        },
-        run: started.to_string(),
-    };
-    let loadavg = || {
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    };
-    let load_start = loadavg();
-    println!("load average at start: {load_start}");
-    println!(
-        "net_rtt: 127.0.0.1, shard CPU {shard_cpu}, other CPU {other_cpu}; {} round trips after \
-         {} warm-up, one at a time; frames: ping {ping_req}/{ping_resp} B, produce of one \
-         {}-byte record {prod_req}/{prod_resp} B (request/response)",
-        args.count, args.warmup, args.value_bytes
-    );
-    header();
-    let mut rows: Vec<Row> = Vec::new();
+        };
+        Ok(Out {
+            json,
+            run: started.to_string(),
+        })
+    }
+}
 
-    if has("raw") {
-        let mut shapes: Vec<(String, usize, usize, bool)> = args
+impl Bench {
+    fn has(&self, phase: &str) -> bool {
+        self.args.phases.iter().any(|x| x == phase)
+    }
+
+    /// The client's CPU in a placement: the shard's (`same`) or the other one (`cross`).
+    fn client_cpu(&self, placement: &str) -> usize {
+        if placement == "same" {
+            self.shard_cpu
+        } else {
+            self.other_cpu
+        }
+    }
+
+    /// Prints and records one measurement.
+    fn push(&mut self, r: Row) -> anyhow::Result<()> {
+        self.out.row(&r)?;
+        self.rows.push(r);
+        Ok(())
+    }
+
+    /// The yardstick: raw ping-pongs of `--sizes` and of Shardline's frame shapes, in each
+    /// placement.
+    fn raw_phase(&mut self) -> anyhow::Result<()> {
+        let ((ping_req, ping_resp), (prod_req, prod_resp)) =
+            (self.ping_frames, self.produce_frames);
+        let mut shapes: Vec<(String, usize, usize, bool)> = self
+            .args
             .sizes
             .iter()
             .map(|&s| (format!("tcp ping-pong {s} B"), s, s, false))
@@ -606,10 +691,11 @@ fn main() -> anyhow::Result<()> {
             prod_resp,
             true,
         ));
-        for placement in &args.placements {
+        for placement in self.args.placements.clone() {
             for (what, req, resp, split) in &shapes {
-                let h = raw_pingpong(*req, *resp, *split, shard_cpu, client_cpu(placement), &args)?;
-                let r = Row {
+                let client_cpu = self.client_cpu(&placement);
+                let h = raw_pingpong(*req, *resp, *split, self.shard_cpu, client_cpu, &self.args)?;
+                self.push(Row {
                     phase: "raw",
                     what: what.clone(),
                     placement: placement.clone(),
@@ -617,185 +703,173 @@ fn main() -> anyhow::Result<()> {
                     req_bytes: *req,
                     resp_bytes: *resp,
                     s: Summary::of(&h),
-                };
-                out.row(&r)?;
-                rows.push(r);
-            }
-        }
-    }
-
-    let (dir, _guard) = bench_dir(Some(&args.dir))?;
-    for &spin in &args.spin_before_park_us {
-        if has("shardline") {
-            let sub = dir.join(format!("one-shard-spin{spin}"));
-            let server = start_server(&sub, 1, spin)?;
-            let addr = server.addr();
-            let admin = Client::connect(&addr.to_string(), ClientConfig::default())?;
-            admin.create_topic(
-                TOPIC,
-                TopicConfig {
-                    partitions: 1,
-                    ..TopicConfig::default()
-                },
-            )?;
-            drop(admin);
-            for placement in &args.placements {
-                let (vb, n, w) = (args.value_bytes, args.count, args.warmup);
-                let hs = on_cpu(client_cpu(placement), move || {
-                    shardline_client_rtts(addr, vb, n, w)
                 })?;
-                let names = [
-                    ("client ping", ping_req, ping_resp),
-                    ("client produce 1x100B leader", prod_req, prod_resp),
-                    ("raw-codec ping", ping_req, ping_resp),
-                    ("raw-codec produce 1x100B leader", prod_req, prod_resp),
-                ];
-                for (h, (what, req, resp)) in hs.iter().zip(names) {
-                    let r = Row {
-                        phase: "shardline",
-                        what: what.replace("100B", &format!("{vb}B")),
-                        placement: placement.clone(),
-                        spin_us: Some(spin),
-                        req_bytes: req,
-                        resp_bytes: resp,
-                        s: Summary::of(h),
-                    };
-                    out.row(&r)?;
-                    rows.push(r);
-                }
             }
-            server.shutdown()?;
         }
-        if has("forward") {
-            let sub = dir.join(format!("two-shards-spin{spin}"));
-            let server = start_server(&sub, 2, spin)?;
-            let addr = server.addr();
-            let shard_addrs = server.shard_addrs();
-            let (vb, n, w) = (args.value_bytes, args.count, args.warmup);
-            let hs = on_cpu(other_cpu, move || {
-                let admin = Client::connect(&addr.to_string(), ClientConfig::default())?;
-                admin.create_topic(
-                    FORWARD_TOPIC,
-                    TopicConfig {
-                        partitions: 2,
-                        ..TopicConfig::default()
-                    },
-                )?;
-                let route = admin.route(FORWARD_TOPIC)?;
-                if route.partition_shards != [0, 1] {
-                    bail!(
-                        "expected partition p on shard p, got {:?}",
-                        route.partition_shards
-                    );
-                }
-                drop(admin);
-                let mut hs = Vec::new();
-                for partition in 0..2u32 {
-                    for via in [partition, 1 - partition] {
-                        let mut raw = Raw::connect(shard_addrs[via as usize])?;
-                        if raw.shard != via {
-                            bail!("shard {via}'s address was served by shard {}", raw.shard);
-                        }
-                        let h = raw_produce_rtts(&mut raw, FORWARD_TOPIC, partition, vb, n, w)?;
-                        hs.push((partition, via, raw.last_sizes, h));
-                    }
-                }
-                Ok(hs)
-            })?;
-            let mut by_partition: Vec<(u32, Summary, Summary)> = Vec::new();
-            let mut direct = None;
-            for (partition, via, (req_bytes, resp_bytes), h) in &hs {
-                let owner = *via == *partition;
-                let what = format!(
-                    "produce p{partition} via shard {via} ({})",
-                    if owner { "owner" } else { "forwarded" }
-                );
-                // Placement: the client's CPU relative to the partition owner's.
-                let same = cpus[*partition as usize] == other_cpu;
-                let r = Row {
-                    phase: "forward",
-                    what,
-                    placement: if same { "same" } else { "cross" }.to_string(),
-                    spin_us: Some(spin),
-                    req_bytes: *req_bytes,
-                    resp_bytes: *resp_bytes,
-                    s: Summary::of(h),
-                };
-                out.row(&r)?;
-                if owner {
-                    direct = Some(r.s);
-                } else if let Some(d) = direct.take() {
-                    by_partition.push((*partition, d, r.s));
-                }
-                rows.push(r);
-            }
-            for (partition, d, f) in by_partition {
-                println!(
-                    "forward   cross-shard hop, partition {partition} (owner on cpu {}, client on \
-                     cpu {other_cpu}), spin {spin}: p50 {:+.1} us, p99 {:+.1} us (forwarded - owner)",
-                    cpus[partition as usize],
-                    f.p50 - d.p50,
-                    f.p99 - d.p99
-                );
-                out.emit(serde_json::json!({
-                    "kind": "hop",
-                    "spin_before_park_us": spin,
-                    "partition": partition,
-                    "owner_cpu": cpus[partition as usize],
-                    "client_cpu": other_cpu,
-                    "direct_us": d.json(),
-                    "forwarded_us": f.json(),
-                    "hop_p50_us": ((f.p50 - d.p50) * 10.0).round() / 10.0,
-                    "hop_p99_us": ((f.p99 - d.p99) * 10.0).round() / 10.0,
-                }))?;
-            }
-            server.shutdown()?;
-        }
+        Ok(())
     }
 
-    let load_end = loadavg();
-    println!("load average at end: {load_end}");
-    out.emit(serde_json::json!({
-        "kind": "run",
-        "count": args.count,
-        "warmup": args.warmup,
-        "shard_cpu": shard_cpu,
-        "other_cpu": other_cpu,
-        "loadavg_start": load_start,
-        "loadavg_end": load_end,
-        "ping_frame_bytes": [ping_req, ping_resp],
-        "produce_frame_bytes": [prod_req, prod_resp],
-    }))?;
+    /// One shard: ping and produce through the client library and the raw codec, in each
+    /// placement.
+    fn shardline_phase(&mut self, dir: &std::path::Path, spin: u64) -> anyhow::Result<()> {
+        let ((ping_req, ping_resp), (prod_req, prod_resp)) =
+            (self.ping_frames, self.produce_frames);
+        let sub = dir.join(format!("one-shard-spin{spin}"));
+        let server = start_server(&sub, 1, spin)?;
+        let addr = server.addr();
+        let admin = Client::connect(&addr.to_string(), ClientConfig::default())?;
+        admin.create_topic(
+            TOPIC,
+            TopicConfig {
+                partitions: 1,
+                ..TopicConfig::default()
+            },
+        )?;
+        drop(admin);
+        for placement in self.args.placements.clone() {
+            let (vb, n, w) = (self.args.value_bytes, self.args.count, self.args.warmup);
+            let hs = on_cpu(self.client_cpu(&placement), move || {
+                shardline_client_rtts(addr, vb, n, w)
+            })?;
+            let names = [
+                ("client ping", ping_req, ping_resp),
+                ("client produce 1x100B leader", prod_req, prod_resp),
+                ("raw-codec ping", ping_req, ping_resp),
+                ("raw-codec produce 1x100B leader", prod_req, prod_resp),
+            ];
+            for (h, (what, req, resp)) in hs.iter().zip(names) {
+                self.push(Row {
+                    phase: "shardline",
+                    what: what.replace("100B", &format!("{vb}B")),
+                    placement: placement.clone(),
+                    spin_us: Some(spin),
+                    req_bytes: req,
+                    resp_bytes: resp,
+                    s: Summary::of(h),
+                })?;
+            }
+        }
+        server.shutdown()?;
+        Ok(())
+    }
 
-    // Ratios: Shardline against the raw ping-pong shaped like its frames, same placement.
-    let raw_of = |shape: &str, placement: &str| {
-        rows.iter()
-            .find(|r| {
-                r.phase == "raw"
-                    && r.what == format!("tcp ping-pong, {shape}")
-                    && r.placement == placement
-            })
-            .map(|r| r.s)
-    };
-    let mut printed = false;
-    for r in rows.iter().filter(|r| r.phase == "shardline") {
-        let shape = if r.what.contains("ping") {
-            "ping-shaped"
-        } else {
-            "produce-shaped"
+    /// Two shards: produce to each partition via its owner and via the other shard; prints the
+    /// cross-shard hop (forwarded - owner) per partition.
+    fn forward_phase(&mut self, dir: &std::path::Path, spin: u64) -> anyhow::Result<()> {
+        let sub = dir.join(format!("two-shards-spin{spin}"));
+        let server = start_server(&sub, 2, spin)?;
+        let addr = server.addr();
+        let shard_addrs = server.shard_addrs();
+        let (vb, n, w) = (self.args.value_bytes, self.args.count, self.args.warmup);
+        let hs = on_cpu(self.other_cpu, move || {
+            forward_rtts(addr, &shard_addrs, vb, n, w)
+        })?;
+        let mut by_partition: Vec<(u32, Summary, Summary)> = Vec::new();
+        let mut direct = None;
+        for ForwardRtts {
+            partition,
+            via,
+            frame_bytes: (req_bytes, resp_bytes),
+            h,
+        } in &hs
+        {
+            let owner = *via == *partition;
+            let what = format!(
+                "produce p{partition} via shard {via} ({})",
+                if owner { "owner" } else { "forwarded" }
+            );
+            // Placement: the client's CPU relative to the partition owner's.
+            let same = self.cpus[*partition as usize] == self.other_cpu;
+            let r = Row {
+                phase: "forward",
+                what,
+                placement: if same { "same" } else { "cross" }.to_string(),
+                spin_us: Some(spin),
+                req_bytes: *req_bytes,
+                resp_bytes: *resp_bytes,
+                s: Summary::of(h),
+            };
+            let s = r.s;
+            self.push(r)?;
+            if owner {
+                direct = Some(s);
+            } else if let Some(d) = direct.take() {
+                by_partition.push((*partition, d, s));
+            }
+        }
+        for (partition, d, f) in by_partition {
+            self.print_hop(spin, partition, d, f)?;
+        }
+        server.shutdown()?;
+        Ok(())
+    }
+
+    fn print_hop(
+        &mut self,
+        spin: u64,
+        partition: u32,
+        d: Summary,
+        f: Summary,
+    ) -> anyhow::Result<()> {
+        let other_cpu = self.other_cpu;
+        println!(
+            "forward   cross-shard hop, partition {partition} (owner on cpu {}, client on \
+             cpu {other_cpu}), spin {spin}: p50 {:+.1} us, p99 {:+.1} us (forwarded - owner)",
+            self.cpus[partition as usize],
+            f.p50 - d.p50,
+            f.p99 - d.p99
+        );
+        self.out.emit(serde_json::json!({
+            "kind": "hop",
+            "spin_before_park_us": spin,
+            "partition": partition,
+            "owner_cpu": self.cpus[partition as usize],
+            "client_cpu": other_cpu,
+            "direct_us": d.json(),
+            "forwarded_us": f.json(),
+            "hop_p50_us": ((f.p50 - d.p50) * 10.0).round() / 10.0,
+            "hop_p99_us": ((f.p99 - d.p99) * 10.0).round() / 10.0,
+        }))
+    }
+
+    /// Ratios: Shardline against the raw ping-pong shaped like its frames, same placement.
+    fn print_ratios(&mut self) -> anyhow::Result<()> {
+        let raw_of = |shape: &str, placement: &str| {
+            self.rows
+                .iter()
+                .find(|r| {
+                    r.phase == "raw"
+                        && r.what == format!("tcp ping-pong, {shape}")
+                        && r.placement == placement
+                })
+                .map(|r| r.s)
         };
-        let Some(y) = raw_of(shape, &r.placement) else {
-            continue;
-        };
-        if !printed {
+        let mut ratios = Vec::new();
+        for r in self.rows.iter().filter(|r| r.phase == "shardline") {
+            let shape = if r.what.contains("ping") {
+                "ping-shaped"
+            } else {
+                "produce-shaped"
+            };
+            if let Some(y) = raw_of(shape, &r.placement) {
+                ratios.push((r.clone(), shape, y));
+            }
+        }
+        if !ratios.is_empty() {
             println!(
                 "\nratios to the raw ping-pong of the same frame sizes and placement (target: \
                  p50 and p99 <= 1.5x)"
             );
-            printed = true;
         }
+        for (r, shape, y) in ratios {
+            self.print_ratio(&r, shape, y)?;
+        }
+        Ok(())
+    }
+
+    fn print_ratio(&mut self, r: &Row, shape: &str, y: Summary) -> anyhow::Result<()> {
         let (p50, p99) = (r.s.p50 / y.p50, r.s.p99 / y.p99);
-        let met = p50 <= 1.5 && p99 <= 1.5;
+        let met = p50 <= RATIO_TARGET && p99 <= RATIO_TARGET;
         println!(
             "{:<34} {:<6} spin {:>3}: p50 {:>6.1} / {:>6.1} us = {:>5.2}x   p99 {:>7.1} / {:>7.1} \
              us = {:>5.2}x   {}",
@@ -810,7 +884,7 @@ fn main() -> anyhow::Result<()> {
             p99,
             if met { "met" } else { "missed" }
         );
-        out.emit(serde_json::json!({
+        self.out.emit(serde_json::json!({
             "kind": "ratio",
             "what": r.what,
             "placement": r.placement,
@@ -820,9 +894,68 @@ fn main() -> anyhow::Result<()> {
             "yardstick_us": y.json(),
             "ratio_p50": (p50 * 100.0).round() / 100.0,
             "ratio_p99": (p99 * 100.0).round() / 100.0,
-            "target": 1.5,
+            "target": RATIO_TARGET,
             "met": met,
-        }))?;
+        }))
     }
-    Ok(())
+}
+
+/// Produce round trips to `partition` through shard `via`'s direct address.
+struct ForwardRtts {
+    partition: u32,
+    via: u32,
+    /// (request, response) frame bytes.
+    frame_bytes: (usize, usize),
+    h: Histogram<u64>,
+}
+
+/// On a two-shard server whose partition p lives on shard p: produce round trips to each
+/// partition via each shard's direct address, the owner first for each partition.
+fn forward_rtts(
+    addr: SocketAddr,
+    shard_addrs: &[SocketAddr],
+    value_bytes: usize,
+    count: usize,
+    warmup: usize,
+) -> anyhow::Result<Vec<ForwardRtts>> {
+    let admin = Client::connect(&addr.to_string(), ClientConfig::default())?;
+    admin.create_topic(
+        FORWARD_TOPIC,
+        TopicConfig {
+            partitions: 2,
+            ..TopicConfig::default()
+        },
+    )?;
+    let route = admin.route(FORWARD_TOPIC)?;
+    if route.partition_shards != [0, 1] {
+        bail!(
+            "expected partition p on shard p, got {:?}",
+            route.partition_shards
+        );
+    }
+    drop(admin);
+    let mut hs = Vec::new();
+    for partition in 0..2u32 {
+        for via in [partition, 1 - partition] {
+            let mut raw = Raw::connect(shard_addrs[via as usize])?;
+            if raw.shard != via {
+                bail!("shard {via}'s address was served by shard {}", raw.shard);
+            }
+            let h = raw_produce_rtts(
+                &mut raw,
+                FORWARD_TOPIC,
+                partition,
+                value_bytes,
+                count,
+                warmup,
+            )?;
+            hs.push(ForwardRtts {
+                partition,
+                via,
+                frame_bytes: raw.last_sizes,
+                h,
+            });
+        }
+    }
+    Ok(hs)
 }

@@ -14,7 +14,7 @@
 //!
 //! Run: `cargo run --release -p shardline-bench --bin security_overhead -- [--json FILE]`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -26,6 +26,15 @@ use shardline_engine::{EngineConfig, batch};
 use shardline_net::client::{Acks, Client, ClientConfig, ClientTls, TopicConfig};
 use shardline_net::server::{EncryptionConfig, Server, ServerConfig};
 use shardline_net::tls::ServerTlsConfig;
+
+/// The two topics of each server: `enc-*` topics are encrypted at rest.
+const PLAIN_TOPIC: &str = "plain-t";
+const ENCRYPTED_TOPIC: &str = "enc-t";
+/// Read-back: the most one fetch asks for, how long it waits for data, and how long the whole
+/// read-back may take.
+const FETCH_BYTES_MAX: u32 = 1 << 20;
+const FETCH_WAIT: Duration = Duration::from_millis(100);
+const READ_BACK_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug)]
 #[command(about = "Throughput and latency with TLS and encryption at rest on and off")]
@@ -56,11 +65,7 @@ struct Setup {
     client: Client,
 }
 
-fn start(
-    dir: &std::path::Path,
-    tls: Option<ServerTlsConfig>,
-    key: &std::path::Path,
-) -> anyhow::Result<Server> {
+fn start(dir: &Path, tls: Option<ServerTlsConfig>, key: &Path) -> anyhow::Result<Server> {
     let engine = EngineConfig {
         shards: 1,
         pin_shards: true,
@@ -115,9 +120,9 @@ fn measure(
     let end = start_offset + u64::from(requests) * batch::decode(batch)?.1.len() as u64;
     let mut fetched = 0u64;
     // Leader acks come before the write: the tail becomes visible a flush later (long poll).
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + READ_BACK_LIMIT;
     while offset < end {
-        let f = client.fetch(topic, 0, offset, Duration::from_millis(100), 1 << 20)?;
+        let f = client.fetch(topic, 0, offset, FETCH_WAIT, FETCH_BYTES_MAX)?;
         anyhow::ensure!(
             f.error_code == 0,
             "fetch error {}: {:?}",
@@ -133,42 +138,47 @@ fn measure(
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let (dir, _guard) = bench_dir(Some(&args.dir))?;
-    // Certificates and the key file, made now.
+/// The certificate, its key, the CA the client trusts, and the at-rest keyring, made now.
+struct Credentials {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    ca_path: PathBuf,
+    keys: PathBuf,
+}
+
+fn write_credentials(dir: &Path) -> anyhow::Result<Credentials> {
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
         .context("certificate")?;
-    let (cert_path, key_path, ca_path) = (
-        dir.join("server.pem"),
-        dir.join("server.key"),
-        dir.join("ca.pem"),
-    );
-    std::fs::write(&cert_path, cert.cert.pem())?;
-    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
-    std::fs::write(&ca_path, cert.cert.pem())?;
-    let keys = dir.join("keys.json");
-    std::fs::write(&keys, Keyring::generate_file_text(1)?)?;
-    // Shards pin to the first usable CPU; the client thread runs on another one.
-    let first_cpu = core_affinity::get_core_ids()
-        .and_then(|c| c.first().map(|c| c.id))
-        .unwrap_or(0);
-    shardline_bench::pin_current_thread_away_from(first_cpu);
+    let creds = Credentials {
+        cert_path: dir.join("server.pem"),
+        key_path: dir.join("server.key"),
+        ca_path: dir.join("ca.pem"),
+        keys: dir.join("keys.json"),
+    };
+    std::fs::write(&creds.cert_path, cert.cert.pem())?;
+    std::fs::write(&creds.key_path, cert.signing_key.serialize_pem())?;
+    std::fs::write(&creds.ca_path, cert.cert.pem())?;
+    std::fs::write(&creds.keys, Keyring::generate_file_text(1)?)?;
+    Ok(creds)
+}
+
+/// A server with TLS off, then one with TLS on, each with a client and both topics.
+fn start_setups(dir: &Path, creds: &Credentials) -> anyhow::Result<Vec<Setup>> {
     let mut setups = Vec::new();
     for tls in [false, true] {
         let data = dir.join(if tls { "tls" } else { "plain" });
-        let server_tls = tls.then(|| ServerTlsConfig::new(&cert_path, &key_path));
-        let server = start(&data, server_tls, &keys)?;
+        let server_tls = tls.then(|| ServerTlsConfig::new(&creds.cert_path, &creds.key_path));
+        let server = start(&data, server_tls, &creds.keys)?;
         let config = ClientConfig {
             tls: if tls {
-                Some(ClientTls::new(&ca_path, None)?)
+                Some(ClientTls::new(&creds.ca_path, None)?)
             } else {
                 None
             },
             ..ClientConfig::default()
         };
         let client = Client::connect(&server.addr().to_string(), config)?;
-        for t in ["plain-t", "enc-t"] {
+        for t in [PLAIN_TOPIC, ENCRYPTED_TOPIC] {
             client.create_topic(
                 t,
                 TopicConfig {
@@ -183,6 +193,11 @@ fn main() -> anyhow::Result<()> {
             client,
         });
     }
+    Ok(setups)
+}
+
+/// The batch every produce sends: `--records` values of `--value-bytes`, a fixed pattern.
+fn test_batch(args: &Args) -> anyhow::Result<bytes::Bytes> {
     let values = (0..args.records).map(|i| {
         let mut v = vec![0u8; args.value_bytes];
         for (j, b) in v.iter_mut().enumerate() {
@@ -190,44 +205,58 @@ fn main() -> anyhow::Result<()> {
         }
         v
     });
-    let batch = batch::batch_of_values(values)?;
+    Ok(batch::batch_of_values(values)?)
+}
+
+/// A warm-up, then `--rounds` interleaved rounds over the four combinations; the results keyed
+/// by (TLS, encrypted at rest).
+fn run_rounds(
+    args: &Args,
+    setups: &[Setup],
+    batch: &bytes::Bytes,
+) -> anyhow::Result<Vec<((bool, bool), Result1)>> {
     // Warm-up: connections, caches, allocator.
-    for s in &setups {
-        for t in ["plain-t", "enc-t"] {
+    for s in setups {
+        for t in [PLAIN_TOPIC, ENCRYPTED_TOPIC] {
             let mut sink = Result1::default();
-            measure(&s.client, t, &batch, args.requests / 10 + 1, &mut sink)?;
+            measure(&s.client, t, batch, args.requests / 10 + 1, &mut sink)?;
         }
     }
     let mut results: Vec<((bool, bool), Result1)> = Vec::new();
-    for s in &setups {
+    for s in setups {
         for enc in [false, true] {
             results.push(((s.tls, enc), Result1::default()));
         }
     }
     for _ in 0..args.rounds {
-        for s in &setups {
+        for s in setups {
             for enc in [false, true] {
-                let topic = if enc { "enc-t" } else { "plain-t" };
+                let topic = if enc { ENCRYPTED_TOPIC } else { PLAIN_TOPIC };
                 let r = results
                     .iter_mut()
                     .find(|(k, _)| *k == (s.tls, enc))
                     .map(|(_, r)| r)
                     .context("result slot")?;
-                measure(&s.client, topic, &batch, args.requests, r)?;
+                measure(&s.client, topic, batch, args.requests, r)?;
             }
         }
     }
+    Ok(results)
+}
+
+/// Prints the table; returns one JSON line per combination.
+fn report(
+    args: &Args,
+    batch_bytes: usize,
+    results: &[((bool, bool), Result1)],
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let mut lines = Vec::new();
     println!(
         "batch {} B ({} x {} B), {} requests x {} rounds, acks leader",
-        batch.len(),
-        args.records,
-        args.value_bytes,
-        args.requests,
-        args.rounds
+        batch_bytes, args.records, args.value_bytes, args.requests, args.rounds
     );
     println!("tls   at-rest  produce MiB/s  p50 us  p99 us  p999 us  fetch MiB/s");
-    for ((tls, enc), r) in &results {
+    for ((tls, enc), r) in results {
         let h = r.produce.as_ref().context("no samples")?;
         let s = LatencySummary::of(h);
         let produce = mib_per_s(r.produce_bytes, r.produce_time);
@@ -243,12 +272,28 @@ fn main() -> anyhow::Result<()> {
             fetch
         );
         lines.push(serde_json::json!({
-            "tls": tls, "encrypted_at_rest": enc, "batch_bytes": batch.len(),
+            "tls": tls, "encrypted_at_rest": enc, "batch_bytes": batch_bytes,
             "produce_mib_per_s": (produce * 10.0).round() / 10.0,
             "produce_latency_us": s.to_json(),
             "fetch_mib_per_s": (fetch * 10.0).round() / 10.0,
         }));
     }
+    Ok(lines)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (dir, _guard) = bench_dir(Some(&args.dir))?;
+    let creds = write_credentials(&dir)?;
+    // Shards pin to the first usable CPU; the client thread runs on another one.
+    let first_cpu = core_affinity::get_core_ids()
+        .and_then(|c| c.first().map(|c| c.id))
+        .unwrap_or(0);
+    shardline_bench::pin_current_thread_away_from(first_cpu);
+    let setups = start_setups(&dir, &creds)?;
+    let batch = test_batch(&args)?;
+    let results = run_rounds(&args, &setups, &batch)?;
+    let lines = report(&args, batch.len(), &results)?;
     if let Some(path) = &args.json {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(path, text)?;

@@ -5,12 +5,12 @@
 //!
 //! cargo run --release -p shardline-tests --bin torture -- --minutes 30 --json soak.json
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shardline_tests::torture::{self, Config, Fault};
+use shardline_tests::torture::{self, Config, Fault, Report};
 
 #[derive(Parser, Debug)]
 #[command(about = "Shardline fault-injection harness")]
@@ -114,6 +114,7 @@ fn real_main() -> anyhow::Result<bool> {
     if faults.is_empty() {
         anyhow::bail!("--faults is empty");
     }
+    // Removed when it goes out of scope, at the end of the run.
     let tmp;
     let dir = match &a.dir {
         Some(d) => {
@@ -130,69 +131,91 @@ fn real_main() -> anyhow::Result<bool> {
         "torture: seed {seed} (rerun with --seed {seed}), dir {}",
         dir.display()
     );
-    let cycles = match (a.cycles, a.minutes) {
-        (Some(c), _) => Some(c),
-        (None, Some(_)) => None,
-        (None, None) => Some(a.kill_cycles + faults.len()),
-    };
-    let cfg = Config {
-        dir,
-        seed,
-        cycles,
-        duration: Duration::from_secs_f64(a.minutes.unwrap_or(0.0) * 60.0),
-        faults,
-        kill_cycles_min: a.kill_cycles,
-        partitions: a.partitions,
-        producers: a.producers,
-        consumers: a.consumers.max(1),
-        idempotent_producers: a.idempotent_producers,
-        group_members: a.group_members,
-        queue_consumers: a.queue_consumers,
-        queue_partitions: a.queue_partitions.max(1),
-        shards: a.shards,
-        cycle: Duration::from_millis(a.cycle_ms),
-        pause: Duration::from_millis(a.pause_ms),
-        request_timeout: Duration::from_millis(a.request_timeout_ms),
-        restart_limit: Duration::from_millis(a.restart_limit_ms),
-        rss_limit_bytes: a.rss_limit_mib << 20,
-        segment_bytes: a.segment_bytes,
-        unflushed_bytes_max: a.unflushed_bytes_max,
-        cache_bytes: a.cache_bytes,
-        disk_full: a.disk_full,
-        disk_full_mib: a.disk_full_mib,
-        verbose: a.verbose,
-        sabotage: a.sabotage,
-    };
+    let cfg = a.config(dir, seed, faults);
     if !a.recovery_gib.is_empty() {
-        let spec = torture::server_spec(&cfg)?;
-        let mut points = Vec::new();
-        for &gib in &a.recovery_gib {
-            let p = torture::recovery::measure(&spec, gib, a.partitions)?;
-            eprintln!(
-                "recovery: {gib} GiB over {} partitions (filled at {:.0} MiB/s): after SIGKILL \
-                 listening {:.0} ms, serving {:.0} ms; after a clean stop {:.0} / {:.0} ms",
-                p.partitions,
-                p.fill_mib_per_s,
-                p.after_kill_listening_ms,
-                p.after_kill_serving_ms,
-                p.after_clean_stop_listening_ms,
-                p.after_clean_stop_serving_ms
-            );
-            points.push(p);
-        }
-        let json = serde_json::to_string_pretty(&points)?;
-        if let Some(p) = &a.json {
-            std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
-        }
-        println!("{json}");
+        measure_recovery(&a, &cfg)?;
         return Ok(true);
     }
     let report = torture::run(&cfg)?;
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(p) = &a.json {
-        std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
-    }
+    write_json(a.json.as_deref(), &json)?;
     println!("{json}");
+    print_summary(&report);
+    Ok(report.violations.is_empty())
+}
+
+impl Args {
+    /// The harness settings these arguments ask for.
+    fn config(&self, dir: PathBuf, seed: u64, faults: Vec<Fault>) -> Config {
+        let cycles = match (self.cycles, self.minutes) {
+            (Some(c), _) => Some(c),
+            (None, Some(_)) => None,
+            (None, None) => Some(self.kill_cycles + faults.len()),
+        };
+        Config {
+            dir,
+            seed,
+            cycles,
+            duration: Duration::from_secs_f64(self.minutes.unwrap_or(0.0) * 60.0),
+            faults,
+            kill_cycles_min: self.kill_cycles,
+            partitions: self.partitions,
+            producers: self.producers,
+            consumers: self.consumers.max(1),
+            idempotent_producers: self.idempotent_producers,
+            group_members: self.group_members,
+            queue_consumers: self.queue_consumers,
+            queue_partitions: self.queue_partitions.max(1),
+            shards: self.shards,
+            cycle: Duration::from_millis(self.cycle_ms),
+            pause: Duration::from_millis(self.pause_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            restart_limit: Duration::from_millis(self.restart_limit_ms),
+            rss_limit_bytes: self.rss_limit_mib << 20,
+            segment_bytes: self.segment_bytes,
+            unflushed_bytes_max: self.unflushed_bytes_max,
+            cache_bytes: self.cache_bytes,
+            disk_full: self.disk_full,
+            disk_full_mib: self.disk_full_mib,
+            verbose: self.verbose,
+            sabotage: self.sabotage,
+        }
+    }
+}
+
+/// `--recovery-gib`: recovery times for logs of each size, printed and written as JSON.
+fn measure_recovery(a: &Args, cfg: &Config) -> anyhow::Result<()> {
+    let spec = torture::server_spec(cfg)?;
+    let mut points = Vec::new();
+    for &gib in &a.recovery_gib {
+        let p = torture::recovery::measure(&spec, gib, a.partitions)?;
+        eprintln!(
+            "recovery: {gib} GiB over {} partitions (filled at {:.0} MiB/s): after SIGKILL \
+             listening {:.0} ms, serving {:.0} ms; after a clean stop {:.0} / {:.0} ms",
+            p.partitions,
+            p.fill_mib_per_s,
+            p.after_kill_listening_ms,
+            p.after_kill_serving_ms,
+            p.after_clean_stop_listening_ms,
+            p.after_clean_stop_serving_ms
+        );
+        points.push(p);
+    }
+    let json = serde_json::to_string_pretty(&points)?;
+    write_json(a.json.as_deref(), &json)?;
+    println!("{json}");
+    Ok(())
+}
+
+fn write_json(path: Option<&Path>, json: &str) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// The violations and a few summary lines on stderr.
+fn print_summary(report: &Report) {
     for v in &report.violations {
         eprintln!("VIOLATION: {v}");
     }
@@ -236,5 +259,4 @@ fn real_main() -> anyhow::Result<bool> {
             report.violations_by_family
         );
     }
-    Ok(report.violations.is_empty())
 }

@@ -19,11 +19,17 @@ use rand::{RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
 use shardline_engine::batch::{BatchBuilder, ProducerInfo};
-use shardline_net::client::{Client, ClientError, ProducerId};
+use shardline_net::client::{Client, ClientError, ProduceAck, ProducerId};
 use shardline_net::protocol::{Acks, code};
 
 use super::Shared;
 use super::ledger::{self, Acked, PartitionLedger};
+
+/// How long a producer waits while the harness holds the load, after a failed identity
+/// request, and after a transient produce error.
+const HOLD_INTERVAL: Duration = Duration::from_millis(5);
+const RETRY_INTERVAL: Duration = Duration::from_millis(20);
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Counters of the idempotent producers (all of them, every topic).
 #[derive(Debug, Default)]
@@ -113,6 +119,118 @@ fn build(
         .map_err(|e| anyhow::anyhow!("building a batch: {e}"))
 }
 
+/// Per partition: the next harness sequence, and the next sequence stamped (the same unless
+/// sabotage restamps resends); batches go to the partitions in turn.
+struct Sequences {
+    harness: Vec<u64>,
+    stamped: Vec<u32>,
+    next_partition: u32,
+}
+
+impl Sequences {
+    fn new(partitions: u32, first_partition: u32) -> Sequences {
+        Sequences {
+            harness: vec![0; partitions as usize],
+            stamped: vec![0; partitions as usize],
+            next_partition: first_partition,
+        }
+    }
+
+    /// Stamps `records` more sequence numbers on partition `p`; returns the first of them.
+    fn stamp(&mut self, p: u32, records: u64) -> u32 {
+        let sequence = self.stamped[p as usize];
+        self.stamped[p as usize] = sequence.wrapping_add(records as u32);
+        sequence
+    }
+}
+
+/// The next batch: to the next partition in turn, 1..=`batch_records_max` records.
+fn new_batch(
+    id: ProducerId,
+    producer: u32,
+    target: &Target<'_>,
+    seqs: &mut Sequences,
+    rng: &mut Xoshiro256PlusPlus,
+) -> anyhow::Result<Outstanding> {
+    let p = seqs.next_partition;
+    seqs.next_partition = (p + 1) % seqs.harness.len() as u32;
+    let records = rng.random_range(1..=target.batch_records_max);
+    let seq_base = seqs.harness[p as usize];
+    let sequence = seqs.stamp(p, records);
+    let bytes = build(id, producer, p, seq_base, records, sequence)?;
+    Ok(Outstanding {
+        partition: p,
+        seq_base,
+        records,
+        bytes,
+        sends: 0,
+    })
+}
+
+/// The producer's identity, asking the server for one if it has none yet; `None` (after a
+/// short back-off, the client dropped) when that fails.
+fn identity(
+    shared: &Shared,
+    identity: &mut Option<ProducerId>,
+    client: &mut Option<Client>,
+    c: &Client,
+) -> Option<ProducerId> {
+    if identity.is_none() {
+        match c.init_producer(None) {
+            Ok(id) => {
+                shared.idempotent.identities.fetch_add(1, Ordering::Relaxed);
+                *identity = Some(id);
+            }
+            Err(_) => {
+                *client = None;
+                std::thread::sleep(RETRY_INTERVAL);
+            }
+        }
+    }
+    *identity
+}
+
+/// Records the acknowledgement of `o` in the ledger and the counters; an ack of the wrong
+/// length or an offset acknowledged twice is a violation.
+fn record_ack(
+    shared: &Shared,
+    target: &Target<'_>,
+    producer: u32,
+    o: &Outstanding,
+    ack: &ProduceAck,
+) {
+    let p = o.partition;
+    if ack.last_offset + 1 - ack.base_offset != o.records {
+        shared.violation(format!(
+            "[idempotent] {} partition {p}: ack {}..={} for a batch of {}",
+            target.topic, ack.base_offset, ack.last_offset, o.records
+        ));
+    }
+    let mut l = super::lock(&target.ledger[p as usize]);
+    if let Some(prev) = l.acked.insert(
+        ack.base_offset,
+        Acked {
+            last_offset: ack.last_offset,
+            producer,
+            seq_base: o.seq_base,
+        },
+    ) {
+        shared.violation(format!(
+            "[idempotent] {} partition {p}: offset {} acknowledged twice (producer \
+             {} seq {}, then producer {producer} seq {})",
+            target.topic, ack.base_offset, prev.producer, prev.seq_base, o.seq_base
+        ));
+    }
+    l.acked_records += o.records;
+    drop(l);
+    let s = &shared.idempotent;
+    s.batches_acked.fetch_add(1, Ordering::Relaxed);
+    s.records_acked.fetch_add(o.records, Ordering::Relaxed);
+    if o.sends > 1 {
+        s.acked_after_resend.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Runs one idempotent producer until the harness stops the load.
 pub(super) fn producer_loop(
     shared: &Shared,
@@ -123,54 +241,24 @@ pub(super) fn producer_loop(
 ) {
     let partitions = target.ledger.len() as u32;
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    // Per partition: the next harness sequence, and the next sequence stamped (the same
-    // unless sabotage restamps resends).
-    let mut seqs = vec![0u64; partitions as usize];
-    let mut stamped = vec![0u32; partitions as usize];
-    let mut identity: Option<ProducerId> = None;
+    let mut seqs = Sequences::new(partitions, producer % partitions);
+    let mut id_slot: Option<ProducerId> = None;
     let mut client: Option<Client> = None;
     let mut outstanding: Option<Outstanding> = None;
-    let mut next_partition = producer % partitions;
     while !shared.load_stopped() {
         let Some(_sending) = shared.start_send() else {
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(HOLD_INTERVAL);
             continue;
         };
         let Some(c) = shared.cached_client(&mut client, target.via_proxy) else {
             continue;
         };
-        let id = match identity {
-            Some(id) => id,
-            None => match c.init_producer(None) {
-                Ok(id) => {
-                    shared.idempotent.identities.fetch_add(1, Ordering::Relaxed);
-                    identity = Some(id);
-                    id
-                }
-                Err(_) => {
-                    client = None;
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                }
-            },
+        let Some(id) = identity(shared, &mut id_slot, &mut client, &c) else {
+            continue;
         };
         if outstanding.is_none() {
-            let p = next_partition;
-            next_partition = (next_partition + 1) % partitions;
-            let records = rng.random_range(1..=target.batch_records_max);
-            let seq_base = seqs[p as usize];
-            let sequence = stamped[p as usize];
-            stamped[p as usize] = sequence.wrapping_add(records as u32);
-            match build(id, producer, p, seq_base, records, sequence) {
-                Ok(bytes) => {
-                    outstanding = Some(Outstanding {
-                        partition: p,
-                        seq_base,
-                        records,
-                        bytes,
-                        sends: 0,
-                    });
-                }
+            match new_batch(id, producer, target, &mut seqs, &mut rng) {
+                Ok(o) => outstanding = Some(o),
                 Err(e) => {
                     shared.violation(format!("[idempotent] producer {producer}: {e:#}"));
                     return;
@@ -184,9 +272,7 @@ pub(super) fn producer_loop(
             shared.idempotent.resends.fetch_add(1, Ordering::Relaxed);
             if sabotage {
                 // What a producer without idempotence does: the same records, a new sequence.
-                let p = o.partition as usize;
-                let sequence = stamped[p];
-                stamped[p] = sequence.wrapping_add(o.records as u32);
+                let sequence = seqs.stamp(o.partition, o.records);
                 match build(id, producer, o.partition, o.seq_base, o.records, sequence) {
                     Ok(b) => o.bytes = b,
                     Err(e) => {
@@ -199,37 +285,8 @@ pub(super) fn producer_loop(
         o.sends += 1;
         match c.produce(target.topic, o.partition, o.bytes.clone(), Acks::Durable) {
             Ok(Some(ack)) => {
-                let p = o.partition;
-                if ack.last_offset + 1 - ack.base_offset != o.records {
-                    shared.violation(format!(
-                        "[idempotent] {} partition {p}: ack {}..={} for a batch of {}",
-                        target.topic, ack.base_offset, ack.last_offset, o.records
-                    ));
-                }
-                let mut l = super::lock(&target.ledger[p as usize]);
-                if let Some(prev) = l.acked.insert(
-                    ack.base_offset,
-                    Acked {
-                        last_offset: ack.last_offset,
-                        producer,
-                        seq_base: o.seq_base,
-                    },
-                ) {
-                    shared.violation(format!(
-                        "[idempotent] {} partition {p}: offset {} acknowledged twice (producer \
-                         {} seq {}, then producer {producer} seq {})",
-                        target.topic, ack.base_offset, prev.producer, prev.seq_base, o.seq_base
-                    ));
-                }
-                l.acked_records += o.records;
-                drop(l);
-                let s = &shared.idempotent;
-                s.batches_acked.fetch_add(1, Ordering::Relaxed);
-                s.records_acked.fetch_add(o.records, Ordering::Relaxed);
-                if o.sends > 1 {
-                    s.acked_after_resend.fetch_add(1, Ordering::Relaxed);
-                }
-                seqs[p as usize] = o.seq_base + o.records;
+                record_ack(shared, target, producer, o, &ack);
+                seqs.harness[o.partition as usize] = o.seq_base + o.records;
                 outstanding = None;
             }
             Ok(None) => {
@@ -239,7 +296,7 @@ pub(super) fn producer_loop(
             Err(e) if transient(&e) => {
                 shared.producer_errors.fetch_add(1, Ordering::Relaxed);
                 client = None;
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(ERROR_BACKOFF);
             }
             Err(e) => {
                 // Sequence errors cannot happen to a producer that resends only its newest
