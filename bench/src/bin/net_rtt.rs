@@ -81,6 +81,8 @@ struct Args {
 }
 
 const TOPIC: &str = "rtt";
+/// A raw-codec client gives up on a reply after this.
+const RAW_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const FORWARD_TOPIC: &str = "fwd";
 
 /// Nanosecond histogram, 100 ns to 60 s, three significant digits.
@@ -316,7 +318,7 @@ impl Raw {
     fn connect(addr: SocketAddr) -> anyhow::Result<Raw> {
         let s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
         s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_read_timeout(Some(RAW_READ_TIMEOUT))?;
         let mut r = Raw {
             s,
             enc: FrameEncoder::new(FRAME_BYTES_MAX_DEFAULT)?,

@@ -22,14 +22,11 @@ use shardline_engine::batch::{BatchBuilder, ProducerInfo};
 use shardline_net::client::{Client, ClientError, ProduceAck, ProducerId};
 use shardline_net::protocol::{Acks, code};
 
-use super::Shared;
 use super::ledger::{self, Acked, PartitionLedger};
+use super::{PRODUCER_ERROR_BACKOFF, PRODUCER_HOLD_INTERVAL, Shared};
 
-/// How long a producer waits while the harness holds the load, after a failed identity
-/// request, and after a transient produce error.
-const HOLD_INTERVAL: Duration = Duration::from_millis(5);
-const RETRY_INTERVAL: Duration = Duration::from_millis(20);
-const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// How long a producer waits after a failed identity request.
+const IDENTITY_RETRY_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Counters of the idempotent producers (all of them, every topic).
 #[derive(Debug, Default)]
@@ -183,7 +180,7 @@ fn identity(
             }
             Err(_) => {
                 *client = None;
-                std::thread::sleep(RETRY_INTERVAL);
+                std::thread::sleep(IDENTITY_RETRY_INTERVAL);
             }
         }
     }
@@ -247,7 +244,7 @@ pub(super) fn producer_loop(
     let mut outstanding: Option<Outstanding> = None;
     while !shared.load_stopped() {
         let Some(_sending) = shared.start_send() else {
-            std::thread::sleep(HOLD_INTERVAL);
+            std::thread::sleep(PRODUCER_HOLD_INTERVAL);
             continue;
         };
         let Some(c) = shared.cached_client(&mut client, target.via_proxy) else {
@@ -296,7 +293,7 @@ pub(super) fn producer_loop(
             Err(e) if transient(&e) => {
                 shared.producer_errors.fetch_add(1, Ordering::Relaxed);
                 client = None;
-                std::thread::sleep(ERROR_BACKOFF);
+                std::thread::sleep(PRODUCER_ERROR_BACKOFF);
             }
             Err(e) => {
                 // Sequence errors cannot happen to a producer that resends only its newest

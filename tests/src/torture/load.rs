@@ -17,7 +17,10 @@ use shardline_net::protocol::{Acks, code};
 
 use super::ledger::{self, Acked};
 use super::verify::{decode_chunk, retry_client};
-use super::{Config, Report, Shared, TOPIC, groups, idempotent, lock, queue};
+use super::{
+    Config, PRODUCER_ERROR_BACKOFF, PRODUCER_HOLD_INTERVAL, Report, Shared, TOPIC, groups,
+    idempotent, lock, queue,
+};
 
 /// Records per batch of a verifying producer: 1..=this.
 const PRODUCER_BATCH_RECORDS_MAX: u64 = 16;
@@ -230,7 +233,7 @@ fn producer_loop(shared: &Shared, producer: u32, partitions: u32, via_proxy: boo
         shared.sending.fetch_add(1, Ordering::AcqRel);
         if shared.hold.load(Ordering::Acquire) {
             shared.sending.fetch_sub(1, Ordering::AcqRel);
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(PRODUCER_HOLD_INTERVAL);
             continue;
         }
         let Some(c) = shared.cached_client(&mut client, via_proxy) else {
@@ -281,7 +284,7 @@ fn producer_loop(shared: &Shared, producer: u32, partitions: u32, via_proxy: boo
                     shared.violation(format!("producer {producer}: unexpected error: {e:#}"));
                 }
                 client = None;
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(PRODUCER_ERROR_BACKOFF);
             }
         }
         shared.sending.fetch_sub(1, Ordering::AcqRel);

@@ -56,6 +56,14 @@ const BURST_RETENTION_BYTES: u64 = 256 << 20;
 const BURST_SEGMENT_BYTES: u64 = 32 << 20;
 /// How long a graceful shutdown (SIGTERM) may take.
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(60);
+/// A producer's pause while the harness holds the load, and after a failed send.
+const PRODUCER_HOLD_INTERVAL: Duration = Duration::from_millis(5);
+const PRODUCER_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// How often [`Shared::hold_producers`] checks for sends in flight.
+const HOLD_POLL_INTERVAL: Duration = Duration::from_millis(2);
+/// A client connection: how long connecting may take, and the back-off after a failure.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_BACKOFF: Duration = Duration::from_millis(20);
 /// Violations kept in full; later ones are dropped (the first ones say what went wrong).
 const VIOLATIONS_KEPT_MAX: usize = 200;
 
@@ -280,7 +288,7 @@ impl Shared {
         self.hold.store(true, Ordering::Release);
         let deadline = Instant::now() + self.request_timeout * 3;
         while self.sending.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(HOLD_POLL_INTERVAL);
         }
     }
 
@@ -293,7 +301,7 @@ impl Shared {
         match self.client(via_proxy) {
             Ok(c) => Some(slot.insert(c).clone()),
             Err(_) => {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(CONNECT_BACKOFF);
                 None
             }
         }
@@ -307,7 +315,7 @@ impl Shared {
         };
         let cfg = ClientConfig {
             client_id: "torture".into(),
-            connect_timeout: Duration::from_secs(2),
+            connect_timeout: CONNECT_TIMEOUT,
             request_timeout: self.request_timeout,
             shard_aware: !via_proxy,
             ..ClientConfig::default()
