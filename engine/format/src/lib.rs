@@ -673,7 +673,9 @@ mod tests {
         // A shared buffer: copied once, the other handle keeps its bytes.
         let shared = Bytes::from(built.to_vec());
         let keep = shared.clone();
-        let (v, copied) = ValidatedBatch::check_crc(shared).unwrap().with_base_offset(5);
+        let (v, copied) = ValidatedBatch::check_crc(shared)
+            .unwrap()
+            .with_base_offset(5);
         assert!(copied);
         assert_eq!(check_crc(v.bytes()).unwrap().base_offset, 5);
         assert_eq!(BatchHeader::parse(&keep).unwrap().base_offset, 0);
