@@ -811,9 +811,10 @@ fn preallocated_space_ahead_of_small_writes_survives_restarts() {
 }
 
 // Proves: `append_validated` assigns the base offset without copying a uniquely owned batch
-// (the cache serves the caller's own buffer, patched in place) and with one copy of a shared
-// one; either way a cached read returns the assigned base offset, a valid CRC and the records,
-// and after a flush and a restart the disk copy (patched in the chunk copy) matches it.
+// (the cache serves the caller's own buffer, patched in place) and copies a shared one once,
+// when the cache first serves it; either way a cached read returns the assigned base offset, a
+// valid CRC and the records, and after a flush and a restart the disk copy (patched in the
+// chunk copy) matches it.
 #[test]
 fn cached_read_after_append_validated_has_the_assigned_base_offset_and_a_valid_crc() {
     let mut h = Harness::new(LogConfig {
@@ -838,14 +839,35 @@ fn cached_read_after_append_validated_has_the_assigned_base_offset_and_a_valid_c
         .unwrap();
     assert_eq!((b.base_offset, b.last_offset), (7, 8));
     assert_eq!(
-        log.cache_copied_batches() - copies_before,
-        1,
-        "only the shared batch is copied for the cache"
+        log.cache_copied_batches(),
+        copies_before,
+        "appends copy nothing for the cache"
     );
-    assert_eq!(base_of(&shared_keep), 0, "the caller's shared buffer is untouched");
+    assert_eq!(
+        base_of(&shared_keep),
+        0,
+        "the caller's shared buffer is untouched"
+    );
     h.flush(true);
 
     let result = read(h.log(), 3, 1 << 20, 1000).unwrap();
+    assert_eq!(
+        h.log().cache_copied_batches() - copies_before,
+        1,
+        "the shared batch is copied once, when first served"
+    );
+    let again = read(h.log(), 3, 1 << 20, 1000).unwrap();
+    assert_eq!(
+        h.log().cache_copied_batches() - copies_before,
+        1,
+        "and served from that copy afterwards"
+    );
+    assert_eq!(again.chunks, result.chunks);
+    assert_eq!(
+        base_of(&shared_keep),
+        0,
+        "the caller's shared buffer is still untouched"
+    );
     assert!(
         result.chunks.iter().any(|c| c.as_ptr() == unique_ptr),
         "the unique batch is served from the caller's buffer, not a copy"
@@ -878,4 +900,39 @@ fn append_refuses_a_batch_with_a_bad_crc_and_keeps_the_offsets() {
     let err = h.log_mut().append(Bytes::from(bad), 0).unwrap_err();
     assert!(matches!(err, Error::CorruptBatch(_)), "{err:?}");
     assert_eq!(h.log().watermarks(), before);
+}
+
+// Guards a hole the offset assertions found: an expired active segment holding data that was
+// written but never synced (leader acks only) is synced by its retention roll, so the durable
+// offset moves with it and deleting it never puts the log start past the durable offset
+// (`log_start <= durable <= written <= next`, asserted by the log after every change).
+#[test]
+fn retention_roll_of_unsynced_data_makes_it_durable_before_it_is_deleted() {
+    let mut h = Harness::new(config());
+    for i in 0..3 {
+        h.append(batch_at(i, &[i as i64 * 1_000_000], 100));
+    }
+    h.flush(false);
+    let w = h.log().watermarks();
+    assert_eq!(w.written_offset, w.next_offset);
+    assert!(w.durable_offset < w.next_offset, "nothing synced yet");
+    let retention_ms = 60_000;
+    h.log_mut().set_retention(None, Some(retention_ms));
+    let now_ms = 3_000 + retention_ms as i64;
+    assert!(h.log().active_expired(now_ms));
+
+    let cell = RefCell::new(h.take_log());
+    block_on(Log::roll_for_retention(&cell, now_ms)).expect("roll");
+    h.log = Some(cell.into_inner());
+    let w = h.log().watermarks();
+    assert_eq!(
+        w.durable_offset, w.next_offset,
+        "the roll's sync covers the data"
+    );
+    let files = h.log_mut().take_expired(now_ms);
+    assert_eq!(files.len(), 3, "the rolled segment and its two index files");
+    block_on(log::remove_files(&h.storage, dir(), &files)).expect("remove");
+    let w = h.log().watermarks();
+    assert_eq!(w.log_start, w.next_offset);
+    assert!(w.log_start <= w.durable_offset);
 }

@@ -356,23 +356,49 @@ impl ValidatedBatch {
         &self.bytes[HEADER_BYTES..]
     }
 
+    /// Assigns `base_offset` without copying: patches the eight bytes in place when this handle
+    /// owns its buffer alone (or the offset is already set). Gives the batch back unchanged
+    /// when the buffer is shared or cannot be reclaimed (`Bytes::from_owner`).
+    pub fn patch_in_place(self, base_offset: u64) -> Result<Self, Self> {
+        let ValidatedBatch { mut header, bytes } = self;
+        if u64_at(&bytes, BASE_OFFSET_AT) == base_offset {
+            header.base_offset = base_offset;
+            return Ok(ValidatedBatch { header, bytes });
+        }
+        match bytes.try_into_mut() {
+            Ok(mut owned) => {
+                set_base_offset(&mut owned, base_offset);
+                header.base_offset = base_offset;
+                Ok(ValidatedBatch {
+                    header,
+                    bytes: owned.freeze(),
+                })
+            }
+            Err(bytes) => Err(ValidatedBatch { header, bytes }),
+        }
+    }
+
     /// Assigns `base_offset`. Patches the eight bytes in place when this handle owns its buffer
     /// alone (no copy); otherwise, or if the buffer cannot be reclaimed (`Bytes::from_owner`),
     /// copies the batch once. The second value says whether a copy was made.
     pub fn with_base_offset(self, base_offset: u64) -> (Self, bool) {
-        let ValidatedBatch { mut header, bytes } = self;
-        header.base_offset = base_offset;
-        if u64_at(&bytes, BASE_OFFSET_AT) == base_offset {
-            return (ValidatedBatch { header, bytes }, false);
+        match self.patch_in_place(base_offset) {
+            Ok(patched) => (patched, false),
+            Err(ValidatedBatch { mut header, bytes }) => {
+                header.base_offset = base_offset;
+                let bytes = with_base_offset_copied(&bytes, base_offset);
+                (ValidatedBatch { header, bytes }, true)
+            }
         }
-        let (mut owned, copied) = match bytes.try_into_mut() {
-            Ok(owned) => (owned, false),
-            Err(shared) => (bytes::BytesMut::from(&shared[..]), true),
-        };
-        set_base_offset(&mut owned, base_offset);
-        let bytes = owned.freeze();
-        (ValidatedBatch { header, bytes }, copied)
     }
+}
+
+/// A copy of the batch in `bytes` with its base offset set to `base_offset` (for a buffer that
+/// cannot be patched in place).
+pub fn with_base_offset_copied(bytes: &[u8], base_offset: u64) -> Bytes {
+    let mut owned = bytes::BytesMut::from(bytes);
+    set_base_offset(&mut owned, base_offset);
+    owned.freeze()
 }
 
 fn check_records(h: &BatchHeader, records: &[ArchivedRecord]) -> Result<()> {
@@ -684,6 +710,23 @@ mod tests {
             .unwrap()
             .header_bytes_with_base_offset(5);
         assert_eq!(&header[..], &v.bytes()[..HEADER_BYTES]);
+    }
+
+    #[test]
+    fn patch_in_place_gives_a_shared_batch_back_unchanged() {
+        let shared = Bytes::from(batch_of_values(["a"]).unwrap().to_vec());
+        let keep = shared.clone();
+        let v = ValidatedBatch::check_crc(shared).unwrap();
+        let back = v.patch_in_place(9).unwrap_err();
+        assert_eq!(back.header().base_offset, 0);
+        assert_eq!(back.bytes().as_ptr(), keep.as_ptr());
+        drop(keep);
+        // Now unique: patched in place.
+        let ptr = back.bytes().as_ptr();
+        let patched = back.patch_in_place(9).unwrap();
+        assert_eq!(patched.bytes().as_ptr(), ptr);
+        assert_eq!(check_crc(patched.bytes()).unwrap().base_offset, 9);
+        assert_eq!(patched.header().base_offset, 9);
     }
 
     #[test]

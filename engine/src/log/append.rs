@@ -1,6 +1,6 @@
 //! The append path: a validated batch gets its offsets, is copied once into the DMA write
 //! chunks with its base offset patched on the way, and enters the cache (patched in place when
-//! its buffer is not shared). Rolls to a new segment by size, age and relative-offset range.
+//! its buffer is not shared, else when first served: `read::CachedBatch`). Rolls to a new segment by size, age and relative-offset range.
 
 use bytes::Bytes;
 
@@ -27,8 +27,9 @@ impl<S: Storage> PartitionLog<S> {
     /// Appends one batch whose header was parsed and checked on ingress, and assigns its
     /// offsets. The header is not parsed again; the batch is copied once, into the write
     /// chunks, with its base offset patched in that copy. The cache keeps the caller's buffer,
-    /// patched in place when no one else holds it (otherwise copied once; see
-    /// [`Self::cache_copied_batches`]). The caller decides when to flush.
+    /// patched in place when no one else holds it; a shared buffer is patched by one copy when
+    /// the cache first serves it (see [`Self::cache_copied_batches`]). The caller decides when
+    /// to flush.
     pub fn append_validated(&mut self, batch: ValidatedBatch, now_ms: i64) -> Result<Appended> {
         self.check_accepting()?;
         // Encrypted topics: seal now that the base offset is known (it is the nonce). The
@@ -79,13 +80,10 @@ impl<S: Storage> PartitionLog<S> {
             seg.end_pos += len_bytes;
         }
         self.next_offset = next;
-        let (cached, copied) = batch.with_base_offset(base);
-        self.cache_copied_batches += u64::from(copied);
-        self.cache.push_back(CachedBatch {
-            base_offset: base,
-            next_offset: next,
-            bytes: cached.into_bytes(),
-        });
+        // Patched in place if the buffer is ours alone; else patched when first served.
+        let cached = batch.patch_in_place(base).unwrap_or_else(|shared| shared);
+        self.cache
+            .push_back(CachedBatch::new(base, next, cached.into_bytes()));
         self.cache_bytes += len;
         self.trim_cache(self.cfg.cache_bytes);
         self.check_offsets();

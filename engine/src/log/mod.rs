@@ -107,9 +107,10 @@ pub struct PartitionLog<S: Storage> {
     failed_disk_full: bool,
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
-    /// Appended batches whose cache entry needed a copy to assign the base offset (the
-    /// caller's buffer was shared); the others were patched in place.
-    cache_copied_batches: u64,
+    /// Cached batches that needed a copy to carry their base offset (appended from a shared
+    /// buffer, then served); the others were patched in place at append. A `Cell`: the copy is
+    /// made by `plan_read`, which takes `&self`.
+    cache_copied_batches: std::cell::Cell<u64>,
     /// Set for encrypted topics: batches are sealed in `append`, after offsets are assigned.
     sealer: Option<crate::crypto::Sealer>,
     pub recovery: RecoveryReport,
@@ -139,7 +140,7 @@ impl<S: Storage> PartitionLog<S> {
             failed_disk_full: false,
             cache: VecDeque::new(),
             cache_bytes: 0,
-            cache_copied_batches: 0,
+            cache_copied_batches: std::cell::Cell::new(0),
             recovery: RecoveryReport::default(),
         }
     }
@@ -196,11 +197,11 @@ impl<S: Storage> PartitionLog<S> {
         self.flushing
     }
 
-    /// How many appended batches needed a copy for their cache entry because the caller's
-    /// buffer was shared (see [`Self::append_validated`]); the others cost no copy but the one
-    /// into the write chunks.
+    /// How many cached batches needed a copy to carry their base offset: appended from a
+    /// shared buffer (see [`Self::append_validated`]) and then served from the cache. Every
+    /// other batch costs one copy only, the one into the write chunks.
     pub fn cache_copied_batches(&self) -> u64 {
-        self.cache_copied_batches
+        self.cache_copied_batches.get()
     }
 
     pub fn storage(&self) -> &S {

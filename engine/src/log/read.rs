@@ -2,6 +2,7 @@
 //! batches, or plans a [`DiskRead`] through the sparse index; both return whole batches, and
 //! disk reads check every batch's CRC and offset continuity.
 
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -15,12 +16,49 @@ use crate::error::{Error, Result};
 use crate::storage::{LogFile, Storage, align_down, align_up};
 
 /// A batch cached in memory (visible once below the high watermark).
-#[derive(Clone)]
+///
+/// Its bytes carry the assigned base offset once served. An append patches the caller's buffer
+/// in place when it owns it alone; a shared buffer is kept as it came and patched, by one copy,
+/// the first time a reader is served from it (never, if no reader tails the partition), so
+/// the append path itself never copies a batch for the cache.
 pub(super) struct CachedBatch {
     pub(super) base_offset: u64,
     pub(super) next_offset: u64,
-    /// The whole batch with its assigned base offset.
-    pub(super) bytes: Bytes,
+    /// The whole batch; its base offset field equals `base_offset` after the first serve.
+    bytes: RefCell<Bytes>,
+}
+
+impl CachedBatch {
+    pub(super) fn new(base_offset: u64, next_offset: u64, bytes: Bytes) -> Self {
+        assert!(
+            base_offset < next_offset,
+            "a batch holds at least one offset"
+        );
+        assert!(bytes.len() >= HEADER_BYTES, "a cached batch holds a header");
+        CachedBatch {
+            base_offset,
+            next_offset,
+            bytes: RefCell::new(bytes),
+        }
+    }
+
+    /// Bytes of the batch (what the cache accounts for).
+    pub(super) fn len(&self) -> usize {
+        self.bytes.borrow().len()
+    }
+
+    /// The batch as readers get it, with its assigned base offset. Patches (one copy) on the
+    /// first serve of a batch appended from a shared buffer, and counts that in `copies`.
+    fn served(&self, copies: &Cell<u64>) -> Bytes {
+        let mut bytes = self.bytes.borrow_mut();
+        let mut base = [0u8; 8];
+        base.copy_from_slice(&bytes[batch::BASE_OFFSET_AT..batch::BASE_OFFSET_AT + 8]);
+        if u64::from_le_bytes(base) != self.base_offset {
+            *bytes = batch::with_base_offset_copied(&bytes, self.base_offset);
+            copies.set(copies.get() + 1);
+        }
+        bytes.clone()
+    }
 }
 
 /// A fetch that must go to disk.
@@ -156,7 +194,7 @@ impl<S: Storage> PartitionLog<S> {
     pub(super) fn trim_cache(&mut self, max_bytes: usize) {
         while self.cache_bytes > max_bytes && self.cache.len() > 1 {
             if let Some(b) = self.cache.pop_front() {
-                self.cache_bytes -= b.bytes.len();
+                self.cache_bytes -= b.len();
             }
         }
     }
@@ -166,7 +204,7 @@ impl<S: Storage> PartitionLog<S> {
         let before = self.cache_bytes;
         while self.cache_bytes > keep_bytes {
             match self.cache.pop_front() {
-                Some(b) => self.cache_bytes -= b.bytes.len(),
+                Some(b) => self.cache_bytes -= b.len(),
                 None => break,
             }
         }
@@ -205,14 +243,15 @@ impl<S: Storage> PartitionLog<S> {
             for b in self.cache.iter().skip(i) {
                 if b.base_offset >= hw
                     || out.records >= max_records
-                    || (out.bytes > 0 && out.bytes + b.bytes.len() > max_bytes)
+                    || (out.bytes > 0 && out.bytes + b.len() > max_bytes)
                 {
                     break;
                 }
                 // At most u32::MAX records per batch: fits usize on every supported target.
                 out.records += usize::try_from(b.next_offset - b.base_offset).unwrap_or(usize::MAX);
-                out.bytes += b.bytes.len();
-                out.chunks.push(b.bytes.clone());
+                let bytes = b.served(&self.cache_copied_batches);
+                out.bytes += bytes.len();
+                out.chunks.push(bytes);
             }
             return Ok(ReadPlan::Ready(out));
         }

@@ -135,7 +135,7 @@ impl<S: Storage> PartitionLog<S> {
         let start = self.log_start();
         while self.cache.front().is_some_and(|b| b.base_offset < start) {
             if let Some(b) = self.cache.pop_front() {
-                self.cache_bytes -= b.bytes.len();
+                self.cache_bytes -= b.len();
             }
         }
         self.check_offsets();
