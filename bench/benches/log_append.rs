@@ -40,7 +40,7 @@ type Log = PartitionLog<CrashStorage>;
 fn encoded(count: usize, value_bytes: usize) -> Bytes {
     let mut b = BatchBuilder::new();
     for i in 0..count {
-        let value: Vec<u8> = (0..value_bytes).map(|j| (i * 31 ^ j) as u8).collect();
+        let value: Vec<u8> = (0..value_bytes).map(|j| ((i * 31) ^ j) as u8).collect();
         b.push(1_700_000_000_000_000 + i as i64, None, value, Vec::new());
     }
     b.build().expect("batch builds")
