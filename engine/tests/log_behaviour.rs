@@ -809,3 +809,130 @@ fn preallocated_space_ahead_of_small_writes_survives_restarts() {
     }
     h.restart_after_crash();
 }
+
+// Proves: `append_validated` assigns the base offset without copying a uniquely owned batch
+// (the cache serves the caller's own buffer, patched in place) and copies a shared one once,
+// when the cache first serves it; either way a cached read returns the assigned base offset, a
+// valid CRC and the records, and after a flush and a restart the disk copy (patched in the
+// chunk copy) matches it.
+#[test]
+fn cached_read_after_append_validated_has_the_assigned_base_offset_and_a_valid_crc() {
+    let mut h = Harness::new(LogConfig {
+        cache_bytes: 1 << 20,
+        ..config()
+    });
+    // Offsets 0..3 from an old-path append, so the next base offset is not 0.
+    h.append(make_batch(1, 3, 40));
+    let unique = Bytes::from(make_batch(2, 4, 100).to_vec());
+    let unique_ptr = unique.as_ptr();
+    let shared = make_batch(3, 2, 100);
+    let shared_keep = shared.clone();
+    let copies_before = h.log().cache_copied_batches();
+
+    let log = h.log_mut();
+    let a = log
+        .append_validated(batch::ValidatedBatch::validate(unique).unwrap(), 0)
+        .unwrap();
+    assert_eq!((a.base_offset, a.last_offset), (3, 6));
+    let b = log
+        .append_validated(batch::ValidatedBatch::validate(shared).unwrap(), 0)
+        .unwrap();
+    assert_eq!((b.base_offset, b.last_offset), (7, 8));
+    assert_eq!(
+        log.cache_copied_batches(),
+        copies_before,
+        "appends copy nothing for the cache"
+    );
+    assert_eq!(
+        base_of(&shared_keep),
+        0,
+        "the caller's shared buffer is untouched"
+    );
+    h.flush(true);
+
+    let result = read(h.log(), 3, 1 << 20, 1000).unwrap();
+    assert_eq!(
+        h.log().cache_copied_batches() - copies_before,
+        1,
+        "the shared batch is copied once, when first served"
+    );
+    let again = read(h.log(), 3, 1 << 20, 1000).unwrap();
+    assert_eq!(
+        h.log().cache_copied_batches() - copies_before,
+        1,
+        "and served from that copy afterwards"
+    );
+    assert_eq!(again.chunks, result.chunks);
+    assert_eq!(
+        base_of(&shared_keep),
+        0,
+        "the caller's shared buffer is still untouched"
+    );
+    assert!(
+        result.chunks.iter().any(|c| c.as_ptr() == unique_ptr),
+        "the unique batch is served from the caller's buffer, not a copy"
+    );
+    let served = checked_batches(&result, 3);
+    assert_eq!(served.len(), 2);
+    for (batch, base) in served.iter().zip([3, 7]) {
+        let header = batch::check_crc(batch).expect("valid CRC");
+        assert_eq!(header.base_offset, base);
+        let (_, records) = batch::decode(batch).expect("decodes");
+        assert_eq!(records.len() as u32, header.record_count);
+    }
+    // The same bytes come back from disk (the chunk copy was patched on its way).
+    h.model.push(served[0].clone());
+    h.model.push(served[1].clone());
+    h.restart_clean(0);
+    assert_eq!(read_range(h.log(), 3, 1 << 20), served);
+}
+
+// Proves: the old `append(Bytes)` path refuses a batch whose CRC does not match (it now builds
+// a `ValidatedBatch` through `check_crc`) and leaves the offsets where they were.
+#[test]
+fn append_refuses_a_batch_with_a_bad_crc_and_keeps_the_offsets() {
+    let mut h = Harness::new(config());
+    h.append(make_batch(1, 2, 10));
+    let mut bad = make_batch(2, 2, 10).to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let before = h.log().watermarks();
+    let err = h.log_mut().append(Bytes::from(bad), 0).unwrap_err();
+    assert!(matches!(err, Error::CorruptBatch(_)), "{err:?}");
+    assert_eq!(h.log().watermarks(), before);
+}
+
+// Guards a hole the offset assertions found: an expired active segment holding data that was
+// written but never synced (leader acks only) is synced by its retention roll, so the durable
+// offset moves with it and deleting it never puts the log start past the durable offset
+// (`log_start <= durable <= written <= next`, asserted by the log after every change).
+#[test]
+fn retention_roll_of_unsynced_data_makes_it_durable_before_it_is_deleted() {
+    let mut h = Harness::new(config());
+    for i in 0..3 {
+        h.append(batch_at(i, &[i as i64 * 1_000_000], 100));
+    }
+    h.flush(false);
+    let w = h.log().watermarks();
+    assert_eq!(w.written_offset, w.next_offset);
+    assert!(w.durable_offset < w.next_offset, "nothing synced yet");
+    let retention_ms = 60_000;
+    h.log_mut().set_retention(None, Some(retention_ms));
+    let now_ms = 3_000 + retention_ms as i64;
+    assert!(h.log().active_expired(now_ms));
+
+    let cell = RefCell::new(h.take_log());
+    block_on(Log::roll_for_retention(&cell, now_ms)).expect("roll");
+    h.log = Some(cell.into_inner());
+    let w = h.log().watermarks();
+    assert_eq!(
+        w.durable_offset, w.next_offset,
+        "the roll's sync covers the data"
+    );
+    let files = h.log_mut().take_expired(now_ms);
+    assert_eq!(files.len(), 3, "the rolled segment and its two index files");
+    block_on(log::remove_files(&h.storage, dir(), &files)).expect("remove");
+    let w = h.log().watermarks();
+    assert_eq!(w.log_start, w.next_offset);
+    assert!(w.log_start <= w.durable_offset);
+}

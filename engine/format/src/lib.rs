@@ -17,6 +17,12 @@
 //! eight bytes without recomputing the checksum (Kafka makes the same choice). The base offset is
 //! still checked on every read: recovery and fetch require it to continue the log contiguously.
 
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::host_endian_bytes,
+    clippy::too_many_lines
+)]
+
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
 
@@ -50,8 +56,34 @@ pub const MAGIC: u16 = 0x4C53;
 pub const FORMAT_VERSION: u8 = 1;
 /// Hard upper bound of one batch; configuration may lower it, never raise it.
 pub const BATCH_BYTES_MAX: usize = 64 << 20;
-/// Bytes covered by the CRC start here.
-const CRC_START: usize = 16;
+
+/// Byte positions of the header fields (the layout drawn above). Every read and write of a header
+/// field goes through these.
+pub const BASE_OFFSET_AT: usize = 0;
+pub const BATCH_LENGTH_AT: usize = 8;
+pub const CRC_AT: usize = 12;
+pub const MAGIC_AT: usize = 16;
+pub const FORMAT_VERSION_AT: usize = 18;
+pub const FLAGS_AT: usize = 19;
+pub const RECORD_COUNT_AT: usize = 20;
+pub const BODY_LENGTH_AT: usize = 24;
+pub const KEY_ID_AT: usize = 28;
+pub const FIRST_TIMESTAMP_AT: usize = 32;
+pub const MAX_TIMESTAMP_AT: usize = 40;
+pub const PRODUCER_ID_AT: usize = 48;
+pub const PRODUCER_EPOCH_AT: usize = 56;
+/// Two reserved bytes (zero) follow the epoch.
+pub const RESERVED_AT: usize = 58;
+pub const BASE_SEQUENCE_AT: usize = 60;
+const _: () = assert!(BASE_SEQUENCE_AT + 4 == HEADER_BYTES);
+const _: () = assert!(RESERVED_AT + 2 == BASE_SEQUENCE_AT);
+/// Bytes covered by the CRC start here: at the magic, right after the CRC field.
+const CRC_START: usize = MAGIC_AT;
+const _: () = assert!(CRC_AT + 4 == CRC_START);
+/// Estimated encoded bytes of one record beyond its key, value and headers (rkyv framing).
+const RECORD_OVERHEAD_BYTES_ESTIMATE: usize = 48;
+/// Estimated encoded bytes of one message header beyond its key and value.
+const HEADER_OVERHEAD_BYTES_ESTIMATE: usize = 16;
 
 /// Flag bits; the only ones a version-1 reader accepts.
 pub mod flags {
@@ -117,6 +149,15 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(a)
 }
+/// Writes `bytes` at `at` (a header field position).
+fn put(b: &mut [u8], at: usize, bytes: &[u8]) {
+    b[at..at + bytes.len()].copy_from_slice(bytes);
+}
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_le_bytes(a)
+}
 
 /// Rounds `n` up to the batch alignment.
 pub const fn padded(n: usize) -> usize {
@@ -133,21 +174,21 @@ impl BatchHeader {
             )));
         }
         let h = BatchHeader {
-            base_offset: u64_at(bytes, 0),
-            batch_length: u32_at(bytes, 8),
-            crc: u32_at(bytes, 12),
-            magic: u16_at(bytes, 16),
-            format_version: bytes[18],
-            flags: bytes[19],
-            record_count: u32_at(bytes, 20),
-            body_length: u32_at(bytes, 24),
-            key_id: u32_at(bytes, 28),
-            first_timestamp_us: u64_at(bytes, 32) as i64,
-            max_timestamp_us: u64_at(bytes, 40) as i64,
+            base_offset: u64_at(bytes, BASE_OFFSET_AT),
+            batch_length: u32_at(bytes, BATCH_LENGTH_AT),
+            crc: u32_at(bytes, CRC_AT),
+            magic: u16_at(bytes, MAGIC_AT),
+            format_version: bytes[FORMAT_VERSION_AT],
+            flags: bytes[FLAGS_AT],
+            record_count: u32_at(bytes, RECORD_COUNT_AT),
+            body_length: u32_at(bytes, BODY_LENGTH_AT),
+            key_id: u32_at(bytes, KEY_ID_AT),
+            first_timestamp_us: i64_at(bytes, FIRST_TIMESTAMP_AT),
+            max_timestamp_us: i64_at(bytes, MAX_TIMESTAMP_AT),
             producer: ProducerInfo {
-                producer_id: u64_at(bytes, 48),
-                producer_epoch: u16_at(bytes, 56),
-                base_sequence: u32_at(bytes, 60),
+                producer_id: u64_at(bytes, PRODUCER_ID_AT),
+                producer_epoch: u16_at(bytes, PRODUCER_EPOCH_AT),
+                base_sequence: u32_at(bytes, BASE_SEQUENCE_AT),
             },
         };
         h.check_shape()?;
@@ -207,7 +248,7 @@ pub fn compute_crc(batch: &[u8]) -> u32 {
 
 /// Overwrites the base offset of a batch in place (not covered by the CRC).
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
-    batch[0..8].copy_from_slice(&base_offset.to_le_bytes());
+    batch[BASE_OFFSET_AT..BASE_OFFSET_AT + 8].copy_from_slice(&base_offset.to_le_bytes());
 }
 
 /// Checks header and CRC of `bytes`, which must hold exactly one batch. Used on reads from disk,
@@ -241,6 +282,123 @@ pub fn validate(bytes: &[u8]) -> Result<BatchHeader> {
     }
     with_records(bytes, &h, |records| check_records(&h, records))?;
     Ok(h)
+}
+
+/// A batch whose header was parsed and checked once, carried with its bytes as a typed value so
+/// that no later layer parses it again (issue 13, "Produce path without waste"). Constructible
+/// only through [`ValidatedBatch::validate`] (untrusted bytes: header, CRC and record structure)
+/// or [`ValidatedBatch::check_crc`] (trusted bytes: header and CRC, e.g. read back from disk).
+#[derive(Debug, Clone)]
+pub struct ValidatedBatch {
+    header: BatchHeader,
+    bytes: Bytes,
+}
+
+impl ValidatedBatch {
+    /// Full ingress validation of untrusted bytes (see [`validate`]).
+    pub fn validate(bytes: Bytes) -> Result<Self> {
+        let header = validate(&bytes)?;
+        Ok(Self::checked(header, bytes))
+    }
+
+    /// Header and CRC only (see [`check_crc`]): for bytes whose body was validated before.
+    pub fn check_crc(bytes: Bytes) -> Result<Self> {
+        let header = check_crc(&bytes)?;
+        Ok(Self::checked(header, bytes))
+    }
+
+    fn checked(header: BatchHeader, bytes: Bytes) -> Self {
+        assert_eq!(
+            bytes.len(),
+            header.batch_length as usize,
+            "a validated batch is exactly its header's length"
+        );
+        ValidatedBatch { header, bytes }
+    }
+
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    pub fn into_parts(self) -> (BatchHeader, Bytes) {
+        (self.header, self.bytes)
+    }
+
+    /// Bytes of the whole batch (header, body, padding).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The fixed header as it will be with `base_offset` assigned (the CRC does not cover the
+    /// base offset, so the rest is unchanged): for writers that copy the batch anyway and patch
+    /// on the way (the log's DMA chunk copy).
+    pub fn header_bytes_with_base_offset(&self, base_offset: u64) -> [u8; HEADER_BYTES] {
+        let mut header = [0u8; HEADER_BYTES];
+        header.copy_from_slice(&self.bytes[..HEADER_BYTES]);
+        set_base_offset(&mut header, base_offset);
+        header
+    }
+
+    /// The body and padding after the fixed header.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.bytes[HEADER_BYTES..]
+    }
+
+    /// Assigns `base_offset` without copying: patches the eight bytes in place when this handle
+    /// owns its buffer alone (or the offset is already set). Gives the batch back unchanged
+    /// when the buffer is shared or cannot be reclaimed (`Bytes::from_owner`).
+    pub fn patch_in_place(self, base_offset: u64) -> Result<Self, Self> {
+        let ValidatedBatch { mut header, bytes } = self;
+        if u64_at(&bytes, BASE_OFFSET_AT) == base_offset {
+            header.base_offset = base_offset;
+            return Ok(ValidatedBatch { header, bytes });
+        }
+        match bytes.try_into_mut() {
+            Ok(mut owned) => {
+                set_base_offset(&mut owned, base_offset);
+                header.base_offset = base_offset;
+                Ok(ValidatedBatch {
+                    header,
+                    bytes: owned.freeze(),
+                })
+            }
+            Err(bytes) => Err(ValidatedBatch { header, bytes }),
+        }
+    }
+
+    /// Assigns `base_offset`. Patches the eight bytes in place when this handle owns its buffer
+    /// alone (no copy); otherwise, or if the buffer cannot be reclaimed (`Bytes::from_owner`),
+    /// copies the batch once. The second value says whether a copy was made.
+    pub fn with_base_offset(self, base_offset: u64) -> (Self, bool) {
+        match self.patch_in_place(base_offset) {
+            Ok(patched) => (patched, false),
+            Err(ValidatedBatch { mut header, bytes }) => {
+                header.base_offset = base_offset;
+                let bytes = with_base_offset_copied(&bytes, base_offset);
+                (ValidatedBatch { header, bytes }, true)
+            }
+        }
+    }
+}
+
+/// A copy of the batch in `bytes` with its base offset set to `base_offset` (for a buffer that
+/// cannot be patched in place).
+pub fn with_base_offset_copied(bytes: &[u8], base_offset: u64) -> Bytes {
+    let mut owned = bytes::BytesMut::from(bytes);
+    set_base_offset(&mut owned, base_offset);
+    owned.freeze()
 }
 
 fn check_records(h: &BatchHeader, records: &[ArchivedRecord]) -> Result<()> {
@@ -352,12 +510,12 @@ impl BatchBuilder {
         value: Vec<u8>,
         headers: Vec<Header>,
     ) -> &mut Self {
-        self.bytes_estimate += 48
+        self.bytes_estimate += RECORD_OVERHEAD_BYTES_ESTIMATE
             + key.as_ref().map_or(0, Vec::len)
             + value.len()
             + headers
                 .iter()
-                .map(|h| h.key.len() + h.value.len() + 16)
+                .map(|h| h.key.len() + h.value.len() + HEADER_OVERHEAD_BYTES_ESTIMATE)
                 .sum::<usize>();
         self.records.push(Record {
             offset_delta: 0,
@@ -399,15 +557,18 @@ impl BatchBuilder {
             .map_err(|_| Error::InvalidArgument("too many records in one batch".into()))?;
         let first = self.timestamps_us.iter().copied().min().unwrap_or(0);
         let max = self.timestamps_us.iter().copied().max().unwrap_or(0);
-        for (i, (r, ts)) in self.records.iter_mut().zip(&self.timestamps_us).enumerate() {
-            r.offset_delta = i as u32;
+        for (i, (r, ts)) in (0..count).zip(self.records.iter_mut().zip(&self.timestamps_us)) {
+            r.offset_delta = i;
             r.timestamp_delta_us = ts.wrapping_sub(first) as u64;
         }
         let mut buf = AlignedVec::<16>::with_capacity(padded(self.bytes_estimate()));
         buf.extend_from_slice(&[0u8; HEADER_BYTES]);
         let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(&self.records, buf)
             .map_err(|e| Error::InvalidArgument(format!("record encode: {e}")))?;
-        let body_length = buf.len() - HEADER_BYTES;
+        let body_length = u32::try_from(buf.len() - HEADER_BYTES).map_err(|_| Error::TooLarge {
+            bytes: buf.len(),
+            max: BATCH_BYTES_MAX,
+        })?;
         let total = padded(buf.len());
         if total > BATCH_BYTES_MAX {
             return Err(Error::TooLarge {
@@ -416,21 +577,26 @@ impl BatchBuilder {
             });
         }
         buf.resize(total, 0);
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "total <= BATCH_BYTES_MAX (64 MiB), checked just above"
+        )]
+        let total_u32 = total as u32;
         let p = self.producer;
         let h = &mut buf[..HEADER_BYTES];
-        h[8..12].copy_from_slice(&(total as u32).to_le_bytes());
-        h[16..18].copy_from_slice(&MAGIC.to_le_bytes());
-        h[18] = FORMAT_VERSION;
-        h[19] = 0;
-        h[20..24].copy_from_slice(&count.to_le_bytes());
-        h[24..28].copy_from_slice(&(body_length as u32).to_le_bytes());
-        h[32..40].copy_from_slice(&first.to_le_bytes());
-        h[40..48].copy_from_slice(&max.to_le_bytes());
-        h[48..56].copy_from_slice(&p.producer_id.to_le_bytes());
-        h[56..58].copy_from_slice(&p.producer_epoch.to_le_bytes());
-        h[60..64].copy_from_slice(&p.base_sequence.to_le_bytes());
+        put(h, BATCH_LENGTH_AT, &total_u32.to_le_bytes());
+        put(h, MAGIC_AT, &MAGIC.to_le_bytes());
+        h[FORMAT_VERSION_AT] = FORMAT_VERSION;
+        h[FLAGS_AT] = 0;
+        put(h, RECORD_COUNT_AT, &count.to_le_bytes());
+        put(h, BODY_LENGTH_AT, &body_length.to_le_bytes());
+        put(h, FIRST_TIMESTAMP_AT, &first.to_le_bytes());
+        put(h, MAX_TIMESTAMP_AT, &max.to_le_bytes());
+        put(h, PRODUCER_ID_AT, &p.producer_id.to_le_bytes());
+        put(h, PRODUCER_EPOCH_AT, &p.producer_epoch.to_le_bytes());
+        put(h, BASE_SEQUENCE_AT, &p.base_sequence.to_le_bytes());
         let crc = compute_crc(&buf);
-        buf[12..16].copy_from_slice(&crc.to_le_bytes());
+        put(&mut buf, CRC_AT, &crc.to_le_bytes());
         // Keep the aligned allocation: no copy, and the body stays 16-aligned for readers.
         Ok(Bytes::from_owner(buf))
     }
@@ -440,7 +606,7 @@ impl BatchBuilder {
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
@@ -518,6 +684,60 @@ mod tests {
     }
 
     #[test]
+    fn validated_batch_patches_a_unique_buffer_in_place_and_copies_a_shared_one() {
+        let built = batch_of_values(["a", "b"]).unwrap();
+        // A uniquely owned buffer (as a frame split off a receive buffer): patched in place.
+        let unique = Bytes::from(built.to_vec());
+        let ptr = unique.as_ptr();
+        let v = ValidatedBatch::validate(unique).unwrap();
+        assert_eq!(v.header().record_count, 2);
+        let (v, copied) = v.with_base_offset(77);
+        assert!(!copied);
+        assert_eq!(v.bytes().as_ptr(), ptr, "no copy for a unique buffer");
+        assert_eq!(v.header().base_offset, 77);
+        assert_eq!(check_crc(v.bytes()).unwrap().base_offset, 77);
+        // A shared buffer: copied once, the other handle keeps its bytes.
+        let shared = Bytes::from(built.to_vec());
+        let keep = shared.clone();
+        let (v, copied) = ValidatedBatch::check_crc(shared)
+            .unwrap()
+            .with_base_offset(5);
+        assert!(copied);
+        assert_eq!(check_crc(v.bytes()).unwrap().base_offset, 5);
+        assert_eq!(BatchHeader::parse(&keep).unwrap().base_offset, 0);
+        // The header copy with the offset patched matches the patched bytes.
+        let header = ValidatedBatch::check_crc(keep.clone())
+            .unwrap()
+            .header_bytes_with_base_offset(5);
+        assert_eq!(&header[..], &v.bytes()[..HEADER_BYTES]);
+    }
+
+    #[test]
+    fn patch_in_place_gives_a_shared_batch_back_unchanged() {
+        let shared = Bytes::from(batch_of_values(["a"]).unwrap().to_vec());
+        let keep = shared.clone();
+        let v = ValidatedBatch::check_crc(shared).unwrap();
+        let back = v.patch_in_place(9).unwrap_err();
+        assert_eq!(back.header().base_offset, 0);
+        assert_eq!(back.bytes().as_ptr(), keep.as_ptr());
+        drop(keep);
+        // Now unique: patched in place.
+        let ptr = back.bytes().as_ptr();
+        let patched = back.patch_in_place(9).unwrap();
+        assert_eq!(patched.bytes().as_ptr(), ptr);
+        assert_eq!(check_crc(patched.bytes()).unwrap().base_offset, 9);
+        assert_eq!(patched.header().base_offset, 9);
+    }
+
+    #[test]
+    fn validated_batch_refuses_what_validate_refuses() {
+        let mut v = batch_of_values(["x"]).unwrap().to_vec();
+        v[MAGIC_AT] ^= 1;
+        assert!(ValidatedBatch::validate(Bytes::from(v.clone())).is_err());
+        assert!(ValidatedBatch::check_crc(Bytes::from(v)).is_err());
+    }
+
+    #[test]
     fn misaligned_buffer_is_still_readable() {
         let bytes = batch_of_values(["hello", "world"]).unwrap();
         let mut shifted = vec![0u8; bytes.len() + 1];
@@ -532,12 +752,12 @@ mod tests {
         let mut v = bytes.to_vec();
         // Corrupt the archive's root (last bytes of the body) and fix the CRC, as a malicious
         // client could: bytecheck must catch it.
-        let body_end = HEADER_BYTES + u32_at(&v, 24) as usize;
+        let body_end = HEADER_BYTES + u32_at(&v, BODY_LENGTH_AT) as usize;
         for b in &mut v[body_end - 8..body_end] {
             *b = 0xff;
         }
         let crc = compute_crc(&v);
-        v[12..16].copy_from_slice(&crc.to_le_bytes());
+        put(&mut v, CRC_AT, &crc.to_le_bytes());
         assert!(matches!(validate(&v), Err(Error::Corrupt(_))));
     }
 
@@ -545,9 +765,9 @@ mod tests {
     fn record_count_mismatch_is_rejected() {
         let bytes = batch_of_values(["a", "b"]).unwrap();
         let mut v = bytes.to_vec();
-        v[20..24].copy_from_slice(&3u32.to_le_bytes());
+        put(&mut v, RECORD_COUNT_AT, &3u32.to_le_bytes());
         let crc = compute_crc(&v);
-        v[12..16].copy_from_slice(&crc.to_le_bytes());
+        put(&mut v, CRC_AT, &crc.to_le_bytes());
         assert!(validate(&v).is_err());
     }
 }

@@ -4,6 +4,9 @@
 //! length and CRC it claims and dense record offsets, a split covers the buffer exactly, and an
 //! accepted index file re-encodes to one that decodes to the same checkpoint.
 //!
+//! The typed [`batch::ValidatedBatch`] accepts exactly what `validate` accepts, and assigning
+//! it a base offset changes those eight bytes only and keeps the CRC valid.
+//!
 //! Run: `cargo +nightly fuzz run -s none batch_decode` from `engine/fuzz`.
 #![no_main]
 
@@ -23,6 +26,19 @@ fn check_batch_decoders(data: &[u8]) {
         assert_eq!(h.batch_length as usize, data.len());
         assert_eq!(batch::compute_crc(data), h.crc);
         assert_eq!(data.len() % batch::BATCH_ALIGN, 0);
+        // The typed batch agrees, and assigning a base offset changes nothing else.
+        let typed = batch::ValidatedBatch::validate(Bytes::copy_from_slice(data))
+            .expect("ValidatedBatch accepts what validate accepts");
+        assert_eq!(*typed.header(), h);
+        let base = h.base_offset.wrapping_add(1) >> 1;
+        let (patched, _) = typed.with_base_offset(base);
+        let again = batch::check_crc(patched.bytes()).expect("patched batch keeps its CRC");
+        assert_eq!(again, batch::BatchHeader { base_offset: base, ..h });
+        assert_eq!(*patched.header(), again);
+        let rest = batch::BATCH_LENGTH_AT;
+        assert_eq!(&patched.bytes()[rest..], &data[rest..]);
+    } else {
+        assert!(batch::ValidatedBatch::validate(Bytes::copy_from_slice(data)).is_err());
     }
     if let Ok((h, records)) = batch::decode(data) {
         assert_eq!(records.len(), h.record_count as usize);

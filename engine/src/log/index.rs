@@ -41,6 +41,27 @@ pub const INDEX_HEADER_BYTES: usize = 64;
 const VERSION: u16 = 1;
 const OFFSET_ENTRY_BYTES: usize = 8;
 const TIME_ENTRY_BYTES: usize = 16;
+const _: () = assert!(TIME_ENTRY_BYTES <= u16::MAX as usize);
+
+// Header field positions (the layout drawn above).
+const MAGIC_AT: usize = 0;
+const VERSION_AT: usize = 4;
+const ENTRY_BYTES_AT: usize = 6;
+const ENTRY_COUNT_AT: usize = 8;
+const CRC_AT: usize = 12;
+/// The CRC covers `[0, CRC_AT)` and `[CRC_END_AT, end of entries)`.
+const CRC_END_AT: usize = 16;
+const SEGMENT_BASE_AT: usize = 16;
+const DATA_BYTES_AT: usize = 24;
+const NEXT_OFFSET_AT: usize = 32;
+const MAX_TIMESTAMP_AT: usize = 40;
+const _: () = assert!(MAX_TIMESTAMP_AT + 8 <= INDEX_HEADER_BYTES);
+// Entry field positions, relative to the entry's start.
+const OFFSET_ENTRY_REL_OFFSET_AT: usize = 0;
+const OFFSET_ENTRY_POSITION_AT: usize = 4;
+const TIME_ENTRY_TIMESTAMP_AT: usize = 0;
+const TIME_ENTRY_REL_OFFSET_AT: usize = 8;
+const TIME_ENTRY_POSITION_AT: usize = 12;
 
 #[derive(Clone, Copy)]
 pub enum IndexKind {
@@ -61,44 +82,93 @@ impl IndexKind {
             IndexKind::Time => TIME_ENTRY_BYTES,
         }
     }
+    /// [`Self::entry_bytes`] as stored in the header (both sizes fit u16, asserted above).
+    fn entry_bytes_u16(self) -> u16 {
+        match u16::try_from(self.entry_bytes()) {
+            Ok(n) => n,
+            Err(_) => unreachable!("entry sizes fit u16"),
+        }
+    }
 }
 
 fn crc_of(bytes: &[u8], end: usize) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&bytes[0..12]), &bytes[16..end])
+    crc32c::crc32c_append(crc32c::crc32c(&bytes[..CRC_AT]), &bytes[CRC_END_AT..end])
 }
 
 /// Encodes one index file (unpadded).
 pub fn encode(kind: IndexKind, cp: &Checkpoint) -> Vec<u8> {
     let eb = kind.entry_bytes();
     let mut out = vec![0u8; INDEX_HEADER_BYTES + cp.entries.len() * eb];
-    out[0..4].copy_from_slice(&kind.magic().to_le_bytes());
-    out[4..6].copy_from_slice(&VERSION.to_le_bytes());
-    out[6..8].copy_from_slice(&(eb as u16).to_le_bytes());
-    out[8..12].copy_from_slice(&(cp.entries.len() as u32).to_le_bytes());
-    out[16..24].copy_from_slice(&cp.segment_base.to_le_bytes());
-    out[24..32].copy_from_slice(&cp.data_bytes.to_le_bytes());
-    out[32..40].copy_from_slice(&cp.next_offset.to_le_bytes());
-    out[40..48].copy_from_slice(&cp.max_timestamp_us.to_le_bytes());
+    // Entries are one per indexed batch of a segment (at most 2 GiB of batches of at least
+    // HEADER_BYTES each): far below u32::MAX.
+    let count = u32::try_from(cp.entries.len()).unwrap_or_else(|_| {
+        panic!("{} index entries in one segment", cp.entries.len());
+    });
+    put(&mut out, MAGIC_AT, &kind.magic().to_le_bytes());
+    put(&mut out, VERSION_AT, &VERSION.to_le_bytes());
+    put(
+        &mut out,
+        ENTRY_BYTES_AT,
+        &kind.entry_bytes_u16().to_le_bytes(),
+    );
+    put(&mut out, ENTRY_COUNT_AT, &count.to_le_bytes());
+    put(&mut out, SEGMENT_BASE_AT, &cp.segment_base.to_le_bytes());
+    put(&mut out, DATA_BYTES_AT, &cp.data_bytes.to_le_bytes());
+    put(&mut out, NEXT_OFFSET_AT, &cp.next_offset.to_le_bytes());
+    put(
+        &mut out,
+        MAX_TIMESTAMP_AT,
+        &cp.max_timestamp_us.to_le_bytes(),
+    );
     for (i, e) in cp.entries.iter().enumerate() {
         let at = INDEX_HEADER_BYTES + i * eb;
         match kind {
             IndexKind::Offset => {
-                out[at..at + 4].copy_from_slice(&e.rel_offset.to_le_bytes());
-                out[at + 4..at + 8].copy_from_slice(&e.position.to_le_bytes());
+                put(
+                    &mut out,
+                    at + OFFSET_ENTRY_REL_OFFSET_AT,
+                    &e.rel_offset.to_le_bytes(),
+                );
+                put(
+                    &mut out,
+                    at + OFFSET_ENTRY_POSITION_AT,
+                    &e.position.to_le_bytes(),
+                );
             }
             IndexKind::Time => {
-                out[at..at + 8].copy_from_slice(&e.max_timestamp_before_us.to_le_bytes());
-                out[at + 8..at + 12].copy_from_slice(&e.rel_offset.to_le_bytes());
-                out[at + 12..at + 16].copy_from_slice(&e.position.to_le_bytes());
+                let ts = e.max_timestamp_before_us.to_le_bytes();
+                put(&mut out, at + TIME_ENTRY_TIMESTAMP_AT, &ts);
+                put(
+                    &mut out,
+                    at + TIME_ENTRY_REL_OFFSET_AT,
+                    &e.rel_offset.to_le_bytes(),
+                );
+                put(
+                    &mut out,
+                    at + TIME_ENTRY_POSITION_AT,
+                    &e.position.to_le_bytes(),
+                );
             }
         }
     }
     let end = out.len();
     let crc = crc_of(&out, end);
-    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    put(&mut out, CRC_AT, &crc.to_le_bytes());
     out
 }
 
+fn put(out: &mut [u8], at: usize, bytes: &[u8]) {
+    out[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+fn le_i64(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_le_bytes(a)
+}
 fn le_u32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
@@ -112,23 +182,23 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 
 /// Decodes and sanity-checks one index file. `None` means: rebuild by scanning.
 pub fn decode(kind: IndexKind, bytes: &[u8], segment_base: u64) -> Option<Checkpoint> {
-    if bytes.len() < INDEX_HEADER_BYTES || le_u32(bytes, 0) != kind.magic() {
+    if bytes.len() < INDEX_HEADER_BYTES || le_u32(bytes, MAGIC_AT) != kind.magic() {
         return None;
     }
     let eb = kind.entry_bytes();
-    if u16::from_le_bytes([bytes[4], bytes[5]]) != VERSION
-        || u16::from_le_bytes([bytes[6], bytes[7]]) as usize != eb
+    if le_u16(bytes, VERSION_AT) != VERSION
+        || le_u16(bytes, ENTRY_BYTES_AT) != kind.entry_bytes_u16()
     {
         return None;
     }
-    let count = le_u32(bytes, 8) as usize;
+    let count = le_u32(bytes, ENTRY_COUNT_AT) as usize;
     let end = INDEX_HEADER_BYTES.checked_add(count.checked_mul(eb)?)?;
-    if end > bytes.len() || crc_of(bytes, end) != le_u32(bytes, 12) {
+    if end > bytes.len() || crc_of(bytes, end) != le_u32(bytes, CRC_AT) {
         return None;
     }
-    let cp_base = le_u64(bytes, 16);
-    let data_bytes = le_u64(bytes, 24);
-    let next_offset = le_u64(bytes, 32);
+    let cp_base = le_u64(bytes, SEGMENT_BASE_AT);
+    let data_bytes = le_u64(bytes, DATA_BYTES_AT);
+    let next_offset = le_u64(bytes, NEXT_OFFSET_AT);
     if cp_base != segment_base || next_offset < segment_base || data_bytes > u64::from(u32::MAX) {
         return None;
     }
@@ -137,14 +207,14 @@ pub fn decode(kind: IndexKind, bytes: &[u8], segment_base: u64) -> Option<Checkp
         let at = INDEX_HEADER_BYTES + i * eb;
         let e = match kind {
             IndexKind::Offset => IndexEntry {
-                rel_offset: le_u32(bytes, at),
-                position: le_u32(bytes, at + 4),
+                rel_offset: le_u32(bytes, at + OFFSET_ENTRY_REL_OFFSET_AT),
+                position: le_u32(bytes, at + OFFSET_ENTRY_POSITION_AT),
                 max_timestamp_before_us: i64::MIN,
             },
             IndexKind::Time => IndexEntry {
-                max_timestamp_before_us: le_u64(bytes, at) as i64,
-                rel_offset: le_u32(bytes, at + 8),
-                position: le_u32(bytes, at + 12),
+                max_timestamp_before_us: le_i64(bytes, at + TIME_ENTRY_TIMESTAMP_AT),
+                rel_offset: le_u32(bytes, at + TIME_ENTRY_REL_OFFSET_AT),
+                position: le_u32(bytes, at + TIME_ENTRY_POSITION_AT),
             },
         };
         // Entries must increase strictly and stay inside the checkpointed data.
@@ -164,7 +234,7 @@ pub fn decode(kind: IndexKind, bytes: &[u8], segment_base: u64) -> Option<Checkp
         segment_base,
         data_bytes,
         next_offset,
-        max_timestamp_us: le_u64(bytes, 40) as i64,
+        max_timestamp_us: le_i64(bytes, MAX_TIMESTAMP_AT),
         entries,
     })
 }
