@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -23,66 +24,25 @@ use crate::error::{Error, Result};
 use crate::log::RecoveryReport;
 use crate::metadata::{self, Metadata, TopicMeta};
 use crate::rt::{self, ExecutorHandle, ExecutorSpec};
-use crate::shard::{
-    Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, Reply, Request, Shard, ShardStats,
-    ShardTask,
-};
+pub use crate::api::{FetchRequest, TopicDescription, TopicInfo, TopicRoute};
+use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
+use crate::shard::{LocalShard, Reply, Request, Shard};
 
-/// Where a topic's partitions live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicRoute {
-    pub name: Arc<str>,
-    pub id: u64,
-    /// `shards[p]` owns partition `p`.
-    pub shards: Vec<u32>,
-    /// Batches on disk are sealed (crypto.rs); readers open them with [`Engine::keyring`].
-    pub encrypted: bool,
+/// What a [`ShardTask`] gets: its shard's id and a way to reach the whole engine.
+pub struct ShardHandle {
+    pub shard: usize,
+    pub engine: Engine,
 }
+
+/// Code run on a shard on behalf of another crate (the network server's listeners).
+pub type ShardTask = Box<dyn FnOnce(ShardHandle) + Send>;
+
+/// Tells the shards of one engine from another's (`shard::current`).
+static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 #[derive(Default)]
 struct Routes {
     topics: HashMap<String, Arc<TopicRoute>>,
-}
-
-/// A topic as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct TopicInfo {
-    pub name: String,
-    pub id: u64,
-    pub config: TopicConfig,
-    pub shards: Vec<u32>,
-}
-
-/// A topic with the live state of each partition.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TopicDescription {
-    pub info: TopicInfo,
-    pub partitions: Vec<PartitionInfo>,
-}
-
-/// A fetch request.
-#[derive(Debug, Clone)]
-pub struct FetchRequest {
-    pub topic: String,
-    pub partition: u32,
-    pub offset: u64,
-    pub max_bytes: usize,
-    pub max_records: usize,
-    /// Long poll: wait up to this long for data if there is none at `offset`.
-    pub max_wait: Duration,
-}
-
-impl FetchRequest {
-    pub fn new(topic: impl Into<String>, partition: u32, offset: u64) -> Self {
-        FetchRequest {
-            topic: topic.into(),
-            partition,
-            offset,
-            max_bytes: 1 << 20,
-            max_records: usize::MAX,
-            max_wait: Duration::ZERO,
-        }
-    }
 }
 
 /// An enqueued produce, waiting for its acknowledgement.
@@ -141,9 +101,11 @@ struct Inner {
     recovery: Mutex<RecoveryReport>,
     /// Producer ids and consumer groups (`crate::groups`).
     semantics: crate::groups::Semantics,
+    /// This engine's shards carry it (`shard::current`).
+    id: u64,
 }
 
-/// A weak reference the shards hold (so they never keep the engine alive).
+/// A weak reference the broker's per-shard state holds (so it never keeps the engine alive).
 #[derive(Clone, Default)]
 pub(crate) struct WeakEngine(Arc<OnceLock<Weak<Inner>>>);
 
@@ -223,6 +185,91 @@ fn remove_orphans(data_dir: &Path, m: &Metadata) {
     }
 }
 
+/// Creates the data directory, makes its path absolute in `config`, takes its lock, and
+/// checks direct I/O there. Returns the lock (held while the engine runs).
+fn prepare_data_dir(config: &mut EngineConfig) -> Result<std::fs::File> {
+    let dir = config.data_dir.clone();
+    std::fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir.display(), e))?;
+    // Absolute from here on: glommio opens directories by path without a base descriptor,
+    // and a relative path there fails with EBADF (`serve --data-dir ./data`).
+    let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(dir.display(), e))?;
+    config.data_dir = dir.clone();
+    let lock = lock_data_dir(&dir)?;
+    raise_nofile_limit();
+    match rt::dma_alignment_ok(&dir) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(dir = %dir.display(), "O_DIRECT is not supported here; glommio falls back to buffered I/O")
+        }
+        Err(e) => return Err(Error::io(dir.display(), e)),
+    }
+    Ok(lock)
+}
+
+/// The metadata file (new if there is none), re-placed on `shard_count` shards and stored.
+fn load_metadata(dir: &Path, shard_count: usize) -> Result<Metadata> {
+    let mut meta = metadata::load(dir)?.unwrap_or_else(|| Metadata::new(shard_count as u32));
+    let moved = meta.reshard(shard_count as u32);
+    if moved > 0 {
+        tracing::info!(
+            moved,
+            shards = shard_count,
+            "shard count changed; partitions re-placed"
+        );
+    }
+    metadata::store(dir, &meta)?;
+    Ok(meta)
+}
+
+/// Starts one executor per shard, each with the broker's per-shard state (work queues).
+fn start_shards(
+    config: &EngineConfig,
+    cpus: &[usize],
+    shard_count: usize,
+    engine_id: u64,
+    weak: &WeakEngine,
+) -> Result<(Vec<flume::Sender<Request>>, Vec<ExecutorHandle>)> {
+    let mut senders = Vec::with_capacity(shard_count);
+    let mut threads = Vec::with_capacity(shard_count);
+    for id in 0..shard_count {
+        let (tx, rx) = flume::bounded(config.shard_queue_depth);
+        let cpu = config.pin_shards.then(|| cpus[id % cpus.len()]);
+        let spec = ExecutorSpec {
+            name: format!("shard-{id}"),
+            cpu,
+            io_memory_bytes: config.io_memory_bytes,
+            spin_before_park: Duration::from_micros(config.spin_before_park_us),
+        };
+        let cfg = config.clone();
+        let w = weak.clone();
+        let h = rt::spawn_executor(spec, move || async move {
+            let queues = Rc::new(crate::queue::QueueShard::new(w));
+            Shard::new(id, cfg, engine_id, queues).run(rx).await;
+        });
+        match h {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                drop(senders);
+                drop(tx);
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        }
+        tracing::debug!(shard = id, cpu = ?cpu, "shard started");
+        senders.push(tx);
+    }
+    let map: Vec<String> = (0..shard_count)
+        .map(|id| match config.pin_shards {
+            true => format!("{id}->cpu{}", cpus[id % cpus.len()]),
+            false => format!("{id}->unpinned"),
+        })
+        .collect();
+    tracing::info!(shards = shard_count, map = %map.join(" "), data_dir = %config.data_dir.display(), "shards started");
+    Ok((senders, threads))
+}
+
 impl Engine {
     /// Starts the shards, recovers every partition, and returns once all are open.
     pub fn open(config: EngineConfig) -> Result<Engine> {
@@ -239,88 +286,32 @@ impl Engine {
     /// network server starts its listeners this way).
     pub fn open_with(
         mut config: EngineConfig,
-        on_shard: Option<Arc<dyn Fn(crate::shard::ShardHandle) + Send + Sync>>,
+        on_shard: Option<Arc<dyn Fn(ShardHandle) + Send + Sync>>,
     ) -> Result<Engine> {
         config.validate()?;
         let keyring = match &config.encryption_key_file {
             Some(path) => Some(Arc::new(crate::crypto::Keyring::load(path)?)),
             None => None,
         };
+        let lock = prepare_data_dir(&mut config)?;
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(dir.join("topics")).map_err(|e| Error::io(dir.display(), e))?;
-        // Absolute from here on: glommio opens directories by path without a base descriptor,
-        // and a relative path there fails with EBADF (`serve --data-dir ./data`).
-        let dir = std::fs::canonicalize(&dir).map_err(|e| Error::io(dir.display(), e))?;
-        config.data_dir = dir.clone();
-        let lock = lock_data_dir(&dir)?;
-        raise_nofile_limit();
-        match rt::dma_alignment_ok(&dir) {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(dir = %dir.display(), "O_DIRECT is not supported here; glommio falls back to buffered I/O")
-            }
-            Err(e) => return Err(Error::io(dir.display(), e)),
-        }
         let cpus = rt::usable_cpus();
         let shard_count = if config.shards == 0 {
             cpus.len().max(1)
         } else {
             config.shards
         };
-        let mut meta = metadata::load(&dir)?.unwrap_or_else(|| Metadata::new(shard_count as u32));
-        let moved = meta.reshard(shard_count as u32);
-        if moved > 0 {
-            tracing::info!(
-                moved,
-                shards = shard_count,
-                "shard count changed; partitions re-placed"
-            );
-        }
-        metadata::store(&dir, &meta)?;
+        let meta = load_metadata(&dir, shard_count)?;
         remove_orphans(&dir, &meta);
         let semantics = crate::groups::Semantics::open(&dir)?;
 
         let recovery_started = std::time::Instant::now();
         let weak = WeakEngine::default();
-        let mut senders = Vec::with_capacity(shard_count);
-        let mut threads = Vec::with_capacity(shard_count);
-        for id in 0..shard_count {
-            let (tx, rx) = flume::bounded(config.shard_queue_depth);
-            let spec = ExecutorSpec {
-                name: format!("shard-{id}"),
-                cpu: config.pin_shards.then(|| cpus[id % cpus.len()]),
-                io_memory_bytes: config.io_memory_bytes,
-                spin_before_park: Duration::from_micros(config.spin_before_park_us),
-            };
-            let cfg = config.clone();
-            let w = weak.clone();
-            let h = rt::spawn_executor(spec, move || async move {
-                Shard::new(id, cfg, w).run(rx).await;
-            });
-            match h {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    drop(senders);
-                    drop(tx);
-                    for t in threads {
-                        let _ = t.join();
-                    }
-                    return Err(e);
-                }
-            }
-            tracing::debug!(shard = id, cpu = ?config.pin_shards.then(|| cpus[id % cpus.len()]), "shard started");
-            senders.push(tx);
-        }
-        let map: Vec<String> = (0..shard_count)
-            .map(|id| match config.pin_shards {
-                true => format!("{id}->cpu{}", cpus[id % cpus.len()]),
-                false => format!("{id}->unpinned"),
-            })
-            .collect();
-        tracing::info!(shards = shard_count, map = %map.join(" "), data_dir = %dir.display(), "shards started");
+        let id = NEXT_ENGINE_ID.fetch_add(1, Ordering::Relaxed);
+        let (senders, threads) = start_shards(&config, &cpus, shard_count, id, &weak)?;
         let engine = Engine {
             inner: Arc::new(Inner {
-                config: config.clone(),
+                config,
                 keyring,
                 shards: senders,
                 routes: ArcSwap::from_pointee(Routes::default()),
@@ -330,12 +321,39 @@ impl Engine {
                 lock: Mutex::new(Some(lock)),
                 recovery: Mutex::new(RecoveryReport::default()),
                 semantics,
+                id,
             }),
         };
         let _ = weak.0.set(Arc::downgrade(&engine.inner));
+        let total = engine.recover(&meta, recovery_started)?;
+        *engine
+            .inner
+            .recovery
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))? = total;
+        for (name, t) in &meta.topics {
+            engine.open_queues(name, t)?;
+        }
+        engine.publish_routes(&meta);
+        engine.inner.semantics.open_groups(&engine)?;
+        if let Some(hook) = on_shard {
+            for s in 0..shard_count {
+                let hook = hook.clone();
+                engine.run_on_shard(s, Box::new(move |h| hook(h)))?;
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Opens every partition of `meta` on its shard and sums up what recovery did.
+    fn recover(
+        &self,
+        meta: &Metadata,
+        started: std::time::Instant,
+    ) -> Result<RecoveryReport> {
         let mut pending = Vec::new();
         for (name, t) in &meta.topics {
-            pending.extend(engine.open_partitions(name, t)?);
+            pending.extend(self.open_partitions(name, t)?);
         }
         let mut total = RecoveryReport::default();
         for rx in pending {
@@ -350,7 +368,7 @@ impl Engine {
                 total.truncation_reason = r.truncation_reason;
             }
         }
-        total.duration_ms = recovery_started.elapsed().as_millis() as u64;
+        total.duration_ms = started.elapsed().as_millis() as u64;
         tracing::info!(
             topics = meta.topics.len(),
             partitions = total.partitions,
@@ -362,24 +380,7 @@ impl Engine {
             truncated_bytes = total.truncated_bytes,
             "recovery complete"
         );
-        *engine
-            .inner
-            .recovery
-            .lock()
-            .map_err(|_| Error::Runtime("poisoned".into()))? = total;
-        for (name, t) in &meta.topics {
-            engine.open_queues(name, t)?;
-        }
-        engine.publish_routes(&meta);
-        engine.inner.semantics.open_groups(&engine)?;
-        if let Some(hook) = on_shard {
-            for s in 0..shard_count {
-                let hook = hook.clone();
-                let task: ShardTask = Box::new(move |h| hook(h));
-                engine.send(s, Request::Run(task))?;
-            }
-        }
-        Ok(engine)
+        Ok(total)
     }
 
     fn open_partitions(
@@ -438,7 +439,7 @@ impl Engine {
                 .join(crate::queue::ACK_LOG_DIR);
             self.send(
                 *shard as usize,
-                Request::Queue(crate::queue::QueueRequest::Open {
+                crate::queue::request(crate::queue::QueueRequest::Open {
                     key: (key_name.clone(), p as u32),
                     config: q.clone(),
                     dir,
@@ -1066,8 +1067,20 @@ impl Engine {
     }
 
     /// Runs `task` on shard `shard` (for code that must live inside a shard, e.g. listeners).
+    /// The task does not keep the engine alive while it waits in the shard's inbox.
     pub fn run_on_shard(&self, shard: usize, task: ShardTask) -> Result<()> {
-        self.send(shard, Request::Run(task))
+        let weak = Arc::downgrade(&self.inner);
+        self.send(
+            shard,
+            Request::Run(Box::new(move |local: &LocalShard| {
+                if let Some(inner) = weak.upgrade() {
+                    task(ShardHandle {
+                        shard: local.id(),
+                        engine: Engine { inner },
+                    });
+                }
+            })),
+        )
     }
 
     /// Runs one retention pass on every shard now (admin tools and tests; shards also run

@@ -2,140 +2,26 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::{
-    DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, LeaseError, PRIORITY_HEADER, QueueConfig, QueueRequest,
-    Receipt,
+    DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, LeaseResults, QueueConfig, QueueMessage,
+    QueuePartitionStats, QueueRequest, ReceiveOptions, Receipt,
 };
-use crate::batch::{BatchBuilder, BatchHeader, Header, Record};
-use crate::config::TopicConfig;
-use crate::engine::{Engine, TopicInfo};
+use crate::api::{Acks, TopicConfig, TopicInfo};
+use crate::batch::BatchBuilder;
+use crate::broker::engine::Engine;
 use crate::error::{Error, Result};
-use crate::shard::{Acks, Reply, Request};
-
-/// One delivery of a queue message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueMessage {
-    pub partition: u32,
-    pub offset: u64,
-    /// Deliveries so far, this one included (1 on the first). Peek shows past deliveries.
-    pub attempt: u32,
-    pub timestamp_us: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    pub headers: Vec<Header>,
-    pub priority: u8,
-}
-
-impl QueueMessage {
-    pub(super) fn from_record(
-        partition: u32,
-        r: Receipt,
-        h: &BatchHeader,
-        rec: &Record,
-        levels: u8,
-    ) -> Self {
-        let priority = rec
-            .headers
-            .iter()
-            .find(|x| x.key == PRIORITY_HEADER)
-            .and_then(|x| std::str::from_utf8(&x.value).ok())
-            .and_then(|s| s.trim().parse::<u8>().ok())
-            .unwrap_or(0)
-            .min(levels.saturating_sub(1));
-        QueueMessage {
-            partition,
-            offset: r.offset,
-            attempt: r.attempt,
-            timestamp_us: h
-                .first_timestamp_us
-                .wrapping_add(rec.timestamp_delta_us as i64),
-            key: rec.key.clone(),
-            value: rec.value.clone(),
-            headers: rec.headers.clone(),
-            priority,
-        }
-    }
-
-    /// What acks, nacks or extends this delivery.
-    pub fn receipt(&self) -> Receipt {
-        Receipt {
-            offset: self.offset,
-            attempt: self.attempt,
-        }
-    }
-
-    /// The value of the first header named `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.key == name)
-            .map(|h| h.value.as_slice())
-    }
-}
-
-/// How to receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReceiveOptions {
-    pub max_messages: usize,
-    /// `None`: the queue's setting.
-    pub visibility_timeout_ms: Option<u64>,
-    /// Long poll: wait up to this long when nothing is available.
-    pub max_wait: Duration,
-}
-
-impl Default for ReceiveOptions {
-    fn default() -> Self {
-        ReceiveOptions {
-            max_messages: 10,
-            visibility_timeout_ms: None,
-            max_wait: Duration::ZERO,
-        }
-    }
-}
-
-/// Live state of one queue partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct QueuePartitionStats {
-    pub partition: u32,
-    /// Messages waiting for a consumer (ready, delayed by a nack or backoff, or not yet
-    /// scanned), in-flight ones excluded.
-    pub depth: u64,
-    pub ready: u64,
-    pub delayed: u64,
-    pub in_flight: u64,
-    /// Age of the oldest message not yet acked or dead-lettered (0 if none).
-    pub oldest_age_ms: u64,
-    /// Counters since the partition was opened (this process).
-    pub acked: u64,
-    pub nacked: u64,
-    pub expired: u64,
-    pub dead_lettered: u64,
-    pub dropped: u64,
-    pub lost: u64,
-    /// Deliveries after the first (nacked or expired messages handed out again).
-    pub redelivered: u64,
-    /// Messages discarded by purges (docs/semantics.md, "Purging a queue").
-    pub purged: u64,
-    /// Every offset below this is acked or dead-lettered.
-    pub ack_floor: u64,
-    pub high_watermark: u64,
-}
-
-/// Result of each receipt of an ack, nack or visibility change, in request order.
-pub type LeaseResults = Vec<std::result::Result<(), LeaseError>>;
+use crate::shard::{PartitionKey, Reply};
 
 impl Engine {
     fn queue_ask<T>(
         &self,
         topic: &str,
         partition: u32,
-        make: impl FnOnce(crate::shard::PartitionKey, Reply<T>) -> QueueRequest,
+        make: impl FnOnce(PartitionKey, Reply<T>) -> QueueRequest,
     ) -> Result<T> {
         let (name, shard) = self.locate(topic, partition)?;
         self.ask(shard, |reply| {
-            Request::Queue(make((name, partition), reply))
+            super::request(make((name, partition), reply))
         })
     }
 
@@ -143,11 +29,11 @@ impl Engine {
         &self,
         topic: &str,
         partition: u32,
-        make: impl FnOnce(crate::shard::PartitionKey, Reply<T>) -> QueueRequest,
+        make: impl FnOnce(PartitionKey, Reply<T>) -> QueueRequest,
     ) -> Result<T> {
         let (name, shard) = self.locate(topic, partition)?;
         self.ask_async(shard, |reply| {
-            Request::Queue(make((name, partition), reply))
+            super::request(make((name, partition), reply))
         })
         .await
     }
