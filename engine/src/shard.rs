@@ -30,8 +30,8 @@ use crate::util::LocalNotify;
 /// Reply channel of one request (bounded(1)).
 pub(crate) type Reply<T> = flume::Sender<Result<T>>;
 
-pub use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
 pub(crate) use crate::api::PartitionKey;
+pub use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
 
 /// Requests handled back to back before the shard's main loop yields to I/O.
 const REQUESTS_PER_YIELD: u32 = 32;

@@ -157,4 +157,3 @@ pub struct PurgedPartition {
     /// Every offset below this is done now; messages from here on are delivered as usual.
     pub purged_until: u64,
 }
-

@@ -18,14 +18,14 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
+use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
+pub use crate::api::{FetchRequest, TopicDescription, TopicInfo, TopicRoute};
 use crate::batch;
 use crate::config::{self, EngineConfig, TopicConfig};
 use crate::error::{Error, Result};
 use crate::log::RecoveryReport;
 use crate::metadata::{self, Metadata, TopicMeta};
 use crate::rt::{self, ExecutorHandle, ExecutorSpec};
-pub use crate::api::{FetchRequest, TopicDescription, TopicInfo, TopicRoute};
-use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
 use crate::shard::{LocalShard, Reply, Request, Shard};
 
 /// What a [`ShardTask`] gets: its shard's id and a way to reach the whole engine.
@@ -346,11 +346,7 @@ impl Engine {
     }
 
     /// Opens every partition of `meta` on its shard and sums up what recovery did.
-    fn recover(
-        &self,
-        meta: &Metadata,
-        started: std::time::Instant,
-    ) -> Result<RecoveryReport> {
+    fn recover(&self, meta: &Metadata, started: std::time::Instant) -> Result<RecoveryReport> {
         let mut pending = Vec::new();
         for (name, t) in &meta.topics {
             pending.extend(self.open_partitions(name, t)?);

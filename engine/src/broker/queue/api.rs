@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{
     DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, LeaseResults, QueueConfig, QueueMessage,
-    QueuePartitionStats, QueueRequest, ReceiveOptions, Receipt,
+    QueuePartitionStats, QueueRequest, Receipt, ReceiveOptions,
 };
 use crate::api::{Acks, TopicConfig, TopicInfo};
 use crate::batch::BatchBuilder;

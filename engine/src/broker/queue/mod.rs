@@ -20,22 +20,20 @@ mod api;
 mod ops;
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::batch::{self, BatchBuilder, BatchHeader, Header, Record};
+use crate::broker::engine::WeakEngine;
 use crate::error::{Error, Result};
 use crate::log::LogConfig;
-use crate::rt;
-use crate::broker::engine::WeakEngine;
 use crate::metrics::Sample;
-use crate::shard::{
-    Acks, LocalPartition, LocalShard, PartitionKey, Reply, ShardExtension,
-};
+use crate::rt;
+use crate::shard::{Acks, LocalPartition, LocalShard, PartitionKey, Reply, ShardExtension};
 use crate::util::LocalNotify;
 use record::AckRecord;
 use state::{DeadReason, Known, QueueSettings, QueueState};
@@ -44,7 +42,7 @@ pub use crate::api::config::{QueueConfig, VISIBILITY_TIMEOUT_MS_MAX};
 pub use crate::api::queue::{
     DLQ_DELIVERIES_HEADER, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
     DLQ_TOPIC_HEADER, LeaseError, LeaseResults, PRIORITY_HEADER, PurgedPartition, QueueMessage,
-    QueuePartitionStats, ReceiveOptions, Receipt,
+    QueuePartitionStats, Receipt, ReceiveOptions,
 };
 pub(crate) use ops::dlq_samples;
 pub use state::{PRIORITY_LEVELS_MAX, PRIORITY_WEIGHT_RATIO};
@@ -74,14 +72,14 @@ const DEAD_LETTER_BATCH_MAX: usize = 64;
 
 /// The state machine's settings of a queue.
 fn settings(c: &QueueConfig) -> QueueSettings {
-        QueueSettings {
-            visibility_timeout_ms: c.visibility_timeout_ms,
-            max_deliveries: c.max_deliveries,
-            backoff_base_ms: c.backoff_base_ms,
-            backoff_max_ms: c.backoff_max_ms,
-            priority_levels: c.priority_levels,
-            window_max: WINDOW_MAX,
-        }
+    QueueSettings {
+        visibility_timeout_ms: c.visibility_timeout_ms,
+        max_deliveries: c.max_deliveries,
+        backoff_base_ms: c.backoff_base_ms,
+        backoff_max_ms: c.backoff_max_ms,
+        priority_levels: c.priority_levels,
+        window_max: WINDOW_MAX,
+    }
 }
 
 /// Log settings of an ack log: small segments, and retention that keeps a few snapshots.
@@ -219,7 +217,6 @@ impl QueueShard {
             .cloned()
             .ok_or_else(|| not_a_queue(key))
     }
-
 }
 
 impl ShardExtension for QueueShard {
@@ -726,8 +723,7 @@ async fn receive(
         let until_due = next_due.map_or(left, |d| {
             Duration::from_millis(u64::try_from(d - now).unwrap_or(0).max(1))
         });
-        let wake =
-            futures_lite::future::or(p.changed(seen_log), q.changed.changed(seen_queue));
+        let wake = futures_lite::future::or(p.changed(seen_log), q.changed.changed(seen_queue));
         rt::timeout(left.min(until_due), wake).await;
     }
 }
@@ -832,10 +828,7 @@ async fn dead_letter(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
             &q.counters.dropped
         };
         if let Some(dlq) = &q.config.dead_letter_topic {
-            let engine = queues(shard)?
-                .engine
-                .upgrade()
-                .ok_or(Error::ShuttingDown)?;
+            let engine = queues(shard)?.engine.upgrade().ok_or(Error::ShuttingDown)?;
             let partitions = engine.route(dlq)?.shards.len() as u32;
             let target = q.key.1 % partitions.max(1);
             let mut b = BatchBuilder::new();
