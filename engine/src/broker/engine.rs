@@ -16,12 +16,10 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 
-use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
 pub use crate::api::{FetchRequest, TopicDescription, TopicInfo, TopicRoute};
-use crate::batch;
-use crate::config::{self, EngineConfig, TopicConfig};
+use crate::api::{FetchResponse, ProduceAck};
+use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::log::RecoveryReport;
 use crate::metadata::{self, Metadata, TopicMeta};
@@ -47,7 +45,7 @@ struct Routes {
 
 /// An enqueued produce, waiting for its acknowledgement.
 pub struct PendingAck {
-    rx: Option<flume::Receiver<Result<ProduceAck>>>,
+    pub(super) rx: Option<flume::Receiver<Result<ProduceAck>>>,
 }
 
 impl PendingAck {
@@ -62,7 +60,7 @@ impl PendingAck {
 
 /// A stream of batches pushed as soon as they are written.
 pub struct Subscription {
-    rx: flume::Receiver<Result<FetchResponse>>,
+    pub(super) rx: flume::Receiver<Result<FetchResponse>>,
 }
 
 impl Subscription {
@@ -87,22 +85,22 @@ impl Subscription {
     }
 }
 
-struct Inner {
-    config: EngineConfig,
+pub(super) struct Inner {
+    pub(super) config: EngineConfig,
     /// Loaded from `config.encryption_key_file`.
-    keyring: Option<Arc<crate::crypto::Keyring>>,
-    shards: Vec<flume::Sender<Request>>,
+    pub(super) keyring: Option<Arc<crate::crypto::Keyring>>,
+    pub(super) shards: Vec<flume::Sender<Request>>,
     routes: ArcSwap<Routes>,
-    control: Mutex<Metadata>,
-    threads: Mutex<Vec<ExecutorHandle>>,
-    closed: AtomicBool,
+    pub(super) control: Mutex<Metadata>,
+    pub(super) threads: Mutex<Vec<ExecutorHandle>>,
+    pub(super) closed: AtomicBool,
     /// Held while running; released by shutdown so the directory can be reopened.
-    lock: Mutex<Option<std::fs::File>>,
-    recovery: Mutex<RecoveryReport>,
+    pub(super) lock: Mutex<Option<std::fs::File>>,
+    pub(super) recovery: Mutex<RecoveryReport>,
     /// Producer ids and consumer groups (`crate::groups`).
-    semantics: crate::groups::Semantics,
+    pub(super) semantics: crate::groups::Semantics,
     /// This engine's shards carry it (`shard::current`).
-    id: u64,
+    pub(super) id: u64,
 }
 
 /// A weak reference the broker's per-shard state holds (so it never keeps the engine alive).
@@ -122,14 +120,21 @@ impl WeakEngine {
 /// [`Engine::shutdown`] is called or the last handle is dropped.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-fn recv<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
+/// Runs an async core of the API to completion on the calling thread: the blocking form of
+/// every operation. Not for a shard's thread (it would stall the shard's executor), like any
+/// blocking call of this API.
+pub(crate) fn block<F: Future>(f: F) -> F::Output {
+    futures_lite::future::block_on(f)
+}
+
+pub(super) fn recv<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
     rx.recv().map_err(|_| Error::ShuttingDown)?
 }
 
-async fn recv_async<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
+pub(super) async fn recv_async<T>(rx: flume::Receiver<Result<T>>) -> Result<T> {
     rx.recv_async().await.map_err(|_| Error::ShuttingDown)?
 }
 
@@ -379,7 +384,7 @@ impl Engine {
         Ok(total)
     }
 
-    fn open_partitions(
+    pub(super) fn open_partitions(
         &self,
         name: &str,
         t: &TopicMeta,
@@ -422,7 +427,7 @@ impl Engine {
     }
 
     /// Starts the work-queue state of each partition of a queue topic (after its logs opened).
-    fn open_queues(&self, name: &str, t: &TopicMeta) -> Result<()> {
+    pub(super) fn open_queues(&self, name: &str, t: &TopicMeta) -> Result<()> {
         let Some(q) = &t.config.queue else {
             return Ok(());
         };
@@ -451,7 +456,7 @@ impl Engine {
         Ok(())
     }
 
-    fn publish_routes(&self, meta: &Metadata) {
+    pub(super) fn publish_routes(&self, meta: &Metadata) {
         let topics = meta
             .topics
             .iter()
@@ -472,7 +477,7 @@ impl Engine {
         Ok(&self.inner.semantics)
     }
 
-    fn inbox(&self, shard: usize) -> Result<&flume::Sender<Request>> {
+    pub(super) fn inbox(&self, shard: usize) -> Result<&flume::Sender<Request>> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
@@ -482,24 +487,17 @@ impl Engine {
             .ok_or_else(|| Error::Runtime(format!("no shard {shard}")))
     }
 
-    fn send(&self, shard: usize, req: Request) -> Result<()> {
+    pub(super) fn send(&self, shard: usize, req: Request) -> Result<()> {
         self.inbox(shard)?
             .send(req)
             .map_err(|_| Error::ShuttingDown)
     }
 
-    async fn send_async(&self, shard: usize, req: Request) -> Result<()> {
+    pub(super) async fn send_async(&self, shard: usize, req: Request) -> Result<()> {
         self.inbox(shard)?
             .send_async(req)
             .await
             .map_err(|_| Error::ShuttingDown)
-    }
-
-    /// One request to a shard and its reply, blocking.
-    pub(crate) fn ask<T>(&self, shard: usize, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
-        let (tx, rx) = flume::bounded(1);
-        self.send(shard, make(tx))?;
-        recv(rx)
     }
 
     /// One request to a shard and its reply, as a future.
@@ -575,493 +573,6 @@ impl Engine {
         Ok((route.name.clone(), *shard as usize))
     }
 
-    // ---------------------------------------------------------------- topic administration
-
-    pub fn create_topic(&self, name: &str, cfg: TopicConfig) -> Result<TopicInfo> {
-        config::validate_topic_name(name)?;
-        config::validate_topic_config(&cfg)?;
-        if cfg.encrypted && self.inner.keyring.is_none() {
-            return Err(Error::InvalidArgument(
-                "encrypted topics need an encryption key file (engine.encryption_key_file)".into(),
-            ));
-        }
-        let mut meta = self
-            .inner
-            .control
-            .lock()
-            .map_err(|_| Error::Runtime("poisoned".into()))?;
-        if meta.topics.contains_key(name) {
-            return Err(Error::TopicExists(name.to_string()));
-        }
-        let mut next = meta.clone();
-        let shards = next.place(cfg.partitions);
-        let id = next.next_topic_id;
-        next.next_topic_id += 1;
-        let t = TopicMeta {
-            id,
-            config: cfg.clone(),
-            shards: shards.clone(),
-            created_ms: batch::now_us() / 1000,
-        };
-        next.topics.insert(name.to_string(), t.clone());
-        metadata::store(&self.inner.config.data_dir, &next)?;
-        *meta = next;
-        let mut first_err = None;
-        for rx in self.open_partitions(name, &t)? {
-            if let Err(e) = recv(rx) {
-                first_err.get_or_insert(e);
-            }
-        }
-        if first_err.is_none()
-            && let Err(e) = self.open_queues(name, &t)
-        {
-            first_err = Some(e);
-        }
-        self.publish_routes(&meta);
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        Ok(TopicInfo {
-            name: name.to_string(),
-            id,
-            config: cfg,
-            shards,
-        })
-    }
-
-    /// Deletes a topic: producers and readers get `UnknownTopic` at once, then its files go.
-    pub fn delete_topic(&self, name: &str) -> Result<()> {
-        if name == crate::groups::OFFSETS_TOPIC {
-            return Err(Error::InvalidArgument(format!(
-                "'{name}' is internal (committed offsets)"
-            )));
-        }
-        let mut meta = self
-            .inner
-            .control
-            .lock()
-            .map_err(|_| Error::Runtime("poisoned".into()))?;
-        let Some(t) = meta.topics.get(name).cloned() else {
-            return Err(Error::UnknownTopic(name.to_string()));
-        };
-        let mut next = meta.clone();
-        next.topics.remove(name);
-        metadata::store(&self.inner.config.data_dir, &next)?;
-        *meta = next;
-        self.publish_routes(&meta);
-        let key: Arc<str> = Arc::from(name);
-        let mut rxs = Vec::new();
-        for (p, shard) in t.shards.iter().enumerate() {
-            let (tx, rx) = flume::bounded(1);
-            self.send(
-                *shard as usize,
-                Request::Close {
-                    key: (key.clone(), p as u32),
-                    delete: true,
-                    reply: tx,
-                },
-            )?;
-            rxs.push(rx);
-        }
-        for rx in rxs {
-            recv(rx)?;
-        }
-        let dir = metadata::topic_dir(&self.inner.config.data_dir, name, t.id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::io(dir.display(), e));
-            }
-            _ => {}
-        }
-        metadata::sync_dir(&self.inner.config.data_dir.join("topics"))
-    }
-
-    /// Every user topic (internal ones, such as `__offsets`, are left out; describe them by
-    /// name).
-    pub fn list_topics(&self) -> Vec<TopicInfo> {
-        let mut all = self.all_topics();
-        all.retain(|t| !crate::groups::is_internal(&t.name));
-        all
-    }
-
-    fn all_topics(&self) -> Vec<TopicInfo> {
-        let Ok(meta) = self.inner.control.lock() else {
-            return Vec::new();
-        };
-        meta.topics
-            .iter()
-            .map(|(n, t)| TopicInfo {
-                name: n.clone(),
-                id: t.id,
-                config: t.config.clone(),
-                shards: t.shards.clone(),
-            })
-            .collect()
-    }
-
-    pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
-        let info = self
-            .all_topics()
-            .into_iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
-        let mut partitions = Vec::with_capacity(info.shards.len());
-        for p in 0..info.shards.len() as u32 {
-            partitions.push(self.describe_partition(name, p)?);
-        }
-        Ok(TopicDescription { info, partitions })
-    }
-
-    pub fn describe_partition(&self, topic: &str, partition: u32) -> Result<PartitionInfo> {
-        let (name, shard) = self.locate(topic, partition)?;
-        self.ask(shard, |reply| Request::Describe {
-            key: (name, partition),
-            reply,
-        })
-    }
-
-    /// [`Engine::describe_partition`] as a future.
-    pub async fn describe_partition_async(
-        &self,
-        topic: &str,
-        partition: u32,
-    ) -> Result<PartitionInfo> {
-        let (name, shard) = self.locate(topic, partition)?;
-        self.ask_async(shard, |reply| Request::Describe {
-            key: (name, partition),
-            reply,
-        })
-        .await
-    }
-
-    /// Changes a topic's retention (persisted, applied by the next retention pass).
-    pub fn set_retention(&self, topic: &str, bytes: Option<u64>, ms: Option<u64>) -> Result<()> {
-        self.alter_retention(topic, |_| bytes, |_| ms).map(|_| ())
-    }
-
-    /// Changes a topic's retention from its current settings (read and written under the
-    /// control-plane lock, so concurrent changes do not lose each other's updates). Returns
-    /// the topic with its new settings.
-    pub fn alter_retention(
-        &self,
-        topic: &str,
-        bytes: impl FnOnce(Option<u64>) -> Option<u64>,
-        ms: impl FnOnce(Option<u64>) -> Option<u64>,
-    ) -> Result<TopicInfo> {
-        let mut meta = self
-            .inner
-            .control
-            .lock()
-            .map_err(|_| Error::Runtime("poisoned".into()))?;
-        let mut next = meta.clone();
-        let t = next
-            .topics
-            .get_mut(topic)
-            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
-        let (bytes, ms) = (bytes(t.config.retention_bytes), ms(t.config.retention_ms));
-        t.config.retention_bytes = bytes;
-        t.config.retention_ms = ms;
-        let info = TopicInfo {
-            name: topic.to_string(),
-            id: t.id,
-            config: t.config.clone(),
-            shards: t.shards.clone(),
-        };
-        let shards = t.shards.clone();
-        metadata::store(&self.inner.config.data_dir, &next)?;
-        *meta = next;
-        let name: Arc<str> = Arc::from(topic);
-        for (p, s) in shards.iter().enumerate() {
-            let (tx, rx) = flume::bounded(1);
-            self.send(
-                *s as usize,
-                Request::SetRetention {
-                    key: (name.clone(), p as u32),
-                    bytes,
-                    ms,
-                    reply: tx,
-                },
-            )?;
-            recv(rx)?;
-        }
-        Ok(info)
-    }
-
-    /// A copy of every shard's metrics (engine/src/metrics.rs), one request per shard; the
-    /// caller (a scrape thread) merges and encodes them. Must not be called on a shard thread.
-    pub fn metrics_snapshot(&self) -> Result<Vec<crate::metrics::ShardMetricsSnapshot>> {
-        let mut rxs = Vec::with_capacity(self.shard_count());
-        for s in 0..self.shard_count() {
-            let (tx, rx) = flume::bounded(1);
-            self.send(s, Request::Metrics { reply: tx })?;
-            rxs.push(rx);
-        }
-        let mut out: Vec<crate::metrics::ShardMetricsSnapshot> =
-            rxs.into_iter().map(recv).collect::<Result<_>>()?;
-        // Figures that join two owners, added here on the scrape thread (never on a shard).
-        crate::groups::admin::group_samples(self, &mut out);
-        crate::queue::dlq_samples(self, &mut out);
-        Ok(out)
-    }
-
-    pub fn shard_stats(&self) -> Result<Vec<ShardStats>> {
-        let mut out = Vec::new();
-        for s in 0..self.shard_count() {
-            let (tx, rx) = flume::bounded(1);
-            self.send(s, Request::Stats { reply: tx })?;
-            out.push(recv(rx)?);
-        }
-        Ok(out)
-    }
-
-    // ---------------------------------------------------------------------- data path
-
-    fn check_batch(&self, batch: &Bytes) -> Result<()> {
-        let max = self.inner.config.batch_bytes_max;
-        if batch.len() > max {
-            return Err(Error::BatchTooLarge {
-                bytes: batch.len(),
-                max,
-            });
-        }
-        batch::validate(batch).map(|_| ()).map_err(Error::from)
-    }
-
-    /// Appends a batch (validated here, on the caller's thread) and waits for the requested
-    /// acknowledgement. `Ok(None)` for `Acks::None`, which does not wait at all.
-    pub fn produce(
-        &self,
-        topic: &str,
-        partition: u32,
-        batch: Bytes,
-        acks: Acks,
-    ) -> Result<Option<ProduceAck>> {
-        self.check_batch(&batch)?;
-        let (name, shard) = self.locate(topic, partition)?;
-        if acks == Acks::None {
-            self.send(
-                shard,
-                Request::Produce {
-                    key: (name, partition),
-                    batch,
-                    acks,
-                    reply: None,
-                },
-            )?;
-            return Ok(None);
-        }
-        let (tx, rx) = flume::bounded(1);
-        self.send(
-            shard,
-            Request::Produce {
-                key: (name, partition),
-                batch,
-                acks,
-                reply: Some(tx),
-            },
-        )?;
-        recv(rx).map(Some)
-    }
-
-    /// [`Engine::produce`] as a future that any runtime can await. Validation runs now, on the
-    /// calling thread; the future only waits.
-    pub fn produce_async(
-        &self,
-        topic: &str,
-        partition: u32,
-        batch: Bytes,
-        acks: Acks,
-    ) -> impl Future<Output = Result<Option<ProduceAck>>> + Send + 'static {
-        let ready = self
-            .check_batch(&batch)
-            .and_then(|()| self.locate(topic, partition));
-        let engine = self.clone();
-        async move {
-            let (name, shard) = ready?;
-            if acks == Acks::None {
-                engine
-                    .send_async(
-                        shard,
-                        Request::Produce {
-                            key: (name, partition),
-                            batch,
-                            acks,
-                            reply: None,
-                        },
-                    )
-                    .await?;
-                return Ok(None);
-            }
-            let (tx, rx) = flume::bounded(1);
-            engine
-                .send_async(
-                    shard,
-                    Request::Produce {
-                        key: (name, partition),
-                        batch,
-                        acks,
-                        reply: Some(tx),
-                    },
-                )
-                .await?;
-            recv_async(rx).await.map(Some)
-        }
-    }
-
-    /// Enqueues a produce on the owning shard now, in call order, and returns a handle that
-    /// resolves to the acknowledgement. Callers that must keep per-partition order across
-    /// concurrent requests (the network server) await this in order and the acks in parallel.
-    /// Validation runs here, on the calling thread.
-    pub async fn submit_produce(
-        &self,
-        topic: &str,
-        partition: u32,
-        batch: Bytes,
-        acks: Acks,
-    ) -> Result<PendingAck> {
-        self.check_batch(&batch)?;
-        let (name, shard) = self.locate(topic, partition)?;
-        let key = (name, partition);
-        if acks == Acks::None {
-            self.send_async(
-                shard,
-                Request::Produce {
-                    key,
-                    batch,
-                    acks,
-                    reply: None,
-                },
-            )
-            .await?;
-            return Ok(PendingAck { rx: None });
-        }
-        let (tx, rx) = flume::bounded(1);
-        self.send_async(
-            shard,
-            Request::Produce {
-                key,
-                batch,
-                acks,
-                reply: Some(tx),
-            },
-        )
-        .await?;
-        Ok(PendingAck { rx: Some(rx) })
-    }
-
-    /// [`Engine::subscribe`] as a future (safe to await inside a shard). Returns the resolved
-    /// start offset with the subscription.
-    pub async fn subscribe_async(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: OffsetSpec,
-        max_bytes: usize,
-        capacity: usize,
-    ) -> Result<(u64, Subscription)> {
-        let offset = self.list_offset_async(topic, partition, from).await?;
-        let (name, shard) = self.locate(topic, partition)?;
-        let (stx, srx) = flume::bounded(capacity.max(1));
-        let (tx, rx) = flume::bounded(1);
-        let req = Request::Subscribe {
-            key: (name, partition),
-            from: offset,
-            max_bytes,
-            tx: stx,
-            reply: tx,
-        };
-        self.send_async(shard, req).await?;
-        recv_async(rx).await?;
-        Ok((offset, Subscription { rx: srx }))
-    }
-
-    /// [`Engine::list_offset`] as a future.
-    pub async fn list_offset_async(
-        &self,
-        topic: &str,
-        partition: u32,
-        spec: OffsetSpec,
-    ) -> Result<u64> {
-        let (name, shard) = self.locate(topic, partition)?;
-        self.ask_async(shard, |reply| Request::ListOffset {
-            key: (name, partition),
-            spec,
-            reply,
-        })
-        .await
-    }
-
-    fn fetch_request(
-        &self,
-        r: FetchRequest,
-    ) -> Result<(usize, Request, flume::Receiver<Result<FetchResponse>>)> {
-        let (name, shard) = self.locate(&r.topic, r.partition)?;
-        let (tx, rx) = flume::bounded(1);
-        let req = Request::Fetch {
-            key: (name, r.partition),
-            offset: r.offset,
-            max_bytes: r.max_bytes,
-            max_records: r.max_records,
-            max_wait: r.max_wait,
-            reply: tx,
-        };
-        Ok((shard, req, rx))
-    }
-
-    /// Reads whole batches from `offset` (long-polls up to `max_wait` when there is no data).
-    pub fn fetch(&self, r: FetchRequest) -> Result<FetchResponse> {
-        let (shard, req, rx) = self.fetch_request(r)?;
-        self.send(shard, req)?;
-        recv(rx)
-    }
-
-    pub fn fetch_async(
-        &self,
-        r: FetchRequest,
-    ) -> impl Future<Output = Result<FetchResponse>> + Send + 'static {
-        let ready = self.fetch_request(r);
-        let engine = self.clone();
-        async move {
-            let (shard, req, rx) = ready?;
-            engine.send_async(shard, req).await?;
-            recv_async(rx).await
-        }
-    }
-
-    /// Resolves an offset specification to an offset.
-    pub fn list_offset(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64> {
-        let (name, shard) = self.locate(topic, partition)?;
-        self.ask(shard, |reply| Request::ListOffset {
-            key: (name, partition),
-            spec,
-            reply,
-        })
-    }
-
-    /// Subscribes to a partition from `from`: batches are pushed as soon as they are written.
-    /// At most `capacity` responses (each up to `max_bytes`) wait unread; then the shard waits
-    /// for the subscriber, so a slow subscriber holds bounded memory.
-    pub fn subscribe(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: OffsetSpec,
-        max_bytes: usize,
-        capacity: usize,
-    ) -> Result<Subscription> {
-        let offset = self.list_offset(topic, partition, from)?;
-        let (name, shard) = self.locate(topic, partition)?;
-        let (stx, srx) = flume::bounded(capacity.max(1));
-        self.ask(shard, |reply| Request::Subscribe {
-            key: (name, partition),
-            from: offset,
-            max_bytes,
-            tx: stx,
-            reply,
-        })?;
-        Ok(Subscription { rx: srx })
-    }
-
     /// Runs `task` on shard `shard` (for code that must live inside a shard, e.g. listeners).
     /// The task does not keep the engine alive while it waits in the shard's inbox.
     pub fn run_on_shard(&self, shard: usize, task: ShardTask) -> Result<()> {
@@ -1077,21 +588,6 @@ impl Engine {
                 }
             })),
         )
-    }
-
-    /// Runs one retention pass on every shard now (admin tools and tests; shards also run
-    /// it every `retention_check_interval_ms`).
-    pub fn apply_retention_now(&self) -> Result<()> {
-        let mut rxs = Vec::new();
-        for s in 0..self.shard_count() {
-            let (tx, rx) = flume::bounded(1);
-            self.send(s, Request::ApplyRetention { reply: tx })?;
-            rxs.push(rx);
-        }
-        for rx in rxs {
-            recv(rx)?;
-        }
-        Ok(())
     }
 
     /// Flushes and syncs every partition, writes checkpoints, and stops the shards.

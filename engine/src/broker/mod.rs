@@ -6,6 +6,8 @@
 //! (`shard::ShardExtension`) and closures run on a shard (`shard::LocalTask`), and the queue
 //! code works through the shard-level primitives of `shard::LocalShard`.
 
+mod admin;
+mod data;
 pub mod engine;
 pub mod groups;
 pub mod queue;

@@ -237,7 +237,7 @@ impl Engine {
         target: ResetTarget,
         dry_run: bool,
     ) -> Result<Vec<OffsetReset>> {
-        futures_lite::future::block_on(
+        crate::broker::engine::block(
             self.reset_group_offsets_async(group, topic, partition, target, dry_run),
         )
     }

@@ -533,7 +533,7 @@ impl Engine {
         generation: u32,
         offsets: Vec<OffsetCommit>,
     ) -> Result<()> {
-        futures_lite::future::block_on(
+        crate::broker::engine::block(
             self.commit_offsets_async(group, topic, member_id, generation, offsets),
         )
     }

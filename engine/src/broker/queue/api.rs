@@ -8,23 +8,11 @@ use super::{
 };
 use crate::api::{Acks, TopicConfig, TopicInfo};
 use crate::batch::BatchBuilder;
-use crate::broker::engine::Engine;
+use crate::broker::engine::{Engine, block};
 use crate::error::{Error, Result};
 use crate::shard::{PartitionKey, Reply};
 
 impl Engine {
-    fn queue_ask<T>(
-        &self,
-        topic: &str,
-        partition: u32,
-        make: impl FnOnce(PartitionKey, Reply<T>) -> QueueRequest,
-    ) -> Result<T> {
-        let (name, shard) = self.locate(topic, partition)?;
-        self.ask(shard, |reply| {
-            super::request(make((name, partition), reply))
-        })
-    }
-
     async fn queue_ask_async<T>(
         &self,
         topic: &str,
@@ -76,11 +64,7 @@ impl Engine {
         partition: u32,
         options: ReceiveOptions,
     ) -> Result<Vec<QueueMessage>> {
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Receive {
-            key,
-            options,
-            reply,
-        })
+        block(self.queue_receive_async(topic, partition, options))
     }
 
     pub async fn queue_receive_async(
@@ -104,12 +88,7 @@ impl Engine {
         partition: u32,
         receipts: &[Receipt],
     ) -> Result<LeaseResults> {
-        let receipts = receipts.to_vec();
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Ack {
-            key,
-            receipts,
-            reply,
-        })
+        block(self.queue_ack_async(topic, partition, receipts.to_vec()))
     }
 
     pub async fn queue_ack_async(
@@ -134,13 +113,7 @@ impl Engine {
         receipts: &[Receipt],
         delay_ms: Option<u64>,
     ) -> Result<LeaseResults> {
-        let receipts = receipts.to_vec();
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Nack {
-            key,
-            receipts,
-            delay_ms,
-            reply,
-        })
+        block(self.queue_nack_async(topic, partition, receipts.to_vec(), delay_ms))
     }
 
     pub async fn queue_nack_async(
@@ -185,23 +158,17 @@ impl Engine {
         receipts: &[Receipt],
         visibility_ms: u64,
     ) -> Result<LeaseResults> {
-        let receipts = receipts.to_vec();
-        self.queue_ask(topic, partition, |key, reply| {
-            QueueRequest::ChangeVisibility {
-                key,
-                receipts,
-                visibility_ms,
-                reply,
-            }
-        })
+        block(self.queue_change_visibility_async(
+            topic,
+            partition,
+            receipts.to_vec(),
+            visibility_ms,
+        ))
     }
 
     /// Depth, in-flight count, oldest message age and counters of every partition.
     pub fn queue_stats(&self, topic: &str) -> Result<Vec<QueuePartitionStats>> {
-        let n = self.route(topic)?.shards.len() as u32;
-        (0..n)
-            .map(|p| self.queue_ask(topic, p, |key, reply| QueueRequest::Stats { key, reply }))
-            .collect()
+        block(self.queue_stats_async(topic))
     }
 
     pub async fn queue_stats_async(&self, topic: &str) -> Result<Vec<QueuePartitionStats>> {
@@ -233,11 +200,7 @@ impl Engine {
     }
 
     pub fn queue_peek(&self, topic: &str, partition: u32, max: usize) -> Result<Vec<QueueMessage>> {
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Peek {
-            key,
-            max,
-            reply,
-        })
+        block(self.queue_peek_async(topic, partition, max))
     }
 
     /// Moves up to `max` messages from a dead-letter queue back to the topic and partition they
@@ -269,7 +232,7 @@ impl Engine {
     }
 
     pub fn queue_redrive(&self, dlq: &str, max: usize) -> Result<u64> {
-        futures_lite::future::block_on(self.queue_redrive_async(dlq, max))
+        block(self.queue_redrive_async(dlq, max))
     }
 
     async fn redrive_one(&self, m: &QueueMessage) -> Result<()> {

@@ -127,6 +127,6 @@ impl Engine {
 
     /// [`Engine::queue_purge_async`], blocking.
     pub fn queue_purge(&self, topic: &str) -> Result<Vec<PurgedPartition>> {
-        futures_lite::future::block_on(self.queue_purge_async(topic))
+        crate::broker::engine::block(self.queue_purge_async(topic))
     }
 }
