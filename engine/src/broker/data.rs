@@ -243,3 +243,84 @@ impl Engine {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::TopicConfig;
+    use crate::config::EngineConfig;
+
+    fn open(dir: &std::path::Path) -> Engine {
+        let mut c = EngineConfig::with_data_dir(dir);
+        c.shards = 2;
+        c.pin_shards = false;
+        c.io_memory_bytes = 512 << 10;
+        Engine::open(c).unwrap()
+    }
+
+    /// What the shard task saw: offsets around the submit, the ack, a local fetch, and
+    /// whether `shard::current` told engines apart.
+    type Seen = (u64, u64, Option<ProduceAck>, usize, bool);
+
+    // Proves: on the shard that owns the partition, `submit_produce` appends in place: the
+    // partition's next offset has moved when the call returns, before the task yields once
+    // (through the inbox the shard's main loop would append only after that yield);
+    // `fetch_here` reads it back in place; `shard::current` is this engine's shard there, and
+    // nothing on a thread that is no shard or for another engine.
+    #[test]
+    fn a_request_on_the_owning_shard_skips_the_inbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = open(dir.path());
+        engine
+            .create_topic("t", TopicConfig::with_partitions(2))
+            .unwrap();
+        let owner = engine.shard_of("t", 1).unwrap();
+        assert!(shard::current(engine.inner.id).is_none(), "not on a shard");
+        let (tx, rx) = flume::bounded::<Result<Seen>>(1);
+        let batch = batch::batch_of_values(["a", "b", "c"]).unwrap();
+        engine
+            .run_on_shard(
+                owner,
+                Box::new(move |h| {
+                    crate::rt::spawn_local(async move {
+                        let r = async {
+                            let e = &h.engine;
+                            let other = shard::current(e.inner.id + 1_000_000).is_none();
+                            let local = shard::current(e.inner.id).expect("on this engine's shard");
+                            let p = local.partition(&(Arc::from("t"), 1))?;
+                            let before = p.watermarks().next_offset;
+                            let pending = e.submit_produce("t", 1, batch, Acks::Durable).await?;
+                            let after = p.watermarks().next_offset;
+                            let ack = pending.wait().await?;
+                            let read = e.fetch_here(FetchRequest::new("t", 1, 0)).await?;
+                            Ok((before, after, ack, read.records, other))
+                        }
+                        .await;
+                        let _ = tx.send(r);
+                    });
+                }),
+            )
+            .unwrap();
+        let (before, after, ack, records, other) =
+            rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+        assert_eq!((before, after), (0, 3), "appended before the task yielded");
+        assert_eq!(
+            ack,
+            Some(ProduceAck {
+                base_offset: 0,
+                last_offset: 2
+            })
+        );
+        assert_eq!(records, 3);
+        assert!(other, "another engine's id finds no current shard");
+        // The same partition from this thread goes through the inbox and sees the same log.
+        assert_eq!(
+            engine.fetch(FetchRequest::new("t", 1, 0)).unwrap().records,
+            3
+        );
+        engine.shutdown().unwrap();
+    }
+}
