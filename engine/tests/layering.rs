@@ -164,7 +164,10 @@ fn check_file(relative: &Path, source: &str) -> Vec<String> {
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|e| e.expect("directory entry").path())
+        .map(|e| {
+            e.map(|e| e.path())
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        })
         .collect();
     entries.sort();
     for path in entries {
@@ -192,8 +195,11 @@ fn no_module_imports_from_a_higher_layer() {
     let mut violations = Vec::new();
     let mut paths_seen = 0;
     for path in &files {
-        let source = std::fs::read_to_string(path).expect("readable source");
-        let relative = path.strip_prefix(&src).expect("under src");
+        let source = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let Ok(relative) = path.strip_prefix(&src) else {
+            panic!("{} is not under {}", path.display(), src.display());
+        };
         paths_seen += crate_paths(&source).len();
         violations.extend(check_file(relative, &source));
     }
