@@ -10,10 +10,11 @@ use std::future::Future;
 use bytes::Bytes;
 
 use super::engine::{Engine, PendingAck, Subscription, block};
+use crate::api::PartitionKey;
 use crate::api::{Acks, FetchRequest, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck};
 use crate::batch;
 use crate::error::{Error, Result};
-use crate::shard::{self, LocalShard, PartitionKey, Request};
+use crate::shard::{self, LocalShard, Request};
 
 impl Engine {
     fn check_batch(&self, batch: &Bytes) -> Result<()> {

@@ -16,11 +16,11 @@ use super::{
     Committed, Groups, OFFSETS_TOPIC, OffsetKey, Slot, encode_key, encode_value, now_ms,
     validate_group_name,
 };
+use crate::api::{Acks, OffsetSpec};
 use crate::batch::BatchBuilder;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{Sample, ShardMetricsSnapshot};
-use crate::shard::{Acks, OffsetSpec};
 
 /// Where a reset moves a group's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,12 @@ use super::{
     DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, LeaseResults, QueueConfig, QueueMessage,
     QueuePartitionStats, QueueRequest, Receipt, ReceiveOptions,
 };
+use crate::api::PartitionKey;
 use crate::api::{Acks, TopicConfig, TopicInfo};
 use crate::batch::BatchBuilder;
 use crate::broker::engine::{Engine, block};
 use crate::error::{Error, Result};
-use crate::shard::{PartitionKey, Reply};
+use crate::shard::Reply;
 
 impl Engine {
     async fn queue_ask_async<T>(

@@ -27,13 +27,14 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::api::{Acks, PartitionKey};
 use crate::batch::{self, BatchBuilder, BatchHeader, Header, Record};
 use crate::broker::engine::WeakEngine;
 use crate::error::{Error, Result};
 use crate::log::LogConfig;
 use crate::metrics::Sample;
 use crate::rt;
-use crate::shard::{Acks, LocalPartition, LocalShard, PartitionKey, Reply, ShardExtension};
+use crate::shard::{LocalPartition, LocalShard, Reply, ShardExtension};
 use crate::util::LocalNotify;
 use record::AckRecord;
 use state::{DeadReason, Known, QueueSettings, QueueState};

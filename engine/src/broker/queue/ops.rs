@@ -12,10 +12,11 @@ use std::rc::Rc;
 
 use super::{QueueCtx, QueueShard, fill, now_ms, partition_stats, queues, write_snapshot};
 use crate::api::queue::PurgedPartition;
+use crate::api::{Acks, PartitionKey};
 use crate::broker::engine::Engine;
 use crate::error::Result;
 use crate::metrics::{Sample, ShardMetricsSnapshot};
-use crate::shard::{Acks, LocalShard, PartitionKey};
+use crate::shard::LocalShard;
 
 pub(super) async fn purge(shard: &LocalShard, key: &PartitionKey) -> Result<PurgedPartition> {
     let q = queues(shard)?.get(key)?;
