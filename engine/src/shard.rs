@@ -204,7 +204,7 @@ impl LocalShard {
     /// applies to requests from other threads, applied to a caller on the shard itself).
     pub async fn wait_for_room(&self) {
         let s = &self.shard;
-        while s.unflushed.get() > s.cfg.unflushed_bytes_max_per_shard {
+        while s.unflushed.get() > s.cfg.unflushed_bytes_max_per_shard && !s.is_closing() {
             let seen = s.flushed.version();
             s.flushed.changed(seen).await;
         }

@@ -33,6 +33,15 @@ impl Engine {
         shard::current(self.inner.id).filter(|l| l.id() == shard)
     }
 
+    /// What the inbox answers once the engine or the shard is shutting down, for a caller
+    /// that skips the inbox.
+    fn check_open(&self, local: &LocalShard) -> Result<()> {
+        if local.is_closing() || self.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
     /// Enqueues a produce on the owning shard through its inbox; the receiver gets the ack
     /// (`None` for `Acks::None`).
     async fn enqueue_produce(
@@ -114,6 +123,7 @@ impl Engine {
             return self.enqueue_produce(shard, key, batch, acks).await;
         };
         local.wait_for_room().await;
+        self.check_open(&local)?;
         if acks == Acks::None {
             local.produce(key, batch, acks, None);
             return Ok(PendingAck { rx: None });
@@ -158,6 +168,7 @@ impl Engine {
         let (name, shard) = self.locate(&r.topic, r.partition)?;
         match self.local_shard(shard) {
             Some(local) => {
+                self.check_open(&local)?;
                 let key = (name, r.partition);
                 local
                     .fetch(&key, r.offset, r.max_bytes, r.max_records, r.max_wait)

@@ -477,8 +477,13 @@ impl Engine {
         Ok(&self.inner.semantics)
     }
 
+    /// `shutdown` was called (or the last handle dropped).
+    pub(super) fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
     pub(super) fn inbox(&self, shard: usize) -> Result<&flume::Sender<Request>> {
-        if self.inner.closed.load(Ordering::Acquire) {
+        if self.is_closed() {
             return Err(Error::ShuttingDown);
         }
         self.inner
