@@ -145,6 +145,15 @@ std::thread_local! {
     static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
 }
 
+/// Clears [`CURRENT`] when the shard's main loop ends.
+struct ClearCurrent;
+
+impl Drop for ClearCurrent {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.borrow_mut().take());
+    }
+}
+
 /// The shard running on the calling thread, if it belongs to the engine `owner` (a caller on
 /// its own shard then skips the inbox: no channel hop, no second task).
 pub fn current(owner: u64) -> Option<LocalShard> {
@@ -323,15 +332,6 @@ pub(crate) struct Shard {
     owner: u64,
     /// State of the layer above (the broker's work queues).
     extension: Rc<dyn ShardExtension>,
-}
-
-/// Clears [`CURRENT`] when the shard's main loop ends.
-struct ClearCurrent;
-
-impl Drop for ClearCurrent {
-    fn drop(&mut self) {
-        CURRENT.with(|c| c.borrow_mut().take());
-    }
 }
 
 fn now_ms() -> i64 {
