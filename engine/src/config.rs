@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::api::config::{QueueConfig, TopicConfig};
 use crate::error::{Error, Result};
 use crate::log::{LogConfig, SEGMENT_BYTES_MAX};
 
@@ -142,46 +143,6 @@ impl EngineConfig {
             cache_bytes: d.partition_cache_bytes,
             encryption: None,
             preallocate_bytes: d.preallocate_bytes,
-        }
-    }
-}
-
-/// Settings given when a topic is created.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct TopicConfig {
-    pub partitions: u32,
-    pub retention_bytes: Option<u64>,
-    pub retention_ms: Option<u64>,
-    pub segment_bytes: Option<u64>,
-    pub segment_ms: Option<u64>,
-    /// Work-queue settings; `None` for a plain (streaming) topic.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue: Option<crate::queue::QueueConfig>,
-    /// Seal batch bodies on disk with AES-256-GCM (needs `encryption_key_file`); fixed at
-    /// creation (crypto.rs, docs/storage.md "Encrypted batches").
-    pub encrypted: bool,
-}
-
-impl Default for TopicConfig {
-    fn default() -> Self {
-        TopicConfig {
-            partitions: 1,
-            retention_bytes: None,
-            retention_ms: None,
-            segment_bytes: None,
-            segment_ms: None,
-            queue: None,
-            encrypted: false,
-        }
-    }
-}
-
-impl TopicConfig {
-    pub fn with_partitions(partitions: u32) -> Self {
-        TopicConfig {
-            partitions,
-            ..Default::default()
         }
     }
 }

@@ -1,40 +1,43 @@
 //! Shardline's storage engine: topics split into partitions, each partition a segmented,
 //! append-only log owned by one shard (a glommio executor pinned to one core).
 //!
-//! Layers, bottom up (docs/architecture.md):
-//! - [`batch`]: the record-batch format (same bytes on the wire, on disk, in the cache);
-//! - [`storage`]: the narrow file trait the log is written against, and the crash-image backend;
-//! - [`log`]: one partition's log: append, group commit, reads, recovery, retention;
-//! - `rt`: the only module that touches glommio (executors, DMA files, timers);
-//! - [`shard`] and [`engine`]: shard state, request routing, and the embedding API;
-//! - [`queue`]: work queues on topics (leases, acks, dead letters, priorities, the ack log).
+//! Layers, bottom up; a module imports only from its own layer and the ones below it
+//! (docs/architecture.md, "Layers"; checked by `tests/layering.rs`):
+//! 0. [`batch`] (the record-batch format), [`api`] (the public API types), [`error`],
+//!    [`crypto`], [`util`];
+//! 1. [`storage`] (the narrow file trait and the crash-image backend), `rt` (the only module
+//!    that touches glommio), [`log`] (one partition's log), [`config`], [`metadata`],
+//!    [`producer_ids`], [`metrics`];
+//! 2. the partition core ([`idempotence`] and the partition state);
+//! 3. [`shard`]: the runtime shell (executor, inbox, timers, I/O jobs);
+//! 4. [`broker`]: the [`Engine`] handle and the messaging semantics ([`groups`], [`queue`]).
 
+pub mod api;
 pub mod batch;
+pub mod broker;
 pub mod config;
 pub mod crypto;
-pub mod engine;
 pub mod error;
-pub mod groups;
 pub mod idempotence;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
 pub mod producer_ids;
-pub mod queue;
 pub mod rt;
 pub mod shard;
 pub mod storage;
 pub mod util;
 
-pub use batch::{BatchBuilder, Header, Record};
-pub use config::{EngineConfig, TopicConfig};
-pub use engine::{
-    Engine, FetchRequest, PendingAck, Subscription, TopicDescription, TopicInfo, TopicRoute,
+pub use broker::{engine, groups, queue};
+
+pub use api::{
+    Acks, FetchRequest, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats,
+    TopicDescription, TopicInfo, TopicRoute,
 };
+pub use batch::{BatchBuilder, Header, Record};
+pub use broker::engine::{Engine, PendingAck, ShardHandle, ShardTask, Subscription};
+pub use config::{EngineConfig, TopicConfig};
 pub use error::{Error, Result};
 pub use queue::{
     LeaseError, QueueConfig, QueueMessage, QueuePartitionStats, Receipt, ReceiveOptions,
-};
-pub use shard::{
-    Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardHandle, ShardStats,
 };

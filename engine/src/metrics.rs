@@ -8,7 +8,8 @@
 //!
 //! Extending: a subsystem that lives on the shard (consumer groups, work queues) adds its
 //! figures without touching the wire format or the encoders: describe the family once in
-//! [`EXTRA_FAMILIES`] and push [`Sample`]s for it from `Shard::collect_samples` (shard.rs).
+//! [`EXTRA_FAMILIES`] and push [`Sample`]s for it from `Shard::collect_samples` (shard.rs) or from
+//! a shard extension's `collect_samples` (the broker's work queues).
 //! `shardline stats` prints every extra family, and `/metrics` exports it with its labels.
 
 use std::time::Duration;
@@ -170,7 +171,7 @@ impl Default for ShardMetrics {
 /// every partition it owns.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ShardMetricsSnapshot {
-    pub stats: crate::shard::ShardStats,
+    pub stats: crate::api::ShardStats,
     /// Bytes appended and not yet taken by a flush (write chunks in memory).
     pub unflushed_bytes: u64,
     /// Reads (fetches and subscription pushes) served from the in-memory cache.
@@ -183,7 +184,7 @@ pub struct ShardMetricsSnapshot {
     pub fsync_ns: HistogramSnapshot,
     pub flush_bytes: HistogramSnapshot,
     pub batch_bytes: HistogramSnapshot,
-    pub partitions: Vec<crate::shard::PartitionInfo>,
+    pub partitions: Vec<crate::api::PartitionInfo>,
     /// Figures of the families in [`EXTRA_FAMILIES`].
     pub samples: Vec<Sample>,
 }

@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::rc::Rc;
+#[cfg(test)]
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,101 +30,15 @@ use crate::util::LocalNotify;
 /// Reply channel of one request (bounded(1)).
 pub(crate) type Reply<T> = flume::Sender<Result<T>>;
 
-/// How much durability a producer waits for (docs/semantics.md, "Acknowledgements").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Acks {
-    /// No reply at all.
-    None,
-    /// Appended in order to the partition, in memory; survives nothing.
-    Leader,
-    /// Covered by fdatasync: survives a process crash and a power loss.
-    #[default]
-    Durable,
-}
-
-impl std::str::FromStr for Acks {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "none" => Ok(Acks::None),
-            "leader" => Ok(Acks::Leader),
-            "durable" => Ok(Acks::Durable),
-            _ => Err(Error::InvalidArgument(format!(
-                "acks must be none, leader or durable, not '{s}'"
-            ))),
-        }
-    }
-}
-
-/// Offsets assigned to a produced batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProduceAck {
-    pub base_offset: u64,
-    pub last_offset: u64,
-}
-
-/// Where to start reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OffsetSpec {
-    Earliest,
-    Latest,
-    /// First record with a timestamp at or after this (microseconds since the epoch).
-    Timestamp(i64),
-    At(u64),
-}
-
-/// Batches returned by a fetch or pushed to a subscription.
-#[derive(Debug, Clone, Default)]
-pub struct FetchResponse {
-    /// Consecutive whole batches; the first may start before the requested offset.
-    pub chunks: Vec<Bytes>,
-    pub records: usize,
-    pub bytes: usize,
-    /// Offset after the last returned record (where the next fetch should start).
-    pub next_offset: u64,
-    pub high_watermark: u64,
-    pub log_start: u64,
-}
-
-/// State of one partition, for describe/stats.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PartitionInfo {
-    pub topic: String,
-    pub partition: u32,
-    pub shard: usize,
-    pub log_start: u64,
-    pub high_watermark: u64,
-    pub durable_offset: u64,
-    pub next_offset: u64,
-    pub size_bytes: u64,
-    pub segments: usize,
-    pub cache_bytes: usize,
-    pub produced_records: u64,
-    pub produced_bytes: u64,
-    pub fetched_records: u64,
-    pub fetched_bytes: u64,
-    pub failure: Option<String>,
-}
-
-/// Per-shard counters.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ShardStats {
-    pub shard: usize,
-    pub partitions: usize,
-    pub cache_bytes: usize,
-    pub flushes: u64,
-    pub syncs: u64,
-    pub flushed_bytes: u64,
-}
-
-pub(crate) type PartitionKey = (Arc<str>, u32);
+pub(crate) use crate::api::PartitionKey;
+pub use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
 
 /// Requests handled back to back before the shard's main loop yields to I/O.
 const REQUESTS_PER_YIELD: u32 = 32;
 
-/// Code run on a shard on behalf of another crate (the network server's listeners).
-pub type ShardTask = Box<dyn FnOnce(ShardHandle) + Send>;
+/// Code run on a shard on behalf of a layer above (the broker's work queues, the network
+/// server's listeners): it gets the shard's local primitives.
+pub type LocalTask = Box<dyn FnOnce(&LocalShard) + Send>;
 
 pub(crate) enum Request {
     Open {
@@ -182,18 +97,188 @@ pub(crate) enum Request {
     ApplyRetention {
         reply: Reply<()>,
     },
-    Run(ShardTask),
-    /// Work-queue requests (engine/src/queue/).
-    Queue(crate::queue::QueueRequest),
+    Run(LocalTask),
     Shutdown {
         reply: Reply<()>,
     },
 }
 
-/// What a [`ShardTask`] gets: its shard's id and a way to reach the whole engine.
-pub struct ShardHandle {
-    pub shard: usize,
-    pub engine: crate::engine::Engine,
+// ---------------------------------------------------------------------------------------------
+// The extension point: what the layer above installs on a shard and what it may use there
+// ---------------------------------------------------------------------------------------------
+
+/// State a layer above keeps on each shard (the broker's work queues), installed when the shard
+/// starts. The shard calls these hooks and knows nothing else about it.
+pub trait ShardExtension: 'static {
+    /// Before a metrics scrape is taken: bring the extension's figures up to date.
+    fn refresh_for_metrics<'a>(
+        &'a self,
+        shard: &'a LocalShard,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+    /// The extension's samples of the generic families (`metrics::EXTRA_FAMILIES`).
+    fn collect_samples(&self, shard: &LocalShard, out: &mut Vec<Sample>);
+    /// The partition `key` is being deleted (its topic was): drop what depends on it.
+    fn partition_deleted(&self, shard: &LocalShard, key: &PartitionKey);
+    /// For [`LocalShard::extension`].
+    fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any>;
+}
+
+/// An extension that does nothing (a shard started without one).
+pub struct NoExtension;
+
+impl ShardExtension for NoExtension {
+    fn refresh_for_metrics<'a>(
+        &'a self,
+        _: &'a LocalShard,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>> {
+        Box::pin(std::future::ready(()))
+    }
+    fn collect_samples(&self, _: &LocalShard, _: &mut Vec<Sample>) {}
+    fn partition_deleted(&self, _: &LocalShard, _: &PartitionKey) {}
+    fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any> {
+        self
+    }
+}
+
+std::thread_local! {
+    /// The shard running on this thread (set by `Shard::run`), for [`current`].
+    static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// Clears [`CURRENT`] when the shard's main loop ends.
+struct ClearCurrent;
+
+impl Drop for ClearCurrent {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// The shard running on the calling thread, if it belongs to the engine `owner` (a caller on
+/// its own shard then skips the inbox: no channel hop, no second task).
+pub fn current(owner: u64) -> Option<LocalShard> {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|s| s.owner == owner)
+            .map(|s| LocalShard { shard: s.clone() })
+    })
+}
+
+/// The primitives of one shard for code running on it: local produce, read and wait on the
+/// partitions it owns. Not `Send`: it never leaves the shard's thread.
+#[derive(Clone)]
+pub struct LocalShard {
+    shard: Rc<Shard>,
+}
+
+/// One partition of the calling shard.
+#[derive(Clone)]
+pub struct LocalPartition {
+    p: Rc<Partition>,
+}
+
+impl LocalShard {
+    pub fn id(&self) -> usize {
+        self.shard.id
+    }
+
+    /// The shard is shutting down: long-running tasks should end.
+    pub fn is_closing(&self) -> bool {
+        self.shard.is_closing()
+    }
+
+    /// The extension installed at start, if it is a `T`.
+    pub fn extension<T: 'static>(&self) -> Option<Rc<T>> {
+        self.shard.extension.clone().into_any().downcast::<T>().ok()
+    }
+
+    pub fn partition(&self, key: &PartitionKey) -> Result<LocalPartition> {
+        self.shard.partition(key).map(|p| LocalPartition { p })
+    }
+
+    /// Appends a batch now, in call order; `reply` (if any) gets the acknowledgement at the
+    /// level `acks` asks for.
+    pub(crate) fn produce(
+        &self,
+        key: PartitionKey,
+        batch: Bytes,
+        acks: Acks,
+        reply: Option<Reply<ProduceAck>>,
+    ) {
+        self.shard.produce(key, batch, acks, reply);
+    }
+
+    /// Waits while the shard holds more unwritten bytes than allowed (the bound the inbox
+    /// applies to requests from other threads, applied to a caller on the shard itself).
+    pub async fn wait_for_room(&self) {
+        let s = &self.shard;
+        while s.unflushed.get() > s.cfg.unflushed_bytes_max_per_shard && !s.is_closing() {
+            let seen = s.flushed.version();
+            s.flushed.changed(seen).await;
+        }
+    }
+
+    /// Reads whole batches from `offset`, waiting up to `max_wait` for data.
+    pub async fn fetch(
+        &self,
+        key: &PartitionKey,
+        offset: u64,
+        max_bytes: usize,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<FetchResponse> {
+        let p = self.shard.partition(key)?;
+        fetch(&p, offset, max_bytes, max_records, max_wait).await
+    }
+
+    /// Opens (recovers) a partition log on this shard under `key`.
+    pub async fn open_partition(
+        &self,
+        key: PartitionKey,
+        dir: PathBuf,
+        config: LogConfig,
+    ) -> Result<RecoveryReport> {
+        let (tx, rx) = flume::bounded(1);
+        self.shard.clone().open(key, dir, config, tx).await;
+        rx.recv_async().await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Closes a partition and forgets it (its files are the caller's to remove).
+    pub fn delete_partition(&self, key: PartitionKey) {
+        let (tx, _rx) = flume::bounded(1);
+        rt::spawn_local(self.shard.clone().close(key, true, tx));
+    }
+}
+
+impl LocalPartition {
+    pub fn key(&self) -> &PartitionKey {
+        &self.p.key
+    }
+
+    pub fn watermarks(&self) -> Watermarks {
+        self.p.log.borrow().watermarks()
+    }
+
+    /// The partition's change counter: pass it to [`LocalPartition::changed`].
+    pub fn version(&self) -> u64 {
+        self.p.notify.version()
+    }
+
+    /// Resolves once the high watermark moved (or the partition closed) after `seen`.
+    pub async fn changed(&self, seen: u64) {
+        self.p.notify.changed(seen).await;
+    }
+
+    /// One read from `offset` without waiting (from the cache when recent).
+    pub async fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_records: usize,
+    ) -> Result<FetchResponse> {
+        read_once(&self.p, offset, max_bytes, max_records).await
+    }
 }
 
 struct Waiter {
@@ -243,8 +328,10 @@ pub(crate) struct Shard {
     stats: RefCell<ShardStats>,
     metrics: RefCell<ShardMetrics>,
     closing: Cell<bool>,
-    engine: crate::engine::WeakEngine,
-    pub(crate) queues: crate::queue::ShardQueues,
+    /// Which engine this shard belongs to (`current`).
+    owner: u64,
+    /// State of the layer above (the broker's work queues).
+    extension: Rc<dyn ShardExtension>,
 }
 
 fn now_ms() -> i64 {
@@ -281,7 +368,12 @@ fn copy_error(e: &Error) -> Error {
 }
 
 impl Shard {
-    pub(crate) fn new(id: usize, cfg: EngineConfig, engine: crate::engine::WeakEngine) -> Rc<Self> {
+    pub(crate) fn new(
+        id: usize,
+        cfg: EngineConfig,
+        owner: u64,
+        extension: Rc<dyn ShardExtension>,
+    ) -> Rc<Self> {
         Rc::new(Shard {
             id,
             closed_partitions: RefCell::new(Vec::new()),
@@ -296,8 +388,8 @@ impl Shard {
             }),
             metrics: RefCell::new(ShardMetrics::default()),
             closing: Cell::new(false),
-            engine,
-            queues: crate::queue::ShardQueues::default(),
+            owner,
+            extension,
         })
     }
 
@@ -307,6 +399,8 @@ impl Shard {
             tracing::warn!(shard = self.id, error = %e, "direct I/O probe failed");
         }
         rt::spawn_local(self.clone().retention_loop());
+        CURRENT.with(|c| *c.borrow_mut() = Some(self.clone()));
+        let _current = ClearCurrent;
         let mut handled = 0u32;
         while let Ok(req) = rx.recv_async().await {
             if let Request::Shutdown { reply } = req {
@@ -358,8 +452,10 @@ impl Shard {
         self.closing.get()
     }
 
-    pub(crate) fn engine(&self) -> Option<crate::engine::Engine> {
-        self.engine.upgrade()
+    fn local(self: &Rc<Self>) -> LocalShard {
+        LocalShard {
+            shard: self.clone(),
+        }
     }
 
     pub(crate) fn partition(&self, key: &PartitionKey) -> Result<Rc<Partition>> {
@@ -384,6 +480,9 @@ impl Shard {
                 rt::spawn_local(self.clone().open(key, dir, config, reply));
             }
             Request::Close { key, delete, reply } => {
+                if delete {
+                    self.extension.partition_deleted(&self.local(), &key);
+                }
                 rt::spawn_local(self.clone().close(key, delete, reply));
             }
             Request::SetRetention {
@@ -451,8 +550,13 @@ impl Shard {
             Request::Metrics { reply } => {
                 let shard = self.clone();
                 rt::spawn_local(async move {
-                    crate::queue::refresh_for_metrics(&shard).await;
-                    let _ = reply.send(Ok(shard.metrics_snapshot()));
+                    let local = shard.local();
+                    shard.extension.refresh_for_metrics(&local).await;
+                    let mut snapshot = shard.metrics_snapshot();
+                    shard
+                        .extension
+                        .collect_samples(&local, &mut snapshot.samples);
+                    let _ = reply.send(Ok(snapshot));
                 });
             }
             Request::ApplyRetention { reply } => {
@@ -462,15 +566,7 @@ impl Shard {
                     let _ = reply.send(Ok(()));
                 });
             }
-            Request::Run(task) => {
-                if let Some(engine) = self.engine.upgrade() {
-                    task(ShardHandle {
-                        shard: self.id,
-                        engine,
-                    });
-                }
-            }
-            Request::Queue(q) => crate::queue::handle(self, q),
+            Request::Run(task) => task(&self.local()),
             Request::Shutdown { .. } => {}
         }
     }
@@ -512,7 +608,6 @@ impl Shard {
                 value: i64::try_from(p.segments).unwrap_or(i64::MAX),
             });
         }
-        crate::queue::collect_samples(self, out);
     }
 
     fn describe(&self, p: &Partition) -> PartitionInfo {
@@ -595,9 +690,6 @@ impl Shard {
     }
 
     pub(crate) async fn close(self: Rc<Self>, key: PartitionKey, delete: bool, reply: Reply<()>) {
-        if delete {
-            self.queues.remove(&self, &key);
-        }
         let Some(p) = self.partitions.borrow_mut().remove(&key) else {
             let _ = reply.send(Ok(()));
             return;

@@ -231,22 +231,39 @@ fn long_poll_and_subscription_see_new_batches_promptly() {
     let sub = e
         .subscribe("t", 0, OffsetSpec::Earliest, 1 << 20, 4)
         .unwrap();
-    let poller = {
-        let e = e.clone();
-        std::thread::spawn(move || {
-            let req = FetchRequest {
-                max_wait: Duration::from_secs(10),
-                ..FetchRequest::new("t", 0, 0)
-            };
-            let t0 = Instant::now();
-            let r = e.fetch(req).unwrap();
-            (r.records, t0.elapsed())
-        })
-    };
-    std::thread::sleep(Duration::from_millis(50));
+    // The long poll runs on the partition's shard, where the test can see it park: its first
+    // poll reads nothing and waits on the partition. Only then is the batch produced, so the
+    // poll must be woken by the data (no sleep to order the two).
+    let (parked_tx, parked_rx) = flume::bounded(1);
+    let (done_tx, done_rx) = flume::bounded(1);
+    e.run_on_shard(
+        e.shard_of("t", 0).unwrap(),
+        Box::new(move |h| {
+            shardline_engine::rt::spawn_local(async move {
+                let req = FetchRequest {
+                    max_wait: Duration::from_secs(10),
+                    ..FetchRequest::new("t", 0, 0)
+                };
+                let t0 = Instant::now();
+                let mut poll = std::pin::pin!(h.engine.fetch_here(req));
+                let parked = futures_lite::future::poll_once(poll.as_mut())
+                    .await
+                    .is_none();
+                let _ = parked_tx.send(parked);
+                let r = poll.await.map(|r| r.records);
+                let _ = done_tx.send((r, t0.elapsed()));
+            });
+        }),
+    )
+    .unwrap();
+    assert!(
+        parked_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        "the long poll waits for data"
+    );
     e.produce("t", 0, values_batch("x", 2), Acks::Leader)
         .unwrap();
-    let (records, waited) = poller.join().unwrap();
+    let (records, waited) = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let records = records.unwrap();
     assert_eq!(records, 2);
     assert!(
         waited < Duration::from_secs(5),

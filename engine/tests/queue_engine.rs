@@ -301,3 +301,29 @@ fn ack_log_compaction_keeps_the_state() {
     assert!(got.iter().all(|m| m.attempt == 2));
     e.shutdown().unwrap();
 }
+
+// Proves: deleting a queue topic drops its queue state on the shard and closes its ack log
+// (the broker's hook on the shard, `ShardExtension::partition_deleted`): the same name can be
+// created again as a queue at once, and it starts empty: no lease, count or message of the
+// deleted one survives.
+#[test]
+fn a_deleted_queue_can_be_created_again_and_starts_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(dir.path())).unwrap();
+    e.create_queue("jobs", queue(None, 1)).unwrap();
+    produce(&e, "jobs", &[("old-a", None), ("old-b", None)]);
+    let got = receive(&e, "jobs", 1);
+    assert_eq!(got.len(), 1);
+    e.queue_ack("jobs", 0, &[got[0].receipt()]).unwrap();
+    e.delete_topic("jobs").unwrap();
+    assert!(e.queue_stats("jobs").is_err(), "gone with its topic");
+
+    e.create_queue("jobs", queue(None, 1)).unwrap();
+    let stats = &e.queue_stats("jobs").unwrap()[0];
+    assert_eq!((stats.depth, stats.acked, stats.ack_floor), (0, 0, 0));
+    produce(&e, "jobs", &[("new", None)]);
+    let got = receive(&e, "jobs", 10);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].value.as_slice(), got[0].attempt), (&b"new"[..], 1));
+    e.shutdown().unwrap();
+}

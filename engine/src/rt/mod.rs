@@ -1,13 +1,16 @@
 //! The runtime seam: the only module that imports glommio (docs/architecture.md, "Runtime seam").
 //! Executors pinned to cores, local task spawning, timers, and [`DmaStorage`] (O_DIRECT files on
-//! io_uring). A move to another io_uring runtime touches this module only.
+//! io_uring). A move to another io_uring runtime touches this module only. [`StdFs`] is the
+//! blocking `std::fs` backend of the same storage trait, for the engine handle's threads.
 
 mod dma;
+pub mod std_fs;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use dma::{DmaStorage, dma_alignment_ok};
+pub use std_fs::StdFs;
 
 /// TCP for the network server, re-exported through the seam (so `net` never names glommio).
 /// Listeners bind with SO_REUSEPORT: every shard may listen on the same address and the kernel

@@ -10,30 +10,20 @@
 
 use std::rc::Rc;
 
-use serde::Serialize;
-
-use super::{QueueCtx, fill, now_ms, partition_stats, write_snapshot};
-use crate::engine::Engine;
+use super::{QueueCtx, QueueShard, fill, now_ms, partition_stats, queues, write_snapshot};
+use crate::api::queue::PurgedPartition;
+use crate::api::{Acks, PartitionKey};
+use crate::broker::engine::Engine;
 use crate::error::Result;
 use crate::metrics::{Sample, ShardMetricsSnapshot};
-use crate::shard::{Acks, PartitionKey, Shard};
+use crate::shard::LocalShard;
 
-/// What a purge did to one partition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct PurgedPartition {
-    pub partition: u32,
-    /// Messages discarded (not yet acked or dead-lettered when the purge ran).
-    pub purged: u64,
-    /// Every offset below this is done now; messages from here on are delivered as usual.
-    pub purged_until: u64,
-}
-
-pub(super) async fn purge(shard: &Rc<Shard>, key: &PartitionKey) -> Result<PurgedPartition> {
-    let q = shard.queues.get(key)?;
+pub(super) async fn purge(shard: &LocalShard, key: &PartitionKey) -> Result<PurgedPartition> {
+    let q = queues(shard)?.get(key)?;
     let p = shard.partition(key)?;
     // No await between reading the end and writing the snapshot: the snapshot is exactly the
     // purged state, appended after every ack-log record that preceded the purge.
-    let end = p.log.borrow().watermarks().written_offset;
+    let end = p.watermarks().written_offset;
     let purged = q.state.borrow_mut().purge(end);
     q.counters.purged.set(q.counters.purged.get() + purged);
     write_snapshot(shard, &q, Acks::Durable).await?;
@@ -47,8 +37,8 @@ pub(super) async fn purge(shard: &Rc<Shard>, key: &PartitionKey) -> Result<Purge
 
 /// Brings every queue window of the shard up to the log end before a scrape, so that depth
 /// and oldest age are as exact as a QueueStats answer. Bounded like any fill.
-pub(crate) async fn refresh_for_metrics(shard: &Rc<Shard>) {
-    let queues: Vec<Rc<QueueCtx>> = shard.queues.map.borrow().values().cloned().collect();
+pub(super) async fn refresh_for_metrics(qs: &QueueShard, shard: &LocalShard) {
+    let queues: Vec<Rc<QueueCtx>> = qs.map.borrow().values().cloned().collect();
     for q in queues {
         if let Err(e) = fill(shard, &q).await {
             tracing::debug!(topic = %q.key.0, partition = q.key.1, error = %e, "queue fill before a scrape failed");
@@ -57,9 +47,9 @@ pub(crate) async fn refresh_for_metrics(shard: &Rc<Shard>) {
 }
 
 /// The queue families of every queue partition this shard owns (no lock, no I/O).
-pub(crate) fn collect_samples(shard: &Shard, out: &mut Vec<Sample>) {
+pub(super) fn collect_samples(qs: &QueueShard, shard: &LocalShard, out: &mut Vec<Sample>) {
     let now = now_ms();
-    let mut queues: Vec<Rc<QueueCtx>> = shard.queues.map.borrow().values().cloned().collect();
+    let mut queues: Vec<Rc<QueueCtx>> = qs.map.borrow().values().cloned().collect();
     queues.sort_by(|a, b| a.key.cmp(&b.key));
     for q in queues {
         let Ok(p) = shard.partition(&q.key) else {
@@ -125,7 +115,7 @@ impl Engine {
             let (name, shard) = self.locate(topic, partition)?;
             let r = self
                 .ask_async(shard, |reply| {
-                    crate::shard::Request::Queue(super::QueueRequest::Purge {
+                    super::request(super::QueueRequest::Purge {
                         key: (name, partition),
                         reply,
                     })
@@ -138,6 +128,6 @@ impl Engine {
 
     /// [`Engine::queue_purge_async`], blocking.
     pub fn queue_purge(&self, topic: &str) -> Result<Vec<PurgedPartition>> {
-        futures_lite::future::block_on(self.queue_purge_async(topic))
+        crate::broker::engine::block(self.queue_purge_async(topic))
     }
 }

@@ -21,42 +21,39 @@ mod ops;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-
+use crate::api::{Acks, PartitionKey};
 use crate::batch::{self, BatchBuilder, BatchHeader, Header, Record};
+use crate::broker::engine::WeakEngine;
 use crate::error::{Error, Result};
 use crate::log::LogConfig;
+use crate::metrics::Sample;
 use crate::rt;
-use crate::shard::{Acks, Partition, PartitionKey, Reply, Shard};
+use crate::shard::{LocalPartition, LocalShard, Reply, ShardExtension};
 use crate::util::LocalNotify;
 use record::AckRecord;
 use state::{DeadReason, Known, QueueSettings, QueueState};
 
-pub use api::{LeaseResults, QueueMessage, QueuePartitionStats, ReceiveOptions};
-pub use ops::PurgedPartition;
-pub(crate) use ops::{collect_samples, dlq_samples, refresh_for_metrics};
-pub use state::{LeaseError, PRIORITY_LEVELS_MAX, PRIORITY_WEIGHT_RATIO, Receipt};
+pub use crate::api::config::{QueueConfig, VISIBILITY_TIMEOUT_MS_MAX};
+pub use crate::api::queue::{
+    DLQ_DELIVERIES_HEADER, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
+    DLQ_TOPIC_HEADER, LeaseError, LeaseResults, PRIORITY_HEADER, PurgedPartition, QueueMessage,
+    QueuePartitionStats, Receipt, ReceiveOptions,
+};
+pub(crate) use ops::dlq_samples;
+pub use state::{PRIORITY_LEVELS_MAX, PRIORITY_WEIGHT_RATIO};
 
-/// Header a producer sets to give a message a priority: ASCII decimal, 0 = lowest.
-pub const PRIORITY_HEADER: &str = "priority";
-/// Headers the dead-letter queue adds to the original ones.
-pub const DLQ_REASON_HEADER: &str = "x-dlq-reason";
-pub const DLQ_DELIVERIES_HEADER: &str = "x-dlq-delivery-count";
-pub const DLQ_TOPIC_HEADER: &str = "x-dlq-original-topic";
-pub const DLQ_PARTITION_HEADER: &str = "x-dlq-original-partition";
-pub const DLQ_OFFSET_HEADER: &str = "x-dlq-original-offset";
 /// Subdirectory of a queue partition's directory holding its ack log.
 pub const ACK_LOG_DIR: &str = "queue-acks";
 /// Messages one receive may lease.
 pub const RECEIVE_MESSAGES_MAX: usize = 10_000;
 /// Longest receive long-poll.
 pub const RECEIVE_WAIT_MAX: Duration = Duration::from_secs(60);
-/// Longest visibility timeout.
-pub const VISIBILITY_TIMEOUT_MS_MAX: u64 = 12 * 3600 * 1000;
 
 /// Ack-log segment size: the topic's, within these bounds. A snapshot is one batch and can be
 /// larger than a segment (a full window of not-done messages plus the facts learned since the
@@ -74,69 +71,15 @@ const TICK_MAX: Duration = Duration::from_secs(1);
 const SCAN_BYTES_MAX: usize = 1 << 20;
 const DEAD_LETTER_BATCH_MAX: usize = 64;
 
-/// Work-queue settings of a topic (persisted in the metadata file with the topic).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueConfig {
-    /// How long a received message stays invisible to other consumers unless acked.
-    pub visibility_timeout_ms: u64,
-    /// Deliveries before a message goes to the dead-letter topic (at least 1).
-    pub max_deliveries: u32,
-    /// Redelivery delay after the first failed delivery; doubles per delivery.
-    pub backoff_base_ms: u64,
-    pub backoff_max_ms: u64,
-    /// Where messages go after `max_deliveries`; `None` drops them (counted).
-    pub dead_letter_topic: Option<String>,
-    /// 1..=10; a message's level is its `priority` header, higher first.
-    pub priority_levels: u8,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        QueueConfig {
-            visibility_timeout_ms: 30_000,
-            max_deliveries: 5,
-            backoff_base_ms: 1_000,
-            backoff_max_ms: 60_000,
-            dead_letter_topic: None,
-            priority_levels: 1,
-        }
-    }
-}
-
-impl QueueConfig {
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidArgument(m));
-        if self.max_deliveries == 0 {
-            return bad("max_deliveries must be at least 1".into());
-        }
-        if !(1..=PRIORITY_LEVELS_MAX).contains(&self.priority_levels) {
-            return bad(format!(
-                "priority_levels must be 1..={PRIORITY_LEVELS_MAX}, got {}",
-                self.priority_levels
-            ));
-        }
-        if self.visibility_timeout_ms == 0 || self.visibility_timeout_ms > VISIBILITY_TIMEOUT_MS_MAX
-        {
-            return bad(format!(
-                "visibility_timeout_ms must be 1..={VISIBILITY_TIMEOUT_MS_MAX}"
-            ));
-        }
-        if self.backoff_base_ms > self.backoff_max_ms {
-            return bad("backoff_base_ms exceeds backoff_max_ms".into());
-        }
-        Ok(())
-    }
-
-    fn settings(&self) -> QueueSettings {
-        QueueSettings {
-            visibility_timeout_ms: self.visibility_timeout_ms,
-            max_deliveries: self.max_deliveries,
-            backoff_base_ms: self.backoff_base_ms,
-            backoff_max_ms: self.backoff_max_ms,
-            priority_levels: self.priority_levels,
-            window_max: WINDOW_MAX,
-        }
+/// The state machine's settings of a queue.
+fn settings(c: &QueueConfig) -> QueueSettings {
+    QueueSettings {
+        visibility_timeout_ms: c.visibility_timeout_ms,
+        max_deliveries: c.max_deliveries,
+        backoff_base_ms: c.backoff_base_ms,
+        backoff_max_ms: c.backoff_max_ms,
+        priority_levels: c.priority_levels,
+        window_max: WINDOW_MAX,
     }
 }
 
@@ -207,10 +150,13 @@ pub(crate) enum QueueRequest {
     },
 }
 
-/// The queues of one shard.
-#[derive(Default)]
-pub(crate) struct ShardQueues {
+/// The queues of one shard: the broker's extension of the shard (`shard::ShardExtension`),
+/// installed when the shard starts.
+pub(crate) struct QueueShard {
     map: RefCell<HashMap<PartitionKey, Rc<QueueCtx>>>,
+    /// The engine, for dead-lettering to a topic of another shard (weak: the shards never keep
+    /// the engine alive).
+    engine: WeakEngine,
 }
 
 #[derive(Default)]
@@ -251,7 +197,20 @@ fn not_a_queue(key: &PartitionKey) -> Error {
     Error::NotAQueue(key.0.to_string())
 }
 
-impl ShardQueues {
+/// The queues of the calling shard.
+fn queues(shard: &LocalShard) -> Result<Rc<QueueShard>> {
+    // Every shard the engine starts has one; a shard without is shutting down.
+    shard.extension::<QueueShard>().ok_or(Error::ShuttingDown)
+}
+
+impl QueueShard {
+    pub(crate) fn new(engine: WeakEngine) -> Self {
+        QueueShard {
+            map: RefCell::new(HashMap::new()),
+            engine,
+        }
+    }
+
     fn get(&self, key: &PartitionKey) -> Result<Rc<QueueCtx>> {
         self.map
             .borrow()
@@ -259,20 +218,41 @@ impl ShardQueues {
             .cloned()
             .ok_or_else(|| not_a_queue(key))
     }
+}
+
+impl ShardExtension for QueueShard {
+    fn refresh_for_metrics<'a>(
+        &'a self,
+        shard: &'a LocalShard,
+    ) -> Pin<Box<dyn Future<Output = ()> + 'a>> {
+        Box::pin(ops::refresh_for_metrics(self, shard))
+    }
+
+    fn collect_samples(&self, shard: &LocalShard, out: &mut Vec<Sample>) {
+        ops::collect_samples(self, shard, out);
+    }
 
     /// Drops a queue (its topic was deleted) and closes its ack log.
-    pub(crate) fn remove(&self, shard: &Rc<Shard>, key: &PartitionKey) {
+    fn partition_deleted(&self, shard: &LocalShard, key: &PartitionKey) {
         if let Some(q) = self.map.borrow_mut().remove(key) {
             q.closed.set(true);
             q.changed.notify_all();
-            let (tx, _rx) = flume::bounded(1);
-            rt::spawn_local(shard.clone().close(q.ack_key.clone(), true, tx));
+            shard.delete_partition(q.ack_key.clone());
         }
+    }
+
+    fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any> {
+        self
     }
 }
 
-/// Entry point from `Shard::handle`.
-pub(crate) fn handle(shard: &Rc<Shard>, req: QueueRequest) {
+/// A queue request as a shard request: a task run on the owning shard.
+pub(crate) fn request(req: QueueRequest) -> crate::shard::Request {
+    crate::shard::Request::Run(Box::new(move |shard: &LocalShard| handle(shard, req)))
+}
+
+/// Runs a queue request on the shard that owns its partition (sent as a `shard::LocalTask`).
+pub(crate) fn handle(shard: &LocalShard, req: QueueRequest) {
     let s = shard.clone();
     match req {
         QueueRequest::Open {
@@ -313,7 +293,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, req: QueueRequest) {
             visibility_ms,
             reply,
         } => {
-            let r = shard.queues.get(&key).map(|q| {
+            let r = queues(shard).and_then(|qs| qs.get(&key)).map(|q| {
                 let now = now_ms();
                 let mut st = q.state.borrow_mut();
                 receipts
@@ -338,7 +318,7 @@ pub(crate) fn handle(shard: &Rc<Shard>, req: QueueRequest) {
 // ---------------------------------------------------------------------------- open and replay
 
 async fn open(
-    shard: &Rc<Shard>,
+    shard: &LocalShard,
     key: PartitionKey,
     config: QueueConfig,
     dir: PathBuf,
@@ -347,20 +327,17 @@ async fn open(
     config.validate()?;
     let p = shard.partition(&key)?;
     let ack_key = ack_key(&key);
-    if shard.queues.map.borrow().contains_key(&key) {
+    if queues(shard)?.map.borrow().contains_key(&key) {
         return Ok(());
     }
-    let (tx, rx) = flume::bounded(1);
     let ack_config = ack_log_config(&log);
     let snapshot_every_bytes = (ack_config.segment_bytes / 4) as usize;
     shard
-        .clone()
-        .open(ack_key.clone(), dir, ack_config, tx)
-        .await;
-    rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
+        .open_partition(ack_key.clone(), dir, ack_config)
+        .await?;
     let acks = shard.partition(&ack_key)?;
-    let log_start = p.log.borrow().watermarks().log_start;
-    let mut st = QueueState::new(config.settings(), 0);
+    let log_start = p.watermarks().log_start;
+    let mut st = QueueState::new(settings(&config), 0);
     let replayed = replay(&acks, &mut st).await?;
     let lost = st.skip_to(log_start);
     tracing::info!(topic = %key.0, partition = key.1, records = replayed, floor = st.floor(), lost, "queue opened");
@@ -380,19 +357,19 @@ async fn open(
     q.counters.lost.set(lost);
     // A fresh snapshot: the next open replays from here, and retention may drop what precedes.
     write_snapshot(shard, &q, Acks::Durable).await?;
-    shard.queues.map.borrow_mut().insert(key, q.clone());
+    queues(shard)?.map.borrow_mut().insert(key, q.clone());
     rt::spawn_local(ticker(shard.clone(), q));
     Ok(())
 }
 
 /// Applies the ack log to `st`; from its first snapshot when older segments were dropped.
-async fn replay(acks: &Rc<Partition>, st: &mut QueueState) -> Result<u64> {
-    let w = acks.log.borrow().watermarks();
+async fn replay(acks: &LocalPartition, st: &mut QueueState) -> Result<u64> {
+    let w = acks.watermarks();
     let mut offset = w.log_start;
     let mut seen_snapshot = w.log_start == 0;
     let mut applied = 0u64;
     while offset < w.written_offset {
-        let r = crate::shard::read_once(acks, offset, 4 << 20, usize::MAX).await?;
+        let r = acks.read(offset, 4 << 20, usize::MAX).await?;
         if r.records == 0 {
             break;
         }
@@ -445,7 +422,7 @@ fn apply(st: &mut QueueState, a: AckRecord) {
 }
 
 /// Appends ack-log records; `Durable` waits for fdatasync.
-async fn append(shard: &Rc<Shard>, q: &QueueCtx, records: &[AckRecord], acks: Acks) -> Result<()> {
+async fn append(shard: &LocalShard, q: &QueueCtx, records: &[AckRecord], acks: Acks) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
@@ -477,7 +454,7 @@ async fn append(shard: &Rc<Shard>, q: &QueueCtx, records: &[AckRecord], acks: Ac
     Ok(())
 }
 
-async fn write_snapshot(shard: &Rc<Shard>, q: &QueueCtx, acks: Acks) -> Result<()> {
+async fn write_snapshot(shard: &LocalShard, q: &QueueCtx, acks: Acks) -> Result<()> {
     let snapshot = q.state.borrow().snapshot();
     q.since_snapshot_bytes.set(0);
     let mut b = BatchBuilder::new();
@@ -499,7 +476,7 @@ async fn write_snapshot(shard: &Rc<Shard>, q: &QueueCtx, acks: Acks) -> Result<(
 }
 
 /// Expires leases and starts dead-lettering even when nobody receives.
-async fn ticker(shard: Rc<Shard>, q: Rc<QueueCtx>) {
+async fn ticker(shard: LocalShard, q: Rc<QueueCtx>) {
     while !q.closed.get() && !shard.is_closing() {
         let due = q.state.borrow().next_due_ms();
         let wait = due.map_or(TICK_MAX, |d| {
@@ -520,7 +497,7 @@ async fn ticker(shard: Rc<Shard>, q: Rc<QueueCtx>) {
 // ---------------------------------------------------------------------------- scan
 
 /// Feeds the window with messages appended since the last scan (up to the window bound).
-async fn fill(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
+async fn fill(shard: &LocalShard, q: &QueueCtx) -> Result<()> {
     if q.filling.get() {
         return Ok(());
     }
@@ -530,10 +507,10 @@ async fn fill(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
     r
 }
 
-async fn fill_inner(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
+async fn fill_inner(shard: &LocalShard, q: &QueueCtx) -> Result<()> {
     let p = shard.partition(&q.key)?;
     for _ in 0..8 {
-        let w = p.log.borrow().watermarks();
+        let w = p.watermarks();
         let (scanned, room) = {
             let mut st = q.state.borrow_mut();
             let lost = st.skip_to(w.log_start);
@@ -543,7 +520,7 @@ async fn fill_inner(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
         if room == 0 || scanned >= w.written_offset {
             return Ok(());
         }
-        let r = crate::shard::read_once(&p, scanned, SCAN_BYTES_MAX, room).await?;
+        let r = p.read(scanned, SCAN_BYTES_MAX, room).await?;
         if r.records == 0 {
             return Ok(());
         }
@@ -600,7 +577,7 @@ fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Resul
 /// Reads the messages named by `receipts` from the partition log, in the receipts' order.
 /// Each batch is read once (from the cache when recent) and only the wanted records decoded.
 async fn read_messages(
-    p: &Rc<Partition>,
+    p: &LocalPartition,
     receipts: &[Receipt],
     levels_max: u8,
 ) -> Result<Vec<QueueMessage>> {
@@ -618,7 +595,7 @@ async fn read_messages(
 }
 
 async fn read_sorted(
-    p: &Rc<Partition>,
+    p: &LocalPartition,
     receipts: &[Receipt],
     levels_max: u8,
 ) -> Result<Vec<QueueMessage>> {
@@ -626,7 +603,7 @@ async fn read_sorted(
     let mut i = 0;
     while i < receipts.len() {
         let offset = receipts[i].offset;
-        let got = crate::shard::read_once(p, offset, 1, 1).await?;
+        let got = p.read(offset, 1, 1).await?;
         let mut found = false;
         for chunk in &got.chunks {
             for b in batch::split_batches(chunk)? {
@@ -638,13 +615,13 @@ async fn read_sorted(
                     .iter()
                     .position(|r| r.offset >= h.next_offset() || r.offset < h.base_offset)
                     .map_or(receipts.len(), |n| i + n);
-                decode_wanted(b, &h, &receipts[i..end], p.key.1, levels_max, &mut out)?;
+                decode_wanted(b, &h, &receipts[i..end], p.key().1, levels_max, &mut out)?;
                 i = end;
                 found = true;
             }
         }
         if !found {
-            let w = p.log.borrow().watermarks();
+            let w = p.watermarks();
             return Err(Error::OffsetOutOfRange {
                 offset,
                 log_start: w.log_start,
@@ -696,11 +673,11 @@ fn decode_wanted(
 // ---------------------------------------------------------------------------- operations
 
 async fn receive(
-    shard: &Rc<Shard>,
+    shard: &LocalShard,
     key: &PartitionKey,
     o: ReceiveOptions,
 ) -> Result<Vec<QueueMessage>> {
-    let q = shard.queues.get(key)?;
+    let q = queues(shard)?.get(key)?;
     let p = shard.partition(key)?;
     let max = o.max_messages.clamp(1, RECEIVE_MESSAGES_MAX);
     let visibility = o
@@ -712,7 +689,7 @@ async fn receive(
         if q.closed.get() {
             return Err(not_a_queue(key));
         }
-        let seen_log = p.notify.version();
+        let seen_log = p.version();
         let seen_queue = q.changed.version();
         fill(shard, &q).await?;
         let now = now_ms();
@@ -747,18 +724,17 @@ async fn receive(
         let until_due = next_due.map_or(left, |d| {
             Duration::from_millis(u64::try_from(d - now).unwrap_or(0).max(1))
         });
-        let wake =
-            futures_lite::future::or(p.notify.changed(seen_log), q.changed.changed(seen_queue));
+        let wake = futures_lite::future::or(p.changed(seen_log), q.changed.changed(seen_queue));
         rt::timeout(left.min(until_due), wake).await;
     }
 }
 
 async fn ack(
-    shard: &Rc<Shard>,
+    shard: &LocalShard,
     key: &PartitionKey,
     receipts: &[Receipt],
 ) -> Result<Vec<Result<(), LeaseError>>> {
-    let q = shard.queues.get(key)?;
+    let q = queues(shard)?.get(key)?;
     let results: Vec<Result<(), LeaseError>> = {
         let mut st = q.state.borrow_mut();
         receipts.iter().map(|r| st.ack(*r)).collect()
@@ -777,12 +753,12 @@ async fn ack(
 }
 
 fn nack(
-    shard: &Rc<Shard>,
+    shard: &LocalShard,
     key: &PartitionKey,
     receipts: &[Receipt],
     delay_ms: Option<u64>,
 ) -> Result<Vec<Result<(), LeaseError>>> {
-    let q = shard.queues.get(key)?;
+    let q = queues(shard)?.get(key)?;
     let now = now_ms();
     let mut records = Vec::new();
     let results: Vec<Result<(), LeaseError>> = {
@@ -815,7 +791,7 @@ fn nack(
     Ok(results)
 }
 
-fn start_dead_lettering(shard: &Rc<Shard>, q: &Rc<QueueCtx>) {
+fn start_dead_lettering(shard: &LocalShard, q: &Rc<QueueCtx>) {
     if q.dead_lettering.get() || q.state.borrow().counts().dead_pending == 0 {
         return;
     }
@@ -831,7 +807,7 @@ fn start_dead_lettering(shard: &Rc<Shard>, q: &Rc<QueueCtx>) {
 }
 
 /// Copies dead messages to the dead-letter topic (durably), then marks them done.
-async fn dead_letter(shard: &Rc<Shard>, q: &Rc<QueueCtx>) -> Result<()> {
+async fn dead_letter(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
     let p = shard.partition(&q.key)?;
     loop {
         let mut pending = q.state.borrow().dead_pending();
@@ -853,7 +829,7 @@ async fn dead_letter(shard: &Rc<Shard>, q: &Rc<QueueCtx>) -> Result<()> {
             &q.counters.dropped
         };
         if let Some(dlq) = &q.config.dead_letter_topic {
-            let engine = shard.engine().ok_or(Error::ShuttingDown)?;
+            let engine = queues(shard)?.engine.upgrade().ok_or(Error::ShuttingDown)?;
             let partitions = engine.route(dlq)?.shards.len() as u32;
             let target = q.key.1 % partitions.max(1);
             let mut b = BatchBuilder::new();
@@ -909,16 +885,16 @@ fn dead_headers(
     h
 }
 
-async fn stats(shard: &Rc<Shard>, key: &PartitionKey) -> Result<QueuePartitionStats> {
-    let q = shard.queues.get(key)?;
+async fn stats(shard: &LocalShard, key: &PartitionKey) -> Result<QueuePartitionStats> {
+    let q = queues(shard)?.get(key)?;
     let p = shard.partition(key)?;
     fill(shard, &q).await?;
     Ok(partition_stats(&q, &p, now_ms()))
 }
 
 /// The figures of one queue partition as they are now (after a `fill`, exact).
-fn partition_stats(q: &QueueCtx, p: &Partition, now: i64) -> QueuePartitionStats {
-    let w = p.log.borrow().watermarks();
+fn partition_stats(q: &QueueCtx, p: &LocalPartition, now: i64) -> QueuePartitionStats {
+    let w = p.watermarks();
     let st = q.state.borrow();
     let c = st.counts();
     let unscanned = w
@@ -948,8 +924,8 @@ fn partition_stats(q: &QueueCtx, p: &Partition, now: i64) -> QueuePartitionStats
     }
 }
 
-async fn peek(shard: &Rc<Shard>, key: &PartitionKey, max: usize) -> Result<Vec<QueueMessage>> {
-    let q = shard.queues.get(key)?;
+async fn peek(shard: &LocalShard, key: &PartitionKey, max: usize) -> Result<Vec<QueueMessage>> {
+    let q = queues(shard)?.get(key)?;
     let p = shard.partition(key)?;
     fill(shard, &q).await?;
     let offsets: Vec<Receipt> = q

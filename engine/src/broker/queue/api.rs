@@ -2,152 +2,27 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::{
-    DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, LeaseError, PRIORITY_HEADER, QueueConfig, QueueRequest,
-    Receipt,
+    DLQ_PARTITION_HEADER, DLQ_TOPIC_HEADER, LeaseResults, QueueConfig, QueueMessage,
+    QueuePartitionStats, QueueRequest, Receipt, ReceiveOptions,
 };
-use crate::batch::{BatchBuilder, BatchHeader, Header, Record};
-use crate::config::TopicConfig;
-use crate::engine::{Engine, TopicInfo};
+use crate::api::PartitionKey;
+use crate::api::{Acks, TopicConfig, TopicInfo};
+use crate::batch::BatchBuilder;
+use crate::broker::engine::{Engine, block};
 use crate::error::{Error, Result};
-use crate::shard::{Acks, Reply, Request};
-
-/// One delivery of a queue message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueMessage {
-    pub partition: u32,
-    pub offset: u64,
-    /// Deliveries so far, this one included (1 on the first). Peek shows past deliveries.
-    pub attempt: u32,
-    pub timestamp_us: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
-    pub headers: Vec<Header>,
-    pub priority: u8,
-}
-
-impl QueueMessage {
-    pub(super) fn from_record(
-        partition: u32,
-        r: Receipt,
-        h: &BatchHeader,
-        rec: &Record,
-        levels: u8,
-    ) -> Self {
-        let priority = rec
-            .headers
-            .iter()
-            .find(|x| x.key == PRIORITY_HEADER)
-            .and_then(|x| std::str::from_utf8(&x.value).ok())
-            .and_then(|s| s.trim().parse::<u8>().ok())
-            .unwrap_or(0)
-            .min(levels.saturating_sub(1));
-        QueueMessage {
-            partition,
-            offset: r.offset,
-            attempt: r.attempt,
-            timestamp_us: h
-                .first_timestamp_us
-                .wrapping_add(rec.timestamp_delta_us as i64),
-            key: rec.key.clone(),
-            value: rec.value.clone(),
-            headers: rec.headers.clone(),
-            priority,
-        }
-    }
-
-    /// What acks, nacks or extends this delivery.
-    pub fn receipt(&self) -> Receipt {
-        Receipt {
-            offset: self.offset,
-            attempt: self.attempt,
-        }
-    }
-
-    /// The value of the first header named `name`.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.key == name)
-            .map(|h| h.value.as_slice())
-    }
-}
-
-/// How to receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReceiveOptions {
-    pub max_messages: usize,
-    /// `None`: the queue's setting.
-    pub visibility_timeout_ms: Option<u64>,
-    /// Long poll: wait up to this long when nothing is available.
-    pub max_wait: Duration,
-}
-
-impl Default for ReceiveOptions {
-    fn default() -> Self {
-        ReceiveOptions {
-            max_messages: 10,
-            visibility_timeout_ms: None,
-            max_wait: Duration::ZERO,
-        }
-    }
-}
-
-/// Live state of one queue partition.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct QueuePartitionStats {
-    pub partition: u32,
-    /// Messages waiting for a consumer (ready, delayed by a nack or backoff, or not yet
-    /// scanned), in-flight ones excluded.
-    pub depth: u64,
-    pub ready: u64,
-    pub delayed: u64,
-    pub in_flight: u64,
-    /// Age of the oldest message not yet acked or dead-lettered (0 if none).
-    pub oldest_age_ms: u64,
-    /// Counters since the partition was opened (this process).
-    pub acked: u64,
-    pub nacked: u64,
-    pub expired: u64,
-    pub dead_lettered: u64,
-    pub dropped: u64,
-    pub lost: u64,
-    /// Deliveries after the first (nacked or expired messages handed out again).
-    pub redelivered: u64,
-    /// Messages discarded by purges (docs/semantics.md, "Purging a queue").
-    pub purged: u64,
-    /// Every offset below this is acked or dead-lettered.
-    pub ack_floor: u64,
-    pub high_watermark: u64,
-}
-
-/// Result of each receipt of an ack, nack or visibility change, in request order.
-pub type LeaseResults = Vec<std::result::Result<(), LeaseError>>;
+use crate::shard::Reply;
 
 impl Engine {
-    fn queue_ask<T>(
-        &self,
-        topic: &str,
-        partition: u32,
-        make: impl FnOnce(crate::shard::PartitionKey, Reply<T>) -> QueueRequest,
-    ) -> Result<T> {
-        let (name, shard) = self.locate(topic, partition)?;
-        self.ask(shard, |reply| {
-            Request::Queue(make((name, partition), reply))
-        })
-    }
-
     async fn queue_ask_async<T>(
         &self,
         topic: &str,
         partition: u32,
-        make: impl FnOnce(crate::shard::PartitionKey, Reply<T>) -> QueueRequest,
+        make: impl FnOnce(PartitionKey, Reply<T>) -> QueueRequest,
     ) -> Result<T> {
         let (name, shard) = self.locate(topic, partition)?;
         self.ask_async(shard, |reply| {
-            Request::Queue(make((name, partition), reply))
+            super::request(make((name, partition), reply))
         })
         .await
     }
@@ -190,11 +65,7 @@ impl Engine {
         partition: u32,
         options: ReceiveOptions,
     ) -> Result<Vec<QueueMessage>> {
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Receive {
-            key,
-            options,
-            reply,
-        })
+        block(self.queue_receive_async(topic, partition, options))
     }
 
     pub async fn queue_receive_async(
@@ -218,12 +89,7 @@ impl Engine {
         partition: u32,
         receipts: &[Receipt],
     ) -> Result<LeaseResults> {
-        let receipts = receipts.to_vec();
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Ack {
-            key,
-            receipts,
-            reply,
-        })
+        block(self.queue_ack_async(topic, partition, receipts.to_vec()))
     }
 
     pub async fn queue_ack_async(
@@ -248,13 +114,7 @@ impl Engine {
         receipts: &[Receipt],
         delay_ms: Option<u64>,
     ) -> Result<LeaseResults> {
-        let receipts = receipts.to_vec();
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Nack {
-            key,
-            receipts,
-            delay_ms,
-            reply,
-        })
+        block(self.queue_nack_async(topic, partition, receipts.to_vec(), delay_ms))
     }
 
     pub async fn queue_nack_async(
@@ -299,23 +159,17 @@ impl Engine {
         receipts: &[Receipt],
         visibility_ms: u64,
     ) -> Result<LeaseResults> {
-        let receipts = receipts.to_vec();
-        self.queue_ask(topic, partition, |key, reply| {
-            QueueRequest::ChangeVisibility {
-                key,
-                receipts,
-                visibility_ms,
-                reply,
-            }
-        })
+        block(self.queue_change_visibility_async(
+            topic,
+            partition,
+            receipts.to_vec(),
+            visibility_ms,
+        ))
     }
 
     /// Depth, in-flight count, oldest message age and counters of every partition.
     pub fn queue_stats(&self, topic: &str) -> Result<Vec<QueuePartitionStats>> {
-        let n = self.route(topic)?.shards.len() as u32;
-        (0..n)
-            .map(|p| self.queue_ask(topic, p, |key, reply| QueueRequest::Stats { key, reply }))
-            .collect()
+        block(self.queue_stats_async(topic))
     }
 
     pub async fn queue_stats_async(&self, topic: &str) -> Result<Vec<QueuePartitionStats>> {
@@ -347,11 +201,7 @@ impl Engine {
     }
 
     pub fn queue_peek(&self, topic: &str, partition: u32, max: usize) -> Result<Vec<QueueMessage>> {
-        self.queue_ask(topic, partition, |key, reply| QueueRequest::Peek {
-            key,
-            max,
-            reply,
-        })
+        block(self.queue_peek_async(topic, partition, max))
     }
 
     /// Moves up to `max` messages from a dead-letter queue back to the topic and partition they
@@ -383,7 +233,7 @@ impl Engine {
     }
 
     pub fn queue_redrive(&self, dlq: &str, max: usize) -> Result<u64> {
-        futures_lite::future::block_on(self.queue_redrive_async(dlq, max))
+        block(self.queue_redrive_async(dlq, max))
     }
 
     async fn redrive_one(&self, m: &QueueMessage) -> Result<()> {

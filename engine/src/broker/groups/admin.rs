@@ -16,11 +16,11 @@ use super::{
     Committed, Groups, OFFSETS_TOPIC, OffsetKey, Slot, encode_key, encode_value, now_ms,
     validate_group_name,
 };
+use crate::api::{Acks, OffsetSpec};
 use crate::batch::BatchBuilder;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::metrics::{Sample, ShardMetricsSnapshot};
-use crate::shard::{Acks, OffsetSpec};
 
 /// Where a reset moves a group's position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +237,7 @@ impl Engine {
         target: ResetTarget,
         dry_run: bool,
     ) -> Result<Vec<OffsetReset>> {
-        futures_lite::future::block_on(
+        crate::broker::engine::block(
             self.reset_group_offsets_async(group, topic, partition, target, dry_run),
         )
     }

@@ -26,11 +26,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use crate::api::Acks;
 use crate::batch::{self, BatchBuilder};
 use crate::config::TopicConfig;
 use crate::engine::{Engine, FetchRequest};
 use crate::error::{Error, Result};
-use crate::shard::Acks;
 
 pub use admin::{GroupListing, OffsetReset, ResetTarget};
 pub use coordinator::{Group, Member, MemberAssignment, range_assign, validate_group_name};
@@ -221,8 +221,8 @@ impl Groups {
 
     fn replay_partition(&self, engine: &Engine, partition: u32) -> Result<u64> {
         let mut offset =
-            engine.list_offset(OFFSETS_TOPIC, partition, crate::shard::OffsetSpec::Earliest)?;
-        let end = engine.list_offset(OFFSETS_TOPIC, partition, crate::shard::OffsetSpec::Latest)?;
+            engine.list_offset(OFFSETS_TOPIC, partition, crate::api::OffsetSpec::Earliest)?;
+        let end = engine.list_offset(OFFSETS_TOPIC, partition, crate::api::OffsetSpec::Latest)?;
         let mut slot = self.slots[partition as usize]
             .lock()
             .map_err(|_| Error::Runtime("poisoned".into()))?;
@@ -533,7 +533,7 @@ impl Engine {
         generation: u32,
         offsets: Vec<OffsetCommit>,
     ) -> Result<()> {
-        futures_lite::future::block_on(
+        crate::broker::engine::block(
             self.commit_offsets_async(group, topic, member_id, generation, offsets),
         )
     }

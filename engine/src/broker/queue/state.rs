@@ -19,8 +19,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Most priority levels a queue may declare.
-pub const PRIORITY_LEVELS_MAX: u8 = 10;
+pub use crate::api::config::PRIORITY_LEVELS_MAX;
+pub use crate::api::queue::{LeaseError, Receipt};
+
 /// Each level's share of deliveries is this many times the share of the level below it
 /// (weighted round robin by stride scheduling; docs/semantics.md, "Priorities").
 pub const PRIORITY_WEIGHT_RATIO: u64 = 8;
@@ -36,14 +37,6 @@ pub struct QueueSettings {
     pub priority_levels: u8,
     /// Most messages held in the window (entries); the scan pauses beyond this.
     pub window_max: usize,
-}
-
-/// Names one delivery of one message: a lease is valid only for the delivery it was given for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Receipt {
-    pub offset: u64,
-    /// 1 for the first delivery.
-    pub attempt: u32,
 }
 
 /// Why a message went to the dead-letter queue.
@@ -62,18 +55,6 @@ impl DeadReason {
             DeadReason::TimedOut => "max_deliveries_timed_out",
         }
     }
-}
-
-/// Why an ack, nack or visibility change was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseError {
-    /// The offset is done (acked or dead-lettered) or below the floor.
-    Done,
-    /// The message is not in flight under this receipt: its lease expired, it was nacked, or
-    /// it was delivered again since.
-    NotLeased,
-    /// The offset was never delivered (beyond what the queue has looked at).
-    Unknown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,245 @@
+//! Topic administration (the control plane): create, delete, list, describe, retention, and
+//! the per-shard figures. Serialized by the control-plane lock and persisted in the metadata
+//! file before it takes effect.
+
+use std::sync::Arc;
+
+use super::engine::{Engine, recv};
+use crate::api::{ShardStats, TopicConfig, TopicDescription, TopicInfo};
+use crate::batch;
+use crate::config;
+use crate::error::{Error, Result};
+use crate::metadata::{self, TopicMeta};
+use crate::shard::Request;
+
+impl Engine {
+    pub fn create_topic(&self, name: &str, cfg: TopicConfig) -> Result<TopicInfo> {
+        config::validate_topic_name(name)?;
+        config::validate_topic_config(&cfg)?;
+        if cfg.encrypted && self.inner.keyring.is_none() {
+            return Err(Error::InvalidArgument(
+                "encrypted topics need an encryption key file (engine.encryption_key_file)".into(),
+            ));
+        }
+        let mut meta = self
+            .inner
+            .control
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?;
+        if meta.topics.contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        let mut next = meta.clone();
+        let shards = next.place(cfg.partitions);
+        let id = next.next_topic_id;
+        next.next_topic_id += 1;
+        let t = TopicMeta {
+            id,
+            config: cfg.clone(),
+            shards: shards.clone(),
+            created_ms: batch::now_us() / 1000,
+        };
+        next.topics.insert(name.to_string(), t.clone());
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        let mut first_err = None;
+        for rx in self.open_partitions(name, &t)? {
+            if let Err(e) = recv(rx) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if first_err.is_none()
+            && let Err(e) = self.open_queues(name, &t)
+        {
+            first_err = Some(e);
+        }
+        self.publish_routes(&meta);
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(TopicInfo {
+            name: name.to_string(),
+            id,
+            config: cfg,
+            shards,
+        })
+    }
+
+    /// Deletes a topic: producers and readers get `UnknownTopic` at once, then its files go.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        if name == crate::groups::OFFSETS_TOPIC {
+            return Err(Error::InvalidArgument(format!(
+                "'{name}' is internal (committed offsets)"
+            )));
+        }
+        let mut meta = self
+            .inner
+            .control
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?;
+        let Some(t) = meta.topics.get(name).cloned() else {
+            return Err(Error::UnknownTopic(name.to_string()));
+        };
+        let mut next = meta.clone();
+        next.topics.remove(name);
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        self.publish_routes(&meta);
+        let key: Arc<str> = Arc::from(name);
+        let mut rxs = Vec::new();
+        for (p, shard) in t.shards.iter().enumerate() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(
+                *shard as usize,
+                Request::Close {
+                    key: (key.clone(), p as u32),
+                    delete: true,
+                    reply: tx,
+                },
+            )?;
+            rxs.push(rx);
+        }
+        for rx in rxs {
+            recv(rx)?;
+        }
+        let dir = metadata::topic_dir(&self.inner.config.data_dir, name, t.id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(dir.display(), e));
+            }
+            _ => {}
+        }
+        metadata::sync_dir(&self.inner.config.data_dir.join("topics"))
+    }
+
+    /// Every user topic (internal ones, such as `__offsets`, are left out; describe them by
+    /// name).
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        let mut all = self.all_topics();
+        all.retain(|t| !crate::groups::is_internal(&t.name));
+        all
+    }
+
+    fn all_topics(&self) -> Vec<TopicInfo> {
+        let Ok(meta) = self.inner.control.lock() else {
+            return Vec::new();
+        };
+        meta.topics
+            .iter()
+            .map(|(n, t)| TopicInfo {
+                name: n.clone(),
+                id: t.id,
+                config: t.config.clone(),
+                shards: t.shards.clone(),
+            })
+            .collect()
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicDescription> {
+        let info = self
+            .all_topics()
+            .into_iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        let mut partitions = Vec::with_capacity(info.shards.len());
+        for p in 0..info.shards.len() as u32 {
+            partitions.push(self.describe_partition(name, p)?);
+        }
+        Ok(TopicDescription { info, partitions })
+    }
+
+    /// Changes a topic's retention (persisted, applied by the next retention pass).
+    pub fn set_retention(&self, topic: &str, bytes: Option<u64>, ms: Option<u64>) -> Result<()> {
+        self.alter_retention(topic, |_| bytes, |_| ms).map(|_| ())
+    }
+
+    /// Changes a topic's retention from its current settings (read and written under the
+    /// control-plane lock, so concurrent changes do not lose each other's updates). Returns
+    /// the topic with its new settings.
+    pub fn alter_retention(
+        &self,
+        topic: &str,
+        bytes: impl FnOnce(Option<u64>) -> Option<u64>,
+        ms: impl FnOnce(Option<u64>) -> Option<u64>,
+    ) -> Result<TopicInfo> {
+        let mut meta = self
+            .inner
+            .control
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?;
+        let mut next = meta.clone();
+        let t = next
+            .topics
+            .get_mut(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+        let (bytes, ms) = (bytes(t.config.retention_bytes), ms(t.config.retention_ms));
+        t.config.retention_bytes = bytes;
+        t.config.retention_ms = ms;
+        let info = TopicInfo {
+            name: topic.to_string(),
+            id: t.id,
+            config: t.config.clone(),
+            shards: t.shards.clone(),
+        };
+        let shards = t.shards.clone();
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        let name: Arc<str> = Arc::from(topic);
+        for (p, s) in shards.iter().enumerate() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(
+                *s as usize,
+                Request::SetRetention {
+                    key: (name.clone(), p as u32),
+                    bytes,
+                    ms,
+                    reply: tx,
+                },
+            )?;
+            recv(rx)?;
+        }
+        Ok(info)
+    }
+
+    /// A copy of every shard's metrics (engine/src/metrics.rs), one request per shard; the
+    /// caller (a scrape thread) merges and encodes them. Must not be called on a shard thread.
+    pub fn metrics_snapshot(&self) -> Result<Vec<crate::metrics::ShardMetricsSnapshot>> {
+        let mut rxs = Vec::with_capacity(self.shard_count());
+        for s in 0..self.shard_count() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(s, Request::Metrics { reply: tx })?;
+            rxs.push(rx);
+        }
+        let mut out: Vec<crate::metrics::ShardMetricsSnapshot> =
+            rxs.into_iter().map(recv).collect::<Result<_>>()?;
+        // Figures that join two owners, added here on the scrape thread (never on a shard).
+        crate::groups::admin::group_samples(self, &mut out);
+        crate::queue::dlq_samples(self, &mut out);
+        Ok(out)
+    }
+
+    pub fn shard_stats(&self) -> Result<Vec<ShardStats>> {
+        let mut out = Vec::new();
+        for s in 0..self.shard_count() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(s, Request::Stats { reply: tx })?;
+            out.push(recv(rx)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs one retention pass on every shard now (admin tools and tests; shards also run
+    /// it every `retention_check_interval_ms`).
+    pub fn apply_retention_now(&self) -> Result<()> {
+        let mut rxs = Vec::new();
+        for s in 0..self.shard_count() {
+            let (tx, rx) = flume::bounded(1);
+            self.send(s, Request::ApplyRetention { reply: tx })?;
+            rxs.push(rx);
+        }
+        for rx in rxs {
+            recv(rx)?;
+        }
+        Ok(())
+    }
+}
