@@ -19,6 +19,7 @@ pub mod idempotence;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
+pub mod partition;
 pub mod producer_ids;
 pub mod queue;
 pub mod rt;

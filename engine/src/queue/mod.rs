@@ -359,7 +359,7 @@ async fn open(
         .await;
     rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
     let acks = shard.partition(&ack_key)?;
-    let log_start = p.log.borrow().watermarks().log_start;
+    let log_start = p.watermarks().log_start;
     let mut st = QueueState::new(config.settings(), 0);
     let replayed = replay(&acks, &mut st).await?;
     let lost = st.skip_to(log_start);
@@ -387,7 +387,7 @@ async fn open(
 
 /// Applies the ack log to `st`; from its first snapshot when older segments were dropped.
 async fn replay(acks: &Rc<Partition>, st: &mut QueueState) -> Result<u64> {
-    let w = acks.log.borrow().watermarks();
+    let w = acks.watermarks();
     let mut offset = w.log_start;
     let mut seen_snapshot = w.log_start == 0;
     let mut applied = 0u64;
@@ -533,7 +533,7 @@ async fn fill(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
 async fn fill_inner(shard: &Rc<Shard>, q: &QueueCtx) -> Result<()> {
     let p = shard.partition(&q.key)?;
     for _ in 0..8 {
-        let w = p.log.borrow().watermarks();
+        let w = p.watermarks();
         let (scanned, room) = {
             let mut st = q.state.borrow_mut();
             let lost = st.skip_to(w.log_start);
@@ -644,7 +644,7 @@ async fn read_sorted(
             }
         }
         if !found {
-            let w = p.log.borrow().watermarks();
+            let w = p.watermarks();
             return Err(Error::OffsetOutOfRange {
                 offset,
                 log_start: w.log_start,
@@ -918,7 +918,7 @@ async fn stats(shard: &Rc<Shard>, key: &PartitionKey) -> Result<QueuePartitionSt
 
 /// The figures of one queue partition as they are now (after a `fill`, exact).
 fn partition_stats(q: &QueueCtx, p: &Partition, now: i64) -> QueuePartitionStats {
-    let w = p.log.borrow().watermarks();
+    let w = p.watermarks();
     let st = q.state.borrow();
     let c = st.counts();
     let unscanned = w

@@ -33,7 +33,7 @@ pub(super) async fn purge(shard: &Rc<Shard>, key: &PartitionKey) -> Result<Purge
     let p = shard.partition(key)?;
     // No await between reading the end and writing the snapshot: the snapshot is exactly the
     // purged state, appended after every ack-log record that preceded the purge.
-    let end = p.log.borrow().watermarks().written_offset;
+    let end = p.watermarks().written_offset;
     let purged = q.state.borrow_mut().purge(end);
     q.counters.purged.set(q.counters.purged.get() + purged);
     write_snapshot(shard, &q, Acks::Durable).await?;
