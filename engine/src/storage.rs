@@ -173,7 +173,7 @@ impl SplitMix64 {
 
     fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "below(0)");
-        (self.next() % n as u64) as usize
+        mem_index(self.next() % n as u64)
     }
 }
 
@@ -213,10 +213,11 @@ impl MemState {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         let f = self.files.get_mut(path).ok_or_else(|| not_found(path))?;
-        if f.live.len() < end as usize {
-            f.live.resize(end as usize, 0);
+        let (start, end) = (mem_index(pos), mem_index(end));
+        if f.live.len() < end {
+            f.live.resize(end, 0);
         }
-        f.live[pos as usize..end as usize].copy_from_slice(data);
+        f.live[start..end].copy_from_slice(data);
         f.unsynced.push((pos, data.to_vec()));
         Ok(())
     }
@@ -435,7 +436,7 @@ impl CrashStorage {
             for (wi, (pos, data)) in f.unsynced.iter().enumerate() {
                 for (bi, block) in data.chunks(BLOCK_BYTES).enumerate() {
                     if keep_block(fi, wi, bi) {
-                        let at = *pos as usize + bi * BLOCK_BYTES;
+                        let at = mem_index(*pos) + bi * BLOCK_BYTES;
                         if image.len() < at + block.len() {
                             image.resize(at + block.len(), 0);
                         }
@@ -506,6 +507,15 @@ impl Deref for VecRead {
     }
 }
 
+/// A file position or length of the in-memory image as an index (the image lives in memory, so
+/// it fits; anything else is a test bug).
+fn mem_index(n: u64) -> usize {
+    let Ok(i) = usize::try_from(n) else {
+        panic!("crash image position {n} does not fit in memory");
+    };
+    i
+}
+
 fn eio() -> io::Error {
     io::Error::other("injected I/O error")
 }
@@ -552,8 +562,8 @@ impl LogFile for CrashFile {
         assert_eq!(pos % BLOCK_BYTES as u64, 0, "unaligned read position");
         self.with(|st, path| {
             let live = &st.files[path].live;
-            let start = (pos as usize).min(live.len());
-            let end = (pos as usize).saturating_add(len).min(live.len());
+            let start = mem_index(pos).min(live.len());
+            let end = mem_index(pos).saturating_add(len).min(live.len());
             Ok(VecRead(live[start..end].to_vec()))
         })
     }
@@ -587,12 +597,12 @@ impl LogFile for CrashFile {
         self.with(|st, path| {
             st.tick()?;
             let f = st.files.get_mut(path).ok_or_else(|| not_found(path))?;
-            f.live.resize(len as usize, 0);
+            f.live.resize(mem_index(len), 0);
             // A truncate is metadata: model it as durable only after sync, like data. Pending
             // writes beyond the new length must not resurrect bytes on crash.
             for (pos, data) in &mut f.unsynced {
-                let end = (*pos as usize + data.len()).min(len as usize);
-                data.truncate(end.saturating_sub(*pos as usize));
+                let end = (mem_index(*pos) + data.len()).min(mem_index(len));
+                data.truncate(end.saturating_sub(mem_index(*pos)));
             }
             f.truncated_unsynced = true;
             Ok(())

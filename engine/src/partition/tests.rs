@@ -408,7 +408,7 @@ proptest! {
                     };
                     if let Op::Next(n, _) = op {
                         sent.push((next_sequence, n, ack));
-                        next_sequence += n as u32;
+                        next_sequence += u32::try_from(n).unwrap();
                     }
                     next_offset += records;
                     expect.push((token, acks, Some(ack)));
