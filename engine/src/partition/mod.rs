@@ -132,6 +132,16 @@ pub struct Opened<S: Storage, T> {
     pub snapshot: Option<SnapshotJob<S>>,
 }
 
+/// A deliberate bug, for showing that a simulator or a test catches it (never set in
+/// production: only [`PartitionCore::sabotage`] sets it).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sabotage {
+    /// Durable acks are answered at append, like leader acks (and a retry of a batch written
+    /// but not synced is answered at once), claiming a durability nothing provided yet.
+    AckBeforeSync,
+}
+
 /// A durable ack waiting for the sync that covers it.
 struct Waiter<T> {
     ack: ProduceAck,
@@ -168,6 +178,7 @@ pub struct PartitionCore<S: Storage, T> {
     /// Offset of the newest producer snapshot written; whether one is being written.
     snapshot_written_upto: Option<u64>,
     snapshot_running: bool,
+    sabotage: Option<Sabotage>,
 }
 
 impl<S: Storage, T> PartitionCore<S, T> {
@@ -222,6 +233,22 @@ impl<S: Storage, T> PartitionCore<S, T> {
             last_watermarks: w,
             snapshot_written_upto: None,
             snapshot_running: false,
+            sabotage: None,
+        }
+    }
+
+    /// Turns on a deliberate bug (simulator self-test: `--sabotage`).
+    #[doc(hidden)]
+    pub fn sabotage(&mut self, sabotage: Sabotage) {
+        self.sabotage = Some(sabotage);
+    }
+
+    /// The offset below which durable acks complete: the durable offset (or, sabotaged, the
+    /// high watermark).
+    fn ack_covered_offset(&self, w: &Watermarks) -> u64 {
+        match self.sabotage {
+            Some(Sabotage::AckBeforeSync) => w.written_offset,
+            None => w.durable_offset,
         }
     }
 
@@ -350,6 +377,13 @@ impl<S: Storage, T> PartitionCore<S, T> {
         };
         let waits_durable = acks == Acks::Durable && token.is_some();
         match token {
+            Some(token) if acks == Acks::Durable && self.sabotage.is_some() => {
+                out.push(Action::Reply {
+                    token,
+                    result: Ok(ack),
+                    durable: true,
+                });
+            }
             Some(token) if acks == Acks::Durable => self.wait_durable(ack, token),
             token => reply_now(out, token, Ok(ack)),
         }
@@ -391,7 +425,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
         out: &mut Vec<Action<S, T>>,
     ) {
         let Some(token) = token else { return };
-        let durable = self.log.borrow().watermarks().durable_offset;
+        let durable = self.ack_covered_offset(&self.log.borrow().watermarks());
         if acks != Acks::Durable || ack.last_offset < durable {
             out.push(Action::Reply {
                 token,
@@ -497,10 +531,11 @@ impl<S: Storage, T> PartitionCore<S, T> {
         );
         self.last_watermarks = w;
         let mut previous_last_offset = None;
+        let covered = self.ack_covered_offset(&w);
         while self
             .waiters
             .front()
-            .is_some_and(|x| x.ack.last_offset < w.durable_offset)
+            .is_some_and(|x| x.ack.last_offset < covered)
         {
             let Some(x) = self.waiters.pop_front() else {
                 break;

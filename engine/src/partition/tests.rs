@@ -159,6 +159,24 @@ fn a_durable_ack_waits_for_the_sync_that_covers_it() {
     assert_eq!(open(&storage).watermarks().next_offset, 3);
 }
 
+// Proves: the sabotage the simulator's self-test uses is a real bug that this file's checks
+// see: a durable ack comes out of a flush that did not sync.
+#[test]
+fn the_ack_before_sync_sabotage_acks_unsynced_data() {
+    let storage = CrashStorage::new();
+    let mut core = open(&storage);
+    core.sabotage(Sabotage::AckBeforeSync);
+    let mut seen = Seen::default();
+    produce(&mut core, &mut seen, plain(2), Acks::Durable, 1);
+    let (_, result, durable, durable_at_reply) = &seen.replies[0];
+    let acked = result.as_ref().unwrap();
+    assert!(*durable, "sabotaged acks still claim durability");
+    assert!(
+        acked.last_offset >= *durable_at_reply,
+        "the check the model test makes must see this ack as premature"
+    );
+}
+
 // Proves: leader acks are immediate, and data written without a sync is not durable: the core
 // arms the sync timer, whose flush makes it so.
 #[test]
