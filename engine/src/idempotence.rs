@@ -18,8 +18,8 @@
 //! ```
 //! Sequences are `u32` and wrap (`u32::MAX + 1 = 0`), as Kafka's do at `i32::MAX`.
 //!
-//! The table is plain data (no I/O, no clock): the shard checks and records under its single
-//! thread, so check-then-append is atomic. On open the table is rebuilt from the log itself
+//! The table is plain data (no I/O, no clock): the partition core (`crate::partition`) checks
+//! and records in the same call as the append, so check-then-append is atomic. On open the table is rebuilt from the log itself
 //! ([`ProducerTable::replay`], the log is the truth), starting from the newest snapshot whose
 //! offset the recovered log still covers ([`Snapshot`]). Snapshots are written by one writer,
 //! [`SnapshotJob`] / [`write_snapshot`], through `Storage` like every other file.
@@ -434,19 +434,15 @@ fn without_padding(b: &[u8]) -> &[u8] {
     &b[..end]
 }
 
-/// Rebuilds a partition's table on open: the newest usable snapshot, then every batch header
-/// from the snapshot's offset (or the log start) to the end of the recovered log.
-pub async fn rebuild<S: Storage>(log: &PartitionLog<S>) -> Result<ProducerTable> {
-    rebuild_counted(log).await.map(|(table, _)| table)
-}
-
 /// Log bytes replayed at an open above which the opener writes a snapshot at once (see
-/// `shard.rs`), so that a process that keeps crashing before its first snapshot timer does not
+/// `partition::PartitionCore::open`), so that a process that keeps crashing before its first snapshot timer does not
 /// replay the whole log again at every start.
 pub const REPLAY_SNAPSHOT_BYTES: u64 = 4 << 20;
 
-/// [`rebuild`], also returning how many bytes of the log it read.
-pub async fn rebuild_counted<S: Storage>(log: &PartitionLog<S>) -> Result<(ProducerTable, u64)> {
+/// Rebuilds a partition's table on open: the newest usable snapshot, then every batch header
+/// from the snapshot's offset (or the log start) to the end of the recovered log. Returns the
+/// table and how many bytes of the log it read.
+pub async fn rebuild<S: Storage>(log: &PartitionLog<S>) -> Result<(ProducerTable, u64)> {
     let w = log.watermarks();
     let mut replayed_bytes = 0u64;
     let (mut table, from) =

@@ -193,7 +193,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
         now_ms: i64,
     ) -> Result<Opened<S, T>> {
         let log = PartitionLog::open(storage, dir, log_config, now_ms).await?;
-        let (producers, replayed_bytes) = idempotence::rebuild_counted(&log).await?;
+        let (producers, replayed_bytes) = idempotence::rebuild(&log).await?;
         let report = log.recovery.clone();
         let mut core = Self::new(key, cfg, log, producers);
         // The next open (after a crash that may come before the retention timer's first
