@@ -490,7 +490,13 @@ fn a_crash_at_any_step_of_a_snapshot_keeps_producer_state_right() {
         let mut seen = Seen::default();
         let mut offsets = Vec::new();
         for i in 0..3u32 {
-            produce(&mut core, &mut seen, idempotent(4, i * 2, 2), Acks::Durable, i);
+            produce(
+                &mut core,
+                &mut seen,
+                idempotent(4, i * 2, 2),
+                Acks::Durable,
+                i,
+            );
             drain_flushes(&mut core, &mut seen);
             let job = core.take_snapshot_job().unwrap();
             let upto = job.upto_offset();
@@ -509,7 +515,11 @@ fn a_crash_at_any_step_of_a_snapshot_keeps_producer_state_right() {
         for (i, original) in offsets.iter().enumerate() {
             let seq = u32::try_from(i).unwrap() * 2;
             let retry = produce(&mut core, &mut seen, idempotent(4, seq, 2), Acks::Leader, 9);
-            assert_eq!(retry, Produced::Duplicate(*original), "die after {die_after}");
+            assert_eq!(
+                retry,
+                Produced::Duplicate(*original),
+                "die after {die_after}"
+            );
         }
         let next = produce(&mut core, &mut seen, idempotent(4, 6, 1), Acks::Leader, 10);
         assert!(
