@@ -217,6 +217,8 @@ pub(crate) struct Partition {
     pub(crate) core: RefCell<Core>,
     /// Bumped whenever the high watermark moves or the partition closes.
     pub(crate) notify: LocalNotify,
+    /// Bumped whenever a flush or snapshot job ends (a close waits for those running).
+    jobs_ended: LocalNotify,
     produced_records: Cell<u64>,
     produced_bytes: Cell<u64>,
     fetched_records: Cell<u64>,
@@ -232,6 +234,7 @@ impl Partition {
             key,
             core: RefCell::new(core),
             notify: LocalNotify::default(),
+            jobs_ended: LocalNotify::default(),
             produced_records: Cell::new(0),
             produced_bytes: Cell::new(0),
             fetched_records: Cell::new(0),
@@ -276,9 +279,8 @@ fn now_ms() -> i64 {
 const TIME_SEARCH_READ_BYTES: usize = 1 << 20;
 /// How often an idle subscription checks whether its subscriber is still there.
 const SUBSCRIPTION_IDLE_CHECK: Duration = Duration::from_secs(2);
-/// Longest wait for a running flush or snapshot at close: `WAIT_STEP` times this.
-const CLOSE_WAIT_STEPS_MAX: u32 = 30_000;
-const CLOSE_WAIT_STEP: Duration = Duration::from_millis(1);
+/// Longest wait for a running flush or snapshot job at close.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 impl Shard {
     pub(crate) fn new(id: usize, cfg: EngineConfig, engine: crate::engine::WeakEngine) -> Rc<Self> {
@@ -639,13 +641,8 @@ impl Shard {
     /// snapshot so it replays nothing.
     async fn close_partition(self: &Rc<Self>, p: &Rc<Partition>) -> Result<()> {
         p.core.borrow_mut().begin_close();
-        // Let a running flush end (bounded: 30 s); it plans no next one now.
-        for _ in 0..CLOSE_WAIT_STEPS_MAX {
-            if !p.core.borrow().is_flushing() {
-                break;
-            }
-            rt::sleep(CLOSE_WAIT_STEP).await;
-        }
+        // Let a running flush end (bounded); it plans no next one now.
+        wait_for_jobs(p, |c| !c.is_flushing()).await;
         let mut result = Ok(());
         loop {
             let flush = p.core.borrow_mut().take_close_flush();
@@ -787,6 +784,7 @@ impl Shard {
             let done = flush.job.run().await;
             let mut actions = Vec::new();
             let report = p.core.borrow_mut().flush_done(done, now_ms(), &mut actions);
+            p.jobs_ended.notify_all();
             self.count_flush(&report);
             if let Err(e) = &report.result {
                 tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "flush failed; repairing the partition");
@@ -908,6 +906,7 @@ async fn write_snapshot(p: &Partition, job: SnapshotJob<DmaStorage>) {
     let upto = job.upto_offset();
     let r = job.run().await;
     p.core.borrow_mut().snapshot_done(upto, &r);
+    p.jobs_ended.notify_all();
     if let Err(e) = r {
         tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
     }
@@ -916,11 +915,24 @@ async fn write_snapshot(p: &Partition, job: SnapshotJob<DmaStorage>) {
 /// Waits (bounded: 30 s) until no snapshot is being written in the partition's directory (two
 /// writers would share its temporary file).
 async fn wait_for_snapshot(p: &Partition) {
-    for _ in 0..CLOSE_WAIT_STEPS_MAX {
-        if !p.core.borrow().is_snapshot_running() {
+    wait_for_jobs(p, |c| !c.is_snapshot_running()).await;
+}
+
+/// Waits until `done` holds for the partition's core, re-checking whenever one of its jobs
+/// ends; bounded by [`CLOSE_WAIT_MAX`] (a stuck device must not hang the shutdown).
+async fn wait_for_jobs(p: &Partition, done: impl Fn(&Core) -> bool) {
+    let deadline = Instant::now() + CLOSE_WAIT_MAX;
+    loop {
+        let seen = p.jobs_ended.version();
+        if done(&p.core.borrow()) {
             return;
         }
-        rt::sleep(CLOSE_WAIT_STEP).await;
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(topic = %p.key.0, partition = p.key.1, "a flush or snapshot job is still running after 30 s; closing anyway");
+            return;
+        }
+        rt::timeout(deadline - now, p.jobs_ended.changed(seen)).await;
     }
 }
 
