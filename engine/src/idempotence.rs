@@ -18,19 +18,19 @@
 //! ```
 //! Sequences are `u32` and wrap (`u32::MAX + 1 = 0`), as Kafka's do at `i32::MAX`.
 //!
-//! The table is plain data (no I/O, no clock): the shard checks and records under its single
-//! thread, so check-then-append is atomic. On open the table is rebuilt from the log itself
-//! ([`ProducerTable::replay`], the log is the truth), starting from the newest snapshot written
-//! at a clean close whose offset the recovered log still covers ([`Snapshot`]).
+//! The table is plain data (no I/O, no clock): the partition core (`crate::partition`) checks
+//! and records in the same call as the append, so check-then-append is atomic. On open the table is rebuilt from the log itself
+//! ([`ProducerTable::replay`], the log is the truth), starting from the newest snapshot whose
+//! offset the recovered log still covers ([`Snapshot`]). Snapshots are written by one writer,
+//! [`SnapshotJob`] / [`write_snapshot`], through `Storage` like every other file.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::batch::{BatchHeader, ProducerInfo};
 use crate::error::{Error, Result};
 use crate::log::{PartitionLog, ReadPlan};
-use crate::storage::Storage;
+use crate::storage::{LogFile, Storage};
 
 /// Batches per producer whose offsets a duplicate is answered with (Kafka keeps 5 too: a
 /// producer with at most 5 batches in flight per partition never sees `DuplicateSequence`).
@@ -259,14 +259,14 @@ fn snapshot_path(dir: &Path, upto: u64) -> PathBuf {
     dir.join(format!("{SNAPSHOT_PREFIX}{upto:020}{SNAPSHOT_SUFFIX}"))
 }
 
-fn snapshot_offsets(dir: &Path) -> Vec<u64> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+/// Offsets of the snapshots in `dir`, oldest first (none if the directory cannot be listed).
+fn snapshot_offsets<S: Storage>(storage: &S, dir: &Path) -> Vec<u64> {
+    let Ok(names) = storage.list(dir) else {
         return Vec::new();
     };
-    let mut out: Vec<u64> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
+    let mut out: Vec<u64> = names
+        .iter()
+        .filter_map(|name| {
             name.strip_prefix(SNAPSHOT_PREFIX)?
                 .strip_suffix(SNAPSHOT_SUFFIX)?
                 .parse()
@@ -277,26 +277,30 @@ fn snapshot_offsets(dir: &Path) -> Vec<u64> {
     out
 }
 
-impl ProducerTable {
-    /// Writes the table as valid below `upto_offset` (temp file, fsync, rename, fsync dir),
-    /// then keeps only the newest snapshots. `upto_offset` must be durable (at most the durable
-    /// offset); batches at or above it in the table are dropped again on load and replayed
-    /// from the log instead.
-    pub fn write_snapshot(&self, dir: &Path, upto_offset: u64) -> Result<()> {
-        let path = snapshot_path(dir, upto_offset);
-        let tmp = path.with_extension("tmp");
-        let err = |e| Error::io(path.display(), e);
-        let bytes = self.snapshot_bytes(upto_offset)?;
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(&bytes).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(err)?;
-        crate::metadata::sync_dir(dir)?;
-        remove_old_snapshots(dir);
-        Ok(())
+/// Writes one producer-state snapshot: the only writer of snapshot files (the retention timer,
+/// index checkpoints, a clean close and a long replay at open all use it). Made by
+/// [`ProducerTable::snapshot_job`]; hand the result to the partition core's `snapshot_done`.
+pub struct SnapshotJob<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    upto_offset: u64,
+    bytes: Vec<u8>,
+}
+
+impl<S: Storage> SnapshotJob<S> {
+    /// The offset below which the snapshot is valid.
+    pub fn upto_offset(&self) -> u64 {
+        self.upto_offset
     }
 
+    /// Temp file, fdatasync, rename, directory sync; then keeps only the newest snapshots. All
+    /// through `Storage` (io_uring on a shard: no blocking call).
+    pub async fn run(self) -> Result<()> {
+        write_snapshot(&self.storage, &self.dir, self.upto_offset, &self.bytes).await
+    }
+}
+
+impl ProducerTable {
     /// The snapshot file's contents (JSON) for the table as valid below `upto_offset`.
     pub fn snapshot_bytes(&self, upto_offset: u64) -> Result<Vec<u8>> {
         let mut producers: Vec<ProducerEntry> = self.producers.values().cloned().collect();
@@ -309,19 +313,41 @@ impl ProducerTable {
         serde_json::to_vec(&snap).map_err(|e| Error::Metadata(e.to_string()))
     }
 
+    /// A [`SnapshotJob`] writing the table as valid below `upto_offset` into `dir`.
+    /// `upto_offset` must be durable (at most the durable offset); batches at or above it in
+    /// the table are dropped again on load and replayed from the log instead.
+    pub fn snapshot_job<S: Storage>(
+        &self,
+        storage: S,
+        dir: &Path,
+        upto_offset: u64,
+    ) -> Result<SnapshotJob<S>> {
+        Ok(SnapshotJob {
+            storage,
+            dir: dir.to_path_buf(),
+            upto_offset,
+            bytes: self.snapshot_bytes(upto_offset)?,
+        })
+    }
+
     /// Loads the newest snapshot the recovered log covers (`upto_offset <= log_end`) and
     /// deletes those it does not (they describe data that a crash cut off). Returns the table
     /// and the offset from which the log must be replayed; `None` = replay from the log start.
-    pub fn load_snapshot(dir: &Path, log_end: u64) -> (ProducerTable, Option<u64>) {
+    pub async fn load_snapshot<S: Storage>(
+        storage: &S,
+        dir: &Path,
+        log_end: u64,
+    ) -> (ProducerTable, Option<u64>) {
         let mut table = ProducerTable::default();
-        let offsets = snapshot_offsets(dir);
+        let offsets = snapshot_offsets(storage, dir);
         for o in offsets.iter().filter(|o| **o > log_end) {
             tracing::warn!(dir = %dir.display(), snapshot = o, log_end, "removing producer snapshot ahead of the log");
-            let _ = std::fs::remove_file(snapshot_path(dir, *o));
+            let _ = storage.remove(&snapshot_path(dir, *o)).await;
         }
         for o in offsets.iter().rev().filter(|o| **o <= log_end) {
             let path = snapshot_path(dir, *o);
-            let parsed = std::fs::read(&path)
+            let parsed = read_whole_file(storage, &path)
+                .await
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Snapshot>(without_padding(&b)).ok())
                 .filter(|s| s.version == SNAPSHOT_VERSION && s.upto_offset == *o);
@@ -346,13 +372,15 @@ impl ProducerTable {
 
 /// Bytes read per step while replaying the log into the table.
 const REPLAY_READ_BYTES: usize = 4 << 20;
+/// Largest snapshot file read back (100,000 producers of 5 batches are about 40 MiB of JSON).
+const SNAPSHOT_BYTES_MAX: u64 = 256 << 20;
 
-/// Writes a snapshot made by [`ProducerTable::snapshot_bytes`] through the log's storage
-/// (io_uring, no blocking call on the shard): temp file, fdatasync, rename. The directory is
-/// not synced: a lost rename only means an older snapshot and a longer replay at the next open.
-/// Written after each index checkpoint of the log, so a crash replays about as much of the log
-/// for producer state as recovery scans for the index.
-pub async fn write_snapshot_async<S: Storage>(
+/// Writes snapshot `bytes` (made by [`ProducerTable::snapshot_bytes`]) as valid below
+/// `upto_offset`: temp file, fdatasync, rename, directory sync, then keeps only the newest
+/// [`SNAPSHOTS_KEPT`]. A crash at any point leaves either the previous snapshots or the new
+/// one complete (a torn temp file is removed by the next open, a lost rename only means an
+/// older snapshot and a longer replay).
+pub async fn write_snapshot<S: Storage>(
     storage: &S,
     dir: &Path,
     upto_offset: u64,
@@ -367,16 +395,35 @@ pub async fn write_snapshot_async<S: Storage>(
         .rename(&tmp, &path)
         .await
         .map_err(|e| Error::io(path.display(), e))?;
-    remove_old_snapshots(dir);
+    storage
+        .sync_dir(dir)
+        .await
+        .map_err(|e| Error::io(dir.display(), e))?;
+    remove_old_snapshots(storage, dir).await;
     Ok(())
 }
 
+/// The whole contents of a file (block-aligned reads; trailing padding included).
+async fn read_whole_file<S: Storage>(storage: &S, path: &Path) -> std::io::Result<Vec<u8>> {
+    let f = storage.open(path).await?;
+    let len = f.size().await?;
+    if len > SNAPSHOT_BYTES_MAX {
+        return Err(std::io::Error::other(format!(
+            "{len} bytes is more than a snapshot can be"
+        )));
+    }
+    let aligned_bytes = usize::try_from(crate::storage::align_up(len))
+        .map_err(|_| std::io::Error::other("snapshot size does not fit in memory"))?;
+    let read = f.read_at(0, aligned_bytes).await?;
+    Ok(read.to_vec())
+}
+
 /// Keeps the newest [`SNAPSHOTS_KEPT`] snapshots of a partition directory.
-fn remove_old_snapshots(dir: &Path) {
-    let offsets = snapshot_offsets(dir);
+async fn remove_old_snapshots<S: Storage>(storage: &S, dir: &Path) {
+    let offsets = snapshot_offsets(storage, dir);
     let excess = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
     for o in &offsets[..excess] {
-        let _ = std::fs::remove_file(snapshot_path(dir, *o));
+        let _ = storage.remove(&snapshot_path(dir, *o)).await;
     }
 }
 
@@ -387,22 +434,19 @@ fn without_padding(b: &[u8]) -> &[u8] {
     &b[..end]
 }
 
-/// Rebuilds a partition's table on open: the newest usable snapshot, then every batch header
-/// from the snapshot's offset (or the log start) to the end of the recovered log.
-pub async fn rebuild<S: Storage>(log: &PartitionLog<S>) -> Result<ProducerTable> {
-    rebuild_counted(log).await.map(|(table, _)| table)
-}
-
 /// Log bytes replayed at an open above which the opener writes a snapshot at once (see
-/// `shard.rs`), so that a process that keeps crashing before its first snapshot timer does not
+/// `partition::PartitionCore::open`), so that a process that keeps crashing before its first snapshot timer does not
 /// replay the whole log again at every start.
 pub const REPLAY_SNAPSHOT_BYTES: u64 = 4 << 20;
 
-/// [`rebuild`], also returning how many bytes of the log it read.
-pub async fn rebuild_counted<S: Storage>(log: &PartitionLog<S>) -> Result<(ProducerTable, u64)> {
+/// Rebuilds a partition's table on open: the newest usable snapshot, then every batch header
+/// from the snapshot's offset (or the log start) to the end of the recovered log. Returns the
+/// table and how many bytes of the log it read.
+pub async fn rebuild<S: Storage>(log: &PartitionLog<S>) -> Result<(ProducerTable, u64)> {
     let w = log.watermarks();
     let mut replayed_bytes = 0u64;
-    let (mut table, from) = ProducerTable::load_snapshot(log.dir(), w.written_offset);
+    let (mut table, from) =
+        ProducerTable::load_snapshot(log.storage(), log.dir(), w.written_offset).await;
     let mut offset = from.unwrap_or(w.log_start).max(w.log_start);
     // Bounded: each step consumes at least one batch (plan_read returns at least one).
     while offset < w.written_offset {
@@ -514,19 +558,48 @@ mod tests {
 
     #[test]
     fn snapshots_round_trip_and_those_ahead_of_the_log_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
+        use crate::storage::CrashStorage;
+        use futures_lite::future::block_on;
+        let storage = CrashStorage::new();
+        let dir = Path::new("/p");
+        storage.create_dir_all(dir).unwrap();
         let mut t = ProducerTable::default();
         t.record(info(5, 1, 0), 2, 0);
-        t.write_snapshot(dir.path(), 2).unwrap();
+        block_on(t.snapshot_job(storage.clone(), dir, 2).unwrap().run()).unwrap();
         t.record(info(5, 1, 2), 2, 2);
-        t.write_snapshot(dir.path(), 4).unwrap();
+        block_on(t.snapshot_job(storage.clone(), dir, 4).unwrap().run()).unwrap();
         // The log came back with 3 records: the snapshot at 4 is ahead of it and goes away.
-        let (loaded, from) = ProducerTable::load_snapshot(dir.path(), 3);
+        let (loaded, from) = block_on(ProducerTable::load_snapshot(&storage, dir, 3));
         assert_eq!(from, Some(2));
         assert_eq!(loaded.get(5).unwrap().batches.len(), 1);
-        assert_eq!(snapshot_offsets(dir.path()), vec![2]);
-        let (_, none) = ProducerTable::load_snapshot(dir.path(), 1);
+        assert_eq!(snapshot_offsets(&storage, dir), vec![2]);
+        let (_, none) = block_on(ProducerTable::load_snapshot(&storage, dir, 1));
         assert_eq!(none, None);
+    }
+
+    // Proves: a snapshot survives power loss once its writer returned (the directory entry is
+    // synced, not only the data: the two writers used to differ there), and only the newest
+    // `SNAPSHOTS_KEPT` stay.
+    #[test]
+    fn a_written_snapshot_survives_power_loss_and_old_ones_go() {
+        use crate::storage::CrashStorage;
+        use futures_lite::future::block_on;
+        let storage = CrashStorage::new();
+        let dir = Path::new("/p");
+        storage.create_dir_all(dir).unwrap();
+        let mut t = ProducerTable::default();
+        for i in 0..4u32 {
+            t.record(info(9, 0, i), 1, u64::from(i));
+            let job = t
+                .snapshot_job(storage.clone(), dir, u64::from(i) + 1)
+                .unwrap();
+            block_on(job.run()).unwrap();
+        }
+        assert_eq!(snapshot_offsets(&storage, dir), vec![3, 4]);
+        storage.crash(|_, _, _| false);
+        let (loaded, from) = block_on(ProducerTable::load_snapshot(&storage, dir, 4));
+        assert_eq!(from, Some(4));
+        assert_eq!(loaded.get(9).unwrap().batches.len(), 4);
     }
 
     /// A model: the set of sequences the log holds per producer, written by a producer that

@@ -22,6 +22,7 @@ pub mod idempotence;
 pub mod log;
 pub mod metadata;
 pub mod metrics;
+pub mod partition;
 pub mod producer_ids;
 pub mod rt;
 pub mod shard;

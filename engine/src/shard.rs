@@ -3,27 +3,29 @@
 //! here is shared with another thread: partition state lives in `Rc`/`RefCell`, and a borrow is
 //! never held across an await.
 //!
-//! Per partition, one *flush loop* task runs while there is data to write: it takes everything
-//! appended so far into one job (group commit), writes it, fdatasyncs it if a `durable` producer
-//! is waiting (or the periodic sync is due), then completes the acks that the new durable offset
-//! covers and wakes readers. Appends that arrive meanwhile join the next job.
+//! Each partition's decisions (idempotence, group commit, durable acks in offset order, the sync
+//! timer, repair, snapshots, retention) are made by its sans-IO core, `crate::partition`; this
+//! file is the runtime shell that performs the core's actions: it replies, wakes readers, spawns
+//! the flush loop (one task per partition while the core plans flushes: it runs one job, a group
+//! commit, hands the result back, and runs the next one the core plans), timers and I/O jobs.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-#[cfg(test)]
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::batch::{self, BatchHeader, ProducerInfo};
+use crate::batch::{self, BatchHeader};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
-use crate::idempotence::{self, ProducerTable, Verdict};
-use crate::log::{self, LogConfig, PartitionLog, ReadPlan, ReadResult, RecoveryReport, Watermarks};
+use crate::idempotence::SnapshotJob;
+use crate::log::{self, LogConfig, ReadPlan, ReadResult, RecoveryReport, Watermarks};
 use crate::metrics::{Sample, ShardMetrics, ShardMetricsSnapshot};
+use crate::partition::{
+    Action, CoreConfig, Flush, FlushReport, PartitionCore, Produced, RepairJob,
+};
 use crate::rt::{self, DmaStorage};
 use crate::util::LocalNotify;
 
@@ -257,7 +259,7 @@ impl LocalPartition {
     }
 
     pub fn watermarks(&self) -> Watermarks {
-        self.p.log.borrow().watermarks()
+        self.p.watermarks()
     }
 
     /// The partition's change counter: pass it to [`LocalPartition::changed`].
@@ -281,24 +283,25 @@ impl LocalPartition {
     }
 }
 
-struct Waiter {
-    ack: ProduceAck,
+/// The shell's ack token for the partition core: where to reply, and when the batch was
+/// appended (the append latency metrics, docs/operations.md).
+pub(crate) struct AckToken {
     reply: Reply<ProduceAck>,
-    /// When the batch was appended (append latency, docs/operations.md).
     since: Instant,
 }
 
+type Core = PartitionCore<DmaStorage, AckToken>;
+type Actions = Vec<Action<DmaStorage, AckToken>>;
+
+/// One partition on its shard: the sans-IO core (engine/src/partition/) plus what only the
+/// runtime has: the reader wake-up, and counters.
 pub(crate) struct Partition {
     pub(crate) key: PartitionKey,
-    dir: PathBuf,
-    config: LogConfig,
-    pub(crate) log: RefCell<PartitionLog<DmaStorage>>,
+    pub(crate) core: RefCell<Core>,
     /// Bumped whenever the high watermark moves or the partition closes.
     pub(crate) notify: LocalNotify,
-    durable_waiters: RefCell<VecDeque<Waiter>>,
-    flushing: Cell<bool>,
-    sync_timer: Cell<bool>,
-    closed: Cell<bool>,
+    /// Bumped whenever a flush or snapshot job ends (a close waits for those running).
+    jobs_ended: LocalNotify,
     produced_records: Cell<u64>,
     produced_bytes: Cell<u64>,
     fetched_records: Cell<u64>,
@@ -306,12 +309,31 @@ pub(crate) struct Partition {
     /// Reads served from the cache, and from disk.
     cache_hits: Cell<u64>,
     cache_misses: Cell<u64>,
-    /// Idempotent producers' sequence state (docs/semantics.md).
-    producers: RefCell<ProducerTable>,
-    /// Offset of the newest producer snapshot this process wrote.
-    producers_snapshot: Cell<Option<u64>>,
-    /// A [`snapshot_producers_async`] is writing.
-    producers_snapshot_running: Cell<bool>,
+}
+
+impl Partition {
+    fn new(key: PartitionKey, core: Core) -> Self {
+        Partition {
+            key,
+            core: RefCell::new(core),
+            notify: LocalNotify::default(),
+            jobs_ended: LocalNotify::default(),
+            produced_records: Cell::new(0),
+            produced_bytes: Cell::new(0),
+            fetched_records: Cell::new(0),
+            fetched_bytes: Cell::new(0),
+            cache_hits: Cell::new(0),
+            cache_misses: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn watermarks(&self) -> Watermarks {
+        self.core.borrow().watermarks()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.core.borrow().is_closed()
+    }
 }
 
 pub(crate) struct Shard {
@@ -338,34 +360,12 @@ fn now_ms() -> i64 {
     batch::now_us() / 1000
 }
 
-/// The partition's name in a `PartitionFailed` (the log knows only its directory).
-fn named(e: Error, key: &PartitionKey) -> Error {
-    match e {
-        Error::PartitionFailed { reason, .. } => Error::PartitionFailed {
-            topic: key.0.to_string(),
-            partition: key.1,
-            reason,
-        },
-        other => other,
-    }
-}
-
-/// An error for each of several waiters (errors are not `Clone`).
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::DiskFull { path } => Error::DiskFull { path: path.clone() },
-        Error::ShuttingDown => Error::ShuttingDown,
-        Error::UnknownPartition { topic, partition } => Error::UnknownPartition {
-            topic: topic.clone(),
-            partition: *partition,
-        },
-        other => Error::PartitionFailed {
-            topic: String::new(),
-            partition: 0,
-            reason: other.to_string(),
-        },
-    }
-}
+/// Most bytes one read of a timestamp search takes (`list_offset` by time).
+const TIME_SEARCH_READ_BYTES: usize = 1 << 20;
+/// How often an idle subscription checks whether its subscriber is still there.
+const SUBSCRIPTION_IDLE_CHECK: Duration = Duration::from_secs(2);
+/// Longest wait for a running flush or snapshot job at close.
+const CLOSE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 impl Shard {
     pub(crate) fn new(
@@ -493,7 +493,7 @@ impl Shard {
             } => {
                 let r = self
                     .partition(&key)
-                    .map(|p| p.log.borrow_mut().set_retention(bytes, ms));
+                    .map(|p| p.core.borrow_mut().set_retention(bytes, ms));
                 let _ = reply.send(r);
             }
             Request::Produce {
@@ -611,7 +611,8 @@ impl Shard {
     }
 
     fn describe(&self, p: &Partition) -> PartitionInfo {
-        let l = p.log.borrow();
+        let core = p.core.borrow();
+        let l = core.log();
         let w = l.watermarks();
         PartitionInfo {
             topic: p.key.0.to_string(),
@@ -632,6 +633,43 @@ impl Shard {
         }
     }
 
+    /// Performs what the partition core asked for, in order.
+    fn perform(self: &Rc<Self>, p: &Rc<Partition>, actions: Actions) {
+        for a in actions {
+            match a {
+                Action::Reply {
+                    token,
+                    result,
+                    durable,
+                } => {
+                    if durable && result.is_ok() {
+                        self.metrics
+                            .borrow_mut()
+                            .append_durable_ns
+                            .record_duration(token.since.elapsed());
+                    }
+                    let _ = token.reply.send(result);
+                }
+                Action::WakeReaders => p.notify.notify_all(),
+                Action::StartFlush(f) => {
+                    rt::spawn_local(self.clone().flush_loop(p.clone(), f));
+                }
+                Action::ArmSyncTimer { deadline_ms } => {
+                    if !self.closing.get() {
+                        rt::spawn_local(self.clone().sync_timer(p.clone(), deadline_ms));
+                    }
+                }
+                Action::StartRepair(job) => {
+                    rt::spawn_local(self.clone().repair(p.clone(), job));
+                }
+                Action::WriteSnapshot(job) => {
+                    let p = p.clone();
+                    rt::spawn_local(async move { write_snapshot(&p, job).await });
+                }
+            }
+        }
+    }
+
     pub(crate) async fn open(
         self: Rc<Self>,
         key: PartitionKey,
@@ -646,42 +684,19 @@ impl Shard {
             ))));
             return;
         }
-        let opened = match PartitionLog::open(DmaStorage, &dir, config.clone(), now_ms()).await {
-            Ok(log) => idempotence::rebuild_counted(&log)
-                .await
-                .map(|(t, replayed)| (log, t, replayed)),
-            Err(e) => Err(e),
+        let cfg = CoreConfig {
+            sync_interval_ms: self.cfg.sync_interval_ms,
         };
+        let opened =
+            PartitionCore::open(DmaStorage, &dir, key.clone(), config, cfg, now_ms()).await;
         match opened {
-            Ok((log, producers, replayed_bytes)) => {
-                let report = log.recovery.clone();
-                let p = Rc::new(Partition {
-                    key: key.clone(),
-                    dir,
-                    config,
-                    log: RefCell::new(log),
-                    notify: LocalNotify::default(),
-                    durable_waiters: RefCell::new(VecDeque::new()),
-                    flushing: Cell::new(false),
-                    sync_timer: Cell::new(false),
-                    closed: Cell::new(false),
-                    produced_records: Cell::new(0),
-                    produced_bytes: Cell::new(0),
-                    fetched_records: Cell::new(0),
-                    fetched_bytes: Cell::new(0),
-                    cache_hits: Cell::new(0),
-                    cache_misses: Cell::new(0),
-                    producers: RefCell::new(producers),
-                    producers_snapshot: Cell::new(None),
-                    producers_snapshot_running: Cell::new(false),
-                });
-                if replayed_bytes >= idempotence::REPLAY_SNAPSHOT_BYTES {
-                    // The next open (after a crash that may come before the retention timer's
-                    // first snapshot) then replays only what this process writes.
-                    snapshot_producers(&p);
+            Ok(o) => {
+                let p = Rc::new(Partition::new(key.clone(), o.core));
+                if let Some(job) = o.snapshot {
+                    write_snapshot(&p, job).await;
                 }
                 self.partitions.borrow_mut().insert(key, p);
-                let _ = reply.send(Ok(report));
+                let _ = reply.send(Ok(o.report));
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -695,17 +710,15 @@ impl Shard {
             return;
         };
         let r = if delete {
-            p.closed.set(true);
+            let mut actions = Vec::new();
+            p.core.borrow_mut().close_deleted(&mut actions);
             // The directory goes next: let a snapshot being written there finish first.
             wait_for_snapshot(&p).await;
-            for w in p.durable_waiters.borrow_mut().drain(..) {
-                let _ = w.reply.send(Err(Error::UnknownTopic(key.0.to_string())));
-            }
-            p.notify.notify_all();
+            self.perform(&p, actions);
             self.cache_total.set(
                 self.cache_total
                     .get()
-                    .saturating_sub(p.log.borrow().cache_bytes()),
+                    .saturating_sub(p.core.borrow().log().cache_bytes()),
             );
             Ok(())
         } else {
@@ -714,48 +727,48 @@ impl Shard {
         let _ = reply.send(r);
     }
 
-    /// Final flush and sync, then a checkpoint so the next start scans nothing.
-    async fn close_partition(&self, p: &Rc<Partition>) -> Result<()> {
-        // Let a running flush loop finish (bounded: 30 s).
-        for _ in 0..30_000 {
-            if !p.flushing.get() {
-                break;
-            }
-            rt::sleep(Duration::from_millis(1)).await;
-        }
-        p.flushing.set(true);
+    /// Final flush and sync, then a checkpoint so the next start scans nothing, then a producer
+    /// snapshot so it replays nothing.
+    async fn close_partition(self: &Rc<Self>, p: &Rc<Partition>) -> Result<()> {
+        p.core.borrow_mut().begin_close();
+        // Let a running flush end (bounded); it plans no next one now.
+        wait_for_jobs(p, |c| !c.is_flushing()).await;
         let mut result = Ok(());
         loop {
-            let job = p.log.borrow_mut().take_flush(true);
-            let Some(job) = job else { break };
-            let done = job.run().await;
-            let r = p.log.borrow_mut().finish_flush(done);
-            match r {
-                Ok(w) => complete_waiters(p, &w, &self.metrics),
-                Err(e) => {
-                    fail_waiters(p, &e);
-                    result = Err(e);
-                    break;
-                }
+            let flush = p.core.borrow_mut().take_close_flush();
+            let Some(flush) = flush else { break };
+            let done = flush.job.run().await;
+            let mut actions = Vec::new();
+            let report = p.core.borrow_mut().flush_done(done, now_ms(), &mut actions);
+            self.unflushed
+                .set(self.unflushed.get().saturating_sub(report.taken_bytes));
+            self.flushed.notify_all();
+            self.perform(p, actions);
+            if let Err(e) = report.result {
+                result = Err(e);
+                break;
             }
         }
-        p.closed.set(true);
-        p.notify.notify_all();
-        if result.is_ok() {
-            let job = p.log.borrow().close_job();
-            if let Some(job) = job {
-                result = job.run().await;
-            }
+        let mut actions = Vec::new();
+        let close_job = p.core.borrow_mut().finish_close(&mut actions);
+        self.perform(p, actions);
+        if result.is_ok()
+            && let Some(job) = close_job
+        {
+            result = job.run().await;
         }
         if result.is_ok() {
             // Everything is durable now: the next open replays nothing.
             wait_for_snapshot(p).await;
-            snapshot_producers(p);
+            let job = p.core.borrow_mut().take_snapshot_job();
+            if let Some(job) = job {
+                write_snapshot(p, job).await;
+            }
         }
         result
     }
 
-    async fn close_all(&self) -> Result<()> {
+    async fn close_all(self: &Rc<Self>) -> Result<()> {
         let parts: Vec<Rc<Partition>> = self
             .partitions
             .borrow_mut()
@@ -779,6 +792,8 @@ impl Shard {
         first_err
     }
 
+    /// Appends a batch to a partition of this shard (the core decides; this shell replies,
+    /// counts and starts the I/O it asks for).
     pub(crate) fn produce(
         self: &Rc<Self>,
         key: PartitionKey,
@@ -795,88 +810,44 @@ impl Shard {
                 return;
             }
         };
-        let producer = match idempotence_check(&p, &batch) {
-            Ok(stamp) => stamp,
-            Err((e, ack)) => {
-                if let Some(r) = reply {
-                    match ack {
-                        Some(ack) => self.answer_duplicate(&p, ack, acks, r),
-                        None => {
-                            let _ = r.send(Err(e));
-                        }
-                    }
-                }
-                return;
-            }
-        };
         let since = Instant::now();
         let batch_bytes = batch.len() as u64;
-        let cache_before = p.log.borrow().cache_bytes();
-        let appended = p.log.borrow_mut().append(batch, now_ms());
-        let cache_after = p.log.borrow().cache_bytes();
+        let token = reply.map(|reply| AckToken { reply, since });
+        let mut actions = Vec::new();
+        let (produced, cache_before, cache_after) = {
+            let mut core = p.core.borrow_mut();
+            let before = core.log().cache_bytes();
+            let produced = core.produce(batch, acks, token, now_ms(), &mut actions);
+            let after = core.log().cache_bytes();
+            (produced, before, after)
+        };
         // The append adds the batch and may trim older ones: apply the signed difference.
         self.cache_total
             .set((self.cache_total.get() + cache_after).saturating_sub(cache_before));
-        match appended {
-            Err(e) => {
-                if let Some(r) = reply {
-                    let _ = r.send(Err(named(e, &p.key)));
-                }
-            }
-            Ok(a) => {
-                if let Some((info, count)) = producer {
-                    p.producers.borrow_mut().record(info, count, a.base_offset);
-                }
-                self.unflushed.set(self.unflushed.get() + a.batch_bytes);
-                p.produced_records
-                    .set(p.produced_records.get() + a.last_offset - a.base_offset + 1);
+        let appended = match produced {
+            Produced::Appended {
+                appended,
+                waits_durable,
+            } => {
+                self.unflushed
+                    .set(self.unflushed.get() + appended.batch_bytes);
+                p.produced_records.set(
+                    p.produced_records.get() + appended.last_offset - appended.base_offset + 1,
+                );
                 p.produced_bytes
-                    .set(p.produced_bytes.get() + a.batch_bytes as u64);
-                let ack = ProduceAck {
-                    base_offset: a.base_offset,
-                    last_offset: a.last_offset,
-                };
-                {
-                    let mut m = self.metrics.borrow_mut();
-                    m.batch_bytes.record(batch_bytes);
-                    if !(acks == Acks::Durable && reply.is_some()) {
-                        m.append_memory_ns.record_duration(since.elapsed());
-                    }
+                    .set(p.produced_bytes.get() + appended.batch_bytes as u64);
+                let mut m = self.metrics.borrow_mut();
+                m.batch_bytes.record(batch_bytes);
+                if !waits_durable {
+                    m.append_memory_ns.record_duration(since.elapsed());
                 }
-                match (acks, reply) {
-                    (Acks::Durable, Some(reply)) => p
-                        .durable_waiters
-                        .borrow_mut()
-                        .push_back(Waiter { ack, reply, since }),
-                    (_, Some(reply)) => {
-                        let _ = reply.send(Ok(ack));
-                    }
-                    (_, None) => {}
-                }
-                self.start_flush(&p, false);
-                self.enforce_cache_budget();
+                true
             }
-        }
-    }
-
-    /// A retried batch that is already in the log: the original offsets, once as durable as
-    /// the producer asked (the original may still be waiting for its fdatasync).
-    fn answer_duplicate(
-        &self,
-        p: &Partition,
-        ack: ProduceAck,
-        acks: Acks,
-        reply: Reply<ProduceAck>,
-    ) {
-        let durable = p.log.borrow().watermarks().durable_offset;
-        if acks == Acks::Durable && ack.last_offset >= durable {
-            p.durable_waiters.borrow_mut().push_back(Waiter {
-                ack,
-                reply,
-                since: Instant::now(),
-            });
-        } else {
-            let _ = reply.send(Ok(ack));
+            Produced::Duplicate(_) | Produced::Refused => false,
+        };
+        self.perform(&p, actions);
+        if appended {
+            self.enforce_cache_budget();
         }
     }
 
@@ -887,84 +858,90 @@ impl Shard {
         }
         let mut total = 0;
         for p in self.partitions.borrow().values() {
-            let mut l = p.log.borrow_mut();
-            let keep = l.cache_bytes() / 2;
-            l.evict_cache(keep);
-            total += l.cache_bytes();
+            let mut core = p.core.borrow_mut();
+            let keep = core.log().cache_bytes() / 2;
+            core.evict_cache(keep);
+            total += core.log().cache_bytes();
         }
         self.cache_total.set(total);
     }
 
-    fn start_flush(self: &Rc<Self>, p: &Rc<Partition>, force_sync: bool) {
-        if p.flushing.get() || p.closed.get() {
-            return;
-        }
-        p.flushing.set(true);
-        rt::spawn_local(self.clone().flush_loop(p.clone(), force_sync));
-    }
-
-    async fn flush_loop(self: Rc<Self>, p: Rc<Partition>, mut force_sync: bool) {
-        loop {
-            let want_sync = force_sync || !p.durable_waiters.borrow().is_empty();
-            let before = p.log.borrow().pending_bytes();
-            let job = p.log.borrow_mut().take_flush(want_sync);
-            let Some(job) = job else { break };
-            let taken = before.saturating_sub(p.log.borrow().pending_bytes());
-            force_sync = false;
-            let syncs = job.syncs();
-            let done = job.run().await;
-            let timings = done.timings();
-            let checkpointed = done.wrote_checkpoint();
-            let r = p.log.borrow_mut().finish_flush(done);
-            self.unflushed
-                .set(self.unflushed.get().saturating_sub(taken));
-            self.flushed.notify_all();
-            match r {
-                Ok(w) => {
-                    {
-                        let mut s = self.stats.borrow_mut();
-                        s.flushes += 1;
-                        s.syncs += u64::from(syncs);
-                        s.flushed_bytes += taken as u64;
-                    }
-                    {
-                        let mut m = self.metrics.borrow_mut();
-                        m.flush_write_ns.record_duration(timings.write);
-                        m.flush_bytes.record(taken as u64);
-                        if syncs {
-                            m.fsync_ns.record_duration(timings.sync);
-                        }
-                    }
-                    complete_waiters(&p, &w, &self.metrics);
-                    p.notify.notify_all();
-                    if checkpointed && !p.producers_snapshot_running.replace(true) {
-                        rt::spawn_local(snapshot_producers_async(p.clone()));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "flush failed; repairing the partition");
-                    fail_waiters(&p, &e);
-                    p.flushing.set(false);
-                    rt::spawn_local(repair(p.clone()));
-                    return;
+    /// Runs the group commits the core plans, one after the other, until it plans none (one
+    /// such task per partition at a time: the core has at most one flush outstanding).
+    async fn flush_loop(self: Rc<Self>, p: Rc<Partition>, first: Flush<DmaStorage>) {
+        let mut next = Some(first);
+        while let Some(flush) = next.take() {
+            let done = flush.job.run().await;
+            let mut actions = Vec::new();
+            let report = p.core.borrow_mut().flush_done(done, now_ms(), &mut actions);
+            p.jobs_ended.notify_all();
+            self.count_flush(&report);
+            if let Err(e) = &report.result {
+                tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "flush failed; repairing the partition");
+            }
+            let mut rest = Vec::with_capacity(actions.len());
+            for a in actions {
+                match a {
+                    Action::StartFlush(f) => next = Some(f),
+                    other => rest.push(other),
                 }
             }
+            self.perform(&p, rest);
         }
-        p.flushing.set(false);
-        let w = p.log.borrow().watermarks();
-        if w.durable_offset < w.written_offset && !p.sync_timer.get() && !self.closing.get() {
-            p.sync_timer.set(true);
-            let shard = self.clone();
-            let interval = Duration::from_millis(self.cfg.sync_interval_ms);
-            rt::spawn_local(async move {
-                rt::sleep(interval).await;
-                p.sync_timer.set(false);
-                if p.flushing.get() || p.closed.get() {
-                    return;
-                }
-                shard.start_flush(&p, true);
-            });
+    }
+
+    /// The shard's accounts after a flush: unflushed bytes (the inbox's memory bound), stats
+    /// and flush metrics.
+    fn count_flush(&self, report: &FlushReport) {
+        let taken = report.taken_bytes;
+        self.unflushed
+            .set(self.unflushed.get().saturating_sub(taken));
+        self.flushed.notify_all();
+        if report.result.is_err() {
+            return;
         }
+        {
+            let mut s = self.stats.borrow_mut();
+            s.flushes += 1;
+            s.syncs += u64::from(report.synced);
+            s.flushed_bytes += taken as u64;
+        }
+        let mut m = self.metrics.borrow_mut();
+        m.flush_write_ns.record_duration(report.timings.write);
+        m.flush_bytes.record(taken as u64);
+        if report.synced {
+            m.fsync_ns.record_duration(report.timings.sync);
+        }
+    }
+
+    /// Fires the core's periodic sync at its deadline.
+    async fn sync_timer(self: Rc<Self>, p: Rc<Partition>, deadline_ms: i64) {
+        // A wall-clock deadline: clamp the wait so that a clock step neither skips nor
+        // stretches the interval.
+        let wait_ms = deadline_ms.saturating_sub(now_ms()).max(0).unsigned_abs();
+        rt::sleep(Duration::from_millis(
+            wait_ms.min(self.cfg.sync_interval_ms),
+        ))
+        .await;
+        let mut actions = Vec::new();
+        p.core.borrow_mut().sync_timer_fired(&mut actions);
+        self.perform(&p, actions);
+    }
+
+    /// After an I/O error: reopen the partition from disk (the recovery path of a restart).
+    async fn repair(self: Rc<Self>, p: Rc<Partition>, job: RepairJob<DmaStorage>) {
+        let reopened = job.run(now_ms()).await;
+        let mut actions = Vec::new();
+        let repaired = p.core.borrow_mut().repaired(reopened, &mut actions);
+        match repaired {
+            Ok(w) => {
+                tracing::info!(topic = %p.key.0, partition = p.key.1, next_offset = w.next_offset, "partition repaired");
+            }
+            Err(e) => {
+                tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "partition repair failed; it stays unwritable");
+            }
+        }
+        self.perform(&p, actions);
     }
 
     async fn retention_loop(self: Rc<Self>) {
@@ -978,30 +955,32 @@ impl Shard {
         }
     }
 
+    /// The retention timer's work on every partition: a producer snapshot if the log moved
+    /// (so a crash replays only recent batches), the roll of an expired active segment, and
+    /// the deletion of expired segments.
     pub(crate) async fn apply_retention(&self) {
         let parts: Vec<Rc<Partition>> = self.partitions.borrow().values().cloned().collect();
         let now = now_ms();
         for p in parts {
-            if p.closed.get() {
+            if p.is_closed() {
                 continue;
             }
-            snapshot_producers(&p);
-            if let Err(e) = PartitionLog::roll_for_retention(&p.log, now).await {
+            let job = p.core.borrow_mut().take_snapshot_job();
+            if let Some(job) = job {
+                write_snapshot(&p, job).await;
+            }
+            let roll = p.core.borrow().retention_roll();
+            if let Err(e) = roll.run(now).await {
                 tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "retention roll failed");
             }
-            let (files, dir, storage) = {
-                let mut l = p.log.borrow_mut();
-                let before = l.cache_bytes();
-                let files = l.take_expired(now);
-                self.cache_total.set(
-                    self.cache_total
-                        .get()
-                        .saturating_sub(before - l.cache_bytes()),
-                );
-                (files, l.dir().to_path_buf(), *l.storage())
-            };
-            if !files.is_empty() {
-                if let Err(e) = log::remove_files(&storage, &dir, &files).await {
+            let expired = p.core.borrow_mut().take_expired(now);
+            self.cache_total.set(
+                self.cache_total
+                    .get()
+                    .saturating_sub(expired.cache_freed_bytes),
+            );
+            if !expired.is_empty() {
+                if let Err(e) = expired.run().await {
                     tracing::warn!(error = %e, "deleting expired segments failed");
                 }
                 p.notify.notify_all();
@@ -1011,137 +990,44 @@ impl Shard {
     }
 }
 
-/// Writes a producer-state snapshot at the durable offset if the log moved since the last one
-/// (at clean close, and on the retention timer so a crash replays only recent batches). A
-/// small blocking write: the shard pays one fsync per partition and interval at most.
-fn snapshot_producers(p: &Partition) {
-    if p.producers_snapshot_running.get() {
-        return; // a checkpoint snapshot is being written (and would share its temporary file)
-    }
-    let upto = p.log.borrow().watermarks().durable_offset;
-    if p.producers_snapshot.get() == Some(upto) {
-        return;
-    }
-    match p.producers.borrow().write_snapshot(&p.dir, upto) {
-        Ok(()) => p.producers_snapshot.set(Some(upto)),
-        Err(e) => {
-            tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
-        }
+/// Runs a producer-snapshot job the core made and reports back to it. A failure is only
+/// logged: the next open replays more of the log.
+async fn write_snapshot(p: &Partition, job: SnapshotJob<DmaStorage>) {
+    let upto = job.upto_offset();
+    let r = job.run().await;
+    p.core.borrow_mut().snapshot_done(upto, &r);
+    p.jobs_ended.notify_all();
+    if let Err(e) = r {
+        tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
     }
 }
 
-/// Waits (bounded: 30 s) until no [`snapshot_producers_async`] is writing in the partition's
-/// directory.
+/// Waits (bounded: 30 s) until no snapshot is being written in the partition's directory (two
+/// writers would share its temporary file).
 async fn wait_for_snapshot(p: &Partition) {
-    for _ in 0..30_000 {
-        if !p.producers_snapshot_running.get() {
+    wait_for_jobs(p, |c| !c.is_snapshot_running()).await;
+}
+
+/// Waits until `done` holds for the partition's core, re-checking whenever one of its jobs
+/// ends; bounded by [`CLOSE_WAIT_MAX`] (a stuck device must not hang the shutdown).
+async fn wait_for_jobs(p: &Partition, done: impl Fn(&Core) -> bool) {
+    let deadline = Instant::now() + CLOSE_WAIT_MAX;
+    loop {
+        let seen = p.jobs_ended.version();
+        if done(&p.core.borrow()) {
             return;
         }
-        rt::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// [`snapshot_producers`] after an index checkpoint, without blocking the shard: the file is
-/// written through io_uring. Without it a crash would replay every batch since the last
-/// timer snapshot (up to `retention_check_interval_ms` of appends, gigabytes at disk speed)
-/// while recovery itself scans only from the last index checkpoint.
-///
-/// The caller sets `producers_snapshot_running` when it spawns this, so that two never write the
-/// same temporary file (glommio's open panics if the file vanishes between its open and its
-/// statfs, which a concurrent rename of the same path would do).
-async fn snapshot_producers_async(p: Rc<Partition>) {
-    let r = write_producer_snapshot(&p).await;
-    p.producers_snapshot_running.set(false);
-    match r {
-        Ok(Some(upto)) => p.producers_snapshot.set(Some(upto)),
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(topic = %p.key.0, partition = p.key.1, error = %e, "producer snapshot not written; the next open replays more of the log");
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(topic = %p.key.0, partition = p.key.1, "a flush or snapshot job is still running after 30 s; closing anyway");
+            return;
         }
-    }
-}
-
-async fn write_producer_snapshot(p: &Partition) -> Result<Option<u64>> {
-    let upto = p.log.borrow().watermarks().durable_offset;
-    if p.producers_snapshot.get() == Some(upto) || p.closed.get() {
-        return Ok(None);
-    }
-    let bytes = p.producers.borrow().snapshot_bytes(upto)?;
-    let storage = *p.log.borrow().storage();
-    idempotence::write_snapshot_async(&storage, &p.dir, upto, &bytes).await?;
-    Ok(Some(upto))
-}
-
-type ProducerStamp = Option<(ProducerInfo, u32)>;
-
-/// The idempotence check before an append: `Ok(stamp)` = append (and record `stamp` if the
-/// producer is idempotent), `Err((error, None))` = refuse, `Err((_, Some(ack)))` = a duplicate
-/// to answer with its original offsets. An unreadable header passes: append reports it.
-fn idempotence_check(
-    p: &Partition,
-    batch: &Bytes,
-) -> std::result::Result<ProducerStamp, (Error, Option<ProduceAck>)> {
-    let Ok(h) = BatchHeader::parse(batch) else {
-        return Ok(None);
-    };
-    if h.producer.producer_id == 0 {
-        return Ok(None);
-    }
-    match p.producers.borrow().check(h.producer, h.record_count) {
-        Ok(Verdict::Append) => Ok(Some((h.producer, h.record_count))),
-        Ok(Verdict::Duplicate {
-            base_offset,
-            last_offset,
-        }) => Err((
-            Error::Runtime("duplicate".into()),
-            Some(ProduceAck {
-                base_offset,
-                last_offset,
-            }),
-        )),
-        Err(e) => Err((e, None)),
-    }
-}
-
-fn complete_waiters(p: &Partition, w: &Watermarks, metrics: &RefCell<ShardMetrics>) {
-    let mut ws = p.durable_waiters.borrow_mut();
-    let mut m = metrics.borrow_mut();
-    while ws
-        .front()
-        .is_some_and(|x| x.ack.last_offset < w.durable_offset)
-    {
-        if let Some(x) = ws.pop_front() {
-            m.append_durable_ns.record_duration(x.since.elapsed());
-            let _ = x.reply.send(Ok(x.ack));
-        }
-    }
-}
-
-fn fail_waiters(p: &Partition, e: &Error) {
-    for w in p.durable_waiters.borrow_mut().drain(..) {
-        let _ = w.reply.send(Err(named(copy_error(e), &p.key)));
-    }
-}
-
-/// After an I/O error: reopen the partition from disk (the recovery path of a restart).
-async fn repair(p: Rc<Partition>) {
-    match PartitionLog::open(DmaStorage, &p.dir, p.config.clone(), now_ms()).await {
-        Ok(log) => {
-            tracing::info!(topic = %p.key.0, partition = p.key.1, next_offset = log.watermarks().next_offset, "partition repaired");
-            p.producers
-                .borrow_mut()
-                .truncate_to(log.watermarks().next_offset);
-            *p.log.borrow_mut() = log;
-            p.notify.notify_all();
-        }
-        Err(e) => {
-            tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "partition repair failed; it stays unwritable");
-        }
+        rt::timeout(deadline - now, p.jobs_ended.changed(seen)).await;
     }
 }
 
 fn response(p: &Partition, r: ReadResult, offset: u64) -> FetchResponse {
-    let w = p.log.borrow().watermarks();
+    let w = p.watermarks();
     let next_offset = r
         .chunks
         .last()
@@ -1173,7 +1059,11 @@ pub(crate) async fn read_once(
     max_bytes: usize,
     max_records: usize,
 ) -> Result<FetchResponse> {
-    let plan = p.log.borrow().plan_read(offset, max_bytes, max_records)?;
+    let plan = p
+        .core
+        .borrow()
+        .log()
+        .plan_read(offset, max_bytes, max_records)?;
     let r = match plan {
         ReadPlan::Ready(r) => {
             if r.records > 0 {
@@ -1201,7 +1091,7 @@ async fn fetch(
         let seen = p.notify.version();
         let r = read_once(p, offset, max_bytes, max_records).await?;
         let now = Instant::now();
-        if r.records > 0 || now >= deadline || p.closed.get() {
+        if r.records > 0 || now >= deadline || p.is_closed() {
             return Ok(r);
         }
         rt::timeout(deadline - now, p.notify.changed(seen)).await;
@@ -1209,7 +1099,7 @@ async fn fetch(
 }
 
 async fn list_offset(p: &Partition, spec: OffsetSpec) -> Result<u64> {
-    let w = p.log.borrow().watermarks();
+    let w = p.watermarks();
     match spec {
         OffsetSpec::Earliest => Ok(w.log_start),
         OffsetSpec::Latest => Ok(w.written_offset),
@@ -1220,12 +1110,12 @@ async fn list_offset(p: &Partition, spec: OffsetSpec) -> Result<u64> {
             log_end: w.written_offset,
         }),
         OffsetSpec::Timestamp(ts) => {
-            let Some(mut offset) = p.log.borrow().time_lookup_start(ts) else {
+            let Some(mut offset) = p.core.borrow().log().time_lookup_start(ts) else {
                 return Ok(w.written_offset);
             };
             // Bounded: each round advances by at least one batch, and stops at the watermark.
             while offset < w.written_offset {
-                let r = read_once(p, offset, 1 << 20, usize::MAX).await?;
+                let r = read_once(p, offset, TIME_SEARCH_READ_BYTES, usize::MAX).await?;
                 if r.records == 0 {
                     break;
                 }
@@ -1251,7 +1141,7 @@ async fn subscription(
 ) {
     let mut cursor = from;
     loop {
-        if p.closed.get() {
+        if p.is_closed() {
             let _ = tx
                 .send_async(Err(Error::UnknownPartition {
                     topic: p.key.0.to_string(),
@@ -1268,7 +1158,7 @@ async fn subscription(
             }
             Ok(r) if r.records == 0 => {
                 // Idle: wait for new data, checking now and then whether anyone still listens.
-                if rt::timeout(Duration::from_secs(2), p.notify.changed(seen))
+                if rt::timeout(SUBSCRIPTION_IDLE_CHECK, p.notify.changed(seen))
                     .await
                     .is_none()
                     && tx.is_disconnected()
@@ -1283,42 +1173,5 @@ async fn subscription(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Proves: a failed partition's error names the topic and partition, not the log's
-    // directory (the log knows only that), for the producer and for every durable waiter.
-    #[test]
-    fn partition_failures_name_the_partition() {
-        let key: PartitionKey = (Arc::from("orders"), 3);
-        let from_log = Error::PartitionFailed {
-            topic: "/data/topics/orders-1/3".into(),
-            partition: 0,
-            reason: "EIO".into(),
-        };
-        let want = "partition orders/3 is not writable after an I/O error: EIO";
-        assert_eq!(named(from_log, &key).to_string(), want);
-        let io = Error::Storage {
-            path: "/data/x".into(),
-            source: std::io::Error::other("EIO"),
-        };
-        let copied = named(copy_error(&io), &key);
-        assert!(
-            copied
-                .to_string()
-                .starts_with("partition orders/3 is not writable"),
-            "{copied}"
-        );
-        let full = Error::DiskFull {
-            path: "/data".into(),
-        };
-        assert!(matches!(
-            named(copy_error(&full), &key),
-            Error::DiskFull { .. }
-        ));
     }
 }

@@ -2,7 +2,9 @@
 //! thousands of seeded random sequences of append / flush / sync / read / crash / reopen,
 //! every batch covered by a completed sync survives byte-identical, the recovered log is always a
 //! prefix of what was appended (nothing torn, reordered or invented is ever served), and offsets
-//! stay contiguous. A failure prints the seed; `CRASH_IMAGE_SEED=N` replays one sequence and
+//! stay contiguous. Before a crash the process may die in the middle of a flush, have the
+//! flush's writes and syncs complete out of order and only in part, or see its fdatasync fail.
+//! A failure prints the seed; `CRASH_IMAGE_SEED=N` replays one sequence and
 //! `CRASH_IMAGE_CASES=N` changes how many run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
@@ -10,7 +12,7 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use futures_lite::future::block_on;
+use futures_lite::future::{block_on, poll_once};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use shardline_engine::batch::{self, BatchBuilder, BatchHeader};
@@ -94,9 +96,32 @@ fn flush(log: &mut Log, sync: bool) -> bool {
     }
 }
 
+/// Starts a flush with every write and sync held, completes a random part of them in a random
+/// order, then drops the job: the process dies with the rest in flight.
+fn flush_partly(log: &mut Log, storage: &CrashStorage, rng: &mut impl Rng) {
+    storage.hold_writes(true);
+    storage.hold_syncs(true);
+    if let Some(job) = log.take_flush(rng.random_bool(0.5)) {
+        let mut run = Box::pin(job.run());
+        for _ in 0..rng.random_range(0..10) {
+            if block_on(poll_once(&mut run)).is_some() {
+                break;
+            }
+            let parked = storage.parked();
+            if parked.is_empty() {
+                break;
+            }
+            let (ticket, _) = parked[rng.random_range(0..parked.len())];
+            assert!(storage.complete(ticket));
+        }
+    }
+    storage.hold_writes(false);
+    storage.hold_syncs(false);
+}
+
 fn run_case(seed: u64) {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-    let storage = CrashStorage::new();
+    let storage = CrashStorage::seeded(seed);
     let dir = Path::new("/data/t/0");
     let open =
         |st: &CrashStorage| block_on(Log::open(st.clone(), dir, small_config(), 0)).expect("open");
@@ -158,10 +183,22 @@ fn run_case(seed: u64) {
                 // time the process dies in the middle of a flush first (after a random number of
                 // storage operations), which exercises the ordering inside a group commit and a
                 // roll.
-                if rng.random_bool(0.5) {
-                    storage.die_after_ops(Some(rng.random_range(0..6)));
-                    let _ = flush(&mut log, rng.random_bool(0.5));
-                    storage.die_after_ops(None);
+                match rng.random_range(0..6) {
+                    0..=2 => {
+                        storage.die_after_ops(Some(rng.random_range(0..6)));
+                        let _ = flush(&mut log, rng.random_bool(0.5));
+                        storage.die_after_ops(None);
+                    }
+                    3 => flush_partly(&mut log, &storage, &mut rng),
+                    4 => {
+                        // fdatasync fails (EIO): nothing of this flush may count as durable.
+                        let before = log.watermarks().durable_offset;
+                        storage.set_fail_sync(true);
+                        let _ = flush(&mut log, true);
+                        storage.set_fail_sync(false);
+                        assert_eq!(log.watermarks().durable_offset, before);
+                    }
+                    _ => {}
                 }
                 drop(log);
                 let keep_p = rng.random_range(0.0..1.0);

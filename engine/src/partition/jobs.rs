@@ -1,0 +1,90 @@
+//! The I/O jobs of the partition core that are not the log's own (`FlushJob`, `CloseJob`) or
+//! the producer table's (`SnapshotJob`): each holds what its I/O needs, the shell runs it and
+//! hands the result back to the core.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use crate::error::Result;
+use crate::log::{self, LogConfig, PartitionLog};
+use crate::storage::Storage;
+
+/// Reopens a failed partition's log from disk (the recovery path of a restart). Hand the result
+/// to [`super::PartitionCore::repaired`].
+pub struct RepairJob<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+}
+
+impl<S: Storage> RepairJob<S> {
+    pub(super) fn new(storage: S, dir: PathBuf, config: LogConfig) -> Self {
+        RepairJob {
+            storage,
+            dir,
+            config,
+        }
+    }
+
+    pub async fn run(self, now_ms: i64) -> Result<PartitionLog<S>> {
+        PartitionLog::open(self.storage, &self.dir, self.config, now_ms).await
+    }
+}
+
+/// Rolls an expired, idle active segment so that retention can delete it (the log's
+/// `roll_for_retention`, which borrows the log between its awaits).
+pub struct RetentionRoll<S: Storage> {
+    log: Rc<RefCell<PartitionLog<S>>>,
+}
+
+impl<S: Storage> RetentionRoll<S> {
+    pub(super) fn new(log: Rc<RefCell<PartitionLog<S>>>) -> Self {
+        RetentionRoll { log }
+    }
+
+    pub async fn run(self, now_ms: i64) -> Result<()> {
+        PartitionLog::roll_for_retention(&self.log, now_ms).await
+    }
+}
+
+/// Segment files that retention removed from the log, to delete (then sync the directory).
+pub struct Expired<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    files: Vec<PathBuf>,
+    /// Cached bytes the removal freed (the shard's cache account).
+    pub cache_freed_bytes: usize,
+}
+
+impl<S: Storage> Expired<S> {
+    pub(super) fn new(
+        storage: S,
+        dir: PathBuf,
+        files: Vec<PathBuf>,
+        cache_freed_bytes: usize,
+    ) -> Self {
+        Expired {
+            storage,
+            dir,
+            files,
+            cache_freed_bytes,
+        }
+    }
+
+    /// Whether nothing expired (the log start did not move).
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    pub async fn run(self) -> Result<()> {
+        if self.files.is_empty() {
+            return Ok(());
+        }
+        log::remove_files(&self.storage, &self.dir, &self.files).await
+    }
+}
