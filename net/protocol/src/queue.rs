@@ -288,7 +288,7 @@ impl QueueMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{FrameBuf, FrameDecoder, FrameEncoder, Request, Response};
+    use crate::{FrameBuf, FrameDecoder, FrameEncoder, Request, Response, code};
     use proptest::prelude::*;
     use rkyv::Archived;
 

@@ -460,7 +460,8 @@ mod tests {
         assert!(er.message.len() <= shardline_protocol::MESSAGE_BYTES_MAX);
     }
 
-    fn decoder() -> FrameDecoder {
+    fn decoder() -> shardline_protocol::FrameDecoder {
+        use shardline_protocol::{DecoderConfig, FrameDecoder};
         FrameDecoder::new(DecoderConfig {
             frame_bytes_max: 1 << 20,
             read_buffer_bytes: 4096,
@@ -471,11 +472,8 @@ mod tests {
     /// The engine's own batches pass through untouched and can be validated in place.
     #[test]
     fn engine_batches_survive_produce_and_fetch_byte_for_byte() {
-        use rkyv::util::AlignedVec;
         use shardline_engine::batch;
-        use shardline_protocol::{
-            DecoderConfig, FrameDecoder, FrameEncoder, Request, Response, ServerMessage,
-        };
+        use shardline_protocol::{FrameBuf, FrameEncoder, Request, Response, ServerMessage};
         let b1 = batch::batch_of_values(["a", "bb", "ccc"]).unwrap();
         let b2 = batch::batch_of_values([vec![9u8; 1000]]).unwrap();
         let req = Request::Produce(ProduceRequest {
@@ -496,7 +494,7 @@ mod tests {
             }],
         });
         let mut enc = FrameEncoder::default();
-        let mut out = AlignedVec::<16>::new();
+        let mut out = FrameBuf::new();
         enc.request(&mut out, 1, 0, &req).unwrap();
         let mut dec = decoder();
         dec.push(&out);
