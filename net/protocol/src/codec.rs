@@ -29,6 +29,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::api::ApiKey;
+pub use super::api::{Request, Response};
 use super::error::{WireError, limit};
 use super::frame::{
     FRAME_HEADER_BYTES, Frame, FrameHeader, FrameKind, OwnedFrame, aligned_bytes, is_aligned,
@@ -36,8 +37,6 @@ use super::frame::{
 };
 use super::messages::*;
 use super::ops::*;
-use super::queue::*;
-use super::semantics::*;
 use super::{
     FRAME_ALIGN, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MIN_LIMIT,
     HANDSHAKE_APIS_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX,
@@ -117,7 +116,7 @@ const _: () = assert!(align_of::<ArchivedDescribeTopicResponse>() <= FRAME_ALIGN
 
 /// Blobs of one frame, in data-section order, with the offsets they get.
 #[derive(Default)]
-struct BlobPlan<'b> {
+pub(crate) struct BlobPlan<'b> {
     blobs: Vec<&'b Bytes>,
     data_bytes: u64,
 }
@@ -226,13 +225,13 @@ fn push_envelope(m: &Push) -> Result<(PushEnvelope, BlobPlan<'_>), WireError> {
 
 /// A payload being decoded: borrowed (blobs are copied out) or shared (blobs are sliced).
 #[derive(Clone, Copy)]
-enum Source<'a> {
+pub(crate) enum Source<'a> {
     Slice(&'a [u8]),
     Shared(&'a Bytes),
 }
 
 impl Source<'_> {
-    fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Source::Slice(s) => s,
             Source::Shared(b) => b,
@@ -303,7 +302,7 @@ where
 }
 
 /// Access, then deserialize into the owned type.
-fn plain<T>(api: ApiKey, bytes: &[u8]) -> Result<T, WireError>
+pub(crate) fn plain<T>(api: ApiKey, bytes: &[u8]) -> Result<T, WireError>
 where
     T: Archive,
     T::Archived: for<'v> CheckBytes<HighValidator<'v, BoxedError>>
@@ -314,9 +313,9 @@ where
 }
 
 /// [`plain`], then the request's own limits.
-fn checked<T>(api: ApiKey, bytes: &[u8]) -> Result<T, WireError>
+pub(crate) fn checked<T>(api: ApiKey, bytes: &[u8]) -> Result<T, WireError>
 where
-    T: Archive + super::queue::CheckLimits,
+    T: Archive + Limits,
     T::Archived: for<'v> CheckBytes<HighValidator<'v, BoxedError>>
         + Deserialize<T, Strategy<Pool, BoxedError>>,
 {
@@ -344,6 +343,144 @@ fn check_topics<'n>(
         partitions,
         PARTITIONS_PER_REQUEST_MAX,
     )
+}
+
+/// The limits a decoded request must keep beyond its layout (docs/protocol.md, "Limits"),
+/// checked by the decoder right after the archive. Every request type of the api table
+/// implements it, next to its definition; an empty impl means "no limits but the frame's".
+pub(crate) trait Limits {
+    fn check(&self) -> Result<(), WireError> {
+        Ok(())
+    }
+}
+
+/// A message whose payload carries raw record batches in a data section (Produce requests,
+/// Fetch responses); marked `[blobs]` in the api table. Every other message is one plain rkyv
+/// archive.
+pub(crate) trait Blobs: Sized {
+    fn decode_blobs(src: Source<'_>) -> Result<Self, WireError>;
+    fn prepare_blobs<'b>(
+        &'b self,
+        encoder: &mut FrameEncoder,
+        head: Head,
+    ) -> Result<Prepared<'b>, WireError>;
+}
+
+impl Blobs for ProduceRequest {
+    fn decode_blobs(src: Source<'_>) -> Result<Self, WireError> {
+        decode_produce(src)
+    }
+
+    fn prepare_blobs<'b>(
+        &'b self,
+        encoder: &mut FrameEncoder,
+        head: Head,
+    ) -> Result<Prepared<'b>, WireError> {
+        let (env, plan) = produce_envelope(self)?;
+        encoder.prepare(head, &env, plan)
+    }
+}
+
+impl Blobs for FetchResponse {
+    fn decode_blobs(src: Source<'_>) -> Result<Self, WireError> {
+        decode_fetch_response(src)
+    }
+
+    fn prepare_blobs<'b>(
+        &'b self,
+        encoder: &mut FrameEncoder,
+        head: Head,
+    ) -> Result<Prepared<'b>, WireError> {
+        let (env, plan) = fetch_envelope(self)?;
+        encoder.prepare(head, &env, plan)
+    }
+}
+
+// Limits of the core (0-14), operations (30-39) and security (40-49) requests; those of the
+// messaging semantics and work queues are in semantics.rs and queue.rs.
+
+impl Limits for HandshakeRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("client id bytes", &self.client_id)?;
+        limit("handshake apis", self.apis.len(), HANDSHAKE_APIS_MAX)
+    }
+}
+impl Limits for PingRequest {}
+impl Limits for MetadataRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_topics(
+            self.topics.len(),
+            self.topics.iter().map(|t| (t.as_str(), 0)),
+        )
+    }
+}
+impl Limits for CreateTopicRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)
+    }
+}
+impl Limits for DeleteTopicRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)
+    }
+}
+impl Limits for ListTopicsRequest {}
+impl Limits for DescribeTopicRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)
+    }
+}
+impl Limits for FetchRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_topics(
+            self.topics.len(),
+            self.topics
+                .iter()
+                .map(|t| (t.name.as_str(), t.partitions.len())),
+        )
+    }
+}
+impl Limits for ListOffsetsRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_topics(
+            self.topics.len(),
+            self.topics
+                .iter()
+                .map(|t| (t.name.as_str(), t.partitions.len())),
+        )
+    }
+}
+impl Limits for SubscribeRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.topic)
+    }
+}
+impl Limits for GrantCreditsRequest {}
+impl Limits for UnsubscribeRequest {}
+impl Limits for StatsRequest {}
+impl Limits for MetricsRequest {}
+impl Limits for AlterTopicRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)
+    }
+}
+impl Limits for ResetOffsetsRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("group name bytes", &self.group)?;
+        check_name("topic name bytes", &self.topic)
+    }
+}
+impl Limits for QueuePurgeRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.topic)
+    }
+}
+impl Limits for ListGroupsRequest {}
+impl Limits for AuthenticateRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("user name bytes", &self.username)?;
+        limit("secret bytes", self.secret.len(), SECRET_BYTES_MAX)
+    }
 }
 
 fn decode_produce(src: Source<'_>) -> Result<ProduceRequest, WireError> {
@@ -430,87 +567,7 @@ fn decode_push(src: Source<'_>) -> Result<Push, WireError> {
     })
 }
 
-/// A request, as the server receives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    Handshake(HandshakeRequest),
-    Ping(PingRequest),
-    Metadata(MetadataRequest),
-    CreateTopic(CreateTopicRequest),
-    DeleteTopic(DeleteTopicRequest),
-    ListTopics(ListTopicsRequest),
-    DescribeTopic(DescribeTopicRequest),
-    Produce(ProduceRequest),
-    Fetch(FetchRequest),
-    ListOffsets(ListOffsetsRequest),
-    Subscribe(SubscribeRequest),
-    GrantCredits(GrantCreditsRequest),
-    Unsubscribe(UnsubscribeRequest),
-    Stats(StatsRequest),
-    Metrics(MetricsRequest),
-    AlterTopic(AlterTopicRequest),
-    ResetOffsets(ResetOffsetsRequest),
-    QueuePurge(QueuePurgeRequest),
-    ListGroups(ListGroupsRequest),
-    InitProducer(InitProducerRequest),
-    JoinGroup(JoinGroupRequest),
-    Heartbeat(HeartbeatRequest),
-    LeaveGroup(LeaveGroupRequest),
-    OffsetCommit(OffsetCommitRequest),
-    OffsetFetch(OffsetFetchRequest),
-    DescribeGroup(DescribeGroupRequest),
-    QueueCreate(QueueCreateRequest),
-    QueueReceive(QueueReceiveRequest),
-    QueueAck(QueueAckRequest),
-    QueueNack(QueueNackRequest),
-    QueueChangeVisibility(QueueChangeVisibilityRequest),
-    QueueStats(QueueStatsRequest),
-    QueuePeek(QueuePeekRequest),
-    QueueRedrive(QueueRedriveRequest),
-    Authenticate(AuthenticateRequest),
-}
-
 impl Request {
-    pub fn api_key(&self) -> ApiKey {
-        match self {
-            Request::Handshake(_) => ApiKey::Handshake,
-            Request::Ping(_) => ApiKey::Ping,
-            Request::Metadata(_) => ApiKey::Metadata,
-            Request::CreateTopic(_) => ApiKey::CreateTopic,
-            Request::DeleteTopic(_) => ApiKey::DeleteTopic,
-            Request::ListTopics(_) => ApiKey::ListTopics,
-            Request::DescribeTopic(_) => ApiKey::DescribeTopic,
-            Request::Produce(_) => ApiKey::Produce,
-            Request::Fetch(_) => ApiKey::Fetch,
-            Request::ListOffsets(_) => ApiKey::ListOffsets,
-            Request::Subscribe(_) => ApiKey::Subscribe,
-            Request::GrantCredits(_) => ApiKey::GrantCredits,
-            Request::Unsubscribe(_) => ApiKey::Unsubscribe,
-            Request::Stats(_) => ApiKey::Stats,
-            Request::Metrics(_) => ApiKey::Metrics,
-            Request::AlterTopic(_) => ApiKey::AlterTopic,
-            Request::ResetOffsets(_) => ApiKey::ResetOffsets,
-            Request::QueuePurge(_) => ApiKey::QueuePurge,
-            Request::ListGroups(_) => ApiKey::ListGroups,
-            Request::InitProducer(_) => ApiKey::InitProducer,
-            Request::JoinGroup(_) => ApiKey::JoinGroup,
-            Request::Heartbeat(_) => ApiKey::Heartbeat,
-            Request::LeaveGroup(_) => ApiKey::LeaveGroup,
-            Request::OffsetCommit(_) => ApiKey::OffsetCommit,
-            Request::OffsetFetch(_) => ApiKey::OffsetFetch,
-            Request::DescribeGroup(_) => ApiKey::DescribeGroup,
-            Request::QueueCreate(_) => ApiKey::QueueCreate,
-            Request::QueueReceive(_) => ApiKey::QueueReceive,
-            Request::QueueAck(_) => ApiKey::QueueAck,
-            Request::QueueNack(_) => ApiKey::QueueNack,
-            Request::QueueChangeVisibility(_) => ApiKey::QueueChangeVisibility,
-            Request::QueueStats(_) => ApiKey::QueueStats,
-            Request::QueuePeek(_) => ApiKey::QueuePeek,
-            Request::QueueRedrive(_) => ApiKey::QueueRedrive,
-            Request::Authenticate(_) => ApiKey::Authenticate,
-        }
-    }
-
     /// False for GrantCredits and for Produce with `acks = none`: the server sends nothing back
     /// (not even for errors, except an error frame before closing on a fatal framing error).
     pub fn expects_response(&self) -> bool {
@@ -563,193 +620,11 @@ impl Request {
             return Err(WireError::UnknownApi { api_key });
         }
         api.check_version(version)?;
-        with_aligned(src, |src| {
-            let b = src.bytes();
-            let r = match api {
-                ApiKey::Handshake => {
-                    let m: HandshakeRequest = plain(api, b)?;
-                    check_name("client id bytes", &m.client_id)?;
-                    limit("handshake apis", m.apis.len(), HANDSHAKE_APIS_MAX)?;
-                    Request::Handshake(m)
-                }
-                ApiKey::Ping => Request::Ping(plain(api, b)?),
-                ApiKey::Metadata => {
-                    let m: MetadataRequest = plain(api, b)?;
-                    check_topics(m.topics.len(), m.topics.iter().map(|t| (t.as_str(), 0)))?;
-                    Request::Metadata(m)
-                }
-                ApiKey::CreateTopic => {
-                    let m: CreateTopicRequest = plain(api, b)?;
-                    check_name("topic name bytes", &m.name)?;
-                    Request::CreateTopic(m)
-                }
-                ApiKey::DeleteTopic => {
-                    let m: DeleteTopicRequest = plain(api, b)?;
-                    check_name("topic name bytes", &m.name)?;
-                    Request::DeleteTopic(m)
-                }
-                ApiKey::ListTopics => Request::ListTopics(plain(api, b)?),
-                ApiKey::DescribeTopic => {
-                    let m: DescribeTopicRequest = plain(api, b)?;
-                    check_name("topic name bytes", &m.name)?;
-                    Request::DescribeTopic(m)
-                }
-                ApiKey::Produce => Request::Produce(decode_produce(src)?),
-                ApiKey::Fetch => {
-                    let m: FetchRequest = plain(api, b)?;
-                    check_topics(
-                        m.topics.len(),
-                        m.topics
-                            .iter()
-                            .map(|t| (t.name.as_str(), t.partitions.len())),
-                    )?;
-                    Request::Fetch(m)
-                }
-                ApiKey::ListOffsets => {
-                    let m: ListOffsetsRequest = plain(api, b)?;
-                    check_topics(
-                        m.topics.len(),
-                        m.topics
-                            .iter()
-                            .map(|t| (t.name.as_str(), t.partitions.len())),
-                    )?;
-                    Request::ListOffsets(m)
-                }
-                ApiKey::Subscribe => {
-                    let m: SubscribeRequest = plain(api, b)?;
-                    check_name("topic name bytes", &m.topic)?;
-                    Request::Subscribe(m)
-                }
-                ApiKey::GrantCredits => Request::GrantCredits(plain(api, b)?),
-                ApiKey::Unsubscribe => Request::Unsubscribe(plain(api, b)?),
-                ApiKey::Stats => Request::Stats(plain(api, b)?),
-                ApiKey::Metrics => Request::Metrics(plain(api, b)?),
-                ApiKey::AlterTopic => {
-                    let m: AlterTopicRequest = plain(api, b)?;
-                    check_name("topic name bytes", &m.name)?;
-                    Request::AlterTopic(m)
-                }
-                ApiKey::ResetOffsets => {
-                    let m: ResetOffsetsRequest = plain(api, b)?;
-                    check_name("group name bytes", &m.group)?;
-                    check_name("topic name bytes", &m.topic)?;
-                    Request::ResetOffsets(m)
-                }
-                ApiKey::QueuePurge => {
-                    let m: QueuePurgeRequest = plain(api, b)?;
-                    check_name("topic name bytes", &m.topic)?;
-                    Request::QueuePurge(m)
-                }
-                ApiKey::ListGroups => Request::ListGroups(plain(api, b)?),
-                ApiKey::InitProducer => Request::InitProducer(plain(api, b)?),
-                ApiKey::JoinGroup => Request::JoinGroup(plain(api, b)?),
-                ApiKey::Heartbeat => Request::Heartbeat(plain(api, b)?),
-                ApiKey::LeaveGroup => Request::LeaveGroup(plain(api, b)?),
-                ApiKey::OffsetCommit => Request::OffsetCommit(plain(api, b)?),
-                ApiKey::OffsetFetch => Request::OffsetFetch(plain(api, b)?),
-                ApiKey::DescribeGroup => Request::DescribeGroup(plain(api, b)?),
-                ApiKey::QueueCreate => Request::QueueCreate(checked(api, b)?),
-                ApiKey::QueueReceive => Request::QueueReceive(checked(api, b)?),
-                ApiKey::QueueAck => Request::QueueAck(checked(api, b)?),
-                ApiKey::QueueNack => Request::QueueNack(checked(api, b)?),
-                ApiKey::QueueChangeVisibility => Request::QueueChangeVisibility(checked(api, b)?),
-                ApiKey::QueueStats => Request::QueueStats(checked(api, b)?),
-                ApiKey::QueuePeek => Request::QueuePeek(checked(api, b)?),
-                ApiKey::QueueRedrive => Request::QueueRedrive(checked(api, b)?),
-                ApiKey::Authenticate => {
-                    let m: AuthenticateRequest = plain(api, b)?;
-                    check_name("user name bytes", &m.username)?;
-                    limit("secret bytes", m.secret.len(), SECRET_BYTES_MAX)?;
-                    Request::Authenticate(m)
-                }
-                ApiKey::Push => return Err(WireError::UnknownApi { api_key }),
-            };
-            super::semantics::check_request(&r)?;
-            Ok(r)
-        })
+        with_aligned(src, |src| Request::decode_payload(api, src))
     }
-}
-
-/// A response to a request (push frames are [`Push`], errors [`ErrorResponse`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Response {
-    Handshake(HandshakeResponse),
-    Ping(PingResponse),
-    Metadata(MetadataResponse),
-    CreateTopic(CreateTopicResponse),
-    DeleteTopic(DeleteTopicResponse),
-    ListTopics(ListTopicsResponse),
-    DescribeTopic(DescribeTopicResponse),
-    Produce(ProduceResponse),
-    Fetch(FetchResponse),
-    ListOffsets(ListOffsetsResponse),
-    Subscribe(SubscribeResponse),
-    Unsubscribe(UnsubscribeResponse),
-    Stats(StatsResponse),
-    Metrics(MetricsResponse),
-    AlterTopic(AlterTopicResponse),
-    ResetOffsets(ResetOffsetsResponse),
-    QueuePurge(QueuePurgeResponse),
-    ListGroups(ListGroupsResponse),
-    InitProducer(InitProducerResponse),
-    /// JoinGroup and Heartbeat both answer with an assignment.
-    JoinGroup(GroupAssignment),
-    Heartbeat(GroupAssignment),
-    LeaveGroup(LeaveGroupResponse),
-    OffsetCommit(OffsetCommitResponse),
-    OffsetFetch(OffsetFetchResponse),
-    DescribeGroup(DescribeGroupResponse),
-    QueueCreate(QueueCreateResponse),
-    QueueReceive(QueueMessages),
-    QueueAck(QueueLeaseResponse),
-    QueueNack(QueueLeaseResponse),
-    QueueChangeVisibility(QueueLeaseResponse),
-    QueueStats(QueueStatsResponse),
-    QueuePeek(QueueMessages),
-    QueueRedrive(QueueRedriveResponse),
-    Authenticate(AuthenticateResponse),
 }
 
 impl Response {
-    pub fn api_key(&self) -> ApiKey {
-        match self {
-            Response::Handshake(_) => ApiKey::Handshake,
-            Response::Ping(_) => ApiKey::Ping,
-            Response::Metadata(_) => ApiKey::Metadata,
-            Response::CreateTopic(_) => ApiKey::CreateTopic,
-            Response::DeleteTopic(_) => ApiKey::DeleteTopic,
-            Response::ListTopics(_) => ApiKey::ListTopics,
-            Response::DescribeTopic(_) => ApiKey::DescribeTopic,
-            Response::Produce(_) => ApiKey::Produce,
-            Response::Fetch(_) => ApiKey::Fetch,
-            Response::ListOffsets(_) => ApiKey::ListOffsets,
-            Response::Subscribe(_) => ApiKey::Subscribe,
-            Response::Unsubscribe(_) => ApiKey::Unsubscribe,
-            Response::Stats(_) => ApiKey::Stats,
-            Response::Metrics(_) => ApiKey::Metrics,
-            Response::AlterTopic(_) => ApiKey::AlterTopic,
-            Response::ResetOffsets(_) => ApiKey::ResetOffsets,
-            Response::QueuePurge(_) => ApiKey::QueuePurge,
-            Response::ListGroups(_) => ApiKey::ListGroups,
-            Response::InitProducer(_) => ApiKey::InitProducer,
-            Response::JoinGroup(_) => ApiKey::JoinGroup,
-            Response::Heartbeat(_) => ApiKey::Heartbeat,
-            Response::LeaveGroup(_) => ApiKey::LeaveGroup,
-            Response::OffsetCommit(_) => ApiKey::OffsetCommit,
-            Response::OffsetFetch(_) => ApiKey::OffsetFetch,
-            Response::DescribeGroup(_) => ApiKey::DescribeGroup,
-            Response::QueueCreate(_) => ApiKey::QueueCreate,
-            Response::QueueReceive(_) => ApiKey::QueueReceive,
-            Response::QueueAck(_) => ApiKey::QueueAck,
-            Response::QueueNack(_) => ApiKey::QueueNack,
-            Response::QueueChangeVisibility(_) => ApiKey::QueueChangeVisibility,
-            Response::QueueStats(_) => ApiKey::QueueStats,
-            Response::QueuePeek(_) => ApiKey::QueuePeek,
-            Response::QueueRedrive(_) => ApiKey::QueueRedrive,
-            Response::Authenticate(_) => ApiKey::Authenticate,
-        }
-    }
-
     /// Decodes a response payload; fetched batches are copied out of `payload`.
     pub fn decode(api_key: u16, api_version: u16, payload: &[u8]) -> Result<Response, WireError> {
         Self::decode_source(api_key, api_version, Source::Slice(payload))
@@ -767,52 +642,7 @@ impl Response {
     fn decode_source(api_key: u16, version: u16, src: Source<'_>) -> Result<Response, WireError> {
         let api = ApiKey::parse(api_key)?;
         api.check_version(version)?;
-        with_aligned(src, |src| {
-            let b = src.bytes();
-            let r = match api {
-                ApiKey::Handshake => Response::Handshake(plain(api, b)?),
-                ApiKey::Ping => Response::Ping(plain(api, b)?),
-                ApiKey::Metadata => Response::Metadata(plain(api, b)?),
-                ApiKey::CreateTopic => Response::CreateTopic(plain(api, b)?),
-                ApiKey::DeleteTopic => Response::DeleteTopic(plain(api, b)?),
-                ApiKey::ListTopics => Response::ListTopics(plain(api, b)?),
-                ApiKey::DescribeTopic => Response::DescribeTopic(plain(api, b)?),
-                ApiKey::Produce => Response::Produce(plain(api, b)?),
-                ApiKey::Fetch => Response::Fetch(decode_fetch_response(src)?),
-                ApiKey::ListOffsets => Response::ListOffsets(plain(api, b)?),
-                ApiKey::Subscribe => Response::Subscribe(plain(api, b)?),
-                ApiKey::Unsubscribe => Response::Unsubscribe(plain(api, b)?),
-                ApiKey::Stats => Response::Stats(plain(api, b)?),
-                ApiKey::Metrics => Response::Metrics(plain(api, b)?),
-                ApiKey::AlterTopic => Response::AlterTopic(plain(api, b)?),
-                ApiKey::ResetOffsets => Response::ResetOffsets(plain(api, b)?),
-                ApiKey::QueuePurge => Response::QueuePurge(plain(api, b)?),
-                ApiKey::ListGroups => Response::ListGroups(plain(api, b)?),
-                ApiKey::InitProducer => Response::InitProducer(plain(api, b)?),
-                ApiKey::JoinGroup => Response::JoinGroup(plain(api, b)?),
-                ApiKey::Heartbeat => Response::Heartbeat(plain(api, b)?),
-                ApiKey::LeaveGroup => Response::LeaveGroup(plain(api, b)?),
-                ApiKey::OffsetCommit => Response::OffsetCommit(plain(api, b)?),
-                ApiKey::OffsetFetch => Response::OffsetFetch(plain(api, b)?),
-                ApiKey::DescribeGroup => Response::DescribeGroup(plain(api, b)?),
-                ApiKey::QueueCreate => Response::QueueCreate(plain(api, b)?),
-                ApiKey::QueueReceive => Response::QueueReceive(plain(api, b)?),
-                ApiKey::QueueAck => Response::QueueAck(plain(api, b)?),
-                ApiKey::QueueNack => Response::QueueNack(plain(api, b)?),
-                ApiKey::QueueChangeVisibility => Response::QueueChangeVisibility(plain(api, b)?),
-                ApiKey::QueueStats => Response::QueueStats(plain(api, b)?),
-                ApiKey::QueuePeek => Response::QueuePeek(plain(api, b)?),
-                ApiKey::QueueRedrive => Response::QueueRedrive(plain(api, b)?),
-                ApiKey::Authenticate => Response::Authenticate(plain(api, b)?),
-                ApiKey::GrantCredits | ApiKey::Push => {
-                    return Err(WireError::UnexpectedFrame {
-                        kind: "response",
-                        reason: "GrantCredits and Push have no response",
-                    });
-                }
-            };
-            Ok(r)
-        })
+        with_aligned(src, |src| Response::decode_payload(api, src))
     }
 }
 
@@ -962,11 +792,14 @@ impl FrameParts {
 }
 
 /// A frame ready to be written: header set, the envelope archived in the encoder's scratch.
-struct Prepared<'b> {
+pub(crate) struct Prepared<'b> {
     header: FrameHeader,
     blobs: Vec<&'b Bytes>,
     frame_bytes: usize,
 }
+
+/// Key, version, correlation id and kind of a frame being prepared.
+pub(crate) type Head = (u16, u16, u32, FrameKind);
 
 type Ser<'a> = HighSerializer<AlignedVec<FRAME_ALIGN>, ArenaHandle<'a>, BoxedError>;
 
@@ -1105,47 +938,7 @@ impl FrameEncoder {
         let api = request.api_key();
         api.check_version(version)?;
         let h = (api.as_u16(), version, correlation_id, FrameKind::Request);
-        let none = BlobPlan::default;
-        match request {
-            Request::Handshake(m) => self.prepare(h, m, none()),
-            Request::Ping(m) => self.prepare(h, m, none()),
-            Request::Metadata(m) => self.prepare(h, m, none()),
-            Request::CreateTopic(m) => self.prepare(h, m, none()),
-            Request::DeleteTopic(m) => self.prepare(h, m, none()),
-            Request::ListTopics(m) => self.prepare(h, m, none()),
-            Request::DescribeTopic(m) => self.prepare(h, m, none()),
-            Request::Produce(m) => {
-                let (env, plan) = produce_envelope(m)?;
-                self.prepare(h, &env, plan)
-            }
-            Request::Fetch(m) => self.prepare(h, m, none()),
-            Request::ListOffsets(m) => self.prepare(h, m, none()),
-            Request::Subscribe(m) => self.prepare(h, m, none()),
-            Request::GrantCredits(m) => self.prepare(h, m, none()),
-            Request::Unsubscribe(m) => self.prepare(h, m, none()),
-            Request::Stats(m) => self.prepare(h, m, none()),
-            Request::Metrics(m) => self.prepare(h, m, none()),
-            Request::AlterTopic(m) => self.prepare(h, m, none()),
-            Request::ResetOffsets(m) => self.prepare(h, m, none()),
-            Request::QueuePurge(m) => self.prepare(h, m, none()),
-            Request::ListGroups(m) => self.prepare(h, m, none()),
-            Request::InitProducer(m) => self.prepare(h, m, none()),
-            Request::JoinGroup(m) => self.prepare(h, m, none()),
-            Request::Heartbeat(m) => self.prepare(h, m, none()),
-            Request::LeaveGroup(m) => self.prepare(h, m, none()),
-            Request::OffsetCommit(m) => self.prepare(h, m, none()),
-            Request::OffsetFetch(m) => self.prepare(h, m, none()),
-            Request::DescribeGroup(m) => self.prepare(h, m, none()),
-            Request::QueueCreate(m) => self.prepare(h, m, none()),
-            Request::QueueReceive(m) => self.prepare(h, m, none()),
-            Request::QueueAck(m) => self.prepare(h, m, none()),
-            Request::QueueNack(m) => self.prepare(h, m, none()),
-            Request::QueueChangeVisibility(m) => self.prepare(h, m, none()),
-            Request::QueueStats(m) => self.prepare(h, m, none()),
-            Request::QueuePeek(m) => self.prepare(h, m, none()),
-            Request::QueueRedrive(m) => self.prepare(h, m, none()),
-            Request::Authenticate(m) => self.prepare(h, m, none()),
-        }
+        request.prepare_payload(self, h)
     }
 
     fn prepare_response<'b>(
@@ -1157,44 +950,7 @@ impl FrameEncoder {
         let api = response.api_key();
         api.check_version(version)?;
         let h = (api.as_u16(), version, correlation_id, FrameKind::Response);
-        let none = BlobPlan::default;
-        match response {
-            Response::Handshake(m) => self.prepare(h, m, none()),
-            Response::Ping(m) => self.prepare(h, m, none()),
-            Response::Metadata(m) => self.prepare(h, m, none()),
-            Response::CreateTopic(m) => self.prepare(h, m, none()),
-            Response::DeleteTopic(m) => self.prepare(h, m, none()),
-            Response::ListTopics(m) => self.prepare(h, m, none()),
-            Response::DescribeTopic(m) => self.prepare(h, m, none()),
-            Response::Produce(m) => self.prepare(h, m, none()),
-            Response::Fetch(m) => {
-                let (env, plan) = fetch_envelope(m)?;
-                self.prepare(h, &env, plan)
-            }
-            Response::ListOffsets(m) => self.prepare(h, m, none()),
-            Response::Subscribe(m) => self.prepare(h, m, none()),
-            Response::Unsubscribe(m) => self.prepare(h, m, none()),
-            Response::Stats(m) => self.prepare(h, m, none()),
-            Response::Metrics(m) => self.prepare(h, m, none()),
-            Response::AlterTopic(m) => self.prepare(h, m, none()),
-            Response::ResetOffsets(m) => self.prepare(h, m, none()),
-            Response::QueuePurge(m) => self.prepare(h, m, none()),
-            Response::ListGroups(m) => self.prepare(h, m, none()),
-            Response::InitProducer(m) => self.prepare(h, m, none()),
-            Response::JoinGroup(m) | Response::Heartbeat(m) => self.prepare(h, m, none()),
-            Response::LeaveGroup(m) => self.prepare(h, m, none()),
-            Response::OffsetCommit(m) => self.prepare(h, m, none()),
-            Response::OffsetFetch(m) => self.prepare(h, m, none()),
-            Response::DescribeGroup(m) => self.prepare(h, m, none()),
-            Response::QueueCreate(m) => self.prepare(h, m, none()),
-            Response::QueueReceive(m) | Response::QueuePeek(m) => self.prepare(h, m, none()),
-            Response::QueueAck(m) | Response::QueueNack(m) | Response::QueueChangeVisibility(m) => {
-                self.prepare(h, m, none())
-            }
-            Response::QueueStats(m) => self.prepare(h, m, none()),
-            Response::QueueRedrive(m) => self.prepare(h, m, none()),
-            Response::Authenticate(m) => self.prepare(h, m, none()),
-        }
+        response.prepare_payload(self, h)
     }
 
     fn prepare_push<'b>(
@@ -1214,9 +970,9 @@ impl FrameEncoder {
     }
 
     /// Archives `envelope` into the scratch buffer and sizes the frame.
-    fn prepare<'b, T>(
+    pub(crate) fn prepare<'b, T>(
         &mut self,
-        (api_key, api_version, correlation_id, kind): (u16, u16, u32, FrameKind),
+        (api_key, api_version, correlation_id, kind): Head,
         envelope: &T,
         plan: BlobPlan<'b>,
     ) -> Result<Prepared<'b>, WireError>

@@ -5,6 +5,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::NAME_BYTES_MAX;
+use super::codec::Limits;
 use super::error::{WireError, limit};
 use super::messages::{TopicConfig, TopicInfo};
 
@@ -204,53 +205,48 @@ fn messages(n: u32) -> Result<(), WireError> {
     )
 }
 
-/// Limits a decoded queue request must keep (checked by the decoder, after the layout).
-pub(crate) trait CheckLimits {
-    fn check(&self) -> Result<(), WireError>;
-}
-
-impl CheckLimits for QueueCreateRequest {
+impl Limits for QueueCreateRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.name)?;
         self.queue.dead_letter_topic.as_deref().map_or(Ok(()), name)
     }
 }
-impl CheckLimits for QueueReceiveRequest {
+impl Limits for QueueReceiveRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         messages(self.max_messages)
     }
 }
-impl CheckLimits for QueueAckRequest {
+impl Limits for QueueAckRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         receipts(&self.receipts)
     }
 }
-impl CheckLimits for QueueNackRequest {
+impl Limits for QueueNackRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         receipts(&self.receipts)
     }
 }
-impl CheckLimits for QueueChangeVisibilityRequest {
+impl Limits for QueueChangeVisibilityRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         receipts(&self.receipts)
     }
 }
-impl CheckLimits for QueueStatsRequest {
+impl Limits for QueueStatsRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.topic)
     }
 }
-impl CheckLimits for QueuePeekRequest {
+impl Limits for QueuePeekRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.topic)?;
         messages(self.max_messages)
     }
 }
-impl CheckLimits for QueueRedriveRequest {
+impl Limits for QueueRedriveRequest {
     fn check(&self) -> Result<(), WireError> {
         name(&self.dead_letter_topic)
     }

@@ -5,7 +5,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::api::ApiKey;
-use super::codec::Request;
+use super::codec::Limits;
 use super::error::{WireError, limit};
 use super::{MESSAGE_BYTES_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX};
 
@@ -170,39 +170,56 @@ fn partitions(what: &'static str, n: usize) -> Result<(), WireError> {
     limit(what, n, PARTITIONS_PER_REQUEST_MAX)
 }
 
-/// The request limits of apis 15..=21, checked after decoding (docs/protocol.md, "Limits").
-pub(super) fn check_request(r: &Request) -> Result<(), WireError> {
-    match r {
-        Request::JoinGroup(m) => {
-            name("group name bytes", &m.group)?;
-            name("topic name bytes", &m.topic)?;
-            name("client id bytes", &m.client_id)
+// The request limits of apis 15..=21, checked after decoding (docs/protocol.md, "Limits").
+
+impl Limits for InitProducerRequest {}
+
+impl Limits for JoinGroupRequest {
+    fn check(&self) -> Result<(), WireError> {
+        name("group name bytes", &self.group)?;
+        name("topic name bytes", &self.topic)?;
+        name("client id bytes", &self.client_id)
+    }
+}
+
+impl Limits for HeartbeatRequest {
+    fn check(&self) -> Result<(), WireError> {
+        name("group name bytes", &self.group)?;
+        name("member id bytes", &self.member_id)?;
+        partitions("owned partitions", self.owned.len())
+    }
+}
+
+impl Limits for LeaveGroupRequest {
+    fn check(&self) -> Result<(), WireError> {
+        name("group name bytes", &self.group)?;
+        name("member id bytes", &self.member_id)
+    }
+}
+
+impl Limits for OffsetCommitRequest {
+    fn check(&self) -> Result<(), WireError> {
+        name("group name bytes", &self.group)?;
+        name("topic name bytes", &self.topic)?;
+        name("member id bytes", &self.member_id)?;
+        partitions("committed offsets", self.offsets.len())?;
+        for o in &self.offsets {
+            limit("commit metadata bytes", o.metadata.len(), MESSAGE_BYTES_MAX)?;
         }
-        Request::Heartbeat(m) => {
-            name("group name bytes", &m.group)?;
-            name("member id bytes", &m.member_id)?;
-            partitions("owned partitions", m.owned.len())
-        }
-        Request::LeaveGroup(m) => {
-            name("group name bytes", &m.group)?;
-            name("member id bytes", &m.member_id)
-        }
-        Request::OffsetCommit(m) => {
-            name("group name bytes", &m.group)?;
-            name("topic name bytes", &m.topic)?;
-            name("member id bytes", &m.member_id)?;
-            partitions("committed offsets", m.offsets.len())?;
-            for o in &m.offsets {
-                limit("commit metadata bytes", o.metadata.len(), MESSAGE_BYTES_MAX)?;
-            }
-            Ok(())
-        }
-        Request::OffsetFetch(m) => {
-            name("group name bytes", &m.group)?;
-            name("topic name bytes", &m.topic)
-        }
-        Request::DescribeGroup(m) => name("group name bytes", &m.group),
-        _ => Ok(()),
+        Ok(())
+    }
+}
+
+impl Limits for OffsetFetchRequest {
+    fn check(&self) -> Result<(), WireError> {
+        name("group name bytes", &self.group)?;
+        name("topic name bytes", &self.topic)
+    }
+}
+
+impl Limits for DescribeGroupRequest {
+    fn check(&self) -> Result<(), WireError> {
+        name("group name bytes", &self.group)
     }
 }
 

@@ -523,66 +523,10 @@ impl ConnAuth {
 /// their answers are filtered instead.
 pub(crate) fn for_each_permission<'r>(
     request: &'r Request,
-    mut f: impl FnMut(ResourceType, &'r str, Operation),
+    f: impl FnMut(ResourceType, &'r str, Operation),
 ) {
-    use Operation::*;
-    use ResourceType::*;
-    match request {
-        Request::Handshake(_)
-        | Request::Authenticate(_)
-        | Request::Ping(_)
-        | Request::ListTopics(_)
-        | Request::GrantCredits(_)
-        | Request::Unsubscribe(_) => {}
-        Request::Metadata(m) => m.topics.iter().for_each(|t| f(Topic, t, Describe)),
-        Request::CreateTopic(c) => f(Topic, &c.name, Create),
-        Request::DeleteTopic(d) => f(Topic, &d.name, Delete),
-        Request::DescribeTopic(d) => f(Topic, &d.name, Describe),
-        Request::Produce(p) => p.topics.iter().for_each(|t| f(Topic, &t.name, Produce)),
-        Request::Fetch(r) => r.topics.iter().for_each(|t| f(Topic, &t.name, Consume)),
-        Request::ListOffsets(l) => l.topics.iter().for_each(|t| f(Topic, &t.name, Describe)),
-        Request::Subscribe(s) => f(Topic, &s.topic, Consume),
-        Request::Stats(_) | Request::Metrics(_) => f(Cluster, "*", Describe),
-        Request::AlterTopic(a) => f(Topic, &a.name, Admin),
-        // Allocating producer ids (idempotence) is a cluster-level write.
-        Request::InitProducer(_) => f(Cluster, "*", Produce),
-        Request::JoinGroup(j) => {
-            f(Group, &j.group, Consume);
-            f(Topic, &j.topic, Consume);
-        }
-        Request::Heartbeat(h) => f(Group, &h.group, Consume),
-        Request::LeaveGroup(l) => f(Group, &l.group, Consume),
-        Request::OffsetCommit(c) => {
-            f(Group, &c.group, Consume);
-            f(Topic, &c.topic, Consume);
-        }
-        Request::OffsetFetch(o) => {
-            f(Group, &o.group, Describe);
-            f(Topic, &o.topic, Describe);
-        }
-        Request::DescribeGroup(d) => f(Group, &d.group, Describe),
-        Request::QueueCreate(q) => f(Topic, &q.name, Create),
-        Request::QueueReceive(q) => f(Topic, &q.topic, Consume),
-        Request::QueueAck(q) => f(Topic, &q.topic, Consume),
-        Request::QueueNack(q) => f(Topic, &q.topic, Consume),
-        Request::QueueChangeVisibility(q) => f(Topic, &q.topic, Consume),
-        Request::QueueStats(q) => f(Topic, &q.topic, Describe),
-        // Peeking reads message bodies.
-        Request::QueuePeek(q) => f(Topic, &q.topic, Consume),
-        // Re-drive moves messages out of a dead-letter topic back into their sources.
-        Request::QueueRedrive(q) => f(Topic, &q.dead_letter_topic, Admin),
-        // Rewriting a group's position bypasses its members: an administrative act on the
-        // group (Kafka asks only Group Read, as its reset is an ordinary commit); reading the
-        // partitions' offsets and timestamps needs Describe on the topic.
-        Request::ResetOffsets(r) => {
-            f(Group, &r.group, Admin);
-            f(Topic, &r.topic, Describe);
-        }
-        // Purging deletes messages, as Kafka's DeleteRecords needs Topic Delete.
-        Request::QueuePurge(q) => f(Topic, &q.topic, Delete),
-        // Filtered instead: only the groups the principal may describe are listed.
-        Request::ListGroups(_) => {}
-    }
+    // The api table (shardline_protocol::api) declares what each api needs.
+    request.for_each_permission(f);
 }
 
 /// Drops from listing answers (ListTopics, Metadata) the topics the principal may not
