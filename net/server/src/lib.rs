@@ -8,10 +8,20 @@
 //! arrival order, so per-partition order holds for pipelined requests), and a writer that
 //! drains a bounded outbox. Nothing on a shard thread ever blocks: control-plane calls that
 //! wait for every shard (topic create/delete/describe, stats) run on a helper thread.
+//!
+//! Layers: this crate joins the engine (`shardline-engine`) and the sans-IO codec
+//! (`shardline-protocol`); engine <-> wire conversions are `convert.rs`.
+//!
+//! **A second protocol** (the Kafka front end, a later issue) plugs in at `listener.rs`: a
+//! listener is an (address, protocol) pair, and a protocol is an implementation of the small
+//! `WireProtocol` trait that serves one accepted connection (`Native` = Shardline's own,
+//! served by `conn.rs`). Everything behind the connection (engine, auth and ACLs, quotas,
+//! metrics, TLS settings) is shared; the codec and the connection driver are per protocol.
 
 pub mod auth;
 mod conn;
 mod convert;
+mod listener;
 mod metrics;
 mod ops;
 mod prometheus;
@@ -299,32 +309,44 @@ impl Server {
     }
 }
 
-/// Runs on a shard: binds the shared and the direct listener, spawns their accept loops.
+/// Runs on a shard: binds its listeners (listener.rs: the shared and the direct address),
+/// spawns their accept loops, and returns the two addresses.
 fn bind_and_serve(
     h: ShardHandle,
     at: SocketAddr,
     shared: Arc<Shared>,
     stop: flume::Receiver<()>,
 ) -> Bound {
-    let bind = |a: SocketAddr| TcpListener::bind(a).map_err(|e| format!("bind {a}: {e}"));
-    let shared_l = bind(at)?;
-    let direct_l = bind(SocketAddr::new(at.ip(), 0))?;
-    let shared_addr = shared_l.local_addr().map_err(|e| e.to_string())?;
-    let direct_addr = direct_l.local_addr().map_err(|e| e.to_string())?;
-    for l in [shared_l, direct_l] {
+    let mut bound = Vec::new();
+    for listener in listener::listeners(at) {
+        let a = listener.addr;
+        let l = TcpListener::bind(a).map_err(|e| format!("bind {a}: {e}"))?;
+        bound.push((l, listener.protocol));
+    }
+    let mut addrs = Vec::with_capacity(bound.len());
+    for (l, protocol) in bound {
+        addrs.push(l.local_addr().map_err(|e| e.to_string())?);
+        tracing::debug!(shard = h.shard, addr = ?addrs.last(), protocol = protocol.name(), "listener");
         rt::spawn_local(accept_loop(
             l,
+            protocol,
             h.engine.clone(),
             h.shard,
             shared.clone(),
             stop.clone(),
         ));
     }
-    Ok((shared_addr, direct_addr))
+    match addrs[..] {
+        [shared_addr, direct_addr] => Ok((shared_addr, direct_addr)),
+        _ => Err(format!(
+            "expected a shared and a direct listener, got {addrs:?}"
+        )),
+    }
 }
 
 async fn accept_loop(
     l: TcpListener,
+    protocol: Arc<dyn listener::WireProtocol>,
     engine: Engine,
     shard: usize,
     shared: Arc<Shared>,
@@ -346,13 +368,13 @@ async fn accept_loop(
                 let n = shared.connections.fetch_add(1, Ordering::AcqRel);
                 let refuse = n >= shared.cfg.connections_max;
                 shared.metrics.connection_opened(shard, refuse);
-                rt::spawn_local(conn::serve(
+                rt::spawn_local(protocol.serve(listener::Accepted {
                     stream,
-                    engine.clone(),
+                    engine: engine.clone(),
                     shard,
-                    shared.clone(),
+                    shared: shared.clone(),
                     refuse,
-                ));
+                }));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
