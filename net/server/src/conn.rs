@@ -85,6 +85,14 @@ struct Sub {
     cancelled: Cell<bool>,
 }
 
+/// Correlation id, api key and api version of the request being answered.
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    cid: u32,
+    api: u16,
+    ver: u16,
+}
+
 struct Conn {
     engine: Engine,
     shard: usize,
@@ -387,11 +395,22 @@ impl Conn {
         self.send_error(cid, api, ver, &ErrorResponse::from_wire(e));
     }
 
+    /// One request frame: decoded, gated (handshake first, then the ACLs), then routed.
     async fn dispatch(self: &Rc<Self>, frame: OwnedFrame) {
         let h = frame.header;
         let (cid, api, ver) = (h.correlation_id, h.api_key, h.api_version);
         self.shared.metrics.request(self.shard, api);
-        let request = match Request::decode_owned_frame(&frame) {
+        if let Some(request) = self.admit(&frame) {
+            self.route(Call { cid, api, ver }, request).await;
+        }
+    }
+
+    /// Decodes the frame and checks that the request may run now; answers (or closes) and
+    /// returns `None` if not.
+    fn admit(&self, frame: &OwnedFrame) -> Option<Request> {
+        let h = frame.header;
+        let (cid, api, ver) = (h.correlation_id, h.api_key, h.api_version);
+        let request = match Request::decode_owned_frame(frame) {
             Ok(r) => r,
             Err(e) => {
                 if e.is_fatal() {
@@ -400,14 +419,14 @@ impl Conn {
                 } else {
                     self.send_error(cid, api, ver, &ErrorResponse::from_wire(&e));
                 }
-                return;
+                return None;
             }
         };
         let handshaken = self.versions.borrow().is_some();
         if !handshaken && !matches!(request, Request::Handshake(_)) {
             let e = ErrorResponse::new(code::HANDSHAKE_REQUIRED, "send Handshake first");
             self.send_error(cid, api, ver, &e);
-            return;
+            return None;
         }
         if let Err(denied) = self.auth.gate(&request) {
             if request.expects_response() || denied.close {
@@ -416,21 +435,18 @@ impl Conn {
             if denied.close {
                 self.close();
             }
-            return;
+            return None;
         }
+        Some(request)
+    }
+
+    /// Runs an admitted request. Barriers (topic and queue creation, alterations, resets,
+    /// purges, Authenticate) finish before the next request is read; the others run in tasks
+    /// of their own, so that pipelined requests overlap.
+    async fn route(self: &Rc<Self>, call: Call, request: Request) {
+        let Call { cid, api, ver } = call;
         match request {
-            Request::Handshake(r) => {
-                let chosen = negotiate(&supported_apis(), &r.apis);
-                *self.versions.borrow_mut() = Some(NegotiatedVersions::from_chosen(&chosen));
-                let resp = HandshakeResponse {
-                    server_id: self.shared.server_id.clone(),
-                    apis: chosen,
-                    frame_bytes_max: self.shared.cfg.frame_bytes_max,
-                    shard: self.shard as u32,
-                    shard_count: self.engine.shard_count() as u32,
-                };
-                self.send_response(cid, ver, &Response::Handshake(resp));
-            }
+            Request::Handshake(r) => self.handshake(cid, ver, &r),
             Request::Ping(p) => {
                 self.send_response(cid, ver, &Response::Ping(PingResponse { nonce: p.nonce }))
             }
@@ -447,65 +463,14 @@ impl Conn {
                 self.send_error(cid, api, ver, &e);
             }
             Request::CreateTopic(_) | Request::DeleteTopic(_) | Request::AlterTopic(_) => {
-                // Barriers: finish before reading the next request.
-                self.begin();
-                let r = self.admin(request).await;
-                self.reply_admin(cid, api, ver, r);
-                self.end();
+                self.barrier(call, async || self.admin(request).await).await;
             }
             Request::ListTopics(_)
             | Request::DescribeTopic(_)
             | Request::Stats(_)
-            | Request::Metrics(_) => {
-                self.begin();
-                let c = self.clone();
-                rt::spawn_local(async move {
-                    let r = c.admin(request).await;
-                    c.reply_admin(cid, api, ver, r);
-                    c.end();
-                });
-            }
-            Request::Produce(p) => {
-                if self.shared.quotas.rates_enabled() {
-                    let key = self.auth.quota_key();
-                    let bytes = super::quota::produce_bytes(&p);
-                    let dir = super::quota::Direction::Produce;
-                    let admitted = self.shared.quotas.admit(&key, dir, bytes, Instant::now());
-                    if let Err(e) = admitted {
-                        if p.acks != Acks::None {
-                            self.send_error(cid, api, ver, &e);
-                        }
-                        return;
-                    }
-                }
-                self.produce(cid, ver, p).await
-            }
-            Request::Fetch(f) => {
-                let quota_key = self
-                    .shared
-                    .quotas
-                    .rates_enabled()
-                    .then(|| self.auth.quota_key());
-                if let Some(key) = &quota_key {
-                    let dir = super::quota::Direction::Fetch;
-                    if let Err(e) = self.shared.quotas.admit(key, dir, 0, Instant::now()) {
-                        self.send_error(cid, api, ver, &e);
-                        return;
-                    }
-                }
-                self.begin();
-                let c = self.clone();
-                rt::spawn_local(async move {
-                    let resp = c.fetch(f).await;
-                    if let Some(key) = &quota_key {
-                        let bytes = super::quota::fetch_bytes(&resp);
-                        let dir = super::quota::Direction::Fetch;
-                        c.shared.quotas.charge(key, dir, bytes, Instant::now());
-                    }
-                    c.send_response(cid, ver, &Response::Fetch(resp));
-                    c.end();
-                });
-            }
+            | Request::Metrics(_) => self.spawn_call(call, async move |c| c.admin(request).await),
+            Request::Produce(p) => self.produce_within_quota(cid, api, ver, p).await,
+            Request::Fetch(f) => self.fetch_within_quota(cid, api, ver, f),
             Request::ListOffsets(l) => {
                 self.begin();
                 let c = self.clone();
@@ -535,31 +500,18 @@ impl Conn {
             | Request::LeaveGroup(_)
             | Request::OffsetCommit(_)
             | Request::OffsetFetch(_)
-            | Request::DescribeGroup(_) => {
-                self.begin();
-                let c = self.clone();
-                rt::spawn_local(async move {
-                    let r = super::semantics::handle(&c.engine, request).await;
-                    c.reply_admin(cid, api, ver, r);
-                    c.end();
-                });
-            }
+            | Request::DescribeGroup(_) => self.spawn_call(call, async move |c| {
+                super::semantics::handle(&c.engine, request).await
+            }),
             Request::ResetOffsets(_) | Request::QueuePurge(_) => {
                 // Barriers, like AlterTopic: requests behind them see their effect.
-                self.begin();
-                let r = super::ops::handle(&self.engine, request).await;
-                self.reply_admin(cid, api, ver, r);
-                self.end();
+                let engine = self.engine.clone();
+                self.barrier(call, async || super::ops::handle(&engine, request).await)
+                    .await;
             }
-            Request::ListGroups(_) => {
-                self.begin();
-                let c = self.clone();
-                rt::spawn_local(async move {
-                    let r = super::ops::handle(&c.engine, request).await;
-                    c.reply_admin(cid, api, ver, r);
-                    c.end();
-                });
-            }
+            Request::ListGroups(_) => self.spawn_call(call, async move |c| {
+                super::ops::handle(&c.engine, request).await
+            }),
             Request::Authenticate(a) => {
                 // A barrier: requests behind it run with its outcome.
                 self.begin();
@@ -575,26 +527,122 @@ impl Conn {
                     s.changed.notify_all();
                 }
             }
-            Request::Unsubscribe(u) => {
-                let sub = self.subs.borrow_mut().remove(&u.subscription_id);
-                match sub {
-                    Some(s) => {
-                        s.cancelled.set(true);
-                        s.changed.notify_all();
-                        let resp = UnsubscribeResponse {
-                            subscription_id: u.subscription_id,
-                            next_offset: s.position.get(),
-                        };
-                        self.send_response(cid, ver, &Response::Unsubscribe(resp));
-                    }
-                    None => {
-                        let e = ErrorResponse::new(
-                            code::UNKNOWN_SUBSCRIPTION,
-                            format!("no subscription {}", u.subscription_id),
-                        );
-                        self.send_error(cid, api, ver, &e);
-                    }
+            Request::Unsubscribe(u) => self.unsubscribe(cid, api, ver, u.subscription_id),
+        }
+    }
+
+    /// Runs `work` before the next request is read, and answers with its result.
+    async fn barrier(
+        &self,
+        call: Call,
+        work: impl AsyncFnOnce() -> Result<Response, shardline_engine::Error>,
+    ) {
+        self.begin();
+        let r = work().await;
+        self.reply_admin(call.cid, call.api, call.ver, r);
+        self.end();
+    }
+
+    /// Runs `work` in a task of its own (later requests are read meanwhile), and answers with
+    /// its result.
+    fn spawn_call(
+        self: &Rc<Self>,
+        call: Call,
+        work: impl AsyncFnOnce(&Rc<Conn>) -> Result<Response, shardline_engine::Error> + 'static,
+    ) {
+        self.begin();
+        let c = self.clone();
+        rt::spawn_local(async move {
+            let r = work(&c).await;
+            c.reply_admin(call.cid, call.api, call.ver, r);
+            c.end();
+        });
+    }
+
+    fn handshake(&self, cid: u32, ver: u16, r: &HandshakeRequest) {
+        let chosen = negotiate(&supported_apis(), &r.apis);
+        *self.versions.borrow_mut() = Some(NegotiatedVersions::from_chosen(&chosen));
+        let resp = HandshakeResponse {
+            server_id: self.shared.server_id.clone(),
+            apis: chosen,
+            frame_bytes_max: self.shared.cfg.frame_bytes_max,
+            shard: self.shard as u32,
+            shard_count: self.engine.shard_count() as u32,
+        };
+        self.send_response(cid, ver, &Response::Handshake(resp));
+    }
+
+    /// Produce, after the principal's byte-rate quota admits it (a refusal is answered unless
+    /// `acks = none`).
+    async fn produce_within_quota(
+        self: &Rc<Self>,
+        cid: u32,
+        api: u16,
+        ver: u16,
+        p: ProduceRequest,
+    ) {
+        if self.shared.quotas.rates_enabled() {
+            let key = self.auth.quota_key();
+            let bytes = super::quota::produce_bytes(&p);
+            let dir = super::quota::Direction::Produce;
+            let admitted = self.shared.quotas.admit(&key, dir, bytes, Instant::now());
+            if let Err(e) = admitted {
+                if p.acks != Acks::None {
+                    self.send_error(cid, api, ver, &e);
                 }
+                return;
+            }
+        }
+        self.produce(cid, ver, p).await
+    }
+
+    /// Fetch in a task of its own, after the fetch quota admits it; the bytes fetched are
+    /// charged afterwards.
+    fn fetch_within_quota(self: &Rc<Self>, cid: u32, api: u16, ver: u16, f: FetchRequest) {
+        let quota_key = self
+            .shared
+            .quotas
+            .rates_enabled()
+            .then(|| self.auth.quota_key());
+        if let Some(key) = &quota_key {
+            let dir = super::quota::Direction::Fetch;
+            if let Err(e) = self.shared.quotas.admit(key, dir, 0, Instant::now()) {
+                self.send_error(cid, api, ver, &e);
+                return;
+            }
+        }
+        self.begin();
+        let c = self.clone();
+        rt::spawn_local(async move {
+            let resp = c.fetch(f).await;
+            if let Some(key) = &quota_key {
+                let bytes = super::quota::fetch_bytes(&resp);
+                let dir = super::quota::Direction::Fetch;
+                c.shared.quotas.charge(key, dir, bytes, Instant::now());
+            }
+            c.send_response(cid, ver, &Response::Fetch(resp));
+            c.end();
+        });
+    }
+
+    fn unsubscribe(&self, cid: u32, api: u16, ver: u16, subscription_id: u32) {
+        let sub = self.subs.borrow_mut().remove(&subscription_id);
+        match sub {
+            Some(s) => {
+                s.cancelled.set(true);
+                s.changed.notify_all();
+                let resp = UnsubscribeResponse {
+                    subscription_id,
+                    next_offset: s.position.get(),
+                };
+                self.send_response(cid, ver, &Response::Unsubscribe(resp));
+            }
+            None => {
+                let e = ErrorResponse::new(
+                    code::UNKNOWN_SUBSCRIPTION,
+                    format!("no subscription {subscription_id}"),
+                );
+                self.send_error(cid, api, ver, &e);
             }
         }
     }
@@ -908,29 +956,11 @@ impl Conn {
     ) {
         let ver = self.version(ApiKey::Push);
         loop {
-            let next = futures_lite::future::or(async { Some(source.recv_async().await) }, async {
-                while !sub.cancelled.get() {
-                    let seen = sub.changed.version();
-                    sub.changed.changed(seen).await;
-                }
-                None
-            })
-            .await;
-            let resp = match next {
+            let resp = match next_delivery(&sub, &source).await {
                 None => return,
                 Some(Err(e)) => {
                     if !sub.cancelled.get() && !self.closed.get() {
-                        let mut buf = FrameBuf::new();
-                        let er = (&e).to_wire();
-                        if self
-                            .encoder
-                            .borrow_mut()
-                            .push_error(&mut buf, id, ver, &er)
-                            .is_ok()
-                        {
-                            self.enqueue(Out::Flat(buf));
-                        }
-                        self.subs.borrow_mut().remove(&id);
+                        self.end_subscription(id, ver, &(&e).to_wire());
                     }
                     return;
                 }
@@ -944,104 +974,153 @@ impl Conn {
             let chunks = match opened {
                 Ok(c) => c,
                 Err(er) => {
-                    let mut buf = FrameBuf::new();
-                    if self
-                        .encoder
-                        .borrow_mut()
-                        .push_error(&mut buf, id, ver, &er)
-                        .is_ok()
-                    {
-                        self.enqueue(Out::Flat(buf));
-                    }
-                    self.subs.borrow_mut().remove(&id);
+                    self.end_subscription(id, ver, &er);
                     return;
                 }
             };
-            // Split into single batches so the credit can be honoured batch by batch.
-            let mut batches: VecDeque<(Bytes, PushCost, u64)> = VecDeque::new();
-            for chunk in &chunks {
-                let mut at = 0;
-                while at < chunk.len() {
-                    let Ok(h) = BatchHeader::parse(&chunk[at..]) else {
-                        break;
-                    };
-                    let len = h.batch_length as usize;
-                    if at + len > chunk.len() {
-                        break;
-                    }
-                    batches.push_back((
-                        chunk.slice(at..at + len),
-                        PushCost {
-                            records: 0,
-                            bytes: len as u64,
-                        },
-                        h.next_offset(),
-                    ));
-                    at += len;
-                }
-            }
-            while !batches.is_empty() {
-                if sub.cancelled.get() || self.closed.get() {
-                    return;
-                }
-                // Records delivered = those at or after the subscriber's position.
-                let pos = sub.position.get();
-                let costs: Vec<PushCost> = batches
-                    .iter()
-                    .map(|(b, c, next)| {
-                        let base = BatchHeader::parse(b).map_or(*next, |h| h.base_offset);
-                        PushCost {
-                            records: next.saturating_sub(base.max(pos)),
-                            bytes: c.bytes,
-                        }
-                    })
-                    .collect();
-                let n = sub.window.borrow().fit(costs.iter().copied());
-                if n == 0 {
-                    let seen = sub.changed.version();
-                    sub.changed.changed(seen).await;
-                    continue;
-                }
-                let cost = costs[..n]
-                    .iter()
-                    .fold(PushCost::default(), |a, c| PushCost {
-                        records: a.records + c.records,
-                        bytes: a.bytes + c.bytes,
-                    });
-                sub.window.borrow_mut().consume(n, cost);
-                let taken: Vec<(Bytes, PushCost, u64)> = batches.drain(..n).collect();
-                let next_offset = taken.last().map_or(pos, |t| t.2);
-                let push = Push {
-                    subscription_id: id,
-                    records: u32::try_from(cost.records).unwrap_or(u32::MAX),
-                    next_offset,
-                    high_watermark: resp.high_watermark.max(next_offset),
-                    log_start: resp.log_start,
-                    chunks: taken.into_iter().map(|t| t.0).collect(),
-                };
-                sub.position.set(next_offset);
-                // Fetch quota: pushes of a principal over its rate wait instead of being refused.
-                if self.shared.quotas.rates_enabled() {
-                    let key = self.auth.quota_key();
-                    let dir = super::quota::Direction::Fetch;
-                    while let Err(back_off) = self.shared.quotas.check(&key, dir, Instant::now()) {
-                        rt::sleep(back_off).await;
-                        if sub.cancelled.get() || self.closed.get() {
-                            return;
-                        }
-                    }
-                    self.shared
-                        .quotas
-                        .charge(&key, dir, cost.bytes, Instant::now());
-                }
-                self.wait_for_outbox_space().await;
-                match self.encoder.borrow_mut().push_parts(ver, &push) {
-                    Ok(p) => self.enqueue(Out::Parts(p)),
-                    Err(e) => tracing::warn!(error = %e, "push too large for the peer"),
-                }
+            let batches = single_batches(&chunks);
+            if !self.push_within_credit(id, ver, &sub, batches, &resp).await {
+                return;
             }
         }
     }
+
+    /// Sends a PUSH|ERROR frame for the subscription and forgets it.
+    fn end_subscription(&self, id: u32, ver: u16, er: &ErrorResponse) {
+        let mut buf = FrameBuf::new();
+        if self
+            .encoder
+            .borrow_mut()
+            .push_error(&mut buf, id, ver, er)
+            .is_ok()
+        {
+            self.enqueue(Out::Flat(buf));
+        }
+        self.subs.borrow_mut().remove(&id);
+    }
+
+    /// Pushes `batches` as the subscription's credit allows, waiting for grants. False when the
+    /// subscription or the connection ended meanwhile.
+    async fn push_within_credit(
+        &self,
+        id: u32,
+        ver: u16,
+        sub: &Sub,
+        mut batches: VecDeque<(Bytes, PushCost, u64)>,
+        resp: &shardline_engine::FetchResponse,
+    ) -> bool {
+        while !batches.is_empty() {
+            if sub.cancelled.get() || self.closed.get() {
+                return false;
+            }
+            // Records delivered = those at or after the subscriber's position.
+            let pos = sub.position.get();
+            let costs: Vec<PushCost> = batches
+                .iter()
+                .map(|(b, c, next)| {
+                    let base = BatchHeader::parse(b).map_or(*next, |h| h.base_offset);
+                    PushCost {
+                        records: next.saturating_sub(base.max(pos)),
+                        bytes: c.bytes,
+                    }
+                })
+                .collect();
+            let n = sub.window.borrow().fit(costs.iter().copied());
+            if n == 0 {
+                let seen = sub.changed.version();
+                sub.changed.changed(seen).await;
+                continue;
+            }
+            let cost = costs[..n]
+                .iter()
+                .fold(PushCost::default(), |a, c| PushCost {
+                    records: a.records + c.records,
+                    bytes: a.bytes + c.bytes,
+                });
+            sub.window.borrow_mut().consume(n, cost);
+            let taken: Vec<(Bytes, PushCost, u64)> = batches.drain(..n).collect();
+            let next_offset = taken.last().map_or(pos, |t| t.2);
+            let push = Push {
+                subscription_id: id,
+                records: u32::try_from(cost.records).unwrap_or(u32::MAX),
+                next_offset,
+                high_watermark: resp.high_watermark.max(next_offset),
+                log_start: resp.log_start,
+                chunks: taken.into_iter().map(|t| t.0).collect(),
+            };
+            sub.position.set(next_offset);
+            if !self.wait_for_fetch_quota(sub, cost.bytes).await {
+                return false;
+            }
+            self.wait_for_outbox_space().await;
+            match self.encoder.borrow_mut().push_parts(ver, &push) {
+                Ok(p) => self.enqueue(Out::Parts(p)),
+                Err(e) => tracing::warn!(error = %e, "push too large for the peer"),
+            }
+        }
+        true
+    }
+
+    /// Fetch quota: pushes of a principal over its rate wait instead of being refused; then
+    /// `bytes` are charged. False when the subscription or the connection ended meanwhile.
+    async fn wait_for_fetch_quota(&self, sub: &Sub, bytes: u64) -> bool {
+        if !self.shared.quotas.rates_enabled() {
+            return true;
+        }
+        let key = self.auth.quota_key();
+        let dir = super::quota::Direction::Fetch;
+        while let Err(back_off) = self.shared.quotas.check(&key, dir, Instant::now()) {
+            rt::sleep(back_off).await;
+            if sub.cancelled.get() || self.closed.get() {
+                return false;
+            }
+        }
+        self.shared.quotas.charge(&key, dir, bytes, Instant::now());
+        true
+    }
+}
+
+/// The subscription's next delivery, or `None` once it is cancelled.
+async fn next_delivery(
+    sub: &Sub,
+    source: &Subscription,
+) -> Option<shardline_engine::Result<shardline_engine::FetchResponse>> {
+    futures_lite::future::or(async { Some(source.recv_async().await) }, async {
+        while !sub.cancelled.get() {
+            let seen = sub.changed.version();
+            sub.changed.changed(seen).await;
+        }
+        None
+    })
+    .await
+}
+
+/// Splits chunks into single batches so that the credit can be honoured batch by batch:
+/// (batch, its byte cost, the offset after it).
+fn single_batches(chunks: &[Bytes]) -> VecDeque<(Bytes, PushCost, u64)> {
+    let mut batches = VecDeque::new();
+    for chunk in chunks {
+        let mut at = 0;
+        while at < chunk.len() {
+            let Ok(h) = BatchHeader::parse(&chunk[at..]) else {
+                break;
+            };
+            let len = h.batch_length as usize;
+            if at + len > chunk.len() {
+                break;
+            }
+            batches.push_back((
+                chunk.slice(at..at + len),
+                PushCost {
+                    records: 0,
+                    bytes: len as u64,
+                },
+                h.next_offset(),
+            ));
+            at += len;
+        }
+    }
+    batches
 }
 
 #[cfg(test)]
