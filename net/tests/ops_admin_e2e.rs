@@ -145,6 +145,10 @@ fn check_lag(server: &Server, c: &Client, group: &str, topic: &str) -> u64 {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn group_lag_reset_offsets_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path());
@@ -321,6 +325,10 @@ fn group_lag_reset_offsets_and_restart() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn queue_figures_and_purge() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path());

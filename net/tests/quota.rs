@@ -20,6 +20,10 @@ const RATE: u64 = 1 << 20; // 1 MiB/s per principal
 const BURST_MS: u64 = 200;
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn a_greedy_producer_is_throttled_while_another_keeps_its_rate() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = SecurityFile::default();

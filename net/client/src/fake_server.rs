@@ -140,6 +140,10 @@ fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, addr: &str) {
     }
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "test double: one scripted answer per api"
+)]
 fn answer(
     st: &mut FakeState,
     request: Request,

@@ -549,6 +549,10 @@ fn fetch_response() -> impl Strategy<Value = FetchResponse> {
     proptest::collection::vec(topic, 0..3).prop_map(|topics| FetchResponse { topics })
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one strategy per response type of the api table"
+)]
 fn response() -> impl Strategy<Value = Response> {
     let api_version =
         (any::<u16>(), any::<u16>()).prop_map(|(api_key, version)| ApiVersion { api_key, version });

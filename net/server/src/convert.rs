@@ -196,23 +196,21 @@ pub(crate) fn produce_result(
     partition: u32,
     r: &engine::Result<engine::ProduceAck>,
 ) -> ProducePartitionResult {
-    {
-        match r {
-            Ok(ack) => ProducePartitionResult {
-                partition,
-                error_code: code::NONE,
-                base_offset: ack.base_offset,
-                last_offset: ack.last_offset,
-                error_message: None,
-            },
-            Err(e) => ProducePartitionResult {
-                partition,
-                error_code: e.code(),
-                base_offset: 0,
-                last_offset: 0,
-                error_message: message(e),
-            },
-        }
+    match r {
+        Ok(ack) => ProducePartitionResult {
+            partition,
+            error_code: code::NONE,
+            base_offset: ack.base_offset,
+            last_offset: ack.last_offset,
+            error_message: None,
+        },
+        Err(e) => ProducePartitionResult {
+            partition,
+            error_code: e.code(),
+            base_offset: 0,
+            last_offset: 0,
+            error_message: message(e),
+        },
     }
 }
 
@@ -241,25 +239,23 @@ pub(crate) fn fetch_result(
     offset: u64,
     r: engine::Result<engine::FetchResponse>,
 ) -> FetchPartitionResult {
-    {
-        match r {
-            Ok(f) => FetchPartitionResult {
-                partition,
-                error_code: code::NONE,
-                error_message: None,
-                high_watermark: f.high_watermark,
-                log_start: f.log_start,
-                next_offset: f.next_offset,
-                records: delivered_records(offset, &f),
-                chunks: f.chunks,
-            },
-            Err(e) => FetchPartitionResult {
-                partition,
-                error_code: e.code(),
-                error_message: message(&e),
-                ..Default::default()
-            },
-        }
+    match r {
+        Ok(f) => FetchPartitionResult {
+            partition,
+            error_code: code::NONE,
+            error_message: None,
+            high_watermark: f.high_watermark,
+            log_start: f.log_start,
+            next_offset: f.next_offset,
+            records: delivered_records(offset, &f),
+            chunks: f.chunks,
+        },
+        Err(e) => FetchPartitionResult {
+            partition,
+            error_code: e.code(),
+            error_message: message(&e),
+            ..Default::default()
+        },
     }
 }
 
@@ -268,21 +264,19 @@ pub(crate) fn list_offsets_result(
     partition: u32,
     r: &engine::Result<u64>,
 ) -> ListOffsetsPartitionResult {
-    {
-        match r {
-            Ok(offset) => ListOffsetsPartitionResult {
-                partition,
-                error_code: code::NONE,
-                error_message: None,
-                offset: *offset,
-            },
-            Err(e) => ListOffsetsPartitionResult {
-                partition,
-                error_code: e.code(),
-                error_message: message(e),
-                offset: 0,
-            },
-        }
+    match r {
+        Ok(offset) => ListOffsetsPartitionResult {
+            partition,
+            error_code: code::NONE,
+            error_message: None,
+            offset: *offset,
+        },
+        Err(e) => ListOffsetsPartitionResult {
+            partition,
+            error_code: e.code(),
+            error_message: message(e),
+            offset: 0,
+        },
     }
 }
 
@@ -291,15 +285,13 @@ pub(crate) fn list_offsets_result(
 /// at or after the position.
 #[cfg(test)] // the connection builds its pushes itself (conn.rs, `pump`)
 pub(crate) fn push_of(subscription_id: u32, position: u64, f: engine::FetchResponse) -> Push {
-    {
-        Push {
-            subscription_id,
-            records: delivered_records(position, &f),
-            next_offset: f.next_offset,
-            high_watermark: f.high_watermark,
-            log_start: f.log_start,
-            chunks: f.chunks,
-        }
+    Push {
+        subscription_id,
+        records: delivered_records(position, &f),
+        next_offset: f.next_offset,
+        high_watermark: f.high_watermark,
+        log_start: f.log_start,
+        chunks: f.chunks,
     }
 }
 
@@ -557,6 +549,10 @@ mod error_codes {
 
     /// Guards the mirror of the engine's codes: renumbering either side breaks this test.
     #[test]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "a table of every engine error and its wire code"
+    )]
     fn engine_codes_match_the_mirror() {
         let s = String::new;
         let cases: Vec<(Error, u16)> = vec![
