@@ -488,6 +488,34 @@ mod tests {
         ));
     }
 
+    /// The api keys are wire numbers: pinned here, so that an edit of the table that moves one
+    /// fails a test, not a peer.
+    #[test]
+    fn the_table_keeps_every_key_and_kind() {
+        let keys: Vec<(&str, u16)> = ApiKey::ALL.iter().map(|k| (k.name(), k.as_u16())).collect();
+        #[rustfmt::skip]
+        let want = [
+            ("Handshake", 0), ("Ping", 1), ("Metadata", 2), ("CreateTopic", 3),
+            ("DeleteTopic", 4), ("ListTopics", 5), ("DescribeTopic", 6), ("Produce", 7),
+            ("Fetch", 8), ("ListOffsets", 9), ("Subscribe", 10), ("GrantCredits", 11),
+            ("Unsubscribe", 12), ("Push", 13), ("Stats", 14), ("InitProducer", 15),
+            ("JoinGroup", 16), ("Heartbeat", 17), ("LeaveGroup", 18), ("OffsetCommit", 19),
+            ("OffsetFetch", 20), ("DescribeGroup", 21), ("QueueCreate", 22),
+            ("QueueReceive", 23), ("QueueAck", 24), ("QueueNack", 25),
+            ("QueueChangeVisibility", 26), ("QueueStats", 27), ("QueuePeek", 28),
+            ("QueueRedrive", 29), ("Metrics", 30), ("AlterTopic", 31), ("ResetOffsets", 32),
+            ("QueuePurge", 33), ("ListGroups", 34), ("Authenticate", 40),
+        ];
+        assert_eq!(keys, want);
+        for k in ApiKey::ALL {
+            assert_eq!(format!("{k:?}"), k.name());
+            assert_eq!(k.versions(), (0, 0), "{k:?}");
+            assert_eq!(k.is_request(), k != ApiKey::Push, "{k:?}");
+            let answered = !matches!(k, ApiKey::Push | ApiKey::GrantCredits);
+            assert_eq!(k.has_response(), answered, "{k:?}");
+        }
+    }
+
     #[test]
     fn negotiation_picks_highest_common_version() {
         let ours = [
