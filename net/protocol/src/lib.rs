@@ -5,7 +5,10 @@
 //! - [`messages`]: request and response bodies of every api ("Messages");
 //! - [`codec`]: payload layout (data section of raw batches + rkyv archive), [`Request`],
 //!   [`Response`], [`ServerMessage`] decoding, and the [`FrameEncoder`] ("Payloads");
-//! - [`api`]: api keys, versions and negotiation ("Api keys", "Version negotiation");
+//! - [`api`]: **the api table** (one entry per api: key, versions, request and response types,
+//!   permissions), from which [`ApiKey`], [`Request`], [`Response`] and their dispatch are
+//!   generated; version negotiation ("Api keys", "Version negotiation"). Adding an api:
+//!   net/protocol/README.md;
 //! - [`flow`]: subscription credits ("Flow control");
 //! - [`error`]: [`WireError`] and the error-code table ("Error codes");
 //! - [`tls`]: TLS settings shared by the server and the client;
