@@ -69,6 +69,7 @@ fn authenticate(raw: &mut Raw, user: &str, password: &str) -> Result<Response, u
 }
 
 /// One request of every api that has a response (Handshake and Authenticate excepted).
+#[allow(clippy::too_many_lines, reason = "one request per api, in key order")]
 fn every_api() -> Vec<Request> {
     let topic = "t".to_string();
     ApiKey::ALL
@@ -331,6 +332,10 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn each_operation_is_denied_until_its_acl_is_added() {
     let dir = tempfile::tempdir().unwrap();
     let (server, file) = auth_server(dir.path(), &users(), None);

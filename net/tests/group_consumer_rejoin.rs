@@ -74,8 +74,20 @@ fn a_member_that_rejoins_starts_at_the_committed_offsets_not_its_old_positions()
     assert_eq!(take(&mut a, 10), (0..10).collect::<Vec<_>>());
     a.commit().unwrap();
     assert_eq!(committed(&admin), 10);
-    // A stops polling: past its max poll interval it stops heartbeating and expires.
-    std::thread::sleep(Duration::from_millis(1500));
+    // A stops polling: past its max poll interval it stops heartbeating, and the coordinator
+    // expires it after its session timeout. Wait for that event, as DescribeGroup shows it.
+    let a_id = a.member_id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while admin
+        .describe_group("g")
+        .unwrap()
+        .members
+        .iter()
+        .any(|m| m.member_id == a_id)
+    {
+        assert!(Instant::now() < deadline, "A's session never expired");
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
+    }
     let mut b = member(&addr);
     let got = take(&mut b, 50);
     assert_eq!(got[0], 10, "B starts at A's commit");
@@ -95,6 +107,7 @@ fn a_member_that_rejoins_starts_at_the_committed_offsets_not_its_old_positions()
             if a.member_id() != old_id {
                 first_after_rejoin = Some(r.offset);
             }
+            // Pacing, not synchronisation: A consumes slowly on purpose (see above).
             std::thread::sleep(Duration::from_millis(10));
         }
         let now = committed(&admin);

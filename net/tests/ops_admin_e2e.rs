@@ -145,6 +145,10 @@ fn check_lag(server: &Server, c: &Client, group: &str, topic: &str) -> u64 {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn group_lag_reset_offsets_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path());
@@ -161,8 +165,17 @@ fn group_lag_reset_offsets_and_restart() {
     for p in 0..2 {
         produce(&c, topic, p, (0..20).map(|i| format!("p{p}-{i}")));
     }
-    std::thread::sleep(Duration::from_millis(20));
-    let middle_ms = shardline_engine::batch::now_us() / 1000;
+    // A point in time strictly between the two rounds of batches: wait for the clock to pass
+    // the first round's timestamps, take it, and wait for the clock to pass it in turn.
+    let now_ms = || shardline_engine::batch::now_us() / 1000;
+    let after = |t: i64| {
+        while now_ms() <= t {
+            std::thread::yield_now();
+        }
+        now_ms()
+    };
+    let middle_ms = after(now_ms());
+    after(middle_ms);
     produce(&c, topic, 0, (20..25).map(|i| format!("p0-{i}")));
 
     // A real group member consumes 30 of the 45 messages and commits what it printed.
@@ -312,6 +325,10 @@ fn group_lag_reset_offsets_and_restart() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn queue_figures_and_purge() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path());

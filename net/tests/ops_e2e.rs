@@ -178,6 +178,10 @@ const PARTITIONS: u32 = 3;
 const MESSAGES: u64 = 3_000;
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn metrics_count_exactly_what_was_produced_and_consumed() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProc::start(dir.path());

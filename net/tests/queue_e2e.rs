@@ -110,6 +110,10 @@ fn value_index(m: &QueueMessage) -> u64 {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn competing_consumers_ack_exactly_once_or_dead_letter() {
     const MESSAGES: u64 = 10_000;
     const MAX_DELIVERIES: u32 = 3;

@@ -108,6 +108,10 @@ fn parse(line: &str) -> (u32, u64) {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn group_rebalance_after_sigkill_sees_every_message_in_partition_order() {
     const PARTITIONS: u32 = 6;
     const PER_PARTITION: u64 = 1500;

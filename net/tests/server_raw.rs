@@ -115,6 +115,10 @@ fn produce(topic: &str, partition: u32, values: &[&str], acks: Acks) -> Request 
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn requests_before_handshake_are_refused_then_everything_works() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
@@ -385,6 +389,10 @@ fn garbage_oversize_and_idle_clients_do_not_hurt_others() {
 /// Fetch and Subscribe frames: flipped bytes, truncations, wrong lengths and api keys), then a
 /// well-behaved client still produces and consumes correctly and the server is alive.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one end-to-end scenario, told in order"
+)]
 fn ten_thousand_bad_frames_then_a_good_client_still_works() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());

@@ -140,6 +140,10 @@ impl FileConfig {
     }
 
     /// Checks every value; the first invalid one is reported by its key.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one check per config key, in file order"
+    )]
     pub fn validate(&self) -> Result<(), ConfigError> {
         let e = &self.engine;
         if e.data_dir.as_os_str().is_empty() {

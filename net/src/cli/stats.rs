@@ -105,6 +105,10 @@ fn api_name(key: u16) -> &'static str {
 }
 
 /// The whole snapshot as text: shards, latencies, partitions, requests, errors, extras.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the sections of one report, printed in order"
+)]
 pub fn render(m: &MetricsResponse) -> String {
     let mut out = String::new();
     let _ = writeln!(

@@ -111,6 +111,10 @@ pub(crate) enum DlqCommand {
     },
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one short arm per `shardline queue` subcommand"
+)]
 pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match command {

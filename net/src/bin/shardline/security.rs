@@ -330,6 +330,10 @@ fn edit(
     Ok(())
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one short arm per security subcommand"
+)]
 pub(crate) fn run(command: SecurityCommand) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match command {

@@ -1,0 +1,842 @@
+//! One client connection: a `std::net::TcpStream` with three owners.
+//!
+//! ```text
+//!  callers (any thread, any runtime)          reader thread                 timer thread
+//!  ---------------------------------          -------------                 ------------
+//!  acquire permit (bounded in flight)         read -> FrameDecoder          sleeps until the
+//!  register correlation id -> Pending   <---  dispatch by correlation id    earliest deadline,
+//!  encode + write under the writer lock       pushes -> subscription queue  fails what expired
+//!  await the bounded(1) reply (flume)         on EOF/error: fail everything
+//! ```
+//!
+//! Writes are serialized by a mutex and done by the calling thread (no hand-off to a writer
+//! thread: waking another thread costs ~65 us here, DESIGN.md). A write that fails or times out
+//! half-way leaves the stream unframed, so it aborts the connection. Every request has a deadline
+//! enforced by the timer thread, so a reply future always completes, on any runtime, without a
+//! runtime timer. A failed connection is never reused; the pool (`pool.rs`) opens a new one.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use super::ClientConfig;
+use super::error::ClientError;
+use super::tls::{WireReader, WireWriter};
+use crate::protocol::{
+    ApiKey, DecoderConfig, FrameBuf, FrameDecoder, FrameEncoder, FrameKind, HandshakeRequest,
+    HandshakeResponse, NegotiatedVersions, OwnedFrame, Push, Request, Response, ServerMessage,
+    UnsubscribeRequest, supported_apis,
+};
+
+/// A reply slot: bounded(1), written once by whoever completes the request.
+pub(crate) type Reply = flume::Sender<Result<Response, ClientError>>;
+
+/// A completion run on the reader (or timer) thread. It must not block.
+pub(crate) type Callback = Box<dyn FnOnce(Result<Response, ClientError>) + Send>;
+
+/// Who waits for a request's outcome.
+pub(crate) enum Pending {
+    /// A caller awaits the reply.
+    Call(Reply),
+    /// A Subscribe: on success the reader registers `route` *before* it reads the next frame, so
+    /// the subscription's first push (which follows the response) is never missed.
+    Subscribe { reply: Reply, route: PushRoute },
+    /// Completion by callback (the producer's event loop).
+    Callback(Callback),
+}
+
+impl Pending {
+    fn complete(self, result: Result<Response, ClientError>) {
+        match self {
+            // The receiver may be gone (a cancelled future): nothing to do then.
+            Pending::Call(reply) | Pending::Subscribe { reply, .. } => {
+                let _ = reply.try_send(result);
+            }
+            Pending::Callback(f) => f(result),
+        }
+    }
+}
+
+/// Where a subscription's pushes go: the consumer's bounded queue, tagged with the consumer's own
+/// key for the subscription (server ids are unique per connection only).
+#[derive(Debug, Clone)]
+pub(crate) struct PushRoute {
+    pub(crate) tx: flume::Sender<PushEvent>,
+    pub(crate) tag: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct PushEvent {
+    pub(crate) tag: u64,
+    pub(crate) kind: PushEventKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum PushEventKind {
+    Push(Push),
+    /// The subscription is over; nothing more follows for this tag.
+    End(ClientError),
+}
+
+struct PendingEntry {
+    api: ApiKey,
+    timeout: Duration,
+    deadline: Instant,
+    pending: Pending,
+}
+
+struct State {
+    pending: HashMap<u32, PendingEntry>,
+    routes: HashMap<u32, PushRoute>,
+    /// Set once, when the connection fails; every later request fails with it at once.
+    closed: Option<ClientError>,
+    /// The deadline the timer thread sleeps towards; a request due earlier wakes it.
+    timer_target: Option<Instant>,
+}
+
+struct Writer {
+    stream: WireWriter,
+    encoder: FrameEncoder,
+    buf: FrameBuf,
+}
+
+/// A write buffer grown past this by a large produce is dropped after use.
+const WRITE_BUFFER_KEEP_BYTES: usize = 1 << 20;
+
+struct Shared {
+    /// `host:port` as the caller named it (for errors).
+    addr: String,
+    peer: SocketAddr,
+    handshake: HandshakeResponse,
+    versions: NegotiatedVersions,
+    state: Mutex<State>,
+    timer_wake: Condvar,
+    writer: Mutex<Writer>,
+    /// For `shutdown` without taking the writer lock.
+    socket: TcpStream,
+    next_correlation_id: AtomicU32,
+    /// The last handle was dropped: the end of the stream is ours, not the server's.
+    dropped: AtomicBool,
+    /// A counting semaphore: a slot per request awaiting its reply (`inflight_requests_max`).
+    permits_tx: flume::Sender<()>,
+    permits_rx: flume::Receiver<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain maps behind: still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A handshaken connection. Dropping the last handle closes the socket; its threads then exit.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.dropped.store(true, Ordering::Relaxed);
+        let _ = self.shared.socket.shutdown(Shutdown::Both);
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.shared.addr)
+            .field("shard", &self.shared.handshake.shard)
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` (every address it resolves to, in turn), sets TCP_NODELAY, does the
+    /// Handshake and starts the reader and timer threads. Blocking.
+    pub(crate) fn open(addr: &str, config: &ClientConfig) -> Result<Connection, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let candidates: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| connect_error(e.to_string()))?
+            .collect();
+        let mut last = String::from("no address resolved");
+        let mut stream = None;
+        for a in candidates {
+            match TcpStream::connect_timeout(&a, config.connect_timeout) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        let stream = stream.ok_or_else(|| connect_error(last))?;
+        let io = |e: io::Error| connect_error(e.to_string());
+        stream.set_nodelay(true).map_err(io)?;
+        let peer = stream.peer_addr().map_err(io)?;
+        // Socket timeouts are per socket, shared by every clone: they bound the TLS handshake
+        // and the protocol Handshake, then are relaxed below.
+        stream
+            .set_read_timeout(Some(config.connect_timeout))
+            .map_err(io)?;
+        stream
+            .set_write_timeout(Some(config.connect_timeout))
+            .map_err(io)?;
+        let socket = stream.try_clone().map_err(io)?;
+        let (mut reader_stream, mut writer_stream) =
+            super::tls::wrap(stream, addr, config.tls.as_ref()).map_err(io)?;
+        let mut decoder = FrameDecoder::new(DecoderConfig {
+            frame_bytes_max: config.response_frame_bytes_max,
+            read_buffer_bytes: config.read_buffer_bytes,
+        })?;
+        let handshake = handshake(&mut reader_stream, &mut writer_stream, &mut decoder, config)
+            .map_err(|e| match e {
+                HandshakeError::Io(e) => connect_error(format!("handshake: {e}")),
+                HandshakeError::Client(e) => e,
+            })?;
+        let versions = NegotiatedVersions::from_chosen(&handshake.apis);
+        let encoder = FrameEncoder::new(handshake.frame_bytes_max)?;
+        socket.set_read_timeout(None).map_err(io)?;
+        // A write that cannot progress for this long (server not reading) aborts the connection
+        // instead of holding the writer lock forever.
+        socket
+            .set_write_timeout(Some(config.request_timeout))
+            .map_err(io)?;
+        let (permits_tx, permits_rx) = flume::bounded(config.inflight_requests_max.max(1));
+        let shared = Arc::new(Shared {
+            addr: addr.to_string(),
+            peer,
+            handshake,
+            versions,
+            state: Mutex::new(State {
+                pending: HashMap::new(),
+                routes: HashMap::new(),
+                closed: None,
+                timer_target: None,
+            }),
+            timer_wake: Condvar::new(),
+            writer: Mutex::new(Writer {
+                stream: writer_stream,
+                encoder,
+                buf: FrameBuf::new(),
+            }),
+            socket,
+            next_correlation_id: AtomicU32::new(1),
+            dropped: AtomicBool::new(false),
+            permits_tx,
+            permits_rx,
+        });
+        let reader = Arc::clone(&shared);
+        thread::Builder::new()
+            .name(format!("shardline-client-read {addr}"))
+            .spawn(move || reader.read_loop(reader_stream, decoder))
+            .map_err(io)?;
+        let timer = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name(format!("shardline-client-timer {addr}"))
+            .spawn(move || timer.timer_loop());
+        let connection = Connection { shared };
+        // Without its timer the connection cannot keep its deadlines: refuse it (dropping it
+        // closes the socket and stops the reader).
+        spawned.map_err(io)?;
+        debug!(
+            addr,
+            shard = connection.shard(),
+            server = %connection.shared.handshake.server_id,
+            "connected"
+        );
+        Ok(connection)
+    }
+
+    /// The shard whose listener accepted this connection.
+    pub(crate) fn shard(&self) -> u32 {
+        self.shared.handshake.shard
+    }
+
+    pub(crate) fn shard_count(&self) -> u32 {
+        self.shared.handshake.shard_count
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// The server's frame limit: requests above it fail locally with `FrameTooLarge`.
+    pub(crate) fn frame_bytes_max(&self) -> u32 {
+        self.shared.handshake.frame_bytes_max
+    }
+
+    pub(crate) fn server_id(&self) -> &str {
+        &self.shared.handshake.server_id
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.shared.state).closed.is_some()
+    }
+
+    /// Sends `request` and waits for its reply (or its deadline, or the connection's failure).
+    pub(crate) async fn call(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let (reply, rx) = flume::bounded(1);
+        self.submit(request, timeout, Pending::Call(reply)).await?;
+        self.await_reply(rx).await
+    }
+
+    /// A Subscribe: pushes of the new subscription go to `route`.
+    pub(crate) async fn subscribe(
+        &self,
+        request: &Request,
+        route: PushRoute,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let (reply, rx) = flume::bounded(1);
+        let pending = Pending::Subscribe { reply, route };
+        self.submit(request, timeout, pending).await?;
+        self.await_reply(rx).await
+    }
+
+    async fn await_reply(
+        &self,
+        rx: flume::Receiver<Result<Response, ClientError>>,
+    ) -> Result<Response, ClientError> {
+        match rx.recv_async().await {
+            Ok(result) => result,
+            // Unreachable in practice: every entry is completed exactly once before it is dropped.
+            Err(_) => Err(self.lost("reply dropped")),
+        }
+    }
+
+    /// Registers `pending` and writes the request. `Ok` means `pending` will be completed
+    /// exactly once (reply, error frame, deadline or connection failure); `Err` means it never
+    /// will be and the caller has the error. Waits while `inflight_requests_max` requests are
+    /// awaiting replies.
+    pub(crate) async fn submit(
+        &self,
+        request: &Request,
+        timeout: Duration,
+        pending: Pending,
+    ) -> Result<(), ClientError> {
+        // The semaphore's receiver lives in `shared`, next to the sender: this cannot fail.
+        if self.shared.permits_tx.send_async(()).await.is_err() {
+            return Err(self.lost("permit queue closed"));
+        }
+        self.submit_with_permit(request, timeout, pending)
+    }
+
+    /// Like [`Connection::submit`] without waiting: fails when `inflight_requests_max` requests
+    /// are awaiting replies. For fire-and-forget cleanup in `Drop`, which must not block.
+    pub(crate) fn try_submit(
+        &self,
+        request: &Request,
+        timeout: Duration,
+        pending: Pending,
+    ) -> Result<(), ClientError> {
+        if self.shared.permits_tx.try_send(()).is_err() {
+            return Err(ClientError::InvalidArgument(
+                "too many requests in flight".into(),
+            ));
+        }
+        self.submit_with_permit(request, timeout, pending)
+    }
+
+    fn submit_with_permit(
+        &self,
+        request: &Request,
+        timeout: Duration,
+        pending: Pending,
+    ) -> Result<(), ClientError> {
+        let api = request.api_key();
+        let version = match self.shared.versions.version(api) {
+            Ok(v) => v,
+            Err(e) => {
+                self.shared.release_permit();
+                return Err(e.into());
+            }
+        };
+        let correlation_id = match self.shared.register(api, timeout, pending) {
+            Ok(id) => id,
+            Err(e) => {
+                self.shared.release_permit();
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.shared.write(correlation_id, version, request) {
+            // If the reader or the timer already took the entry, it has been (or will be)
+            // completed: report success so that it is not reported twice.
+            let entry = lock(&self.shared.state).pending.remove(&correlation_id);
+            if entry.is_some() {
+                self.shared.release_permit();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a request that has no response (GrantCredits, Produce with `acks = none`).
+    pub(crate) fn send_oneway(&self, request: &Request) -> Result<(), ClientError> {
+        debug_assert!(!request.expects_response());
+        if let Some(e) = lock(&self.shared.state).closed.clone() {
+            return Err(e);
+        }
+        let version = self.shared.versions.version(request.api_key())?;
+        let correlation_id = self.shared.next_id();
+        self.shared.write(correlation_id, version, request)
+    }
+
+    /// Stops routing pushes of `subscription_id` (before an Unsubscribe, or when the consumer
+    /// forgets it).
+    pub(crate) fn remove_route(&self, subscription_id: u32) {
+        lock(&self.shared.state).routes.remove(&subscription_id);
+    }
+
+    fn lost(&self, reason: &str) -> ClientError {
+        ClientError::ConnectionLost {
+            addr: self.shared.addr.clone(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+enum HandshakeError {
+    Io(io::Error),
+    Client(ClientError),
+}
+
+impl From<io::Error> for HandshakeError {
+    fn from(e: io::Error) -> Self {
+        HandshakeError::Io(e)
+    }
+}
+
+/// Sends the Handshake (version 0, frozen) and reads its answer, then Authenticate when the
+/// config has credentials, all within `connect_timeout` (the socket's timeouts, set by the
+/// caller).
+fn handshake(
+    reader: &mut WireReader,
+    writer: &mut WireWriter,
+    decoder: &mut FrameDecoder,
+    config: &ClientConfig,
+) -> Result<HandshakeResponse, HandshakeError> {
+    let request = Request::Handshake(HandshakeRequest {
+        client_id: config.client_id.clone(),
+        apis: supported_apis(),
+    });
+    let h = match exchange(reader, writer, decoder, config, &request, 0, "Handshake")? {
+        Response::Handshake(h) => h,
+        other => {
+            return Err(HandshakeError::Client(ClientError::UnexpectedResponse {
+                api: "Handshake",
+                got: other.api_key().name(),
+            }));
+        }
+    };
+    if let Some(credentials) = &config.credentials {
+        let versions = NegotiatedVersions::from_chosen(&h.apis);
+        let version = versions
+            .version(ApiKey::Authenticate)
+            .map_err(|e| HandshakeError::Client(e.into()))?;
+        let request = Request::Authenticate(credentials.request());
+        match exchange(
+            reader,
+            writer,
+            decoder,
+            config,
+            &request,
+            version,
+            "Authenticate",
+        )? {
+            Response::Authenticate(a) => debug!(principal = %a.principal, "authenticated"),
+            other => {
+                return Err(HandshakeError::Client(ClientError::UnexpectedResponse {
+                    api: "Authenticate",
+                    got: other.api_key().name(),
+                }));
+            }
+        }
+    }
+    Ok(h)
+}
+
+/// Writes one request and reads its answer (nothing else may be in flight).
+fn exchange(
+    reader: &mut WireReader,
+    writer: &mut WireWriter,
+    decoder: &mut FrameDecoder,
+    config: &ClientConfig,
+    request: &Request,
+    version: u16,
+    api: &'static str,
+) -> Result<Response, HandshakeError> {
+    let mut buf = FrameBuf::new();
+    FrameEncoder::default()
+        .request(&mut buf, 0, version, request)
+        .map_err(|e| HandshakeError::Client(e.into()))?;
+    writer.write_all(&buf)?;
+    let mut first = true;
+    let frame = loop {
+        if let Some(frame) = decoder
+            .next_frame_owned()
+            .map_err(|e| HandshakeError::Client(e.into()))?
+        {
+            break frame;
+        }
+        let n = reader.read(decoder.read_buf())?;
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        // A TLS server answers our plain frame with an alert record: say so plainly.
+        if first
+            && config.tls.is_none()
+            && shardline_protocol::tls::looks_like_tls_alert(&decoder.read_buf()[..n])
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the server answered with a TLS alert: it serves TLS (use a CA file, --tls-ca)",
+            )
+            .into());
+        }
+        first = false;
+        decoder.filled(n);
+    };
+    let message =
+        ServerMessage::decode_owned(&frame).map_err(|e| HandshakeError::Client(e.into()))?;
+    match message {
+        ServerMessage::Response { response, .. } => Ok(response),
+        ServerMessage::Error { error, .. } => Err(HandshakeError::Client(ClientError::server(
+            api,
+            error.code,
+            error.message,
+        ))),
+        other => Err(HandshakeError::Client(ClientError::UnexpectedResponse {
+            api,
+            got: message_name(&other),
+        })),
+    }
+}
+
+fn message_name(m: &ServerMessage) -> &'static str {
+    match m {
+        ServerMessage::Response { response, .. } => response.api_key().name(),
+        ServerMessage::Error { .. } => "error",
+        ServerMessage::Push(_) => "push",
+        ServerMessage::PushError { .. } => "push error",
+    }
+}
+
+fn api_name(api_key: u16) -> &'static str {
+    ApiKey::from_u16(api_key).map_or("unknown api", ApiKey::name)
+}
+
+impl Shared {
+    fn next_id(&self) -> u32 {
+        self.next_correlation_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn release_permit(&self) {
+        let _ = self.permits_rx.try_recv();
+    }
+
+    fn register(
+        &self,
+        api: ApiKey,
+        timeout: Duration,
+        pending: Pending,
+    ) -> Result<u32, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = lock(&self.state);
+        if let Some(e) = &state.closed {
+            return Err(e.clone());
+        }
+        // Ids wrap after 2^32 requests; skip one still awaiting its reply (bounded by the
+        // permits, so this loop ends within `inflight_requests_max + 1` steps).
+        let mut id = self.next_id();
+        while state.pending.contains_key(&id) {
+            id = self.next_id();
+        }
+        state.pending.insert(
+            id,
+            PendingEntry {
+                api,
+                timeout,
+                deadline,
+                pending,
+            },
+        );
+        if state.timer_target.is_none_or(|t| deadline < t) {
+            state.timer_target = Some(deadline);
+            self.timer_wake.notify_one();
+        }
+        Ok(id)
+    }
+
+    fn write(
+        &self,
+        correlation_id: u32,
+        version: u16,
+        request: &Request,
+    ) -> Result<(), ClientError> {
+        let mut guard = lock(&self.writer);
+        let w = &mut *guard;
+        w.buf.clear();
+        // Encoding errors (a frame above the server's limit) write nothing: the stream is fine.
+        w.encoder
+            .request(&mut w.buf, correlation_id, version, request)?;
+        let written = w.stream.write_all(&w.buf);
+        if w.buf.capacity() > WRITE_BUFFER_KEEP_BYTES {
+            w.buf = FrameBuf::new();
+        }
+        drop(guard);
+        if let Err(e) = written {
+            // Part of a frame may be on the wire: the stream is no longer framed.
+            let reason = format!("write failed: {e}");
+            let _ = self.socket.shutdown(Shutdown::Both);
+            return Err(ClientError::ConnectionLost {
+                addr: self.addr.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_loop(self: Arc<Self>, mut stream: WireReader, mut decoder: FrameDecoder) {
+        let reason = 'read: loop {
+            let n = match stream.read(decoder.read_buf()) {
+                Ok(0) if self.dropped.load(Ordering::Relaxed) => {
+                    break "closed by the client".into();
+                }
+                Ok(0) => break "closed by the server".to_string(),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break e.to_string(),
+            };
+            decoder.filled(n);
+            loop {
+                match decoder.next_frame_owned() {
+                    Ok(Some(frame)) => self.dispatch(frame),
+                    Ok(None) => break,
+                    Err(e) => break 'read format!("framing lost: {e}"),
+                }
+            }
+            // A connection going idle after a large fetch gives the memory back.
+            if decoder.buffered_bytes() == 0 {
+                decoder.release_memory();
+            }
+        };
+        debug!(addr = %self.addr, %reason, "connection closed");
+        self.fail_all(ClientError::ConnectionLost {
+            addr: self.addr.clone(),
+            reason,
+        });
+    }
+
+    fn dispatch(&self, frame: OwnedFrame) {
+        let h = frame.header;
+        match ServerMessage::decode_owned(&frame) {
+            Ok(ServerMessage::Response {
+                correlation_id,
+                response,
+            }) => self.complete(correlation_id, Ok(response)),
+            Ok(ServerMessage::Error {
+                correlation_id,
+                api_key,
+                error,
+            }) => {
+                let e = ClientError::server(api_name(api_key), error.code, error.message);
+                self.complete(correlation_id, Err(e));
+            }
+            Ok(ServerMessage::Push(push)) => self.route_push(push),
+            Ok(ServerMessage::PushError {
+                subscription_id,
+                error,
+            }) => {
+                let e = ClientError::server("Push", error.code, error.message);
+                self.end_subscription(subscription_id, e);
+            }
+            // A well-framed frame that does not decode: fail whatever it answers.
+            Err(e) => match h.kind {
+                FrameKind::Response | FrameKind::Error => {
+                    self.complete(h.correlation_id, Err(e.into()));
+                }
+                // A push that cannot be read leaves a gap in the subscription: end it.
+                FrameKind::Push | FrameKind::PushError => {
+                    self.end_subscription(h.correlation_id, e.into());
+                }
+                FrameKind::Request => warn!(addr = %self.addr, "server sent a request frame"),
+            },
+        }
+    }
+
+    fn complete(&self, correlation_id: u32, result: Result<Response, ClientError>) {
+        let entry = {
+            let mut state = lock(&self.state);
+            let entry = state.pending.remove(&correlation_id);
+            if let (Some(e), Ok(Response::Subscribe(s))) = (&entry, &result)
+                && let Pending::Subscribe { route, .. } = &e.pending
+            {
+                state.routes.insert(s.subscription_id, route.clone());
+            }
+            entry
+        };
+        let Some(entry) = entry else {
+            // Its deadline passed. A late Subscribe still created a subscription: end it.
+            if let Ok(Response::Subscribe(s)) = &result {
+                self.unsubscribe_orphan(s.subscription_id);
+            }
+            debug!(correlation_id, "reply to a request no longer awaited");
+            return;
+        };
+        self.release_permit();
+        entry.pending.complete(result);
+    }
+
+    fn unsubscribe_orphan(&self, subscription_id: u32) {
+        let Ok(version) = self.versions.version(ApiKey::Unsubscribe) else {
+            return;
+        };
+        let request = Request::Unsubscribe(UnsubscribeRequest { subscription_id });
+        let ignore: Callback = Box::new(|_| {});
+        if self.permits_tx.try_send(()).is_err() {
+            return;
+        }
+        match self.register(
+            ApiKey::Unsubscribe,
+            Duration::from_secs(30),
+            Pending::Callback(ignore),
+        ) {
+            Ok(id) => {
+                // A failed write aborts the connection, which completes the entry.
+                let _ = self.write(id, version, &request);
+            }
+            Err(_) => self.release_permit(),
+        }
+    }
+
+    fn route_push(&self, push: Push) {
+        let id = push.subscription_id;
+        let Some(route) = lock(&self.state).routes.get(&id).cloned() else {
+            return; // unsubscribed locally; the server stops after the Unsubscribe response
+        };
+        let event = PushEvent {
+            tag: route.tag,
+            kind: PushEventKind::Push(push),
+        };
+        if !deliver(&route, event) {
+            lock(&self.state).routes.remove(&id);
+        }
+    }
+
+    fn end_subscription(&self, subscription_id: u32, error: ClientError) {
+        let Some(route) = lock(&self.state).routes.remove(&subscription_id) else {
+            return;
+        };
+        let event = PushEvent {
+            tag: route.tag,
+            kind: PushEventKind::End(error),
+        };
+        deliver(&route, event);
+    }
+
+    /// The connection is over: every awaited reply and every subscription learns why.
+    fn fail_all(&self, error: ClientError) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+        let (pending, routes) = {
+            let mut state = lock(&self.state);
+            state.closed = Some(error.clone());
+            self.timer_wake.notify_all();
+            (
+                std::mem::take(&mut state.pending),
+                std::mem::take(&mut state.routes),
+            )
+        };
+        for (_, entry) in pending {
+            self.release_permit();
+            entry.pending.complete(Err(error.clone()));
+        }
+        for (_, route) in routes {
+            let kind = PushEventKind::End(error.clone());
+            deliver(
+                &route,
+                PushEvent {
+                    tag: route.tag,
+                    kind,
+                },
+            );
+        }
+    }
+
+    /// Fails requests whose deadline passed. Sleeps until the earliest deadline; a request due
+    /// earlier than the current target wakes it (`register`).
+    fn timer_loop(self: Arc<Self>) {
+        let mut state = lock(&self.state);
+        loop {
+            if state.closed.is_some() {
+                return;
+            }
+            let now = Instant::now();
+            let expired: Vec<u32> = state
+                .pending
+                .iter()
+                .filter(|(_, e)| e.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            if !expired.is_empty() {
+                let entries: Vec<PendingEntry> = expired
+                    .iter()
+                    .filter_map(|id| state.pending.remove(id))
+                    .collect();
+                drop(state);
+                for e in entries {
+                    self.release_permit();
+                    let error = ClientError::Timeout {
+                        api: e.api.name(),
+                        timeout: e.timeout,
+                    };
+                    e.pending.complete(Err(error));
+                }
+                state = lock(&self.state);
+                continue;
+            }
+            let next = state.pending.values().map(|e| e.deadline).min();
+            state.timer_target = next;
+            state = match next {
+                None => self
+                    .timer_wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(t) => {
+                    self.timer_wake
+                        .wait_timeout(state, t.saturating_duration_since(now))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
+/// Hands a push event to a consumer's queue. The queue holds far more than the credits let the
+/// server push, so `try_send` succeeds unless the server broke flow control; then the reader
+/// waits (TCP backpressure) rather than drop data. Returns false if the consumer is gone.
+fn deliver(route: &PushRoute, event: PushEvent) -> bool {
+    match route.tx.try_send(event) {
+        Ok(()) => true,
+        Err(flume::TrySendError::Full(event)) => {
+            warn!(
+                tag = route.tag,
+                "push queue full: the consumer is behind its credit window; reader waits"
+            );
+            route.tx.send(event).is_ok()
+        }
+        Err(flume::TrySendError::Disconnected(_)) => false,
+    }
+}
