@@ -45,6 +45,7 @@ use bytes::Bytes;
 
 pub use jobs::{Expired, RepairJob, RetentionRoll};
 
+use crate::api::{Acks, ProduceAck};
 use crate::batch::{BatchHeader, ProducerInfo};
 use crate::error::{Error, Result};
 use crate::idempotence::{self, ProducerTable, SnapshotJob, Verdict};
@@ -52,7 +53,6 @@ use crate::log::{
     Appended, CloseJob, FlushDone, FlushJob, FlushTimings, LogConfig, PartitionLog, RecoveryReport,
     Watermarks,
 };
-use crate::api::{Acks, ProduceAck};
 use crate::storage::Storage;
 
 /// A partition's name: (topic, partition number).

@@ -849,16 +849,12 @@ impl Conn {
                     max_wait,
                 };
                 let (name, partition, offset) = (t.name.clone(), p.partition, p.offset);
-                let fut = self.engine.fetch_async(req);
                 let engine = &self.engine;
                 futs.push(async move {
-                    let r = super::encryption::fetch_result(
-                        engine,
-                        &name,
-                        partition,
-                        offset,
-                        fut.await,
-                    );
+                    // On the owning shard the read runs in place (no inbox hop).
+                    let fetched = engine.fetch_here(req).await;
+                    let r =
+                        super::encryption::fetch_result(engine, &name, partition, offset, fetched);
                     (name, r)
                 });
             }
