@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use crate::batch::ValidatedBatch;
 
 use crate::batch::{self, BatchHeader};
 use crate::config::EngineConfig;
@@ -62,7 +62,7 @@ pub(crate) enum Request {
     },
     Produce {
         key: PartitionKey,
-        batch: Bytes,
+        batch: ValidatedBatch,
         acks: Acks,
         reply: Option<Reply<ProduceAck>>,
     },
@@ -204,7 +204,7 @@ impl LocalShard {
     pub(crate) fn produce(
         &self,
         key: PartitionKey,
-        batch: Bytes,
+        batch: ValidatedBatch,
         acks: Acks,
         reply: Option<Reply<ProduceAck>>,
     ) {
@@ -797,7 +797,7 @@ impl Shard {
     pub(crate) fn produce(
         self: &Rc<Self>,
         key: PartitionKey,
-        batch: Bytes,
+        batch: ValidatedBatch,
         acks: Acks,
         reply: Option<Reply<ProduceAck>>,
     ) {

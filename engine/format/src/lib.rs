@@ -602,6 +602,16 @@ impl BatchBuilder {
     }
 }
 
+impl BatchBuilder {
+    /// [`BatchBuilder::build`] as a [`ValidatedBatch`]: the builder wrote the header itself, so
+    /// it is parsed (not checked again) and carried with the bytes.
+    pub fn build_validated(self) -> Result<ValidatedBatch> {
+        let bytes = self.build()?;
+        let header = BatchHeader::parse(&bytes)?;
+        Ok(ValidatedBatch::checked(header, bytes))
+    }
+}
+
 /// Microseconds since the Unix epoch from the system clock.
 pub fn now_us() -> i64 {
     std::time::SystemTime::now()

@@ -12,12 +12,14 @@ use bytes::Bytes;
 use super::engine::{Engine, PendingAck, Subscription, block};
 use crate::api::PartitionKey;
 use crate::api::{Acks, FetchRequest, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck};
-use crate::batch;
+use crate::batch::ValidatedBatch;
 use crate::error::{Error, Result};
 use crate::shard::{self, LocalShard, Request};
 
 impl Engine {
-    fn check_batch(&self, batch: &Bytes) -> Result<()> {
+    /// Ingress validation, once, on the caller's thread: the header parsed here travels with
+    /// the bytes to the log (no layer parses it again).
+    fn check_batch(&self, batch: Bytes) -> Result<ValidatedBatch> {
         let max = self.inner.config.batch_bytes_max;
         if batch.len() > max {
             return Err(Error::BatchTooLarge {
@@ -25,7 +27,7 @@ impl Engine {
                 max,
             });
         }
-        batch::validate(batch).map(|_| ()).map_err(Error::from)
+        ValidatedBatch::validate(batch).map_err(Error::from)
     }
 
     /// The calling thread's shard if it is `shard` of this engine.
@@ -48,7 +50,7 @@ impl Engine {
         &self,
         shard: usize,
         key: PartitionKey,
-        batch: Bytes,
+        batch: ValidatedBatch,
         acks: Acks,
     ) -> Result<PendingAck> {
         let (reply, rx) = match acks {
@@ -90,11 +92,11 @@ impl Engine {
         acks: Acks,
     ) -> impl Future<Output = Result<Option<ProduceAck>>> + Send + 'static {
         let ready = self
-            .check_batch(&batch)
-            .and_then(|()| self.locate(topic, partition));
+            .check_batch(batch)
+            .and_then(|batch| Ok((batch, self.locate(topic, partition)?)));
         let engine = self.clone();
         async move {
-            let (name, shard) = ready?;
+            let (batch, (name, shard)) = ready?;
             engine
                 .enqueue_produce(shard, (name, partition), batch, acks)
                 .await?
@@ -116,7 +118,7 @@ impl Engine {
         batch: Bytes,
         acks: Acks,
     ) -> Result<PendingAck> {
-        self.check_batch(&batch)?;
+        let batch = self.check_batch(batch)?;
         let (name, shard) = self.locate(topic, partition)?;
         let key = (name, partition);
         let Some(local) = self.local_shard(shard) else {
@@ -292,7 +294,7 @@ mod tests {
         let owner = engine.shard_of("t", 1).unwrap();
         assert!(shard::current(engine.inner.id).is_none(), "not on a shard");
         let (tx, rx) = flume::bounded::<Result<Seen>>(1);
-        let batch = batch::batch_of_values(["a", "b", "c"]).unwrap();
+        let batch = crate::batch::batch_of_values(["a", "b", "c"]).unwrap();
         engine
             .run_on_shard(
                 owner,

@@ -41,12 +41,10 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 pub use jobs::{Expired, RepairJob, RetentionRoll};
 
 use crate::api::{Acks, ProduceAck};
-use crate::batch::{BatchHeader, ProducerInfo};
+use crate::batch::{ProducerInfo, ValidatedBatch};
 use crate::error::{Error, Result};
 use crate::idempotence::{self, ProducerTable, SnapshotJob, Verdict};
 use crate::log::{
@@ -319,7 +317,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
     /// its batch; every other reply is an action right away.
     pub fn produce(
         &mut self,
-        batch: Bytes,
+        batch: ValidatedBatch,
         acks: Acks,
         token: Option<T>,
         now_ms: i64,
@@ -358,7 +356,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
             reply_now(out, token, Err(e));
             return Produced::Refused;
         }
-        let appended = self.log.borrow_mut().append(batch, now_ms);
+        let appended = self.log.borrow_mut().append_validated(batch, now_ms);
         let a = match appended {
             Ok(a) => a,
             Err(e) => {
@@ -394,10 +392,8 @@ impl<S: Storage, T> PartitionCore<S, T> {
     }
 
     /// The idempotence check before an append. An unreadable header passes: append reports it.
-    fn check_producer(&self, batch: &Bytes) -> Check {
-        let Ok(h) = BatchHeader::parse(batch) else {
-            return Check::Append(None);
-        };
+    fn check_producer(&self, batch: &ValidatedBatch) -> Check {
+        let h = batch.header();
         if h.producer.producer_id == 0 {
             return Check::Append(None);
         }

@@ -12,7 +12,9 @@ use futures_lite::future::block_on;
 use proptest::prelude::*;
 
 use super::*;
-use crate::batch::BatchBuilder;
+use bytes::Bytes;
+
+use crate::batch::{BatchBuilder, BatchHeader};
 use crate::storage::CrashStorage;
 
 type TestCore = PartitionCore<CrashStorage, u32>;
@@ -108,7 +110,13 @@ impl Seen {
 
 fn produce(core: &mut TestCore, seen: &mut Seen, batch: Bytes, acks: Acks, token: u32) -> Produced {
     let mut out = Vec::new();
-    let produced = core.produce(batch, acks, Some(token), 0, &mut out);
+    let produced = core.produce(
+        ValidatedBatch::validate(batch).unwrap(),
+        acks,
+        Some(token),
+        0,
+        &mut out,
+    );
     seen.take(core, out);
     produced
 }

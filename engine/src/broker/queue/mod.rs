@@ -434,7 +434,7 @@ async fn append(shard: &LocalShard, q: &QueueCtx, records: &[AckRecord], acks: A
         bytes += v.len();
         b.push(now, None, v, Vec::new());
     }
-    let batch = b.build()?;
+    let batch = b.build_validated()?;
     q.since_snapshot_bytes
         .set(q.since_snapshot_bytes.get() + bytes);
     let wait = if acks == Acks::Durable {
@@ -464,7 +464,7 @@ async fn write_snapshot(shard: &LocalShard, q: &QueueCtx, acks: Acks) -> Result<
         AckRecord::Snapshot(snapshot).encode(),
         Vec::new(),
     );
-    let batch = b.build()?;
+    let batch = b.build_validated()?;
     if acks == Acks::Durable {
         let (tx, rx) = flume::bounded(1);
         shard.produce(q.ack_key.clone(), batch, acks, Some(tx));
