@@ -24,6 +24,8 @@ pub mod producer_ids;
 pub mod queue;
 pub mod rt;
 pub mod shard;
+#[doc(hidden)]
+pub mod sim;
 pub mod storage;
 pub mod util;
 

@@ -6,9 +6,9 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::log::{self, LogConfig, PartitionLog};
-use crate::storage::Storage;
+use crate::storage::{LogFile, Storage};
 
 /// Reopens a failed partition's log from disk (the recovery path of a restart). Hand the result
 /// to [`super::PartitionCore::repaired`].
@@ -28,6 +28,15 @@ impl<S: Storage> RepairJob<S> {
     }
 
     pub async fn run(self, now_ms: i64) -> Result<PartitionLog<S>> {
+        // The reopen counts all it finds as durable, but after a failed flush the segments may
+        // hold written, unsynced data: sync them first, or a durable retry of such a batch is
+        // acked with no fdatasync (found by the simulator, engine/src/sim, seed 1).
+        let names = (self.storage.list(&self.dir)).map_err(|e| Error::io(self.dir.display(), e))?;
+        for name in names.iter().filter(|n| n.ends_with(".log")) {
+            let path = self.dir.join(name);
+            let err = |e| Error::io(path.display(), e);
+            self.storage.open(&path).await.map_err(err)?.sync().await.map_err(err)?;
+        }
         PartitionLog::open(self.storage, &self.dir, self.config, now_ms).await
     }
 }

@@ -35,6 +35,24 @@ mod jobs;
 #[cfg(test)]
 mod tests;
 
+/// Test-only sabotage (`--features sabotage`, engine/src/sim): proves the simulator catches a
+/// core that acks durable producers before the sync that covers them.
+#[cfg(feature = "sabotage")]
+pub mod sabotage {
+    thread_local! {
+        /// Durable acks complete at the high watermark and their flush skips the fdatasync.
+        pub static EARLY_DURABLE_ACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+}
+
+/// Whether the sabotage switch is on (always false without the feature).
+fn sabotaged() -> bool {
+    #[cfg(feature = "sabotage")]
+    return sabotage::EARLY_DURABLE_ACK.with(std::cell::Cell::get);
+    #[cfg(not(feature = "sabotage"))]
+    false
+}
+
 use std::cell::{Ref, RefCell};
 use std::collections::VecDeque;
 use std::path::Path;
@@ -435,7 +453,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
         if self.flush_in_flight.is_some() || self.failure.is_some() {
             return None;
         }
-        let want_sync = force_sync || !self.waiters.is_empty();
+        let want_sync = force_sync || (!self.waiters.is_empty() && !sabotaged());
         let mut log = self.log.borrow_mut();
         let before = log.pending_bytes();
         let job = log.take_flush(want_sync)?;
@@ -497,10 +515,15 @@ impl<S: Storage, T> PartitionCore<S, T> {
         );
         self.last_watermarks = w;
         let mut previous_last_offset = None;
+        let acked_below = if sabotaged() {
+            w.written_offset
+        } else {
+            w.durable_offset
+        };
         while self
             .waiters
             .front()
-            .is_some_and(|x| x.ack.last_offset < w.durable_offset)
+            .is_some_and(|x| x.ack.last_offset < acked_below)
         {
             let Some(x) = self.waiters.pop_front() else {
                 break;
