@@ -136,6 +136,7 @@ mod found {
     fn open(storage: &CrashStorage) -> Core {
         let log = LogConfig {
             segment_bytes: 64 << 10,
+            segment_ms: 1000,
             preallocate_bytes: 0,
             ..LogConfig::default()
         };
@@ -177,6 +178,7 @@ mod found {
                     }
                     Action::StartRepair(job) => {
                         storage.set_fail_io(false);
+                        storage.set_capacity(None);
                         let _ = core.repaired(block_on(job.run(0)), &mut next);
                     }
                     _ => {}
@@ -222,6 +224,36 @@ mod found {
                 base_offset: 0,
                 last_offset: 0
             }
+        );
+    }
+
+    // Found by the simulator (seed 132): a flush that rolled created the new segment file, then
+    // failed writing it (ENOSPC) before the directory sync; the repair reopened the log with that
+    // file as the active segment, later flushes wrote and synced it (no create, so no directory
+    // sync) and acked durable producers, and a power loss removed the file with their data.
+    #[test]
+    fn a_repair_makes_the_segment_a_failed_roll_created_durable() {
+        let storage = CrashStorage::new();
+        let mut core = open(&storage);
+        let mut out = Vec::new();
+        core.produce(batch(0), Acks::Durable, Some(1), 0, &mut out);
+        assert_eq!(drive(&storage, &mut core, out), vec![(1, true)]);
+        // The next append rolls (segment_ms); the new segment's first write finds the disk full.
+        storage.set_capacity(Some(4096));
+        let mut out = Vec::new();
+        core.produce(batch(1), Acks::Leader, Some(2), 2000, &mut out);
+        let _ = drive(&storage, &mut core, out);
+        assert!(core.failure().is_none(), "repaired");
+        assert_eq!(core.watermarks().next_offset, 1, "the failed batch is gone");
+        let mut out = Vec::new();
+        core.produce(batch(1), Acks::Durable, Some(3), 2000, &mut out);
+        assert_eq!(drive(&storage, &mut core, out), vec![(3, true)]);
+        drop(core);
+        storage.crash(|_, _, _| false);
+        assert_eq!(
+            open(&storage).watermarks().next_offset,
+            2,
+            "offset 1 was acked durable"
         );
     }
 }

@@ -29,14 +29,18 @@ impl<S: Storage> RepairJob<S> {
 
     pub async fn run(self, now_ms: i64) -> Result<PartitionLog<S>> {
         // The reopen counts all it finds as durable, but after a failed flush the segments may
-        // hold written, unsynced data: sync them first, or a durable retry of such a batch is
-        // acked with no fdatasync (found by the simulator, engine/src/sim, seed 1).
-        let names = (self.storage.list(&self.dir)).map_err(|e| Error::io(self.dir.display(), e))?;
+        // hold written, unsynced data, and a segment the flush created may have no durable
+        // directory entry: sync them and the directory first, or a durable retry of such a
+        // batch is acked with no fdatasync, and later durable acks land in a file a power loss
+        // removes (both found by the simulator, engine/src/sim, seeds 1 and 132).
+        let dir_err = |e| Error::io(self.dir.display(), e);
+        let names = self.storage.list(&self.dir).map_err(dir_err)?;
         for name in names.iter().filter(|n| n.ends_with(".log")) {
             let path = self.dir.join(name);
             let err = |e| Error::io(path.display(), e);
             self.storage.open(&path).await.map_err(err)?.sync().await.map_err(err)?;
         }
+        self.storage.sync_dir(&self.dir).await.map_err(dir_err)?;
         PartitionLog::open(self.storage, &self.dir, self.config, now_ms).await
     }
 }

@@ -157,10 +157,10 @@ impl World {
             .map_err(|e| e.to_string())?;
         let log_config = LogConfig {
             segment_bytes: 64 << 10,
-            segment_ms: 2_000 + self.below(8_000),
+            segment_ms: 100 + self.below(600),
             checkpoint_interval_bytes: [4 << 10, 16 << 10, 1 << 30][self.below(3) as usize],
-            retention_bytes: self.chance(500).then_some(160 << 10),
-            retention_ms: self.chance(300).then_some(5_000),
+            retention_bytes: self.chance(300).then_some(160 << 10),
+            retention_ms: self.chance(500).then_some(300 + self.below(1200)),
             cache_bytes: [0, 8 << 10, 1 << 20][self.below(3) as usize],
             preallocate_bytes: [0, 16 << 10][self.below(2) as usize],
             write_chunk_bytes: 64 << 10,
@@ -227,7 +227,7 @@ impl World {
             0..300 => self.produce()?,
             300..650 if pending => self.release()?,
             300..650 => self.advance_clock(20)?,
-            650..760 => self.advance_clock(30)?,
+            650..760 => self.advance_clock(120)?,
             760..840 => self.fetch()?,
             840..910 => self.tail()?,
             910..940 => self.retention()?,
@@ -309,7 +309,7 @@ impl World {
         }
         self.next_batch += 1;
         for i in 0..n {
-            let fill = "x".repeat(self.below(700) as usize);
+            let fill = "x".repeat(self.below(400) as usize);
             let value = format!("p{p}-b{}-r{i}-{fill}", self.next_batch);
             b.push(self.now_ms * 1000 + i as i64, None, value.into_bytes(), Vec::new());
         }
