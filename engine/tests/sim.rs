@@ -256,4 +256,50 @@ mod found {
             "offset 1 was acked durable"
         );
     }
+
+    // Found by the simulator (seed 317): retention deleted expired segments of a failed
+    // partition while its repair was reopening the log from the same files (the reopen had
+    // listed a segment, the deletion removed it, the recovery's open recreated it empty and cut
+    // the log there): the repaired log lost durable-acked records. A failed partition now
+    // expires nothing until it is repaired.
+    #[test]
+    fn retention_waits_for_the_repair_of_a_failed_partition() {
+        let storage = CrashStorage::new();
+        let mut core = open(&storage);
+        core.set_retention(None, Some(100));
+        let mut out = Vec::new();
+        core.produce(batch(0), Acks::Durable, Some(1), 0, &mut out);
+        assert_eq!(drive(&storage, &mut core, out), vec![(1, true)]);
+        // Rolls (segment_ms): segment 0 is now whole and old.
+        let mut out = Vec::new();
+        core.produce(batch(1), Acks::Durable, Some(2), 2000, &mut out);
+        assert_eq!(drive(&storage, &mut core, out), vec![(2, true)]);
+        storage.set_fail_io(true);
+        let mut out = Vec::new();
+        core.produce(batch(2), Acks::Leader, Some(3), 2000, &mut out);
+        let mut repairs = Vec::new();
+        for a in out {
+            if let Action::StartFlush(f) = a {
+                let mut next = Vec::new();
+                let _ = core.flush_done(block_on(f.job.run()), 2000, &mut next);
+                repairs.extend(next.into_iter().filter_map(|a| match a {
+                    Action::StartRepair(job) => Some(job),
+                    _ => None,
+                }));
+            }
+        }
+        assert_eq!(repairs.len(), 1, "the flush failed");
+        assert!(
+            core.take_expired(10_000).is_empty(),
+            "retention deletes files a repair is about to reopen"
+        );
+        storage.set_fail_io(false);
+        let mut out = Vec::new();
+        core.repaired(block_on(repairs.remove(0).run(10_000)), &mut out)
+            .unwrap();
+        let expired = core.take_expired(10_000);
+        assert!(!expired.is_empty(), "once repaired, retention works");
+        block_on(expired.run()).unwrap();
+        assert_eq!(core.watermarks().log_start, 1);
+    }
 }

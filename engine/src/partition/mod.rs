@@ -675,7 +675,13 @@ impl<S: Storage, T> PartitionCore<S, T> {
     pub fn take_expired(&mut self, now_ms: i64) -> Expired<S> {
         let mut l = self.log.borrow_mut();
         let before = l.cache_bytes();
-        let files = l.take_expired(now_ms);
+        // Nothing while failed: the repair reopens the log from the files this would delete
+        // (found by the simulator, engine/src/sim, seed 317).
+        let files = if self.failure.is_some() {
+            Vec::new()
+        } else {
+            l.take_expired(now_ms)
+        };
         let cache_freed_bytes = before.saturating_sub(l.cache_bytes());
         Expired::new(
             l.storage().clone(),
