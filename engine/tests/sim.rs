@@ -302,4 +302,62 @@ mod found {
         block_on(expired.run()).unwrap();
         assert_eq!(core.watermarks().log_start, 1);
     }
+
+    /// Produces `batch(seq)` at `now_ms` and runs the failing flush; returns its repair.
+    fn fail_a_flush(
+        storage: &CrashStorage,
+        core: &mut Core,
+        seq: u32,
+        now_ms: i64,
+    ) -> shardline_engine::partition::RepairJob<CrashStorage> {
+        storage.set_fail_io(true);
+        let mut out = Vec::new();
+        core.produce(batch(seq), Acks::Leader, Some(9), now_ms, &mut out);
+        let mut repairs = Vec::new();
+        for a in out {
+            if let Action::StartFlush(f) = a {
+                let mut next = Vec::new();
+                let _ = core.flush_done(block_on(f.job.run()), now_ms, &mut next);
+                repairs.extend(next.into_iter().filter_map(|a| match a {
+                    Action::StartRepair(job) => Some(job),
+                    _ => None,
+                }));
+            }
+        }
+        storage.set_fail_io(false);
+        assert_eq!(repairs.len(), 1, "the flush failed");
+        repairs.remove(0)
+    }
+
+    // Found by the simulator (seed 420): retention's deletion of expired segments was still in
+    // flight when a flush failed; the repair reopened the log from the files not yet deleted
+    // (in the simulator: listed a segment, which the deletion then removed and the recovery
+    // recreated empty, cutting the log there). The repair now finishes those deletions first.
+    #[test]
+    fn a_repair_finishes_the_deletions_retention_started() {
+        let storage = CrashStorage::new();
+        let mut core = open(&storage);
+        core.set_retention(None, Some(100));
+        let mut out = Vec::new();
+        core.produce(batch(0), Acks::Durable, Some(1), 0, &mut out);
+        assert_eq!(drive(&storage, &mut core, out), vec![(1, true)]);
+        let mut out = Vec::new();
+        core.produce(batch(1), Acks::Durable, Some(2), 2000, &mut out);
+        assert_eq!(drive(&storage, &mut core, out), vec![(2, true)]);
+        let expired = core.take_expired(10_000);
+        assert!(!expired.is_empty());
+        // The deletion has not run when a flush fails and the repair reopens the log.
+        let repair = fail_a_flush(&storage, &mut core, 2, 10_000);
+        let mut out = Vec::new();
+        core.repaired(block_on(repair.run(10_000)), &mut out).unwrap();
+        block_on(expired.run()).unwrap();
+        let w = core.watermarks();
+        assert_eq!((w.log_start, w.next_offset), (1, 2));
+        let plan = core.log().plan_read(w.log_start, 1 << 20, 100).unwrap();
+        let read = match plan {
+            shardline_engine::log::ReadPlan::Ready(r) => r,
+            shardline_engine::log::ReadPlan::Disk(d) => block_on(d.run()).unwrap(),
+        };
+        assert_eq!(read.records, 1);
+    }
 }

@@ -10,20 +10,26 @@ use crate::error::{Error, Result};
 use crate::log::{self, LogConfig, PartitionLog};
 use crate::storage::{LogFile, Storage};
 
+/// Segment files handed to [`Expired`] jobs and not deleted yet (shared by the core and its
+/// jobs).
+pub(super) type Expiring = Rc<RefCell<Vec<PathBuf>>>;
+
 /// Reopens a failed partition's log from disk (the recovery path of a restart). Hand the result
 /// to [`super::PartitionCore::repaired`].
 pub struct RepairJob<S: Storage> {
     storage: S,
     dir: PathBuf,
     config: LogConfig,
+    expiring: Expiring,
 }
 
 impl<S: Storage> RepairJob<S> {
-    pub(super) fn new(storage: S, dir: PathBuf, config: LogConfig) -> Self {
+    pub(super) fn new(storage: S, dir: PathBuf, config: LogConfig, expiring: Expiring) -> Self {
         RepairJob {
             storage,
             dir,
             config,
+            expiring,
         }
     }
 
@@ -33,6 +39,11 @@ impl<S: Storage> RepairJob<S> {
         // directory entry: sync them and the directory first, or a durable retry of such a
         // batch is acked with no fdatasync, and later durable acks land in a file a power loss
         // removes (both found by the simulator, engine/src/sim, seeds 1 and 132).
+        // Deletions retention started may still be in flight: finish them first, or the reopen
+        // lists a segment they then remove, recreates it empty and cuts the log there (found
+        // by the simulator, seed 420).
+        let expiring = self.expiring.borrow().clone();
+        log::remove_files(&self.storage, &self.dir, &expiring).await?;
         let dir_err = |e| Error::io(self.dir.display(), e);
         let names = self.storage.list(&self.dir).map_err(dir_err)?;
         for name in names.iter().filter(|n| n.ends_with(".log")) {
@@ -66,6 +77,7 @@ pub struct Expired<S: Storage> {
     storage: S,
     dir: PathBuf,
     files: Vec<PathBuf>,
+    expiring: Expiring,
     /// Cached bytes the removal freed (the shard's cache account).
     pub cache_freed_bytes: usize,
 }
@@ -76,11 +88,14 @@ impl<S: Storage> Expired<S> {
         dir: PathBuf,
         files: Vec<PathBuf>,
         cache_freed_bytes: usize,
+        expiring: Expiring,
     ) -> Self {
+        expiring.borrow_mut().extend(files.iter().cloned());
         Expired {
             storage,
             dir,
             files,
+            expiring,
             cache_freed_bytes,
         }
     }
@@ -98,6 +113,10 @@ impl<S: Storage> Expired<S> {
         if self.files.is_empty() {
             return Ok(());
         }
-        log::remove_files(&self.storage, &self.dir, &self.files).await
+        let r = log::remove_files(&self.storage, &self.dir, &self.files).await;
+        self.expiring
+            .borrow_mut()
+            .retain(|p| !self.files.contains(p));
+        r
     }
 }

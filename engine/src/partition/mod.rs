@@ -62,6 +62,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use jobs::{Expired, RepairJob, RetentionRoll};
+use jobs::Expiring;
 
 use crate::batch::{BatchHeader, ProducerInfo};
 use crate::error::{Error, Result};
@@ -186,6 +187,8 @@ pub struct PartitionCore<S: Storage, T> {
     /// Offset of the newest producer snapshot written; whether one is being written.
     snapshot_written_upto: Option<u64>,
     snapshot_running: bool,
+    /// Files retention is deleting (a repair finishes their deletion before it reopens).
+    expiring: Expiring,
 }
 
 impl<S: Storage, T> PartitionCore<S, T> {
@@ -240,6 +243,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
             last_watermarks: w,
             snapshot_written_upto: None,
             snapshot_running: false,
+            expiring: Expiring::default(),
         }
     }
 
@@ -590,6 +594,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
                 l.storage().clone(),
                 l.dir().to_path_buf(),
                 l.config().clone(),
+                self.expiring.clone(),
             )));
         }
     }
@@ -688,6 +693,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
             l.dir().to_path_buf(),
             files,
             cache_freed_bytes,
+            self.expiring.clone(),
         )
     }
 
