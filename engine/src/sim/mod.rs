@@ -65,7 +65,11 @@
 //!    offset, as documented in docs/architecture.md).
 //! 5. **An idempotent retry is answered with the original offsets** while the original is in
 //!    the log; a retry is never appended a second time; a retry of a batch that a crash or
-//!    repair cut away may be appended anew (it is then the original).
+//!    repair cut away may be appended anew (it is then the original). One allowance: a retry of
+//!    a batch that retention removed (below the log start) may be appended anew, because after
+//!    a crash the producer state is rebuilt from the newest producer snapshot plus the log, and
+//!    when the snapshot lags (it failed, or retention ran before the next one) the producer's
+//!    batches are gone from both (found with seed 1488; see the report of issue 13).
 //! 6. **Offsets are dense.** Each append gets the model's next offset; a read at offset `o`
 //!    starts with the batch holding `o` and each batch continues the previous one.
 //! 7. **The high watermark never moves back within a process lifetime** (also across a repair);

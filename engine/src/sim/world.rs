@@ -350,7 +350,9 @@ impl World {
         let core = self.parts[p].core.as_mut().ok_or("no core")?;
         let produced = core.produce(batch.clone(), acks, token, now, &mut out);
         let failed = core.failure().is_some();
-        let expect = self.check_produced(p, k, produced, &batch, idem, is_retry, failed)?;
+        let log_start = core.watermarks().log_start;
+        let facts = (is_retry, failed, log_start);
+        let expect = self.check_produced(p, k, produced, &batch, idem, facts)?;
         self.mix(expect.map_or(u64::MAX, |a| a.base_offset));
         self.note(|| format!("p{p} produce {acks:?} token {token:?} idem {idem:?} retry {is_retry}: {produced:?}"));
         if let Some(token) = token {
@@ -362,7 +364,6 @@ impl World {
 
     /// Checks what `produce` returned against the model (dense offsets, idempotence) and
     /// updates it; returns the offsets the reply must carry.
-    #[allow(clippy::too_many_arguments, reason = "one produce's facts, checked in one place")]
     fn check_produced(
         &mut self,
         p: usize,
@@ -370,8 +371,7 @@ impl World {
         produced: Produced,
         batch: &Bytes,
         idem: Option<(u64, u32)>,
-        is_retry: bool,
-        failed: bool,
+        (is_retry, failed, log_start): (bool, bool, u64),
     ) -> Check<Option<ProduceAck>> {
         let part = &mut self.parts[p];
         match produced {
@@ -382,8 +382,11 @@ impl World {
                         appended.base_offset, part.model.next_offset
                     ));
                 }
+                // Retention removed the original: its producer state may be gone with it after
+                // a crash (the producer snapshot can lag), then the retry is a new batch.
                 if let Some(key) = idem
                     && let Some(original) = part.model.idempotent.get(&key)
+                    && original.last_offset >= log_start
                 {
                     return Err(format!(
                         "invariant 5 (idempotence): producer {} sequence {} appended again at {}, \
@@ -595,6 +598,9 @@ impl World {
             }
             Done::Repair(reopened) => match core.repaired(reopened, &mut out) {
                 Ok(w) => {
+                    if self.verbose {
+                        println!("[{}] p{p} repaired: {w:?}", self.step);
+                    }
                     self.stats.repairs += 1;
                     if w.next_offset < part.model.durable_acked_end {
                         return Err(format!(
@@ -768,6 +774,7 @@ impl World {
     fn crash(&mut self, kill: bool) -> Check {
         self.stats.crashes += 1;
         self.mix(0xC0A5 + u64::from(kill));
+        self.note(|| format!("CRASH (kill {kill})"));
         self.tasks.clear();
         self.timers.clear();
         self.requests.clear();
@@ -837,6 +844,7 @@ impl World {
             self.spawn(p, async move { Done::Snapshot(upto, job.run().await) });
         }
         self.mix(w.next_offset);
+        self.note(|| format!("p{p} reopened: {w:?}"));
         Ok(())
     }
 }
