@@ -94,7 +94,11 @@ fn main() -> ExitCode {
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                result.lock().unwrap_or_else(|e| e.into_inner()).0.add(&stats);
+                result
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+                    .add(&stats);
             });
         }
         let mut last = Instant::now();
@@ -104,17 +108,27 @@ fn main() -> ExitCode {
                 last = Instant::now();
                 let n = done.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64();
-                println!("{n}/{} seeds, {secs:.0} s, {:.0} seeds/s", args.seeds, n as f64 / secs);
+                println!(
+                    "{n}/{} seeds, {secs:.0} s, {:.0} seeds/s",
+                    args.seeds,
+                    n as f64 / secs
+                );
             }
         }
     });
     let (stats, failure) = result.into_inner().unwrap_or_else(|e| e.into_inner());
     let n = done.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    println!("{n} seeds in {secs:.1} s ({:.0} seeds/s): {stats:?}", n as f64 / secs);
+    println!(
+        "{n} seeds in {secs:.1} s ({:.0} seeds/s): {stats:?}",
+        n as f64 / secs
+    );
     match failure {
         Some(f) => {
-            println!("FAILED: {f}\n  or: cargo run -p shardline-engine --example sim -- --seed {}", f.seed);
+            println!(
+                "FAILED: {f}\n  or: cargo run -p shardline-engine --example sim -- --seed {}",
+                f.seed
+            );
             ExitCode::FAILURE
         }
         None => {

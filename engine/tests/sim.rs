@@ -1,6 +1,8 @@
 //! The deterministic simulator of the partition core (engine/src/sim; docs/architecture.md,
-//! "Deterministic simulation"). `SIM_SEED=<seed>` replays one seed; `SIM_SEEDS=<n>` and
-//! `SIM_FIRST_SEED=<n>` change the range the CI test runs.
+//! "Deterministic simulation"). `SIM_SEED=<seed>` replays one seed (`SIM_VERBOSE=1` prints its
+//! events, `SIM_SABOTAGE=1` with `--features sabotage` runs the sabotaged core);
+//! `SIM_SEEDS=<n>` and `SIM_FIRST_SEED=<n>` change the range the CI test runs. The `found`
+//! module holds the bugs the simulator found, as minimal tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -58,7 +60,9 @@ fn run_range(first: u64, count: u64) -> (Stats, Option<Failure>) {
 #[test]
 fn the_core_keeps_its_invariants_over_many_seeds() {
     if let Some(seed) = env_u64("SIM_SEED") {
-        match sim::run(SimConfig::new(seed)) {
+        let mut cfg = SimConfig::new(seed);
+        cfg.sabotage = std::env::var_os("SIM_SABOTAGE").is_some();
+        match sim::run(cfg) {
             Ok(o) => println!("seed {seed} passed: {:?}", o.stats),
             Err(f) => panic!("{f}"),
         }
@@ -144,9 +148,16 @@ mod found {
             sync_interval_ms: 50,
         };
         let key = (Arc::from("t"), 0);
-        block_on(Core::open(storage.clone(), Path::new(DIR), key, log, cfg, 0))
-            .unwrap()
-            .core
+        block_on(Core::open(
+            storage.clone(),
+            Path::new(DIR),
+            key,
+            log,
+            cfg,
+            0,
+        ))
+        .unwrap()
+        .core
     }
 
     fn batch(base_sequence: u32) -> bytes::Bytes {
@@ -161,17 +172,21 @@ mod found {
 
     /// Runs every flush and repair the actions ask for (a repair once the disk works again);
     /// returns the successful replies: (token, waited for a sync).
-    fn drive(storage: &CrashStorage, core: &mut Core, mut out: Vec<Action<CrashStorage, u32>>) -> Vec<(u32, bool)> {
+    fn drive(
+        storage: &CrashStorage,
+        core: &mut Core,
+        mut out: Vec<Action<CrashStorage, u32>>,
+    ) -> Vec<(u32, bool)> {
         let mut replies = Vec::new();
         while !out.is_empty() {
             let mut next = Vec::new();
             for a in out {
                 match a {
-                    Action::Reply { token, result, durable } => {
-                        if result.is_ok() {
-                            replies.push((token, durable));
-                        }
-                    }
+                    Action::Reply {
+                        token,
+                        result: Ok(_),
+                        durable,
+                    } => replies.push((token, durable)),
                     Action::StartFlush(f) => {
                         let done = block_on(f.job.run());
                         let _ = core.flush_done(done, 0, &mut next);
@@ -206,7 +221,7 @@ mod found {
         storage.set_fail_io(true);
         let mut out = Vec::new();
         core.produce(batch(1), Acks::Leader, Some(2), 0, &mut out);
-        let _ = drive(&storage, &mut core, out.drain(..).collect());
+        let _ = drive(&storage, &mut core, out);
         assert!(core.failure().is_none(), "repaired");
         // A durable retry of the first batch: answered only once its offsets are synced.
         let mut out = Vec::new();
@@ -349,7 +364,8 @@ mod found {
         // The deletion has not run when a flush fails and the repair reopens the log.
         let repair = fail_a_flush(&storage, &mut core, 2, 10_000);
         let mut out = Vec::new();
-        core.repaired(block_on(repair.run(10_000)), &mut out).unwrap();
+        core.repaired(block_on(repair.run(10_000)), &mut out)
+            .unwrap();
         block_on(expired.run()).unwrap();
         let w = core.watermarks();
         assert_eq!((w.log_start, w.next_offset), (1, 2));

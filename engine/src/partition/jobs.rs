@@ -49,7 +49,13 @@ impl<S: Storage> RepairJob<S> {
         for name in names.iter().filter(|n| n.ends_with(".log")) {
             let path = self.dir.join(name);
             let err = |e| Error::io(path.display(), e);
-            self.storage.open(&path).await.map_err(err)?.sync().await.map_err(err)?;
+            self.storage
+                .open(&path)
+                .await
+                .map_err(err)?
+                .sync()
+                .await
+                .map_err(err)?;
         }
         self.storage.sync_dir(&self.dir).await.map_err(dir_err)?;
         PartitionLog::open(self.storage, &self.dir, self.config, now_ms).await

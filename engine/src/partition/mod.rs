@@ -61,8 +61,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use jobs::{Expired, RepairJob, RetentionRoll};
 use jobs::Expiring;
+pub use jobs::{Expired, RepairJob, RetentionRoll};
 
 use crate::batch::{BatchHeader, ProducerInfo};
 use crate::error::{Error, Result};

@@ -193,6 +193,8 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Failure {
     pub seed: u64,
+    /// The run had the sabotaged core.
+    pub sabotage: bool,
     /// The step it failed in (`steps` = the final drain and crash).
     pub step: usize,
     pub message: String,
@@ -200,10 +202,15 @@ pub struct Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (env, features) = if self.sabotage {
+            ("SIM_SABOTAGE=1 ", " --features sabotage")
+        } else {
+            ("", "")
+        };
         write!(
             f,
-            "simulation seed {} failed at step {}: {}\n  replay: SIM_SEED={} cargo test -p \
-             shardline-engine --test sim",
+            "simulation seed {} failed at step {}: {}\n  replay: {env}SIM_SEED={} cargo test -p \
+             shardline-engine{features} --test sim (SIM_VERBOSE=1 prints every event)",
             self.seed, self.step, self.message, self.seed
         )
     }
@@ -226,6 +233,7 @@ pub fn run(cfg: SimConfig) -> Result<Outcome, Failure> {
     set_sabotage(false);
     let failure = |message| Failure {
         seed: cfg.seed,
+        sabotage: cfg.sabotage,
         step: STEP.with(Cell::get),
         message,
     };

@@ -29,7 +29,13 @@ pub(super) struct Model {
 }
 
 impl Model {
-    pub(super) fn append(&mut self, base: u64, last: u64, bytes: Bytes, producer: Option<(u64, u32)>) {
+    pub(super) fn append(
+        &mut self,
+        base: u64,
+        last: u64,
+        bytes: Bytes,
+        producer: Option<(u64, u32)>,
+    ) {
         let next_offset = last + 1;
         self.batches.insert(
             base,

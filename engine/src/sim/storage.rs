@@ -174,9 +174,16 @@ impl SimStorage {
         let mut s = String::new();
         for (path, f) in &sh.files {
             if path.parent() == Some(dir) {
-                let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default();
                 let synced = sh.durable_names.contains(path);
-                s += &format!("{name}: live {} durable {} name synced {synced}; ", f.live.len(), f.durable.len());
+                s += &format!(
+                    "{name}: live {} durable {} name synced {synced}; ",
+                    f.live.len(),
+                    f.durable.len()
+                );
             }
         }
         s

@@ -37,7 +37,7 @@ const RETRY_WINDOW: usize = 8;
 /// What a finished job hands back.
 enum Done {
     Flush(crate::log::FlushDone<SimStorage>),
-    Repair(Result<PartitionLog<SimStorage>>),
+    Repair(Box<Result<PartitionLog<SimStorage>>>),
     Snapshot(u64, Result<()>),
     /// The roll's error is the shard's to log; retention carries on.
     Roll(#[allow(dead_code, reason = "logged by the shard, ignored here")] Result<()>),
@@ -311,7 +311,12 @@ impl World {
         for i in 0..n {
             let fill = "x".repeat(self.below(400) as usize);
             let value = format!("p{p}-b{}-r{i}-{fill}", self.next_batch);
-            b.push(self.now_ms * 1000 + i as i64, None, value.into_bytes(), Vec::new());
+            b.push(
+                self.now_ms * 1000 + i as i64,
+                None,
+                value.into_bytes(),
+                Vec::new(),
+            );
         }
         b.build().map_err(|e| e.to_string())
     }
@@ -354,9 +359,20 @@ impl World {
         let facts = (is_retry, failed, log_start);
         let expect = self.check_produced(p, k, produced, &batch, idem, facts)?;
         self.mix(expect.map_or(u64::MAX, |a| a.base_offset));
-        self.note(|| format!("p{p} produce {acks:?} token {token:?} idem {idem:?} retry {is_retry}: {produced:?}"));
+        self.note(|| {
+            format!(
+                "p{p} produce {acks:?} token {token:?} idem {idem:?} retry {is_retry}: {produced:?}"
+            )
+        });
         if let Some(token) = token {
-            self.requests.insert(token, Request { part: p, acks, expect });
+            self.requests.insert(
+                token,
+                Request {
+                    part: p,
+                    acks,
+                    expect,
+                },
+            );
         }
         self.stats.produced += 1;
         self.perform(p, out)
@@ -455,7 +471,14 @@ impl World {
             self.stats.faults += 1;
         }
         self.mix(op.kind as u64);
-        self.note(|| format!("release {} {:?} {}: {verdict:?}", op.id, op.kind, op.path.display()));
+        self.note(|| {
+            format!(
+                "release {} {:?} {}: {verdict:?}",
+                op.id,
+                op.kind,
+                op.path.display()
+            )
+        });
         self.storage.release(op.id, verdict);
         Ok(())
     }
@@ -589,14 +612,17 @@ impl World {
             Done::Flush(done) => {
                 let report = core.flush_done(done, now, &mut out);
                 if self.verbose {
-                    println!("[{}] p{p} flush done synced {} {:?}", self.step, report.synced, report.result);
+                    println!(
+                        "[{}] p{p} flush done synced {} {:?}",
+                        self.step, report.synced, report.result
+                    );
                 }
                 self.stats.flushes += 1;
                 if report.result.is_err() {
                     self.stats.failed_flushes += 1;
                 }
             }
-            Done::Repair(reopened) => match core.repaired(reopened, &mut out) {
+            Done::Repair(reopened) => match core.repaired(*reopened, &mut out) {
                 Ok(w) => {
                     if self.verbose {
                         println!("[{}] p{p} repaired: {w:?}", self.step);
@@ -644,11 +670,14 @@ impl World {
                     self.spawn(p, async move { Done::Flush(f.job.run().await) });
                 }
                 Action::ArmSyncTimer { deadline_ms } => {
-                    self.timers.push(Timer { deadline_ms, part: p });
+                    self.timers.push(Timer {
+                        deadline_ms,
+                        part: p,
+                    });
                 }
                 Action::StartRepair(job) => {
                     let now = self.now_ms;
-                    self.spawn(p, async move { Done::Repair(job.run(now).await) });
+                    self.spawn(p, async move { Done::Repair(Box::new(job.run(now).await)) });
                 }
                 Action::WriteSnapshot(job) => {
                     let upto = job.upto_offset();
@@ -661,12 +690,21 @@ impl World {
 
     /// A producer's answer: the offsets it must carry (invariant 5), the ack order (2), and a
     /// durable one is queued for the durability probe (1).
-    fn on_reply(&mut self, p: usize, token: u64, result: Result<ProduceAck>, durable: bool) -> Check {
+    fn on_reply(
+        &mut self,
+        p: usize,
+        token: u64,
+        result: Result<ProduceAck>,
+        durable: bool,
+    ) -> Check {
         let Some(req) = self.requests.remove(&token) else {
             return Err(format!("reply to request {token}, which is not waiting"));
         };
         if req.part != p {
-            return Err(format!("request {token} of partition {} answered by {p}", req.part));
+            return Err(format!(
+                "request {token} of partition {} answered by {p}",
+                req.part
+            ));
         }
         let ack = match result {
             Ok(ack) => ack,
@@ -832,7 +870,11 @@ impl World {
         part.model.truncate(w.next_offset)?;
         check_whole_log(&opened.core.log(), &part.model)
             .map_err(|e| format!("invariant 4: after the crash, partition {p}: {e}"))?;
-        let lost = part.subscribers.iter().filter(|s| **s > w.written_offset).count();
+        let lost = part
+            .subscribers
+            .iter()
+            .filter(|s| **s > w.written_offset)
+            .count();
         self.stats.reader_saw_lost += lost as u64;
         for s in &mut part.subscribers {
             *s = (*s).min(w.written_offset);
