@@ -376,4 +376,71 @@ mod found {
         };
         assert_eq!(read.records, 1);
     }
+
+    fn batch_at(base_sequence: u32, timestamp_ms: i64) -> bytes::Bytes {
+        let mut b = BatchBuilder::new().producer(ProducerInfo {
+            producer_id: 1,
+            producer_epoch: 0,
+            base_sequence,
+        });
+        b.push(timestamp_ms * 1000, None, b"v".to_vec(), Vec::new());
+        b.build().unwrap()
+    }
+
+    // Found by the simulator (seed 20053, 1000 steps): retention failed to delete the oldest
+    // expired segment (EIO), the log had already dropped it, and a later retention deleted the
+    // next one: the directory kept segment 0 and segment 2 with a gap between, and the next
+    // open refused the log as corrupt (in the simulator) or cut it at the gap, losing
+    // durable-acked records (here). A failed deletion is now retried first, oldest first.
+    #[test]
+    fn a_failed_retention_deletion_leaves_no_gap() {
+        let storage = CrashStorage::new();
+        let mut core = open(&storage);
+        core.set_retention(None, Some(100));
+        for (seq, now_ms) in [(0, 0), (1, 2000), (2, 4000)] {
+            let mut out = Vec::new();
+            core.produce(
+                batch_at(seq, now_ms),
+                Acks::Durable,
+                Some(seq),
+                now_ms,
+                &mut out,
+            );
+            assert_eq!(drive(&storage, &mut core, out), vec![(seq, true)]);
+        }
+        // Segment 0 expires; its deletion fails.
+        let first = core.take_expired(2050);
+        assert!(!first.is_empty());
+        storage.die_after_ops(Some(0));
+        assert!(block_on(first.run()).is_err());
+        storage.die_after_ops(None);
+        // Segment 1 expires; its deletion works.
+        let second = core.take_expired(4050);
+        assert!(!second.is_empty());
+        block_on(second.run()).unwrap();
+        assert_eq!(core.watermarks().log_start, 2);
+        drop(core);
+        storage.crash(|_, _, _| false);
+        let storage2 = storage.clone();
+        let reopened = block_on(Core::open(
+            storage2,
+            Path::new(DIR),
+            (Arc::from("t"), 0),
+            LogConfig {
+                segment_bytes: 64 << 10,
+                segment_ms: 1000,
+                preallocate_bytes: 0,
+                ..LogConfig::default()
+            },
+            CoreConfig {
+                sync_interval_ms: 50,
+            },
+            5000,
+        ));
+        let w = reopened
+            .expect("the log opens after the crash")
+            .core
+            .watermarks();
+        assert_eq!(w.next_offset, 3);
+    }
 }

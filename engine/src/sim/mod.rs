@@ -12,7 +12,8 @@
 //! one event the seed picks:
 //!
 //! - a produce: a plain batch, an idempotent producer's next batch, or a retry of one of its
-//!   last 8 batches (same bytes, same sequence), at ack level none, leader or durable;
+//!   last 5 batches (the dedup window: same bytes, same sequence), at ack level none, leader
+//!   or durable;
 //! - the completion of one pending storage operation, picked at random among all pending ones
 //!   (so writes, syncs, renames of different jobs and partitions complete in any order, and a
 //!   slow fsync is one left pending for many steps), with a verdict: run it, fail it with EIO,
@@ -98,8 +99,8 @@
 //!
 //! ## What it found
 //!
-//! Three bugs in the repair path (a flush failed; the partition reopens its log in the same
-//! process), each now a minimal test in `engine/tests/sim.rs` (`found`) and fixed:
+//! Four bugs, each now a minimal test in `engine/tests/sim.rs` (`found`) and fixed; the first
+//! three in the repair path (a flush failed; the partition reopens its log in the same process):
 //! - seed 1: the reopen counted written-but-unsynced data as durable (`PartitionLog::open` sets
 //!   the durable offset to the end it finds), so a durable retry of such a batch was acked
 //!   with no fdatasync. The repair now syncs the segments and the directory first.
@@ -111,11 +112,23 @@
 //!   durable-acked records). A failed partition now expires nothing, and the repair first
 //!   finishes the deletions retention started.
 //!
+//! - seed 20053 (`--steps 1000`): retention failed to delete the oldest expired segment
+//!   (EIO) after the log had dropped it, then deleted the next one: the gap made the next open
+//!   refuse the log as corrupt, or cut it there. A failed deletion is now retried first, and
+//!   deletions go oldest first, stopping at a failure.
+//!
 //! One finding is allowed by invariant 5 rather than fixed (seed 1488): retention can remove
 //! the only record of an idempotent producer's batches while the newest producer snapshot is
 //! older than them (it failed, or has not run yet); after a crash the producer is unknown and a
 //! retry of such a batch is appended again. Deleting only segments below the newest written
 //! snapshot would close it.
+//!
+//! A second finding is left open (seed 20040 with `--steps 1000`, when retries reached 8
+//! batches back): a repair that cuts a producer's last 5 batches away (`truncate_to`) drops the
+//! producer from the table although an older batch of it is still in the log; a retry of that
+//! older batch is then appended again instead of refused as `DuplicateSequence`. Clients retry
+//! only in-flight batches (at most the window), so the simulator now retries within the window;
+//! the fix is to rebuild the table from the reopened log in the repair, as an open does.
 //!
 //! Not found here but the same class as seed 1: a restart after a process kill (no power
 //! loss) also counts unsynced page-cache data as durable at open; the crash image's `kill`

@@ -31,8 +31,9 @@ pub(super) type Check<T = ()> = std::result::Result<T, String>;
 const EPOCH_MS: i64 = 1_700_000_000_000;
 const PRODUCERS_PER_PARTITION: usize = 2;
 const SUBSCRIBERS_PER_PARTITION: usize = 2;
-/// Retries pick among a producer's last this many batches (beyond the dedup window of 5).
-const RETRY_WINDOW: usize = 8;
+/// Retries pick among a producer's last this many batches: the dedup window, as a client
+/// retries only its in-flight batches (older retries meet a known gap; see the module doc).
+const RETRY_WINDOW: usize = crate::idempotence::DEDUP_WINDOW_BATCHES;
 
 /// What a finished job hands back.
 enum Done {
