@@ -26,6 +26,8 @@ pub mod partition;
 pub mod producer_ids;
 pub mod rt;
 pub mod shard;
+#[doc(hidden)]
+pub mod sim;
 pub mod storage;
 pub mod util;
 

@@ -41,6 +41,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use jobs::Expiring;
 pub use jobs::{Expired, RepairJob, RetentionRoll};
 
 use crate::api::{Acks, ProduceAck};
@@ -176,6 +177,8 @@ pub struct PartitionCore<S: Storage, T> {
     snapshot_written_upto: Option<u64>,
     snapshot_running: bool,
     sabotage: Option<Sabotage>,
+    /// Files retention is deleting (a repair finishes their deletion before it reopens).
+    expiring: Expiring,
 }
 
 impl<S: Storage, T> PartitionCore<S, T> {
@@ -231,6 +234,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
             snapshot_written_upto: None,
             snapshot_running: false,
             sabotage: None,
+            expiring: Expiring::default(),
         }
     }
 
@@ -464,7 +468,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
         if self.flush_in_flight.is_some() || self.failure.is_some() {
             return None;
         }
-        let want_sync = force_sync || !self.waiters.is_empty();
+        let want_sync = force_sync || (!self.waiters.is_empty() && self.sabotage.is_none());
         let mut log = self.log.borrow_mut();
         let before = log.pending_bytes();
         let job = log.take_flush(want_sync)?;
@@ -597,6 +601,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
                 l.storage().clone(),
                 l.dir().to_path_buf(),
                 l.config().clone(),
+                self.expiring.clone(),
             )));
         }
     }
@@ -682,13 +687,20 @@ impl<S: Storage, T> PartitionCore<S, T> {
     pub fn take_expired(&mut self, now_ms: i64) -> Expired<S> {
         let mut l = self.log.borrow_mut();
         let before = l.cache_bytes();
-        let files = l.take_expired(now_ms);
+        // Nothing while failed: the repair reopens the log from the files this would delete
+        // (found by the simulator, engine/src/sim, seed 317).
+        let files = if self.failure.is_some() {
+            Vec::new()
+        } else {
+            l.take_expired(now_ms)
+        };
         let cache_freed_bytes = before.saturating_sub(l.cache_bytes());
         Expired::new(
             l.storage().clone(),
             l.dir().to_path_buf(),
             files,
             cache_freed_bytes,
+            self.expiring.clone(),
         )
     }
 
