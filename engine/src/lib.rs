@@ -8,9 +8,11 @@
 //! 1. [`storage`] (the narrow file trait and the crash-image backend), `rt` (the only module
 //!    that touches glommio), [`log`] (one partition's log), [`config`], [`metadata`],
 //!    [`producer_ids`], [`metrics`];
-//! 2. the partition core ([`idempotence`] and the partition state);
+//! 2. [`partition`]: the sans-IO partition core, and [`idempotence`] (the producer table);
 //! 3. [`shard`]: the runtime shell (executor, inbox, timers, I/O jobs);
-//! 4. [`broker`]: the [`Engine`] handle and the messaging semantics ([`groups`], [`queue`]).
+//! 4. [`broker`]: the [`Engine`] handle and the messaging semantics ([`groups`], [`queue`]);
+//! 5. `sim`: the deterministic simulator of the partition core (test infrastructure, hidden;
+//!    nothing imports it).
 
 pub mod api;
 pub mod batch;

@@ -28,6 +28,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("shard (runtime shell)", &["shard"]),
     // `engine`, `groups` and `queue` are the crate root's re-exports of `broker::*`.
     ("broker", &["broker", "engine", "groups", "queue"]),
+    // Test infrastructure on top: nothing imports it (it drives the partition core).
+    ("simulator", &["sim"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
