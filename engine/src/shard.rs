@@ -336,6 +336,13 @@ impl Partition {
     }
 }
 
+/// Polls of [`Shard::release_files`] for closed partitions' files to be dropped, and their
+/// interval: together the 1 s bound of a shutdown's file release.
+const RELEASE_POLLS_MAX: u32 = 200;
+const RELEASE_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// A sleep long enough for one more reactor cycle (glommio closes dropped files on the next).
+const REACTOR_CYCLE_WAIT: Duration = Duration::from_millis(1);
+
 pub(crate) struct Shard {
     id: usize,
     /// Partitions closed at shutdown, until their files are released (`release_files`).
@@ -438,14 +445,14 @@ impl Shard {
     /// and end within a tick; bounded: 1 s.
     async fn release_files(&self) {
         let closed = std::mem::take(&mut *self.closed_partitions.borrow_mut());
-        for _ in 0..200 {
+        for _ in 0..RELEASE_POLLS_MAX {
             if closed.iter().all(|p| p.strong_count() == 0) {
                 break;
             }
-            rt::sleep(Duration::from_millis(5)).await;
+            rt::sleep(RELEASE_POLL_INTERVAL).await;
         }
         // One more reactor cycle submits the closes of the files dropped last.
-        rt::sleep(Duration::from_millis(1)).await;
+        rt::sleep(REACTOR_CYCLE_WAIT).await;
     }
 
     pub(crate) fn is_closing(&self) -> bool {

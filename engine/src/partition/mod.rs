@@ -31,6 +31,9 @@
 //! The generic parameter `T` is the shell's *ack token* (a reply channel and a start time in the
 //! shard, an id in the simulator): the core stores it and gives it back in [`Action::Reply`].
 
+// Offsets, counts and positions narrowed to a smaller width are checked (issue 13, as in the
+// format and log layers); no host-endian conversions.
+#![warn(clippy::cast_possible_truncation, clippy::host_endian_bytes)]
 mod jobs;
 #[cfg(test)]
 mod tests;

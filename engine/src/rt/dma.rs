@@ -85,12 +85,14 @@ impl Storage for DmaStorage {
         Ok(DmaLogFile(f))
     }
 
+    // Unlink and rename run on glommio's blocking-operation thread: a slow directory update
+    // never stalls the shard (no blocking std::fs call on a shard thread).
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
+        Ok(glommio::io::remove(path).await?)
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)
+        Ok(glommio::io::rename(from, to).await?)
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {

@@ -47,6 +47,11 @@ const WRITE_BATCH_FRAMES_MAX: usize = 64;
 /// Most bytes one vectored write gathers (a single larger frame still goes alone).
 const WRITE_BATCH_BYTES_MAX: usize = 1 << 20;
 
+/// Bounds of one read-ahead response of a subscription (the consumer's byte credit, clamped):
+/// at most two are held per subscription, so this bounds its memory on the server.
+const SUBSCRIPTION_READ_BYTES_MIN: u64 = 64 << 10;
+const SUBSCRIPTION_READ_BYTES_MAX: u64 = 1 << 20;
+
 /// Writes every byte of `slices`, in order, with as few `sendmsg` calls as the socket allows.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     wr: &mut W,
@@ -902,7 +907,10 @@ impl Conn {
             return;
         }
         // The engine reads ahead at most two responses of up to this size per subscription.
-        let max_bytes = (s.credit_bytes.clamp(64 << 10, 1 << 20)) as usize;
+        let max_bytes = s
+            .credit_bytes
+            .clamp(SUBSCRIPTION_READ_BYTES_MIN, SUBSCRIPTION_READ_BYTES_MAX)
+            as usize;
         let r = self
             .engine
             .subscribe_async(&s.topic, s.partition, s.start.to_engine(), max_bytes, 2)

@@ -71,6 +71,13 @@ const TICK_MAX: Duration = Duration::from_secs(1);
 const SCAN_BYTES_MAX: usize = 1 << 20;
 const DEAD_LETTER_BATCH_MAX: usize = 64;
 
+/// Cache of a queue's ack log (it is read back only at open and for snapshots).
+const ACK_LOG_CACHE_BYTES: usize = 1 << 20;
+/// Bytes of the ack log read per step when a queue replays it at open.
+const REPLAY_READ_BYTES_MAX: usize = 4 << 20;
+/// Wait before dead-lettering is tried again after it failed.
+const DEAD_LETTER_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The state machine's settings of a queue.
 fn settings(c: &QueueConfig) -> QueueSettings {
     QueueSettings {
@@ -93,7 +100,7 @@ pub(crate) fn ack_log_config(base: &LogConfig) -> LogConfig {
         segment_ms: u64::MAX / 4,
         retention_bytes: Some(4 * segment_bytes),
         retention_ms: None,
-        cache_bytes: 1 << 20,
+        cache_bytes: ACK_LOG_CACHE_BYTES,
         ..base.clone()
     }
 }
@@ -369,7 +376,7 @@ async fn replay(acks: &LocalPartition, st: &mut QueueState) -> Result<u64> {
     let mut seen_snapshot = w.log_start == 0;
     let mut applied = 0u64;
     while offset < w.written_offset {
-        let r = acks.read(offset, 4 << 20, usize::MAX).await?;
+        let r = acks.read(offset, REPLAY_READ_BYTES_MAX, usize::MAX).await?;
         if r.records == 0 {
             break;
         }
@@ -800,7 +807,7 @@ fn start_dead_lettering(shard: &LocalShard, q: &Rc<QueueCtx>) {
     rt::spawn_local(async move {
         if let Err(e) = dead_letter(&s, &q).await {
             tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "dead-lettering failed; retrying");
-            rt::sleep(Duration::from_secs(1)).await;
+            rt::sleep(DEAD_LETTER_RETRY_INTERVAL).await;
         }
         q.dead_lettering.set(false);
     });

@@ -13,6 +13,9 @@ use crate::protocol::messages::CreateTopicResponse;
 use crate::protocol::queue::*;
 use crate::protocol::{Request, Response};
 
+/// Room kept in a frame for everything of a queue response but the messages' bytes.
+const RESPONSE_ENVELOPE_BYTES: usize = 64 << 10;
+
 thread_local! {
     /// Where a receive on "any partition" starts, rotating so consumers spread over partitions.
     static NEXT_PARTITION: Cell<u32> = const { Cell::new(0) };
@@ -69,7 +72,7 @@ async fn queue_request(
             Ok(Response::QueueCreate(QueueCreateResponse { topic, queue }))
         }
         Request::QueueReceive(m) => {
-            let budget = (frame_bytes_max as usize).saturating_sub(64 << 10);
+            let budget = (frame_bytes_max as usize).saturating_sub(RESPONSE_ENVELOPE_BYTES);
             receive(engine, &m, budget)
                 .await
                 .map(|messages| Response::QueueReceive(QueueMessages { messages }))
@@ -103,7 +106,7 @@ async fn queue_request(
             let msgs = engine
                 .queue_peek_async(&m.topic, m.partition, m.max_messages as usize)
                 .await?;
-            let budget = (frame_bytes_max as usize).saturating_sub(64 << 10);
+            let budget = (frame_bytes_max as usize).saturating_sub(RESPONSE_ENVELOPE_BYTES);
             let mut used = 0;
             let messages = msgs
                 .into_iter()
