@@ -936,3 +936,36 @@ fn retention_roll_of_unsynced_data_makes_it_durable_before_it_is_deleted() {
     assert_eq!(w.log_start, w.next_offset);
     assert!(w.log_start <= w.durable_offset);
 }
+
+// Proves: a log reopened after a process kill (no power loss: the device still holds bytes
+// that were written but never synced) syncs them before it counts them durable, so a power
+// loss right after the reopen keeps every offset the reopen reported durable. Before the fix
+// the reopen counted the unsynced tail durable, and a durable retry of a batch in it would have
+// been answered at once and then lost (found while building the simulator, issue 13).
+#[test]
+fn a_reopen_after_a_kill_syncs_what_it_counts_durable() {
+    let storage = CrashStorage::new();
+    let cfg = config();
+    let mut log = open_with(&storage, &cfg, 0);
+    for i in 0..3 {
+        log.append(batch_at(i, &[1_000, 2_000], 100), 0)
+            .expect("append");
+    }
+    let job = log.take_flush(false).expect("data to write");
+    assert!(!job.syncs(), "a leader-level flush writes without syncing");
+    let done = block_on(job.run());
+    log.finish_flush(done).expect("flush");
+    assert_eq!(log.watermarks().durable_offset, 0, "nothing synced yet");
+    drop(log); // SIGKILL: the storage keeps the written, unsynced bytes
+    let log = open_with(&storage, &cfg, 0);
+    let durable = log.watermarks().durable_offset;
+    assert_eq!(durable, 6, "the reopen finds every written record");
+    drop(log);
+    storage.crash(|_, _, _| false); // power loss: unsynced blocks are gone
+    let log = open_with(&storage, &cfg, 0);
+    assert!(
+        log.watermarks().next_offset >= durable,
+        "a power loss after the reopen lost offsets it reported durable: {} < {durable}",
+        log.watermarks().next_offset
+    );
+}
