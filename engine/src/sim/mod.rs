@@ -130,9 +130,11 @@
 //! only in-flight batches (at most the window), so the simulator now retries within the window;
 //! the fix is to rebuild the table from the reopened log in the repair, as an open does.
 //!
-//! Not found here but the same class as seed 1: a restart after a process kill (no power
-//! loss) also counts unsynced page-cache data as durable at open; the crash image's `kill`
-//! makes every landed write durable, so the simulator cannot show it.
+//! Not found here but the same class as seed 1, and fixed: a restart after a process kill (no
+//! power loss) counted unsynced data as durable at open (the crash image's `kill` makes every
+//! landed write durable, so the simulator cannot show it). An open now syncs the last two
+//! segments and the directory first (`log/recovery.rs`, `sync_tail_segments`; regression test
+//! `a_reopen_after_a_kill_syncs_what_it_counts_durable` in engine/tests/log_behaviour.rs).
 //!
 //! ## Not modelled
 //!
