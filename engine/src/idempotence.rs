@@ -260,8 +260,8 @@ fn snapshot_path(dir: &Path, upto: u64) -> PathBuf {
 }
 
 /// Offsets of the snapshots in `dir`, oldest first (none if the directory cannot be listed).
-fn snapshot_offsets<S: Storage>(storage: &S, dir: &Path) -> Vec<u64> {
-    let Ok(names) = storage.list(dir) else {
+async fn snapshot_offsets<S: Storage>(storage: &S, dir: &Path) -> Vec<u64> {
+    let Ok(names) = storage.list(dir).await else {
         return Vec::new();
     };
     let mut out: Vec<u64> = names
@@ -339,7 +339,7 @@ impl ProducerTable {
         log_end: u64,
     ) -> (ProducerTable, Option<u64>) {
         let mut table = ProducerTable::default();
-        let offsets = snapshot_offsets(storage, dir);
+        let offsets = snapshot_offsets(storage, dir).await;
         for o in offsets.iter().filter(|o| **o > log_end) {
             tracing::warn!(dir = %dir.display(), snapshot = o, log_end, "removing producer snapshot ahead of the log");
             let _ = storage.remove(&snapshot_path(dir, *o)).await;
@@ -420,7 +420,7 @@ async fn read_whole_file<S: Storage>(storage: &S, path: &Path) -> std::io::Resul
 
 /// Keeps the newest [`SNAPSHOTS_KEPT`] snapshots of a partition directory.
 async fn remove_old_snapshots<S: Storage>(storage: &S, dir: &Path) {
-    let offsets = snapshot_offsets(storage, dir);
+    let offsets = snapshot_offsets(storage, dir).await;
     let excess = offsets.len().saturating_sub(SNAPSHOTS_KEPT);
     for o in &offsets[..excess] {
         let _ = storage.remove(&snapshot_path(dir, *o)).await;
@@ -572,7 +572,7 @@ mod tests {
         let (loaded, from) = block_on(ProducerTable::load_snapshot(&storage, dir, 3));
         assert_eq!(from, Some(2));
         assert_eq!(loaded.get(5).unwrap().batches.len(), 1);
-        assert_eq!(snapshot_offsets(&storage, dir), vec![2]);
+        assert_eq!(block_on(snapshot_offsets(&storage, dir)), vec![2]);
         let (_, none) = block_on(ProducerTable::load_snapshot(&storage, dir, 1));
         assert_eq!(none, None);
     }
@@ -595,7 +595,7 @@ mod tests {
                 .unwrap();
             block_on(job.run()).unwrap();
         }
-        assert_eq!(snapshot_offsets(&storage, dir), vec![3, 4]);
+        assert_eq!(block_on(snapshot_offsets(&storage, dir)), vec![3, 4]);
         storage.crash(|_, _, _| false);
         let (loaded, from) = block_on(ProducerTable::load_snapshot(&storage, dir, 4));
         assert_eq!(from, Some(4));

@@ -188,7 +188,7 @@ pub async fn store_to<S: Storage>(storage: &S, data_dir: &Path, m: &Metadata) ->
 pub async fn read_file<S: Storage>(storage: &S, dir: &Path, name: &str) -> Result<Option<Vec<u8>>> {
     let path = dir.join(name);
     let err = |e| Error::io(path.display(), e);
-    match storage.list(dir) {
+    match storage.list(dir).await {
         Ok(names) if names.iter().any(|n| n == name) => {}
         Ok(_) => return Ok(None),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

@@ -70,8 +70,8 @@ pub trait Storage: Clone + 'static {
     fn sync_dir(&self, dir: &Path) -> impl Future<Output = io::Result<()>>;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
-    /// File names (not paths) in `dir`, sorted.
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// File names (not paths) in `dir`, sorted. Async: on a shard it runs off the shard thread.
+    fn list(&self, dir: &Path) -> impl Future<Output = io::Result<Vec<String>>>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,7 +681,14 @@ impl Storage for CrashStorage {
         Ok(())
     }
 
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.list_names(dir)
+    }
+}
+
+impl CrashStorage {
+    /// [`Storage::list`] without a future (tests and the simulator's own bookkeeping).
+    pub fn list_names(&self, dir: &Path) -> io::Result<Vec<String>> {
         let st = self.state.borrow();
         if !st.dirs.contains(dir) {
             return Err(not_found(dir));

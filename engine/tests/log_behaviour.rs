@@ -17,7 +17,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use shardline_engine::Error;
 use shardline_engine::batch::{self, BatchBuilder, BatchHeader};
 use shardline_engine::log::{self, LogConfig, PartitionLog, ReadPlan, ReadResult};
-use shardline_engine::storage::{CrashStorage, Storage};
+use shardline_engine::storage::CrashStorage;
 
 type Log = PartitionLog<CrashStorage>;
 
@@ -207,7 +207,7 @@ fn read_range(log: &Log, from: u64, max_bytes: usize) -> Vec<Bytes> {
 }
 
 fn segment_bases(storage: &CrashStorage) -> Vec<u64> {
-    let names = storage.list(dir()).expect("list");
+    let names = storage.list_names(dir()).expect("list");
     names
         .iter()
         .filter_map(|n| n.strip_suffix(".log"))

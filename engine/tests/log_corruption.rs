@@ -126,7 +126,7 @@ fn next_of(b: &[u8]) -> u64 {
 }
 
 fn segment_bases(storage: &CrashStorage) -> Vec<u64> {
-    let names = storage.list(dir()).expect("list");
+    let names = storage.list_names(dir()).expect("list");
     names
         .iter()
         .filter_map(|n| n.strip_suffix(".log"))
@@ -656,7 +656,7 @@ fn short_sealed_segment_before_an_indexed_one_fails_open() {
 
 /// Sum of the live bytes of every file in the log directory.
 fn used_bytes(storage: &CrashStorage) -> u64 {
-    let names = storage.list(dir()).expect("list");
+    let names = storage.list_names(dir()).expect("list");
     names
         .iter()
         .filter_map(|n| storage.with_file_bytes(&dir().join(n), |b| b.len() as u64))

@@ -208,7 +208,7 @@ impl<S: Storage> PartitionLog<S> {
         cfg.validate()?;
         let err = |e| Error::io(dir.display(), e);
         storage.create_dir_all(dir).map_err(err)?;
-        let names = storage.list(dir).map_err(err)?;
+        let names = storage.list(dir).await.map_err(err)?;
         for n in names.iter().filter(|n| n.ends_with(".tmp")) {
             storage.remove(&dir.join(n)).await.map_err(err)?;
         }

@@ -45,7 +45,7 @@ impl<S: Storage> RepairJob<S> {
         let expiring = self.expiring.borrow().clone();
         log::remove_files(&self.storage, &self.dir, &expiring).await?;
         let dir_err = |e| Error::io(self.dir.display(), e);
-        let names = self.storage.list(&self.dir).map_err(dir_err)?;
+        let names = self.storage.list(&self.dir).await.map_err(dir_err)?;
         for name in names.iter().filter(|n| n.ends_with(".log")) {
             let path = self.dir.join(name);
             let err = |e| Error::io(path.display(), e);

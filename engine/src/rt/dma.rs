@@ -112,12 +112,19 @@ impl Storage for DmaStorage {
         }
     }
 
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect();
-        names.sort();
-        Ok(names)
+    // glommio has no asynchronous readdir: the listing runs on its blocking-operation thread
+    // so that a slow directory never stalls the shard.
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let dir = dir.to_path_buf();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let mut names: Vec<String> = std::fs::read_dir(&dir)?
+                    .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect();
+                names.sort();
+                Ok(names)
+            })
+            .await
     }
 }
 

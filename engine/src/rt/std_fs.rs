@@ -129,7 +129,7 @@ impl Storage for StdFs {
         std::fs::remove_dir_all(dir)
     }
 
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             names.push(entry?.file_name().to_string_lossy().into_owned());
@@ -165,8 +165,11 @@ mod tests {
         drop(f);
         block_on(fs.rename(&a, &dir.path().join("b"))).unwrap();
         block_on(fs.sync_dir(dir.path())).unwrap();
-        assert_eq!(fs.list(dir.path()).unwrap(), vec!["b".to_string()]);
+        assert_eq!(
+            block_on(fs.list(dir.path())).unwrap(),
+            vec!["b".to_string()]
+        );
         block_on(fs.remove(&dir.path().join("b"))).unwrap();
-        assert!(fs.list(dir.path()).unwrap().is_empty());
+        assert!(block_on(fs.list(dir.path())).unwrap().is_empty());
     }
 }

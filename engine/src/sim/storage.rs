@@ -122,7 +122,7 @@ impl SimStorage {
     pub fn reset_shadow(&self, dirs: &[PathBuf]) -> io::Result<()> {
         let mut shadow = Shadow::default();
         for dir in dirs {
-            let names = match self.inner.list(dir) {
+            let names = match self.inner.list_names(dir) {
                 Ok(names) => names,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
@@ -359,7 +359,7 @@ impl Storage for SimStorage {
         Ok(())
     }
 
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
+    async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_names(dir)
     }
 }
