@@ -1,6 +1,6 @@
 //! The partition core: one partition's produce -> flush -> ack state machine, with no I/O, no
 //! clock and no reply channels (docs/architecture.md, "Partition core"). The shard
-//! (`engine/src/shard.rs`) is its runtime shell; the deterministic simulator drives the same core
+//! (`engine/src/shard/`) is its runtime shell; the deterministic simulator drives the same core
 //! against [`CrashStorage`](crate::storage::CrashStorage).
 //!
 //! ```text

@@ -1360,7 +1360,7 @@ fn decoder_config_is_validated() {
 
 /// Writes one valid frame stream per message kind as fuzz seeds, so that libFuzzer starts from
 /// well-formed frames: `SHARDLINE_FUZZ_SEEDS=net/fuzz/corpus/frame_decode cargo test -p
-/// shardline-net write_fuzz_seeds -- --ignored`. Each seed is a control byte (piece size) then
+/// shardline-protocol write_fuzz_seeds -- --ignored`. Each seed is a control byte (piece size) then
 /// the stream.
 #[test]
 #[ignore = "writes files; run by hand to seed the fuzz corpus"]

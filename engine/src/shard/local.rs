@@ -1,0 +1,183 @@
+//! The extension point: what the layer above (the broker) installs on a shard, and the
+//! primitives it may use there (`LocalShard`, `LocalPartition`, `current`). Nothing here
+//! imports from the broker: it hands its state down, never gets a pointer back up.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// The extension point: what the layer above installs on a shard and what it may use there
+// ---------------------------------------------------------------------------------------------
+
+/// State a layer above keeps on each shard (the broker's work queues), installed when the shard
+/// starts. The shard calls these hooks and knows nothing else about it.
+pub trait ShardExtension: 'static {
+    /// Before a metrics scrape is taken: bring the extension's figures up to date.
+    fn refresh_for_metrics<'a>(
+        &'a self,
+        shard: &'a LocalShard,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>>;
+    /// The extension's samples of the generic families (`metrics::EXTRA_FAMILIES`).
+    fn collect_samples(&self, shard: &LocalShard, out: &mut Vec<Sample>);
+    /// The partition `key` is being deleted (its topic was): drop what depends on it.
+    fn partition_deleted(&self, shard: &LocalShard, key: &PartitionKey);
+    /// For [`LocalShard::extension`].
+    fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any>;
+}
+
+/// An extension that does nothing (a shard started without one).
+pub struct NoExtension;
+
+impl ShardExtension for NoExtension {
+    fn refresh_for_metrics<'a>(
+        &'a self,
+        _: &'a LocalShard,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'a>> {
+        Box::pin(std::future::ready(()))
+    }
+    fn collect_samples(&self, _: &LocalShard, _: &mut Vec<Sample>) {}
+    fn partition_deleted(&self, _: &LocalShard, _: &PartitionKey) {}
+    fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any> {
+        self
+    }
+}
+
+std::thread_local! {
+    /// The shard running on this thread (set by `Shard::run`), for [`current`].
+    pub(super) static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
+}
+
+/// Clears [`CURRENT`] when the shard's main loop ends.
+pub(super) struct ClearCurrent;
+
+impl Drop for ClearCurrent {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// The shard running on the calling thread, if it belongs to the engine `owner` (a caller on
+/// its own shard then skips the inbox: no channel hop, no second task).
+pub fn current(owner: u64) -> Option<LocalShard> {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .filter(|s| s.owner == owner)
+            .map(|s| LocalShard { shard: s.clone() })
+    })
+}
+
+/// The primitives of one shard for code running on it: local produce, read and wait on the
+/// partitions it owns. Not `Send`: it never leaves the shard's thread.
+#[derive(Clone)]
+pub struct LocalShard {
+    pub(super) shard: Rc<Shard>,
+}
+
+/// One partition of the calling shard.
+#[derive(Clone)]
+pub struct LocalPartition {
+    pub(super) p: Rc<Partition>,
+}
+
+impl LocalShard {
+    pub fn id(&self) -> usize {
+        self.shard.id
+    }
+
+    /// The shard is shutting down: long-running tasks should end.
+    pub fn is_closing(&self) -> bool {
+        self.shard.is_closing()
+    }
+
+    /// The extension installed at start, if it is a `T`.
+    pub fn extension<T: 'static>(&self) -> Option<Rc<T>> {
+        self.shard.extension.clone().into_any().downcast::<T>().ok()
+    }
+
+    pub fn partition(&self, key: &PartitionKey) -> Result<LocalPartition> {
+        self.shard.partition(key).map(|p| LocalPartition { p })
+    }
+
+    /// Appends a batch now, in call order; `reply` (if any) gets the acknowledgement at the
+    /// level `acks` asks for.
+    pub(crate) fn produce(
+        &self,
+        key: PartitionKey,
+        batch: ValidatedBatch,
+        acks: Acks,
+        reply: Option<Reply<ProduceAck>>,
+    ) {
+        self.shard.produce(key, batch, acks, reply);
+    }
+
+    /// Waits while the shard holds more unwritten bytes than allowed (the bound the inbox
+    /// applies to requests from other threads, applied to a caller on the shard itself).
+    pub async fn wait_for_room(&self) {
+        let s = &self.shard;
+        while s.unflushed.get() > s.cfg.unflushed_bytes_max_per_shard && !s.is_closing() {
+            let seen = s.flushed.version();
+            s.flushed.changed(seen).await;
+        }
+    }
+
+    /// Reads whole batches from `offset`, waiting up to `max_wait` for data.
+    pub async fn fetch(
+        &self,
+        key: &PartitionKey,
+        offset: u64,
+        max_bytes: usize,
+        max_records: usize,
+        max_wait: Duration,
+    ) -> Result<FetchResponse> {
+        let p = self.shard.partition(key)?;
+        fetch(&p, offset, max_bytes, max_records, max_wait).await
+    }
+
+    /// Opens (recovers) a partition log on this shard under `key`.
+    pub async fn open_partition(
+        &self,
+        key: PartitionKey,
+        dir: PathBuf,
+        config: LogConfig,
+    ) -> Result<RecoveryReport> {
+        let (tx, rx) = flume::bounded(1);
+        self.shard.clone().open(key, dir, config, tx).await;
+        rx.recv_async().await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Closes a partition and forgets it (its files are the caller's to remove).
+    pub fn delete_partition(&self, key: PartitionKey) {
+        let (tx, _rx) = flume::bounded(1);
+        rt::spawn_local(self.shard.clone().close(key, true, tx));
+    }
+}
+
+impl LocalPartition {
+    pub fn key(&self) -> &PartitionKey {
+        &self.p.key
+    }
+
+    pub fn watermarks(&self) -> Watermarks {
+        self.p.watermarks()
+    }
+
+    /// The partition's change counter: pass it to [`LocalPartition::changed`].
+    pub fn version(&self) -> u64 {
+        self.p.notify.version()
+    }
+
+    /// Resolves once the high watermark moved (or the partition closed) after `seen`.
+    pub async fn changed(&self, seen: u64) {
+        self.p.notify.changed(seen).await;
+    }
+
+    /// One read from `offset` without waiting (from the cache when recent).
+    pub async fn read(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_records: usize,
+    ) -> Result<FetchResponse> {
+        read_once(&self.p, offset, max_bytes, max_records).await
+    }
+}
