@@ -6,11 +6,15 @@
 //!  | base  | batch      | crc  | magic |ver|flags| record   | body      | key_id |
 //!  | offset| length u32 | u32  | u16   |u8 | u8  | count u32| length u32| u32    |
 //!  +-------+------------+------+-------+---+-----+----------+-----------+--------+
-//!  32                 40                48             56      58     60        64
-//!  | first_timestamp  | max_timestamp   | producer_id  | epoch | rsvd | base    |
-//!  | _us i64          | _us i64         | u64          | u16   | u16  | seq u32 |
-//!  +------------------+-----------------+--------------+-------+------+---------+
-//!  64: rkyv archive of Vec<Record> (body_length bytes), then zero padding to a multiple of 16.
+//!  32                 40                48             56      58   59   60        64
+//!  | first_timestamp  | max_timestamp   | producer_id  | epoch |kind|comp| base    |
+//!  | _us i64          | _us i64         | u64          | u16   | u8 | u8 | seq u32 |
+//!  +------------------+-----------------+--------------+-------+----+----+---------+
+//!  64: the body (body_length bytes), then zero padding to a multiple of 16. The body kind says
+//!  how it is encoded (see [`body_kind`]): 0 is the rkyv archive of Vec<Record> (every batch
+//!  written before the kind byte existed has 0 there), 1 an untouched Kafka record batch v2,
+//!  2 the compact encoding. `comp` names the codec of a native body (see [`compression`]);
+//!  Kafka bodies carry their codec in their own attributes and have 0 here.
 //! ```
 //! All integers little-endian. The CRC32C covers bytes `[16, batch_length)`: everything but the
 //! base offset, the length and the CRC itself, so that the broker assigns offsets by patching
@@ -72,11 +76,14 @@ pub const FIRST_TIMESTAMP_AT: usize = 32;
 pub const MAX_TIMESTAMP_AT: usize = 40;
 pub const PRODUCER_ID_AT: usize = 48;
 pub const PRODUCER_EPOCH_AT: usize = 56;
-/// Two reserved bytes (zero) follow the epoch.
-pub const RESERVED_AT: usize = 58;
+/// How the body is encoded ([`body_kind`]); was a reserved zero byte before, so old batches read as 0.
+pub const BODY_KIND_AT: usize = 58;
+/// The codec of a native body ([`compression`]); was a reserved zero byte before.
+pub const COMPRESSION_AT: usize = 59;
 pub const BASE_SEQUENCE_AT: usize = 60;
 const _: () = assert!(BASE_SEQUENCE_AT + 4 == HEADER_BYTES);
-const _: () = assert!(RESERVED_AT + 2 == BASE_SEQUENCE_AT);
+const _: () = assert!(COMPRESSION_AT + 1 == BASE_SEQUENCE_AT);
+const _: () = assert!(BODY_KIND_AT + 1 == COMPRESSION_AT);
 /// Bytes covered by the CRC start here: at the magic, right after the CRC field.
 const CRC_START: usize = MAGIC_AT;
 const _: () = assert!(CRC_AT + 4 == CRC_START);
@@ -91,6 +98,34 @@ pub mod flags {
     pub const ENCRYPTED: u8 = 1 << 3;
     /// Every bit a version-1 reader understands.
     pub const KNOWN: u8 = ENCRYPTED;
+}
+
+/// Body encodings (header byte [`BODY_KIND_AT`]). One header layout serves every kind, so the log,
+/// the index, recovery, retention and replication never look inside a body. A reader that meets a
+/// kind it does not know refuses the batch as corrupt (`BatchHeader::parse`).
+pub mod body_kind {
+    /// An rkyv archive of `Vec<Record>` (format version 1; every batch written before this byte
+    /// was named).
+    pub const RKYV_RECORDS: u8 = 0;
+    /// One Kafka record batch (magic 2), stored as the Kafka client sent it (its own CRC32C
+    /// checked on ingress, its compression untouched); the header's counts, timestamps and
+    /// producer fields are copied from it. Served to Kafka fetches with only Kafka's base offset
+    /// patched; converted to records only for native readers (issue 15).
+    pub const KAFKA_V2: u8 = 1;
+    /// The compact struct-of-arrays record encoding (issue 18).
+    pub const COMPACT: u8 = 2;
+    /// The kinds this build reads. Raised as each kind's reader lands.
+    pub const KNOWN_MAX: u8 = RKYV_RECORDS;
+}
+
+/// Codecs of a native body (header byte [`COMPRESSION_AT`]): the body is compressed, then (with
+/// encryption at rest) sealed. Kafka bodies keep their codec in Kafka's attributes and say NONE.
+pub mod compression {
+    pub const NONE: u8 = 0;
+    pub const LZ4: u8 = 1;
+    pub const ZSTD: u8 = 2;
+    /// The codecs this build reads. Raised as each codec lands.
+    pub const KNOWN_MAX: u8 = NONE;
 }
 
 /// One message. `offset_delta` equals the record's index in the batch (offsets are dense);
@@ -130,6 +165,10 @@ pub struct BatchHeader {
     pub magic: u16,
     pub format_version: u8,
     pub flags: u8,
+    /// [`body_kind`] of the body.
+    pub body_kind: u8,
+    /// [`compression`] codec of a native body.
+    pub compression: u8,
     pub record_count: u32,
     pub body_length: u32,
     pub key_id: u32,
@@ -180,6 +219,8 @@ impl BatchHeader {
             magic: u16_at(bytes, MAGIC_AT),
             format_version: bytes[FORMAT_VERSION_AT],
             flags: bytes[FLAGS_AT],
+            body_kind: bytes[BODY_KIND_AT],
+            compression: bytes[COMPRESSION_AT],
             record_count: u32_at(bytes, RECORD_COUNT_AT),
             body_length: u32_at(bytes, BODY_LENGTH_AT),
             key_id: u32_at(bytes, KEY_ID_AT),
@@ -208,6 +249,12 @@ impl BatchHeader {
         }
         if self.flags & !flags::KNOWN != 0 {
             return corrupt(format!("unknown flags {:#04x}", self.flags));
+        }
+        if self.body_kind > body_kind::KNOWN_MAX {
+            return corrupt(format!("unsupported body kind {}", self.body_kind));
+        }
+        if self.compression > compression::KNOWN_MAX {
+            return corrupt(format!("unsupported compression {}", self.compression));
         }
         let len = self.batch_length as usize;
         if len > BATCH_BYTES_MAX || !len.is_multiple_of(BATCH_ALIGN) {
@@ -588,6 +635,8 @@ impl BatchBuilder {
         put(h, MAGIC_AT, &MAGIC.to_le_bytes());
         h[FORMAT_VERSION_AT] = FORMAT_VERSION;
         h[FLAGS_AT] = 0;
+        h[BODY_KIND_AT] = body_kind::RKYV_RECORDS;
+        h[COMPRESSION_AT] = compression::NONE;
         put(h, RECORD_COUNT_AT, &count.to_le_bytes());
         put(h, BODY_LENGTH_AT, &body_length.to_le_bytes());
         put(h, FIRST_TIMESTAMP_AT, &first.to_le_bytes());
@@ -737,6 +786,25 @@ mod tests {
         assert_eq!(patched.bytes().as_ptr(), ptr);
         assert_eq!(check_crc(patched.bytes()).unwrap().base_offset, 9);
         assert_eq!(patched.header().base_offset, 9);
+    }
+
+    #[test]
+    fn unknown_body_kind_or_codec_is_refused() {
+        let mut builder = BatchBuilder::new();
+        builder.push_value(b"v".to_vec());
+        let good = builder.build().unwrap();
+        for (at, value) in [
+            (BODY_KIND_AT, body_kind::KNOWN_MAX + 1),
+            (COMPRESSION_AT, compression::KNOWN_MAX + 1),
+        ] {
+            let mut b = good.to_vec();
+            b[at] = value;
+            let crc = compute_crc(&b);
+            b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+            let e = validate(&b).unwrap_err();
+            assert!(e.to_string().contains("unsupported"), "{e}");
+        }
+        assert_eq!(validate(&good).unwrap().body_kind, body_kind::RKYV_RECORDS);
     }
 
     #[test]
