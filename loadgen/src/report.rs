@@ -242,6 +242,7 @@ fn latency_rows(r: &RunResult) -> Vec<(&'static str, crate::stats::LatencySummar
     if r.workload.rate.is_some() {
         rows.push(("publish delay", r.publish_delay_us));
     }
+    rows.push(("send-to-ack", r.send_to_ack_latency_us));
     if let Some(c) = r.publish_latency_corrected_us {
         rows.push(("publish (CO-corrected)", c));
     }

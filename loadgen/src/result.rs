@@ -50,6 +50,7 @@ pub struct Counters {
 pub struct Measured {
     pub publish: Histogram<u64>,
     pub delay: Histogram<u64>,
+    pub send_to_ack: Histogram<u64>,
     pub publish_corrected: Option<Histogram<u64>>,
     pub e2e: Histogram<u64>,
     pub acked_per_second: PerSecond,
@@ -177,6 +178,10 @@ pub struct RunResult {
     pub publish_latency_us: LatencySummary,
     /// Actual minus intended send time (open loop: how late the sender was).
     pub publish_delay_us: LatencySummary,
+    /// Ack time minus the actual send time of the built batch (what most peers' tools report as
+    /// publish latency; it leaves out queueing before the send).
+    #[serde(default)]
+    pub send_to_ack_latency_us: LatencySummary,
     /// Receive time minus the send time in the message header.
     pub e2e_latency_us: LatencySummary,
     /// Closed loop only: publish latency corrected for coordinated omission.
@@ -326,6 +331,7 @@ impl RunResult {
             consume_throughput_mb_per_s: mb(consume),
             publish_latency_us: LatencySummary::of(&m.publish),
             publish_delay_us: LatencySummary::of(&m.delay),
+            send_to_ack_latency_us: LatencySummary::of(&m.send_to_ack),
             e2e_latency_us: LatencySummary::of(&m.e2e),
             publish_latency_corrected_us: m.publish_corrected.as_ref().map(LatencySummary::of),
             publish_latency_spectrum_us: stats::spectrum(&m.publish),
@@ -439,6 +445,7 @@ impl RunResult {
         if w.rate.is_some() {
             row("publish delay", &self.publish_delay_us)?;
         }
+        row("send-to-ack", &self.send_to_ack_latency_us)?;
         if let Some(c) = &self.publish_latency_corrected_us {
             row("publish (CO-corrected)", c)?;
         }
@@ -486,6 +493,7 @@ mod tests {
         let mut m = Measured {
             publish: stats::new_histogram(),
             delay: stats::new_histogram(),
+            send_to_ack: stats::new_histogram(),
             publish_corrected: Some(stats::new_histogram()),
             e2e: stats::new_histogram(),
             acked_per_second: PerSecond::new(times.seconds_max()),

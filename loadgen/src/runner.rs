@@ -285,6 +285,7 @@ fn merge_reports(
     let mut m = Measured {
         publish: stats::new_histogram(),
         delay: stats::new_histogram(),
+        send_to_ack: stats::new_histogram(),
         publish_corrected: None,
         e2e: stats::new_histogram(),
         acked_per_second: PerSecond::new(times.seconds_max()),
@@ -299,6 +300,7 @@ fn merge_reports(
     for r in &producers {
         stats::merge(&mut m.publish, &r.publish).map_err(RunError::Merge)?;
         stats::merge(&mut m.delay, &r.delay).map_err(RunError::Merge)?;
+        stats::merge(&mut m.send_to_ack, &r.send_to_ack).map_err(RunError::Merge)?;
         match &r.publish_corrected {
             Some(h) => stats::merge(&mut corrected, h).map_err(RunError::Merge)?,
             None => all_corrected = false,

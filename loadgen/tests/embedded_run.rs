@@ -101,6 +101,18 @@ fn open_loop_leader_run_from_a_workload_file_receives_every_acked_message() {
     assert_eq!(v["workload"]["rate"], 2000);
     // 2000 msgs/s for 2.5 s (warm-up included), give or take the last batches.
     assert!((4_500..=5_500).contains(&received), "{received}");
+    // Send-to-ack (from the actual send of the built batch) is sampled for every measured message
+    // that publish latency (from the intended send time) is, and never exceeds it.
+    let publish = &v["publish_latency_us"];
+    let send_to_ack = &v["send_to_ack_latency_us"];
+    assert_eq!(send_to_ack["count"], publish["count"], "{v}");
+    assert!(send_to_ack["count"].as_u64().unwrap() > 0, "{v}");
+    for q in ["p50", "p99", "max"] {
+        assert!(
+            send_to_ack[q].as_u64().unwrap() <= publish[q].as_u64().unwrap(),
+            "{q}: send-to-ack {send_to_ack} above publish {publish}"
+        );
+    }
 }
 
 #[test]
