@@ -873,7 +873,7 @@ fn dead_headers(
 ) -> Vec<Header> {
     let mut h: Vec<Header> = original
         .iter()
-        .filter(|x| !x.key.starts_with("x-dlq-"))
+        .filter(|x| !x.key.starts_with("x-dlq-") && !timing::is_timing_header(&x.key))
         .cloned()
         .collect();
     let mut add = |k: &str, v: String| {

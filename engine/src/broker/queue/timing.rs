@@ -24,3 +24,10 @@ pub(super) fn of_record(headers: &[rkyv::Archived<Header>], timestamp_ms: i64) -
         header_number(headers, TTL_HEADER),
     )
 }
+
+/// Whether a header is one of the timing headers. The dead-letter copy of a message goes
+/// without them: in the dead-letter queue (itself a queue) the message must be visible at
+/// once and not expire again, and a redrive sends it back as a fresh message.
+pub(super) fn is_timing_header(key: &str) -> bool {
+    key == DELAY_HEADER || key == TTL_HEADER
+}
