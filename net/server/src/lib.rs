@@ -20,6 +20,7 @@
 
 pub mod auth;
 mod conn;
+mod console;
 mod convert;
 mod listener;
 mod metrics;
@@ -261,10 +262,16 @@ impl Server {
                 .map_err(|e| e.to_string())?;
             prometheus::encode(snapshot).map_err(|e| e.to_string())
         });
+        let console = Arc::new(console::Console::new(
+            self.engine.clone(),
+            self.shared.clone(),
+        ));
         let endpoint =
-            MetricsEndpoint::start(at, render).map_err(|source| ServerError::Listen {
-                addr: addr.to_string(),
-                source,
+            MetricsEndpoint::start_with_console(at, render, Some(console)).map_err(|source| {
+                ServerError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                }
             })?;
         let bound = endpoint.addr();
         tracing::info!(addr = %bound, path = "/metrics", "metrics endpoint listening");
