@@ -648,3 +648,49 @@ fn console_authentication_read_only_and_csrf() {
     });
     server.shutdown().unwrap();
 }
+
+// Proves: every metric family the committed Grafana dashboard (deploy/grafana/shardline.json)
+// queries is one the server exports, so the dashboard cannot drift from the metrics.
+#[test]
+fn grafana_dashboard_queries_only_exported_families() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/shardline.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, metrics) = server(dir.path(), AuthConfig::default());
+    let c = Client::connect(&server.addr().to_string(), ClientConfig::default()).unwrap();
+    populate(&c);
+    let (status, _, text) = http(metrics, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("shardline_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                let family = ["_bucket", "_total", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name)
+                    .to_string();
+                queried.insert(family);
+            }
+        }
+    }
+    assert!(queried.len() >= 20, "{queried:?}");
+    let missing: Vec<_> = queried
+        .iter()
+        .filter(|f| !exported.contains(f.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}; exported: {exported:?}");
+    server.shutdown().unwrap();
+}

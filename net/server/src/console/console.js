@@ -194,6 +194,7 @@ function redriveButton(name) {
     }
     b.dataset.armed = "";
     b.disabled = false;
+    if (!$("#browse").hidden && $("#browse-topic").textContent === name) browse(name);
     refresh();
   });
   return b;
