@@ -691,6 +691,9 @@ fn grafana_dashboard_queries_only_exported_families() {
         .iter()
         .filter(|f| !exported.contains(f.as_str()))
         .collect();
-    assert!(missing.is_empty(), "not exported: {missing:?}; exported: {exported:?}");
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}; exported: {exported:?}"
+    );
     server.shutdown().unwrap();
 }
