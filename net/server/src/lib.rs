@@ -79,6 +79,11 @@ pub struct ServerConfig {
     pub encryption: EncryptionConfig,
     /// `[server.quotas]`: byte rates per principal, connections per address, topic limits.
     pub quotas: QuotaConfig,
+    /// Create a topic the first time a client asks for it by name (the Metadata request a
+    /// producer sends before its first produce), with `auto_create_partitions` partitions.
+    /// Off by default (docs/operations.md, "Administration").
+    pub auto_create_topics: bool,
+    pub auto_create_partitions: u32,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +101,8 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             encryption: EncryptionConfig::default(),
             quotas: QuotaConfig::default(),
+            auto_create_topics: false,
+            auto_create_partitions: 1,
         }
     }
 }
