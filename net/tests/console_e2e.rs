@@ -522,6 +522,10 @@ fn acl(principal: &str, resource: &str, operation: Operation) -> AclEntry {
 // Proves: with auth on, the console needs a token (bearer or the login cookie), is read-only
 // without the admin permission, and refuses a state change without the CSRF header.
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario told in order: no token, read-only, CSRF, login"
+)]
 fn console_authentication_read_only_and_csrf() {
     let dir = tempfile::tempdir().unwrap();
     let mut db = SecurityFile::default();

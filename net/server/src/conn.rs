@@ -1149,6 +1149,47 @@ fn single_batches(chunks: &[Bytes]) -> VecDeque<(Bytes, PushCost, u64)> {
     batches
 }
 
+impl Conn {
+    /// `serve --auto-create` (`server.auto_create_topics`): creates the topics a Metadata
+    /// request names that do not exist, with `auto_create_partitions` partitions, before the
+    /// answer (a barrier for this connection). Each needs the `create` permission on the topic
+    /// and fits the topic quotas; a name that cannot be created is answered UNKNOWN_TOPIC as
+    /// without the option.
+    async fn auto_create(&self, topics: &[String]) {
+        let partitions = self.shared.cfg.auto_create_partitions.max(1);
+        for name in topics {
+            if self.engine.route(name).is_ok()
+                || !self.auth.allowed(
+                    crate::auth::ResourceType::Topic,
+                    name,
+                    crate::auth::Operation::Create,
+                )
+                || self
+                    .shared
+                    .quotas
+                    .check_create(&self.engine, partitions)
+                    .is_err()
+            {
+                continue;
+            }
+            let request = Request::CreateTopic(crate::protocol::CreateTopicRequest {
+                name: name.clone(),
+                config: crate::protocol::TopicConfig {
+                    partitions,
+                    ..Default::default()
+                },
+            });
+            self.begin();
+            match self.admin(request).await {
+                Ok(_) => tracing::info!(topic = %name, partitions, "topic auto-created"),
+                Err(shardline_engine::Error::TopicExists(_)) => {}
+                Err(e) => tracing::debug!(topic = %name, error = %e, "auto-create refused"),
+            }
+            self.end();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
@@ -1215,47 +1256,6 @@ mod tests {
             let mut w = Trickle { out: Vec::new(), step, calls: 0 };
             futures_lite::future::block_on(write_all_vectored(&mut w, &slices)).unwrap();
             prop_assert_eq!(w.out, parts.concat());
-        }
-    }
-}
-
-impl Conn {
-    /// `serve --auto-create` (`server.auto_create_topics`): creates the topics a Metadata
-    /// request names that do not exist, with `auto_create_partitions` partitions, before the
-    /// answer (a barrier for this connection). Each needs the `create` permission on the topic
-    /// and fits the topic quotas; a name that cannot be created is answered UNKNOWN_TOPIC as
-    /// without the option.
-    async fn auto_create(&self, topics: &[String]) {
-        let partitions = self.shared.cfg.auto_create_partitions.max(1);
-        for name in topics {
-            if self.engine.route(name).is_ok()
-                || !self.auth.allowed(
-                    crate::auth::ResourceType::Topic,
-                    name,
-                    crate::auth::Operation::Create,
-                )
-                || self
-                    .shared
-                    .quotas
-                    .check_create(&self.engine, partitions)
-                    .is_err()
-            {
-                continue;
-            }
-            let request = Request::CreateTopic(crate::protocol::CreateTopicRequest {
-                name: name.clone(),
-                config: crate::protocol::TopicConfig {
-                    partitions,
-                    ..Default::default()
-                },
-            });
-            self.begin();
-            match self.admin(request).await {
-                Ok(_) => tracing::info!(topic = %name, partitions, "topic auto-created"),
-                Err(shardline_engine::Error::TopicExists(_)) => {}
-                Err(e) => tracing::debug!(topic = %name, error = %e, "auto-create refused"),
-            }
-            self.end();
         }
     }
 }
