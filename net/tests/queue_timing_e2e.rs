@@ -211,6 +211,12 @@ fn strict_priority_order_under_concurrent_consumers() {
             c.queue_send("urgent", 0, values, options).unwrap();
         }
     }
+    // Scanned into the queue's window before anyone receives (priorities apply among the
+    // messages in the window; docs/semantics.md, "Priorities").
+    assert_eq!(
+        c.queue_stats("urgent").unwrap()[0].depth,
+        3 * PER_LEVEL as u64
+    );
     let addr = Arc::new(a);
     let consumers: Vec<_> = (0..4)
         .map(|_| {
