@@ -169,6 +169,7 @@ fn queue_config() -> TopicConfig {
             backoff_max_ms: 0,
             dead_letter_topic: Some("q.dlq".into()),
             priority_levels: 1,
+            strict_priority: false,
         }),
         ..TopicConfig::with_partitions(1)
     }

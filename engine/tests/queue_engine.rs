@@ -29,6 +29,7 @@ fn queue(dlq: Option<&str>, levels: u8) -> TopicConfig {
             backoff_max_ms: 0,
             dead_letter_topic: dlq.map(str::to_string),
             priority_levels: levels,
+            strict_priority: false,
         }),
         ..TopicConfig::with_partitions(1)
     }

@@ -188,6 +188,10 @@ fn every_api() -> Vec<Request> {
                 topic: topic.clone(),
             })),
             ApiKey::ListGroups => Some(Request::ListGroups(ListGroupsRequest {})),
+            ApiKey::AddPartitions => Some(Request::AddPartitions(AddPartitionsRequest {
+                name: topic.clone(),
+                partitions: 2,
+            })),
         })
         .collect()
 }

@@ -66,6 +66,10 @@ pub struct QueueConfig {
     pub dead_letter_topic: Option<String>,
     /// 1..=10; a message's level is its `priority` header, higher first.
     pub priority_levels: u8,
+    /// Strict priority: never deliver a lower level while a higher one has messages ready
+    /// (off: weighted round robin, each level 8x the share of the one below).
+    #[serde(default)]
+    pub strict_priority: bool,
 }
 
 impl Default for QueueConfig {
@@ -77,6 +81,7 @@ impl Default for QueueConfig {
             backoff_max_ms: 60_000,
             dead_letter_topic: None,
             priority_levels: 1,
+            strict_priority: false,
         }
     }
 }

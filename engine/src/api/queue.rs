@@ -9,6 +9,12 @@ use crate::batch::{BatchHeader, Header, Record};
 
 /// Header a producer sets to give a message a priority: ASCII decimal, 0 = lowest.
 pub const PRIORITY_HEADER: &str = "priority";
+/// Header a producer sets to delay a message: ASCII decimal milliseconds after the message's
+/// timestamp before its first delivery (docs/semantics.md, "Delayed messages and expiry").
+pub const DELAY_HEADER: &str = "delay-ms";
+/// Header a producer sets to give a message a time to live: ASCII decimal milliseconds after
+/// its timestamp; a message not acked by then is dead-lettered with reason `expired`.
+pub const TTL_HEADER: &str = "ttl-ms";
 /// Headers the dead-letter queue adds to the original ones.
 pub const DLQ_REASON_HEADER: &str = "x-dlq-reason";
 pub const DLQ_DELIVERIES_HEADER: &str = "x-dlq-delivery-count";

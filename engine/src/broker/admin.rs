@@ -243,3 +243,78 @@ impl Engine {
         Ok(())
     }
 }
+
+impl Engine {
+    /// Grows a topic to `partitions` (docs/semantics.md, "Adding partitions"): the new
+    /// partitions are placed on the least loaded shards, persisted in the metadata file, opened
+    /// (with their queue state when the topic is a work queue) and then routed. Existing
+    /// partitions and their data are untouched. Shrinking is refused; asking for the current
+    /// count changes nothing. Keyed producers place a key by `crc32c(key) % partitions`, so
+    /// after growing, a key lands in a new partition unless its hash gives the same remainder
+    /// for both counts.
+    pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<TopicInfo> {
+        let mut meta = self
+            .inner
+            .control
+            .lock()
+            .map_err(|_| Error::Runtime("poisoned".into()))?;
+        let Some(current) = meta.topics.get(name).cloned() else {
+            return Err(Error::UnknownTopic(name.to_string()));
+        };
+        if crate::groups::is_internal(name) {
+            return Err(Error::InvalidArgument(format!("'{name}' is internal")));
+        }
+        let old = current.shards.len() as u32;
+        if partitions < old {
+            return Err(Error::InvalidArgument(format!(
+                "topic '{name}' has {old} partitions; partitions can only be added, not removed"
+            )));
+        }
+        let info = |t: &TopicMeta| TopicInfo {
+            name: name.to_string(),
+            id: t.id,
+            config: t.config.clone(),
+            shards: t.shards.clone(),
+        };
+        if partitions == old {
+            return Ok(info(&current));
+        }
+        let mut next = meta.clone();
+        let added = next.place(partitions - old);
+        let t = next
+            .topics
+            .get_mut(name)
+            .ok_or_else(|| Error::UnknownTopic(name.to_string()))?;
+        t.shards.extend(added);
+        t.config.partitions = partitions;
+        config::validate_topic_config(&t.config)?;
+        let t = t.clone();
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        // Opening asks every partition's shard; the ones open already answer "already open".
+        let mut first_err = None;
+        for (p, rx) in self.open_partitions(name, &t)?.into_iter().enumerate() {
+            if let Err(e) = recv(rx)
+                && p as u32 >= old
+            {
+                first_err.get_or_insert(e);
+            }
+        }
+        if first_err.is_none()
+            && let Err(e) = self.open_queues(name, &t)
+        {
+            first_err = Some(e);
+        }
+        self.publish_routes(&meta);
+        tracing::info!(
+            topic = name,
+            from = old,
+            to = partitions,
+            "partitions added"
+        );
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(info(&t)),
+        }
+    }
+}

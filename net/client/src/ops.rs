@@ -125,3 +125,27 @@ impl Client {
         Ok((d, out))
     }
 }
+
+impl Client {
+    /// Grows a topic to `partitions` (AddPartitions, api 35): never shrinks; the current count
+    /// changes nothing. Keyed records map by `crc32c(key) % partitions`, so keys move
+    /// (docs/semantics.md, "Adding partitions"). Returns the topic as it is now.
+    pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<TopicInfo, ClientError> {
+        futures_lite::future::block_on(self.add_partitions_async(name, partitions))
+    }
+
+    pub async fn add_partitions_async(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicInfo, ClientError> {
+        let request = Request::AddPartitions(crate::protocol::AddPartitionsRequest {
+            name: name.to_string(),
+            partitions,
+        });
+        let r = expect_response!(self.call_bootstrap(request).await?, AddPartitions);
+        // The cached route has the old partition count.
+        self.invalidate(name);
+        r.map(|r| r.topic)
+    }
+}

@@ -297,6 +297,9 @@ api_table! {
         // Filtered instead: only the groups the principal may describe are listed.
         ListGroups = 34, versions 0..=0, ListGroupsRequest => ListGroupsResponse,
             acl |_, _| ();
+        // Like AlterTopic: a change to the topic's settings.
+        AddPartitions = 35, versions 0..=0, AddPartitionsRequest => AddPartitionsResponse,
+            acl |a, f| f(Topic, &a.name, Admin);
         // --- 40..=49: security (security.rs, docs/security.md) ---
         Authenticate = 40, versions 0..=0, AuthenticateRequest => AuthenticateResponse,
             acl |_, _| ();
@@ -504,7 +507,8 @@ mod tests {
             ("QueueReceive", 23), ("QueueAck", 24), ("QueueNack", 25),
             ("QueueChangeVisibility", 26), ("QueueStats", 27), ("QueuePeek", 28),
             ("QueueRedrive", 29), ("Metrics", 30), ("AlterTopic", 31), ("ResetOffsets", 32),
-            ("QueuePurge", 33), ("ListGroups", 34), ("Authenticate", 40),
+            ("QueuePurge", 33), ("ListGroups", 34), ("AddPartitions", 35),
+            ("Authenticate", 40),
         ];
         assert_eq!(keys, want);
         for k in ApiKey::ALL {

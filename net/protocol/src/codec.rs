@@ -476,6 +476,11 @@ impl Limits for QueuePurgeRequest {
     }
 }
 impl Limits for ListGroupsRequest {}
+impl Limits for AddPartitionsRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)
+    }
+}
 impl Limits for AuthenticateRequest {
     fn check(&self) -> Result<(), WireError> {
         check_name("user name bytes", &self.username)?;

@@ -268,3 +268,23 @@ pub struct ListGroupsResponse {
     pub groups: Vec<ListedGroup>,
     pub truncated: bool,
 }
+
+// ---------------------------------------------------------------------------------------------
+// 35 AddPartitions
+
+/// Grows a topic to `partitions` (never shrinks; the current count is a no-op). Keyed records
+/// are placed by `crc32c(key) % partitions`, so growing moves keys (docs/semantics.md, "Adding
+/// partitions").
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct AddPartitionsRequest {
+    pub name: String,
+    pub partitions: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct AddPartitionsResponse {
+    /// The topic with its new partition count and placement.
+    pub topic: TopicInfo,
+}

@@ -281,6 +281,41 @@ impl QueueMessage {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Strict priority and per-message timing (docs/protocol.md, "Work queues")
+
+/// Bit of [`QueueSettings::priority_levels`] that asks for strict priority (never a lower level
+/// while a higher one has ready messages) instead of the weighted round robin. The low 7 bits
+/// stay the level count. A server that predates the flag refuses the value (levels out of
+/// range) rather than ignoring it, so the layout of QueueCreate is unchanged.
+pub const STRICT_PRIORITY_FLAG: u8 = 0x80;
+
+/// Header (ASCII decimal milliseconds after the message's timestamp) that delays a work-queue
+/// message's first delivery: the engine's `DELAY_HEADER`.
+pub const DELAY_HEADER: &str = "delay-ms";
+/// Header (ASCII decimal milliseconds after the message's timestamp) after which a work-queue
+/// message not yet acked is dead-lettered with reason `expired`: the engine's `TTL_HEADER`.
+pub const TTL_HEADER: &str = "ttl-ms";
+
+impl QueueSettings {
+    /// The number of priority levels (without the strict flag).
+    pub fn levels(&self) -> u8 {
+        self.priority_levels & !STRICT_PRIORITY_FLAG
+    }
+
+    /// Whether the queue uses strict priority.
+    pub fn strict_priority(&self) -> bool {
+        self.priority_levels & STRICT_PRIORITY_FLAG != 0
+    }
+
+    /// These settings with strict priority on or off.
+    #[must_use]
+    pub fn with_strict_priority(mut self, strict: bool) -> Self {
+        self.priority_levels = self.levels() | if strict { STRICT_PRIORITY_FLAG } else { 0 };
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

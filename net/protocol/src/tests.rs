@@ -394,6 +394,9 @@ fn ops_request() -> impl Strategy<Value = Request> {
             }),
         name().prop_map(|topic| Request::QueuePurge(QueuePurgeRequest { topic })),
         Just(Request::ListGroups(ListGroupsRequest {})),
+        (name(), any::<u32>()).prop_map(|(name, partitions)| Request::AddPartitions(
+            AddPartitionsRequest { name, partitions }
+        )),
     ]
 }
 
@@ -435,6 +438,7 @@ fn ops_response() -> impl Strategy<Value = Response> {
         (proptest::collection::vec(group, 0..4), any::<bool>()).prop_map(|(groups, truncated)| {
             Response::ListGroups(ListGroupsResponse { groups, truncated })
         }),
+        topic_info().prop_map(|topic| Response::AddPartitions(AddPartitionsResponse { topic })),
     ]
 }
 
@@ -1444,6 +1448,7 @@ fn wire_layout_is_pinned() {
         PartitionOffsetReset => 32, 8; ResetOffsetsResponse => 8, 4;
         QueuePurgeRequest => 8, 4; QueuePurgedPartition => 24, 8; QueuePurgeResponse => 8, 4;
         ListGroupsRequest => 0, 1; ListedGroup => 24, 4; ListGroupsResponse => 12, 4;
+        AddPartitionsRequest => 12, 4; AddPartitionsResponse => 96, 8;
         ErrorResponse => 12, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;

@@ -456,6 +456,9 @@ impl Conn {
                 self.send_response(cid, ver, &Response::Ping(PingResponse { nonce: p.nonce }))
             }
             Request::Metadata(m) => {
+                if self.shared.cfg.auto_create_topics {
+                    self.auto_create(&m.topics).await;
+                }
                 let resp = Response::Metadata(self.metadata(&m));
                 self.send_response(cid, ver, &super::session::filter_response(&self.auth, resp));
             }
@@ -467,7 +470,19 @@ impl Conn {
             {
                 self.send_error(cid, api, ver, &e);
             }
-            Request::CreateTopic(_) | Request::DeleteTopic(_) | Request::AlterTopic(_) => {
+            Request::AddPartitions(ref a)
+                if let Err(e) = self.shared.quotas.check_add_partitions(
+                    &self.engine,
+                    &a.name,
+                    a.partitions,
+                ) =>
+            {
+                self.send_error(cid, api, ver, &e);
+            }
+            Request::CreateTopic(_)
+            | Request::DeleteTopic(_)
+            | Request::AlterTopic(_)
+            | Request::AddPartitions(_) => {
                 self.barrier(call, async || self.admin(request).await).await;
             }
             Request::ListTopics(_)
@@ -755,6 +770,13 @@ impl Conn {
                                 topic: (&t).to_wire(),
                             })
                         }),
+                    Request::AddPartitions(a) => {
+                        engine.add_partitions(&a.name, a.partitions).map(|t| {
+                            Response::AddPartitions(crate::protocol::AddPartitionsResponse {
+                                topic: (&t).to_wire(),
+                            })
+                        })
+                    }
                     _ => Err(shardline_engine::Error::InvalidArgument(
                         "not an admin request".into(),
                     )),
@@ -1125,6 +1147,47 @@ fn single_batches(chunks: &[Bytes]) -> VecDeque<(Bytes, PushCost, u64)> {
         }
     }
     batches
+}
+
+impl Conn {
+    /// `serve --auto-create` (`server.auto_create_topics`): creates the topics a Metadata
+    /// request names that do not exist, with `auto_create_partitions` partitions, before the
+    /// answer (a barrier for this connection). Each needs the `create` permission on the topic
+    /// and fits the topic quotas; a name that cannot be created is answered UNKNOWN_TOPIC as
+    /// without the option.
+    async fn auto_create(&self, topics: &[String]) {
+        let partitions = self.shared.cfg.auto_create_partitions.max(1);
+        for name in topics {
+            if self.engine.route(name).is_ok()
+                || !self.auth.allowed(
+                    crate::auth::ResourceType::Topic,
+                    name,
+                    crate::auth::Operation::Create,
+                )
+                || self
+                    .shared
+                    .quotas
+                    .check_create(&self.engine, partitions)
+                    .is_err()
+            {
+                continue;
+            }
+            let request = Request::CreateTopic(crate::protocol::CreateTopicRequest {
+                name: name.clone(),
+                config: crate::protocol::TopicConfig {
+                    partitions,
+                    ..Default::default()
+                },
+            });
+            self.begin();
+            match self.admin(request).await {
+                Ok(_) => tracing::info!(topic = %name, partitions, "topic auto-created"),
+                Err(shardline_engine::Error::TopicExists(_)) => {}
+                Err(e) => tracing::debug!(topic = %name, error = %e, "auto-create refused"),
+            }
+            self.end();
+        }
+    }
 }
 
 #[cfg(test)]

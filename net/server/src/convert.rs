@@ -309,6 +309,7 @@ impl ToWire for &engine::QueueConfig {
             dead_letter_topic: c.dead_letter_topic.clone(),
             priority_levels: c.priority_levels,
         }
+        .with_strict_priority(c.strict_priority)
     }
 }
 
@@ -321,8 +322,9 @@ impl ToEngine for QueueSettings {
             max_deliveries: c.max_deliveries,
             backoff_base_ms: c.backoff_base_ms,
             backoff_max_ms: c.backoff_max_ms,
+            strict_priority: c.strict_priority(),
+            priority_levels: c.levels(),
             dead_letter_topic: c.dead_letter_topic,
-            priority_levels: c.priority_levels,
         }
     }
 }

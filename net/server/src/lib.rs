@@ -20,6 +20,7 @@
 
 pub mod auth;
 mod conn;
+mod console;
 mod convert;
 mod listener;
 mod metrics;
@@ -78,6 +79,11 @@ pub struct ServerConfig {
     pub encryption: EncryptionConfig,
     /// `[server.quotas]`: byte rates per principal, connections per address, topic limits.
     pub quotas: QuotaConfig,
+    /// Create a topic the first time a client asks for it by name (the Metadata request a
+    /// producer sends before its first produce), with `auto_create_partitions` partitions.
+    /// Off by default (docs/operations.md, "Administration").
+    pub auto_create_topics: bool,
+    pub auto_create_partitions: u32,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,8 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             encryption: EncryptionConfig::default(),
             quotas: QuotaConfig::default(),
+            auto_create_topics: false,
+            auto_create_partitions: 1,
         }
     }
 }
@@ -261,10 +269,16 @@ impl Server {
                 .map_err(|e| e.to_string())?;
             prometheus::encode(snapshot).map_err(|e| e.to_string())
         });
+        let console = Arc::new(console::Console::new(
+            self.engine.clone(),
+            self.shared.clone(),
+        ));
         let endpoint =
-            MetricsEndpoint::start(at, render).map_err(|source| ServerError::Listen {
-                addr: addr.to_string(),
-                source,
+            MetricsEndpoint::start_with_console(at, render, Some(console)).map_err(|source| {
+                ServerError::Listen {
+                    addr: addr.to_string(),
+                    source,
+                }
             })?;
         let bound = endpoint.addr();
         tracing::info!(addr = %bound, path = "/metrics", "metrics endpoint listening");

@@ -509,7 +509,13 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    pub(crate) fn start(addr: SocketAddr, render: Render) -> std::io::Result<MetricsEndpoint> {
+    /// Starts serving `/metrics`, and the web console under `/ui` (docs/operations.md, "Web
+    /// console") when `console` is given.
+    pub(crate) fn start_with_console(
+        addr: SocketAddr,
+        render: Render,
+        console: Option<Arc<crate::console::Console>>,
+    ) -> std::io::Result<MetricsEndpoint> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -523,7 +529,7 @@ impl MetricsEndpoint {
                         return;
                     }
                     match conn {
-                        Ok(stream) => serve_one(stream, &render, &busy),
+                        Ok(stream) => serve_one(stream, &render, console.as_ref(), &busy),
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics accept failed");
                             std::thread::sleep(Duration::from_millis(10));
@@ -555,7 +561,12 @@ impl Drop for MetricsEndpoint {
 }
 
 /// Answers one connection on a thread of its own, within [`CONNECTIONS_MAX`].
-fn serve_one(mut stream: TcpStream, render: &Render, busy: &Arc<AtomicUsize>) {
+fn serve_one(
+    mut stream: TcpStream,
+    render: &Render,
+    console: Option<&Arc<crate::console::Console>>,
+    busy: &Arc<AtomicUsize>,
+) {
     if busy.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
         busy.fetch_sub(1, Ordering::AcqRel);
         let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
@@ -568,10 +579,11 @@ fn serve_one(mut stream: TcpStream, render: &Render, busy: &Arc<AtomicUsize>) {
         return;
     }
     let (render, done) = (render.clone(), busy.clone());
+    let console = console.cloned();
     let spawned = std::thread::Builder::new()
         .name("shardline-metrics-conn".into())
         .spawn(move || {
-            if let Err(e) = answer(stream, &render) {
+            if let Err(e) = answer(stream, &render, console.as_deref()) {
                 tracing::debug!(error = %e, "metrics request failed");
             }
             done.fetch_sub(1, Ordering::AcqRel);
@@ -599,12 +611,16 @@ fn respond(
 }
 
 /// Reads one request head and answers it.
-fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
+fn answer(
+    mut stream: TcpStream,
+    render: &Render,
+    console: Option<&crate::console::Console>,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; REQUEST_HEAD_BYTES_MAX];
     let mut filled = 0;
-    let (method, path) = loop {
+    let (method, path, headers, head_bytes) = loop {
         if filled == buf.len() {
             return respond(
                 &mut stream,
@@ -621,10 +637,15 @@ fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..filled]) {
-            Ok(httparse::Status::Complete(_)) => {
+            Ok(httparse::Status::Complete(head_bytes)) => {
                 let method = req.method.unwrap_or("").to_string();
                 let path = req.path.unwrap_or("").to_string();
-                break (method, path);
+                let headers: Vec<(String, Vec<u8>)> = req
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+                    .collect();
+                break (method, path, headers, head_bytes);
             }
             Ok(httparse::Status::Partial) => {}
             Err(_) => {
@@ -637,6 +658,12 @@ fn answer(mut stream: TcpStream, render: &Render) -> std::io::Result<()> {
             }
         }
     };
+    if let Some(console) = console
+        && crate::console::serves(&path)
+    {
+        let already = buf[head_bytes..filled].to_vec();
+        return crate::console::answer_http(console, stream, method, path, headers, already);
+    }
     if method != "GET" && method != "HEAD" {
         return respond(
             &mut stream,

@@ -255,6 +255,39 @@ pub(crate) fn fetch_bytes(f: &crate::protocol::FetchResponse) -> u64 {
         .sum()
 }
 
+impl Quotas {
+    /// The partition limit for growing `topic` to `partitions` (AddPartitions); the topic
+    /// limit does not apply (no topic is created).
+    pub(crate) fn check_add_partitions(
+        &self,
+        engine: &shardline_engine::Engine,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<(), ErrorResponse> {
+        let Some(max) = self.cfg.partitions_max else {
+            return Ok(());
+        };
+        let routes = engine.topic_routes();
+        let current = routes
+            .iter()
+            .find(|r| &*r.name == topic)
+            .map_or(0, |r| r.shards.len() as u64);
+        let added = u64::from(partitions).saturating_sub(current);
+        let existing: u64 = routes.iter().map(|r| r.shards.len() as u64).sum();
+        if added > 0 && existing + added > max {
+            return Err(ErrorResponse::new(
+                code::LIMIT_EXCEEDED,
+                format!(
+                    "{added} more partitions would make {}, the limit is {max} \
+                     (server.quotas.partitions_max)",
+                    existing + added
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

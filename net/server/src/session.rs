@@ -558,6 +558,26 @@ pub(crate) fn filter_response(
     }
 }
 
+/// What the web console (console/) needs of authentication: the principal of a token, and
+/// ACL checks for it, against the current security file.
+impl AuthState {
+    pub(crate) fn token_principal(&self, token: &str) -> Option<String> {
+        let (_, db) = self.snapshot();
+        db.check_token(token).map(|(_, e)| e.principal.clone())
+    }
+
+    pub(crate) fn principal_allowed(
+        &self,
+        principal: &str,
+        resource: ResourceType,
+        name: &str,
+        operation: Operation,
+    ) -> bool {
+        let (_, db) = self.snapshot();
+        authorize(&db.acls, principal, resource, name, operation)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,6 +128,13 @@ struct ServeArgs {
     /// [default: 127.0.0.1:9464]
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
+    /// Create a topic the first time a client asks for it by name (a producer does before its
+    /// first produce), with --auto-create-partitions partitions (server.auto_create_topics).
+    #[arg(long)]
+    auto_create: bool,
+    /// Partitions of an auto-created topic (server.auto_create_partitions) [default: 1]
+    #[arg(long, value_name = "N", requires = "auto_create")]
+    auto_create_partitions: Option<u32>,
     /// Print the effective configuration (file, defaults and flags) as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -162,6 +169,10 @@ enum TopicCommand {
         retention_bytes: Option<SettingChange>,
         #[arg(long, value_name = "MS|none", value_parser = parse_setting)]
         retention_ms: Option<SettingChange>,
+        /// Grow the topic to N partitions (never shrinks). Keyed records map by
+        /// crc32c(key) % N, so most keys move to another partition (docs/semantics.md).
+        #[arg(long, value_name = "N")]
+        partitions: Option<u32>,
     },
 }
 
@@ -366,6 +377,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(shards) = args.shards {
         config.engine.shards = shards;
     }
+    if args.auto_create {
+        config.server.auto_create_topics = true;
+    }
+    if let Some(n) = args.auto_create_partitions {
+        config.server.auto_create_partitions = n;
+    }
     args.tls.apply(&mut config.server.tls)?;
     args.tls
         .apply_security(&mut config.engine, &mut config.server);
@@ -525,9 +542,26 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             name,
             retention_bytes,
             retention_ms,
+            partitions,
         } => {
-            if retention_bytes.is_none() && retention_ms.is_none() {
-                bail!("nothing to change: give --retention-bytes and/or --retention-ms");
+            if retention_bytes.is_none() && retention_ms.is_none() && partitions.is_none() {
+                bail!(
+                    "nothing to change: give --partitions, --retention-bytes and/or \
+                     --retention-ms"
+                );
+            }
+            if let Some(n) = partitions {
+                let t = client
+                    .add_partitions(&name, n)
+                    .map_err(|e| explain(e, &name))?;
+                writeln!(
+                    out,
+                    "altered topic {} partitions={}",
+                    t.name, t.config.partitions
+                )?;
+                if retention_bytes.is_none() && retention_ms.is_none() {
+                    return Ok(());
+                }
             }
             let t = client
                 .alter_topic_retention(

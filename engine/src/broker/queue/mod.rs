@@ -18,6 +18,7 @@ pub mod state;
 
 mod api;
 mod ops;
+mod timing;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -41,9 +42,9 @@ use state::{DeadReason, Known, QueueSettings, QueueState};
 
 pub use crate::api::config::{QueueConfig, VISIBILITY_TIMEOUT_MS_MAX};
 pub use crate::api::queue::{
-    DLQ_DELIVERIES_HEADER, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER, DLQ_REASON_HEADER,
-    DLQ_TOPIC_HEADER, LeaseError, LeaseResults, PRIORITY_HEADER, PurgedPartition, QueueMessage,
-    QueuePartitionStats, Receipt, ReceiveOptions,
+    DELAY_HEADER, DLQ_DELIVERIES_HEADER, DLQ_OFFSET_HEADER, DLQ_PARTITION_HEADER,
+    DLQ_REASON_HEADER, DLQ_TOPIC_HEADER, LeaseError, LeaseResults, PRIORITY_HEADER,
+    PurgedPartition, QueueMessage, QueuePartitionStats, Receipt, ReceiveOptions, TTL_HEADER,
 };
 pub(crate) use ops::dlq_samples;
 pub use state::{PRIORITY_LEVELS_MAX, PRIORITY_WEIGHT_RATIO};
@@ -87,6 +88,7 @@ fn settings(c: &QueueConfig) -> QueueSettings {
         backoff_max_ms: c.backoff_max_ms,
         priority_levels: c.priority_levels,
         window_max: WINDOW_MAX,
+        strict_priority: c.strict_priority,
     }
 }
 
@@ -567,15 +569,11 @@ fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Resul
             if st.window_room() == 0 {
                 break;
             }
-            let level = r
-                .headers
-                .iter()
-                .find(|x| x.key.as_str() == PRIORITY_HEADER)
-                .and_then(|x| std::str::from_utf8(x.value.as_slice()).ok())
-                .and_then(|s| s.trim().parse::<u8>().ok())
+            let level = timing::header_number(&r.headers, PRIORITY_HEADER)
+                .and_then(|n| u8::try_from(n).ok())
                 .unwrap_or(0);
             let ts = first_ms + (r.timestamp_delta_us.to_native() / 1000) as i64;
-            st.add(o, level, ts, now);
+            st.add_timed(o, level, ts, timing::of_record(&r.headers, ts), now);
         }
         Ok(())
     })
@@ -875,7 +873,7 @@ fn dead_headers(
 ) -> Vec<Header> {
     let mut h: Vec<Header> = original
         .iter()
-        .filter(|x| !x.key.starts_with("x-dlq-"))
+        .filter(|x| !x.key.starts_with("x-dlq-") && !timing::is_timing_header(&x.key))
         .cloned()
         .collect();
     let mut add = |k: &str, v: String| {

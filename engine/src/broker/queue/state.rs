@@ -37,6 +37,9 @@ pub struct QueueSettings {
     pub priority_levels: u8,
     /// Most messages held in the window (entries); the scan pauses beyond this.
     pub window_max: usize,
+    /// Strict priority: never lease a lower level while a higher one has ready messages
+    /// (instead of the weighted round robin).
+    pub strict_priority: bool,
 }
 
 /// Why a message went to the dead-letter queue.
@@ -46,6 +49,8 @@ pub enum DeadReason {
     Nacked,
     /// Its last allowed delivery's visibility timeout passed without an ack.
     TimedOut,
+    /// Its time to live (the `ttl-ms` header) passed before it was acked.
+    Expired,
 }
 
 impl DeadReason {
@@ -53,6 +58,7 @@ impl DeadReason {
         match self {
             DeadReason::Nacked => "max_deliveries_nacked",
             DeadReason::TimedOut => "max_deliveries_timed_out",
+            DeadReason::Expired => "expired",
         }
     }
 }
@@ -70,6 +76,9 @@ struct Entry {
     level: u8,
     attempts: u32,
     timestamp_ms: i64,
+    /// Dead-lettered (reason `expired`) once this time passes while it is not in flight;
+    /// `i64::MAX`: never.
+    expires_at_ms: i64,
     status: Status,
 }
 
@@ -108,6 +117,8 @@ pub struct QueueState {
     delayed: BTreeSet<(i64, u64)>,
     deadlines: BTreeSet<(i64, u64)>,
     dead_pending: BTreeSet<u64>,
+    /// `(expires_at_ms, offset)` of every entry with a time to live.
+    expiring: BTreeSet<(i64, u64)>,
     known: BTreeMap<u64, Known>,
     /// From a restored snapshot: offsets below this without a fact in `known` are done.
     implied_done_until: u64,
@@ -139,6 +150,7 @@ impl QueueState {
             delayed: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             dead_pending: BTreeSet::new(),
+            expiring: BTreeSet::new(),
             known: BTreeMap::new(),
             implied_done_until: 0,
         }
@@ -245,6 +257,20 @@ impl QueueState {
 
     /// Feeds the message at `scanned()` into the window.
     pub fn add(&mut self, offset: u64, level: u8, timestamp_ms: i64, now_ms: i64) {
+        self.add_timed(offset, level, timestamp_ms, Timing::default(), now_ms);
+    }
+
+    /// Feeds the message at `scanned()` into the window, with its delay and time to live
+    /// (both derived from the message itself, so a restart that scans it again derives the
+    /// same times).
+    pub fn add_timed(
+        &mut self,
+        offset: u64,
+        level: u8,
+        timestamp_ms: i64,
+        timing: Timing,
+        now_ms: i64,
+    ) {
         assert_eq!(offset, self.scanned, "messages are added in offset order");
         self.scanned += 1;
         let level = level.min(self.settings.priority_levels - 1);
@@ -261,9 +287,16 @@ impl QueueState {
                 attempts,
                 ready_at_ms,
             }) => (attempts, ready_at_ms),
-            None => (0, 0),
+            None => (0, timing.not_before_ms),
         };
-        let status = if ready_at_ms > now_ms {
+        let expires_at_ms = timing.expires_at_ms;
+        if expires_at_ms != i64::MAX {
+            self.expiring.insert((expires_at_ms, offset));
+        }
+        let status = if expires_at_ms <= now_ms {
+            self.dead_pending.insert(offset);
+            Status::DeadPending(DeadReason::Expired)
+        } else if ready_at_ms > now_ms {
             self.delayed.insert((ready_at_ms, offset));
             Status::Delayed { ready_at_ms }
         } else {
@@ -276,6 +309,7 @@ impl QueueState {
                 level,
                 attempts,
                 timestamp_ms,
+                expires_at_ms,
                 status,
             },
         );
@@ -297,6 +331,7 @@ impl QueueState {
                 self.make_ready(o, level);
             }
         }
+        self.expire(now_ms);
         let mut expired = Vec::new();
         while let Some(&(at, o)) = self.deadlines.first() {
             if at > now_ms {
@@ -405,12 +440,14 @@ impl QueueState {
 
     /// Earliest time something changes by itself (a delay or a lease ends).
     pub fn next_due_ms(&self) -> Option<i64> {
-        let d = self.delayed.first().map(|x| x.0);
-        let l = self.deadlines.first().map(|x| x.0);
-        match (d, l) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.delayed.first().map(|x| x.0),
+            self.deadlines.first().map(|x| x.0),
+            self.expiring.first().map(|x| x.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Up to `max` offsets that are not done, in offset order, without leasing them (inspect).
@@ -465,6 +502,32 @@ impl QueueState {
 
     // ------------------------------------------------------------------ internals
 
+    /// Messages whose time to live passed while ready or delayed go to the dead-letter queue
+    /// (reason `expired`). One in flight stays leased: its ack still counts; if it comes back
+    /// (nack, lease timeout) it is dead-lettered then (`requeue`).
+    fn expire(&mut self, now_ms: i64) {
+        while let Some(&(at, o)) = self.expiring.first() {
+            if at > now_ms {
+                break;
+            }
+            self.expiring.pop_first();
+            let Some(e) = self.entries.get_mut(&o) else {
+                continue;
+            };
+            match e.status {
+                Status::Ready => {
+                    self.ready[usize::from(e.level)].remove(&o);
+                }
+                Status::Delayed { ready_at_ms } => {
+                    self.delayed.remove(&(ready_at_ms, o));
+                }
+                Status::InFlight { .. } | Status::DeadPending(_) => continue,
+            }
+            e.status = Status::DeadPending(DeadReason::Expired);
+            self.dead_pending.insert(o);
+        }
+    }
+
     fn check_lease(&self, r: Receipt) -> Result<i64, LeaseError> {
         if r.offset < self.floor {
             return Err(LeaseError::Done);
@@ -492,6 +555,11 @@ impl QueueState {
         let max = self.settings.max_deliveries;
         let (base, cap) = (self.settings.backoff_base_ms, self.settings.backoff_max_ms);
         let e = self.entries.get_mut(&o)?;
+        if e.expires_at_ms <= now_ms {
+            e.status = Status::DeadPending(DeadReason::Expired);
+            self.dead_pending.insert(o);
+            return None;
+        }
         if e.attempts >= max {
             e.status = Status::DeadPending(reason);
             self.dead_pending.insert(o);
@@ -525,8 +593,14 @@ impl QueueState {
         self.ready[l].insert(o);
     }
 
-    /// The non-empty level with the lowest pass; ties go to the higher level.
+    /// The non-empty level with the lowest pass; ties go to the higher level. Strict: the
+    /// highest non-empty level.
     fn pick_level(&self) -> Option<usize> {
+        if self.settings.strict_priority {
+            return (0..self.ready.len())
+                .rev()
+                .find(|&l| !self.ready[l].is_empty());
+        }
         (0..self.ready.len())
             .rev()
             .filter(|&l| !self.ready[l].is_empty())
@@ -537,6 +611,9 @@ impl QueueState {
         let Some(e) = self.entries.remove(&o) else {
             return;
         };
+        if e.expires_at_ms != i64::MAX {
+            self.expiring.remove(&(e.expires_at_ms, o));
+        }
         match e.status {
             Status::Ready => {
                 self.ready[usize::from(e.level)].remove(&o);
@@ -559,6 +636,36 @@ impl QueueState {
             self.floor = new_floor;
             // Facts below the floor can never matter again.
             self.known = self.known.split_off(&new_floor);
+        }
+    }
+}
+
+/// When a message may first be delivered and when it expires, from its `delay-ms` and
+/// `ttl-ms` headers and its timestamp (docs/semantics.md, "Delayed messages and expiry").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Not delivered before this time (0: at once).
+    pub not_before_ms: i64,
+    /// Dead-lettered (reason `expired`) at this time unless acked; `i64::MAX`: never.
+    pub expires_at_ms: i64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            not_before_ms: 0,
+            expires_at_ms: i64::MAX,
+        }
+    }
+}
+
+impl Timing {
+    /// From a message's timestamp and its `delay-ms` / `ttl-ms` header values (if any).
+    pub fn from_message(timestamp_ms: i64, delay_ms: Option<u64>, ttl_ms: Option<u64>) -> Self {
+        let after = |d: u64| timestamp_ms.saturating_add(i64::try_from(d).unwrap_or(i64::MAX));
+        Timing {
+            not_before_ms: delay_ms.map_or(0, after),
+            expires_at_ms: ttl_ms.map_or(i64::MAX, after),
         }
     }
 }

@@ -5,9 +5,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use clap::Subcommand;
-use shardline_engine::batch::{BatchBuilder, Header, now_us};
+use shardline_engine::batch::{BatchBuilder, now_us};
 use shardline_net::client::{
-    Acks, Client, QueueMessage, QueueReceipt, QueueSettings, TopicConfig, code, code_name,
+    Acks, Client, QueueMessage, QueueReceipt, QueueSettings, SendOptions, TopicConfig, code,
+    code_name,
 };
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +38,10 @@ pub(crate) enum QueueCommand {
         /// Priority levels (1..=10); a message's level is its `priority` header.
         #[arg(long, default_value_t = 1, value_name = "N")]
         priority_levels: u8,
+        /// Strict priority: never deliver a lower level while a higher one has messages ready
+        /// [default: weighted, each level 8x the share of the one below].
+        #[arg(long)]
+        strict_priority: bool,
     },
     /// Send one message per stdin line; prints the number acknowledged.
     Send {
@@ -46,6 +51,12 @@ pub(crate) enum QueueCommand {
         /// Priority level of every message (the `priority` header).
         #[arg(long, value_name = "LEVEL")]
         priority: Option<u8>,
+        /// Deliver no message before this long after it is sent (500ms, 30s, 5m, 2h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        delay: Option<Duration>,
+        /// Dead-letter (reason `expired`) a message not acked this long after it is sent.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
     },
     /// Receive messages, print one value per line, and ack them (unless --no-ack).
     Receive {
@@ -128,6 +139,7 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
             dlq,
             no_dlq,
             priority_levels,
+            strict_priority,
         } => {
             let dead_letter_topic = (!no_dlq).then(|| dlq.unwrap_or_else(|| format!("{name}.dlq")));
             let queue = QueueSettings {
@@ -137,7 +149,8 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
                 backoff_max_ms,
                 dead_letter_topic: dead_letter_topic.clone(),
                 priority_levels,
-            };
+            }
+            .with_strict_priority(strict_priority);
             let config = TopicConfig {
                 partitions,
                 ..Default::default()
@@ -151,17 +164,17 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
             topic,
             partition,
             priority,
+            delay,
+            ttl,
         } => {
             let mut sent = 0u64;
             let mut batch = BatchBuilder::new();
-            let headers = || {
-                priority.map_or_else(Vec::new, |p| {
-                    vec![Header {
-                        key: "priority".into(),
-                        value: p.to_string().into_bytes(),
-                    }]
-                })
+            let options = SendOptions {
+                priority,
+                delay,
+                ttl,
             };
+            let headers = || options.headers();
             for line in io::stdin().lock().lines() {
                 batch.push(now_us(), None, line?.into_bytes(), headers());
                 if batch.len() >= 1000 {
@@ -343,4 +356,34 @@ fn check(codes: &[u16]) -> anyhow::Result<()> {
     } else {
         Err(anyhow!("{}", bad.join(", ")))
     }
+}
+
+/// A duration as people write it: a number and a unit (`500ms`, `30s`, `5m`, `2h`, `1d`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: write a number and a unit, like 30s"))?;
+    let ms_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "" => {
+            return Err(format!(
+                "'{text}' has no unit: write {n}ms, {n}s, {n}m, {n}h or {n}d"
+            ));
+        }
+        u => {
+            return Err(format!(
+                "unknown unit '{u}' in '{text}': use ms, s, m, h or d"
+            ));
+        }
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("'{text}' is too long"))
 }
