@@ -504,6 +504,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %config.engine.data_dir.display(),
         "starting"
     );
+    // io_uring's locked memory and the open files, checked here so that a limit set too low
+    // is reported with the setting to change (the engine fails later and less clearly).
+    let shards = match config.engine.shards {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    match shardline_net::cli::limits::check(shards, config.engine.io_memory_bytes) {
+        Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+        Err(e) => bail!("cannot start the server: {e}"),
+    }
     // Registered before the server starts, so that a signal during start-up is not lost: it
     // is handled (a clean shutdown) as soon as the server is up.
     let mut signals = signal_hook::iterator::Signals::new([
