@@ -132,8 +132,9 @@ struct ServeArgs {
     /// TOML file with an [engine] and a [server] table; flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where topics and metadata live (engine.data_dir) [default: $XDG_DATA_HOME/shardline,
-    /// ~/.local/share/shardline, or /var/lib/shardline as root]
+    /// Where topics and metadata live (engine.data_dir) [default: $SHARDLINE_DATA_DIR, else
+    /// $XDG_DATA_HOME/shardline, else /var/lib/shardline as root, ~/.local/share/shardline
+    /// otherwise]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Bootstrap listener; port 0 picks a free port; or set $SHARDLINE_LISTEN (server.listen)
@@ -298,6 +299,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Client errors not explained where they happened get the generic advice.
+            let e = match e.downcast::<ClientError>() {
+                Ok(client_error) => hints::explain(client_error, hints::Subject::default()),
+                Err(e) => e,
+            };
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("shardline: error: {message}");
             ExitCode::FAILURE

@@ -298,22 +298,23 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-/// The default data directory: `$XDG_DATA_HOME/shardline`, else `~/.local/share/shardline`;
-/// `/var/lib/shardline` for root. Never the current directory, so that a server started from
-/// a source tree does not write into it.
+/// The default data directory: `$SHARDLINE_DATA_DIR`; else `$XDG_DATA_HOME/shardline`; else
+/// `/var/lib/shardline` for root and `~/.local/share/shardline` for others. Never the current
+/// directory, so that a server started from a source tree does not write into it.
 pub fn default_data_dir() -> std::path::PathBuf {
     use std::path::PathBuf;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return PathBuf::from("/var/lib/shardline");
-    }
     let nonempty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = nonempty("SHARDLINE_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
     if let Some(xdg) = nonempty("XDG_DATA_HOME") {
         return PathBuf::from(xdg).join("shardline");
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
     match nonempty("HOME") {
-        Some(home) => PathBuf::from(home).join(".local/share/shardline"),
-        None => PathBuf::from("/var/lib/shardline"),
+        Some(home) if !root => PathBuf::from(home).join(".local/share/shardline"),
+        _ => PathBuf::from("/var/lib/shardline"),
     }
 }
 

@@ -12,7 +12,7 @@ pub(crate) struct Subject<'a> {
 
 /// Turns a client error into a message that says what to do.
 pub(crate) fn explain(e: ClientError, subject: Subject<'_>) -> anyhow::Error {
-    let topic = subject.topic.unwrap_or("?");
+    let topic = subject.topic.unwrap_or("TOPIC");
     let server_message = match &e {
         ClientError::Server { message, .. } => message.clone(),
         _ => String::new(),

@@ -167,7 +167,11 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
                 .map_err(|e| explain(e, &name))?;
             let dlq =
                 dead_letter_topic.map_or_else(String::new, |d| format!(", dead letters to {d}"));
-            writeln!(out, "created queue {name} ({partitions} partitions{dlq})")?;
+            let plural = if partitions == 1 { "" } else { "s" };
+            writeln!(
+                out,
+                "created queue {name} ({partitions} partition{plural}{dlq})"
+            )?;
         }
         QueueCommand::Send {
             topic,
