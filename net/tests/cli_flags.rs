@@ -133,7 +133,12 @@ fn consume_and_produce_flags() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(!records.is_empty());
-    assert!(records.iter().all(|r| r["partition"].to_string() == p));
+    let p_number: u64 = p.parse().unwrap();
+    assert!(
+        records
+            .iter()
+            .all(|r| r["partition"].as_u64() == Some(p_number))
+    );
     assert!(records.iter().any(|r| r["key"] == "user-1"));
     assert_eq!(records[0]["headers"]["app"], "test");
 
@@ -166,7 +171,7 @@ fn consume_and_produce_flags() {
 }
 
 #[test]
-fn request_reply_peek_and_visibility() {
+fn request_reply() {
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path());
     let a = s.1.as_str();
@@ -201,7 +206,13 @@ fn request_reply_peek_and_visibility() {
     let (code, _, err) = cli(a, &["request", "rpc", "hello", "--timeout-ms", "300"], "");
     assert_eq!(code, 1);
     assert!(err.contains("shardline reply rpc"), "{err}");
+}
 
+#[test]
+fn queue_peek_and_change_visibility() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = server(dir.path());
+    let a = s.1.as_str();
     ok(
         a,
         &[
