@@ -349,6 +349,22 @@ fn errors_help_wait_hostnames_stats_and_top() {
     assert!(started.elapsed() < Duration::from_secs(30));
 
     let a = s.1.as_str();
+    // A second server on the same port is refused (the shards' SO_REUSEPORT would share it).
+    let second = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            a,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("second"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("is in use"), "{err}");
     let (code, _, err) = cli(a, &["produce", "nosuch"], "x\n");
     assert_eq!(code, 1);
     assert!(err.contains("shardline topic create nosuch"), "{err}");
