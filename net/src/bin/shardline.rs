@@ -317,11 +317,7 @@ fn main() -> ExitCode {
 fn parse_cli() -> Result<Cli, clap::Error> {
     use clap::{Args as _, CommandFactory};
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let serve_at = args.iter().skip(1).position(|a| a == "serve");
-    let help_at = args.iter().skip(1).position(|a| a == "--help" || a == "-h");
-    if let (Some(serve), Some(help)) = (serve_at, help_at)
-        && serve < help
-    {
+    if subcommand(&args) == Some("serve") && args.iter().any(|a| a == "--help" || a == "-h") {
         let about = Cli::command()
             .find_subcommand("serve")
             .and_then(|c| c.get_about().cloned())
@@ -333,6 +329,30 @@ fn parse_cli() -> Result<Cli, clap::Error> {
         std::process::exit(0);
     }
     Cli::try_parse_from(args)
+}
+
+/// The first argument that is neither an option nor the value of a global option.
+fn subcommand(args: &[std::ffi::OsString]) -> Option<&str> {
+    const VALUED: [&str; 9] = [
+        "--addr",
+        "--wait",
+        "--user",
+        "--password-file",
+        "--token-file",
+        "--tls-ca",
+        "--tls-client-cert",
+        "--tls-client-key",
+        "--tls-server-name",
+    ];
+    let mut rest = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(a) = rest.next() {
+        if VALUED.contains(&a) {
+            rest.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
 }
 
 /// `--help` and `--version` print in full; flag errors are one line plus a hint, exit code 2.
