@@ -10,9 +10,13 @@
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
 //!                                                     [--retention-ms MS]
 //! shardline [--addr ...] topic list | topic describe NAME | topic delete NAME
-//! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable] [--idempotent]
-//! shardline [--addr ...] consume TOPIC [--group G [--session-timeout-ms MS]]
-//!                                      [--from earliest|latest|OFFSET] [--count N] [--timeout-ms MS]
+//! shardline [--addr ...] produce TOPIC [--key K | --key-separator SEP] [-H NAME=VALUE]...
+//!                                      [--partition N] [--acks none|leader|durable] [--idempotent]
+//! shardline [--addr ...] consume TOPIC [--group G [--session-timeout-ms MS]] [--partition N]
+//!                                      [--from earliest|latest|OFFSET|RFC3339|-DURATION]
+//!                                      [--format FMT | --json] [--count N] [--timeout-ms MS]
+//! shardline [--addr ...] request QUEUE [VALUE] | reply QUEUE [TEMPLATE | --command CMD]
+//! shardline [--wait 10s] <client command>   (retry connecting while the server starts)
 //! shardline [--addr ...] stats [--no-partitions]
 //! shardline [--addr ...] top [--interval-ms MS] [--iterations N]
 //! shardline [--addr ...] topic alter NAME [--retention-bytes B|none] [--retention-ms MS|none]
@@ -42,7 +46,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use shardline_net::cli::config::{FileConfig, LogFormat};
 use shardline_net::client::{
     Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer,
-    ProducerConfig, SendHandle, TopicConfig, code,
+    ProducerConfig, SendHandle, TopicConfig,
 };
 use shardline_net::protocol::SettingChange;
 use shardline_net::server::Server;
@@ -51,8 +55,14 @@ use tracing_subscriber::EnvFilter;
 
 #[path = "shardline/group.rs"]
 mod group_cli;
+#[path = "shardline/hints.rs"]
+mod hints;
 #[path = "shardline/queue.rs"]
 mod queue_cli;
+#[path = "shardline/records.rs"]
+mod records;
+#[path = "shardline/reqrep.rs"]
+mod reqrep;
 #[path = "shardline/security.rs"]
 mod security;
 
@@ -65,9 +75,12 @@ const DEFAULT_ADDR: &str = "127.0.0.1:7070";
     about = "Shardline: a thread-per-core message broker, and its command line client"
 )]
 struct Cli {
-    /// Server to talk to (client commands) [default: 127.0.0.1:7070]
+    /// Server to talk to (client commands); or set $SHARDLINE_ADDR [default: 127.0.0.1:7070]
     #[arg(long, global = true, value_name = "HOST:PORT")]
     addr: Option<String>,
+    /// Keep retrying to connect for this long while the server starts (`10s`, `500ms`)
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
+    wait: Option<Duration>,
     #[command(flatten)]
     security: security::ClientSecurityArgs,
     #[command(subcommand)]
@@ -106,6 +119,10 @@ enum Command {
     /// Consumer groups: list, describe (members, offsets, lag), reset offsets.
     #[command(subcommand)]
     Group(group_cli::GroupCommand),
+    /// Send a request to a work queue and print the reply (request-reply).
+    Request(reqrep::RequestArgs),
+    /// Answer requests from a work queue: echo, a template, or a shell command's output.
+    Reply(reqrep::ReplyArgs),
     #[command(flatten)]
     Security(security::SecurityCommand),
 }
@@ -115,17 +132,20 @@ struct ServeArgs {
     /// TOML file with an [engine] and a [server] table; flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where topics and metadata live (engine.data_dir).
+    /// Where topics and metadata live (engine.data_dir) [default: $SHARDLINE_DATA_DIR, else
+    /// $XDG_DATA_HOME/shardline, else /var/lib/shardline as root, ~/.local/share/shardline
+    /// otherwise]
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Bootstrap listener; port 0 picks a free port (server.listen) [default: 127.0.0.1:7070]
+    /// Bootstrap listener; port 0 picks a free port; or set $SHARDLINE_LISTEN (server.listen)
+    /// [default: 127.0.0.1:7070]
     #[arg(long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Number of shards, one per core; 0 = every usable core (engine.shards).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
-    /// Prometheus endpoint, GET /metrics; port 0 picks one (metrics.listen)
-    /// [default: 127.0.0.1:9464]
+    /// Prometheus endpoint, GET /metrics; port 0 picks one; or set $SHARDLINE_METRICS_LISTEN
+    /// (metrics.listen) [default: 127.0.0.1:9464]
     #[arg(long, value_name = "HOST:PORT")]
     metrics_listen: Option<String>,
     /// Create a topic the first time a client asks for it by name (a producer does before its
@@ -207,8 +227,19 @@ impl From<AcksArg> for Acks {
 struct ProduceArgs {
     topic: String,
     /// Key of every message (messages with one key go to one partition).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", conflicts_with = "key_separator")]
     key: Option<String>,
+    /// Each line is KEY<SEP>VALUE (split at the first SEP; a line without it has no key).
+    /// Lines without a key spread over the partitions, a batch at a time.
+    #[arg(long, value_name = "SEP")]
+    key_separator: Option<String>,
+    /// A header on every message (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME=VALUE",
+          value_parser = records::parse_header)]
+    headers: Vec<shardline_net::client::Header>,
+    /// Send every message to this partition.
+    #[arg(long, value_name = "N")]
+    partition: Option<u32>,
     /// What counts as acknowledged: none (sent), leader (appended), durable (fsynced).
     #[arg(long, value_enum, default_value_t = AcksArg::Durable)]
     acks: AcksArg,
@@ -227,10 +258,24 @@ struct ConsumeArgs {
     /// With --group: a member silent this long is dropped and its partitions move.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     session_timeout_ms: u64,
-    /// Where to start in every partition: earliest, latest, or an offset (with --group: only
+    /// Where to start in every partition: earliest, latest, an offset, an RFC 3339 time
+    /// (2026-12-03T10:00:00Z) or a duration back from now (-5m) (with --group: only
     /// partitions without a committed offset).
-    #[arg(long, default_value = "earliest", value_parser = parse_from, value_name = "FROM")]
+    #[arg(long, default_value = "earliest", value_parser = records::parse_from,
+          value_name = "FROM", allow_hyphen_values = true)]
     from: OffsetSpec,
+    /// Read only this partition.
+    #[arg(long, value_name = "N", conflicts_with = "group")]
+    partition: Option<u32>,
+    /// Print each record with this template: %t topic, %p partition, %o offset, %k key,
+    /// %s value, %T timestamp (ms), %h headers, %K/%S key/value bytes, \n \t [default: %s]
+    #[arg(long, value_name = "FMT", value_parser = records::parse_template,
+          conflicts_with = "json")]
+    format: Option<records::Template>,
+    /// Print each record as one JSON object per line (topic, partition, offset,
+    /// timestamp_ms, key, value, headers).
+    #[arg(long)]
+    json: bool,
     /// Exit after this many messages.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -239,19 +284,22 @@ struct ConsumeArgs {
     timeout_ms: Option<u64>,
 }
 
-fn parse_from(s: &str) -> Result<OffsetSpec, String> {
-    match s {
-        "earliest" => Ok(OffsetSpec::Earliest),
-        "latest" => Ok(OffsetSpec::Latest),
-        _ => s
-            .parse::<u64>()
-            .map(OffsetSpec::At)
-            .map_err(|_| "expected earliest, latest or an offset".to_string()),
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (examples: 10s, 500ms)"))
+}
+
+impl ConsumeArgs {
+    fn output(&self) -> records::OutputFormat {
+        match (&self.format, self.json) {
+            (_, true) => records::OutputFormat::Json,
+            (Some(t), false) => records::OutputFormat::Template(t.0.clone()),
+            (None, false) => records::OutputFormat::Value,
+        }
     }
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_cli() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
@@ -262,11 +310,60 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Client errors not explained where they happened get the generic advice.
+            let e = match e.downcast::<ClientError>() {
+                Ok(client_error) => hints::explain(client_error, hints::Subject::default()),
+                Err(e) => e,
+            };
             let message = format!("{e:#}").replace('\n', " ");
             eprintln!("shardline: error: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line. `serve --help` is printed from the serve flags alone: the client flags
+/// (`--addr`, `--user`, `--tls-ca`...) are global so that they may follow any client
+/// subcommand, and would otherwise be listed for `serve`, which refuses them.
+fn parse_cli() -> Result<Cli, clap::Error> {
+    use clap::{Args as _, CommandFactory};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if subcommand(&args) == Some("serve") && args.iter().any(|a| a == "--help" || a == "-h") {
+        let about = Cli::command()
+            .find_subcommand("serve")
+            .and_then(|c| c.get_about().cloned())
+            .unwrap_or_default();
+        let mut command = ServeArgs::augment_args(clap::Command::new("serve"))
+            .bin_name("shardline serve")
+            .about(about);
+        let _ = command.print_help();
+        std::process::exit(0);
+    }
+    Cli::try_parse_from(args)
+}
+
+/// The first argument that is neither an option nor the value of a global option.
+fn subcommand(args: &[std::ffi::OsString]) -> Option<&str> {
+    const VALUED: [&str; 9] = [
+        "--addr",
+        "--wait",
+        "--user",
+        "--password-file",
+        "--token-file",
+        "--tls-ca",
+        "--tls-client-cert",
+        "--tls-client-key",
+        "--tls-server-name",
+    ];
+    let mut rest = args.iter().skip(1).filter_map(|a| a.to_str());
+    while let Some(a) = rest.next() {
+        if VALUED.contains(&a) {
+            rest.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
 }
 
 /// `--help` and `--version` print in full; flag errors are one line plus a hint, exit code 2.
@@ -313,6 +410,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if cli.addr.is_some() {
             bail!("--addr is for client commands; serve listens on --listen");
         }
+        if cli.wait.is_some() {
+            bail!(
+                "--wait is for client commands; serve prints 'shardline listening on ADDR' when ready"
+            );
+        }
         if cli.security.is_set() {
             bail!("--tls-ca, --user and friends are for client commands; serve uses --tls-cert");
         }
@@ -321,10 +423,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Security(command) = cli.command {
         return security::run(command);
     }
-    let addr = cli.addr.as_deref().unwrap_or(DEFAULT_ADDR);
+    let addr = cli
+        .addr
+        .clone()
+        .or_else(|| {
+            std::env::var("SHARDLINE_ADDR")
+                .ok()
+                .filter(|a| !a.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_ADDR.to_string());
     let mut client_config = ClientConfig::default();
     cli.security.apply(&mut client_config)?;
-    let client = Client::connect(addr, client_config)?;
+    let client = connect(&addr, client_config, cli.wait)?;
     match cli.command {
         Command::Serve(_) | Command::Security(_) => Ok(()),
         Command::Topic(t) => topic(&client, t),
@@ -349,6 +459,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Queue(q) => queue_cli::run(&client, q),
         Command::Group(g) => group_cli::run(&client, g),
+        Command::Request(args) => reqrep::request(client, args),
+        Command::Reply(args) => reqrep::serve_replies(&client, args),
+    }
+}
+
+/// Connects; with `--wait`, retries a server that does not listen yet (connection refused)
+/// until that long has passed.
+fn connect(addr: &str, config: ClientConfig, wait: Option<Duration>) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + wait.unwrap_or_default();
+    loop {
+        match Client::connect(addr, config.clone()) {
+            Ok(client) => return Ok(client),
+            Err(e @ ClientError::Connect { .. }) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "server not reachable yet; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(hints::explain(e, hints::Subject::default())),
+        }
     }
 }
 
@@ -370,8 +498,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         || args.config.is_some() && config.metrics != Default::default();
     if let Some(dir) = args.data_dir {
         config.engine.data_dir = dir;
+    } else if !args.config.as_deref().is_some_and(config_sets_data_dir) {
+        config.engine.data_dir = shardline_net::cli::config::default_data_dir();
     }
-    if let Some(listen) = args.listen {
+    if let Some(listen) = args.listen.or_else(|| env_nonempty("SHARDLINE_LISTEN")) {
         config.server.listen = listen;
     }
     if let Some(shards) = args.shards {
@@ -386,9 +516,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     args.tls.apply(&mut config.server.tls)?;
     args.tls
         .apply_security(&mut config.engine, &mut config.server);
-    if let Some(metrics) = args.metrics_listen {
+    if let Some(metrics) = args
+        .metrics_listen
+        .or_else(|| env_nonempty("SHARDLINE_METRICS_LISTEN"))
+    {
         config.metrics.listen = metrics;
         config.metrics.enabled = true;
+    }
+    // Host names (`localhost:7070`) are resolved here, as clients resolve --addr.
+    for (key, addr) in [
+        ("server.listen", &mut config.server.listen),
+        ("metrics.listen", &mut config.metrics.listen),
+    ] {
+        *addr = shardline_net::cli::config::resolve_listen(addr)
+            .map_err(|e| anyhow!("invalid configuration: {key}: {e}"))?;
     }
     config
         .validate()
@@ -406,6 +547,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir = %config.engine.data_dir.display(),
         "starting"
     );
+    // io_uring's locked memory and the open files, checked here so that a limit set too low
+    // is reported with the setting to change (the engine fails later and less clearly).
+    let shards = match config.engine.shards {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    match shardline_net::cli::limits::check(shards, config.engine.io_memory_bytes) {
+        Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+        Err(e) => bail!("cannot start the server: {e}"),
+    }
+    refuse_address_in_use(&config.server.listen)?;
     // Registered before the server starts, so that a signal during start-up is not lost: it
     // is handled (a clean shutdown) as soon as the server is up.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -442,16 +594,44 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The shards listen with SO_REUSEPORT, so a second server on a busy port would start and
+/// share the port's connections with the first. A plain bind tells: it fails while anyone
+/// listens there.
+fn refuse_address_in_use(listen: &str) -> anyhow::Result<()> {
+    let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
+        return Ok(()); // Server::start reports a bad address
+    };
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(addr) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => bail!(
+            "cannot start the server: {listen} is in use (is another 'shardline serve' \
+             running?); stop it, or pass --listen HOST:PORT (or $SHARDLINE_LISTEN)"
+        ),
+        _ => Ok(()),
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Whether the config file names `engine.data_dir` (then the built-in default does not apply).
+fn config_sets_data_dir(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("engine")?.get("data_dir").cloned())
+        .is_some()
+}
+
 // ---------------------------------------------------------------------------------------------
 // client commands
 
-/// A clearer message for the errors people hit most.
+/// A message that says what to do (hints.rs).
 fn explain(e: ClientError, topic: &str) -> anyhow::Error {
-    match e.code() {
-        Some(code::UNKNOWN_TOPIC) => anyhow!("unknown topic '{topic}'"),
-        Some(code::TOPIC_EXISTS) => anyhow!("topic '{topic}' already exists"),
-        _ => e.into(),
-    }
+    hints::explain(e, hints::Subject { topic: Some(topic) })
 }
 
 fn opt(v: Option<u64>) -> String {
@@ -583,6 +763,9 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Batch size of `produce`, as Kafka's `batch.size` default.
+const PRODUCE_BATCH_BYTES: usize = 16 << 10;
+
 /// Messages sent and not yet waited for; beyond this, `produce` waits for the oldest.
 const PRODUCE_HANDLES_MAX: usize = 65_536;
 
@@ -594,10 +777,12 @@ fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     let config = ProducerConfig {
         acks: args.acks.into(),
         idempotent: args.idempotent,
+        // The sticky partitioner moves on when a batch closes: Kafka's 16 KiB batch size
+        // spreads the unkeyed lines of one run over the partitions.
+        batch_bytes_max: PRODUCE_BATCH_BYTES,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;
-    let key = args.key.as_deref().map(str::as_bytes);
     let mut handles: VecDeque<SendHandle> = VecDeque::new();
     let mut tally = Tally::default();
     for line in io::stdin().lock().split(b'\n') {
@@ -605,7 +790,21 @@ fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         if line.last() == Some(&b'\r') {
             line.pop();
         }
-        handles.push_back(producer.send(&args.topic, key, line, Vec::new()));
+        let (key, value) = match &args.key_separator {
+            Some(sep) => records::split_key(&line, sep.as_bytes()),
+            None => (args.key.as_deref().map(str::as_bytes), &line[..]),
+        };
+        let mut record = shardline_net::client::ProducerRecord::new(args.topic.as_str(), value);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = args.partition {
+            record = record.partition(p);
+        }
+        for h in &args.headers {
+            record = record.header(h.key.as_str(), h.value.as_slice());
+        }
+        handles.push_back(producer.send_record(record));
         if handles.len() >= PRODUCE_HANDLES_MAX
             && let Some(h) = handles.pop_front()
         {
@@ -654,9 +853,19 @@ fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
     if let Some(group) = &args.group {
         return group_consume::run(client, &args, group);
     }
-    let partitions = client
+    let partition_count = client
         .partitions(&args.topic)
         .map_err(|e| explain(e, &args.topic))?;
+    let partitions = match args.partition {
+        Some(p) if p >= partition_count => bail!(
+            "topic '{}' has {partition_count} partitions (0..{}): --partition {p} is not one of them",
+            args.topic,
+            partition_count.saturating_sub(1)
+        ),
+        Some(p) => p..p + 1,
+        None => 0..partition_count,
+    };
+    let output = args.output();
     let deadline = args
         .timeout_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
@@ -667,7 +876,7 @@ fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default())?;
-    for p in 0..partitions {
+    for p in partitions {
         let start = match min_offset {
             Some(o) => {
                 let earliest = client.list_offsets(&args.topic, p, OffsetSpec::Earliest)?;
@@ -699,8 +908,7 @@ fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
                 if min_offset.is_some_and(|m| record.offset < m) {
                     continue;
                 }
-                out.write_all(&record.value)?;
-                out.write_all(b"\n")?;
+                output.write(&mut out, &record)?;
                 printed += 1;
             }
         }
@@ -757,7 +965,9 @@ mod group_consume {
             reset: args.from,
             ..GroupConsumerConfig::new(group, &args.topic)
         };
-        let mut consumer = GroupConsumer::new(client, config)?;
+        let mut consumer =
+            GroupConsumer::new(client, config).map_err(|e| explain(e, &args.topic))?;
+        let output = args.output();
         let deadline = args
             .timeout_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms));
@@ -774,8 +984,7 @@ mod group_consume {
                     None => COMMIT_EVERY,
                 };
                 if let Some(record) = consumer.poll(wait)? {
-                    out.write_all(&record.value)?;
-                    out.write_all(b"\n")?;
+                    output.write(&mut out, &record)?;
                     printed += 1;
                     uncommitted += 1;
                 }

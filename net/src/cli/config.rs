@@ -99,7 +99,11 @@ fn check_range(key: &str, value: u64, min: u64, max: u64, unit: &str) -> Result<
 fn check_addr(key: &str, value: &str) -> Result<(), ConfigError> {
     match value.parse::<SocketAddr>() {
         Ok(_) => Ok(()),
-        Err(e) => bad(key, format!("'{value}' is not an IP:port address ({e})")),
+        Err(_) if resolve_listen(value).is_ok() => Ok(()),
+        Err(e) => bad(
+            key,
+            format!("'{value}' is not an IP:port or HOST:port address ({e})"),
+        ),
     }
 }
 
@@ -292,6 +296,45 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
         }
         None => "config".to_string(),
     }
+}
+
+/// The default data directory: `$SHARDLINE_DATA_DIR`; else `$XDG_DATA_HOME/shardline`; else
+/// `/var/lib/shardline` for root and `~/.local/share/shardline` for others. Never the current
+/// directory, so that a server started from a source tree does not write into it.
+pub fn default_data_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let nonempty = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = nonempty("SHARDLINE_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(xdg) = nonempty("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("shardline");
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    match nonempty("HOME") {
+        Some(home) if !root => PathBuf::from(home).join(".local/share/shardline"),
+        _ => PathBuf::from("/var/lib/shardline"),
+    }
+}
+
+/// A listen address as `IP:port`: an IP address as is, a host name (`localhost:7070`)
+/// resolved to its first address, IPv4 first.
+pub fn resolve_listen(addr: &str) -> Result<String, String> {
+    use std::net::ToSocketAddrs;
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(addr.to_string());
+    }
+    let resolved: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("'{addr}' is not an IP:port or HOST:port address ({e})"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+        .map(SocketAddr::to_string)
+        .ok_or_else(|| format!("'{addr}' resolves to no address"))
 }
 
 #[cfg(test)]

@@ -2,5 +2,6 @@
 //! the `stats` tables and the `top` view (docs/operations.md).
 
 pub mod config;
+pub mod limits;
 pub mod stats;
 pub mod top;

@@ -189,12 +189,14 @@ pub fn render(m: &MetricsResponse) -> String {
             "LOG END",
             "DURABLE",
             "SIZE",
+            "SEGMENTS",
             "PRODUCED",
             "PRODUCED BYTES",
             "FETCHED",
             "FETCHED BYTES",
         ]);
-        for p in &m.partitions {
+        let segments = family_values(m, "shardline_partition_segments");
+        for p in m.partitions.iter().filter(|p| !is_internal(&p.topic)) {
             t.row(vec![
                 p.topic.clone(),
                 p.partition.to_string(),
@@ -203,6 +205,9 @@ pub fn render(m: &MetricsResponse) -> String {
                 p.high_watermark.to_string(),
                 p.durable_offset.to_string(),
                 bytes(p.size_bytes),
+                segments
+                    .get(&[p.topic.clone(), p.partition.to_string()][..])
+                    .map_or_else(|| "-".to_string(), i64::to_string),
                 p.produced_records.to_string(),
                 bytes(p.produced_bytes),
                 p.fetched_records.to_string(),
@@ -219,7 +224,8 @@ pub fn render(m: &MetricsResponse) -> String {
 }
 
 /// Families shown in tables of their own (the rest are listed generically).
-const TABLED_FAMILIES: [&str; 10] = [
+const TABLED_FAMILIES: [&str; 11] = [
+    "shardline_partition_segments",
     "shardline_group_committed_offset",
     "shardline_group_lag",
     "shardline_group_members",
@@ -360,17 +366,20 @@ fn render_requests(m: &MetricsResponse, out: &mut String) {
     }
 }
 
-/// Extra families (consumer groups, queues...): `family{label=value,...} value`.
+/// Extra families (authentication, quotas...) as one table: metric (without the `shardline_`
+/// prefix), labels, value.
 fn render_samples(m: &MetricsResponse, out: &mut String) {
     let rest: Vec<_> = m
         .samples
         .iter()
         .filter(|s| !TABLED_FAMILIES.contains(&s.family.as_str()))
+        .filter(|s| !s.labels.iter().any(|l| is_internal(l)))
         .collect();
     if rest.is_empty() {
         return;
     }
     out.push('\n');
+    let mut t = Table::new(&["METRIC", "LABELS", "VALUE"]);
     for s in rest {
         let names = family_spec(&s.family).map_or(&[][..], |f| f.labels);
         let labels: Vec<String> = s
@@ -382,8 +391,25 @@ fn render_samples(m: &MetricsResponse, out: &mut String) {
                 None => v.clone(),
             })
             .collect();
-        let _ = writeln!(out, "{}{{{}}} {}", s.family, labels.join(","), s.value);
+        let name = s.family.strip_prefix("shardline_").unwrap_or(&s.family);
+        t.row(vec![
+            name.to_string(),
+            if labels.is_empty() {
+                "-".to_string()
+            } else {
+                labels.join(" ")
+            },
+            s.value.to_string(),
+        ]);
     }
+    t.render(out);
+}
+
+/// Internal topics (the offsets log) are left out of the tables, as `topic list` leaves them out.
+/// Internal topics: the offsets log, the queues' ack logs (`__queue-acks/...`): names that
+/// start with `__`, Kafka's convention.
+fn is_internal(topic: &str) -> bool {
+    shardline_engine::groups::is_internal(topic) || topic.starts_with("__")
 }
 
 /// Per-topic totals of one snapshot.
@@ -400,7 +426,7 @@ pub struct TopicTotals {
 
 pub fn topic_totals(m: &MetricsResponse) -> BTreeMap<String, TopicTotals> {
     let mut out: BTreeMap<String, TopicTotals> = BTreeMap::new();
-    for p in &m.partitions {
+    for p in m.partitions.iter().filter(|p| !is_internal(&p.topic)) {
         let t = out.entry(p.topic.clone()).or_default();
         t.partitions += 1;
         t.log_end += p.high_watermark;
@@ -503,7 +529,10 @@ mod tests {
             row("q  "),
             vec!["q", "0", "9", "2", "-", "-", "-", "-", "3"]
         );
-        assert!(text.contains("shardline_partition_segments{topic=t,partition=0} 1"));
+        assert!(
+            !text.contains("{topic="),
+            "no raw metric lines (segments are a column of the partition table): {text}"
+        );
         assert!(
             !text.contains("shardline_group_lag{"),
             "tabled, not listed: {text}"

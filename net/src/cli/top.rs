@@ -207,7 +207,11 @@ pub fn run(client: &Client, options: TopOptions) -> Result<(), ClientError> {
         let now = client.metrics(true)?;
         let seconds = taken.elapsed().as_secs_f64();
         taken = Instant::now();
-        let text = frame(&now, &before, seconds);
+        let mut text = frame(&now, &before, seconds);
+        if terminal.is_none() {
+            // q only quits when the keyboard is ours.
+            text = text.replacen("  (q quits)", "", 1);
+        }
         let mut stdout = std::io::stdout().lock();
         let written = if tty {
             write!(stdout, "\x1b[H\x1b[2J{text}")

@@ -3,13 +3,14 @@
 use std::io::{self, BufRead, Write};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::Subcommand;
 use shardline_engine::batch::{BatchBuilder, now_us};
 use shardline_net::client::{
-    Acks, Client, QueueMessage, QueueReceipt, QueueSettings, SendOptions, TopicConfig, code,
-    code_name,
+    Acks, Client, QueueMessage, QueueReceipt, QueueSettings, SendOptions, TopicConfig,
 };
+
+use super::hints::check_receipts;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum QueueCommand {
@@ -104,6 +105,26 @@ pub(crate) enum QueueCommand {
     /// Inspect or re-drive a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Show messages not yet acked, in offset order, without receiving them: offset,
+    /// deliveries so far, value.
+    Peek {
+        topic: String,
+        /// Only this partition [default: every partition].
+        #[arg(long, value_name = "P")]
+        partition: Option<u32>,
+        /// At most this many messages per partition.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        max: u32,
+    },
+    /// Extend the lease of deliveries named by PARTITION:OFFSET:ATTEMPT receipts (their
+    /// messages stay invisible for --timeout-ms from now; 0 makes them visible at once).
+    ChangeVisibility {
+        topic: String,
+        #[arg(required = true)]
+        receipts: Vec<String>,
+        #[arg(long, value_name = "MS")]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,10 +176,16 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
                 partitions,
                 ..Default::default()
             };
-            client.create_queue(&name, config, queue)?;
+            client
+                .create_queue(&name, config, queue)
+                .map_err(|e| explain(e, &name))?;
             let dlq =
                 dead_letter_topic.map_or_else(String::new, |d| format!(", dead letters to {d}"));
-            writeln!(out, "created queue {name} ({partitions} partitions{dlq})")?;
+            let plural = if partitions == 1 { "" } else { "s" };
+            writeln!(
+                out,
+                "created queue {name} ({partitions} partition{plural}{dlq})"
+            )?;
         }
         QueueCommand::Send {
             topic,
@@ -180,12 +207,16 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
                 if batch.len() >= 1000 {
                     let b = std::mem::take(&mut batch);
                     sent += b.len() as u64;
-                    client.produce(&topic, partition, b.build()?, Acks::Durable)?;
+                    client
+                        .produce(&topic, partition, b.build()?, Acks::Durable)
+                        .map_err(|e| explain(e, &topic))?;
                 }
             }
             if !batch.is_empty() {
                 sent += batch.len() as u64;
-                client.produce(&topic, partition, batch.build()?, Acks::Durable)?;
+                client
+                    .produce(&topic, partition, batch.build()?, Acks::Durable)
+                    .map_err(|e| explain(e, &topic))?;
             }
             writeln!(out, "{sent}")?;
         }
@@ -204,7 +235,9 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
                 let max = u32::try_from(count - got).unwrap_or(u32::MAX).min(1000);
                 let wait = idle.saturating_sub(last.elapsed());
                 let vis = visibility_timeout_ms.map(Duration::from_millis);
-                let msgs = client.queue_receive(&topic, partition, max, vis, wait)?;
+                let msgs = client
+                    .queue_receive(&topic, partition, max, vis, wait)
+                    .map_err(|e| explain(e, &topic))?;
                 if msgs.is_empty() {
                     continue;
                 }
@@ -220,14 +253,20 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
                 if !no_ack {
                     let receipts: Vec<QueueReceipt> =
                         msgs.iter().map(QueueMessage::receipt).collect();
-                    check(&client.queue_ack(&topic, &receipts)?)?;
+                    let codes = client
+                        .queue_ack(&topic, &receipts)
+                        .map_err(|e| explain(e, &topic))?;
+                    check_receipts(&receipts, &codes)?;
                 }
                 got += msgs.len() as u64;
             }
         }
         QueueCommand::Ack { topic, receipts } => {
             let r = parse_receipts(&receipts)?;
-            check(&client.queue_ack(&topic, &r)?)?;
+            let codes = client
+                .queue_ack(&topic, &r)
+                .map_err(|e| explain(e, &topic))?;
+            check_receipts(&r, &codes)?;
             writeln!(out, "acked {}", r.len())?;
         }
         QueueCommand::Nack {
@@ -236,11 +275,14 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
             delay_ms,
         } => {
             let r = parse_receipts(&receipts)?;
-            check(&client.queue_nack(&topic, &r, delay_ms.map(Duration::from_millis))?)?;
+            let codes = client
+                .queue_nack(&topic, &r, delay_ms.map(Duration::from_millis))
+                .map_err(|e| explain(e, &topic))?;
+            check_receipts(&r, &codes)?;
             writeln!(out, "nacked {}", r.len())?;
         }
         QueueCommand::Stats { topic, json } => {
-            for s in client.queue_stats(&topic)? {
+            for s in client.queue_stats(&topic).map_err(|e| explain(e, &topic))? {
                 if json {
                     writeln!(
                         out,
@@ -284,9 +326,12 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
             }
         }
         QueueCommand::Dlq(DlqCommand::List { dlq, max }) => {
-            let partitions = client.partitions(&dlq)?;
+            let partitions = client.partitions(&dlq).map_err(|e| explain(e, &dlq))?;
             for p in 0..partitions {
-                for m in client.queue_peek(&dlq, p, max)? {
+                for m in client
+                    .queue_peek(&dlq, p, max)
+                    .map_err(|e| explain(e, &dlq))?
+                {
                     let h = |k| {
                         m.header(k)
                             .map(|v| String::from_utf8_lossy(v).into_owned())
@@ -309,7 +354,7 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
         }
         QueueCommand::Purge { queue } => {
             let mut total = 0;
-            for p in client.queue_purge(&queue)? {
+            for p in client.queue_purge(&queue).map_err(|e| explain(e, &queue))? {
                 total += p.purged;
                 writeln!(
                     out,
@@ -319,8 +364,46 @@ pub(crate) fn run(client: &Client, command: QueueCommand) -> anyhow::Result<()> 
             }
             writeln!(out, "purged {total}")?;
         }
+        QueueCommand::Peek {
+            topic,
+            partition,
+            max,
+        } => {
+            let partitions = match partition {
+                Some(p) => p..p + 1,
+                None => 0..client.partitions(&topic).map_err(|e| explain(e, &topic))?,
+            };
+            for p in partitions {
+                for m in client
+                    .queue_peek(&topic, p, max)
+                    .map_err(|e| explain(e, &topic))?
+                {
+                    write!(
+                        out,
+                        "{}:{}\tdeliveries={}\t",
+                        m.partition, m.offset, m.attempt
+                    )?;
+                    out.write_all(&m.value)?;
+                    writeln!(out)?;
+                }
+            }
+        }
+        QueueCommand::ChangeVisibility {
+            topic,
+            receipts,
+            timeout_ms,
+        } => {
+            let r = parse_receipts(&receipts)?;
+            let codes = client
+                .queue_change_visibility(&topic, &r, Duration::from_millis(timeout_ms))
+                .map_err(|e| explain(e, &topic))?;
+            check_receipts(&r, &codes)?;
+            writeln!(out, "changed visibility of {} to {timeout_ms} ms", r.len())?;
+        }
         QueueCommand::Dlq(DlqCommand::Redrive { dlq, max }) => {
-            let moved = client.queue_redrive(&dlq, max)?;
+            let moved = client
+                .queue_redrive(&dlq, max)
+                .map_err(|e| explain(e, &dlq))?;
             writeln!(out, "redriven {moved}")?;
         }
     }
@@ -344,18 +427,9 @@ fn parse_receipts(args: &[String]) -> anyhow::Result<Vec<QueueReceipt>> {
         .collect()
 }
 
-fn check(codes: &[u16]) -> anyhow::Result<()> {
-    let bad: Vec<String> = codes
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| **c != code::NONE)
-        .map(|(i, c)| format!("receipt {i}: {}", code_name(*c)))
-        .collect();
-    if bad.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!("{}", bad.join(", ")))
-    }
+/// A client error in the words of the command line (see `hints.rs`).
+fn explain(e: shardline_net::client::ClientError, topic: &str) -> anyhow::Error {
+    super::hints::explain(e, super::hints::Subject { topic: Some(topic) })
 }
 
 /// A duration as people write it: a number and a unit (`500ms`, `30s`, `5m`, `2h`, `1d`).

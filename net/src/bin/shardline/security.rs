@@ -165,11 +165,14 @@ impl ServeTlsArgs {
 // ---------------------------------------------------------------------------------------------
 // Offline management of the security file: `user`, `token`, `acl`.
 
-/// Where the security file is: `--security-file`, or `security.json` in `--data-dir`.
+/// Where the security file is: `--security-file`, or `security.json` in `--data-dir` (by
+/// default the data directory `serve` uses by default).
 #[derive(Debug, Args)]
 pub(crate) struct FileArgs {
-    /// The server's data directory (the file is DIR/security.json)
-    #[arg(long, value_name = "DIR", required_unless_present = "security_file")]
+    /// The server's data directory (the file is DIR/security.json) [default: as `serve`:
+    /// $SHARDLINE_DATA_DIR, $XDG_DATA_HOME/shardline, /var/lib/shardline as root,
+    /// ~/.local/share/shardline]
+    #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// The security file itself (server.auth.file)
     #[arg(long, value_name = "FILE", conflicts_with = "data_dir")]
@@ -181,7 +184,7 @@ impl FileArgs {
         match (&self.security_file, &self.data_dir) {
             (Some(f), _) => f.clone(),
             (None, Some(d)) => d.join(SECURITY_FILE_NAME),
-            (None, None) => PathBuf::from(SECURITY_FILE_NAME),
+            (None, None) => shardline_net::cli::config::default_data_dir().join(SECURITY_FILE_NAME),
         }
     }
 }
