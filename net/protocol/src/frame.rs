@@ -228,7 +228,8 @@ const HANDOFF_BYTES_MIN: usize = 32 << 10;
 ///
 /// Bounds: the buffer's allocation never exceeds `max(read_buffer_bytes, frame_bytes_max)` bytes
 /// and grows beyond `read_buffer_bytes` only for a frame whose header has been checked against
-/// `frame_bytes_max`. After a fatal error the decoder stays failed and returns that error again.
+/// `frame_bytes_max`, and then only as that frame's bytes arrive: at most twice the bytes
+/// received (never the announced size up front). After a fatal error the decoder stays failed and returns that error again.
 #[derive(Debug)]
 pub struct FrameDecoder {
     config: DecoderConfig,
@@ -268,6 +269,21 @@ impl FrameDecoder {
     #[cfg(test)]
     pub(crate) fn buffer_capacity(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// Bytes allocated for the buffer right now (what a server charges to its memory budget).
+    pub fn allocated_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Changes the largest frame accepted from now on (a server lowers it until a connection
+    /// has handshaken or authenticated, then raises it). A frame already partly buffered is
+    /// checked against the new limit when it is located. Clamped to the valid range and to at
+    /// least `read_buffer_bytes`.
+    pub fn set_frame_bytes_max(&mut self, frame_bytes_max: u32) {
+        self.config.frame_bytes_max = frame_bytes_max
+            .clamp(FRAME_BYTES_MIN_LIMIT, FRAME_BYTES_MAX_LIMIT)
+            .max(self.config.read_buffer_bytes);
     }
 
     /// The error the decoder failed with, if it did.
@@ -319,8 +335,12 @@ impl FrameDecoder {
         }
         let chunk = self.config.read_buffer_bytes as usize;
         let frame = self.pending_frame_bytes();
+        // A large frame's buffer grows as its bytes arrive (doubling what is already in),
+        // never to the announced size up front: a header alone costs a peer no more memory
+        // than the bytes it actually sent (issue 16, finding 1).
+        let received = self.filled - self.start;
         let want = match frame {
-            Some(f) if f > chunk => f,
+            Some(f) if f > chunk => f.min(chunk.max(received.saturating_mul(2))),
             _ => chunk,
         };
         if self.start + want > self.buf.len() && self.start > 0 {
@@ -337,7 +357,7 @@ impl FrameDecoder {
             self.buf.resize(self.start + want, 0);
         }
         let end = match frame {
-            Some(f) if f > chunk => self.start + f,
+            Some(f) if f > chunk => self.start + want,
             _ => self.buf.len(),
         };
         let end = end.max(self.filled);
