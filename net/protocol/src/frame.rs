@@ -286,6 +286,15 @@ impl FrameDecoder {
             .max(self.config.read_buffer_bytes);
     }
 
+    /// Changes both limits from now on (a server starts a connection with small ones and
+    /// raises them once it has handshaken); bytes already buffered are kept. An invalid pair is
+    /// refused and nothing changes.
+    pub fn set_config(&mut self, config: DecoderConfig) -> Result<(), WireError> {
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// The error the decoder failed with, if it did.
     pub fn failure(&self) -> Option<&WireError> {
         self.failed.as_ref()

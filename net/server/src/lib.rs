@@ -78,6 +78,23 @@ pub struct ServerConfig {
     pub encryption: EncryptionConfig,
     /// `[server.quotas]`: byte rates per principal, connections per address, topic limits.
     pub quotas: QuotaConfig,
+    /// The server's memory budget for connections (docs/operations.md, "Memory and descriptor
+    /// budgets"): frames being received get `receive_share_percent` of it, responses and
+    /// pushes queued for sockets `outbox_share_percent`; the rest is headroom for requests
+    /// being executed.
+    pub memory_bytes_max: u64,
+    /// Share of `memory_bytes_max` for the buffers of frames being received.
+    pub receive_share_percent: u8,
+    /// Share of `memory_bytes_max` for responses and subscription pushes queued for sockets.
+    pub outbox_share_percent: u8,
+    /// Largest frame accepted before a connection has handshaken (and authenticated, with
+    /// auth on).
+    pub unadmitted_frame_bytes_max: u32,
+    /// A connection that has not handshaken (and authenticated, with auth on) this long after
+    /// it was accepted is closed.
+    pub unadmitted_timeout_ms: u64,
+    /// A frame must arrive whole within this long of its first byte (slow senders are closed).
+    pub frame_receive_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -95,7 +112,48 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             encryption: EncryptionConfig::default(),
             quotas: QuotaConfig::default(),
+            memory_bytes_max: 1 << 30,
+            receive_share_percent: 50,
+            outbox_share_percent: 40,
+            unadmitted_frame_bytes_max: crate::protocol::FRAME_BYTES_MIN_LIMIT,
+            unadmitted_timeout_ms: 10_000,
+            frame_receive_timeout_ms: 60_000,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Bytes the buffers of frames being received may hold across the server.
+    pub fn receive_bytes_max(&self) -> usize {
+        let b = self.memory_bytes_max / 100 * u64::from(self.receive_share_percent);
+        usize::try_from(b).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes of responses and pushes queued for sockets across the server.
+    pub fn outbox_bytes_total_max(&self) -> usize {
+        let b = self.memory_bytes_max / 100 * u64::from(self.outbox_share_percent);
+        usize::try_from(b).unwrap_or(usize::MAX)
+    }
+
+    /// Checks the budget fields: shares within 100 %, room for two largest frames.
+    fn validate_budget(&self) -> Result<(), ServerError> {
+        let shares = u16::from(self.receive_share_percent) + u16::from(self.outbox_share_percent);
+        if shares > 100 {
+            return Err(ServerError::Config(format!(
+                "receive_share_percent + outbox_share_percent = {shares}, more than 100"
+            )));
+        }
+        let two_frames = 2 * u64::from(self.frame_bytes_max);
+        if (self.receive_bytes_max() as u64) < two_frames {
+            return Err(ServerError::Config(format!(
+                "memory_bytes_max {} gives receiving frames {} bytes, less than two frames of \
+                 frame_bytes_max {}",
+                self.memory_bytes_max,
+                self.receive_bytes_max(),
+                self.frame_bytes_max
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +187,12 @@ pub(crate) struct Shared {
     /// Set when `cfg.auth.enabled`.
     pub(crate) auth: Option<Arc<session::AuthState>>,
     pub(crate) quotas: quota::Quotas,
+    /// Bytes held by connections' frame decoders (the receive share of the memory budget).
+    pub(crate) receive_bytes: AtomicUsize,
+    /// Bytes queued for connections' sockets (the outbox share of the memory budget).
+    pub(crate) outbox_bytes: AtomicUsize,
+    /// Connections admitted: `connections_max`, or fewer if the open-files limit leaves less.
+    pub(crate) connections_limit: usize,
 }
 
 /// A running server.
@@ -158,6 +222,7 @@ impl Server {
                 "frame_bytes_max must be between 64 KiB and 1 GiB".into(),
             ));
         }
+        cfg.validate_budget()?;
         let tls = match &cfg.tls {
             Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),
             None => None,
@@ -179,6 +244,7 @@ impl Server {
         };
         let engine = Engine::open(engine_config)?;
         let cfg_quotas = cfg.quotas.clone();
+        let cfg_connections_max = cfg.connections_max;
         let shared = Arc::new(Shared {
             cfg,
             connections: AtomicUsize::new(0),
@@ -191,6 +257,9 @@ impl Server {
             tls,
             auth,
             quotas: quota::Quotas::new(cfg_quotas),
+            receive_bytes: AtomicUsize::new(0),
+            outbox_bytes: AtomicUsize::new(0),
+            connections_limit: connections_limit(cfg_connections_max),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -366,7 +435,9 @@ async fn accept_loop(
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 let n = shared.connections.fetch_add(1, Ordering::AcqRel);
-                let refuse = n >= shared.cfg.connections_max;
+                let refuse = n >= shared.connections_limit
+                    || shared.receive_bytes.load(Ordering::Acquire)
+                        > shared.cfg.receive_bytes_max();
                 shared.metrics.connection_opened(shard, refuse);
                 rt::spawn_local(protocol.serve(listener::Accepted {
                     stream,
@@ -383,4 +454,28 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Descriptors kept free for partitions created later, listeners, files of the admin thread.
+const DESCRIPTORS_RESERVED: usize = 256;
+
+/// Connections that fit: `connections_max`, or what the open-files limit (RLIMIT_NOFILE, as the
+/// engine raised it) leaves after the descriptors open now (partitions, listeners) and a
+/// reserve, whichever is smaller. Logged when the limit is the smaller one.
+fn connections_limit(connections_max: usize) -> usize {
+    let Some(nofile) = shardline_engine::util::fd::open_files_limit() else {
+        return connections_max;
+    };
+    let open = shardline_engine::util::fd::open_files().unwrap_or(0);
+    let fit = nofile.saturating_sub(open + DESCRIPTORS_RESERVED);
+    if fit < connections_max {
+        tracing::warn!(
+            connections_max,
+            rlimit_nofile = nofile,
+            open_files = open,
+            admitted = fit,
+            "the open-files limit (RLIMIT_NOFILE) admits fewer connections than connections_max"
+        );
+    }
+    fit.min(connections_max)
 }

@@ -633,3 +633,11 @@ mod tests {
         );
     }
 }
+
+impl ConnAuth {
+    /// Whether requests other than Handshake and Authenticate may be decoded: auth is off, or
+    /// the connection has a session (issue 16: payloads before authentication are not decoded).
+    pub(crate) fn authenticated(&self) -> bool {
+        self.state.is_none() || self.session.borrow().is_some()
+    }
+}
