@@ -307,3 +307,12 @@ impl Engine {
         let _ = metadata::sync_dir(&self.inner.config.data_dir.join("topics"));
     }
 }
+
+impl Engine {
+    /// Whether `producer_id` was allocated by this broker (InitProducer): the network ingress
+    /// refuses batches carrying any other id (issue 16, finding 3).
+    pub fn producer_id_allocated(&self, producer_id: u64) -> bool {
+        self.semantics()
+            .is_ok_and(|s| s.producer_ids.allocated(producer_id))
+    }
+}

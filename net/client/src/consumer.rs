@@ -359,7 +359,8 @@ impl Consumer {
                 let from = sub.position;
                 sub.position = sub.position.max(push.next_offset);
                 let (topic, partition) = (Arc::clone(&sub.topic), sub.partition);
-                let decoded = decode_chunks(&topic, partition, &push.chunks, from, &mut self.ready);
+                let decoded = decode_chunks(&topic, partition, &push.chunks, from, &mut self.ready)
+                    .map(|_| ());
                 if self.ready.is_empty() {
                     self.grant(tag, cost);
                 } else {
@@ -436,16 +437,32 @@ impl Drop for Consumer {
 
 /// Decodes the batches in `chunks` (each chunk holds whole batches back to back) and appends
 /// the records at or after `from`. Every batch is validated (header, CRC, record structure).
+/// A batch that cannot be decoded (corrupt, sealed, an unknown body kind) is skipped alone and
+/// reported (a warning naming its offsets), never failing the batches around it (issue 16,
+/// finding 3); returns how many were skipped. Only bytes that cannot even be split into
+/// batches fail the whole call.
 pub(crate) fn decode_chunks(
     topic: &Arc<str>,
     partition: u32,
     chunks: &[Bytes],
     from: u64,
     out: &mut VecDeque<ConsumerRecord>,
-) -> Result<(), ClientError> {
+) -> Result<usize, ClientError> {
+    let mut skipped = 0;
     for chunk in chunks {
         for bytes in batch::split_batches(chunk).map_err(ClientError::batch)? {
-            let (h, records) = batch::decode(bytes).map_err(ClientError::batch)?;
+            let (h, records) = match batch::decode(bytes) {
+                Ok(d) => d,
+                Err(e) => {
+                    skipped += 1;
+                    let base = batch::BatchHeader::parse(bytes).map(|h| h.base_offset).ok();
+                    tracing::warn!(
+                        %topic, partition, base_offset = ?base, error = %e,
+                        "skipping a batch that cannot be decoded"
+                    );
+                    continue;
+                }
+            };
             for r in records {
                 let offset = h.base_offset + u64::from(r.offset_delta);
                 if offset < from {
@@ -465,7 +482,7 @@ pub(crate) fn decode_chunks(
             }
         }
     }
-    Ok(())
+    Ok(skipped)
 }
 
 #[cfg(test)]
@@ -510,12 +527,21 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_batch_is_refused() {
+    fn a_corrupt_batch_is_skipped_alone() {
         let mut bytes = batch_at(0, &["x"]).to_vec();
         let last = bytes.len() - 20;
         bytes[last] ^= 0xff;
+        let mut chunk = bytes;
+        chunk.extend_from_slice(&batch_at(1, &["y"]));
         let topic: Arc<str> = Arc::from("t");
-        let e = decode_chunks(&topic, 0, &[Bytes::from(bytes)], 0, &mut VecDeque::new());
-        assert!(matches!(e, Err(ClientError::Batch(_))), "{e:?}");
+        let mut out = VecDeque::new();
+        let skipped = decode_chunks(&topic, 0, &[Bytes::from(chunk)], 0, &mut out).unwrap();
+        assert_eq!(skipped, 1);
+        let got: Vec<_> = out.iter().map(|r| (r.offset, r.value.clone())).collect();
+        assert_eq!(
+            got,
+            vec![(1, b"y".to_vec())],
+            "the batch after it is delivered"
+        );
     }
 }

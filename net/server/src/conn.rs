@@ -27,6 +27,7 @@ use crate::protocol::{
 };
 
 mod budget;
+mod ingress;
 mod queue;
 
 enum Out {
@@ -905,10 +906,14 @@ impl Conn {
         let mut pending = Vec::new();
         for t in &p.topics {
             for part in &t.partitions {
-                let r = self
-                    .engine
-                    .submit_produce(&t.name, part.partition, part.batch.clone(), acks)
-                    .await;
+                let r = match ingress::check(&self.engine, &part.batch) {
+                    Ok(()) => {
+                        self.engine
+                            .submit_produce(&t.name, part.partition, part.batch.clone(), acks)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
                 pending.push((t.name.clone(), part.partition, r));
             }
         }

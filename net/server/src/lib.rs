@@ -242,7 +242,9 @@ impl Server {
         } else {
             None
         };
+        exclusive_listen(listen)?;
         let engine = Engine::open(engine_config)?;
+        install_shard_panic_exit();
         let cfg_quotas = cfg.quotas.clone();
         let cfg_connections_max = cfg.connections_max;
         let shared = Arc::new(Shared {
@@ -478,4 +480,51 @@ fn connections_limit(connections_max: usize) -> usize {
         );
     }
     fit.min(connections_max)
+}
+
+/// Refuses a listen address another process serves (issue 16, finding 6). The shards bind it
+/// with SO_REUSEPORT, which would let a second server share it and the kernel split clients
+/// between two unrelated brokers; a bind *without* SO_REUSEPORT fails while any socket holds
+/// the address, so a test bind first tells. Port 0 is always free (the kernel picks one).
+/// Two servers starting at the same instant can still both pass (docs/operations.md).
+fn exclusive_listen(listen: SocketAddr) -> Result<(), ServerError> {
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(listen) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) => Err(ServerError::Listen {
+            addr: listen.to_string(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!("{e} (another process is listening on it)"),
+            ),
+        }),
+    }
+}
+
+/// A panic on a shard thread (a bug: no request may cause one) ends the process with exit
+/// status 70 after the panic is reported, instead of leaving a server that accepts connections
+/// but no longer serves the panicked shard's partitions: clients see their connections close
+/// (an error, not a hang) and a supervisor restarts the server. Installed once per process.
+fn install_shard_panic_exit() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let shard = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("shard-"));
+            if shard {
+                tracing::error!(
+                    "a shard panicked: exiting so that a supervisor restarts the server"
+                );
+                std::process::exit(70);
+            }
+        }));
+    });
 }
