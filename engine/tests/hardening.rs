@@ -106,3 +106,85 @@ fn deleting_queues_and_their_dead_letter_topics_keeps_shards_serving() {
     }
     e.shutdown().unwrap();
 }
+
+fn produce_bytes(e: &Engine, topic: &str, value_bytes: usize, records: usize) {
+    let mut b = BatchBuilder::new();
+    for _ in 0..records {
+        b.push(now_us(), None, vec![7u8; value_bytes], vec![]);
+    }
+    e.produce(topic, 0, b.build().unwrap(), Acks::Durable)
+        .unwrap();
+}
+
+// Proves finding 9: with the default 256 MiB segments, `retention_bytes` of 1 MiB holds the
+// log to within one small segment of the limit (segments roll at retention_bytes / 4), also
+// when single batches are larger than that roll size.
+#[test]
+fn retention_bytes_below_a_segment_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(dir.path())).unwrap();
+    let retention_bytes: u64 = 1 << 20;
+    let t = TopicConfig {
+        retention_bytes: Some(retention_bytes),
+        ..TopicConfig::with_partitions(1)
+    };
+    e.create_topic("r", t).unwrap();
+    // 6 MiB in batches of ~64 KiB, then a few oversized ones of ~400 KiB.
+    for _ in 0..96 {
+        produce_bytes(&e, "r", 1024, 64);
+    }
+    for _ in 0..4 {
+        produce_bytes(&e, "r", 4096, 100);
+    }
+    for _ in 0..4 {
+        produce_bytes(&e, "r", 1024, 64);
+    }
+    e.apply_retention_now().unwrap();
+    let p = &e.describe_topic("r").unwrap().partitions[0];
+    let roll = retention_bytes / 4;
+    // One segment of slack, plus one oversized batch that went into a segment alone.
+    let slack = roll + (420 << 10);
+    assert!(
+        p.size_bytes <= retention_bytes + slack,
+        "{} bytes kept for retention_bytes {retention_bytes} ({} segments)",
+        p.size_bytes,
+        p.segments
+    );
+    assert!(p.size_bytes >= retention_bytes, "never below the limit");
+    assert!(p.log_start > 0, "old segments were deleted");
+    e.shutdown().unwrap();
+}
+
+// Proves finding 2: a CreateTopic whose partitions cannot fit the open-files limit is refused
+// with an error naming the limit, leaves no trace (not listed, no directory), and the data
+// directory opens again.
+#[test]
+fn a_create_beyond_the_open_files_limit_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(dir.path())).unwrap();
+    let limit = shardline_engine::util::fd::open_files_limit().expect("RLIMIT_NOFILE");
+    let partitions = u32::try_from(limit).unwrap_or(u32::MAX).min(100_000);
+    let err = e
+        .create_topic("huge", TopicConfig::with_partitions(partitions))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("RLIMIT_NOFILE"), "{err}");
+    assert!(e.list_topics().iter().all(|t| t.name != "huge"));
+    let topics_dir = dir.path().join("topics");
+    let leftovers: Vec<_> = std::fs::read_dir(&topics_dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("huge"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    e.create_topic("small", TopicConfig::with_partitions(4))
+        .unwrap();
+    e.shutdown().unwrap();
+    let e = Engine::open(config(dir.path())).unwrap();
+    assert!(e.list_topics().iter().any(|t| t.name == "small"));
+    assert!(e.list_topics().iter().all(|t| t.name != "huge"));
+    e.shutdown().unwrap();
+}
