@@ -44,6 +44,10 @@ pub struct ConsumerConfig {
     pub fetch_bytes_max: u32,
     /// Deadline of Subscribe, Unsubscribe and Fetch (plus its `max_wait`); `None` = the client's.
     pub request_timeout: Option<Duration>,
+    /// A subscription whose connection was lost (a server restart) is subscribed again from
+    /// its position, retried with backoff for up to this long before `poll` reports it ended
+    /// (issue 16, finding 8). Zero: report at once.
+    pub resubscribe_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -54,6 +58,7 @@ impl Default for ConsumerConfig {
             push_queue_max: 16 << 10,
             fetch_bytes_max: 4 << 20,
             request_timeout: None,
+            resubscribe_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -115,7 +120,24 @@ pub struct Consumer {
     ready: VecDeque<ConsumerRecord>,
     ready_cost: Option<(u64, PushCost)>,
     next_tag: u64,
+    /// Subscriptions whose connection was lost, waiting to be subscribed again.
+    lost: Vec<Lost>,
 }
+
+/// A subscription whose connection was lost: where it was, when it was lost, the next try.
+struct Lost {
+    topic: Arc<str>,
+    partition: u32,
+    position: u64,
+    since: Instant,
+    next_try: Instant,
+    tries: u32,
+    reason: ClientError,
+}
+
+/// Delays between resubscription attempts (doubling up to the cap).
+const RESUBSCRIBE_DELAY_MIN: Duration = Duration::from_millis(50);
+const RESUBSCRIBE_DELAY_MAX: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +169,7 @@ impl Consumer {
             ready: VecDeque::new(),
             ready_cost: None,
             next_tag: 0,
+            lost: Vec::new(),
         })
     }
 
@@ -274,21 +297,79 @@ impl Consumer {
 
     /// The next record, waiting up to `timeout`; `Ok(None)` when none came in time. A
     /// subscription that ended is reported once as `SubscriptionEnded` (the others go on).
+    ///
+    /// A subscription whose connection was lost (a server restart) is subscribed again from
+    /// its position, with backoff, for up to `resubscribe_timeout`; only then is it reported.
     pub fn poll(&mut self, timeout: Duration) -> Result<Option<ConsumerRecord>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(r) = self.pop_ready() {
                 return Ok(Some(r));
             }
-            self.check_subscribed()?;
-            match self.rx.recv_deadline(deadline) {
-                Ok(event) => self.handle(event)?,
-                Err(flume::RecvTimeoutError::Timeout) => return Ok(None),
+            self.resubscribe_due()?;
+            if self.subscriptions.is_empty() && self.lost.is_empty() {
+                self.check_subscribed()?;
+            }
+            let wake = self
+                .lost
+                .iter()
+                .map(|l| l.next_try)
+                .min()
+                .map_or(deadline, |t| t.min(deadline));
+            match self.rx.recv_deadline(wake) {
+                Ok(event) => self.handle(event, true)?,
+                Err(flume::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                    return Ok(None);
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
                 Err(flume::RecvTimeoutError::Disconnected) => {
                     return Err(ClientError::Closed { what: "consumer" });
                 }
             }
         }
+    }
+
+    /// Subscribes again the lost subscriptions whose next try is due; reports one that has
+    /// been lost longer than `resubscribe_timeout`.
+    fn resubscribe_due(&mut self) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.lost.len() {
+            if self.lost[i].next_try > now {
+                i += 1;
+                continue;
+            }
+            let l = self.lost.swap_remove(i);
+            let start = OffsetSpec::At(l.position);
+            match block_on(self.subscribe_async(&l.topic, l.partition, start)) {
+                Ok(info) => {
+                    debug!(topic = %l.topic, partition = l.partition, position = l.position,
+                           start = info.start_offset, "subscribed again after a lost connection");
+                }
+                Err(e) if l.since.elapsed() < self.config.resubscribe_timeout => {
+                    let tries = l.tries + 1;
+                    let delay = RESUBSCRIBE_DELAY_MIN
+                        .saturating_mul(1 << tries.min(8))
+                        .min(RESUBSCRIBE_DELAY_MAX);
+                    debug!(topic = %l.topic, partition = l.partition, error = %e, ?delay,
+                           "resubscribing failed; retrying");
+                    self.lost.push(Lost {
+                        next_try: Instant::now() + delay,
+                        tries,
+                        ..l
+                    });
+                    // Pushed at the end: the loop reaches it again only if due (it is not).
+                }
+                Err(_) => {
+                    return Err(ClientError::SubscriptionEnded {
+                        topic: l.topic.to_string(),
+                        partition: l.partition,
+                        reason: Box::new(l.reason),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The next record, however long it takes.
@@ -303,7 +384,7 @@ impl Consumer {
                 .recv_async()
                 .await
                 .map_err(|_| ClientError::Closed { what: "consumer" })?;
-            self.handle(event)?;
+            self.handle(event, false)?;
         }
     }
 
@@ -344,8 +425,10 @@ impl Consumer {
         }
     }
 
-    /// Decodes one event into `ready` (which is empty when this is called).
-    fn handle(&mut self, event: PushEvent) -> Result<(), ClientError> {
+    /// Decodes one event into `ready` (which is empty when this is called). With `resubscribe`,
+    /// a subscription ended by a lost connection is queued to be subscribed again instead of
+    /// reported.
+    fn handle(&mut self, event: PushEvent, resubscribe: bool) -> Result<(), ClientError> {
         let tag = event.tag;
         let Some(sub) = self.subscriptions.get_mut(&tag) else {
             return Ok(()); // unsubscribed meanwhile
@@ -367,6 +450,27 @@ impl Consumer {
                     self.ready_cost = Some((tag, cost));
                 }
                 decoded
+            }
+            PushEventKind::End(reason)
+                if resubscribe
+                    && !self.config.resubscribe_timeout.is_zero()
+                    && matches!(reason, ClientError::ConnectionLost { .. }) =>
+            {
+                if let Some(sub) = self.subscriptions.remove(&tag) {
+                    debug!(topic = %sub.topic, partition = sub.partition, %reason,
+                           "subscription lost with its connection; subscribing again");
+                    let now = Instant::now();
+                    self.lost.push(Lost {
+                        topic: sub.topic,
+                        partition: sub.partition,
+                        position: sub.position,
+                        since: now,
+                        next_try: now,
+                        tries: 0,
+                        reason,
+                    });
+                }
+                Ok(())
             }
             PushEventKind::End(reason) => {
                 let sub = self.subscriptions.remove(&tag);

@@ -586,6 +586,9 @@ impl Worker {
                 None => match self.encode(&mut batch) {
                     Ok(b) => b,
                     Err(e) => {
+                        // An attempt that failed before it was sent still counts, or a
+                        // server that is down would be retried forever (issue 16, finding 7).
+                        batch.attempts += 1;
                         self.failed(batch, e);
                         continue;
                     }
@@ -595,6 +598,7 @@ impl Worker {
             let conn = match block_on(self.client.connection_for(&tp.topic, tp.partition)) {
                 Ok(c) => c,
                 Err(e) => {
+                    batch.attempts += 1;
                     self.failed(batch, e);
                     continue;
                 }

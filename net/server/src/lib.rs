@@ -484,27 +484,51 @@ fn connections_limit(connections_max: usize) -> usize {
 
 /// Refuses a listen address another process serves (issue 16, finding 6). The shards bind it
 /// with SO_REUSEPORT, which would let a second server share it and the kernel split clients
-/// between two unrelated brokers; a bind *without* SO_REUSEPORT fails while any socket holds
-/// the address, so a test bind first tells. Port 0 is always free (the kernel picks one).
-/// Two servers starting at the same instant can still both pass (docs/operations.md).
+/// between two unrelated brokers. A connection attempt first tells whether anything listens
+/// there (a wildcard address is tried on loopback). A bind probe would not do: sockets of
+/// connections a killed server left behind hold the port without listening. Port 0 is always
+/// free. Two servers starting at the same instant can still both pass (docs/operations.md).
 fn exclusive_listen(listen: SocketAddr) -> Result<(), ServerError> {
     if listen.port() == 0 {
         return Ok(());
     }
-    match std::net::TcpListener::bind(listen) {
-        Ok(probe) => {
-            drop(probe);
-            Ok(())
+    let mut probe = listen;
+    if probe.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = match probe {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        probe.set_ip(loopback);
+    }
+    // The listener of a server killed a moment ago lingers while the kernel tears down its
+    // io_uring (it even completes handshakes): only one that keeps answering for
+    // LISTEN_PROBE_PERIOD is another server.
+    let until = Instant::now() + LISTEN_PROBE_PERIOD;
+    loop {
+        match std::net::TcpStream::connect_timeout(&probe, LISTEN_PROBE_TIMEOUT) {
+            Ok(_) if Instant::now() >= until => {
+                return Err(ServerError::Listen {
+                    addr: listen.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process is already listening on it",
+                    ),
+                });
+            }
+            Ok(_) => std::thread::sleep(LISTEN_PROBE_INTERVAL),
+            // Refused (nobody listens) or unreachable: the binds that follow tell the rest.
+            Err(_) => return Ok(()),
         }
-        Err(e) => Err(ServerError::Listen {
-            addr: listen.to_string(),
-            source: std::io::Error::new(
-                e.kind(),
-                format!("{e} (another process is listening on it)"),
-            ),
-        }),
     }
 }
+
+/// How long a listener must keep answering the probe to count as another server's.
+const LISTEN_PROBE_PERIOD: Duration = Duration::from_secs(2);
+/// Pause between probes while a listener answers.
+const LISTEN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the listen-address probe waits for a connection.
+const LISTEN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A panic on a shard thread (a bug: no request may cause one) ends the process with exit
 /// status 70 after the panic is reported, instead of leaving a server that accepts connections
