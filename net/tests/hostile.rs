@@ -31,6 +31,14 @@ struct ServerProc {
 
 impl ServerProc {
     fn start() -> ServerProc {
+        ServerProc::start_with(
+            "unadmitted_timeout_ms = 1500\nframe_receive_timeout_ms = 3000\n\
+             memory_bytes_max = 268435456\n",
+        )
+    }
+
+    /// Starts with `extra` appended to the `[server]` table.
+    fn start_with(extra: &str) -> ServerProc {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("shardline.toml");
         let data = dir.path().join("data");
@@ -38,8 +46,7 @@ impl ServerProc {
             &config,
             format!(
                 "[engine]\ndata_dir = {data:?}\nshards = 2\n\n[server]\nlisten = \"127.0.0.1:0\"\n\
-                 unadmitted_timeout_ms = 1500\nframe_receive_timeout_ms = 3000\n\
-                 memory_bytes_max = 268435456\n\n[metrics]\nenabled = false\n"
+                 {extra}\n[metrics]\nenabled = false\n"
             ),
         )
         .unwrap();
@@ -434,4 +441,85 @@ fn flags_and_ids_a_client_must_not_set_are_refused() {
     server.still_running();
     // Every batch of the partition decodes (nothing forged got in).
     normal_client_works(server.addr, "p");
+}
+
+// Measurement (docs/performance.md, not run in CI): RSS of a server holding N connections
+// (SHARDLINE_HOSTILE_CONNECTIONS, default 10,000) that each announced a maximal (16 MiB) frame
+// and sent 64 bytes of it, after a Handshake (the expensive case: before one, such a frame is
+// refused at once). Prints the RSS before and after, and how many connections the server
+// refused (its memory budget and descriptor limit admit fewer than asked for).
+// Run: `cargo test -p shardline-net --test hostile -- --ignored --nocapture measure_`.
+#[test]
+#[ignore = "a measurement; run by hand (docs/performance.md)"]
+fn measure_rss_of_many_connections_announcing_maximal_frames() {
+    let n: usize = std::env::var("SHARDLINE_HOSTILE_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    // SHARDLINE_HOSTILE_HANDSHAKE_ONLY=1: the baseline, connections that only handshook.
+    let handshake_only = std::env::var_os("SHARDLINE_HOSTILE_HANDSHAKE_ONLY").is_some();
+    let mut server =
+        ServerProc::start_with("frame_receive_timeout_ms = 600000\nconnections_max = 20000\n");
+    normal_client_works(server.addr, "m");
+    let before = server.rss_bytes();
+    let hs = handshake_frame();
+    let mut conns = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        let Ok(mut s) = TcpStream::connect(server.addr) else {
+            break;
+        };
+        let mut bytes = hs.clone();
+        if !handshake_only {
+            bytes.extend_from_slice(&header((16 << 20) - 16, 7, 100 + i as u32));
+            bytes.extend_from_slice(&[0u8; 64]);
+        }
+        if s.write_all(&bytes).is_ok() {
+            conns.push(s);
+        }
+    }
+    // The server may refuse new clients now (its budget is spent): wait for the RSS to settle
+    // instead (a measurement, bounded to 10 s).
+    let mut after = server.rss_bytes();
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = server.rss_bytes();
+        if now == after {
+            break;
+        }
+        after = now;
+    }
+    // Connections the server refused answered and closed; count those still open.
+    let mut refused = 0;
+    for s in &mut conns {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 4096];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => {
+                    refused += 1;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    refused += 1;
+                    break;
+                }
+            }
+        }
+    }
+    println!(
+        "connections {} (refused {refused}) in {:?}: RSS {} MiB -> {} MiB (+{} MiB)",
+        conns.len(),
+        started.elapsed(),
+        before >> 20,
+        after >> 20,
+        after.saturating_sub(before) >> 20
+    );
+    assert!(
+        after < (1 << 30) + (256 << 20),
+        "within the budget plus the engine's memory"
+    );
+    server.still_running();
 }

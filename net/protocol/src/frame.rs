@@ -180,7 +180,8 @@ pub struct DecoderConfig {
     /// Largest frame accepted (header + payload + padding). A header announcing more fails the
     /// decoder before anything is reserved for the body.
     pub frame_bytes_max: u32,
-    /// Bytes asked of each read while frames are small; also the size the buffer starts at.
+    /// Most bytes asked of a read while frames are small. Reads start at 4 KiB and double up
+    /// to this while each fills its whole slice, so idle connections hold small buffers.
     pub read_buffer_bytes: u32,
 }
 
@@ -241,18 +242,29 @@ pub struct FrameDecoder {
     /// Size of the frame last returned; dropped from the buffer on the next call.
     release: usize,
     failed: Option<WireError>,
+    /// Bytes asked of a read while frames are small: starts at [`READ_CHUNK_START_BYTES`] and
+    /// doubles each time a read fills its whole slice, up to `read_buffer_bytes`; so an idle
+    /// connection holds a small buffer and a busy one reads in large chunks.
+    chunk: usize,
+    /// Length of the slice the last `read_buf` returned, when it was `chunk`-limited.
+    chunk_room: usize,
 }
+
+/// The read size a decoder starts at (see `FrameDecoder::chunk`).
+const READ_CHUNK_START_BYTES: usize = 4 << 10;
 
 impl FrameDecoder {
     pub fn new(config: DecoderConfig) -> Result<FrameDecoder, WireError> {
         config.validate()?;
         Ok(FrameDecoder {
-            config,
             buf: AlignedVec::new(),
             start: 0,
             filled: 0,
             release: 0,
             failed: None,
+            chunk: READ_CHUNK_START_BYTES.min(config.read_buffer_bytes as usize),
+            chunk_room: 0,
+            config,
         })
     }
 
@@ -291,6 +303,7 @@ impl FrameDecoder {
     /// refused and nothing changes.
     pub fn set_config(&mut self, config: DecoderConfig) -> Result<(), WireError> {
         config.validate()?;
+        self.chunk = self.chunk.min(config.read_buffer_bytes as usize);
         self.config = config;
         Ok(())
     }
@@ -342,7 +355,7 @@ impl FrameDecoder {
         if self.failed.is_some() {
             return &mut [];
         }
-        let chunk = self.config.read_buffer_bytes as usize;
+        let chunk = self.chunk;
         let frame = self.pending_frame_bytes();
         // A large frame's buffer grows as its bytes arrive (doubling what is already in),
         // never to the announced size up front: a header alone costs a peer no more memory
@@ -370,6 +383,7 @@ impl FrameDecoder {
             _ => self.buf.len(),
         };
         let end = end.max(self.filled);
+        self.chunk_room = end - self.filled;
         &mut self.buf[self.filled..end]
     }
 
@@ -380,6 +394,10 @@ impl FrameDecoder {
             "filled({n}) beyond the slice read_buf returned"
         );
         self.filled += n;
+        if n > 0 && n == self.chunk_room {
+            // A read filled its whole slice: more is coming, read larger chunks.
+            self.chunk = (self.chunk * 2).min(self.config.read_buffer_bytes as usize);
+        }
     }
 
     /// Copies as much of `data` as the buffer takes and returns how many bytes that was. Returns

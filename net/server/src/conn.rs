@@ -461,6 +461,9 @@ impl Conn {
                 self.send_error(0, 0, 0, &timer.expired_error());
                 return;
             };
+            // Allocate first and charge it, then wait: an idle connection's buffer counts too.
+            decoder.read_buf();
+            charge.update(&decoder);
             let n = match rt::timeout(wait, rd.read(decoder.read_buf())).await {
                 Some(r) => r,
                 None => {
