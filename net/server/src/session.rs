@@ -558,6 +558,14 @@ pub(crate) fn filter_response(
     }
 }
 
+impl ConnAuth {
+    /// Whether requests other than Handshake and Authenticate may be decoded: auth is off, or
+    /// the connection has a session (issue 16: payloads before authentication are not decoded).
+    pub(crate) fn authenticated(&self) -> bool {
+        self.state.is_none() || self.session.borrow().is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,13 +639,5 @@ mod tests {
             seen,
             vec![(ResourceType::Cluster, "*".into(), Operation::Describe)]
         );
-    }
-}
-
-impl ConnAuth {
-    /// Whether requests other than Handshake and Authenticate may be decoded: auth is off, or
-    /// the connection has a session (issue 16: payloads before authentication are not decoded).
-    pub(crate) fn authenticated(&self) -> bool {
-        self.state.is_none() || self.session.borrow().is_some()
     }
 }
