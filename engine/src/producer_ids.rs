@@ -117,6 +117,17 @@ impl ProducerIds {
     }
 }
 
+impl ProducerIds {
+    /// Whether `producer_id` may have been handed out by this broker: below the end of the
+    /// last reserved block (ids of a block reserved but not yet given out count as allocated;
+    /// ids never reserved do not). 0 (no producer) is not an id.
+    pub fn allocated(&self, producer_id: u64) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|s| producer_id != 0 && producer_id < s.block_end)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,3 +64,27 @@ impl LocalNotify {
         .await
     }
 }
+
+/// Open-file descriptors: the process limit and how many are open (issue 16: partitions and
+/// connections are admitted only while their descriptors fit).
+pub mod fd {
+    /// The soft RLIMIT_NOFILE, or `None` if it cannot be read or is unlimited.
+    pub fn open_files_limit() -> Option<usize> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit with a valid pointer to a local struct.
+        let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        if r != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
+            return None;
+        }
+        usize::try_from(lim.rlim_cur).ok()
+    }
+
+    /// Descriptors open in this process right now (entries of /proc/self/fd), or `None` where
+    /// that cannot be read.
+    pub fn open_files() -> Option<usize> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+    }
+}

@@ -364,7 +364,7 @@ fn errors_help_wait_hostnames_stats_and_top() {
         .unwrap();
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(err.contains("is in use"), "{err}");
+    assert!(err.contains("already listening"), "{err}");
     let (code, _, err) = cli(a, &["produce", "nosuch"], "x\n");
     assert_eq!(code, 1);
     assert!(err.contains("shardline topic create nosuch"), "{err}");

@@ -29,6 +29,7 @@ impl Engine {
         if meta.topics.contains_key(name) {
             return Err(Error::TopicExists(name.to_string()));
         }
+        check_descriptors(cfg.partitions)?;
         let mut next = meta.clone();
         let shards = next.place(cfg.partitions);
         let id = next.next_topic_id;
@@ -53,10 +54,13 @@ impl Engine {
         {
             first_err = Some(e);
         }
-        self.publish_routes(&meta);
         if let Some(e) = first_err {
+            // Leave no trace: close and delete what was opened, then forget the topic.
+            drop(meta);
+            self.undo_create(name, &t);
             return Err(e);
         }
+        self.publish_routes(&meta);
         Ok(TopicInfo {
             name: name.to_string(),
             id,
@@ -316,5 +320,74 @@ impl Engine {
             Some(e) => Err(e),
             None => Ok(info(&t)),
         }
+    }
+}
+
+/// Descriptors one partition holds open (its active segment's log and index, and one spare for
+/// a roll or a reader), for the admission check of new partitions.
+const DESCRIPTORS_PER_PARTITION: usize = 3;
+/// Descriptors kept free for connections, listeners and the files of control operations.
+const DESCRIPTORS_HEADROOM: usize = 512;
+
+/// Refuses `partitions` more partitions when their descriptors would not fit the process's
+/// open-files limit (RLIMIT_NOFILE), naming the limit (issue 16, finding 2).
+fn check_descriptors(partitions: u32) -> Result<()> {
+    let (Some(limit), Some(open)) = (
+        crate::util::fd::open_files_limit(),
+        crate::util::fd::open_files(),
+    ) else {
+        return Ok(());
+    };
+    let need = (partitions as usize).saturating_mul(DESCRIPTORS_PER_PARTITION);
+    let free = limit.saturating_sub(open + DESCRIPTORS_HEADROOM);
+    if need > free {
+        return Err(Error::InvalidArgument(format!(
+            "{partitions} partitions need about {need} open files, but the open-files limit \
+             (RLIMIT_NOFILE {limit}) leaves {free} ({open} open, {DESCRIPTORS_HEADROOM} kept \
+             for connections): raise the limit or create fewer partitions"
+        )));
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Undoes a CreateTopic whose partitions could not all be opened: closes (deleting) the
+    /// ones that were, removes the topic from the metadata and its directory from disk. A crash
+    /// half-way leaves either the topic in the metadata (the next start opens it) or an orphan
+    /// directory (the next start removes it).
+    fn undo_create(&self, name: &str, t: &TopicMeta) {
+        let key: Arc<str> = Arc::from(name);
+        for (p, shard) in t.shards.iter().enumerate() {
+            let (tx, rx) = flume::bounded(1);
+            let close = Request::Close {
+                key: (key.clone(), p as u32),
+                delete: true,
+                reply: tx,
+            };
+            if self.send(*shard as usize, close).is_ok() {
+                let _ = recv(rx);
+            }
+        }
+        if let Ok(mut meta) = self.inner.control.lock() {
+            let mut next = meta.clone();
+            next.topics.remove(name);
+            match metadata::store(&self.inner.config.data_dir, &next) {
+                Ok(()) => *meta = next,
+                Err(e) => tracing::error!(topic = name, error = %e, "cannot undo a failed create"),
+            }
+            self.publish_routes(&meta);
+        }
+        let dir = metadata::topic_dir(&self.inner.config.data_dir, name, t.id);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = metadata::sync_dir(&self.inner.config.data_dir.join("topics"));
+    }
+}
+
+impl Engine {
+    /// Whether `producer_id` was allocated by this broker (InitProducer): the network ingress
+    /// refuses batches carrying any other id (issue 16, finding 3).
+    pub fn producer_id_allocated(&self, producer_id: u64) -> bool {
+        self.semantics()
+            .is_ok_and(|s| s.producer_ids.allocated(producer_id))
     }
 }

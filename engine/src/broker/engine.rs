@@ -354,11 +354,22 @@ impl Engine {
     fn recover(&self, meta: &Metadata, started: std::time::Instant) -> Result<RecoveryReport> {
         let mut pending = Vec::new();
         for (name, t) in &meta.topics {
-            pending.extend(self.open_partitions(name, t)?);
+            let rxs = self.open_partitions(name, t)?;
+            pending.extend(rxs.into_iter().enumerate().map(|(p, rx)| (name, p, rx)));
         }
         let mut total = RecoveryReport::default();
-        for rx in pending {
-            let r = recv(rx)?;
+        for (name, partition, rx) in pending {
+            // A partition that cannot be opened is reported and fenced (it stays closed: its
+            // requests fail with an error), and the rest of the engine starts (issue 16).
+            let r = match recv(rx) {
+                Ok(r) => r,
+                Err(e @ Error::ShuttingDown) => return Err(e),
+                Err(e) => {
+                    tracing::error!(topic = %name, partition, error = %e,
+                        "partition cannot be opened: fenced until the next start");
+                    continue;
+                }
+            };
             total.partitions += 1;
             total.truncated_tails += usize::from(r.truncated_bytes > 0);
             total.segments += r.segments;

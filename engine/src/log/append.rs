@@ -117,7 +117,7 @@ impl<S: Storage> PartitionLog<S> {
         let Some(active) = self.segments.values_mut().next_back() else {
             return;
         };
-        let full = active.end_pos + len_bytes > self.cfg.segment_bytes;
+        let full = active.end_pos + len_bytes > self.cfg.roll_bytes();
         let segment_ms = i64::try_from(self.cfg.segment_ms).unwrap_or(i64::MAX);
         let old = now_ms.saturating_sub(active.created_ms) >= segment_ms;
         let offsets_full = self.next_offset - active.base_offset > SEGMENT_RELATIVE_OFFSET_MAX;

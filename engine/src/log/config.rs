@@ -76,6 +76,18 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// The size at which the active segment rolls: `segment_bytes`, or a quarter of
+    /// `retention_bytes` when that is smaller (never below the smallest segment), so that
+    /// retention by bytes, which deletes whole sealed segments, holds the log to within one
+    /// small segment of its limit (issue 16, finding 9). A batch larger than this still goes
+    /// whole into a segment of its own (rolled before and after it).
+    pub fn roll_bytes(&self) -> u64 {
+        match self.retention_bytes {
+            Some(r) => self.segment_bytes.min((r / 4).max(SEGMENT_BYTES_MIN)),
+            None => self.segment_bytes,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::InvalidArgument(m.to_string()));
         if self.segment_bytes < SEGMENT_BYTES_MIN || self.segment_bytes > SEGMENT_BYTES_MAX {

@@ -44,6 +44,10 @@ pub struct ConsumerConfig {
     pub fetch_bytes_max: u32,
     /// Deadline of Subscribe, Unsubscribe and Fetch (plus its `max_wait`); `None` = the client's.
     pub request_timeout: Option<Duration>,
+    /// A subscription whose connection was lost (a server restart) is subscribed again from
+    /// its position, retried with backoff for up to this long before `poll` reports it ended
+    /// (issue 16, finding 8). Zero: report at once.
+    pub resubscribe_timeout: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -54,6 +58,7 @@ impl Default for ConsumerConfig {
             push_queue_max: 16 << 10,
             fetch_bytes_max: 4 << 20,
             request_timeout: None,
+            resubscribe_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -115,7 +120,24 @@ pub struct Consumer {
     ready: VecDeque<ConsumerRecord>,
     ready_cost: Option<(u64, PushCost)>,
     next_tag: u64,
+    /// Subscriptions whose connection was lost, waiting to be subscribed again.
+    lost: Vec<Lost>,
 }
+
+/// A subscription whose connection was lost: where it was, when it was lost, the next try.
+struct Lost {
+    topic: Arc<str>,
+    partition: u32,
+    position: u64,
+    since: Instant,
+    next_try: Instant,
+    tries: u32,
+    reason: ClientError,
+}
+
+/// Delays between resubscription attempts (doubling up to the cap).
+const RESUBSCRIBE_DELAY_MIN: Duration = Duration::from_millis(50);
+const RESUBSCRIBE_DELAY_MAX: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +169,7 @@ impl Consumer {
             ready: VecDeque::new(),
             ready_cost: None,
             next_tag: 0,
+            lost: Vec::new(),
         })
     }
 
@@ -274,21 +297,79 @@ impl Consumer {
 
     /// The next record, waiting up to `timeout`; `Ok(None)` when none came in time. A
     /// subscription that ended is reported once as `SubscriptionEnded` (the others go on).
+    ///
+    /// A subscription whose connection was lost (a server restart) is subscribed again from
+    /// its position, with backoff, for up to `resubscribe_timeout`; only then is it reported.
     pub fn poll(&mut self, timeout: Duration) -> Result<Option<ConsumerRecord>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(r) = self.pop_ready() {
                 return Ok(Some(r));
             }
-            self.check_subscribed()?;
-            match self.rx.recv_deadline(deadline) {
-                Ok(event) => self.handle(event)?,
-                Err(flume::RecvTimeoutError::Timeout) => return Ok(None),
+            self.resubscribe_due()?;
+            if self.subscriptions.is_empty() && self.lost.is_empty() {
+                self.check_subscribed()?;
+            }
+            let wake = self
+                .lost
+                .iter()
+                .map(|l| l.next_try)
+                .min()
+                .map_or(deadline, |t| t.min(deadline));
+            match self.rx.recv_deadline(wake) {
+                Ok(event) => self.handle(event, true)?,
+                Err(flume::RecvTimeoutError::Timeout) if Instant::now() >= deadline => {
+                    return Ok(None);
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {}
                 Err(flume::RecvTimeoutError::Disconnected) => {
                     return Err(ClientError::Closed { what: "consumer" });
                 }
             }
         }
+    }
+
+    /// Subscribes again the lost subscriptions whose next try is due; reports one that has
+    /// been lost longer than `resubscribe_timeout`.
+    fn resubscribe_due(&mut self) -> Result<(), ClientError> {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.lost.len() {
+            if self.lost[i].next_try > now {
+                i += 1;
+                continue;
+            }
+            let l = self.lost.swap_remove(i);
+            let start = OffsetSpec::At(l.position);
+            match block_on(self.subscribe_async(&l.topic, l.partition, start)) {
+                Ok(info) => {
+                    debug!(topic = %l.topic, partition = l.partition, position = l.position,
+                           start = info.start_offset, "subscribed again after a lost connection");
+                }
+                Err(e) if l.since.elapsed() < self.config.resubscribe_timeout => {
+                    let tries = l.tries + 1;
+                    let delay = RESUBSCRIBE_DELAY_MIN
+                        .saturating_mul(1 << tries.min(8))
+                        .min(RESUBSCRIBE_DELAY_MAX);
+                    debug!(topic = %l.topic, partition = l.partition, error = %e, ?delay,
+                           "resubscribing failed; retrying");
+                    self.lost.push(Lost {
+                        next_try: Instant::now() + delay,
+                        tries,
+                        ..l
+                    });
+                    // Pushed at the end: the loop reaches it again only if due (it is not).
+                }
+                Err(_) => {
+                    return Err(ClientError::SubscriptionEnded {
+                        topic: l.topic.to_string(),
+                        partition: l.partition,
+                        reason: Box::new(l.reason),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The next record, however long it takes.
@@ -303,7 +384,7 @@ impl Consumer {
                 .recv_async()
                 .await
                 .map_err(|_| ClientError::Closed { what: "consumer" })?;
-            self.handle(event)?;
+            self.handle(event, false)?;
         }
     }
 
@@ -344,8 +425,10 @@ impl Consumer {
         }
     }
 
-    /// Decodes one event into `ready` (which is empty when this is called).
-    fn handle(&mut self, event: PushEvent) -> Result<(), ClientError> {
+    /// Decodes one event into `ready` (which is empty when this is called). With `resubscribe`,
+    /// a subscription ended by a lost connection is queued to be subscribed again instead of
+    /// reported.
+    fn handle(&mut self, event: PushEvent, resubscribe: bool) -> Result<(), ClientError> {
         let tag = event.tag;
         let Some(sub) = self.subscriptions.get_mut(&tag) else {
             return Ok(()); // unsubscribed meanwhile
@@ -359,13 +442,35 @@ impl Consumer {
                 let from = sub.position;
                 sub.position = sub.position.max(push.next_offset);
                 let (topic, partition) = (Arc::clone(&sub.topic), sub.partition);
-                let decoded = decode_chunks(&topic, partition, &push.chunks, from, &mut self.ready);
+                let decoded = decode_chunks(&topic, partition, &push.chunks, from, &mut self.ready)
+                    .map(|_| ());
                 if self.ready.is_empty() {
                     self.grant(tag, cost);
                 } else {
                     self.ready_cost = Some((tag, cost));
                 }
                 decoded
+            }
+            PushEventKind::End(reason)
+                if resubscribe
+                    && !self.config.resubscribe_timeout.is_zero()
+                    && matches!(reason, ClientError::ConnectionLost { .. }) =>
+            {
+                if let Some(sub) = self.subscriptions.remove(&tag) {
+                    debug!(topic = %sub.topic, partition = sub.partition, %reason,
+                           "subscription lost with its connection; subscribing again");
+                    let now = Instant::now();
+                    self.lost.push(Lost {
+                        topic: sub.topic,
+                        partition: sub.partition,
+                        position: sub.position,
+                        since: now,
+                        next_try: now,
+                        tries: 0,
+                        reason,
+                    });
+                }
+                Ok(())
             }
             PushEventKind::End(reason) => {
                 let sub = self.subscriptions.remove(&tag);
@@ -436,16 +541,32 @@ impl Drop for Consumer {
 
 /// Decodes the batches in `chunks` (each chunk holds whole batches back to back) and appends
 /// the records at or after `from`. Every batch is validated (header, CRC, record structure).
+/// A batch that cannot be decoded (corrupt, sealed, an unknown body kind) is skipped alone and
+/// reported (a warning naming its offsets), never failing the batches around it (issue 16,
+/// finding 3); returns how many were skipped. Only bytes that cannot even be split into
+/// batches fail the whole call.
 pub(crate) fn decode_chunks(
     topic: &Arc<str>,
     partition: u32,
     chunks: &[Bytes],
     from: u64,
     out: &mut VecDeque<ConsumerRecord>,
-) -> Result<(), ClientError> {
+) -> Result<usize, ClientError> {
+    let mut skipped = 0;
     for chunk in chunks {
         for bytes in batch::split_batches(chunk).map_err(ClientError::batch)? {
-            let (h, records) = batch::decode(bytes).map_err(ClientError::batch)?;
+            let (h, records) = match batch::decode(bytes) {
+                Ok(d) => d,
+                Err(e) => {
+                    skipped += 1;
+                    let base = batch::BatchHeader::parse(bytes).map(|h| h.base_offset).ok();
+                    tracing::warn!(
+                        %topic, partition, base_offset = ?base, error = %e,
+                        "skipping a batch that cannot be decoded"
+                    );
+                    continue;
+                }
+            };
             for r in records {
                 let offset = h.base_offset + u64::from(r.offset_delta);
                 if offset < from {
@@ -465,7 +586,7 @@ pub(crate) fn decode_chunks(
             }
         }
     }
-    Ok(())
+    Ok(skipped)
 }
 
 #[cfg(test)]
@@ -510,12 +631,21 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_batch_is_refused() {
+    fn a_corrupt_batch_is_skipped_alone() {
         let mut bytes = batch_at(0, &["x"]).to_vec();
         let last = bytes.len() - 20;
         bytes[last] ^= 0xff;
+        let mut chunk = bytes;
+        chunk.extend_from_slice(&batch_at(1, &["y"]));
         let topic: Arc<str> = Arc::from("t");
-        let e = decode_chunks(&topic, 0, &[Bytes::from(bytes)], 0, &mut VecDeque::new());
-        assert!(matches!(e, Err(ClientError::Batch(_))), "{e:?}");
+        let mut out = VecDeque::new();
+        let skipped = decode_chunks(&topic, 0, &[Bytes::from(chunk)], 0, &mut out).unwrap();
+        assert_eq!(skipped, 1);
+        let got: Vec<_> = out.iter().map(|r| (r.offset, r.value.clone())).collect();
+        assert_eq!(
+            got,
+            vec![(1, b"y".to_vec())],
+            "the batch after it is delivered"
+        );
     }
 }

@@ -584,3 +584,31 @@ fn acks_none_resolves_without_offsets() {
     // The fake answers nothing for acks = none; a later request on the connection still works.
     assert_eq!(client.list_offsets("t", 0, OffsetSpec::Latest).unwrap(), 1);
 }
+
+// Issue 16, finding 7: a batch is not retried past its delivery timeout, however many retries
+// `retries_max` still allows; it fails with its last error.
+#[test]
+fn retries_stop_at_the_delivery_timeout() {
+    let fake = Fake::start();
+    let client = fake.client();
+    client.create_topic("t", topic(1)).unwrap();
+    let config = ProducerConfig {
+        retries_max: 1_000_000,
+        delivery_timeout: Some(Duration::from_millis(300)),
+        backoff: Backoff {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+        },
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config).unwrap();
+    fake.script(|s| s.produce_failures = vec![code::BUSY; 100_000]);
+    let started = std::time::Instant::now();
+    let e = producer.send("t", None, "x", vec![]).wait().unwrap_err();
+    assert_eq!(e.code(), Some(code::BUSY));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+}

@@ -186,7 +186,13 @@ impl GroupConsumer {
     ) -> Result<GroupConsumer, ClientError> {
         let session_timeout_ms = u32::try_from(config.session_timeout.as_millis())
             .map_err(|_| ClientError::InvalidArgument("session timeout too long".into()))?;
-        let consumer = Consumer::new(client.clone(), config.consumer.clone())?;
+        // The group consumer resumes lost subscriptions itself (`recover`), within the group's
+        // protocol: its inner consumer reports them at once.
+        let inner = super::consumer::ConsumerConfig {
+            resubscribe_timeout: Duration::ZERO,
+            ..config.consumer.clone()
+        };
+        let consumer = Consumer::new(client.clone(), inner)?;
         let joined = client
             .join_group_async(&config.group, &config.topic, session_timeout_ms)
             .await?;

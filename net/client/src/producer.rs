@@ -74,6 +74,9 @@ pub struct ProducerConfig {
     pub inflight_batches_max: usize,
     /// Retries of one batch after retriable errors (0 = never retry).
     pub retries_max: u32,
+    /// A batch is not retried once this long has passed since it was created: it fails with
+    /// its last error even if `retries_max` allows more (`None` = no such bound).
+    pub delivery_timeout: Option<Duration>,
     pub backoff: Backoff,
     /// Deadline of each Produce request, also sent as the server's durability timeout. `None`
     /// = the client's `request_timeout`.
@@ -96,6 +99,7 @@ impl Default for ProducerConfig {
             queue_records_max: 8192,
             inflight_batches_max: 1024,
             retries_max: 5,
+            delivery_timeout: Some(Duration::from_secs(120)),
             backoff: Backoff::default(),
             request_timeout: None,
             idempotent: false,
@@ -586,6 +590,9 @@ impl Worker {
                 None => match self.encode(&mut batch) {
                     Ok(b) => b,
                     Err(e) => {
+                        // An attempt that failed before it was sent still counts, or a
+                        // server that is down would be retried forever (issue 16, finding 7).
+                        batch.attempts += 1;
                         self.failed(batch, e);
                         continue;
                     }
@@ -595,6 +602,7 @@ impl Worker {
             let conn = match block_on(self.client.connection_for(&tp.topic, tp.partition)) {
                 Ok(c) => c,
                 Err(e) => {
+                    batch.attempts += 1;
                     self.failed(batch, e);
                     continue;
                 }
@@ -750,7 +758,11 @@ impl Worker {
         ) || error.code() == Some(code::TIMEOUT);
         let retriable =
             (error.is_retriable() && !unknown_outcome) || (idempotent && unknown_outcome);
-        if retriable && batch.attempts <= self.config.retries_max {
+        let expired = self
+            .config
+            .delivery_timeout
+            .is_some_and(|t| batch.created.elapsed() >= t);
+        if retriable && !expired && batch.attempts <= self.config.retries_max {
             let delay = self
                 .config
                 .backoff

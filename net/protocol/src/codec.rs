@@ -288,7 +288,7 @@ fn with_aligned<T>(
 fn malformed(api: ApiKey, e: BoxedError) -> WireError {
     WireError::Malformed {
         api_key: api.as_u16(),
-        reason: e.to_string(),
+        reason: crate::messages::scrub_addresses(e.to_string().lines().next().unwrap_or("")),
     }
 }
 

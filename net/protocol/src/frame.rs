@@ -180,7 +180,8 @@ pub struct DecoderConfig {
     /// Largest frame accepted (header + payload + padding). A header announcing more fails the
     /// decoder before anything is reserved for the body.
     pub frame_bytes_max: u32,
-    /// Bytes asked of each read while frames are small; also the size the buffer starts at.
+    /// Most bytes asked of a read while frames are small. Reads start at 4 KiB and double up
+    /// to this while each fills its whole slice, so idle connections hold small buffers.
     pub read_buffer_bytes: u32,
 }
 
@@ -228,7 +229,8 @@ const HANDOFF_BYTES_MIN: usize = 32 << 10;
 ///
 /// Bounds: the buffer's allocation never exceeds `max(read_buffer_bytes, frame_bytes_max)` bytes
 /// and grows beyond `read_buffer_bytes` only for a frame whose header has been checked against
-/// `frame_bytes_max`. After a fatal error the decoder stays failed and returns that error again.
+/// `frame_bytes_max`, and then only as that frame's bytes arrive: at most twice the bytes
+/// received (never the announced size up front). After a fatal error the decoder stays failed and returns that error again.
 #[derive(Debug)]
 pub struct FrameDecoder {
     config: DecoderConfig,
@@ -240,18 +242,29 @@ pub struct FrameDecoder {
     /// Size of the frame last returned; dropped from the buffer on the next call.
     release: usize,
     failed: Option<WireError>,
+    /// Bytes asked of a read while frames are small: starts at [`READ_CHUNK_START_BYTES`] and
+    /// doubles each time a read fills its whole slice, up to `read_buffer_bytes`; so an idle
+    /// connection holds a small buffer and a busy one reads in large chunks.
+    chunk: usize,
+    /// Length of the slice the last `read_buf` returned, when it was `chunk`-limited.
+    chunk_room: usize,
 }
+
+/// The read size a decoder starts at (see `FrameDecoder::chunk`).
+const READ_CHUNK_START_BYTES: usize = 4 << 10;
 
 impl FrameDecoder {
     pub fn new(config: DecoderConfig) -> Result<FrameDecoder, WireError> {
         config.validate()?;
         Ok(FrameDecoder {
-            config,
             buf: AlignedVec::new(),
             start: 0,
             filled: 0,
             release: 0,
             failed: None,
+            chunk: READ_CHUNK_START_BYTES.min(config.read_buffer_bytes as usize),
+            chunk_room: 0,
+            config,
         })
     }
 
@@ -268,6 +281,31 @@ impl FrameDecoder {
     #[cfg(test)]
     pub(crate) fn buffer_capacity(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// Bytes allocated for the buffer right now (what a server charges to its memory budget).
+    pub fn allocated_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Changes the largest frame accepted from now on (a server lowers it until a connection
+    /// has handshaken or authenticated, then raises it). A frame already partly buffered is
+    /// checked against the new limit when it is located. Clamped to the valid range and to at
+    /// least `read_buffer_bytes`.
+    pub fn set_frame_bytes_max(&mut self, frame_bytes_max: u32) {
+        self.config.frame_bytes_max = frame_bytes_max
+            .clamp(FRAME_BYTES_MIN_LIMIT, FRAME_BYTES_MAX_LIMIT)
+            .max(self.config.read_buffer_bytes);
+    }
+
+    /// Changes both limits from now on (a server starts a connection with small ones and
+    /// raises them once it has handshaken); bytes already buffered are kept. An invalid pair is
+    /// refused and nothing changes.
+    pub fn set_config(&mut self, config: DecoderConfig) -> Result<(), WireError> {
+        config.validate()?;
+        self.chunk = self.chunk.min(config.read_buffer_bytes as usize);
+        self.config = config;
+        Ok(())
     }
 
     /// The error the decoder failed with, if it did.
@@ -317,10 +355,14 @@ impl FrameDecoder {
         if self.failed.is_some() {
             return &mut [];
         }
-        let chunk = self.config.read_buffer_bytes as usize;
+        let chunk = self.chunk;
         let frame = self.pending_frame_bytes();
+        // A large frame's buffer grows as its bytes arrive (doubling what is already in),
+        // never to the announced size up front: a header alone costs a peer no more memory
+        // than the bytes it actually sent (issue 16, finding 1).
+        let received = self.filled - self.start;
         let want = match frame {
-            Some(f) if f > chunk => f,
+            Some(f) if f > chunk => f.min(chunk.max(received.saturating_mul(2))),
             _ => chunk,
         };
         if self.start + want > self.buf.len() && self.start > 0 {
@@ -337,10 +379,11 @@ impl FrameDecoder {
             self.buf.resize(self.start + want, 0);
         }
         let end = match frame {
-            Some(f) if f > chunk => self.start + f,
+            Some(f) if f > chunk => self.start + want,
             _ => self.buf.len(),
         };
         let end = end.max(self.filled);
+        self.chunk_room = end - self.filled;
         &mut self.buf[self.filled..end]
     }
 
@@ -351,6 +394,10 @@ impl FrameDecoder {
             "filled({n}) beyond the slice read_buf returned"
         );
         self.filled += n;
+        if n > 0 && n == self.chunk_room {
+            // A read filled its whole slice: more is coming, read larger chunks.
+            self.chunk = (self.chunk * 2).min(self.config.read_buffer_bytes as usize);
+        }
     }
 
     /// Copies as much of `data` as the buffer takes and returns how many bytes that was. Returns

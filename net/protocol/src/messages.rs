@@ -504,7 +504,8 @@ pub struct ErrorResponse {
 impl ErrorResponse {
     /// Builds an error, cutting the message to `MESSAGE_BYTES_MAX` bytes on a char boundary.
     pub fn new(code: u16, message: impl Into<String>) -> Self {
-        let mut message = message.into();
+        // Never hand a peer the server's address layout (issue 16, finding 4).
+        let mut message = scrub_addresses(message.into());
         truncate_utf8(&mut message, super::MESSAGE_BYTES_MAX);
         ErrorResponse { code, message }
     }
@@ -524,4 +525,29 @@ pub fn truncate_utf8(s: &mut String, max: usize) {
         }
         s.truncate(end);
     }
+}
+
+/// Replaces every hexadecimal number of 5 or more digits written `0x...` (a pointer, in the
+/// text of a bytecheck or allocator error) with `0x?`, so error text sent to clients never
+/// carries memory addresses. Short hex values (flags, `0x0004`) are kept.
+pub fn scrub_addresses(s: impl Into<String>) -> String {
+    let s: String = s.into();
+    if !s.contains("0x") {
+        return s;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s.as_str();
+    while let Some(at) = rest.find("0x") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let digits = after.bytes().take_while(u8::is_ascii_hexdigit).count();
+        if digits >= 5 {
+            out.push_str("0x?");
+        } else {
+            out.push_str(&rest[at..at + 2 + digits]);
+        }
+        rest = &after[digits..];
+    }
+    out.push_str(rest);
+    out
 }

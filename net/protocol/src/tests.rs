@@ -1089,8 +1089,10 @@ fn frame_just_under_the_limit_is_accepted_and_just_over_refused() {
         assert_eq!(r.is_ok(), ok, "payload {payload}");
         if ok {
             assert!(r.unwrap().is_none());
-            // Room for exactly the rest of this frame.
-            assert_eq!(dec.read_buf().len(), max as usize - 16);
+            // Room within the rest of this frame: the buffer grows as bytes arrive, never to
+            // the announced size up front (issue 16).
+            let room = dec.read_buf().len();
+            assert!(room > 0 && room <= max as usize - 16, "room {room}");
         }
     }
 }
@@ -1499,4 +1501,108 @@ fn wire_layout_is_pinned() {
         0xe4, 0xff, 0xff, 0xff,  0x01, 0, 0, 0,                         // topics: -28 -> 44, len 1
     ];
     assert_eq!(&out[..], &want[..]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening (issue 16)
+
+/// Finding 1: a header announcing a large frame costs no more than the bytes that arrived.
+#[test]
+fn a_large_frame_buffer_grows_only_as_its_bytes_arrive() {
+    let mut dec = FrameDecoder::new(DecoderConfig {
+        frame_bytes_max: 16 << 20,
+        read_buffer_bytes: 4096,
+    })
+    .unwrap();
+    let header = FrameHeader {
+        payload_bytes: (16 << 20) - 16,
+        api_key: ApiKey::Produce.as_u16(),
+        api_version: 0,
+        correlation_id: 1,
+        kind: FrameKind::Request,
+    }
+    .encode();
+    assert_eq!(dec.push(&header), 16);
+    assert!(dec.next_frame().unwrap().is_none());
+    let room = dec.read_buf().len();
+    assert!(room <= 4096, "read slice {room} after a bare header");
+    assert!(dec.allocated_bytes() <= 8192, "{}", dec.allocated_bytes());
+    // Feed 1 MiB of body: the buffer stays within twice what arrived.
+    let mut sent = 16usize;
+    while sent < (1 << 20) {
+        let room = dec.read_buf();
+        let n = room.len().min((1 << 20) - sent);
+        room[..n].fill(0);
+        dec.filled(n);
+        sent += n;
+        assert!(
+            dec.allocated_bytes() <= 2 * sent.max(4096),
+            "{} allocated after {sent} bytes",
+            dec.allocated_bytes()
+        );
+    }
+    // The rest of the frame arrives and is handed out whole.
+    let mut left = (16 << 20) - sent;
+    while left > 0 {
+        let room = dec.read_buf();
+        let n = room.len().min(left);
+        assert!(n > 0);
+        room[..n].fill(0);
+        dec.filled(n);
+        left -= n;
+    }
+    let f = dec.next_frame_owned().unwrap().unwrap();
+    assert_eq!(f.payload.len(), (16 << 20) - 16);
+}
+
+#[test]
+fn the_frame_limit_can_be_lowered_before_a_handshake() {
+    let mut dec = FrameDecoder::new(DecoderConfig::default()).unwrap();
+    dec.set_frame_bytes_max(64 << 10);
+    let header = FrameHeader {
+        payload_bytes: 1 << 20,
+        api_key: 0,
+        api_version: 0,
+        correlation_id: 3,
+        kind: FrameKind::Request,
+    }
+    .encode();
+    dec.push(&header);
+    let err = dec.next_frame().unwrap_err();
+    assert_eq!(err.code(), code::FRAME_TOO_LARGE);
+}
+
+/// Finding 4: error text never carries a pointer.
+#[test]
+fn error_text_is_scrubbed_of_addresses() {
+    let e = ErrorResponse::new(
+        code::MALFORMED_PAYLOAD,
+        "subtree pointer overran range: ptr 0x00007f7312345678 range 0x7f73aaaa..0x7f73bbbb flags 0x0004",
+    );
+    assert!(!e.message.contains("7f73"), "{}", e.message);
+    assert!(e.message.contains("flags 0x0004"), "{}", e.message);
+    // Garbage after a valid header: the decode error reaching the client has no address.
+    let mut raw = AlignedVec::<16>::new();
+    let mut payload = vec![0xffu8; 256];
+    payload[..8].copy_from_slice(&0x7fff_0000_1234u64.to_le_bytes());
+    let header = FrameHeader {
+        payload_bytes: 256,
+        api_key: ApiKey::Produce.as_u16(),
+        api_version: 0,
+        correlation_id: 5,
+        kind: FrameKind::Request,
+    }
+    .encode();
+    raw.extend_from_slice(&header);
+    raw.extend_from_slice(&payload);
+    let mut dec = decoder();
+    dec.push(&raw);
+    let frame = dec.next_frame_owned().unwrap().unwrap();
+    let err = Request::decode_owned_frame(&frame).unwrap_err();
+    let text = ErrorResponse::from_wire(&err).message;
+    let long_hex = text
+        .split("0x")
+        .skip(1)
+        .any(|t| t.bytes().take_while(u8::is_ascii_hexdigit).count() >= 5);
+    assert!(!long_hex, "{text}");
 }

@@ -21,11 +21,13 @@ use shardline_engine::{Engine, FetchRequest as EngineFetch, Subscription};
 use super::Shared;
 use crate::convert::{ToEngine, ToWire};
 use crate::protocol::{
-    ApiKey, CreditWindow, DecoderConfig, ErrorResponse, FrameBuf, FrameDecoder, FrameEncoder,
-    FrameParts, NegotiatedVersions, OwnedFrame, PushCost, Request, Response, WireError, code,
-    messages::*, negotiate, supported_apis,
+    ApiKey, CreditWindow, ErrorResponse, FrameBuf, FrameDecoder, FrameEncoder, FrameParts,
+    NegotiatedVersions, OwnedFrame, PushCost, Request, Response, WireError, code, messages::*,
+    negotiate, supported_apis,
 };
 
+mod budget;
+mod ingress;
 mod queue;
 
 enum Out {
@@ -183,7 +185,7 @@ pub(super) async fn serve(
         let c = c.clone();
         async move {
             if refuse {
-                let e = ErrorResponse::new(code::LIMIT_EXCEEDED, "too many connections");
+                let e = ErrorResponse::new(code::LIMIT_EXCEEDED, refusal(&c.shared));
                 c.send_error(0, 0, 0, &e);
             } else if !address_ok {
                 let e = ErrorResponse::new(
@@ -205,6 +207,28 @@ pub(super) async fn serve(
     shared.metrics.connection_closed(shard);
 }
 
+/// Why a connection is refused at accept: the connection limit (the configured one or what
+/// the open-files limit leaves) or the memory budget.
+fn refusal(shared: &Shared) -> String {
+    if shared.receive_bytes.load(Ordering::Acquire) > shared.cfg.receive_bytes_max() {
+        return "server memory budget for receiving frames exhausted: retry later".into();
+    }
+    format!(
+        "too many connections (limit {}: connections_max, or what the open-files limit \
+         RLIMIT_NOFILE leaves after partitions)",
+        shared.connections_limit
+    )
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Frames never written go back to the outbox share of the memory budget.
+        self.shared
+            .outbox_bytes
+            .fetch_sub(self.queued_bytes.get(), Ordering::AcqRel);
+    }
+}
+
 impl Conn {
     fn close(&self) {
         self.closed.set(true);
@@ -217,12 +241,24 @@ impl Conn {
 
     fn enqueue(&self, out: Out) {
         self.queued_bytes.set(self.queued_bytes.get() + out.len());
+        self.shared
+            .outbox_bytes
+            .fetch_add(out.len(), Ordering::AcqRel);
         self.queue.borrow_mut().push_back(out);
         self.outbox.notify_all();
     }
 
+    /// Waits while this connection's outbox is over its own limit, or holds bytes while the
+    /// server's outbox share of the memory budget is spent (then the connections that queue
+    /// the most slow down first; one with nothing queued is never held).
     async fn wait_for_outbox_space(&self) {
-        while self.queued_bytes.get() > self.shared.cfg.outbox_bytes_max && !self.closed.get() {
+        let total_max = self.shared.cfg.outbox_bytes_total_max();
+        let over = || {
+            let own = self.queued_bytes.get();
+            own > self.shared.cfg.outbox_bytes_max
+                || (own > 0 && self.shared.outbox_bytes.load(Ordering::Acquire) > total_max)
+        };
+        while over() && !self.closed.get() {
             let seen = self.outbox.version();
             self.outbox.changed(seen).await;
         }
@@ -276,6 +312,7 @@ impl Conn {
             batch.clear();
             self.queued_bytes
                 .set(self.queued_bytes.get().saturating_sub(len));
+            self.shared.outbox_bytes.fetch_sub(len, Ordering::AcqRel);
             self.outbox.notify_all();
             if r.is_err() {
                 // The peer is gone: stop reading too.
@@ -341,15 +378,65 @@ impl Conn {
     }
 
     async fn read_loop(self: &Rc<Self>, rd: &mut super::tls::ReadHalf) {
-        let cfg = DecoderConfig {
-            frame_bytes_max: self.shared.cfg.frame_bytes_max,
-            ..DecoderConfig::default()
-        };
-        let Ok(mut decoder) = FrameDecoder::new(cfg) else {
+        let mut charge = budget::ReceiveCharge::new(self.shared.clone());
+        self.read_frames(rd, &mut charge).await;
+    }
+
+    /// Whether the connection has handshaken and, when auth is on, authenticated: until then it
+    /// gets a small frame limit, a small read buffer and a short deadline (issue 16).
+    fn admitted(&self) -> bool {
+        self.versions.borrow().is_some() && self.auth.authenticated()
+    }
+
+    async fn read_frames(
+        self: &Rc<Self>,
+        rd: &mut super::tls::ReadHalf,
+        charge: &mut budget::ReceiveCharge,
+    ) {
+        let cfg = &self.shared.cfg;
+        let Ok(mut decoder) = FrameDecoder::new(budget::decoder_config(cfg, false)) else {
             return;
         };
-        let idle = Duration::from_millis(self.shared.cfg.idle_timeout_ms.max(1));
+        let mut admitted = false;
+        let mut timer = budget::ReadTimer::new(cfg);
         loop {
+            if !admitted && self.admitted() {
+                // Full limits from now on (bytes already buffered are kept).
+                admitted = true;
+                timer.admitted();
+                if decoder
+                    .set_config(budget::decoder_config(cfg, true))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Frames already buffered first (after a read, or behind the Handshake).
+            let mut completed = false;
+            loop {
+                let frame = match decoder.next_frame_owned() {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fatal(&e);
+                        return;
+                    }
+                };
+                charge.update(&decoder);
+                completed = true;
+                self.dispatch(frame).await;
+                if self.closed.get() {
+                    return;
+                }
+                if !admitted && self.admitted() {
+                    // Frames behind the Handshake are decoded with the raised limits.
+                    break;
+                }
+            }
+            if !admitted && self.admitted() {
+                continue;
+            }
+            timer.frame_progress(decoder.buffered_bytes() > 0, completed);
             // Backpressure: stop reading while too much is in flight or queued.
             while self.inflight.get() >= self.shared.cfg.inflight_requests_max && !self.closed.get()
             {
@@ -360,38 +447,40 @@ impl Conn {
             if self.closed.get() || self.shared.stopping.load(Ordering::Acquire) {
                 return;
             }
+            if decoder.buffered_bytes() > 0 && !charge.wait_for_room(&timer).await {
+                let e = ErrorResponse::new(
+                    code::LIMIT_EXCEEDED,
+                    "server memory budget for receiving frames exhausted: retry later",
+                );
+                self.send_error(0, 0, 0, &e);
+                return;
+            }
             let quiet = self.inflight.get() == 0 && self.subs.borrow().is_empty();
-            let n = if quiet {
-                match rt::timeout(idle, rd.read(decoder.read_buf())).await {
-                    Some(r) => r,
-                    None => {
-                        let e = ErrorResponse::new(code::PROTOCOL_VIOLATION, "idle timeout");
-                        self.send_error(0, 0, 0, &e);
+            let partial = decoder.buffered_bytes() > 0;
+            let Some(wait) = timer.next_wait(quiet, partial) else {
+                self.send_error(0, 0, 0, &timer.expired_error());
+                return;
+            };
+            // Allocate first and charge it, then wait: an idle connection's buffer counts too.
+            decoder.read_buf();
+            charge.update(&decoder);
+            let n = match rt::timeout(wait, rd.read(decoder.read_buf())).await {
+                Some(r) => r,
+                None => {
+                    charge.update(&decoder);
+                    if timer.ended_on_deadline(quiet, partial) {
+                        self.send_error(0, 0, 0, &timer.expired_error());
                         return;
                     }
+                    continue;
                 }
-            } else {
-                rd.read(decoder.read_buf()).await
             };
             let n = match n {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
             decoder.filled(n);
-            loop {
-                let frame = match decoder.next_frame_owned() {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.fatal(&e);
-                        return;
-                    }
-                };
-                self.dispatch(frame).await;
-                if self.closed.get() {
-                    return;
-                }
-            }
+            charge.update(&decoder);
         }
     }
 
@@ -415,6 +504,12 @@ impl Conn {
     fn admit(&self, frame: &OwnedFrame) -> Option<Request> {
         let h = frame.header;
         let (cid, api, ver) = (h.correlation_id, h.api_key, h.api_version);
+        if let Some(e) = self.refuse_undecoded(api) {
+            // Payloads of a client that has not handshaken (or authenticated, when auth is
+            // on) are not decoded at all (issue 16, finding 4).
+            self.send_error(cid, api, ver, &e);
+            return None;
+        }
         let request = match Request::decode_owned_frame(frame) {
             Ok(r) => r,
             Err(e) => {
@@ -443,6 +538,26 @@ impl Conn {
             return None;
         }
         Some(request)
+    }
+
+    /// The answer to a request from a client that may not send it yet, judged by its api key
+    /// alone: before the Handshake only Handshake; with auth on, before authenticating only
+    /// Handshake and Authenticate.
+    fn refuse_undecoded(&self, api: u16) -> Option<ErrorResponse> {
+        let handshake = ApiKey::Handshake.as_u16();
+        if self.versions.borrow().is_none() && api != handshake {
+            return Some(ErrorResponse::new(
+                code::HANDSHAKE_REQUIRED,
+                "send Handshake first",
+            ));
+        }
+        if !self.auth.authenticated() && api != handshake && api != ApiKey::Authenticate.as_u16() {
+            return Some(ErrorResponse::new(
+                code::AUTHENTICATION_REQUIRED,
+                "authenticate first (Authenticate, api 40)",
+            ));
+        }
+        None
     }
 
     /// Runs an admitted request. Barriers (topic and queue creation, alterations, resets,
@@ -816,10 +931,14 @@ impl Conn {
         let mut pending = Vec::new();
         for t in &p.topics {
             for part in &t.partitions {
-                let r = self
-                    .engine
-                    .submit_produce(&t.name, part.partition, part.batch.clone(), acks)
-                    .await;
+                let r = match ingress::check(&self.engine, &part.batch) {
+                    Ok(()) => {
+                        self.engine
+                            .submit_produce(&t.name, part.partition, part.batch.clone(), acks)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
                 pending.push((t.name.clone(), part.partition, r));
             }
         }

@@ -84,6 +84,23 @@ pub struct ServerConfig {
     /// Off by default (docs/operations.md, "Administration").
     pub auto_create_topics: bool,
     pub auto_create_partitions: u32,
+    /// The server's memory budget for connections (docs/operations.md, "Memory and descriptor
+    /// budgets"): frames being received get `receive_share_percent` of it, responses and
+    /// pushes queued for sockets `outbox_share_percent`; the rest is headroom for requests
+    /// being executed.
+    pub memory_bytes_max: u64,
+    /// Share of `memory_bytes_max` for the buffers of frames being received.
+    pub receive_share_percent: u8,
+    /// Share of `memory_bytes_max` for responses and subscription pushes queued for sockets.
+    pub outbox_share_percent: u8,
+    /// Largest frame accepted before a connection has handshaken (and authenticated, with
+    /// auth on).
+    pub unadmitted_frame_bytes_max: u32,
+    /// A connection that has not handshaken (and authenticated, with auth on) this long after
+    /// it was accepted is closed.
+    pub unadmitted_timeout_ms: u64,
+    /// A frame must arrive whole within this long of its first byte (slow senders are closed).
+    pub frame_receive_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -103,7 +120,48 @@ impl Default for ServerConfig {
             quotas: QuotaConfig::default(),
             auto_create_topics: false,
             auto_create_partitions: 1,
+            memory_bytes_max: 1 << 30,
+            receive_share_percent: 50,
+            outbox_share_percent: 40,
+            unadmitted_frame_bytes_max: crate::protocol::FRAME_BYTES_MIN_LIMIT,
+            unadmitted_timeout_ms: 10_000,
+            frame_receive_timeout_ms: 60_000,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Bytes the buffers of frames being received may hold across the server.
+    pub fn receive_bytes_max(&self) -> usize {
+        let b = self.memory_bytes_max / 100 * u64::from(self.receive_share_percent);
+        usize::try_from(b).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes of responses and pushes queued for sockets across the server.
+    pub fn outbox_bytes_total_max(&self) -> usize {
+        let b = self.memory_bytes_max / 100 * u64::from(self.outbox_share_percent);
+        usize::try_from(b).unwrap_or(usize::MAX)
+    }
+
+    /// Checks the budget fields: shares within 100 %, room for two largest frames.
+    fn validate_budget(&self) -> Result<(), ServerError> {
+        let shares = u16::from(self.receive_share_percent) + u16::from(self.outbox_share_percent);
+        if shares > 100 {
+            return Err(ServerError::Config(format!(
+                "receive_share_percent + outbox_share_percent = {shares}, more than 100"
+            )));
+        }
+        let two_frames = 2 * u64::from(self.frame_bytes_max);
+        if (self.receive_bytes_max() as u64) < two_frames {
+            return Err(ServerError::Config(format!(
+                "memory_bytes_max {} gives receiving frames {} bytes, less than two frames of \
+                 frame_bytes_max {}",
+                self.memory_bytes_max,
+                self.receive_bytes_max(),
+                self.frame_bytes_max
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -137,6 +195,12 @@ pub(crate) struct Shared {
     /// Set when `cfg.auth.enabled`.
     pub(crate) auth: Option<Arc<session::AuthState>>,
     pub(crate) quotas: quota::Quotas,
+    /// Bytes held by connections' frame decoders (the receive share of the memory budget).
+    pub(crate) receive_bytes: AtomicUsize,
+    /// Bytes queued for connections' sockets (the outbox share of the memory budget).
+    pub(crate) outbox_bytes: AtomicUsize,
+    /// Connections admitted: `connections_max`, or fewer if the open-files limit leaves less.
+    pub(crate) connections_limit: usize,
 }
 
 /// A running server.
@@ -166,6 +230,7 @@ impl Server {
                 "frame_bytes_max must be between 64 KiB and 1 GiB".into(),
             ));
         }
+        cfg.validate_budget()?;
         let tls = match &cfg.tls {
             Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),
             None => None,
@@ -185,8 +250,11 @@ impl Server {
         } else {
             None
         };
+        exclusive_listen(listen)?;
         let engine = Engine::open(engine_config)?;
+        install_shard_panic_exit();
         let cfg_quotas = cfg.quotas.clone();
+        let cfg_connections_max = cfg.connections_max;
         let shared = Arc::new(Shared {
             cfg,
             connections: AtomicUsize::new(0),
@@ -199,6 +267,9 @@ impl Server {
             tls,
             auth,
             quotas: quota::Quotas::new(cfg_quotas),
+            receive_bytes: AtomicUsize::new(0),
+            outbox_bytes: AtomicUsize::new(0),
+            connections_limit: connections_limit(cfg_connections_max),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -380,7 +451,9 @@ async fn accept_loop(
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 let n = shared.connections.fetch_add(1, Ordering::AcqRel);
-                let refuse = n >= shared.cfg.connections_max;
+                let refuse = n >= shared.connections_limit
+                    || shared.receive_bytes.load(Ordering::Acquire)
+                        > shared.cfg.receive_bytes_max();
                 shared.metrics.connection_opened(shard, refuse);
                 rt::spawn_local(protocol.serve(listener::Accepted {
                     stream,
@@ -397,4 +470,100 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Descriptors kept free for partitions created later, listeners, files of the admin thread.
+const DESCRIPTORS_RESERVED: usize = 256;
+
+/// Connections that fit: `connections_max`, or what the open-files limit (RLIMIT_NOFILE, as the
+/// engine raised it) leaves after the descriptors open now (partitions, listeners) and a
+/// reserve, whichever is smaller. Logged when the limit is the smaller one.
+fn connections_limit(connections_max: usize) -> usize {
+    let Some(nofile) = shardline_engine::util::fd::open_files_limit() else {
+        return connections_max;
+    };
+    let open = shardline_engine::util::fd::open_files().unwrap_or(0);
+    let fit = nofile.saturating_sub(open + DESCRIPTORS_RESERVED);
+    if fit < connections_max {
+        tracing::warn!(
+            connections_max,
+            rlimit_nofile = nofile,
+            open_files = open,
+            admitted = fit,
+            "the open-files limit (RLIMIT_NOFILE) admits fewer connections than connections_max"
+        );
+    }
+    fit.min(connections_max)
+}
+
+/// Refuses a listen address another process serves (issue 16, finding 6). The shards bind it
+/// with SO_REUSEPORT, which would let a second server share it and the kernel split clients
+/// between two unrelated brokers. A connection attempt first tells whether anything listens
+/// there (a wildcard address is tried on loopback). A bind probe would not do: sockets of
+/// connections a killed server left behind hold the port without listening. Port 0 is always
+/// free. Two servers starting at the same instant can still both pass (docs/operations.md).
+fn exclusive_listen(listen: SocketAddr) -> Result<(), ServerError> {
+    if listen.port() == 0 {
+        return Ok(());
+    }
+    let mut probe = listen;
+    if probe.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = match probe {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        probe.set_ip(loopback);
+    }
+    // The listener of a server killed a moment ago lingers while the kernel tears down its
+    // io_uring (it even completes handshakes): only one that keeps answering for
+    // LISTEN_PROBE_PERIOD is another server.
+    let until = Instant::now() + LISTEN_PROBE_PERIOD;
+    loop {
+        match std::net::TcpStream::connect_timeout(&probe, LISTEN_PROBE_TIMEOUT) {
+            Ok(_) if Instant::now() >= until => {
+                return Err(ServerError::Listen {
+                    addr: listen.to_string(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        "another process is already listening on it (is another 'shardline serve' \
+                         running?): stop it, or pass --listen HOST:PORT",
+                    ),
+                });
+            }
+            Ok(_) => std::thread::sleep(LISTEN_PROBE_INTERVAL),
+            // Refused (nobody listens) or unreachable: the binds that follow tell the rest.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// How long a listener must keep answering the probe to count as another server's.
+const LISTEN_PROBE_PERIOD: Duration = Duration::from_secs(2);
+/// Pause between probes while a listener answers.
+const LISTEN_PROBE_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long the listen-address probe waits for a connection.
+const LISTEN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A panic on a shard thread (a bug: no request may cause one) ends the process with exit
+/// status 70 after the panic is reported, instead of leaving a server that accepts connections
+/// but no longer serves the panicked shard's partitions: clients see their connections close
+/// (an error, not a hang) and a supervisor restarts the server. Installed once per process.
+fn install_shard_panic_exit() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let shard = std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("shard-"));
+            if shard {
+                tracing::error!(
+                    "a shard panicked: exiting so that a supervisor restarts the server"
+                );
+                std::process::exit(70);
+            }
+        }));
+    });
 }

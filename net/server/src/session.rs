@@ -578,6 +578,14 @@ impl AuthState {
     }
 }
 
+impl ConnAuth {
+    /// Whether requests other than Handshake and Authenticate may be decoded: auth is off, or
+    /// the connection has a session (issue 16: payloads before authentication are not decoded).
+    pub(crate) fn authenticated(&self) -> bool {
+        self.state.is_none() || self.session.borrow().is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

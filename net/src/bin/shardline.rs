@@ -557,7 +557,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
         Err(e) => bail!("cannot start the server: {e}"),
     }
-    refuse_address_in_use(&config.server.listen)?;
     // Registered before the server starts, so that a signal during start-up is not lost: it
     // is handled (a clean shutdown) as soon as the server is up.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -592,25 +591,6 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server.shutdown().context("shutdown")?;
     info!("stopped");
     Ok(())
-}
-
-/// The shards listen with SO_REUSEPORT, so a second server on a busy port would start and
-/// share the port's connections with the first. A plain bind tells: it fails while anyone
-/// listens there.
-fn refuse_address_in_use(listen: &str) -> anyhow::Result<()> {
-    let Ok(addr) = listen.parse::<std::net::SocketAddr>() else {
-        return Ok(()); // Server::start reports a bad address
-    };
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    match std::net::TcpListener::bind(addr) {
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => bail!(
-            "cannot start the server: {listen} is in use (is another 'shardline serve' \
-             running?); stop it, or pass --listen HOST:PORT (or $SHARDLINE_LISTEN)"
-        ),
-        _ => Ok(()),
-    }
 }
 
 fn env_nonempty(name: &str) -> Option<String> {

@@ -243,7 +243,10 @@ impl ShardExtension for QueueShard {
 
     /// Drops a queue (its topic was deleted) and closes its ack log.
     fn partition_deleted(&self, shard: &LocalShard, key: &PartitionKey) {
-        if let Some(q) = self.map.borrow_mut().remove(key) {
+        // The map's borrow ends here, before anything else runs (issue 16, finding 5: a
+        // borrow held through the body of an `if let` is held through whatever it calls).
+        let removed = self.map.borrow_mut().remove(key);
+        if let Some(q) = removed {
             q.closed.set(true);
             q.changed.notify_all();
             shard.delete_partition(q.ack_key.clone());
