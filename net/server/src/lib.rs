@@ -24,6 +24,7 @@ mod convert;
 mod listener;
 mod metrics;
 mod ops;
+pub mod peer;
 mod prometheus;
 mod session;
 
