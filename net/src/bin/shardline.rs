@@ -4,7 +4,8 @@
 //! ```text
 //! shardline serve [--config FILE] [--data-dir DIR] [--listen 127.0.0.1:7070] [--shards N]
 //!                 [--metrics-listen 127.0.0.1:9464] [--tls-cert FILE --tls-key FILE
-//!                 [--tls-client-ca FILE]]
+//!                 [--tls-client-ca FILE]] [--node-id N --cluster 1@HOST:PORT,2@HOST:PORT,...
+//!                 [--cluster-id NAME] [--peer-tls-cert F --peer-tls-key F --peer-tls-ca F]]
 //! shardline [--tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE]
 //!           [--tls-server-name NAME]] <client command>   (TLS, docs/security.md)
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
@@ -133,6 +134,8 @@ struct ServeArgs {
     print_config: bool,
     #[command(flatten)]
     tls: security::ServeTlsArgs,
+    #[command(flatten)]
+    cluster: Box<shardline_net::cli::cluster::ClusterArgs>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,6 +376,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.metrics.listen = metrics;
         config.metrics.enabled = true;
     }
+    args.cluster.apply(&mut config.cluster);
     config
         .validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
@@ -396,8 +400,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
     ])
     .context("cannot install signal handlers")?;
+    let cluster = shardline_net::cli::cluster::resolve(config.cluster.as_ref())?;
+    shardline_net::cli::cluster::check_data_dir(&config.engine.data_dir, config.cluster.as_ref())?;
     let mut server =
         Server::start(config.engine, config.server).context("cannot start the server")?;
+    let peers = match cluster {
+        Some(spec) => match shardline_net::cli::cluster::start_transport(server.engine(), spec) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let _ = server.shutdown();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if config.metrics.enabled {
         match server.serve_metrics(&config.metrics.listen) {
             Ok(_) => {}
@@ -420,6 +436,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let signal = signals.forever().next();
     info!(?signal, "shutting down");
+    if let Some(t) = peers {
+        t.shutdown();
+    }
     server.shutdown().context("shutdown")?;
     info!("stopped");
     Ok(())
