@@ -197,8 +197,17 @@ pub fn validate_topic_config(t: &TopicConfig) -> Result<()> {
     if let Some(q) = &t.queue {
         q.validate()?;
     }
+    if t.replicas == 0 || t.replicas > REPLICAS_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "replicas must be between 1 and {REPLICAS_MAX}, got {}",
+            t.replicas
+        )));
+    }
     Ok(())
 }
+
+/// Most replicas a partition may have (issue 14).
+pub const REPLICAS_MAX: u32 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 struct Proc {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// The client address `serve` printed.
+    addr: String,
 }
 
 impl Proc {
@@ -62,10 +64,19 @@ fn serve_cmd(dir: &Path, extra: &[String]) -> Command {
 
 fn spawn(dir: &Path, extra: &[String]) -> Proc {
     let mut child = serve_cmd(dir, extra)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("shardline listening on ")
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_string();
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let err = BufReader::new(child.stderr.take().unwrap());
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -73,7 +84,32 @@ fn spawn(dir: &Path, extra: &[String]) -> Proc {
             let _ = tx.send(line);
         }
     });
-    Proc { child, lines }
+    Proc { child, lines, addr }
+}
+
+/// Runs a client command against `addr`: (exit code, stdout, stderr).
+fn client(addr: &str, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["--addr", addr])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs a serve that must fail at start; returns its stderr.
@@ -165,4 +201,86 @@ fn bad_cluster_flags_are_clear_errors() {
     assert!(e.contains("names no other node"), "{e}");
     // Nothing was stamped by the refused starts.
     assert!(!d.join("cluster.json").exists());
+}
+
+#[test]
+fn replicas_on_a_single_node_and_describe_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn(&dir.path().join("single"), &[]);
+    let a = node.addr.as_str();
+    let (code, out, err) = client(a, &["topic", "create", "t", "--partitions", "2"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("created topic t (2 partitions)"), "{out}");
+    let (code, out, err) = client(
+        a,
+        &["produce", "t", "--acks", "all", "--key", "k"],
+        "a\nb\nc\n",
+    );
+    assert_eq!((code, out.trim()), (0, "3"), "{err}");
+    let (code, out, err) = client(a, &["topic", "describe", "t", "--json"], "");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["name"], "t");
+    assert_eq!(v["replicas"], 1);
+    let parts = v["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2);
+    let mut hw = 0;
+    for (i, p) in parts.iter().enumerate() {
+        assert_eq!(p["partition"], i as u64);
+        assert_eq!(p["leader"], 1);
+        assert_eq!(p["replicas"], serde_json::json!([1]));
+        assert_eq!(p["in_sync"], serde_json::json!([1]));
+        assert_eq!(p["epoch"], 0);
+        hw += p["high_watermark"].as_u64().unwrap();
+    }
+    assert_eq!(hw, 3, "{out}");
+    let (code, out, _) = client(a, &["topic", "describe", "t"], "");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("replicas=1 ") && out.contains("leader=1 replicas=[1] in_sync=[1] epoch=0"),
+        "{out}"
+    );
+    // Replication factors: explicit 1 is a plain topic; more than the one node is refused.
+    let (code, _, err) = client(a, &["topic", "create", "one", "--replicas", "1"], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = client(a, &["topic", "create", "u", "--replicas", "3"], "");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("replicas 3 exceeds the cluster's 1 node"),
+        "{err}"
+    );
+    let (code, _, err) = client(a, &["topic", "create", "u", "--replicas", "6"], "");
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = client(a, &["topic", "create", "u", "--replicas", "0"], "");
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = client(a, &["topic", "describe", "nope", "--json"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown topic 'nope'"), "{err}");
+    node.kill();
+}
+
+#[test]
+fn a_cluster_node_checks_replicas_against_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let list = format!(
+        "1@127.0.0.1:{},2@127.0.0.1:{},3@127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    // One node of three is enough for the api checks (the others need not be up).
+    let node = spawn(&dir.path().join("n2"), &args(2, &list, &[]));
+    let a = node.addr.as_str();
+    let (code, _, err) = client(a, &["topic", "create", "r", "--replicas", "4"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("exceeds the cluster's 3 nodes"), "{err}");
+    let (code, _, err) = client(a, &["topic", "create", "r", "--replicas", "3"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("replication layer"), "{err}");
+    let (code, _, err) = client(a, &["topic", "create", "r"], "");
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = client(a, &["topic", "describe", "r", "--json"], "");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["node_id"], 2);
+    assert_eq!(v["partitions"][0]["leader"], 2);
+    node.kill();
 }

@@ -297,6 +297,13 @@ api_table! {
         // Filtered instead: only the groups the principal may describe are listed.
         ListGroups = 34, versions 0..=0, ListGroupsRequest => ListGroupsResponse,
             acl |_, _| ();
+        // Replicated topics (issue 14): CreateTopic with a replication factor, and each
+        // partition's leader, replicas, in-sync set, epoch and high watermark.
+        CreateReplicatedTopic = 36, versions 0..=0,
+            CreateReplicatedTopicRequest => CreateTopicResponse,
+            acl |c, f| f(Topic, &c.name, Create);
+        DescribeReplicas = 37, versions 0..=0, DescribeReplicasRequest => DescribeReplicasResponse,
+            acl |d, f| f(Topic, &d.name, Describe);
         // --- 40..=49: security (security.rs, docs/security.md) ---
         Authenticate = 40, versions 0..=0, AuthenticateRequest => AuthenticateResponse,
             acl |_, _| ();
@@ -504,7 +511,8 @@ mod tests {
             ("QueueReceive", 23), ("QueueAck", 24), ("QueueNack", 25),
             ("QueueChangeVisibility", 26), ("QueueStats", 27), ("QueuePeek", 28),
             ("QueueRedrive", 29), ("Metrics", 30), ("AlterTopic", 31), ("ResetOffsets", 32),
-            ("QueuePurge", 33), ("ListGroups", 34), ("Authenticate", 40),
+            ("QueuePurge", 33), ("ListGroups", 34), ("CreateReplicatedTopic", 36),
+            ("DescribeReplicas", 37), ("Authenticate", 40),
         ];
         assert_eq!(keys, want);
         for k in ApiKey::ALL {

@@ -10,8 +10,9 @@
 //!           [--tls-server-name NAME]] <client command>   (TLS, docs/security.md)
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
 //!                                                     [--retention-ms MS]
-//! shardline [--addr ...] topic list | topic describe NAME | topic delete NAME
-//! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable] [--idempotent]
+//!                                                     [--replicas R]
+//! shardline [--addr ...] topic list | topic describe NAME [--json] | topic delete NAME
+//! shardline [--addr ...] produce TOPIC [--key K] [--acks none|leader|durable|all] [--idempotent]
 //! shardline [--addr ...] consume TOPIC [--group G [--session-timeout-ms MS]]
 //!                                      [--from earliest|latest|OFFSET] [--count N] [--timeout-ms MS]
 //! shardline [--addr ...] stats [--no-partitions]
@@ -151,11 +152,22 @@ enum TopicCommand {
         /// Keep data at most this long.
         #[arg(long, value_name = "MS")]
         retention_ms: Option<u64>,
+        /// Replicas of each partition: 1 to 5, at most the cluster's node count.
+        #[arg(long, default_value_t = 1, value_name = "R",
+              value_parser = clap::value_parser!(u32).range(1..=5))]
+        replicas: u32,
     },
     /// List topics: name, partitions, retention.
     List,
-    /// Show a topic's settings and each partition's state.
-    Describe { name: String },
+    /// Show a topic's settings and each partition's state: leader, replicas, in sync, epoch,
+    /// high watermark.
+    Describe {
+        name: String,
+        /// One JSON object: {"name", "topic_id", "replicas", "partitions": [{"partition",
+        /// "leader", "replicas", "in_sync", "epoch", "high_watermark", ...}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a topic and its data.
     Delete { name: String },
     /// Change a topic's retention; a setting not given is kept, `none` removes the limit.
@@ -183,6 +195,8 @@ enum AcksArg {
     None,
     Leader,
     Durable,
+    /// Committed: fsynced on a majority of the replicas.
+    All,
 }
 
 impl From<AcksArg> for Acks {
@@ -191,6 +205,10 @@ impl From<AcksArg> for Acks {
             AcksArg::None => Acks::None,
             AcksArg::Leader => Acks::Leader,
             AcksArg::Durable => Acks::Durable,
+            // Replicas 1 (every topic until the replication layer serves more): a majority
+            // of one replica is the leader's fsync, which is `durable`. The wire's own `all`
+            // level comes with the replication layer (issue 14).
+            AcksArg::All => Acks::Durable,
         }
     }
 }
@@ -201,7 +219,8 @@ struct ProduceArgs {
     /// Key of every message (messages with one key go to one partition).
     #[arg(long, value_name = "K")]
     key: Option<String>,
-    /// What counts as acknowledged: none (sent), leader (appended), durable (fsynced).
+    /// What counts as acknowledged: none (sent), leader (appended), durable (fsynced), all
+    /// (committed: fsynced on a majority of the replicas).
     #[arg(long, value_enum, default_value_t = AcksArg::Durable)]
     acks: AcksArg,
     /// Idempotent producer: retries after lost connections or timeouts never duplicate.
@@ -404,6 +423,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     shardline_net::cli::cluster::check_data_dir(&config.engine.data_dir, config.cluster.as_ref())?;
     let mut server =
         Server::start(config.engine, config.server).context("cannot start the server")?;
+    if let Some(spec) = &cluster {
+        let nodes = u32::try_from(spec.nodes.len()).unwrap_or(u32::MAX);
+        server.set_cluster(spec.node_id, nodes);
+    }
     let peers = match cluster {
         Some(spec) => match shardline_net::cli::cluster::start_transport(server.engine(), spec) {
             Ok(t) => Some(t),
@@ -472,6 +495,7 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             partitions,
             retention_bytes,
             retention_ms,
+            replicas,
         } => {
             let config = TopicConfig {
                 partitions,
@@ -479,9 +503,12 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 retention_ms,
                 ..TopicConfig::default()
             };
-            let t = client
-                .create_topic(&name, config)
-                .map_err(|e| explain(e, &name))?;
+            let t = if replicas == 1 {
+                client.create_topic(&name, config)
+            } else {
+                client.create_replicated_topic(&name, config, replicas)
+            }
+            .map_err(|e| explain(e, &name))?;
             let n = t.partition_shards.len();
             let plural = if n == 1 { "" } else { "s" };
             writeln!(out, "created topic {} ({n} partition{plural})", t.name)?;
@@ -498,18 +525,26 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 )?;
             }
         }
-        TopicCommand::Describe { name } => {
+        TopicCommand::Describe { name, json: true } => {
+            shardline_net::cli::cluster::describe_json(client, &name, &mut out)
+                .map_err(|e| explain(e, &name))?;
+        }
+        TopicCommand::Describe { name, json: false } => {
             let d = client
                 .describe_topic(&name)
+                .map_err(|e| explain(e, &name))?;
+            let r = client
+                .describe_replicas(&name)
                 .map_err(|e| explain(e, &name))?;
             let c = d.topic.config;
             writeln!(
                 out,
-                "topic {} id={} partitions={} retention_bytes={} retention_ms={} \
+                "topic {} id={} partitions={} replicas={} retention_bytes={} retention_ms={} \
                  segment_bytes={} segment_ms={}",
                 d.topic.name,
                 d.topic.topic_id,
                 c.partitions,
+                r.replicas,
                 opt(c.retention_bytes),
                 opt(c.retention_ms),
                 opt(c.segment_bytes),
@@ -530,6 +565,13 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                     p.produced_records,
                     p.fetched_records
                 )?;
+                if let Some(rp) = r.partitions.iter().find(|rp| rp.partition == p.partition) {
+                    write!(
+                        out,
+                        " leader={} replicas={:?} in_sync={:?} epoch={}",
+                        rp.leader, rp.replicas, rp.in_sync, rp.epoch
+                    )?;
+                }
                 match p.failure {
                     Some(f) => writeln!(out, " failure={f:?}")?,
                     None => writeln!(out)?,

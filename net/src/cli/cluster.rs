@@ -114,3 +114,44 @@ pub fn start_transport(
     PeerTransport::start(engine, spec, PeerSettings::default(), handler)
         .context("cannot start the node-to-node transport")
 }
+
+/// `topic describe NAME --json`: DESIGN.md's "Cluster and Kafka contracts" shape, one object
+/// on one line: `{"name", "topic_id", "replicas", "node_id", "partitions": [{"partition",
+/// "leader", "replicas", "in_sync", "epoch", "high_watermark", "log_start", "durable_offset",
+/// "shard", "size_bytes"}]}`.
+pub fn describe_json(
+    client: &shardline_client::Client,
+    name: &str,
+    out: &mut impl std::io::Write,
+) -> Result<(), shardline_client::ClientError> {
+    let d = client.describe_topic(name)?;
+    let r = client.describe_replicas(name)?;
+    let partitions: Vec<serde_json::Value> = r
+        .partitions
+        .iter()
+        .map(|rp| {
+            let p = d.partitions.iter().find(|p| p.partition == rp.partition);
+            serde_json::json!({
+                "partition": rp.partition,
+                "leader": rp.leader,
+                "replicas": rp.replicas,
+                "in_sync": rp.in_sync,
+                "epoch": rp.epoch,
+                "high_watermark": rp.high_watermark,
+                "log_start": p.map(|p| p.log_start),
+                "durable_offset": p.map(|p| p.durable_offset),
+                "shard": p.map(|p| p.shard),
+                "size_bytes": p.map(|p| p.size_bytes),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "name": d.topic.name,
+        "topic_id": d.topic.topic_id,
+        "replicas": r.replicas,
+        "node_id": r.node_id,
+        "partitions": partitions,
+    });
+    writeln!(out, "{doc}")
+        .map_err(|e| shardline_client::ClientError::InvalidArgument(e.to_string()))
+}
