@@ -8,7 +8,8 @@
 //! delay (latency, not a throughput limit: chunks are timestamped on read and written by
 //! another thread when due); [`Mode::Blackhole`] keeps connections open and silently drops
 //! every byte in both directions (a network partition as TCP sees it: no error, no progress);
-//! [`Mode::Reset`] resets every open connection with a TCP RST and resets new ones as soon as
+//! a connection that lost bytes is reset when the blackhole ends (TCP never delivers a stream
+//! with a hole: a partition long enough to lose data ends the connection); [`Mode::Reset`] resets every open connection with a TCP RST and resets new ones as soon as
 //! they are accepted. [`Proxy::reset_connections`] resets the open connections once and keeps
 //! the mode. Plain std threads: the proxy does not need, nor disturb, the runtime under test.
 
@@ -33,6 +34,8 @@ pub enum Mode {
 struct Conn {
     client: TcpStream,
     upstream: TcpStream,
+    /// Bytes of this connection were dropped by a blackhole.
+    tainted: Arc<AtomicBool>,
 }
 
 struct Shared {
@@ -125,11 +128,21 @@ impl Proxy {
         self.shared.mode()
     }
 
-    /// Switches the mode; [`Mode::Reset`] also resets every open connection now.
+    /// Switches the mode; [`Mode::Reset`] also resets every open connection now, and leaving
+    /// [`Mode::Blackhole`] resets the connections that lost bytes.
     pub fn set_mode(&self, mode: Mode) {
         *lock(&self.shared.mode) = mode;
-        if mode == Mode::Reset {
-            self.reset_connections();
+        match mode {
+            Mode::Reset => self.reset_connections(),
+            Mode::Blackhole => {}
+            Mode::Pass | Mode::Delay(_) => lock(&self.shared.conns).retain(|c| {
+                let tainted = c.tainted.load(Ordering::Acquire);
+                if tainted {
+                    reset(&c.client);
+                    reset(&c.upstream);
+                }
+                !tainted
+            }),
         }
     }
 
@@ -200,16 +213,22 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, shared: &Arc<Shared>)
             reset(&upstream);
             continue;
         };
-        lock(&shared.conns).push(Conn { client, upstream });
-        pump(c_read, u_write, shared.clone());
-        pump(u_read, c_write, shared.clone());
+        let tainted = Arc::new(AtomicBool::new(false));
+        lock(&shared.conns).push(Conn {
+            client,
+            upstream,
+            tainted: tainted.clone(),
+        });
+        pump(c_read, u_write, shared.clone(), tainted.clone());
+        pump(u_read, c_write, shared.clone(), tainted);
     }
 }
 
 /// One direction: a reader thread stamps chunks, a writer thread writes them when due.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>, tainted: Arc<AtomicBool>) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let reader_shared = shared.clone();
+    let reader_tainted = tainted.clone();
     let reader = move || {
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -221,6 +240,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
                 Mode::Pass => Instant::now(),
                 Mode::Delay(d) => Instant::now() + d,
                 Mode::Blackhole => {
+                    reader_tainted.store(true, Ordering::Release);
                     reader_shared
                         .bytes_dropped
                         .fetch_add(n as u64, Ordering::AcqRel);
@@ -241,6 +261,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: Arc<Shared>) {
             }
             // A chunk read before a switch to Blackhole or Reset is not delivered after it.
             if matches!(shared.mode(), Mode::Blackhole | Mode::Reset) {
+                tainted.store(true, Ordering::Release);
                 shared
                     .bytes_dropped
                     .fetch_add(chunk.len() as u64, Ordering::AcqRel);
