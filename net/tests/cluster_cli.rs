@@ -197,8 +197,6 @@ fn bad_cluster_flags_are_clear_errors() {
         &args(1, "1@127.0.0.1:7101,2@no-such-host.invalid:7102", &[]),
     );
     assert!(e.contains("cannot resolve"), "{e}");
-    let e = refused(&d, &args(1, "1@127.0.0.1:7101", &[]));
-    assert!(e.contains("names no other node"), "{e}");
     // Nothing was stamped by the refused starts.
     assert!(!d.join("cluster.json").exists());
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use clap::Args;
 use shardline_server::peer::config::parse_cluster_list;
 use shardline_server::peer::{
@@ -92,9 +92,8 @@ pub fn resolve(cluster: Option<&ClusterConfig>) -> anyhow::Result<Option<Cluster
     let spec = cluster
         .resolve()
         .map_err(|e| anyhow!("invalid configuration: cluster: {e}"))?;
-    if spec.peers().next().is_none() {
-        bail!("invalid configuration: cluster: the list names no other node");
-    }
+    // A list of one node is a cluster of one (nodes are added later): it listens for peers
+    // and has no links yet.
     Ok(Some(spec))
 }
 

@@ -11,7 +11,7 @@
 //!           0 [u8; 4] magic "SLNP"
 //!           4 u16 protocol version
 //!           6 u64 sender's node id
-//!          14 u64 node id the sender believes it talks to (0 = unknown)
+//!          14 u64 node id the sender believes it talks to
 //!          22 u8  cluster id length n (1..=64), then n bytes of cluster id (ASCII)
 //! Refuse body:
 //!           0 u16 code (1 version, 2 cluster id, 3 unknown node, 4 wrong node, 5 malformed)
