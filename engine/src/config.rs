@@ -246,3 +246,17 @@ mod tests {
         assert!(validate_topic_config(&t).is_err());
     }
 }
+
+#[cfg(test)]
+mod replicas_tests {
+    use super::*;
+
+    #[test]
+    fn replication_factors_are_validated() {
+        let mut c = TopicConfig::with_partitions(2);
+        for (replicas, ok) in [(0, false), (1, true), (3, true), (5, true), (6, false)] {
+            c.replicas = replicas;
+            assert_eq!(validate_topic_config(&c).is_ok(), ok, "{replicas}");
+        }
+    }
+}
