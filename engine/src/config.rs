@@ -197,8 +197,17 @@ pub fn validate_topic_config(t: &TopicConfig) -> Result<()> {
     if let Some(q) = &t.queue {
         q.validate()?;
     }
+    if t.replicas == 0 || t.replicas > REPLICAS_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "replicas must be between 1 and {REPLICAS_MAX}, got {}",
+            t.replicas
+        )));
+    }
     Ok(())
 }
+
+/// Most replicas a partition may have (issue 14).
+pub const REPLICAS_MAX: u32 = 5;
 
 #[cfg(test)]
 mod tests {
@@ -235,5 +244,19 @@ mod tests {
             ..TopicConfig::default()
         };
         assert!(validate_topic_config(&t).is_err());
+    }
+}
+
+#[cfg(test)]
+mod replicas_tests {
+    use super::*;
+
+    #[test]
+    fn replication_factors_are_validated() {
+        let mut c = TopicConfig::with_partitions(2);
+        for (replicas, ok) in [(0, false), (1, true), (3, true), (5, true), (6, false)] {
+            c.replicas = replicas;
+            assert_eq!(validate_topic_config(&c).is_ok(), ok, "{replicas}");
+        }
     }
 }

@@ -26,6 +26,7 @@ fn queue(dlq: Option<&str>, partitions: u32) -> TopicConfig {
             backoff_max_ms: 0,
             dead_letter_topic: dlq.map(str::to_string),
             priority_levels: 1,
+            strict_priority: false,
         }),
         ..TopicConfig::with_partitions(partitions)
     }

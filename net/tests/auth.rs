@@ -192,6 +192,21 @@ fn every_api() -> Vec<Request> {
                 name: topic.clone(),
                 partitions: 2,
             })),
+            ApiKey::CreateReplicatedTopic => Some(Request::CreateReplicatedTopic(
+                shardline_net::protocol::CreateReplicatedTopicRequest {
+                    name: "new-replicated".into(),
+                    config: TopicConfig {
+                        partitions: 1,
+                        ..TopicConfig::default()
+                    },
+                    replicas: 1,
+                },
+            )),
+            ApiKey::DescribeReplicas => Some(Request::DescribeReplicas(
+                shardline_net::protocol::DescribeReplicasRequest {
+                    name: topic.clone(),
+                },
+            )),
         })
         .collect()
 }

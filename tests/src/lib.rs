@@ -15,3 +15,5 @@ pub fn crash_batch_len(seq: u64) -> usize {
 }
 
 pub mod torture;
+
+pub mod proxy;

@@ -26,6 +26,9 @@ pub struct TopicConfig {
     /// Seal batch bodies on disk with AES-256-GCM (needs `encryption_key_file`); fixed at
     /// creation (crypto.rs, docs/storage.md "Encrypted batches").
     pub encrypted: bool,
+    /// Replicas of each partition (issue 14; 1..=5, at most the cluster's node count). Absent
+    /// in metadata written before clusters existed: 1.
+    pub replicas: u32,
 }
 
 impl Default for TopicConfig {
@@ -38,6 +41,7 @@ impl Default for TopicConfig {
             segment_ms: None,
             queue: None,
             encrypted: false,
+            replicas: 1,
         }
     }
 }
@@ -108,5 +112,24 @@ impl QueueConfig {
             return bad("backoff_base_ms exceeds backoff_max_ms".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod replicas_tests {
+    use super::*;
+
+    #[test]
+    fn topics_stored_before_replicas_existed_have_one() {
+        // A metadata entry as written before issue 14 (no `replicas`).
+        let old = r#"{"partitions":3,"retention_bytes":null,"retention_ms":null,
+                      "segment_bytes":null,"segment_ms":null,"encrypted":false}"#;
+        let c: TopicConfig = serde_json::from_str(old).expect("old config");
+        assert_eq!((c.partitions, c.replicas), (3, 1));
+        let mut c = TopicConfig::with_partitions(2);
+        assert_eq!(c.replicas, 1);
+        c.replicas = 3;
+        let text = serde_json::to_string(&c).expect("json");
+        assert_eq!(serde_json::from_str::<TopicConfig>(&text).expect("new"), c);
     }
 }

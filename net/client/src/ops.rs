@@ -149,3 +149,40 @@ impl Client {
         r.map(|r| r.topic)
     }
 }
+
+/// Replicated topics (issue 14; docs/protocol.md "36 CreateReplicatedTopic",
+/// "37 DescribeReplicas").
+impl Client {
+    /// Creates a topic whose partitions have `replicas` replicas (1..=5, at most the cluster's
+    /// node count). `replicas` 1 is exactly [`Client::create_topic`].
+    pub fn create_replicated_topic(
+        &self,
+        name: &str,
+        config: crate::protocol::TopicConfig,
+        replicas: u32,
+    ) -> Result<TopicInfo, ClientError> {
+        let request =
+            Request::CreateReplicatedTopic(crate::protocol::CreateReplicatedTopicRequest {
+                name: name.to_string(),
+                config,
+                replicas,
+            });
+        futures_lite::future::block_on(async {
+            expect_response!(self.call_bootstrap(request).await?, CreateReplicatedTopic)
+                .map(|r| r.topic)
+        })
+    }
+
+    /// Each partition's leader, replicas, in-sync replicas, epoch and high watermark.
+    pub fn describe_replicas(
+        &self,
+        name: &str,
+    ) -> Result<crate::protocol::DescribeReplicasResponse, ClientError> {
+        let request = Request::DescribeReplicas(crate::protocol::DescribeReplicasRequest {
+            name: name.to_string(),
+        });
+        futures_lite::future::block_on(async {
+            expect_response!(self.call_bootstrap(request).await?, DescribeReplicas)
+        })
+    }
+}

@@ -300,6 +300,13 @@ api_table! {
         // Like AlterTopic: a change to the topic's settings.
         AddPartitions = 35, versions 0..=0, AddPartitionsRequest => AddPartitionsResponse,
             acl |a, f| f(Topic, &a.name, Admin);
+        // Replicated topics (issue 14): CreateTopic with a replication factor, and each
+        // partition's leader, replicas, in-sync set, epoch and high watermark.
+        CreateReplicatedTopic = 36, versions 0..=0,
+            CreateReplicatedTopicRequest => CreateTopicResponse,
+            acl |c, f| f(Topic, &c.name, Create);
+        DescribeReplicas = 37, versions 0..=0, DescribeReplicasRequest => DescribeReplicasResponse,
+            acl |d, f| f(Topic, &d.name, Describe);
         // --- 40..=49: security (security.rs, docs/security.md) ---
         Authenticate = 40, versions 0..=0, AuthenticateRequest => AuthenticateResponse,
             acl |_, _| ();
@@ -508,7 +515,7 @@ mod tests {
             ("QueueChangeVisibility", 26), ("QueueStats", 27), ("QueuePeek", 28),
             ("QueueRedrive", 29), ("Metrics", 30), ("AlterTopic", 31), ("ResetOffsets", 32),
             ("QueuePurge", 33), ("ListGroups", 34), ("AddPartitions", 35),
-            ("Authenticate", 40),
+            ("CreateReplicatedTopic", 36), ("DescribeReplicas", 37), ("Authenticate", 40),
         ];
         assert_eq!(keys, want);
         for k in ApiKey::ALL {

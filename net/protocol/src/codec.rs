@@ -459,6 +459,16 @@ impl Limits for GrantCreditsRequest {}
 impl Limits for UnsubscribeRequest {}
 impl Limits for StatsRequest {}
 impl Limits for MetricsRequest {}
+impl Limits for CreateReplicatedTopicRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)
+    }
+}
+impl Limits for DescribeReplicasRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)
+    }
+}
 impl Limits for AlterTopicRequest {
     fn check(&self) -> Result<(), WireError> {
         check_name("topic name bytes", &self.name)

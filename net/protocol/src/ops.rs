@@ -288,3 +288,52 @@ pub struct AddPartitionsResponse {
     /// The topic with its new partition count and placement.
     pub topic: TopicInfo,
 }
+
+// ---------------------------------------------------------------------------------------------
+// 36 CreateReplicatedTopic, 37 DescribeReplicas (issue 14; docs/protocol.md)
+
+/// Most replicas a partition may have.
+pub const REPLICAS_MAX: u32 = 5;
+
+/// CreateTopic with a replication factor. `replicas` is 1..=[`REPLICAS_MAX`] and at most the
+/// cluster's node count; 1 is exactly CreateTopic.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct CreateReplicatedTopicRequest {
+    pub name: String,
+    pub config: super::messages::TopicConfig,
+    pub replicas: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct DescribeReplicasRequest {
+    pub name: String,
+}
+
+/// One partition's replication state.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct PartitionReplicas {
+    pub partition: u32,
+    /// The leader's node id; 0 = no leader known now (an election is under way).
+    pub leader: u64,
+    /// Node ids of the replicas, the preferred leader first.
+    pub replicas: Vec<u64>,
+    /// The replicas caught up with the leader (Raft: matched up to the commit index).
+    pub in_sync: Vec<u64>,
+    /// The leader epoch (the Raft term); 0 on a single node.
+    pub epoch: u64,
+    /// Offset after the last committed record: what consumers can read up to.
+    pub high_watermark: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct DescribeReplicasResponse {
+    /// The topic's replication factor.
+    pub replicas: u32,
+    /// The node that answered.
+    pub node_id: u64,
+    pub partitions: Vec<PartitionReplicas>,
+}

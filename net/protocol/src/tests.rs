@@ -397,6 +397,14 @@ fn ops_request() -> impl Strategy<Value = Request> {
         (name(), any::<u32>()).prop_map(|(name, partitions)| Request::AddPartitions(
             AddPartitionsRequest { name, partitions }
         )),
+        (name(), topic_config(), any::<u32>()).prop_map(|(name, config, replicas)| {
+            Request::CreateReplicatedTopic(CreateReplicatedTopicRequest {
+                name,
+                config,
+                replicas,
+            })
+        }),
+        name().prop_map(|name| Request::DescribeReplicas(DescribeReplicasRequest { name })),
     ]
 }
 
@@ -430,7 +438,40 @@ fn ops_response() -> impl Strategy<Value = Response> {
             members,
             generation,
         });
+    let replicas = (
+        any::<u32>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u64>(), 0..5),
+        proptest::collection::vec(any::<u64>(), 0..5),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(partition, leader, replicas, in_sync, epoch, high_watermark)| PartitionReplicas {
+                partition,
+                leader,
+                replicas,
+                in_sync,
+                epoch,
+                high_watermark,
+            },
+        );
+    let described = (
+        any::<u32>(),
+        any::<u64>(),
+        proptest::collection::vec(replicas, 0..4),
+    )
+        .prop_map(|(replicas, node_id, partitions)| {
+            Response::DescribeReplicas(DescribeReplicasResponse {
+                replicas,
+                node_id,
+                partitions,
+            })
+        });
     prop_oneof![
+        described,
+        topic_info()
+            .prop_map(|topic| Response::CreateReplicatedTopic(CreateTopicResponse { topic })),
         proptest::collection::vec(reset, 0..4)
             .prop_map(|partitions| Response::ResetOffsets(ResetOffsetsResponse { partitions })),
         proptest::collection::vec(purged, 0..4)
@@ -1451,6 +1492,8 @@ fn wire_layout_is_pinned() {
         QueuePurgeRequest => 8, 4; QueuePurgedPartition => 24, 8; QueuePurgeResponse => 8, 4;
         ListGroupsRequest => 0, 1; ListedGroup => 24, 4; ListGroupsResponse => 12, 4;
         AddPartitionsRequest => 12, 4; AddPartitionsResponse => 96, 8;
+        CreateReplicatedTopicRequest => 88, 8; DescribeReplicasRequest => 8, 4;
+        PartitionReplicas => 48, 8; DescribeReplicasResponse => 24, 8;
         ErrorResponse => 12, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;

@@ -594,14 +594,24 @@ impl Conn {
             {
                 self.send_error(cid, api, ver, &e);
             }
+            Request::CreateReplicatedTopic(ref t)
+                if let Err(e) = self
+                    .shared
+                    .quotas
+                    .check_create(&self.engine, t.config.partitions) =>
+            {
+                self.send_error(cid, api, ver, &e);
+            }
             Request::CreateTopic(_)
             | Request::DeleteTopic(_)
             | Request::AlterTopic(_)
-            | Request::AddPartitions(_) => {
+            | Request::AddPartitions(_)
+            | Request::CreateReplicatedTopic(_) => {
                 self.barrier(call, async || self.admin(request).await).await;
             }
             Request::ListTopics(_)
             | Request::DescribeTopic(_)
+            | Request::DescribeReplicas(_)
             | Request::Stats(_)
             | Request::Metrics(_) => self.spawn_call(call, async move |c| c.admin(request).await),
             Request::Produce(p) => self.produce_within_quota(cid, api, ver, p).await,
@@ -891,6 +901,14 @@ impl Conn {
                                 topic: (&t).to_wire(),
                             })
                         })
+                    }
+                    Request::CreateReplicatedTopic(c) => {
+                        crate::replicas::create(&engine, &encryption, &shared.cluster, c)
+                            .map(Response::CreateReplicatedTopic)
+                    }
+                    Request::DescribeReplicas(d) => {
+                        crate::replicas::describe(&engine, &shared.cluster, &d.name)
+                            .map(Response::DescribeReplicas)
                     }
                     _ => Err(shardline_engine::Error::InvalidArgument(
                         "not an admin request".into(),

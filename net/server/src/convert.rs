@@ -112,6 +112,8 @@ impl ToEngine for TopicConfig {
             queue: None,
             // Decided by the server's policy (server/encryption.rs), not by the client.
             encrypted: false,
+            // CreateReplicatedTopic sets it (replicas.rs); CreateTopic is 1.
+            replicas: 1,
         }
     }
 }

@@ -25,7 +25,9 @@ mod convert;
 mod listener;
 mod metrics;
 mod ops;
+pub mod peer;
 mod prometheus;
+mod replicas;
 mod session;
 
 pub use metrics::snapshot_of as histogram_snapshot;
@@ -201,6 +203,8 @@ pub(crate) struct Shared {
     pub(crate) outbox_bytes: AtomicUsize,
     /// Connections admitted: `connections_max`, or fewer if the open-files limit leaves less.
     pub(crate) connections_limit: usize,
+    /// This node's id and cluster size, for replicated topics (replicas.rs).
+    pub(crate) cluster: replicas::ClusterView,
 }
 
 /// A running server.
@@ -270,6 +274,7 @@ impl Server {
             receive_bytes: AtomicUsize::new(0),
             outbox_bytes: AtomicUsize::new(0),
             connections_limit: connections_limit(cfg_connections_max),
+            cluster: replicas::ClusterView::default(),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -391,6 +396,27 @@ impl Server {
         }
         self.engine.shutdown()?;
         Ok(())
+    }
+}
+
+impl Server {
+    /// Tells the server its node id and the cluster's node count (`shardline serve
+    /// --cluster`); a single node is node 1 of 1. Replication factors are checked against it.
+    pub fn set_cluster(&self, node_id: u64, nodes: u32) {
+        self.shared
+            .cluster
+            .node_id
+            .store(node_id, Ordering::Release);
+        self.shared.cluster.nodes.store(nodes, Ordering::Release);
+    }
+
+    /// Called by the replication layer once it serves partitions with more than one replica:
+    /// from then on CreateReplicatedTopic accepts factors above 1 (up to the node count).
+    pub fn enable_replication(&self) {
+        self.shared
+            .cluster
+            .replication
+            .store(true, Ordering::Release);
     }
 }
 

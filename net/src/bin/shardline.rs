@@ -4,14 +4,16 @@
 //! ```text
 //! shardline serve [--config FILE] [--data-dir DIR] [--listen 127.0.0.1:7070] [--shards N]
 //!                 [--metrics-listen 127.0.0.1:9464] [--tls-cert FILE --tls-key FILE
-//!                 [--tls-client-ca FILE]]
+//!                 [--tls-client-ca FILE]] [--node-id N --cluster 1@HOST:PORT,2@HOST:PORT,...
+//!                 [--cluster-id NAME] [--peer-tls-cert F --peer-tls-key F --peer-tls-ca F]]
 //! shardline [--tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE]
 //!           [--tls-server-name NAME]] <client command>   (TLS, docs/security.md)
 //! shardline [--addr 127.0.0.1:7070] topic create NAME [--partitions N] [--retention-bytes B]
 //!                                                     [--retention-ms MS]
-//! shardline [--addr ...] topic list | topic describe NAME | topic delete NAME
+//!                                                     [--replicas R]
+//! shardline [--addr ...] topic list | topic describe NAME [--json] | topic delete NAME
 //! shardline [--addr ...] produce TOPIC [--key K | --key-separator SEP] [-H NAME=VALUE]...
-//!                                      [--partition N] [--acks none|leader|durable] [--idempotent]
+//!                                      [--partition N] [--acks none|leader|durable|all] [--idempotent]
 //! shardline [--addr ...] consume TOPIC [--group G [--session-timeout-ms MS]] [--partition N]
 //!                                      [--from earliest|latest|OFFSET|RFC3339|-DURATION]
 //!                                      [--format FMT | --json] [--count N] [--timeout-ms MS]
@@ -160,6 +162,8 @@ struct ServeArgs {
     print_config: bool,
     #[command(flatten)]
     tls: security::ServeTlsArgs,
+    #[command(flatten)]
+    cluster: Box<shardline_net::cli::cluster::ClusterArgs>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,11 +179,22 @@ enum TopicCommand {
         /// Keep data at most this long.
         #[arg(long, value_name = "MS")]
         retention_ms: Option<u64>,
+        /// Replicas of each partition: 1 to 5, at most the cluster's node count.
+        #[arg(long, default_value_t = 1, value_name = "R",
+              value_parser = clap::value_parser!(u32).range(1..=5))]
+        replicas: u32,
     },
     /// List topics: name, partitions, retention.
     List,
-    /// Show a topic's settings and each partition's state.
-    Describe { name: String },
+    /// Show a topic's settings and each partition's state: leader, replicas, in sync, epoch,
+    /// high watermark.
+    Describe {
+        name: String,
+        /// One JSON object: {"name", "topic_id", "replicas", "partitions": [{"partition",
+        /// "leader", "replicas", "in_sync", "epoch", "high_watermark", ...}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete a topic and its data.
     Delete { name: String },
     /// Change a topic's retention; a setting not given is kept, `none` removes the limit.
@@ -211,6 +226,8 @@ enum AcksArg {
     None,
     Leader,
     Durable,
+    /// Committed: fsynced on a majority of the replicas.
+    All,
 }
 
 impl From<AcksArg> for Acks {
@@ -219,6 +236,10 @@ impl From<AcksArg> for Acks {
             AcksArg::None => Acks::None,
             AcksArg::Leader => Acks::Leader,
             AcksArg::Durable => Acks::Durable,
+            // Replicas 1 (every topic until the replication layer serves more): a majority
+            // of one replica is the leader's fsync, which is `durable`. The wire's own `all`
+            // level comes with the replication layer (issue 14).
+            AcksArg::All => Acks::Durable,
         }
     }
 }
@@ -240,7 +261,8 @@ struct ProduceArgs {
     /// Send every message to this partition.
     #[arg(long, value_name = "N")]
     partition: Option<u32>,
-    /// What counts as acknowledged: none (sent), leader (appended), durable (fsynced).
+    /// What counts as acknowledged: none (sent), leader (appended), durable (fsynced), all
+    /// (committed: fsynced on a majority of the replicas).
     #[arg(long, value_enum, default_value_t = AcksArg::Durable)]
     acks: AcksArg,
     /// Idempotent producer: retries after lost connections or timeouts never duplicate.
@@ -531,6 +553,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         *addr = shardline_net::cli::config::resolve_listen(addr)
             .map_err(|e| anyhow!("invalid configuration: {key}: {e}"))?;
     }
+    args.cluster.apply(&mut config.cluster);
     config
         .validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
@@ -564,8 +587,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
     ])
     .context("cannot install signal handlers")?;
+    let cluster = shardline_net::cli::cluster::resolve(config.cluster.as_ref())?;
+    shardline_net::cli::cluster::check_data_dir(&config.engine.data_dir, config.cluster.as_ref())?;
     let mut server =
         Server::start(config.engine, config.server).context("cannot start the server")?;
+    if let Some(spec) = &cluster {
+        let nodes = u32::try_from(spec.nodes.len()).unwrap_or(u32::MAX);
+        server.set_cluster(spec.node_id, nodes);
+    }
+    let peers = match cluster {
+        Some(spec) => match shardline_net::cli::cluster::start_transport(server.engine(), spec) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let _ = server.shutdown();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if config.metrics.enabled {
         match server.serve_metrics(&config.metrics.listen) {
             Ok(_) => {}
@@ -588,6 +627,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let signal = signals.forever().next();
     info!(?signal, "shutting down");
+    if let Some(t) = peers {
+        t.shutdown();
+    }
     server.shutdown().context("shutdown")?;
     info!("stopped");
     Ok(())
@@ -630,6 +672,7 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             partitions,
             retention_bytes,
             retention_ms,
+            replicas,
         } => {
             let config = TopicConfig {
                 partitions,
@@ -637,9 +680,12 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 retention_ms,
                 ..TopicConfig::default()
             };
-            let t = client
-                .create_topic(&name, config)
-                .map_err(|e| explain(e, &name))?;
+            let t = if replicas == 1 {
+                client.create_topic(&name, config)
+            } else {
+                client.create_replicated_topic(&name, config, replicas)
+            }
+            .map_err(|e| explain(e, &name))?;
             let n = t.partition_shards.len();
             let plural = if n == 1 { "" } else { "s" };
             writeln!(out, "created topic {} ({n} partition{plural})", t.name)?;
@@ -656,18 +702,26 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 )?;
             }
         }
-        TopicCommand::Describe { name } => {
+        TopicCommand::Describe { name, json: true } => {
+            shardline_net::cli::cluster::describe_json(client, &name, &mut out)
+                .map_err(|e| explain(e, &name))?;
+        }
+        TopicCommand::Describe { name, json: false } => {
             let d = client
                 .describe_topic(&name)
+                .map_err(|e| explain(e, &name))?;
+            let r = client
+                .describe_replicas(&name)
                 .map_err(|e| explain(e, &name))?;
             let c = d.topic.config;
             writeln!(
                 out,
-                "topic {} id={} partitions={} retention_bytes={} retention_ms={} \
+                "topic {} id={} partitions={} replicas={} retention_bytes={} retention_ms={} \
                  segment_bytes={} segment_ms={}",
                 d.topic.name,
                 d.topic.topic_id,
                 c.partitions,
+                r.replicas,
                 opt(c.retention_bytes),
                 opt(c.retention_ms),
                 opt(c.segment_bytes),
@@ -688,6 +742,13 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                     p.produced_records,
                     p.fetched_records
                 )?;
+                if let Some(rp) = r.partitions.iter().find(|rp| rp.partition == p.partition) {
+                    write!(
+                        out,
+                        " leader={} replicas={:?} in_sync={:?} epoch={}",
+                        rp.leader, rp.replicas, rp.in_sync, rp.epoch
+                    )?;
+                }
                 match p.failure {
                     Some(f) => writeln!(out, " failure={f:?}")?,
                     None => writeln!(out)?,

@@ -1,5 +1,5 @@
 //! The server's configuration file (docs/operations.md, "Configuration"): one TOML file with
-//! `[engine]`, `[server]`, `[metrics]` and `[log]` tables. Every key has a default; unknown
+//! `[engine]`, `[server]`, `[metrics]`, `[log]` and (for a cluster) `[cluster]` tables. Every key has a default; unknown
 //! keys and invalid values are start-up errors that name the key (`engine.shards: ...`).
 
 use std::net::SocketAddr;
@@ -67,6 +67,9 @@ pub struct FileConfig {
     pub server: ServerConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    /// `[cluster]`: node id, cluster id, every node's peer address, peer TLS
+    /// (docs/replication.md). Absent = a single node, as before clusters existed.
+    pub cluster: Option<shardline_server::peer::ClusterConfig>,
 }
 
 /// A configuration error: the key's full path and what is wrong with it.
@@ -273,6 +276,12 @@ impl FileConfig {
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             bad("log.level", format!("'{}': {err}", self.log.level))?;
         }
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(|e| ConfigError {
+                key: "cluster".into(),
+                reason: e.to_string(),
+            })?;
+        }
         // Anything the engine checks beyond the above.
         self.engine.validate().map_err(|err| ConfigError {
             key: "engine".into(),
@@ -394,5 +403,29 @@ mod tests {
             "server.frame_bytes_max"
         );
         assert_eq!(error_of("[engine\n").key, "line 1");
+    }
+
+    #[test]
+    fn the_cluster_table_is_checked_and_round_trips() {
+        let text = "[cluster]\nnode_id = 2\ncluster_id = \"east\"\n\
+                    nodes = [\"1@127.0.0.1:7101\", \"2@localhost:7102\"]\n\
+                    [cluster.tls]\ncert = \"n.pem\"\nkey = \"n.key\"\nca = \"ca.pem\"\n";
+        let config = FileConfig::parse(text).expect("valid");
+        let c = config.cluster.clone().expect("cluster");
+        assert_eq!(
+            (c.node_id, c.cluster_id.as_str(), c.nodes.len()),
+            (2, "east", 2)
+        );
+        assert!(c.tls.is_some());
+        let printed = config.to_toml().expect("toml");
+        assert_eq!(FileConfig::parse(&printed), Ok(config));
+        let e = error_of("[cluster]\nnode_id = 3\nnodes = [\"1@127.0.0.1:7101\"]\n");
+        assert_eq!(e.key, "cluster");
+        assert!(
+            e.reason.contains("node 3 is not in the cluster list"),
+            "{e}"
+        );
+        assert_eq!(error_of("[cluster]\nnodez = 1\n").key, "cluster.nodez");
+        assert_eq!(FileConfig::parse("").map(|c| c.cluster), Ok(None));
     }
 }

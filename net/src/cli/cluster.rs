@@ -1,0 +1,156 @@
+//! `shardline serve`'s cluster flags and start-up (docs/operations.md, "A three-node cluster";
+//! docs/replication.md, "Node-to-node transport"): `--node-id`, `--cluster`, `--cluster-id` and
+//! the peer TLS files override the config file's `[cluster]` table; at start the data
+//! directory's cluster stamp is checked (or written), the list is resolved once, and the
+//! node-to-node transport starts on shard 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use shardline_server::peer::config::parse_cluster_list;
+use shardline_server::peer::{
+    ClusterConfig, ClusterSpec, InboundHandler, PeerSettings, PeerTlsConfig, PeerTransport, stamp,
+};
+
+/// The cluster flags of `shardline serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClusterArgs {
+    /// This node's id in the cluster list (cluster.node_id)
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Every node's node-to-node address, this one included: 1@HOST:PORT,2@HOST:PORT,...
+    /// (cluster.nodes); this node listens for peers on its own entry
+    #[arg(long, value_name = "ID@HOST:PORT,...")]
+    pub cluster: Option<String>,
+    /// Names the cluster; nodes of another cluster are refused (cluster.cluster_id)
+    /// [default: shardline]
+    #[arg(long, value_name = "NAME")]
+    pub cluster_id: Option<String>,
+    /// Mutual TLS between nodes: this node's certificate chain, PEM (cluster.tls.cert)
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// Private key of --peer-tls-cert (cluster.tls.key)
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_ca"])]
+    pub peer_tls_key: Option<PathBuf>,
+    /// CA that signs every node's certificate (cluster.tls.ca)
+    #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_key"])]
+    pub peer_tls_ca: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    fn any(&self) -> bool {
+        self.node_id.is_some()
+            || self.cluster.is_some()
+            || self.cluster_id.is_some()
+            || self.peer_tls_cert.is_some()
+    }
+
+    /// Applies the flags over the file's `[cluster]` table (creating it when a flag is given).
+    pub fn apply(&self, cluster: &mut Option<ClusterConfig>) {
+        if !self.any() {
+            return;
+        }
+        let c = cluster.get_or_insert_with(ClusterConfig::default);
+        if let Some(list) = &self.cluster {
+            c.nodes = parse_cluster_list(list);
+        }
+        if let Some(id) = self.node_id {
+            c.node_id = id;
+        }
+        if let Some(id) = &self.cluster_id {
+            c.cluster_id.clone_from(id);
+        }
+        if let (Some(cert), Some(key), Some(ca)) =
+            (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca)
+        {
+            c.tls = Some(PeerTlsConfig {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            });
+        }
+    }
+}
+
+/// Before the engine opens: a cluster start checks (or writes) the data directory's stamp; a
+/// single-node start refuses a directory stamped by a cluster.
+pub fn check_data_dir(data_dir: &Path, cluster: Option<&ClusterConfig>) -> anyhow::Result<()> {
+    match cluster {
+        Some(c) => stamp::check_or_stamp(data_dir, &c.cluster_id, c.node_id)?,
+        None => stamp::check_single_node(data_dir)?,
+    }
+    Ok(())
+}
+
+/// Resolves the cluster list (host names once, now), before anything opens.
+pub fn resolve(cluster: Option<&ClusterConfig>) -> anyhow::Result<Option<ClusterSpec>> {
+    let Some(cluster) = cluster else {
+        return Ok(None);
+    };
+    let spec = cluster
+        .resolve()
+        .map_err(|e| anyhow!("invalid configuration: cluster: {e}"))?;
+    // A list of one node is a cluster of one (nodes are added later): it listens for peers
+    // and has no links yet.
+    Ok(Some(spec))
+}
+
+/// Starts the transport on `engine`'s shard 0. Until the replication layer registers its own
+/// handler, inbound messages are dropped (traced).
+pub fn start_transport(
+    engine: &shardline_engine::Engine,
+    spec: ClusterSpec,
+) -> anyhow::Result<PeerTransport> {
+    let handler: InboundHandler = Arc::new(|from, messages: Vec<_>| {
+        tracing::trace!(
+            from,
+            messages = messages.len(),
+            "peer frame (no consumer yet)"
+        );
+    });
+    PeerTransport::start(engine, spec, PeerSettings::default(), handler)
+        .context("cannot start the node-to-node transport")
+}
+
+/// `topic describe NAME --json`: DESIGN.md's "Cluster and Kafka contracts" shape, one object
+/// on one line: `{"name", "topic_id", "replicas", "node_id", "partitions": [{"partition",
+/// "leader", "replicas", "in_sync", "epoch", "high_watermark", "log_start", "durable_offset",
+/// "shard", "size_bytes"}]}`.
+pub fn describe_json(
+    client: &shardline_client::Client,
+    name: &str,
+    out: &mut impl std::io::Write,
+) -> Result<(), shardline_client::ClientError> {
+    let d = client.describe_topic(name)?;
+    let r = client.describe_replicas(name)?;
+    let partitions: Vec<serde_json::Value> = r
+        .partitions
+        .iter()
+        .map(|rp| {
+            let p = d.partitions.iter().find(|p| p.partition == rp.partition);
+            serde_json::json!({
+                "partition": rp.partition,
+                "leader": rp.leader,
+                "replicas": rp.replicas,
+                "in_sync": rp.in_sync,
+                "epoch": rp.epoch,
+                "high_watermark": rp.high_watermark,
+                "log_start": p.map(|p| p.log_start),
+                "durable_offset": p.map(|p| p.durable_offset),
+                "shard": p.map(|p| p.shard),
+                "size_bytes": p.map(|p| p.size_bytes),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({
+        "name": d.topic.name,
+        "topic_id": d.topic.topic_id,
+        "replicas": r.replicas,
+        "node_id": r.node_id,
+        "partitions": partitions,
+    });
+    writeln!(out, "{doc}")
+        .map_err(|e| shardline_client::ClientError::InvalidArgument(e.to_string()))
+}
