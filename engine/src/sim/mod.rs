@@ -148,9 +148,13 @@
 //! without it). Nothing in the engine calls it; its one cost is `rand_xoshiro` (only
 //! `rand_core` below it) becoming a normal dependency.
 
+mod cluster;
 mod model;
+mod net;
 mod storage;
 mod world;
+
+pub use cluster::{ClusterConfig, ClusterFailure, ClusterOutcome, ClusterStats, run_cluster};
 
 use std::cell::Cell;
 use std::fmt;
