@@ -10,6 +10,10 @@
 //! (default: all cores), `--steps N` (per seed, default 300), `--groups N` (default 2),
 //! `--sabotage` (`all` acked at the leader's fsync). Prints progress every 10 s and the lowest
 //! failing seed; exits 1 on a failure.
+//!
+//! Idle cost of many groups (docs/performance.md): `--idle-groups N [--idle-ticks T]` runs 3
+//! nodes with N groups each (R = 3) in one thread, no traffic, and prints CPU per tick round,
+//! messages per round and memory per replica (VmRSS growth over the replicas opened).
 
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -25,6 +29,8 @@ struct Args {
     steps: usize,
     groups: u64,
     sabotage: bool,
+    idle_groups: u64,
+    idle_ticks: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -36,6 +42,8 @@ fn parse() -> Result<Args, String> {
         steps: d.steps,
         groups: d.groups,
         sabotage: false,
+        idle_groups: 0,
+        idle_ticks: 100,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +59,8 @@ fn parse() -> Result<Args, String> {
             "--steps" => a.steps = usize::try_from(value()?).map_err(|e| e.to_string())?,
             "--groups" => a.groups = value()?.max(1),
             "--sabotage" => a.sabotage = true,
+            "--idle-groups" => a.idle_groups = value()?,
+            "--idle-ticks" => a.idle_ticks = value()?.max(1),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -65,6 +75,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if a.idle_groups > 0 {
+        idle(a.idle_groups, a.idle_ticks);
+        return ExitCode::SUCCESS;
+    }
     let next = AtomicU64::new(a.first);
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
@@ -127,4 +141,45 @@ fn main() -> ExitCode {
         }
         None => ExitCode::SUCCESS,
     }
+}
+
+/// Resident set size of this process (Linux `/proc/self/status`), in KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn idle(groups: u64, ticks: u64) {
+    let before = rss_kib();
+    let mut built = 0;
+    let r = shardline_engine::sim::measure_idle(groups, ticks, || built = rss_kib());
+    let replicas = groups * r.nodes;
+    let tick_ms = 100.0;
+    let busy_ms_per_tick = r.idle_busy.as_secs_f64() * 1000.0 / ticks as f64;
+    // One thread ran all nodes: a node's share of a core is a third of the busy fraction.
+    let core_pct_per_node = busy_ms_per_tick / tick_ms * 100.0 / r.nodes as f64;
+    let rss_per_replica = (built.saturating_sub(before)) as f64 * 1024.0 / replicas as f64;
+    let storage_per_replica = 2.0 * r.storage_bytes as f64 / replicas as f64;
+    println!(
+        "{groups} groups x {} nodes ({replicas} replicas), {ticks} idle ticks of {tick_ms} ms: \
+         elected in {} ticks; busy {busy_ms_per_tick:.2} ms per tick round (all nodes) = \
+         {core_pct_per_node:.2}% of a core per node; {:.0} frames, {:.0} raft messages, \
+         {:.0} bytes per tick round; memory: RSS growth {:.1} KiB per replica, of which the \
+         simulated disk's two in-memory images are {:.1} KiB: replica state ~{:.1} KiB",
+        r.nodes,
+        r.election_ticks,
+        r.frames_per_tick,
+        r.msgs_per_tick,
+        r.bytes_per_tick,
+        rss_per_replica / 1024.0,
+        storage_per_replica / 1024.0,
+        (rss_per_replica - storage_per_replica) / 1024.0,
+    );
 }

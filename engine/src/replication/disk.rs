@@ -189,10 +189,12 @@ impl<S: Storage> RaftDisk<S> {
             !names.iter().any(|n| n == "raft-log") || !names.iter().any(|n| n == "raft-state");
         let log = storage.open(&log_path).await?;
         let state = storage.open(&state_path).await?;
+        // Always: after a process kill the page cache may hold writes that were never synced;
+        // what this replica tells its peers it has must be on disk first. New names must
+        // survive a power loss before anything in them counts.
+        log.sync().await?;
+        state.sync().await?;
         if fresh {
-            // The names must survive a power loss before anything in them counts.
-            log.sync().await?;
-            state.sync().await?;
             storage.sync_dir(dir).await?;
         }
         let log_bytes = read_all(&log).await?;

@@ -149,12 +149,14 @@
 //! `rand_core` below it) becoming a normal dependency.
 
 mod cluster;
+mod idle;
 mod model;
 mod net;
 mod storage;
 mod world;
 
 pub use cluster::{ClusterConfig, ClusterFailure, ClusterOutcome, ClusterStats, run_cluster};
+pub use idle::{IdleReport, measure_idle};
 
 use std::cell::Cell;
 use std::fmt;
