@@ -118,29 +118,67 @@ impl<S: Storage, T> ReplicaNode<S, T> {
         self.touched.insert(group);
     }
 
-    /// Persists, sends and applies what every touched group has ready. A group whose Raft files
-    /// failed is removed and returned with its error: the owner reopens it from disk (after the
-    /// disk recovers), which Raft sees as a restart.
+    /// Persists, sends and applies what every touched group has ready, as one group commit:
+    /// every group writes its entries and hard state first, then all their fsyncs run
+    /// together, then every group sends its answers and applies. A group whose Raft files
+    /// failed is removed and returned with its error: the owner reopens it from disk (after
+    /// the disk recovers), which Raft sees as a restart.
     pub async fn process_ready(&mut self) -> Vec<(GroupId, io::Error)> {
         let mut failed = Vec::new();
         let touched = std::mem::take(&mut self.touched);
+        // Phase 1: writes.
+        let mut written = BTreeMap::new();
         for g in touched {
             let Some(p) = self.groups.get_mut(&g) else {
                 continue;
             };
+            match p.ready_write(&mut self.outbox).await {
+                Ok(Some(rd)) => {
+                    written.insert(g, rd);
+                }
+                Ok(None) => {
+                    let mut replies = Vec::new();
+                    p.answer_waiters_now(&mut replies);
+                    self.replies.extend(replies.into_iter().map(|r| (g, r)));
+                }
+                Err(e) => failed.push((g, e)),
+            }
+        }
+        // Phase 2: the syncs, all in flight at once.
+        let syncs: Vec<_> = self
+            .groups
+            .iter_mut()
+            .filter(|(g, _)| written.contains_key(*g))
+            .map(|(g, p)| {
+                let g = *g;
+                Box::pin(async move { (g, p.sync().await) })
+                    as std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>>
+            })
+            .collect();
+        for (g, result) in join_all(syncs).await {
+            if let Err(e) = result {
+                written.remove(&g);
+                failed.push((g, e));
+            }
+        }
+        // Phase 3: answers and application.
+        for (g, rd) in written {
+            let Some(p) = self.groups.get_mut(&g) else {
+                continue;
+            };
             let mut replies = Vec::new();
-            let result = p.handle_ready(&mut self.outbox, &mut replies).await;
+            let result = p.ready_finish(rd, &mut self.outbox, &mut replies).await;
             self.replies.extend(replies.into_iter().map(|r| (g, r)));
             match result {
                 Ok(()) if p.has_ready() => {
                     self.touched.insert(g);
                 }
                 Ok(()) => {}
-                Err(e) => {
-                    self.remove(g);
-                    failed.push((g, e));
-                }
+                Err(e) => failed.push((g, e)),
             }
+        }
+        for (g, _) in &failed {
+            self.remove(*g);
         }
         failed
     }
@@ -154,4 +192,28 @@ impl<S: Storage, T> ReplicaNode<S, T> {
     pub fn take_replies(&mut self) -> Vec<(GroupId, Reply<T>)> {
         std::mem::take(&mut self.replies)
     }
+}
+
+/// Runs every future to completion, polling them together (their I/O is in flight at once);
+/// results in the futures' order.
+async fn join_all<F: std::future::Future + Unpin>(mut futs: Vec<F>) -> Vec<F::Output> {
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futs.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match std::pin::Pin::new(f).poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Message};
 use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::{RawNode, Ready, StateRole};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
@@ -420,15 +420,27 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// Persists, sends and applies what Raft has ready: messages for peers go to `out`,
     /// answers to producers to `replies`. An I/O error leaves the replica unusable: the owner
     /// drops it and opens it again (what the disk holds is consistent; Raft treats it as a
-    /// restart).
+    /// restart). The three phases ([`Self::ready_write`], [`Self::sync`],
+    /// [`Self::ready_finish`]) let a [`ReplicaNode`](super::ReplicaNode) write every group
+    /// first and run their syncs together (one group commit per round).
     pub async fn handle_ready(
         &mut self,
         out: &mut Outbox,
         replies: &mut Vec<Reply<T>>,
     ) -> io::Result<()> {
-        if !self.node.has_ready() {
+        let Some(rd) = self.ready_write(out).await? else {
             self.answer_waiters(replies);
             return Ok(());
+        };
+        self.sync().await?;
+        self.ready_finish(rd, out, replies).await
+    }
+
+    /// Phase 1: takes the ready, sends the leader's messages, applies what committed, writes
+    /// new entries and the hard state (not synced). `None`: nothing was ready.
+    pub async fn ready_write(&mut self, out: &mut Outbox) -> io::Result<Option<Ready>> {
+        if !self.node.has_ready() {
+            return Ok(None);
         }
         let mut rd = self.node.ready();
         self.send(rd.take_messages(), out);
@@ -447,8 +459,24 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             self.disk.save_state(s).await?;
             self.node.mut_store().wl().set_hardstate(hs.clone());
         }
+        Ok(Some(rd))
+    }
+
+    /// Phase 2: fsyncs what phase 1 wrote (nothing if it wrote nothing).
+    pub async fn sync(&mut self) -> io::Result<()> {
         self.disk.sync().await?;
         self.synced_index = raft::Storage::last_index(self.node.store()).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Phase 3 (after [`Self::sync`]): sends what needed the persistence (votes, append
+    /// answers), advances Raft, applies newly committed entries, answers producers.
+    pub async fn ready_finish(
+        &mut self,
+        mut rd: Ready,
+        out: &mut Outbox,
+        replies: &mut Vec<Reply<T>>,
+    ) -> io::Result<()> {
         self.send(rd.take_persisted_messages(), out);
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
@@ -609,6 +637,12 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             }
         }
         self.waiters = keep;
+    }
+
+    /// Answers the waiters that are safe now (nothing was ready, but a leadership change may
+    /// have come with a tick or a message).
+    pub fn answer_waiters_now(&mut self, replies: &mut Vec<Reply<T>>) {
+        self.answer_waiters(replies);
     }
 
     /// Fails every waiter (the replica is being dropped: crash, disk error).

@@ -345,3 +345,72 @@ fn a_replica_reopens_with_its_log_and_high_watermark() {
         before
     );
 }
+
+// Proves: one ready round of a node is one group commit: every group's fsync is in flight at
+// the same time (not one group after the other), and `all` producers are answered only after
+// the syncs complete.
+#[test]
+fn a_ready_round_syncs_every_group_together() {
+    use crate::storage::ParkedKind;
+    use futures_lite::future::poll_once;
+
+    let st = CrashStorage::new();
+    let mut node = Node::new(1);
+    for g in [1, 2, 3] {
+        let p = block_on(ReplicatedPartition::open(
+            st.clone(),
+            &PathBuf::from(format!("/gc/g{g}")),
+            g,
+            1,
+            &[1],
+            ReplicaConfig::default(),
+            g,
+        ))
+        .unwrap();
+        node.insert(p);
+    }
+    // Single-voter groups elect themselves.
+    for _ in 0..40 {
+        node.tick_all();
+        block_on(node.process_ready());
+    }
+    assert!(node.groups().all(ReplicatedPartition::is_leader));
+    st.hold_syncs(true);
+    for g in [1, 2, 3] {
+        node.propose(g, batch(None, 1), ReplAcks::All, Some(g));
+    }
+    let mut round = Box::pin(node.process_ready());
+    assert!(block_on(poll_once(&mut round)).is_none());
+    let parked = st.parked();
+    let syncs = parked
+        .iter()
+        .filter(|(_, k)| *k == ParkedKind::Sync)
+        .count();
+    assert_eq!(
+        syncs, 3,
+        "every group's sync in flight together: {parked:?}"
+    );
+    // Each group syncs its log, then its state file.
+    let mut done = None;
+    for _ in 0..10 {
+        st.complete_all_shuffled();
+        if let Some(failed) = block_on(poll_once(&mut round)) {
+            done = Some(failed);
+            break;
+        }
+    }
+    assert!(done.expect("round finished").is_empty());
+    drop(round);
+    st.hold_syncs(false);
+    let mut answered: Vec<u64> = node
+        .take_replies()
+        .into_iter()
+        .map(|(_, r)| r.token)
+        .collect();
+    for _ in 0..3 {
+        block_on(node.process_ready());
+        answered.extend(node.take_replies().into_iter().map(|(_, r)| r.token));
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, vec![1, 2, 3]);
+}
