@@ -9,7 +9,7 @@
 //! - Raft never overwrites a committed entry (a truncation starts above the commit index);
 //! - the commit index and the high watermark never move back within a process lifetime.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::Path;
 
@@ -86,6 +86,8 @@ pub struct ReplicatedPartition<S: Storage, T> {
     rng: Xoshiro256PlusPlus,
     /// Record batches of the Raft log in index order (committed and not).
     side: VecDeque<SideEntry>,
+    /// (producer id, base sequence) -> Raft index of that batch in the side index.
+    by_producer: BTreeMap<(u64, u32), u64>,
     /// Highest index applied (= the commit index as this replica knows it).
     applied: u64,
     /// One past the last committed offset: what readers may see.
@@ -152,10 +154,14 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             w.set_hardstate(hs.clone());
         }
         let mut side = VecDeque::new();
+        let mut by_producer = BTreeMap::new();
         let mut next_offset = 0;
         for e in &recovered.entries {
             if let Some(s) = side_entry(e.index, e.term, &e.data, next_offset) {
                 next_offset = s.last_offset + 1;
+                if let Some(p) = s.producer {
+                    by_producer.insert(p, s.index);
+                }
                 side.push_back(s);
             }
         }
@@ -188,6 +194,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             disk,
             rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ group.rotate_left(17) ^ id),
             side,
+            by_producer,
             applied,
             high_watermark,
             synced_index: last_index,
@@ -302,7 +309,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             return Proposed::Refused;
         };
         if let Some(p) = producer
-            && let Some(orig) = self.side.iter().rev().find(|s| s.producer == Some(p))
+            && let Some(orig) = self.by_producer.get(&p).and_then(|i| self.side_at(*i))
         {
             let ack = ProduceAck {
                 base_offset: orig.base_offset,
@@ -355,6 +362,22 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         });
     }
 
+    /// Cuts the side index's last batch (an overwritten uncommitted suffix).
+    fn pop_side(&mut self) {
+        if let Some(s) = self.side.pop_back()
+            && let Some(p) = s.producer
+            && self.by_producer.get(&p) == Some(&s.index)
+        {
+            self.by_producer.remove(&p);
+        }
+    }
+
+    /// The batch at Raft index `index` (the side index is sorted by index).
+    fn side_at(&self, index: u64) -> Option<&SideEntry> {
+        let i = self.side.partition_point(|s| s.index < index);
+        self.side.get(i).filter(|s| s.index == index)
+    }
+
     fn push_side(&mut self, s: SideEntry) {
         if let Some(b) = self.side.back() {
             assert!(
@@ -364,6 +387,9 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
                 (b.index, b.last_offset),
                 (s.index, s.base_offset)
             );
+        }
+        if let Some(p) = s.producer {
+            self.by_producer.insert(p, s.index);
         }
         self.side.push_back(s);
     }
@@ -536,17 +562,17 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         if e.data.is_empty() {
             // A leader's no-op (or an empty entry) takes no offset, but cuts what it replaces.
             while self.side.back().is_some_and(|s| s.index >= e.index) {
-                self.side.pop_back();
+                self.pop_side();
             }
             return;
         }
-        if let Some(s) = self.side.iter().rev().find(|s| s.index == e.index)
+        if let Some(s) = self.side_at(e.index)
             && s.term == e.term
         {
             return;
         }
         while self.side.back().is_some_and(|s| s.index >= e.index) {
-            self.side.pop_back();
+            self.pop_side();
         }
         match side_entry(e.index, e.term, &e.data, self.log_end_offset()) {
             Some(s) => self.push_side(s),
@@ -569,7 +595,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             );
             if e.entry_type == EntryType::EntryNormal
                 && !e.data.is_empty()
-                && let Some(s) = self.side.iter().rev().find(|s| s.index == e.index)
+                && let Some(s) = self.side_at(e.index)
             {
                 assert_eq!(
                     s.term, e.term,
@@ -607,12 +633,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         let sabotage = self.sabotage;
         let mut keep = Vec::new();
         for w in std::mem::take(&mut self.waiters) {
-            let present = self
-                .side
-                .iter()
-                .rev()
-                .find(|s| s.index == w.index)
-                .is_some_and(|s| s.term == w.term);
+            let present = self.side_at(w.index).is_some_and(|s| s.term == w.term);
             // `durable`: the leader's fsync; `all`: committed (a majority's fsync), unless
             // sabotaged.
             let safe_index = match (w.acks, sabotage) {
