@@ -14,6 +14,8 @@
 //! Idle cost of many groups (docs/performance.md): `--idle-groups N [--idle-ticks T]` runs 3
 //! nodes with N groups each (R = 3) in one thread, no traffic, and prints CPU per tick round,
 //! messages per round and memory per replica (VmRSS growth over the replicas opened).
+//! Failover in simulated time: `--failovers N [--latency-ms L]` kills the leader of a 3-replica
+//! partition N times and prints p50 and max of kill -> first `all` ack on the new leader.
 
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -31,6 +33,8 @@ struct Args {
     sabotage: bool,
     idle_groups: u64,
     idle_ticks: u64,
+    failovers: u64,
+    latency_ms: u64,
 }
 
 fn parse() -> Result<Args, String> {
@@ -44,6 +48,8 @@ fn parse() -> Result<Args, String> {
         sabotage: false,
         idle_groups: 0,
         idle_ticks: 100,
+        failovers: 0,
+        latency_ms: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +67,8 @@ fn parse() -> Result<Args, String> {
             "--sabotage" => a.sabotage = true,
             "--idle-groups" => a.idle_groups = value()?,
             "--idle-ticks" => a.idle_ticks = value()?.max(1),
+            "--failovers" => a.failovers = value()?,
+            "--latency-ms" => a.latency_ms = value()?,
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -75,6 +83,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if a.failovers > 0 {
+        let kills = usize::try_from(a.failovers).unwrap_or(usize::MAX);
+        let mut t = shardline_engine::sim::measure_failover(kills, a.latency_ms, a.first);
+        t.sort_unstable();
+        let p = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{} leader kills, one-way latency {} ms, default timing: kill -> first `all` ack on \
+             the new leader: min {} ms, p50 {} ms, p90 {} ms, max {} ms",
+            t.len(),
+            a.latency_ms,
+            t[0],
+            p(0.5),
+            p(0.9),
+            t[t.len() - 1]
+        );
+        return ExitCode::SUCCESS;
+    }
     if a.idle_groups > 0 {
         idle(a.idle_groups, a.idle_ticks);
         return ExitCode::SUCCESS;

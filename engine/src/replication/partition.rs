@@ -192,7 +192,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             cfg,
             node,
             disk,
-            rng: Xoshiro256PlusPlus::seed_from_u64(seed ^ group.rotate_left(17) ^ id),
+            rng: Xoshiro256PlusPlus::seed_from_u64(mix_seed(seed, group, id)),
             side,
             by_producer,
             applied,
@@ -695,4 +695,19 @@ fn side_entry(index: u64, term: u64, data: &Bytes, base_offset: u64) -> Option<S
         producer,
         data: data.clone(),
     })
+}
+
+/// A replica's election-timeout seed from the owner's seed, its group and its node: distinct
+/// replicas must draw distinct timeouts even when the owner's seed is the same everywhere
+/// (equal timeouts split every vote).
+fn mix_seed(seed: u64, group: GroupId, id: NodeId) -> u64 {
+    let mut x = seed;
+    for v in [group, id] {
+        // splitmix64 steps.
+        x = x.wrapping_add(v).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+    }
+    x
 }

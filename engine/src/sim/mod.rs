@@ -149,6 +149,7 @@
 //! `rand_core` below it) becoming a normal dependency.
 
 mod cluster;
+mod failover;
 mod idle;
 mod model;
 mod net;
@@ -156,6 +157,7 @@ mod storage;
 mod world;
 
 pub use cluster::{ClusterConfig, ClusterFailure, ClusterOutcome, ClusterStats, run_cluster};
+pub use failover::measure_failover;
 pub use idle::{IdleReport, measure_idle};
 
 use std::cell::Cell;
