@@ -142,11 +142,14 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             })
             .collect();
         let last_index = entries.last().map_or(0, |e| e.index);
-        let mut hs = HardState::default();
-        hs.term = recovered.state.term;
-        hs.vote = recovered.state.vote;
-        // The state file may have a commit from before a torn log tail: never above the log.
-        hs.commit = recovered.state.commit.min(last_index);
+        let hs = HardState {
+            term: recovered.state.term,
+            vote: recovered.state.vote,
+            // The state file may have a commit from before a torn log tail: never above the
+            // log.
+            commit: recovered.state.commit.min(last_index),
+            ..HardState::default()
+        };
         {
             let mut w = store.wl();
             w.append(&entries)

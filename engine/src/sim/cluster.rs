@@ -19,8 +19,9 @@
 //!    bytes, on every leader of the same or a later term (and on every replica at the end).
 //! 4. Offsets are dense (the replica asserts it on every append; the history checks it).
 //! 5. The high watermark never moves back within a replica's lifetime.
-//! 6. An idempotent producer's batch is committed at most once, and every ack of it (first
-//!    answer or retry, any leader) carries the same offsets as its committed copy.
+//! 6. An idempotent producer's batch is committed at most once, and every `all` ack of it
+//!    (first answer or retry, any leader) carries the same offsets as its committed copy.
+//!
 //! At the end the network heals, every node restarts and the disk frees: every group must
 //! elect a leader and bring every replica to the same commit (liveness), then 2 and 3 are
 //! checked on every replica.

@@ -23,12 +23,15 @@ type Node = ReplicaNode<CrashStorage, u64>;
 const GROUP: GroupId = 1;
 const IDS: [NodeId; 3] = [1, 2, 3];
 
+/// A frame in flight: (due at ms, from, to, messages).
+type InFlight = (u64, NodeId, NodeId, Vec<(GroupId, bytes::Bytes)>);
+
 struct Sim {
     now_ms: u64,
     latency_ms: u64,
     storage: Vec<CrashStorage>,
     nodes: Vec<Option<Node>>,
-    in_flight: Vec<(u64, NodeId, NodeId, Vec<(GroupId, bytes::Bytes)>)>,
+    in_flight: Vec<InFlight>,
     seed: u64,
     restarts: u64,
     phase_ms: Vec<u64>,
