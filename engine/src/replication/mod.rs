@@ -94,6 +94,27 @@ pub enum ReplError {
     Unavailable,
 }
 
+impl ReplError {
+    /// The engine error a client of partition `topic`/`partition` gets.
+    pub fn into_engine(self, topic: &str, partition: u32) -> crate::error::Error {
+        use crate::error::Error;
+        match self {
+            ReplError::NotLeader { leader, epoch } => Error::NotLeader {
+                topic: topic.to_string(),
+                partition,
+                leader,
+                epoch,
+            },
+            ReplError::Invalid(reason) => Error::CorruptBatch(reason),
+            ReplError::Unavailable => Error::PartitionFailed {
+                topic: topic.to_string(),
+                partition,
+                reason: "replica unavailable".into(),
+            },
+        }
+    }
+}
+
 /// Outgoing Raft messages of one round, per peer node: every group's messages to a peer
 /// travel together (one frame per peer per round is the transport's job).
 #[derive(Debug, Default)]

@@ -414,3 +414,29 @@ fn a_ready_round_syncs_every_group_together() {
     answered.sort_unstable();
     assert_eq!(answered, vec![1, 2, 3]);
 }
+
+// Proves: a replica's NOT_LEADER becomes the engine's retriable NotLeader (code 20) with the
+// leader hint and epoch, and its text names no address.
+#[test]
+fn not_leader_maps_to_a_retriable_engine_error_with_the_hint() {
+    let e = ReplError::NotLeader {
+        leader: Some(2),
+        epoch: 7,
+    }
+    .into_engine("t", 3);
+    assert_eq!(e.code(), 20);
+    assert!(e.is_retriable());
+    assert!(matches!(
+        e,
+        crate::error::Error::NotLeader {
+            leader: Some(2),
+            epoch: 7,
+            partition: 3,
+            ..
+        }
+    ));
+    assert_eq!(
+        e.to_string(),
+        "partition t/3: not the leader (leader epoch 7, leader Some(2))"
+    );
+}
