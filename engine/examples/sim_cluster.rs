@@ -181,23 +181,49 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) of the calling thread (`getrusage(RUSAGE_THREAD)`).
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills a caller-owned struct; a zeroed rusage is a valid value.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_THREAD, &mut usage) != 0 {
+            return Duration::ZERO;
+        }
+        usage
+    };
+    let d = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    d(usage.ru_utime) + d(usage.ru_stime)
+}
+
 fn idle(groups: u64, ticks: u64) {
     let before = rss_kib();
-    let mut built = 0;
-    let r = shardline_engine::sim::measure_idle(groups, ticks, || built = rss_kib());
+    let (mut built, mut cpu_start, mut cpu_end) = (0, Duration::ZERO, Duration::ZERO);
+    let r = shardline_engine::sim::measure_idle(groups, ticks, |what| {
+        if what == "built" {
+            built = rss_kib();
+            cpu_start = thread_cpu();
+        } else {
+            cpu_end = thread_cpu();
+        }
+    });
     let replicas = groups * r.nodes;
     let tick_ms = 100.0;
-    let busy_ms_per_tick = r.idle_busy.as_secs_f64() * 1000.0 / ticks as f64;
-    // One thread ran all nodes: a node's share of a core is a third of the busy fraction.
-    let core_pct_per_node = busy_ms_per_tick / tick_ms * 100.0 / r.nodes as f64;
+    let cpu_ms_per_tick = (cpu_end - cpu_start).as_secs_f64() * 1000.0 / ticks as f64;
+    // One thread ran all nodes: a node's share of a core is a third of the CPU per tick.
+    let core_pct_per_node = cpu_ms_per_tick / tick_ms * 100.0 / r.nodes as f64;
+    let wall_ms_per_tick = r.idle_busy.as_secs_f64() * 1000.0 / ticks as f64;
     let rss_per_replica = (built.saturating_sub(before)) as f64 * 1024.0 / replicas as f64;
     let storage_per_replica = 2.0 * r.storage_bytes as f64 / replicas as f64;
     println!(
         "{groups} groups x {} nodes ({replicas} replicas), {ticks} idle ticks of {tick_ms} ms: \
-         elected in {} ticks; busy {busy_ms_per_tick:.2} ms per tick round (all nodes) = \
-         {core_pct_per_node:.2}% of a core per node; {:.0} frames, {:.0} raft messages, \
-         {:.0} bytes per tick round; memory: RSS growth {:.1} KiB per replica, of which the \
-         simulated disk's two in-memory images are {:.1} KiB: replica state ~{:.1} KiB",
+         elected in {} ticks; CPU {cpu_ms_per_tick:.2} ms per tick round (all nodes; wall \
+         {wall_ms_per_tick:.2} ms) = {core_pct_per_node:.2}% of a core per node; {:.0} frames, \
+         {:.0} raft messages, {:.0} bytes per tick round; memory: RSS growth {:.1} KiB per \
+         replica, of which the simulated disk's two in-memory images are {:.1} KiB: replica \
+         state ~{:.1} KiB",
         r.nodes,
         r.election_ticks,
         r.frames_per_tick,

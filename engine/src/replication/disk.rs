@@ -184,11 +184,11 @@ impl<S: Storage> RaftDisk<S> {
         storage.create_dir_all(dir)?;
         let log_path = dir.join("raft-log");
         let state_path = dir.join("raft-state");
-        let names = storage.list(dir).await?;
-        let fresh =
-            !names.iter().any(|n| n == "raft-log") || !names.iter().any(|n| n == "raft-state");
         let log = storage.open(&log_path).await?;
         let state = storage.open(&state_path).await?;
+        // Both empty: new, or created by an open that died before its directory sync (nothing
+        // is written before that sync), so their names may not be durable yet.
+        let fresh = log.size().await? == 0 && state.size().await? == 0;
         // Always: after a process kill the page cache may hold writes that were never synced;
         // what this replica tells its peers it has must be on disk first. New names must
         // survive a power loss before anything in them counts.

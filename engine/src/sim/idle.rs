@@ -20,7 +20,7 @@ pub struct IdleReport {
     /// Tick rounds until every group had a leader and had committed.
     pub election_ticks: u64,
     pub ticks: u64,
-    /// Time spent in the idle tick rounds (all nodes, one thread: CPU time).
+    /// Wall time of the idle tick rounds (all nodes, one thread; the caller measures CPU).
     pub idle_busy: Duration,
     /// Raft messages and their bytes sent per idle tick round, all nodes together.
     pub msgs_per_tick: f64,
@@ -55,9 +55,9 @@ fn round(nodes: &mut [Node], counts: &mut (u64, u64, u64)) {
 }
 
 /// Builds the idle cluster, elects every group, then measures `ticks` idle tick rounds.
-/// `on_built` runs once every group has elected and settled (the caller reads its memory
-/// there).
-pub fn measure_idle(groups: u64, ticks: u64, mut on_built: impl FnMut()) -> IdleReport {
+/// `mark` is called with `"built"` once every group has elected and settled (the caller reads
+/// its memory and CPU clock there) and with `"idle-done"` after the idle rounds.
+pub fn measure_idle(groups: u64, ticks: u64, mut mark: impl FnMut(&str)) -> IdleReport {
     let ids: Vec<NodeId> = vec![1, 2, 3];
     let storage: Vec<CrashStorage> = ids.iter().map(|_| CrashStorage::new()).collect();
     let mut nodes: Vec<Node> = ids.iter().map(|id| Node::new(*id)).collect();
@@ -107,7 +107,7 @@ pub fn measure_idle(groups: u64, ticks: u64, mut on_built: impl FnMut()) -> Idle
         }
         round(&mut nodes, &mut counts);
     }
-    on_built();
+    mark("built");
     let mut counts = (0, 0, 0);
     let started = Instant::now();
     for _ in 0..ticks {
@@ -119,6 +119,7 @@ pub fn measure_idle(groups: u64, ticks: u64, mut on_built: impl FnMut()) -> Idle
         round(&mut nodes, &mut counts);
     }
     let idle_busy = started.elapsed();
+    mark("idle-done");
     let t = ticks.max(1) as f64;
     IdleReport {
         groups,
