@@ -50,6 +50,18 @@ pub enum Error {
     Runtime(String),
     #[error("timed out after {0} ms")]
     Timeout(u64),
+    /// A replicated partition's replica that is not (or no longer) the leader (issue 14;
+    /// docs/replication.md). `leader`: the node id it knows leads (a hint, no address);
+    /// `epoch`: its leader epoch (Raft term). The batch may still commit: retry idempotently.
+    #[error(
+        "partition {topic}/{partition}: not the leader (leader epoch {epoch}, leader {leader:?})"
+    )]
+    NotLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<u64>,
+        epoch: u64,
+    },
     // --- messaging semantics (codes 200..=224; docs/semantics.md) ---
     #[error("producer {producer_id}: sequence {got} out of order, expected {expected}")]
     OutOfOrderSequence {
@@ -140,6 +152,7 @@ impl Error {
             Error::Busy(_) => 17,
             Error::Runtime(_) => 18,
             Error::Timeout(_) => 19,
+            Error::NotLeader { .. } => 20,
             Error::OutOfOrderSequence { .. } => 200,
             Error::ProducerFenced { .. } => 201,
             Error::DuplicateSequence { .. } => 202,
@@ -163,6 +176,7 @@ impl Error {
                 | Error::Busy(_)
                 | Error::Timeout(_)
                 | Error::PartitionFailed { .. }
+                | Error::NotLeader { .. }
         )
     }
 }

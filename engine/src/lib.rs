@@ -26,6 +26,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod partition;
 pub mod producer_ids;
+pub mod replication;
 pub mod rt;
 pub mod shard;
 #[doc(hidden)]

@@ -25,6 +25,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("partition core", &["partition", "idempotence"]),
+    // Raft groups over partition logs (docs/replication.md): drives partition cores.
+    ("replication", &["replication"]),
     ("shard (runtime shell)", &["shard"]),
     // `engine`, `groups` and `queue` are the crate root's re-exports of `broker::*`.
     ("broker", &["broker", "engine", "groups", "queue"]),

@@ -148,9 +148,17 @@
 //! without it). Nothing in the engine calls it; its one cost is `rand_xoshiro` (only
 //! `rand_core` below it) becoming a normal dependency.
 
+mod cluster;
+mod failover;
+mod idle;
 mod model;
+mod net;
 mod storage;
 mod world;
+
+pub use cluster::{ClusterConfig, ClusterFailure, ClusterOutcome, ClusterStats, run_cluster};
+pub use failover::measure_failover;
+pub use idle::{IdleReport, measure_idle};
 
 use std::cell::Cell;
 use std::fmt;

@@ -1,0 +1,325 @@
+//! A replica's Raft files, written through [`Storage`] (so `CrashStorage` and the simulator can
+//! crash them):
+//!
+//! - `raft-log`: append-only frames `[magic u32][index u64][term u64][len u32][crc32c u32][data]`
+//!   (little endian; the CRC covers index, term and data). A frame whose index is not above the
+//!   previous one overwrites the suffix from that index on (Raft's truncation of an uncommitted
+//!   suffix), so the file is never rewritten in place except its last partial block. Recovery
+//!   reads frames until the first one that is short, has a bad magic or a bad CRC (a torn tail).
+//! - `raft-state`: the hard state (term, vote, commit) in two block slots written alternately,
+//!   each `[magic u32][seq u64][term u64][vote u64][commit u64][crc32c u32]`: a torn write of one
+//!   slot leaves the other, so the state file is replaced atomically without a rename.
+//!
+//! Every write covers whole [`BLOCK_BYTES`] blocks (direct I/O): the last partial block of the
+//! log is kept in memory and rewritten with the next append.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::storage::{BLOCK_BYTES, IoBuf, LogFile, Storage, align_down, align_up};
+
+const FRAME_MAGIC: u32 = 0x5246_4c31; // "RFL1"
+const STATE_MAGIC: u32 = 0x5253_5431; // "RST1"
+const FRAME_HEAD_BYTES: usize = 4 + 8 + 8 + 4 + 4;
+const STATE_BYTES: usize = 4 + 8 + 8 + 8 + 8 + 4;
+
+/// One Raft log entry as stored (entry type normal; configuration is static, see
+/// docs/replication.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskEntry {
+    pub index: u64,
+    pub term: u64,
+    pub data: Bytes,
+}
+
+/// Term, vote and commit index.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskState {
+    pub term: u64,
+    pub vote: u64,
+    pub commit: u64,
+}
+
+/// What a replica's directory held at open.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub entries: Vec<DiskEntry>,
+    pub state: DiskState,
+    /// Bytes cut from the log's tail (a torn or unsynced frame).
+    pub cut_bytes: u64,
+}
+
+/// The open Raft files of one replica.
+pub struct RaftDisk<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    log: S::File,
+    state: S::File,
+    /// Logical length of the log file (end of the last good frame).
+    log_len: u64,
+    /// The bytes of the log's last partial block (`log_len % BLOCK_BYTES` of them).
+    tail: Vec<u8>,
+    state_seq: u64,
+    /// Unsynced writes since the last sync.
+    dirty: bool,
+}
+
+fn put_u32(v: &mut Vec<u8>, x: u32) {
+    v.extend_from_slice(&x.to_le_bytes());
+}
+fn put_u64(v: &mut Vec<u8>, x: u64) {
+    v.extend_from_slice(&x.to_le_bytes());
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn usize_of(n: u64) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::other("raft file larger than memory"))
+}
+
+/// Encodes one frame.
+fn frame(e: &DiskEntry, out: &mut Vec<u8>) -> io::Result<()> {
+    let len = u32::try_from(e.data.len()).map_err(|_| io::Error::other("raft entry too large"))?;
+    let mut crc = crc32c::crc32c(&e.index.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &e.term.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &e.data);
+    put_u32(out, FRAME_MAGIC);
+    put_u64(out, e.index);
+    put_u64(out, e.term);
+    put_u32(out, len);
+    put_u32(out, crc);
+    out.extend_from_slice(&e.data);
+    Ok(())
+}
+
+/// Parses frames from the start of `b`; returns the entries (suffix overwrites applied) and the
+/// length of the good prefix.
+fn parse_log(b: &[u8]) -> (Vec<DiskEntry>, usize) {
+    let mut entries: Vec<DiskEntry> = Vec::new();
+    let mut at = 0;
+    while b.len() - at >= FRAME_HEAD_BYTES {
+        if u32_at(b, at) != FRAME_MAGIC {
+            break;
+        }
+        let index = u64_at(b, at + 4);
+        let term = u64_at(b, at + 12);
+        let len = u32_at(b, at + 20) as usize;
+        let crc = u32_at(b, at + 24);
+        let start = at + FRAME_HEAD_BYTES;
+        if b.len() - start < len {
+            break;
+        }
+        let data = &b[start..start + len];
+        let mut c = crc32c::crc32c(&index.to_le_bytes());
+        c = crc32c::crc32c_append(c, &term.to_le_bytes());
+        c = crc32c::crc32c_append(c, data);
+        if c != crc {
+            break;
+        }
+        // Index 0 is never an entry; a frame that leaves a hole is not ours either.
+        let first = entries.first().map_or(index, |e| e.index);
+        if index == 0 || index < first || index > first + entries.len() as u64 {
+            break;
+        }
+        entries.truncate(usize::try_from(index - first).unwrap_or(usize::MAX));
+        entries.push(DiskEntry {
+            index,
+            term,
+            data: Bytes::copy_from_slice(data),
+        });
+        at = start + len;
+    }
+    (entries, at)
+}
+
+fn parse_state(b: &[u8]) -> Option<(u64, DiskState)> {
+    if b.len() < STATE_BYTES || u32_at(b, 0) != STATE_MAGIC {
+        return None;
+    }
+    let crc = u32_at(b, STATE_BYTES - 4);
+    if crc32c::crc32c(&b[..STATE_BYTES - 4]) != crc {
+        return None;
+    }
+    Some((
+        u64_at(b, 4),
+        DiskState {
+            term: u64_at(b, 12),
+            vote: u64_at(b, 20),
+            commit: u64_at(b, 28),
+        },
+    ))
+}
+
+async fn read_all<F: LogFile>(f: &F) -> io::Result<Vec<u8>> {
+    let size = f.size().await?;
+    let mut out = Vec::with_capacity(usize_of(size)?);
+    let mut pos = 0;
+    while pos < size {
+        let chunk = (size - pos).min(1 << 20);
+        let b = f.read_at(pos, usize_of(align_up(chunk))?).await?;
+        if b.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&b);
+        pos += b.len() as u64;
+    }
+    out.truncate(usize_of(size)?);
+    Ok(out)
+}
+
+impl<S: Storage> RaftDisk<S> {
+    /// Opens (creating) the Raft files in `dir` and reads them back.
+    pub async fn open(storage: S, dir: &Path) -> io::Result<(Self, Recovered)> {
+        storage.create_dir_all(dir)?;
+        let log_path = dir.join("raft-log");
+        let state_path = dir.join("raft-state");
+        let log = storage.open(&log_path).await?;
+        let state = storage.open(&state_path).await?;
+        // Both empty: new, or created by an open that died before its directory sync (nothing
+        // is written before that sync), so their names may not be durable yet.
+        let fresh = log.size().await? == 0 && state.size().await? == 0;
+        // Always: after a process kill the page cache may hold writes that were never synced;
+        // what this replica tells its peers it has must be on disk first. New names must
+        // survive a power loss before anything in them counts.
+        log.sync().await?;
+        state.sync().await?;
+        if fresh {
+            storage.sync_dir(dir).await?;
+        }
+        let log_bytes = read_all(&log).await?;
+        let (entries, good) = parse_log(&log_bytes);
+        let state_bytes = read_all(&state).await?;
+        let slots = [
+            parse_state(&state_bytes),
+            state_bytes.get(BLOCK_BYTES..).and_then(parse_state),
+        ];
+        let (state_seq, disk_state) = slots
+            .into_iter()
+            .flatten()
+            .max_by_key(|(seq, _)| *seq)
+            .unwrap_or_default();
+        let log_len = good as u64;
+        let tail_start = usize_of(align_down(log_len))?;
+        let tail = log_bytes[tail_start..good].to_vec();
+        let cut_bytes = (log_bytes.len() - good) as u64;
+        let disk = RaftDisk {
+            storage,
+            dir: dir.to_path_buf(),
+            log,
+            state,
+            log_len,
+            tail,
+            state_seq,
+            dirty: false,
+        };
+        if cut_bytes > 0 {
+            // Cut the bad tail so that a later append cannot leave good frames behind garbage.
+            disk.log.truncate(log_len).await?;
+            disk.log.sync().await?;
+        }
+        Ok((
+            disk,
+            Recovered {
+                entries,
+                state: disk_state,
+                cut_bytes,
+            },
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Bytes in the log file.
+    pub fn log_bytes(&self) -> u64 {
+        self.log_len
+    }
+
+    /// Appends entries (the first may overwrite a suffix: its frame says so). Not durable until
+    /// [`Self::sync`].
+    pub async fn append(&mut self, entries: &[DiskEntry]) -> io::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut bytes = std::mem::take(&mut self.tail);
+        let tail_len = bytes.len();
+        for e in entries {
+            frame(e, &mut bytes)?;
+        }
+        let new_len = self.log_len + (bytes.len() - tail_len) as u64;
+        let write_at = align_down(self.log_len);
+        let padded = usize_of(align_up(bytes.len() as u64))?;
+        let mut buf = S::alloc_buf(padded);
+        {
+            let b = buf.as_bytes_mut();
+            b[..bytes.len()].copy_from_slice(&bytes);
+            b[bytes.len()..].fill(0);
+        }
+        let result = self.log.write_at(Rc::new(buf), write_at).await;
+        let keep_from = usize_of(align_down(new_len) - write_at)?;
+        match result {
+            Ok(()) => {
+                self.tail = bytes[keep_from..].to_vec();
+                self.log_len = new_len;
+                self.dirty = true;
+                Ok(())
+            }
+            Err(e) => {
+                bytes.truncate(tail_len);
+                self.tail = bytes;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes the hard state into the older slot. Not durable until [`Self::sync`].
+    pub async fn save_state(&mut self, s: DiskState) -> io::Result<()> {
+        let seq = self.state_seq + 1;
+        let mut v = Vec::with_capacity(STATE_BYTES);
+        put_u32(&mut v, STATE_MAGIC);
+        put_u64(&mut v, seq);
+        put_u64(&mut v, s.term);
+        put_u64(&mut v, s.vote);
+        put_u64(&mut v, s.commit);
+        let crc = crc32c::crc32c(&v);
+        put_u32(&mut v, crc);
+        let mut buf = S::alloc_buf(BLOCK_BYTES);
+        {
+            let b = buf.as_bytes_mut();
+            b[..v.len()].copy_from_slice(&v);
+            b[v.len()..].fill(0);
+        }
+        let slot = (seq % 2) * BLOCK_BYTES as u64;
+        self.state.write_at(Rc::new(buf), slot).await?;
+        self.state_seq = seq;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// fdatasyncs both files if anything was written since the last sync.
+    pub async fn sync(&mut self) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        self.log.sync().await?;
+        self.state.sync().await?;
+        self.dirty = false;
+        Ok(())
+    }
+}
