@@ -22,11 +22,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{
-    BASE_SEQUENCE_AT, BATCH_BYTES_MAX, BATCH_LENGTH_AT, BODY_KIND_AT, BODY_LENGTH_AT,
-    BatchHeader, COMPRESSION_AT, CRC_AT, FIRST_TIMESTAMP_AT, FLAGS_AT, FORMAT_VERSION,
-    FORMAT_VERSION_AT, FormatError as Error, HEADER_BYTES, Header, MAGIC, MAGIC_AT,
-    MAX_TIMESTAMP_AT, PRODUCER_EPOCH_AT, PRODUCER_ID_AT, RECORD_COUNT_AT, Record, Result,
-    body_kind, compression, compute_crc, padded, put,
+    BASE_SEQUENCE_AT, BATCH_BYTES_MAX, BATCH_LENGTH_AT, BODY_KIND_AT, BODY_LENGTH_AT, BatchHeader,
+    COMPRESSION_AT, CRC_AT, FIRST_TIMESTAMP_AT, FLAGS_AT, FORMAT_VERSION, FORMAT_VERSION_AT,
+    FormatError as Error, HEADER_BYTES, Header, MAGIC, MAGIC_AT, MAX_TIMESTAMP_AT,
+    PRODUCER_EPOCH_AT, PRODUCER_ID_AT, RECORD_COUNT_AT, Record, Result, body_kind, compression,
+    compute_crc, padded, put,
 };
 
 /// Bytes of a Kafka v2 batch header (up to the records).
@@ -109,7 +109,10 @@ fn corrupt<T>(m: impl Into<String>) -> Result<T> {
 /// batches after this one.
 pub fn parse_header(b: &[u8]) -> Result<KafkaBatchInfo> {
     if b.len() < KAFKA_HEADER_BYTES {
-        return corrupt(format!("kafka batch header needs 61 bytes, got {}", b.len()));
+        return corrupt(format!(
+            "kafka batch header needs 61 bytes, got {}",
+            b.len()
+        ));
     }
     let magic = i8::from_be_bytes([b[KMAGIC_AT]]);
     if magic != KAFKA_MAGIC {
@@ -497,7 +500,10 @@ mod tests {
         let h = validate(&wrapped).unwrap();
         assert_eq!(h.body_kind, body_kind::KAFKA_V2);
         assert_eq!(h.record_count, 3);
-        assert_eq!(h.producer.producer_id, 1, "kafka producer id 0 is stored as 1");
+        assert_eq!(
+            h.producer.producer_id, 1,
+            "kafka producer id 0 is stored as 1"
+        );
         assert_eq!(h.producer.base_sequence, 5);
         assert_eq!(h.first_timestamp_us, 1_700_000_000_000_000);
         let (_, records) = decode(&wrapped).unwrap();
@@ -521,7 +527,11 @@ mod tests {
         assert_eq!(out.len(), k.len());
         assert_eq!(be_i64(&out, 0), 1234);
         assert_eq!(&out[LENGTH_AT..12], &k[LENGTH_AT..12]);
-        assert_eq!(&out[KMAGIC_AT..], &k[KMAGIC_AT..], "everything from the magic on is as sent");
+        assert_eq!(
+            &out[KMAGIC_AT..],
+            &k[KMAGIC_AT..],
+            "everything from the magic on is as sent"
+        );
         check(&out).unwrap();
     }
 
@@ -529,7 +539,12 @@ mod tests {
     fn native_batch_becomes_a_valid_kafka_batch() {
         let mut b = BatchBuilder::new();
         b.push(5_000_000, None, b"one".to_vec(), Vec::new());
-        b.push(6_000_000, Some(b"key".to_vec()), b"two".to_vec(), Vec::new());
+        b.push(
+            6_000_000,
+            Some(b"key".to_vec()),
+            b"two".to_vec(),
+            Vec::new(),
+        );
         let mut native = b.build().unwrap().to_vec();
         crate::set_base_offset(&mut native, 40);
         let h = crate::check_crc(&native).unwrap();

@@ -32,11 +32,13 @@ pub use prometheus::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsEndpoint, encode as encode_metrics,
 };
 mod encryption;
+mod kafka;
 mod quota;
 mod semantics;
 mod tls;
 
 pub use encryption::EncryptionConfig;
+pub use kafka::KafkaConfig;
 pub use quota::QuotaConfig;
 pub use session::AuthConfig;
 
@@ -78,6 +80,10 @@ pub struct ServerConfig {
     pub encryption: EncryptionConfig,
     /// `[server.quotas]`: byte rates per principal, connections per address, topic limits.
     pub quotas: QuotaConfig,
+    /// The Kafka listener (`[kafka]` in the serve file, docs/kafka.md). Not a `[server]` key:
+    /// the CLI copies its top-level `[kafka]` table here.
+    #[serde(skip)]
+    pub kafka: KafkaConfig,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +101,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             encryption: EncryptionConfig::default(),
             quotas: QuotaConfig::default(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -129,6 +136,8 @@ pub(crate) struct Shared {
     /// Set when `cfg.auth.enabled`.
     pub(crate) auth: Option<Arc<session::AuthState>>,
     pub(crate) quotas: quota::Quotas,
+    /// The bound Kafka address (port 0 resolved), when the Kafka listener is on.
+    pub(crate) kafka_addr: Mutex<Option<SocketAddr>>,
 }
 
 /// A running server.
@@ -142,7 +151,8 @@ pub struct Server {
     metrics_endpoint: Option<MetricsEndpoint>,
 }
 
-type Bound = Result<(SocketAddr, SocketAddr), String>;
+/// A shard's bound addresses: shared, direct, and Kafka (when configured).
+type Bound = Result<(SocketAddr, SocketAddr, Option<SocketAddr>), String>;
 
 impl Server {
     /// Opens the engine, then starts the listeners on every shard.
@@ -158,6 +168,7 @@ impl Server {
                 "frame_bytes_max must be between 64 KiB and 1 GiB".into(),
             ));
         }
+        let mut kafka_at = cfg.kafka.listen_addr().map_err(ServerError::Config)?;
         let tls = match &cfg.tls {
             Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),
             None => None,
@@ -191,6 +202,7 @@ impl Server {
             tls,
             auth,
             quotas: quota::Quotas::new(cfg_quotas),
+            kafka_addr: Mutex::new(None),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -200,12 +212,13 @@ impl Server {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let shared2 = shared.clone();
             let bind_at = addr;
+            let kafka_bind_at = kafka_at;
             let task = Box::new(move |h: ShardHandle| {
-                let r = bind_and_serve(h, bind_at, shared2, stop_rx);
+                let r = bind_and_serve(h, bind_at, kafka_bind_at, shared2, stop_rx);
                 let _ = tx.send(r);
             });
             engine.run_on_shard(shard, task)?;
-            let (shared_addr, direct) = rx
+            let (shared_addr, direct, kafka_bound) = rx
                 .recv()
                 .map_err(|_| ServerError::Config("shard stopped while binding".into()))?
                 .map_err(|e| ServerError::Listen {
@@ -214,11 +227,18 @@ impl Server {
                 })?;
             // The first shard resolves port 0; the others bind the same port.
             addr = shared_addr;
+            kafka_at = kafka_bound;
             shard_addrs.push(direct);
             stop.push(stop_tx);
         }
         if let Ok(mut a) = shared.shard_addrs.lock() {
             *a = shard_addrs.clone();
+        }
+        if let Ok(mut k) = shared.kafka_addr.lock() {
+            *k = kafka_at;
+        }
+        if let Some(k) = kafka_at {
+            tracing::info!(addr = %k, "kafka listening");
         }
         let tls_on = shared.tls.is_some();
         tracing::info!(%addr, shards = ?shard_addrs, tls = tls_on, "listening");
@@ -277,6 +297,11 @@ impl Server {
         self.addr
     }
 
+    /// The Kafka listener's address (port 0 resolved), when `[kafka] listen` is set.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.shared.kafka_addr.lock().ok().and_then(|a| *a)
+    }
+
     /// One direct address per shard (as Metadata advertises them).
     pub fn shard_addrs(&self) -> Vec<SocketAddr> {
         self.shard_addrs.clone()
@@ -314,11 +339,12 @@ impl Server {
 fn bind_and_serve(
     h: ShardHandle,
     at: SocketAddr,
+    kafka: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: flume::Receiver<()>,
 ) -> Bound {
     let mut bound = Vec::new();
-    for listener in listener::listeners(at) {
+    for listener in listener::listeners(at, kafka) {
         let a = listener.addr;
         let l = TcpListener::bind(a).map_err(|e| format!("bind {a}: {e}"))?;
         bound.push((l, listener.protocol));
@@ -337,7 +363,8 @@ fn bind_and_serve(
         ));
     }
     match addrs[..] {
-        [shared_addr, direct_addr] => Ok((shared_addr, direct_addr)),
+        [shared_addr, direct_addr] => Ok((shared_addr, direct_addr, None)),
+        [shared_addr, direct_addr, kafka_addr] => Ok((shared_addr, direct_addr, Some(kafka_addr))),
         _ => Err(format!(
             "expected a shared and a direct listener, got {addrs:?}"
         )),

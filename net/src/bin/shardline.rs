@@ -131,6 +131,9 @@ struct ServeArgs {
     /// Print the effective configuration (file, defaults and flags) as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Kafka wire-protocol listener (kafka.listen); port 0 picks one (docs/kafka.md).
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_listen: Option<String>,
     #[command(flatten)]
     tls: security::ServeTlsArgs,
 }
@@ -373,6 +376,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.metrics.listen = metrics;
         config.metrics.enabled = true;
     }
+    if let Some(kafka) = args.kafka_listen {
+        config.kafka.listen = Some(kafka);
+    }
     config
         .validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
@@ -396,6 +402,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         signal_hook::consts::SIGTERM,
     ])
     .context("cannot install signal handlers")?;
+    config.server.kafka = config.kafka.clone();
     let mut server =
         Server::start(config.engine, config.server).context("cannot start the server")?;
     if config.metrics.enabled {
@@ -416,6 +423,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     {
         let mut out = io::stdout().lock();
         writeln!(out, "shardline listening on {addr}").context("stdout")?;
+        // Second line only with a Kafka listener (scripts reading one line are unaffected).
+        if let Some(kafka) = server.kafka_addr() {
+            writeln!(out, "kafka listening on {kafka}").context("stdout")?;
+        }
         out.flush().context("stdout")?;
     }
     let signal = signals.forever().next();
