@@ -363,3 +363,94 @@ fn bad_input_gets_kafka_errors_or_a_closed_connection() {
         assert!(meta.contains("topic \"bad\""), "{meta}");
     }
 }
+
+// Proves: kcat as a consumer group (-G) commits, and a later run of the same group resumes
+// from the committed offsets, across a server restart too.
+#[test]
+fn kcat_group_resumes_from_committed_offsets_across_a_restart() {
+    if !have_kcat() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(dir.path());
+    s.cli(&["topic", "create", "grp", "--partitions", "3"]);
+    kcat(&s.kafka, &["-P", "-t", "grp"], lines(0, 1000).as_bytes());
+    let group = [
+        "-G",
+        "kcat-group",
+        "grp",
+        "-e",
+        "-q",
+        "-X",
+        "auto.offset.reset=earliest",
+    ];
+    let first = kcat(&s.kafka, &group, b"");
+    assert_eq!(sorted_lines(&first), sorted_lines(&lines(0, 1000)));
+    kcat(&s.kafka, &["-P", "-t", "grp"], lines(1000, 1500).as_bytes());
+    let second = kcat(&s.kafka, &group, b"");
+    assert_eq!(sorted_lines(&second), sorted_lines(&lines(1000, 1500)));
+    s.kill();
+    let s = Served::start(dir.path());
+    kcat(&s.kafka, &["-P", "-t", "grp"], lines(1500, 1600).as_bytes());
+    let third = kcat(&s.kafka, &group, b"");
+    assert_eq!(sorted_lines(&third), sorted_lines(&lines(1500, 1600)));
+}
+
+// Proves: a confluent-kafka group of two members rebalances when one leaves, and across the
+// synchronous commit points no record is lost or seen twice.
+#[test]
+fn confluent_kafka_group_rebalances_without_loss_or_duplicates() {
+    if !have_python_module("confluent_kafka") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(dir.path());
+    s.cli(&["topic", "create", "cg", "--partitions", "4"]);
+    let mut c = Command::new("timeout");
+    c.args(["120", "python3"])
+        .arg(script("ck_group.py"))
+        .args([&s.kafka, "cg", "3000"]);
+    assert_eq!(run(&mut c, b"").trim(), "ok 3000");
+}
+
+// Proves: kafka-python 3.x's default producer and a committing group consumer; a second
+// consumer of the group finds nothing left.
+#[test]
+fn kafka_python_group_consumer() {
+    if !have_python_module("kafka") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(dir.path());
+    s.cli(&["topic", "create", "kpg", "--partitions", "2"]);
+    let mut c = Command::new("timeout");
+    c.args(["120", "python3"])
+        .arg(script("kp_group.py"))
+        .args([&s.kafka, "kpg", "500"]);
+    assert_eq!(run(&mut c, b"").trim(), "ok 500");
+}
+
+/// Where `.ci/run` installs kafkajs.
+const KAFKAJS_DIR: &str = "/opt/kafkajs";
+
+// Proves: KafkaJS (no flexible versions) produces with acks=-1 and reads everything back as
+// a consumer group.
+#[test]
+fn kafkajs_producer_and_consumer_group() {
+    let dir_ok = Path::new(KAFKAJS_DIR).join("node_modules/kafkajs").is_dir();
+    if !dir_ok {
+        eprintln!("SKIPPED: kafkajs not installed in {KAFKAJS_DIR} (.ci/run installs it)");
+        return;
+    }
+    if !installed("node", &["--version"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(dir.path());
+    s.cli(&["topic", "create", "kjs", "--partitions", "2"]);
+    let mut c = Command::new("timeout");
+    c.args(["120", "node"])
+        .arg(script("kafkajs_group.js"))
+        .args([KAFKAJS_DIR, &s.kafka, "kjs", "1000"]);
+    assert_eq!(run(&mut c, b"").trim(), "ok 1000");
+}

@@ -138,6 +138,8 @@ pub(crate) struct Shared {
     pub(crate) quotas: quota::Quotas,
     /// The bound Kafka address (port 0 resolved), when the Kafka listener is on.
     pub(crate) kafka_addr: Mutex<Option<SocketAddr>>,
+    /// Kafka consumer groups (classic protocol), coordinated by this node.
+    pub(crate) kafka_groups: kafka::groups::Coordinator,
 }
 
 /// A running server.
@@ -203,6 +205,7 @@ impl Server {
             auth,
             quotas: quota::Quotas::new(cfg_quotas),
             kafka_addr: Mutex::new(None),
+            kafka_groups: kafka::groups::Coordinator::default(),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();

@@ -2,7 +2,6 @@
 //! DeleteTopics, InitProducerId. Produce is `produce.rs`, Fetch `fetch.rs`.
 
 use std::rc::Rc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -17,6 +16,7 @@ use kafka_protocol::messages::{
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
 };
 use kafka_protocol::protocol::{Decodable, StrBytes};
+use shardline_engine::batch::kafka as batch_kafka;
 use shardline_engine::{OffsetSpec, TopicConfig};
 
 use super::{Call, Close, KConn, Reply, answer, codes, frame, off_shard};
@@ -38,6 +38,15 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 5),
     (ApiKey::DeleteTopics, 1, 4),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
 ];
 
 /// Produce versions advertised but refused (removed by KIP-896; the codec cannot read them).
@@ -81,7 +90,7 @@ pub(crate) async fn dispatch(
         )));
     }
     let header_version = key.request_header_version(call.version);
-    let _header = RequestHeader::decode(&mut frame_bytes, header_version)
+    let header = RequestHeader::decode(&mut frame_bytes, header_version)
         .map_err(|e| Close::Frame(format!("request header: {e}")))?;
     let body = &mut frame_bytes;
     let resp_header = key.response_header_version(call.version);
@@ -142,17 +151,35 @@ pub(crate) async fn dispatch(
         ApiKey::InitProducerId => {
             let req = InitProducerIdRequest::decode(body, call.version)
                 .map_err(|e| bad(call.api_key, e))?;
-            answer(&reply, frame(call, resp_header, &init_producer_id(&req))?);
+            let c = conn.clone();
+            shardline_engine::rt::spawn_local(async move {
+                let r = init_producer_id(&c, &req).await;
+                if let Ok(f) = frame(call, resp_header, &r) {
+                    answer(&reply, f);
+                }
+            });
         }
         _ => {
-            return Err(Close::Frame(format!("api {} not served", call.api_key)));
+            let client_id = header
+                .client_id
+                .as_ref()
+                .map(|c| c.as_str().to_string())
+                .unwrap_or_default();
+            return super::dispatch_groups::dispatch(
+                conn,
+                call,
+                key,
+                client_id,
+                frame_bytes,
+                reply,
+            );
         }
     }
     Ok(true)
 }
 
 /// A request body that does not decode: the connection is closed.
-fn bad(api_key: i16, e: impl std::fmt::Display) -> Close {
+pub(crate) fn bad(api_key: i16, e: impl std::fmt::Display) -> Close {
     Close::Frame(format!("api {api_key}: {e}"))
 }
 
@@ -178,15 +205,15 @@ fn api_versions(call: Call) -> Result<Bytes, Close> {
     frame(call, 0, &r)
 }
 
-fn topic_name(s: &str) -> TopicName {
+pub(crate) fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
 /// Metadata: one broker (this node, as advertised), and each asked topic's partitions with
 /// this node as leader. Unknown topics are created when `auto_create_topics` is on and the
 /// client allows it.
-async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> MetadataResponse {
-    let kafka = &conn.shared.cfg.kafka;
+/// The host and port this node advertises (Metadata, FindCoordinator).
+pub(crate) fn advertised(conn: &KConn) -> (String, i32) {
     let bound = conn
         .shared
         .kafka_addr
@@ -194,7 +221,12 @@ async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> Metadat
         .ok()
         .and_then(|a| *a)
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9092)));
-    let (host, port) = kafka.advertised(bound);
+    conn.shared.cfg.kafka.advertised(bound)
+}
+
+async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> MetadataResponse {
+    let kafka = &conn.shared.cfg.kafka;
+    let (host, port) = advertised(conn);
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = BrokerId(THIS_NODE);
     broker.host = StrBytes::from_string(host);
@@ -459,40 +491,37 @@ async fn delete_topics(
     r
 }
 
-/// Producer ids: unique across restarts without persistent state, from the clock in µs at
-/// the first allocation, then counting up (a partition keeps each producer's last sequence
-/// across restarts, so an id must never be handed out twice).
-fn next_producer_id() -> i64 {
-    static NEXT: AtomicI64 = AtomicI64::new(0);
-    let now_us = shardline_engine::batch::now_us().max(1);
-    let mut cur = NEXT.load(Ordering::Acquire);
-    loop {
-        let next = cur.max(now_us) + 1;
-        match NEXT.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => return next,
-            Err(seen) => cur = seen,
-        }
-    }
-}
-
-/// InitProducerId for idempotent producers: a fresh id with epoch 0. Transactional ids are
-/// refused (transactions are not supported).
-fn init_producer_id(req: &InitProducerIdRequest) -> InitProducerIdResponse {
+/// InitProducerId for idempotent producers: an identity from the engine's persistent
+/// producer-id allocator (the native protocol's too, so ids never collide), epoch 0; a producer
+/// that sends its id and epoch (KIP-360) gets the next epoch. Kafka's id is the engine's minus
+/// one (Kafka's 0 is valid; batches store `kafka + 1`, `batch::kafka::producer_to_shardline`).
+/// Transactional ids are refused (transactions are not supported).
+async fn init_producer_id(conn: &Rc<KConn>, req: &InitProducerIdRequest) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
+    r.producer_id = ProducerId(-1);
+    r.producer_epoch = -1;
     if req.transactional_id.is_some() {
         r.error_code = codes::INVALID_REQUEST;
-        r.producer_id = ProducerId(-1);
-        r.producer_epoch = -1;
         return r;
     }
-    if req.producer_id.0 >= 0 && req.producer_epoch >= 0 {
-        // A producer bumping its epoch after an error (KIP-360): same id, next epoch.
-        r.producer_id = req.producer_id;
-        r.producer_epoch = req.producer_epoch.saturating_add(1);
-        return r;
+    let resume = (req.producer_id.0 >= 0 && req.producer_epoch >= 0).then(|| {
+        shardline_engine::producer_ids::ProducerIdentity {
+            producer_id: batch_kafka::producer_to_shardline(req.producer_id.0),
+            epoch: u16::try_from(req.producer_epoch).unwrap_or(0),
+        }
+    });
+    let engine = conn.engine.clone();
+    match off_shard(move || engine.init_producer(resume)).await {
+        Some(Ok(id)) => match i16::try_from(id.epoch) {
+            Ok(epoch) => {
+                r.producer_id = ProducerId(batch_kafka::producer_to_kafka(id.producer_id));
+                r.producer_epoch = epoch;
+            }
+            Err(_) => r.error_code = codes::INVALID_PRODUCER_EPOCH,
+        },
+        Some(Err(e)) => r.error_code = codes::of(&e),
+        None => r.error_code = codes::UNKNOWN_SERVER_ERROR,
     }
-    r.producer_id = ProducerId(next_producer_id());
-    r.producer_epoch = 0;
     r
 }
 
@@ -507,13 +536,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn producer_ids_are_unique_and_increasing() {
-        let a = next_producer_id();
-        let b = next_producer_id();
-        assert!(b > a && a > 0);
-    }
-
-    #[test]
     fn advertised_versions_are_decodable() {
         use kafka_protocol::protocol::Message;
         for (k, min, max) in SUPPORTED {
@@ -526,6 +548,17 @@ mod tests {
                 ApiKey::CreateTopics => CreateTopicsRequest::VERSIONS,
                 ApiKey::DeleteTopics => DeleteTopicsRequest::VERSIONS,
                 ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS,
+                ApiKey::FindCoordinator => {
+                    kafka_protocol::messages::FindCoordinatorRequest::VERSIONS
+                }
+                ApiKey::JoinGroup => kafka_protocol::messages::JoinGroupRequest::VERSIONS,
+                ApiKey::SyncGroup => kafka_protocol::messages::SyncGroupRequest::VERSIONS,
+                ApiKey::Heartbeat => kafka_protocol::messages::HeartbeatRequest::VERSIONS,
+                ApiKey::LeaveGroup => kafka_protocol::messages::LeaveGroupRequest::VERSIONS,
+                ApiKey::OffsetCommit => kafka_protocol::messages::OffsetCommitRequest::VERSIONS,
+                ApiKey::OffsetFetch => kafka_protocol::messages::OffsetFetchRequest::VERSIONS,
+                ApiKey::DescribeGroups => kafka_protocol::messages::DescribeGroupsRequest::VERSIONS,
+                ApiKey::ListGroups => kafka_protocol::messages::ListGroupsRequest::VERSIONS,
                 _ => panic!("no decoder checked for {k:?}"),
             };
             let lowest = if *k == ApiKey::Produce {

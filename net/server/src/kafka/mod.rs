@@ -14,7 +14,10 @@
 
 mod api;
 mod codes;
+mod dispatch_groups;
 mod fetch;
+mod group_api;
+pub(crate) mod groups;
 mod produce;
 
 use std::net::SocketAddr;
@@ -106,6 +109,8 @@ pub(crate) struct KConn {
     pub(crate) engine: Engine,
     pub(crate) shard: usize,
     pub(crate) shared: Arc<Shared>,
+    /// The client's address (DescribeGroups' client host).
+    pub(crate) peer: String,
 }
 
 /// A request's answer: the encoded response frame (size prefix included).
@@ -162,6 +167,7 @@ pub(crate) async fn serve(c: Accepted) {
                     engine,
                     shard,
                     shared: shared.clone(),
+                    peer: peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
                 });
                 run(conn, rd, wr).await;
             }
