@@ -633,3 +633,11 @@ mod tests {
         );
     }
 }
+
+impl ConnAuth {
+    /// Whether this connection has a session (the Kafka listener refuses every request but
+    /// ApiVersions and SASL before one, when auth is on).
+    pub(crate) fn has_session(&self) -> bool {
+        self.session.borrow().is_some()
+    }
+}

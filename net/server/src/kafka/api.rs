@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use shardline_engine::batch::kafka as batch_kafka;
 use shardline_engine::{OffsetSpec, TopicConfig};
+use shardline_protocol::acl::Operation;
 
 use super::{Call, Close, KConn, Reply, answer, codes, frame, off_shard};
 
@@ -47,6 +48,9 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 1),
+    (ApiKey::DescribeConfigs, 1, 4),
 ];
 
 /// Produce versions advertised but refused (removed by KIP-896; the codec cannot read them).
@@ -74,6 +78,12 @@ pub(crate) async fn dispatch(
     let Ok(key) = ApiKey::try_from(call.api_key) else {
         return Err(Close::Frame(format!("unknown api key {}", call.api_key)));
     };
+    if !super::sasl::admitted(conn, call.api_key) {
+        return Err(Close::Frame(format!(
+            "api {} before SASL authentication",
+            call.api_key
+        )));
+    }
     if key == ApiKey::ApiVersions {
         // Any version: an unsupported one gets error 35 and the list in a v0 body.
         answer(&reply, api_versions(call)?);
@@ -251,6 +261,7 @@ async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> Metadat
             .engine
             .topic_routes()
             .iter()
+            .filter(|r| super::sasl::topic_allowed(conn, &r.name, Operation::Describe))
             .map(|r| (r.name.to_string(), Ok(r.shards.clone())))
             .collect(),
         Some(names) => {
@@ -270,6 +281,11 @@ async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> Metadat
     for (name, route) in routes {
         let mut t = MetadataResponseTopic::default();
         t.name = Some(topic_name(&name));
+        if !super::sasl::topic_allowed(conn, &name, Operation::Describe) {
+            t.error_code = super::sasl::TOPIC_AUTHORIZATION_FAILED;
+            r.topics.push(t);
+            continue;
+        }
         match route {
             Ok(shards) => {
                 t.partitions = (0..shards.len())
@@ -341,6 +357,12 @@ async fn list_offsets(
                 _ => None,
             };
             let partition = u32::try_from(p.partition_index);
+            if !super::sasl::topic_allowed(conn, &name, Operation::Consume) {
+                pr.error_code = super::sasl::TOPIC_AUTHORIZATION_FAILED;
+                pr.offset = -1;
+                tr.partitions.push(pr);
+                continue;
+            }
             match (spec, partition) {
                 (Some(spec), Ok(partition)) => {
                     match conn.engine.list_offset_async(&name, partition, spec).await {
@@ -422,6 +444,10 @@ async fn create_topics(
             })
             .collect();
         let outcome = match (partitions, t.replication_factor) {
+            _ if !super::sasl::topic_allowed(conn, &name, Operation::Create) => Err((
+                super::sasl::TOPIC_AUTHORIZATION_FAILED,
+                "not authorized".to_string(),
+            )),
             (Err(()), _) => Err((
                 codes::INVALID_PARTITIONS,
                 "invalid partition count".to_string(),
@@ -481,6 +507,11 @@ async fn delete_topics(
         tr.name = Some(name.clone());
         let engine = conn.engine.clone();
         let n = name.0.as_str().to_string();
+        if !super::sasl::topic_allowed(conn, &n, Operation::Delete) {
+            tr.error_code = super::sasl::TOPIC_AUTHORIZATION_FAILED;
+            r.responses.push(tr);
+            continue;
+        }
         match off_shard(move || engine.delete_topic(&n)).await {
             Some(Ok(())) => {}
             Some(Err(e)) => tr.error_code = codes::of(&e),
@@ -559,6 +590,13 @@ mod tests {
                 ApiKey::OffsetFetch => kafka_protocol::messages::OffsetFetchRequest::VERSIONS,
                 ApiKey::DescribeGroups => kafka_protocol::messages::DescribeGroupsRequest::VERSIONS,
                 ApiKey::ListGroups => kafka_protocol::messages::ListGroupsRequest::VERSIONS,
+                ApiKey::SaslHandshake => kafka_protocol::messages::SaslHandshakeRequest::VERSIONS,
+                ApiKey::SaslAuthenticate => {
+                    kafka_protocol::messages::SaslAuthenticateRequest::VERSIONS
+                }
+                ApiKey::DescribeConfigs => {
+                    kafka_protocol::messages::DescribeConfigsRequest::VERSIONS
+                }
                 _ => panic!("no decoder checked for {k:?}"),
             };
             let lowest = if *k == ApiKey::Produce {

@@ -5,15 +5,15 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, DescribeGroupsRequest, FindCoordinatorRequest, HeartbeatRequest, JoinGroupRequest,
-    LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest, OffsetFetchRequest,
-    SyncGroupRequest,
+    ApiKey, DescribeConfigsRequest, DescribeGroupsRequest, FindCoordinatorRequest,
+    HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, ListGroupsRequest, OffsetCommitRequest,
+    OffsetFetchRequest, SaslAuthenticateRequest, SaslHandshakeRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 use shardline_engine::rt;
 
 use super::api::bad;
-use super::{Call, Close, InFlight, KConn, Reply, answer, frame, group_api};
+use super::{Call, Close, InFlight, KConn, Reply, answer, frame, group_api, sasl};
 
 /// Answers `frame` (encoded) through `reply` when the handler's future completes.
 fn spawn_answer<M, F>(conn: &Rc<KConn>, call: Call, reply: Reply, fut: F)
@@ -102,6 +102,27 @@ pub(crate) fn dispatch(
             let req = ListGroupsRequest::decode(b, v).map_err(e)?;
             spawn_answer(conn, call, reply, async move {
                 group_api::list_groups(&c, v, &req)
+            });
+        }
+        ApiKey::SaslHandshake => {
+            let req = SaslHandshakeRequest::decode(b, v).map_err(e)?;
+            spawn_answer(
+                conn,
+                call,
+                reply,
+                async move { sasl::handshake(&c, v, &req) },
+            );
+        }
+        ApiKey::SaslAuthenticate => {
+            let req = SaslAuthenticateRequest::decode(b, v).map_err(e)?;
+            spawn_answer(conn, call, reply, async move {
+                sasl::authenticate(&c, &req).await
+            });
+        }
+        ApiKey::DescribeConfigs => {
+            let req = DescribeConfigsRequest::decode(b, v).map_err(e)?;
+            spawn_answer(conn, call, reply, async move {
+                super::configs::describe_configs(&c, v, req).await
             });
         }
         _ => return Err(Close::Frame(format!("api {} not served", call.api_key))),

@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
 use shardline_engine::batch::{self, BatchHeader};
 use shardline_engine::util::join_all;
 use shardline_engine::{Engine, FetchRequest as EngineFetch, rt};
+use shardline_protocol::acl::Operation;
 
 use super::{Call, InFlight, KConn, Reply, answer, codes, frame};
 
@@ -32,6 +33,8 @@ struct Part {
     partition: i32,
     offset: i64,
     max_bytes: usize,
+    /// Refused by the ACLs: answered TOPIC_AUTHORIZATION_FAILED.
+    denied: bool,
 }
 
 /// One partition's answer.
@@ -59,7 +62,10 @@ pub(crate) fn fetch(
             .iter()
             .enumerate()
             .flat_map(|(ti, t)| {
+                let denied =
+                    !super::sasl::topic_allowed(&conn, t.topic.0.as_str(), Operation::Consume);
                 t.partitions.iter().map(move |p| Part {
+                    denied,
                     topic_index: ti,
                     topic: t.topic.0.as_str().to_string(),
                     partition: p.partition,
@@ -149,6 +155,9 @@ fn failed(error_code: i16) -> Read {
 }
 
 async fn read_one(engine: &Engine, p: &Part, max_wait: Duration) -> Read {
+    if p.denied {
+        return failed(super::sasl::TOPIC_AUTHORIZATION_FAILED);
+    }
     let (Ok(partition), Ok(offset)) = (u32::try_from(p.partition), u64::try_from(p.offset)) else {
         return failed(codes::OFFSET_OUT_OF_RANGE);
     };

@@ -27,7 +27,8 @@ use shardline_engine::groups::OffsetCommit;
 use shardline_engine::rt;
 
 use super::groups::{self, JoinArgs, Waiting};
-use super::{KConn, codes};
+use super::{KConn, codes, sasl};
+use shardline_protocol::acl::Operation;
 
 fn s(v: &str) -> StrBytes {
     StrBytes::from_string(v.to_string())
@@ -85,6 +86,12 @@ pub(crate) async fn join_group(
     req: JoinGroupRequest,
 ) -> JoinGroupResponse {
     let group = req.group_id.0.as_str().to_string();
+    if !sasl::group_allowed(conn, &group) {
+        let mut r = JoinGroupResponse::default();
+        r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+        r.generation_id = -1;
+        return r;
+    }
     let args = JoinArgs {
         group: group.clone(),
         member_id: req.member_id.as_str().to_string(),
@@ -148,6 +155,11 @@ pub(crate) async fn sync_group(
     req: SyncGroupRequest,
 ) -> SyncGroupResponse {
     let group = req.group_id.0.as_str().to_string();
+    if !sasl::group_allowed(conn, &group) {
+        let mut r = SyncGroupResponse::default();
+        r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+        return r;
+    }
     let assignments = req
         .assignments
         .iter()
@@ -182,6 +194,10 @@ pub(crate) async fn sync_group(
 
 pub(crate) fn heartbeat(conn: &KConn, req: &HeartbeatRequest) -> HeartbeatResponse {
     let mut r = HeartbeatResponse::default();
+    if !sasl::group_allowed(conn, req.group_id.0.as_str()) {
+        r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+        return r;
+    }
     r.error_code = conn.shared.kafka_groups.heartbeat(
         req.group_id.0.as_str(),
         req.generation_id,
@@ -203,10 +219,13 @@ pub(crate) fn leave_group(
     } else {
         vec![req.member_id.as_str().to_string()]
     };
-    let results = conn
-        .shared
-        .kafka_groups
-        .leave(req.group_id.0.as_str(), &ids);
+    let results = if sasl::group_allowed(conn, req.group_id.0.as_str()) {
+        conn.shared
+            .kafka_groups
+            .leave(req.group_id.0.as_str(), &ids)
+    } else {
+        vec![sasl::GROUP_AUTHORIZATION_FAILED; ids.len()]
+    };
     let mut r = LeaveGroupResponse::default();
     if version >= 3 {
         r.members = ids
@@ -227,11 +246,15 @@ pub(crate) fn leave_group(
 
 pub(crate) async fn offset_commit(conn: &KConn, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = req.group_id.0.as_str().to_string();
-    let allowed = conn.shared.kafka_groups.check_commit(
-        &group,
-        req.generation_id_or_member_epoch,
-        req.member_id.as_str(),
-    );
+    let allowed = if sasl::group_allowed(conn, &group) {
+        conn.shared.kafka_groups.check_commit(
+            &group,
+            req.generation_id_or_member_epoch,
+            req.member_id.as_str(),
+        )
+    } else {
+        sasl::GROUP_AUTHORIZATION_FAILED
+    };
     let mut r = OffsetCommitResponse::default();
     for t in &req.topics {
         let topic = t.name.0.as_str();
@@ -254,6 +277,8 @@ pub(crate) async fn offset_commit(conn: &KConn, req: OffsetCommitRequest) -> Off
             .collect();
         let code = if allowed != codes::NONE {
             allowed
+        } else if !sasl::topic_allowed(conn, topic, Operation::Consume) {
+            sasl::TOPIC_AUTHORIZATION_FAILED
         } else if offsets.len() != t.partitions.len() {
             codes::INVALID_REQUEST
         } else {
@@ -349,6 +374,11 @@ pub(crate) fn offset_fetch(
             });
             let mut gr = OffsetFetchResponseGroup::default();
             gr.group_id = GroupId(s(group));
+            if !sasl::group_allowed(conn, group) {
+                gr.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+                r.groups.push(gr);
+                continue;
+            }
             for (topic, parts) in asked_topics(conn, group, asked) {
                 let mut tr = OffsetFetchResponseTopics::default();
                 tr.name = super::api::topic_name(&topic);
@@ -369,6 +399,12 @@ pub(crate) fn offset_fetch(
         return r;
     }
     let group = req.group_id.0.as_str();
+    if !sasl::group_allowed(conn, group) {
+        if version >= 2 {
+            r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+        }
+        return r;
+    }
     let asked = req.topics.as_ref().map(|ts| {
         ts.iter()
             .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes.clone()))
@@ -397,6 +433,11 @@ pub(crate) fn describe_groups(conn: &KConn, req: &DescribeGroupsRequest) -> Desc
     for g in &req.groups {
         let mut d = DescribedGroup::default();
         d.group_id = g.clone();
+        if !sasl::group_allowed(conn, g.0.as_str()) {
+            d.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+            r.groups.push(d);
+            continue;
+        }
         match conn.shared.kafka_groups.describe(g.0.as_str()) {
             Some(x) => {
                 d.group_state = s(x.state);
@@ -430,6 +471,9 @@ pub(crate) fn list_groups(
 ) -> ListGroupsResponse {
     let mut r = ListGroupsResponse::default();
     for (name, protocol_type, state) in conn.shared.kafka_groups.list() {
+        if !sasl::group_allowed(conn, &name) {
+            continue;
+        }
         if version >= 4
             && !req.states_filter.is_empty()
             && !req.states_filter.iter().any(|f| f.as_str() == state)

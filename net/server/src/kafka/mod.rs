@@ -14,11 +14,13 @@
 
 mod api;
 mod codes;
+mod configs;
 mod dispatch_groups;
 mod fetch;
 mod group_api;
 pub(crate) mod groups;
 mod produce;
+mod sasl;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -111,6 +113,10 @@ pub(crate) struct KConn {
     pub(crate) shared: Arc<Shared>,
     /// The client's address (DescribeGroups' client host).
     pub(crate) peer: String,
+    /// SASL session and ACL cache (the native protocol's; a no-op when auth is off).
+    pub(crate) auth: crate::session::ConnAuth,
+    /// After a SaslHandshake v0, the next frame is a bare SASL token.
+    pub(crate) raw_sasl_next: std::cell::Cell<bool>,
 }
 
 /// A request's answer: the encoded response frame (size prefix included).
@@ -161,13 +167,19 @@ pub(crate) async fn serve(c: Accepted) {
                 .map_or(0, |t| t.handshake_timeout_ms.max(1)),
         );
         match crate::tls::establish(stream, shared.tls.as_ref(), handshake_timeout).await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let (rd, wr) = crate::tls::split(stream);
                 let conn = Rc::new(KConn {
                     engine,
                     shard,
                     shared: shared.clone(),
                     peer: peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    auth: crate::session::ConnAuth::new(
+                        shared.auth.clone(),
+                        peer_addr,
+                        peer.cert_common_name.as_deref(),
+                    ),
+                    raw_sasl_next: std::cell::Cell::new(false),
                 });
                 run(conn, rd, wr).await;
             }
@@ -236,7 +248,7 @@ async fn read_loop(
         let size = i32::from_be_bytes(len);
         let size = usize::try_from(size)
             .ok()
-            .filter(|s| *s >= 8 && *s <= max)
+            .filter(|s| (conn.raw_sasl_next.get() || *s >= 8) && *s <= max)
             .ok_or_else(|| Close::Frame(format!("request size {size}")))?;
         let mut buf = BytesMut::zeroed(size);
         rd.read_exact(&mut buf).await?;
@@ -244,6 +256,14 @@ async fn read_loop(
             return Err(Close::Stopping);
         }
         let frame = buf.freeze();
+        if conn.raw_sasl_next.replace(false) {
+            // SaslHandshake v0: a bare token, answered by a bare (empty) token or a close.
+            sasl::verify(conn, &frame).await.map_err(Close::Frame)?;
+            let (reply, slot) = flume::bounded(1);
+            answer(&reply, Bytes::from_static(&[0, 0, 0, 0]));
+            tx.send_async(slot).await.map_err(|_| Close::Eof)?;
+            continue;
+        }
         let call = Call {
             api_key: i16::from_be_bytes([frame[0], frame[1]]),
             version: i16::from_be_bytes([frame[2], frame[3]]),

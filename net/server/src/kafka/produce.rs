@@ -18,6 +18,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 use shardline_engine::util::join_all;
 use shardline_engine::{Acks, PendingAck, rt};
+use shardline_protocol::acl::Operation;
 
 use super::{Call, Close, InFlight, KConn, Reply, answer, codes, frame};
 
@@ -65,6 +66,9 @@ pub(crate) async fn produce(
                     Submitted::Failed(codes::UNKNOWN_TOPIC_OR_PARTITION, "partition".into())
                 }
                 (_, _, None) => Submitted::Failed(codes::INVALID_RECORD, "no records".into()),
+                _ if !super::sasl::topic_allowed(conn, name, Operation::Produce) => {
+                    Submitted::Failed(super::sasl::TOPIC_AUTHORIZATION_FAILED, "denied".into())
+                }
                 (Some(acks), Ok(partition), Some(records)) => {
                     submit(conn, name, partition, records, acks).await
                 }
