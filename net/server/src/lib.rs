@@ -38,7 +38,7 @@ mod semantics;
 mod tls;
 
 pub use encryption::EncryptionConfig;
-pub use kafka::KafkaConfig;
+pub use kafka::{KafkaConfig, decode_request as decode_kafka_request};
 pub use quota::QuotaConfig;
 pub use session::AuthConfig;
 

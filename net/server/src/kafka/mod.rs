@@ -15,6 +15,7 @@
 mod api;
 mod codes;
 mod configs;
+mod decode;
 mod dispatch_groups;
 mod fetch;
 mod group_api;
@@ -35,6 +36,8 @@ use shardline_engine::Engine;
 
 use crate::Shared;
 use crate::listener::Accepted;
+
+pub use decode::decode_request;
 
 /// Responses a connection may owe at once (clients pipeline up to 5 requests).
 pub(crate) const PIPELINE_MAX: usize = 5;
