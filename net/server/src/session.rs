@@ -558,6 +558,14 @@ pub(crate) fn filter_response(
     }
 }
 
+impl ConnAuth {
+    /// Whether this connection has a session (the Kafka listener refuses every request but
+    /// ApiVersions and SASL before one, when auth is on).
+    pub(crate) fn has_session(&self) -> bool {
+        self.session.borrow().is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,13 +639,5 @@ mod tests {
             seen,
             vec![(ResourceType::Cluster, "*".into(), Operation::Describe)]
         );
-    }
-}
-
-impl ConnAuth {
-    /// Whether this connection has a session (the Kafka listener refuses every request but
-    /// ApiVersions and SASL before one, when auth is on).
-    pub(crate) fn has_session(&self) -> bool {
-        self.session.borrow().is_some()
     }
 }

@@ -20,6 +20,7 @@ use shardline_engine::batch::kafka as batch_kafka;
 use shardline_engine::{OffsetSpec, TopicConfig};
 use shardline_protocol::acl::Operation;
 
+use super::dispatch_groups::spawn_answer;
 use super::{Call, Close, KConn, Reply, answer, codes, frame, off_shard};
 
 /// This node's id in Metadata. One node today: every partition's leader is this node.
@@ -104,69 +105,48 @@ pub(crate) async fn dispatch(
         .map_err(|e| Close::Frame(format!("request header: {e}")))?;
     let body = &mut frame_bytes;
     let resp_header = key.response_header_version(call.version);
+    let (v, c) = (call.version, conn.clone());
+    let e = |e| bad(call.api_key, e);
     match key {
         ApiKey::Produce => {
-            let req = Decodable::decode(body, call.version).map_err(|e| bad(call.api_key, e))?;
+            let req = Decodable::decode(body, v).map_err(e)?;
             return super::produce::produce(conn, call, resp_header, req, reply).await;
         }
         ApiKey::Fetch => {
-            let req = Decodable::decode(body, call.version).map_err(|e| bad(call.api_key, e))?;
+            let req = Decodable::decode(body, v).map_err(e)?;
             super::fetch::fetch(conn, call, resp_header, req, reply);
         }
         ApiKey::Metadata => {
-            let req =
-                MetadataRequest::decode(body, call.version).map_err(|e| bad(call.api_key, e))?;
-            let c = conn.clone();
-            shardline_engine::rt::spawn_local(async move {
-                let _inflight = super::InFlight::new(&c.shared);
-                let r = metadata(&c, call, req).await;
-                if let Ok(f) = frame(call, resp_header, &r) {
-                    answer(&reply, f);
-                }
-            });
+            let req = MetadataRequest::decode(body, v).map_err(e)?;
+            spawn_answer(
+                conn,
+                call,
+                reply,
+                async move { metadata(&c, call, req).await },
+            );
         }
         ApiKey::ListOffsets => {
-            let req =
-                ListOffsetsRequest::decode(body, call.version).map_err(|e| bad(call.api_key, e))?;
-            let c = conn.clone();
-            shardline_engine::rt::spawn_local(async move {
-                let r = list_offsets(&c, call, req).await;
-                if let Ok(f) = frame(call, resp_header, &r) {
-                    answer(&reply, f);
-                }
+            let req = ListOffsetsRequest::decode(body, v).map_err(e)?;
+            spawn_answer(conn, call, reply, async move {
+                list_offsets(&c, call, req).await
             });
         }
         ApiKey::CreateTopics => {
-            let req = CreateTopicsRequest::decode(body, call.version)
-                .map_err(|e| bad(call.api_key, e))?;
-            let c = conn.clone();
-            shardline_engine::rt::spawn_local(async move {
-                let r = create_topics(&c, call, req).await;
-                if let Ok(f) = frame(call, resp_header, &r) {
-                    answer(&reply, f);
-                }
+            let req = CreateTopicsRequest::decode(body, v).map_err(e)?;
+            spawn_answer(conn, call, reply, async move {
+                create_topics(&c, call, req).await
             });
         }
         ApiKey::DeleteTopics => {
-            let req = DeleteTopicsRequest::decode(body, call.version)
-                .map_err(|e| bad(call.api_key, e))?;
-            let c = conn.clone();
-            shardline_engine::rt::spawn_local(async move {
-                let r = delete_topics(&c, call, req).await;
-                if let Ok(f) = frame(call, resp_header, &r) {
-                    answer(&reply, f);
-                }
+            let req = DeleteTopicsRequest::decode(body, v).map_err(e)?;
+            spawn_answer(conn, call, reply, async move {
+                delete_topics(&c, call, req).await
             });
         }
         ApiKey::InitProducerId => {
-            let req = InitProducerIdRequest::decode(body, call.version)
-                .map_err(|e| bad(call.api_key, e))?;
-            let c = conn.clone();
-            shardline_engine::rt::spawn_local(async move {
-                let r = init_producer_id(&c, &req).await;
-                if let Ok(f) = frame(call, resp_header, &r) {
-                    answer(&reply, f);
-                }
+            let req = InitProducerIdRequest::decode(body, v).map_err(e)?;
+            spawn_answer(conn, call, reply, async move {
+                init_producer_id(&c, &req).await
             });
         }
         _ => {

@@ -16,7 +16,7 @@ use super::api::bad;
 use super::{Call, Close, InFlight, KConn, Reply, answer, frame, group_api, sasl};
 
 /// Answers `frame` (encoded) through `reply` when the handler's future completes.
-fn spawn_answer<M, F>(conn: &Rc<KConn>, call: Call, reply: Reply, fut: F)
+pub(crate) fn spawn_answer<M, F>(conn: &Rc<KConn>, call: Call, reply: Reply, fut: F)
 where
     M: Encodable + 'static,
     F: std::future::Future<Output = M> + 'static,

@@ -601,7 +601,7 @@ mod tests {
         assert_eq!(c.check_commit("g", 1, &a), ILLEGAL_GENERATION);
         assert_eq!(c.check_commit("g", 2, &a), codes::NONE);
         // b leaves: a rebalances alone into generation 3.
-        assert_eq!(c.leave("g", &[b.clone()]), vec![codes::NONE]);
+        assert_eq!(c.leave("g", std::slice::from_ref(&b)), vec![codes::NONE]);
         assert_eq!(c.heartbeat("g", 2, &a), REBALANCE_IN_PROGRESS);
         assert_eq!(done(join(&c, &a)).generation, 3);
         assert_eq!(c.describe("g").unwrap().members.len(), 1);
