@@ -192,9 +192,21 @@ fn ms_to_us(ms: i64) -> i64 {
 }
 
 /// Wraps one Kafka batch (exactly the bytes of one v2 batch, as sent) into a Shardline batch of
-/// kind [`body_kind::KAFKA_V2`] after [`check`]ing it. One copy (into the aligned buffer).
+/// kind [`body_kind::KAFKA_V2`]. One copy (into the aligned buffer). Only the header is read
+/// here (magic, length, counts): the Kafka CRC32C and the records are checked once, by
+/// [`crate::validate`], which the engine runs on every produced batch.
 pub fn wrap(kafka: &[u8]) -> Result<Bytes> {
-    let info = check(kafka)?;
+    let info = parse_header(kafka)?;
+    if info.total_bytes != kafka.len() {
+        return corrupt(format!(
+            "kafka batch length {} but {} bytes given",
+            info.total_bytes,
+            kafka.len()
+        ));
+    }
+    if info.record_count <= 0 {
+        return corrupt("empty kafka batch");
+    }
     let total = padded(HEADER_BYTES + kafka.len());
     if total > BATCH_BYTES_MAX {
         return Err(Error::TooLarge {
@@ -496,6 +508,7 @@ mod tests {
     #[test]
     fn kafka_batch_wraps_validates_and_converts_for_native_readers() {
         let k = kafka_batch_of(&[b"a", b"bb", b"ccc"], 0, 5);
+        check(&k).unwrap();
         let wrapped = wrap(&k).unwrap();
         let h = validate(&wrapped).unwrap();
         assert_eq!(h.body_kind, body_kind::KAFKA_V2);
@@ -569,7 +582,8 @@ mod tests {
         let mut bad_crc = k.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 1;
-        assert!(wrap(&bad_crc).unwrap_err().to_string().contains("crc"));
+        let wrapped = wrap(&bad_crc).unwrap();
+        assert!(validate(&wrapped).unwrap_err().to_string().contains("crc"));
         let mut bad_magic = k.clone();
         bad_magic[KMAGIC_AT] = 1;
         assert!(wrap(&bad_magic).is_err());
@@ -580,7 +594,8 @@ mod tests {
         bad_count[57..61].copy_from_slice(&2i32.to_be_bytes());
         let crc = crc32c::crc32c(&bad_count[ATTRIBUTES_AT..]);
         bad_count[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        assert!(wrap(&bad_count).is_err());
+        assert!(wrap(&bad_count).and_then(|w| validate(&w)).is_err());
+        assert!(check(&bad_count).is_err());
     }
 
     #[test]
@@ -595,8 +610,11 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn arbitrary_kafka_bytes_never_panic(v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            let _ = wrap(&v);
-            let _ = parse_header(&v);
+            if let Ok(w) = wrap(&v) {
+                let _ = validate(&w);
+                let _ = decode(&w);
+            }
+            let _ = check(&v);
         }
     }
 }

@@ -48,8 +48,11 @@ pub fn decode_request(frame: Bytes) -> Result<(i16, i16), String> {
             let r = ProduceRequest::decode(b, version).map_err(e)?;
             for t in &r.topic_data {
                 for p in &t.partition_data {
-                    if let Some(records) = &p.records {
-                        let _ = shardline_engine::batch::kafka::wrap(records);
+                    if let Some(records) = &p.records
+                        && let Ok(w) = shardline_engine::batch::kafka::wrap(records)
+                        && shardline_engine::batch::validate(&w).is_ok()
+                    {
+                        let _ = shardline_engine::batch::decode(&w);
                     }
                 }
             }
