@@ -458,20 +458,68 @@ fn parse_records(
 }
 
 /// The records of a Kafka-kind Shardline batch, for native readers (the conversion happens
-/// only here, on their read path). Uncompressed Kafka batches only: a compressed one is
-/// refused with a typed error naming its codec (Kafka readers get it as stored).
+/// only here, on their read path). Uncompressed and gzip batches; snappy, lz4 and zstd ones
+/// are refused with a typed error naming the codec (Kafka readers get them as stored).
 pub fn records_of(batch: &[u8], h: &BatchHeader) -> Result<Vec<Record>> {
     let b = body(batch, h);
     let info = parse_header(b)?;
-    if info.codec() != codec::NONE {
-        return Err(Error::InvalidArgument(format!(
-            "kafka batch compressed with codec {}: read it through the Kafka listener",
-            info.codec()
-        )));
-    }
+    let section = &b[KAFKA_HEADER_BYTES..];
+    let inflated;
+    let records = match info.codec() {
+        codec::NONE => section,
+        codec::GZIP => {
+            inflated = gunzip(section)?;
+            &inflated[..]
+        }
+        c => {
+            return Err(Error::InvalidArgument(format!(
+                "kafka batch compressed with codec {c}: read it through the Kafka listener"
+            )));
+        }
+    };
     let mut out = Vec::with_capacity(usize::try_from(info.record_count).unwrap_or(0));
-    parse_records(&b[KAFKA_HEADER_BYTES..], &info, Some(&mut out))?;
+    parse_records(records, &info, Some(&mut out))?;
+    if out.len() != usize::try_from(info.record_count).unwrap_or(0) {
+        return corrupt("kafka batch record count mismatch");
+    }
     Ok(out)
+}
+
+/// Inflates one gzip member (RFC 1952), at most [`BATCH_BYTES_MAX`] bytes out.
+fn gunzip(b: &[u8]) -> Result<Vec<u8>> {
+    const FHCRC: u8 = 2;
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    let bad = || Error::Corrupt("bad gzip stream in kafka batch".into());
+    if b.len() < 18 || b[0] != 0x1f || b[1] != 0x8b || b[2] != 8 {
+        return Err(bad());
+    }
+    let flags = b[3];
+    let mut at = 10usize;
+    if flags & FEXTRA != 0 {
+        let n = usize::from(u16::from_le_bytes([
+            *b.get(at).ok_or_else(bad)?,
+            *b.get(at + 1).ok_or_else(bad)?,
+        ]));
+        at += 2 + n;
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag != 0 {
+            let end = b
+                .get(at..)
+                .ok_or_else(bad)?
+                .iter()
+                .position(|c| *c == 0)
+                .ok_or_else(bad)?;
+            at += end + 1;
+        }
+    }
+    if flags & FHCRC != 0 {
+        at += 2;
+    }
+    let deflate = b.get(at..).ok_or_else(bad)?;
+    miniz_oxide::inflate::decompress_to_vec_with_limit(deflate, BATCH_BYTES_MAX).map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -596,6 +644,35 @@ mod tests {
         bad_count[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         assert!(wrap(&bad_count).and_then(|w| validate(&w)).is_err());
         assert!(check(&bad_count).is_err());
+    }
+
+    #[test]
+    fn gzip_kafka_batches_are_readable_by_native_readers() {
+        // An uncompressed batch's records section, gzip-wrapped with a stored deflate block.
+        let plain = kafka_batch_of(&[b"one", b"two"], -1, -1);
+        let section = &plain[KAFKA_HEADER_BYTES..];
+        let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        gz.push(1); // final stored block
+        let n = u16::try_from(section.len()).unwrap();
+        gz.extend_from_slice(&n.to_le_bytes());
+        gz.extend_from_slice(&(!n).to_le_bytes());
+        gz.extend_from_slice(section);
+        gz.extend_from_slice(&[0; 8]); // crc32 and size, not checked
+        let mut k = plain[..KAFKA_HEADER_BYTES].to_vec();
+        k.extend_from_slice(&gz);
+        let len = i32::try_from(k.len() - LENGTH_END).unwrap();
+        k[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&len.to_be_bytes());
+        k[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&i16::from(codec::GZIP).to_be_bytes());
+        let crc = crc32c::crc32c(&k[ATTRIBUTES_AT..]);
+        k[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        let (_, records) = decode(&wrap(&k).unwrap()).unwrap();
+        assert_eq!(records[1].value, b"two");
+        // A zstd batch is refused with a typed error for native readers.
+        k[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&i16::from(codec::ZSTD).to_be_bytes());
+        let crc = crc32c::crc32c(&k[ATTRIBUTES_AT..]);
+        k[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        let e = decode(&wrap(&k).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("codec 4"), "{e}");
     }
 
     #[test]
