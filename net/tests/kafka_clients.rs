@@ -198,12 +198,13 @@ fn cross_protocol_reads_both_ways() {
     s.cli(&["topic", "create", "k2n", "--partitions", "2"]);
     s.cli(&["topic", "create", "n2k", "--partitions", "2"]);
     kcat(&s.kafka, &["-P", "-t", "k2n"], lines(0, 2000).as_bytes());
+    kcat(&s.kafka, &["-P", "-t", "k2n", "-z", "gzip"], lines(2000, 2500).as_bytes());
     let mut consume = Command::new(BIN);
-    consume.args(["--addr", &s.native, "consume", "k2n", "--count", "2000"]);
+    consume.args(["--addr", &s.native, "consume", "k2n", "--count", "2500"]);
     consume.args(["--timeout-ms", "20000"]);
     assert_eq!(
         sorted_lines(&run(&mut consume, b"")),
-        sorted_lines(&lines(0, 2000))
+        sorted_lines(&lines(0, 2500))
     );
     let mut produce = Command::new(BIN);
     produce.args(["--addr", &s.native, "produce", "n2k"]);
