@@ -198,7 +198,11 @@ fn cross_protocol_reads_both_ways() {
     s.cli(&["topic", "create", "k2n", "--partitions", "2"]);
     s.cli(&["topic", "create", "n2k", "--partitions", "2"]);
     kcat(&s.kafka, &["-P", "-t", "k2n"], lines(0, 2000).as_bytes());
-    kcat(&s.kafka, &["-P", "-t", "k2n", "-z", "gzip"], lines(2000, 2500).as_bytes());
+    kcat(
+        &s.kafka,
+        &["-P", "-t", "k2n", "-z", "gzip"],
+        lines(2000, 2500).as_bytes(),
+    );
     let mut consume = Command::new(BIN);
     consume.args(["--addr", &s.native, "consume", "k2n", "--count", "2500"]);
     consume.args(["--timeout-ms", "20000"]);
@@ -454,4 +458,23 @@ fn kafkajs_producer_and_consumer_group() {
         .arg(script("kafkajs_group.js"))
         .args([KAFKAJS_DIR, &s.kafka, "kjs", "1000"]);
     assert_eq!(run(&mut c, b"").trim(), "ok 1000");
+}
+
+// Proves: the `[kafka]` table parses, is validated with the key named, and an unknown key is
+// an error.
+#[test]
+fn kafka_config_table_parses_and_is_validated() {
+    use shardline_net::cli::config::FileConfig;
+    let c = FileConfig::parse(
+        "[kafka]\nlisten = \"127.0.0.1:9092\"\nadvertised_listeners = \"PLAINTEXT://kafka.example:19092\"\nauto_create_topics = true\ndefault_partitions = 3\n",
+    )
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.kafka.listen.as_deref(), Some("127.0.0.1:9092"));
+    assert!(c.kafka.auto_create_topics);
+    let e = FileConfig::parse("[kafka]\nlisten = \"nowhere\"\n").unwrap_err();
+    assert_eq!(e.key, "kafka.listen");
+    let e = FileConfig::parse("[kafka]\ndefault_partitions = 0\n").unwrap_err();
+    assert_eq!(e.key, "kafka.default_partitions");
+    assert!(FileConfig::parse("[kafka]\nlisten_typo = 1\n").is_err());
 }

@@ -326,3 +326,20 @@ pub(crate) async fn off_shard<T: Send + 'static>(
     }
     rx.recv_async().await.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address_prefers_advertised_listeners_then_host_and_port() {
+        let bound: SocketAddr = "127.0.0.1:9092".parse().unwrap_or_else(|_| unreachable!());
+        let mut c = KafkaConfig::default();
+        assert_eq!(c.advertised(bound), ("127.0.0.1".into(), 9092));
+        c.advertised_host = Some("broker.example".into());
+        c.advertised_port = Some(19092);
+        assert_eq!(c.advertised(bound), ("broker.example".into(), 19092));
+        c.advertised_listeners = Some("SASL_SSL://kafka.example:29092,PLAINTEXT://x:1".into());
+        assert_eq!(c.advertised(bound), ("kafka.example".into(), 29092));
+    }
+}
