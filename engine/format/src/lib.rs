@@ -27,6 +27,8 @@
     clippy::too_many_lines
 )]
 
+pub mod kafka;
+
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
 
@@ -115,7 +117,7 @@ pub mod body_kind {
     /// The compact struct-of-arrays record encoding (issue 18).
     pub const COMPACT: u8 = 2;
     /// The kinds this build reads. Raised as each kind's reader lands.
-    pub const KNOWN_MAX: u8 = RKYV_RECORDS;
+    pub const KNOWN_MAX: u8 = KAFKA_V2;
 }
 
 /// Codecs of a native body (header byte [`COMPRESSION_AT`]): the body is compressed, then (with
@@ -327,7 +329,10 @@ pub fn validate(bytes: &[u8]) -> Result<BatchHeader> {
     if h.flags & flags::ENCRYPTED != 0 {
         return Ok(h);
     }
-    with_records(bytes, &h, |records| check_records(&h, records))?;
+    match h.body_kind {
+        body_kind::KAFKA_V2 => kafka::validate_body(bytes, &h)?,
+        _ => with_records(bytes, &h, |records| check_records(&h, records))?,
+    }
     Ok(h)
 }
 
@@ -501,6 +506,9 @@ pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>)> {
     let h = validate(bytes)?;
     if h.flags & flags::ENCRYPTED != 0 {
         return Err(Error::Corrupt("cannot decode a sealed batch".into()));
+    }
+    if h.body_kind == body_kind::KAFKA_V2 {
+        return Ok((h, kafka::records_of(bytes, &h)?));
     }
     let records = with_records(bytes, &h, |rs| {
         rs.iter()

@@ -310,7 +310,10 @@ pub fn first_at_or_after(chunks: &[Bytes], timestamp_us: i64) -> Result<Option<u
             if h.max_timestamp_us < timestamp_us {
                 continue;
             }
-            if h.flags & batch::flags::ENCRYPTED != 0 {
+            // Sealed and Kafka-kind bodies are not read here: the batch's first offset.
+            if h.flags & batch::flags::ENCRYPTED != 0
+                || h.body_kind != batch::body_kind::RKYV_RECORDS
+            {
                 return Ok(Some(h.base_offset));
             }
             // The delta is a wrap-around difference (see `BatchBuilder::build`): a batch spanning

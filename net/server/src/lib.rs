@@ -35,11 +35,13 @@ pub use prometheus::{
     CONTENT_TYPE as METRICS_CONTENT_TYPE, MetricsEndpoint, encode as encode_metrics,
 };
 mod encryption;
+mod kafka;
 mod quota;
 mod semantics;
 mod tls;
 
 pub use encryption::EncryptionConfig;
+pub use kafka::{KafkaConfig, decode_request as decode_kafka_request};
 pub use quota::QuotaConfig;
 pub use session::AuthConfig;
 
@@ -103,6 +105,10 @@ pub struct ServerConfig {
     pub unadmitted_timeout_ms: u64,
     /// A frame must arrive whole within this long of its first byte (slow senders are closed).
     pub frame_receive_timeout_ms: u64,
+    /// The Kafka listener (`[kafka]` in the serve file, docs/kafka.md). Not a `[server]` key:
+    /// the CLI copies its top-level `[kafka]` table here.
+    #[serde(skip)]
+    pub kafka: KafkaConfig,
 }
 
 impl Default for ServerConfig {
@@ -128,6 +134,7 @@ impl Default for ServerConfig {
             unadmitted_frame_bytes_max: crate::protocol::FRAME_BYTES_MIN_LIMIT,
             unadmitted_timeout_ms: 10_000,
             frame_receive_timeout_ms: 60_000,
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -205,6 +212,10 @@ pub(crate) struct Shared {
     pub(crate) connections_limit: usize,
     /// This node's id and cluster size, for replicated topics (replicas.rs).
     pub(crate) cluster: replicas::ClusterView,
+    /// The bound Kafka address (port 0 resolved), when the Kafka listener is on.
+    pub(crate) kafka_addr: Mutex<Option<SocketAddr>>,
+    /// Kafka consumer groups (classic protocol), coordinated by this node.
+    pub(crate) kafka_groups: kafka::groups::Coordinator,
 }
 
 /// A running server.
@@ -218,7 +229,8 @@ pub struct Server {
     metrics_endpoint: Option<MetricsEndpoint>,
 }
 
-type Bound = Result<(SocketAddr, SocketAddr), String>;
+/// A shard's bound addresses: shared, direct, and Kafka (when configured).
+type Bound = Result<(SocketAddr, SocketAddr, Option<SocketAddr>), String>;
 
 impl Server {
     /// Opens the engine, then starts the listeners on every shard.
@@ -235,6 +247,7 @@ impl Server {
             ));
         }
         cfg.validate_budget()?;
+        let mut kafka_at = cfg.kafka.listen_addr().map_err(ServerError::Config)?;
         let tls = match &cfg.tls {
             Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),
             None => None,
@@ -275,6 +288,8 @@ impl Server {
             outbox_bytes: AtomicUsize::new(0),
             connections_limit: connections_limit(cfg_connections_max),
             cluster: replicas::ClusterView::default(),
+            kafka_addr: Mutex::new(None),
+            kafka_groups: kafka::groups::Coordinator::default(),
         });
         let mut stop = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -284,12 +299,13 @@ impl Server {
             let (stop_tx, stop_rx) = flume::bounded::<()>(1);
             let shared2 = shared.clone();
             let bind_at = addr;
+            let kafka_bind_at = kafka_at;
             let task = Box::new(move |h: ShardHandle| {
-                let r = bind_and_serve(h, bind_at, shared2, stop_rx);
+                let r = bind_and_serve(h, bind_at, kafka_bind_at, shared2, stop_rx);
                 let _ = tx.send(r);
             });
             engine.run_on_shard(shard, task)?;
-            let (shared_addr, direct) = rx
+            let (shared_addr, direct, kafka_bound) = rx
                 .recv()
                 .map_err(|_| ServerError::Config("shard stopped while binding".into()))?
                 .map_err(|e| ServerError::Listen {
@@ -298,11 +314,18 @@ impl Server {
                 })?;
             // The first shard resolves port 0; the others bind the same port.
             addr = shared_addr;
+            kafka_at = kafka_bound;
             shard_addrs.push(direct);
             stop.push(stop_tx);
         }
         if let Ok(mut a) = shared.shard_addrs.lock() {
             *a = shard_addrs.clone();
+        }
+        if let Ok(mut k) = shared.kafka_addr.lock() {
+            *k = kafka_at;
+        }
+        if let Some(k) = kafka_at {
+            tracing::info!(addr = %k, "kafka listening");
         }
         let tls_on = shared.tls.is_some();
         tracing::info!(%addr, shards = ?shard_addrs, tls = tls_on, "listening");
@@ -367,6 +390,11 @@ impl Server {
         self.addr
     }
 
+    /// The Kafka listener's address (port 0 resolved), when `[kafka] listen` is set.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.shared.kafka_addr.lock().ok().and_then(|a| *a)
+    }
+
     /// One direct address per shard (as Metadata advertises them).
     pub fn shard_addrs(&self) -> Vec<SocketAddr> {
         self.shard_addrs.clone()
@@ -425,11 +453,12 @@ impl Server {
 fn bind_and_serve(
     h: ShardHandle,
     at: SocketAddr,
+    kafka: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: flume::Receiver<()>,
 ) -> Bound {
     let mut bound = Vec::new();
-    for listener in listener::listeners(at) {
+    for listener in listener::listeners(at, kafka) {
         let a = listener.addr;
         let l = TcpListener::bind(a).map_err(|e| format!("bind {a}: {e}"))?;
         bound.push((l, listener.protocol));
@@ -448,7 +477,8 @@ fn bind_and_serve(
         ));
     }
     match addrs[..] {
-        [shared_addr, direct_addr] => Ok((shared_addr, direct_addr)),
+        [shared_addr, direct_addr] => Ok((shared_addr, direct_addr, None)),
+        [shared_addr, direct_addr, kafka_addr] => Ok((shared_addr, direct_addr, Some(kafka_addr))),
         _ => Err(format!(
             "expected a shared and a direct listener, got {addrs:?}"
         )),

@@ -1,10 +1,10 @@
 //! The seam for more than one wire protocol: a listener is an (address, [`WireProtocol`]) pair,
 //! and the accept loop hands every accepted connection to its listener's protocol.
 //!
-//! Today there is one implementation, [`Native`]: Shardline's own protocol (`shardline-protocol`,
-//! served by `conn.rs`). The Kafka front end (a later issue) will be a second one: its own
-//! codec crate beside `net/protocol`, its own connection driver beside `conn.rs`, and one more
-//! (address, protocol) pair in [`listeners`]; the engine, auth, quotas and metrics are shared.
+//! Two implementations: [`Native`], Shardline's own protocol (`shardline-protocol`, served by
+//! `conn.rs`), and [`Kafka`], Kafka's wire protocol (the `kafka-protocol` codec, served by
+//! `kafka/`, docs/kafka.md) on the `[kafka] listen` address when one is configured. The engine,
+//! TLS settings, quotas and metrics are shared.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,15 +53,40 @@ impl WireProtocol for Native {
     }
 }
 
+/// Kafka's wire protocol (docs/kafka.md).
+pub(crate) struct Kafka;
+
+impl WireProtocol for Kafka {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn serve(&self, c: Accepted) -> Serving {
+        Box::pin(crate::kafka::serve(c))
+    }
+}
+
 /// A listener: where it listens and which protocol it speaks.
 pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     pub(crate) protocol: Arc<dyn WireProtocol>,
 }
 
-/// The listeners of one shard: the shared address (`at`, SO_REUSEPORT across shards) and the
-/// shard's direct address (port chosen by the kernel), both native today.
-pub(crate) fn listeners(at: SocketAddr) -> Vec<Listener> {
+/// The listeners of one shard: the shared address (`at`, SO_REUSEPORT across shards), the
+/// shard's direct address (port chosen by the kernel), both native, and the Kafka address
+/// (SO_REUSEPORT across shards) when one is configured, always third.
+pub(crate) fn listeners(at: SocketAddr, kafka: Option<SocketAddr>) -> Vec<Listener> {
+    let mut all = native_listeners(at);
+    if let Some(k) = kafka {
+        all.push(Listener {
+            addr: k,
+            protocol: Arc::new(Kafka),
+        });
+    }
+    all
+}
+
+fn native_listeners(at: SocketAddr) -> Vec<Listener> {
     let native: Arc<dyn WireProtocol> = Arc::new(Native);
     vec![
         Listener {

@@ -584,6 +584,12 @@ impl ConnAuth {
     pub(crate) fn authenticated(&self) -> bool {
         self.state.is_none() || self.session.borrow().is_some()
     }
+
+    /// Whether this connection has a session (the Kafka listener refuses every request but
+    /// ApiVersions and SASL before one, when auth is on).
+    pub(crate) fn has_session(&self) -> bool {
+        self.session.borrow().is_some()
+    }
 }
 
 #[cfg(test)]

@@ -160,6 +160,9 @@ struct ServeArgs {
     /// Print the effective configuration (file, defaults and flags) as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Kafka wire-protocol listener (kafka.listen); port 0 picks one (docs/kafka.md).
+    #[arg(long, value_name = "HOST:PORT")]
+    kafka_listen: Option<String>,
     #[command(flatten)]
     tls: security::ServeTlsArgs,
     #[command(flatten)]
@@ -554,6 +557,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow!("invalid configuration: {key}: {e}"))?;
     }
     args.cluster.apply(&mut config.cluster);
+    if let Some(kafka) = args.kafka_listen {
+        config.kafka.listen = Some(kafka);
+    }
     config
         .validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
@@ -589,6 +595,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .context("cannot install signal handlers")?;
     let cluster = shardline_net::cli::cluster::resolve(config.cluster.as_ref())?;
     shardline_net::cli::cluster::check_data_dir(&config.engine.data_dir, config.cluster.as_ref())?;
+    config.server.kafka = config.kafka.clone();
     let mut server =
         Server::start(config.engine, config.server).context("cannot start the server")?;
     if let Some(spec) = &cluster {
@@ -623,6 +630,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     {
         let mut out = io::stdout().lock();
         writeln!(out, "shardline listening on {addr}").context("stdout")?;
+        // Second line only with a Kafka listener (scripts reading one line are unaffected).
+        if let Some(kafka) = server.kafka_addr() {
+            writeln!(out, "kafka listening on {kafka}").context("stdout")?;
+        }
         out.flush().context("stdout")?;
     }
     let signal = signals.forever().next();

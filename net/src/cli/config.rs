@@ -70,6 +70,8 @@ pub struct FileConfig {
     /// `[cluster]`: node id, cluster id, every node's peer address, peer TLS
     /// (docs/replication.md). Absent = a single node, as before clusters existed.
     pub cluster: Option<shardline_server::peer::ClusterConfig>,
+    /// `[kafka]`: the Kafka listener (docs/kafka.md); off unless `listen` is set.
+    pub kafka: crate::server::KafkaConfig,
 }
 
 /// A configuration error: the key's full path and what is wrong with it.
@@ -273,6 +275,7 @@ impl FileConfig {
             "bytes",
         )?;
         check_addr("metrics.listen", &self.metrics.listen)?;
+        self.validate_kafka()?;
         if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             bad("log.level", format!("'{}': {err}", self.log.level))?;
         }
@@ -293,6 +296,30 @@ impl FileConfig {
     /// settings (no retention limit) are left out, as TOML has no null.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string_pretty(self)
+    }
+}
+
+impl FileConfig {
+    /// `[kafka]` (docs/kafka.md, "Configuration").
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        let k = &self.kafka;
+        if let Some(listen) = &k.listen {
+            check_addr("kafka.listen", listen)?;
+        }
+        check_range(
+            "kafka.request_bytes_max",
+            u64::from(k.request_bytes_max),
+            64 * KIB,
+            GIB,
+            "bytes",
+        )?;
+        check_range(
+            "kafka.default_partitions",
+            u64::from(k.default_partitions),
+            1,
+            1 << 16,
+            "",
+        )
     }
 }
 

@@ -1,0 +1,345 @@
+//! The Kafka front end (issue 15, docs/kafka.md): a second [`WireProtocol`] beside the native
+//! one, on the same engine, partitions, TLS settings and metrics.
+//!
+//! A connection is served on the shard that accepted it by two tasks: a reader that reads
+//! Kafka frames (i32 size, request header v1/v2), decodes them with the `kafka-protocol` crate
+//! and *dispatches* each request, and a writer that sends the responses in request order.
+//! Dispatching a produce enqueues every partition's batch on its owning shard before the next
+//! request is read (per-partition order holds for pipelined produces, Redpanda's "dispatched /
+//! response" split); the acks are awaited on a task of their own. Every request that answers
+//! gets a slot in an ordered queue of at most [`PIPELINE_MAX`] slots, so a client pipelining
+//! more than that is simply not read until the oldest answer is written. acks=0 gets no slot.
+//!
+//! [`WireProtocol`]: crate::listener::WireProtocol
+
+mod api;
+mod codes;
+mod configs;
+mod decode;
+mod dispatch_groups;
+mod fetch;
+mod group_api;
+pub(crate) mod groups;
+mod produce;
+mod sasl;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use serde::{Deserialize, Serialize};
+use shardline_engine::Engine;
+
+use crate::Shared;
+use crate::listener::Accepted;
+
+pub use decode::decode_request;
+
+/// Responses a connection may owe at once (clients pipeline up to 5 requests).
+pub(crate) const PIPELINE_MAX: usize = 5;
+
+/// `[kafka]` in the serve configuration (docs/kafka.md, "Configuration").
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Kafka listener address (`--kafka-listen`); absent = no Kafka listener.
+    pub listen: Option<String>,
+    /// Host advertised in Metadata (default: the listener's IP).
+    pub advertised_host: Option<String>,
+    /// Port advertised in Metadata (default: the listener's port).
+    pub advertised_port: Option<u16>,
+    /// Kafka-style `PLAINTEXT://host:port` (or `host:port`); overrides the two above.
+    pub advertised_listeners: Option<String>,
+    /// Largest request frame accepted; a larger one closes the connection.
+    pub request_bytes_max: u32,
+    /// Create a topic named in Metadata or Produce when it does not exist (Kafka's
+    /// `auto.create.topics.enable`); off by default.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic, and of CreateTopics with `num_partitions = -1`.
+    pub default_partitions: u32,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            listen: None,
+            advertised_host: None,
+            advertised_port: None,
+            advertised_listeners: None,
+            request_bytes_max: 100 << 20,
+            auto_create_topics: false,
+            default_partitions: 1,
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The listen address, parsed; `None` when the Kafka listener is off.
+    pub fn listen_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match &self.listen {
+            None => Ok(None),
+            Some(a) => a
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("kafka.listen '{a}': {e}")),
+        }
+    }
+
+    /// Host and port advertised in Metadata for a listener bound at `bound`.
+    pub(crate) fn advertised(&self, bound: SocketAddr) -> (String, i32) {
+        if let Some(l) = &self.advertised_listeners {
+            let first = l.split(',').next().unwrap_or("").trim();
+            let hostport = first.rsplit("://").next().unwrap_or(first);
+            if let Some((h, p)) = hostport.rsplit_once(':')
+                && let Ok(p) = p.parse::<u16>()
+            {
+                return (h.to_string(), i32::from(p));
+            }
+        }
+        let host = self
+            .advertised_host
+            .clone()
+            .unwrap_or_else(|| bound.ip().to_string());
+        let port = self.advertised_port.unwrap_or(bound.port());
+        (host, i32::from(port))
+    }
+}
+
+/// One Kafka connection's state shared by its reader and the tasks answering its requests.
+pub(crate) struct KConn {
+    pub(crate) engine: Engine,
+    pub(crate) shard: usize,
+    pub(crate) shared: Arc<Shared>,
+    /// The client's address (DescribeGroups' client host).
+    pub(crate) peer: String,
+    /// SASL session and ACL cache (the native protocol's; a no-op when auth is off).
+    pub(crate) auth: crate::session::ConnAuth,
+    /// After a SaslHandshake v0, the next frame is a bare SASL token.
+    pub(crate) raw_sasl_next: std::cell::Cell<bool>,
+}
+
+/// A request's answer: the encoded response frame (size prefix included).
+type Slot = flume::Receiver<Bytes>;
+/// Where a request's handler puts its answer.
+pub(crate) type Reply = flume::Sender<Bytes>;
+
+/// Decoded request header fields the driver needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Call {
+    pub(crate) api_key: i16,
+    pub(crate) version: i16,
+    pub(crate) correlation_id: i32,
+}
+
+/// Counts a request as in flight for graceful shutdown until dropped.
+pub(crate) struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.inflight.fetch_add(1, Ordering::AcqRel);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one accepted Kafka connection until it closes.
+pub(crate) async fn serve(c: Accepted) {
+    let Accepted {
+        stream,
+        engine,
+        shard,
+        shared,
+        refuse,
+    } = c;
+    let peer_addr = stream.peer_addr().ok();
+    if !refuse {
+        let handshake_timeout = Duration::from_millis(
+            shared
+                .cfg
+                .tls
+                .as_ref()
+                .map_or(0, |t| t.handshake_timeout_ms.max(1)),
+        );
+        match crate::tls::establish(stream, shared.tls.as_ref(), handshake_timeout).await {
+            Ok((stream, peer)) => {
+                let (rd, wr) = crate::tls::split(stream);
+                let conn = Rc::new(KConn {
+                    engine,
+                    shard,
+                    shared: shared.clone(),
+                    peer: peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+                    auth: crate::session::ConnAuth::new(
+                        shared.auth.clone(),
+                        peer_addr,
+                        peer.cert_common_name.as_deref(),
+                    ),
+                    raw_sasl_next: std::cell::Cell::new(false),
+                });
+                run(conn, rd, wr).await;
+            }
+            Err(e) => {
+                tracing::info!(peer = ?peer_addr, error = %e, "kafka: TLS handshake failed");
+            }
+        }
+    }
+    shared.connections.fetch_sub(1, Ordering::AcqRel);
+    shared.metrics.connection_closed(shard);
+}
+
+async fn run(conn: Rc<KConn>, mut rd: crate::tls::ReadHalf, mut wr: crate::tls::WriteHalf) {
+    let (tx, rx) = flume::bounded::<Slot>(PIPELINE_MAX - 1);
+    let writer = async move {
+        while let Ok(slot) = rx.recv_async().await {
+            // A handler that drops its reply without answering leaves the stream unanswerable.
+            let Ok(frame) = slot.recv_async().await else {
+                break;
+            };
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+            if rx.is_empty() && wr.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = wr.close().await;
+    };
+    let reader = async move {
+        if let Err(e) = read_loop(&conn, &mut rd, &tx).await {
+            tracing::debug!(error = %e, "kafka connection closed");
+        }
+        drop(tx);
+        std::future::pending::<()>().await;
+    };
+    futures_lite::future::or(writer, reader).await;
+}
+
+/// Why a connection is closed (logged at debug).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Close {
+    #[error("peer closed")]
+    Eof,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad frame: {0}")]
+    Frame(String),
+    #[error("server stopping")]
+    Stopping,
+}
+
+async fn read_loop(
+    conn: &Rc<KConn>,
+    rd: &mut crate::tls::ReadHalf,
+    tx: &flume::Sender<Slot>,
+) -> Result<(), Close> {
+    let max = conn.shared.cfg.kafka.request_bytes_max as usize;
+    loop {
+        let mut len = [0u8; 4];
+        match rd.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Close::Eof),
+            Err(e) => return Err(e.into()),
+        }
+        let size = i32::from_be_bytes(len);
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| (conn.raw_sasl_next.get() || *s >= 8) && *s <= max)
+            .ok_or_else(|| Close::Frame(format!("request size {size}")))?;
+        let mut buf = BytesMut::zeroed(size);
+        rd.read_exact(&mut buf).await?;
+        if conn.shared.stopping.load(Ordering::Acquire) {
+            return Err(Close::Stopping);
+        }
+        let frame = buf.freeze();
+        if conn.raw_sasl_next.replace(false) {
+            // SaslHandshake v0: a bare token, answered by a bare (empty) token or a close.
+            sasl::verify(conn, &frame).await.map_err(Close::Frame)?;
+            let (reply, slot) = flume::bounded(1);
+            answer(&reply, Bytes::from_static(&[0, 0, 0, 0]));
+            tx.send_async(slot).await.map_err(|_| Close::Eof)?;
+            continue;
+        }
+        let call = Call {
+            api_key: i16::from_be_bytes([frame[0], frame[1]]),
+            version: i16::from_be_bytes([frame[2], frame[3]]),
+            correlation_id: i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]),
+        };
+        conn.shared.metrics.request(conn.shard, call.api_key as u16);
+        let (reply, slot) = flume::bounded(1);
+        let answers = api::dispatch(conn, call, frame, reply).await?;
+        if answers {
+            tx.send_async(slot).await.map_err(|_| Close::Eof)?;
+        }
+    }
+}
+
+/// Encodes a response frame: size, header (v0: correlation id; v1: plus empty tagged fields),
+/// body.
+pub(crate) fn frame<M: kafka_protocol::protocol::Encodable>(
+    call: Call,
+    header_version: i16,
+    body: &M,
+) -> Result<Bytes, Close> {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_i32(0);
+    out.put_i32(call.correlation_id);
+    if header_version >= 1 {
+        out.put_u8(0);
+    }
+    body.encode(&mut out, call.version).map_err(|e| {
+        // A bug of ours (a field set that the version lacks), never the client's.
+        tracing::warn!(api = call.api_key, version = call.version, error = %e, "kafka: cannot encode a response");
+        Close::Frame(format!("encoding response: {e}"))
+    })?;
+    let size =
+        i32::try_from(out.len() - 4).map_err(|_| Close::Frame("response too large".into()))?;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(out.freeze())
+}
+
+/// Sends an answer; a closed connection is not an error for the handler.
+pub(crate) fn answer(reply: &Reply, frame: Bytes) {
+    let _ = reply.send(frame);
+}
+
+/// Runs a blocking control-plane call (it may wait for every shard, this one too) on a helper
+/// thread and awaits its result.
+pub(crate) async fn off_shard<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = flume::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("shardline-kafka-admin".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if spawned.is_err() {
+        return None;
+    }
+    rx.recv_async().await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertised_address_prefers_advertised_listeners_then_host_and_port() {
+        let bound: SocketAddr = "127.0.0.1:9092".parse().unwrap_or_else(|_| unreachable!());
+        let mut c = KafkaConfig::default();
+        assert_eq!(c.advertised(bound), ("127.0.0.1".into(), 9092));
+        c.advertised_host = Some("broker.example".into());
+        c.advertised_port = Some(19092);
+        assert_eq!(c.advertised(bound), ("broker.example".into(), 19092));
+        c.advertised_listeners = Some("SASL_SSL://kafka.example:29092,PLAINTEXT://x:1".into());
+        assert_eq!(c.advertised(bound), ("kafka.example".into(), 29092));
+    }
+}
