@@ -134,7 +134,7 @@ impl Driver for ShardlineDriver {
             consumer.subscribe(topic, partition, OffsetSpec::Earliest)?;
         }
         Ok(Box::new(NetConsumer {
-            state: ConsumerState::Idle(consumer),
+            state: ConsumerState::Idle(Box::new(consumer)),
         }))
     }
 
@@ -164,14 +164,16 @@ impl Producer for NetProducer {
     }
 }
 
-type PollFuture =
-    Pin<Box<dyn Future<Output = (NetClientConsumer, Result<ConsumerRecord, ClientError>)> + Send>>;
+type PollFuture = Pin<
+    Box<dyn Future<Output = (Box<NetClientConsumer>, Result<ConsumerRecord, ClientError>)> + Send>,
+>;
 
 /// The client's consumer is polled through `poll_async`, whose future borrows it; to keep that
 /// future (and so the registered waker) alive across `poll_deliver` calls, the future owns the
 /// consumer while it waits and hands it back with the record.
 enum ConsumerState {
-    Idle(NetClientConsumer),
+    /// Boxed: the client's consumer is large, the other states small.
+    Idle(Box<NetClientConsumer>),
     Waiting(PollFuture),
     /// Every subscription ended: nothing more will come.
     Ended,
@@ -195,7 +197,7 @@ impl NetConsumer {
     /// Hands out records already received, without waiting. `Ok(n)`: `n` delivered.
     fn drain(
         &mut self,
-        mut c: NetClientConsumer,
+        mut c: Box<NetClientConsumer>,
         mut delivered: usize,
         on_message: &mut dyn FnMut(Received<'_>),
     ) -> Poll<Result<usize, DriverError>> {

@@ -152,6 +152,23 @@ impl ServerConfig {
         usize::try_from(b).unwrap_or(usize::MAX)
     }
 
+    /// The listen address, after the checks that need no engine: frame limit, memory budget.
+    fn checked_listen(&self) -> Result<SocketAddr, ServerError> {
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| ServerError::Config(format!("listen address '{}': {e}", self.listen)))?;
+        if self.frame_bytes_max < crate::protocol::FRAME_BYTES_MIN_LIMIT
+            || self.frame_bytes_max > crate::protocol::FRAME_BYTES_MAX_LIMIT
+        {
+            return Err(ServerError::Config(
+                "frame_bytes_max must be between 64 KiB and 1 GiB".into(),
+            ));
+        }
+        self.validate_budget()?;
+        Ok(listen)
+    }
+
     /// Checks the budget fields: shares within 100 %, room for two largest frames.
     fn validate_budget(&self) -> Result<(), ServerError> {
         let shares = u16::from(self.receive_share_percent) + u16::from(self.outbox_share_percent);
@@ -235,18 +252,7 @@ type Bound = Result<(SocketAddr, SocketAddr, Option<SocketAddr>), String>;
 impl Server {
     /// Opens the engine, then starts the listeners on every shard.
     pub fn start(engine_config: EngineConfig, cfg: ServerConfig) -> Result<Server, ServerError> {
-        let listen: SocketAddr = cfg
-            .listen
-            .parse()
-            .map_err(|e| ServerError::Config(format!("listen address '{}': {e}", cfg.listen)))?;
-        if cfg.frame_bytes_max < crate::protocol::FRAME_BYTES_MIN_LIMIT
-            || cfg.frame_bytes_max > crate::protocol::FRAME_BYTES_MAX_LIMIT
-        {
-            return Err(ServerError::Config(
-                "frame_bytes_max must be between 64 KiB and 1 GiB".into(),
-            ));
-        }
-        cfg.validate_budget()?;
+        let listen = cfg.checked_listen()?;
         let mut kafka_at = cfg.kafka.listen_addr().map_err(ServerError::Config)?;
         let tls = match &cfg.tls {
             Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),

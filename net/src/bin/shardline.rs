@@ -512,15 +512,9 @@ fn load_config(path: &Path) -> anyhow::Result<FileConfig> {
     FileConfig::load(path).map_err(|e| anyhow!("config {}: {e}", path.display()))
 }
 
-fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => load_config(path)?,
-        None => FileConfig::default(),
-    };
-    // An address set by the operator must be served; the default one is best effort (a
-    // second server on the machine keeps running without metrics, with a warning).
-    let metrics_explicit = args.metrics_listen.is_some()
-        || args.config.is_some() && config.metrics != Default::default();
+/// Applies `serve`'s flags and environment over the file's configuration (flags win); returns
+/// whether `--print-config` was given.
+fn apply_serve_flags(config: &mut FileConfig, args: ServeArgs) -> anyhow::Result<bool> {
     if let Some(dir) = args.data_dir {
         config.engine.data_dir = dir;
     } else if !args.config.as_deref().is_some_and(config_sets_data_dir) {
@@ -560,10 +554,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(kafka) = args.kafka_listen {
         config.kafka.listen = Some(kafka);
     }
+    Ok(args.print_config)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => load_config(path)?,
+        None => FileConfig::default(),
+    };
+    // An address set by the operator must be served; the default one is best effort (a
+    // second server on the machine keeps running without metrics, with a warning).
+    let metrics_explicit = args.metrics_listen.is_some()
+        || args.config.is_some() && config.metrics != Default::default();
+    let print_config = apply_serve_flags(&mut config, args)?;
     config
         .validate()
         .map_err(|e| anyhow!("invalid configuration: {e}"))?;
-    if args.print_config {
+    if print_config {
         let text = config.to_toml().context("printing the configuration")?;
         let mut out = io::stdout().lock();
         out.write_all(text.as_bytes())?;
