@@ -187,7 +187,8 @@ fn kcat_metadata_produce_and_consume() {
 }
 
 // Proves: records produced through either protocol are read through the other (Kafka batches
-// converted for the native reader, native batches converted for kcat).
+// of every codec, uncompressed, gzip, snappy, lz4 and zstd, converted for the native reader;
+// native batches converted for kcat).
 #[test]
 fn cross_protocol_reads_both_ways() {
     if !have_kcat() {
@@ -198,17 +199,24 @@ fn cross_protocol_reads_both_ways() {
     s.cli(&["topic", "create", "k2n", "--partitions", "2"]);
     s.cli(&["topic", "create", "n2k", "--partitions", "2"]);
     kcat(&s.kafka, &["-P", "-t", "k2n"], lines(0, 2000).as_bytes());
-    kcat(
-        &s.kafka,
-        &["-P", "-t", "k2n", "-z", "gzip"],
-        lines(2000, 2500).as_bytes(),
-    );
+    let codecs = ["gzip", "snappy", "lz4", "zstd"];
+    for (i, codec) in codecs.iter().enumerate() {
+        let from = 2000 + 500 * i;
+        kcat(
+            &s.kafka,
+            &["-P", "-t", "k2n", "-z", codec],
+            lines(from, from + 500).as_bytes(),
+        );
+    }
+    let total = 2000 + 500 * codecs.len();
     let mut consume = Command::new(BIN);
-    consume.args(["--addr", &s.native, "consume", "k2n", "--count", "2500"]);
-    consume.args(["--timeout-ms", "20000"]);
+    consume.args(["--addr", &s.native, "consume", "k2n", "--count"]);
+    consume
+        .arg(total.to_string())
+        .args(["--timeout-ms", "20000"]);
     assert_eq!(
         sorted_lines(&run(&mut consume, b"")),
-        sorted_lines(&lines(0, 2500))
+        sorted_lines(&lines(0, total))
     );
     let mut produce = Command::new(BIN);
     produce.args(["--addr", &s.native, "produce", "n2k"]);

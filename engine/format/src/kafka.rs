@@ -458,26 +458,21 @@ fn parse_records(
 }
 
 /// The records of a Kafka-kind Shardline batch, for native readers (the conversion happens
-/// only here, on their read path). Uncompressed and gzip batches; snappy, lz4 and zstd ones
-/// are refused with a typed error naming the codec (Kafka readers get them as stored).
+/// only here, on their read path). Every Kafka codec: uncompressed, gzip, snappy (raw or
+/// xerial-framed), lz4 (frame format) and zstd; the records section is decompressed to at most
+/// [`BATCH_BYTES_MAX`] bytes (more is refused with [`Error::TooLarge`]).
 pub fn records_of(batch: &[u8], h: &BatchHeader) -> Result<Vec<Record>> {
     let b = body(batch, h);
     let info = parse_header(b)?;
     let section = &b[KAFKA_HEADER_BYTES..];
     let inflated;
-    let records = match info.codec() {
-        codec::NONE => section,
-        codec::GZIP => {
-            inflated = gunzip(section)?;
-            &inflated[..]
-        }
-        c => {
-            return Err(Error::InvalidArgument(format!(
-                "kafka batch compressed with codec {c}: read it through the Kafka listener"
-            )));
-        }
+    let records = if info.codec() == codec::NONE {
+        section
+    } else {
+        inflated = decompress(info.codec(), section, BATCH_BYTES_MAX)?;
+        &inflated[..]
     };
-    let mut out = Vec::with_capacity(usize::try_from(info.record_count).unwrap_or(0));
+    let mut out = Vec::with_capacity(usize::try_from(info.record_count).unwrap_or(0).min(4096));
     parse_records(records, &info, Some(&mut out))?;
     if out.len() != usize::try_from(info.record_count).unwrap_or(0) {
         return corrupt("kafka batch record count mismatch");
@@ -485,8 +480,46 @@ pub fn records_of(batch: &[u8], h: &BatchHeader) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Inflates one gzip member (RFC 1952), at most [`BATCH_BYTES_MAX`] bytes out.
-fn gunzip(b: &[u8]) -> Result<Vec<u8>> {
+/// Decompresses the records section `b` of a Kafka batch compressed with `codec` ([`codec`]),
+/// to at most `limit` bytes: a longer output (a compression bomb) is refused with
+/// [`Error::TooLarge`] once `limit` is passed, and no decoder allocates an announced size
+/// before checking it against `limit`. Hostile bytes give [`Error::Corrupt`], never a panic.
+pub fn decompress(codec: u8, b: &[u8], limit: usize) -> Result<Vec<u8>> {
+    match codec {
+        codec::NONE => {
+            if b.len() > limit {
+                return Err(too_large(b.len(), limit));
+            }
+            Ok(b.to_vec())
+        }
+        codec::GZIP => gunzip(b, limit),
+        codec::SNAPPY => unsnappy(b, limit),
+        codec::LZ4 => unlz4(b, limit),
+        codec::ZSTD => unzstd(b, limit),
+        c => corrupt(format!("kafka batch codec {c}")),
+    }
+}
+
+fn too_large(bytes: usize, max: usize) -> Error {
+    Error::TooLarge { bytes, max }
+}
+
+/// Reads `r` to its end into a vector of at most `limit` bytes; one byte more is a bomb.
+fn read_bounded(r: impl std::io::Read, limit: usize, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    r.take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Corrupt(format!("bad {what} stream in kafka batch: {e}")))?;
+    if out.len() > limit {
+        return Err(too_large(out.len(), limit));
+    }
+    Ok(out)
+}
+
+/// Inflates one gzip member (RFC 1952), at most `limit` bytes out.
+fn gunzip(b: &[u8], limit: usize) -> Result<Vec<u8>> {
     const FHCRC: u8 = 2;
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
@@ -519,7 +552,131 @@ fn gunzip(b: &[u8]) -> Result<Vec<u8>> {
         at += 2;
     }
     let deflate = b.get(at..).ok_or_else(bad)?;
-    miniz_oxide::inflate::decompress_to_vec_with_limit(deflate, BATCH_BYTES_MAX).map_err(|_| bad())
+    miniz_oxide::inflate::decompress_to_vec_with_limit(deflate, limit).map_err(|e| {
+        if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput {
+            too_large(limit.saturating_add(1), limit)
+        } else {
+            bad()
+        }
+    })
+}
+
+/// snappy-java's (xerial) stream header: magic, then version and compatible version (i32 BE).
+const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+const XERIAL_HEADER_BYTES: usize = 16;
+
+/// Snappy as Kafka clients write it: the Java client's xerial framing (header, then blocks of
+/// u32 big-endian length + raw snappy), or one raw snappy block (librdkafka may write either).
+fn unsnappy(b: &[u8], limit: usize) -> Result<Vec<u8>> {
+    if b.len() >= XERIAL_HEADER_BYTES && b.starts_with(XERIAL_MAGIC) {
+        let mut out = Vec::new();
+        let mut rest = &b[XERIAL_HEADER_BYTES..];
+        while !rest.is_empty() {
+            let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+                return corrupt("truncated snappy block length in kafka batch");
+            };
+            let len = usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX);
+            let Some(block) = tail.get(..len) else {
+                return corrupt("truncated snappy block in kafka batch");
+            };
+            unsnappy_raw(block, limit, &mut out)?;
+            rest = &tail[len..];
+        }
+        return Ok(out);
+    }
+    let mut out = Vec::new();
+    unsnappy_raw(b, limit, &mut out)?;
+    Ok(out)
+}
+
+/// At most this many bytes out per snappy byte in: the densest element is a 3-byte copy of 64.
+const SNAPPY_MAX_EXPANSION: usize = 22;
+
+/// Appends one raw snappy block to `out`, which may not grow past `limit` bytes. The block's
+/// announced length is checked before anything is allocated: against `limit`, and against what
+/// the block's bytes could at most expand to (so a few hostile bytes cannot make us allocate
+/// up to `limit`).
+fn unsnappy_raw(block: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<()> {
+    let bad = |e: snap::Error| Error::Corrupt(format!("bad snappy block in kafka batch: {e}"));
+    let n = snap::raw::decompress_len(block).map_err(bad)?;
+    let total = out.len().saturating_add(n);
+    if total > limit {
+        return Err(too_large(total, limit));
+    }
+    if n > block.len().saturating_mul(SNAPPY_MAX_EXPANSION) {
+        return corrupt(format!(
+            "snappy block of {} bytes in kafka batch announces {n}",
+            block.len()
+        ));
+    }
+    let start = out.len();
+    out.resize(total, 0);
+    let got = snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(bad)?;
+    if got != n {
+        return corrupt("snappy block shorter than announced in kafka batch");
+    }
+    Ok(())
+}
+
+/// LZ4 frame format (Kafka's lz4 for record batch v2; the "broken" header checksum of old
+/// clients only applies to magic < 2). Frames are decoded block by block (blocks are at most
+/// 4 MiB), the output bounded by `limit`.
+fn unlz4(b: &[u8], limit: usize) -> Result<Vec<u8>> {
+    read_bounded(lz4_flex::frame::FrameDecoder::new(b), limit, "lz4")
+}
+
+/// zstd: one or more frames (skippable frames skipped), output bounded by `limit`. The decoder
+/// reserves the window a frame announces up front, so the window allowed is bounded too: by
+/// what the input could at most expand to (a zstd block of up to 128 KiB needs at least 4 input
+/// bytes) and by `limit`, but never below 8 MiB so that an encoder's default window descriptor
+/// (zstd's level 3 announces 2 MiB whatever the input) is accepted for a small input.
+fn unzstd(b: &[u8], limit: usize) -> Result<Vec<u8>> {
+    use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+    use std::io::Read;
+    const MAX_EXPANSION: u64 = 32 * 1024;
+    const WINDOW_FLOOR: u64 = 8 << 20;
+    let bad =
+        |e: &dyn std::fmt::Display| Error::Corrupt(format!("bad zstd stream in kafka batch: {e}"));
+    let limit64 = u64::try_from(limit).unwrap_or(u64::MAX);
+    let input_len = u64::try_from(b.len()).unwrap_or(u64::MAX);
+    let window = input_len
+        .saturating_mul(MAX_EXPANSION)
+        .saturating_add(128 * 1024)
+        .min(limit64.max(WINDOW_FLOOR))
+        .max(WINDOW_FLOOR);
+    let mut decoder = ruzstd::decoding::FrameDecoder::new();
+    decoder.set_max_window_size(window);
+    let mut input = b;
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        let budget = limit.saturating_sub(out.len());
+        let frame =
+            match ruzstd::decoding::StreamingDecoder::new_with_decoder(&mut input, &mut decoder) {
+                Ok(frame) => frame,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    let skip = usize::try_from(length).unwrap_or(usize::MAX);
+                    input = input
+                        .get(skip..)
+                        .ok_or_else(|| bad(&"truncated skippable frame"))?;
+                    continue;
+                }
+                Err(e) => return Err(bad(&e)),
+            };
+        let cap = u64::try_from(budget).unwrap_or(u64::MAX).saturating_add(1);
+        frame.take(cap).read_to_end(&mut out).map_err(|e| bad(&e))?;
+        if out.len() > limit {
+            return Err(too_large(out.len(), limit));
+        }
+        if !decoder.is_finished() {
+            return Err(bad(&"truncated frame"));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -667,12 +824,176 @@ mod tests {
         k[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         let (_, records) = decode(&wrap(&k).unwrap()).unwrap();
         assert_eq!(records[1].value, b"two");
-        // A zstd batch is refused with a typed error for native readers.
+        // The same stream claimed as zstd is corrupt for native readers, not a panic.
         k[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&i16::from(codec::ZSTD).to_be_bytes());
         let crc = crc32c::crc32c(&k[ATTRIBUTES_AT..]);
         k[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         let e = decode(&wrap(&k).unwrap()).unwrap_err();
-        assert!(e.to_string().contains("codec 4"), "{e}");
+        assert!(e.to_string().contains("zstd"), "{e}");
+    }
+
+    /// `section` (an uncompressed records section) compressed with `codec` by the same crates'
+    /// encoders (snappy raw and xerial-framed, lz4 frame, zstd).
+    fn compress(codec: u8, section: &[u8], xerial: bool) -> Vec<u8> {
+        use std::io::Write;
+        match codec {
+            codec::SNAPPY if xerial => {
+                // snappy-java: header, then blocks (here of at most 100 bytes, to have several).
+                let mut out = XERIAL_MAGIC.to_vec();
+                out.extend_from_slice(&1i32.to_be_bytes());
+                out.extend_from_slice(&1i32.to_be_bytes());
+                for chunk in section.chunks(100) {
+                    let block = snap::raw::Encoder::new().compress_vec(chunk).unwrap();
+                    out.extend_from_slice(&u32::try_from(block.len()).unwrap().to_be_bytes());
+                    out.extend_from_slice(&block);
+                }
+                out
+            }
+            codec::SNAPPY => snap::raw::Encoder::new().compress_vec(section).unwrap(),
+            codec::LZ4 => {
+                let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                e.write_all(section).unwrap();
+                e.finish().unwrap()
+            }
+            codec::ZSTD => ruzstd::encoding::compress_to_vec(
+                section,
+                ruzstd::encoding::CompressionLevel::Fastest,
+            ),
+            c => panic!("codec {c}"),
+        }
+    }
+
+    /// A Kafka batch of `values` whose records section is `codec`-compressed, CRC fixed.
+    fn compressed_batch(values: &[&[u8]], codec: u8, xerial: bool) -> Vec<u8> {
+        let plain = kafka_batch_of(values, -1, -1);
+        let mut k = plain[..KAFKA_HEADER_BYTES].to_vec();
+        k.extend_from_slice(&compress(codec, &plain[KAFKA_HEADER_BYTES..], xerial));
+        let len = i32::try_from(k.len() - LENGTH_END).unwrap();
+        k[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&len.to_be_bytes());
+        k[ATTRIBUTES_AT..ATTRIBUTES_AT + 2].copy_from_slice(&i16::from(codec).to_be_bytes());
+        let crc = crc32c::crc32c(&k[ATTRIBUTES_AT..]);
+        k[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        k
+    }
+
+    const CODECS: [(u8, bool); 4] = [
+        (codec::SNAPPY, false),
+        (codec::SNAPPY, true),
+        (codec::LZ4, false),
+        (codec::ZSTD, false),
+    ];
+
+    #[test]
+    fn snappy_lz4_zstd_kafka_batches_are_readable_by_native_readers() {
+        let values: Vec<Vec<u8>> = (0..500)
+            .map(|i| format!("line {i} {}", "x".repeat(i % 37)).into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = values.iter().map(Vec::as_slice).collect();
+        for (c, xerial) in CODECS {
+            let k = compressed_batch(&refs, c, xerial);
+            check(&k).unwrap();
+            let wrapped = wrap(&k).unwrap();
+            validate(&wrapped).unwrap();
+            let (h, records) = decode(&wrapped).unwrap();
+            assert_eq!(h.record_count, 500, "codec {c} xerial {xerial}");
+            let got: Vec<&[u8]> = records.iter().map(|r| r.value.as_slice()).collect();
+            assert_eq!(got, refs, "codec {c} xerial {xerial}");
+            assert_eq!(records[2].key.as_deref(), Some(b"k".as_slice()));
+            assert_eq!(records[3].timestamp_delta_us, 3000);
+            // The Kafka fetch path still serves the bytes as sent.
+            let mut out = BytesMut::new();
+            to_kafka(&wrapped, &h, &mut out).unwrap();
+            assert_eq!(&out[KMAGIC_AT..], &k[KMAGIC_AT..]);
+        }
+    }
+
+    #[test]
+    fn zstd_skippable_and_concatenated_frames_are_read() {
+        let a = compress(codec::ZSTD, b"hello ", false);
+        let b = compress(codec::ZSTD, b"world", false);
+        let mut s = Vec::new();
+        s.extend_from_slice(&0x184D_2A50u32.to_le_bytes()); // a skippable frame of 3 bytes
+        s.extend_from_slice(&3u32.to_le_bytes());
+        s.extend_from_slice(b"abc");
+        s.extend_from_slice(&a);
+        s.extend_from_slice(&b);
+        assert_eq!(decompress(codec::ZSTD, &s, 1000).unwrap(), b"hello world");
+    }
+
+    #[test]
+    fn compression_bombs_are_refused_with_a_typed_error() {
+        let zeros = vec![0u8; 1 << 20];
+        for (c, xerial) in CODECS {
+            let z = compress(c, &zeros, xerial);
+            assert!(z.len() < zeros.len() / 4, "codec {c}: {}", z.len());
+            assert_eq!(decompress(c, &z, 1 << 20).unwrap().len(), 1 << 20);
+            let e = decompress(c, &z, 4096).unwrap_err();
+            assert!(
+                matches!(e, Error::TooLarge { max: 4096, .. }),
+                "codec {c} xerial {xerial}: {e}"
+            );
+        }
+        let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+        gz.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(&zeros, 6));
+        gz.extend_from_slice(&[0; 8]);
+        assert_eq!(
+            decompress(codec::GZIP, &gz, 1 << 20).unwrap().len(),
+            1 << 20
+        );
+        let e = decompress(codec::GZIP, &gz, 4096).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        // Raw snappy announcing 4 GiB in a few bytes: refused on the announcement, before any
+        // allocation, through the native read path (limit BATCH_BYTES_MAX) too.
+        let announced = [0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0];
+        let e = decompress(codec::SNAPPY, &announced, BATCH_BYTES_MAX).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        // The same in xerial framing, and split over blocks that each fit but add up past it.
+        let block = snap::raw::Encoder::new().compress_vec(&zeros).unwrap();
+        let mut x = XERIAL_MAGIC.to_vec();
+        x.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        for _ in 0..5 {
+            x.extend_from_slice(&u32::try_from(block.len()).unwrap().to_be_bytes());
+            x.extend_from_slice(&block);
+        }
+        let e = decompress(codec::SNAPPY, &x, 4 << 20).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        // A few bytes announcing 1 MiB (within the limit) are refused before allocating it.
+        let e = decompress(codec::SNAPPY, &[0x80, 0x80, 0x40, 0, 0], 4 << 20).unwrap_err();
+        assert!(e.to_string().contains("announces"), "{e}");
+        // A zstd frame announcing a window far beyond what its bytes could expand to.
+        let mut frame = 0xFD2F_B528u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[0x00, 0xF8]); // no content size, window descriptor 2^41
+        frame.extend_from_slice(&[1, 0, 0]); // one last raw block of 0 bytes
+        let e = decompress(codec::ZSTD, &frame, BATCH_BYTES_MAX).unwrap_err();
+        assert!(matches!(e, Error::Corrupt(_)), "{e}");
+    }
+
+    #[test]
+    fn truncated_and_garbage_compressed_sections_are_errors() {
+        let section =
+            kafka_batch_of(&[b"one", b"two", b"three"], -1, -1)[KAFKA_HEADER_BYTES..].to_vec();
+        for (c, xerial) in CODECS {
+            let z = compress(c, &section, xerial);
+            assert_eq!(decompress(c, &z, BATCH_BYTES_MAX).unwrap(), section);
+            // (Not the last byte for lz4: lz4_flex takes a stream cut inside its end mark as
+            // complete, every block being there; the record count check would still apply.)
+            for cut in [1, z.len() / 2, z.len() - 5] {
+                assert!(
+                    decompress(c, &z[..cut], BATCH_BYTES_MAX)
+                        .is_err_and(|e| matches!(e, Error::Corrupt(_))),
+                    "codec {c} xerial {xerial} cut at {cut} of {}",
+                    z.len()
+                );
+            }
+            assert!(decompress(c, b"definitely not compressed", BATCH_BYTES_MAX).is_err());
+        }
+        // A batch whose compressed section is garbage: the native reader gets an error.
+        let mut k = compressed_batch(&[b"a", b"b"], codec::LZ4, false);
+        let end = k.len() - 1;
+        k[end] ^= 0x55;
+        let crc = crc32c::crc32c(&k[ATTRIBUTES_AT..]);
+        k[KCRC_AT..KCRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        assert!(decode(&wrap(&k).unwrap()).is_err());
     }
 
     #[test]
@@ -692,6 +1013,42 @@ mod tests {
                 let _ = decode(&w);
             }
             let _ = check(&v);
+        }
+
+        #[test]
+        fn arbitrary_compressed_bytes_never_panic(
+            c in 1u8..=4,
+            v in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        ) {
+            let _ = decompress(c, &v, 1 << 20);
+            // The same bytes behind each codec's magic, so the decoders get past their headers.
+            let mut x = XERIAL_MAGIC.to_vec();
+            x.extend_from_slice(&v);
+            let _ = decompress(codec::SNAPPY, &x, 1 << 20);
+            let mut z = 0xFD2F_B528u32.to_le_bytes().to_vec();
+            z.extend_from_slice(&v);
+            let _ = decompress(codec::ZSTD, &z, 1 << 20);
+            let mut l = 0x184D_2204u32.to_le_bytes().to_vec();
+            l.extend_from_slice(&v);
+            let _ = decompress(codec::LZ4, &l, 1 << 20);
+        }
+
+        #[test]
+        fn corrupted_compressed_sections_never_panic(
+            which in 0usize..4,
+            flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1u8..=255), 1..8),
+            cut in proptest::prelude::any::<usize>(),
+        ) {
+            let (c, xerial) = CODECS[which];
+            let section = kafka_batch_of(&[b"one", b"two", b"three", b"four"], -1, -1);
+            let mut z = compress(c, &section[KAFKA_HEADER_BYTES..], xerial);
+            for (at, x) in flips {
+                let n = z.len();
+                z[at % n] ^= x;
+            }
+            let cut = cut % (z.len() + 1);
+            let _ = decompress(c, &z[..cut], 1 << 20);
+            let _ = decompress(c, &z, 1 << 20);
         }
     }
 }
