@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Kafka listener vs native protocol, same server, same workload (docs/performance.md).
-# Run from the repository root after `cargo build --release -p shardline-net --bin shardline
-# -p shardline-loadgen`; needs python3 with confluent-kafka, and bc.
+# Run from the repository root after `cargo build --release -p shardline-net --bin shardline` and `cargo build --release
+# -p shardline-loadgen --bin shardline-loadgen`; needs python3 with confluent-kafka, and bc.
 set -euo pipefail
 BIN=${BIN:-target/release/shardline}
 LOADGEN=${LOADGEN:-target/release/shardline-loadgen}
@@ -10,7 +10,7 @@ DIR=$(mktemp -d)
 $BIN serve --data-dir "$DIR/data" --listen 127.0.0.1:0 --shards 2 --metrics-listen 127.0.0.1:0 \
   --kafka-listen 127.0.0.1:0 > "$DIR/out" 2>/dev/null &
 PID=$!
-trap 'kill $PID; rm -rf "$DIR"' EXIT
+trap 'kill $PID; wait $PID 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 50); do [ "$(wc -l < "$DIR/out")" -ge 2 ] && break; sleep 0.1; done
 NA=$(sed -n 's/shardline listening on //p' "$DIR/out"); KA=$(sed -n 's/kafka listening on //p' "$DIR/out")
 cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
