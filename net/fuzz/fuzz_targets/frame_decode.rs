@@ -9,7 +9,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use shardline_net::protocol::{
-    API_KEY_LIMIT, ApiKey, DecoderConfig, FRAME_BYTES_MIN_LIMIT, FrameBuf, FrameDecoder, FrameEncoder, OwnedFrame, Push,
+    DecoderConfig, FRAME_BYTES_MIN_LIMIT, FrameBuf, FrameDecoder, FrameEncoder, OwnedFrame, Push,
     Request, Response, ServerMessage, WireError,
 };
 
