@@ -354,7 +354,7 @@ fn three_engines_replicate_fail_over_and_rejoin() {
     }
     for p in 0..PARTITIONS {
         assert_eq!(
-            converged(&net, p, 0),
+            converged(&net, p, acked[p as usize].len()),
             acked[p as usize],
             "partition {p} on two nodes"
         );

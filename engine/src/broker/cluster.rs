@@ -260,8 +260,9 @@ impl Host {
             for (peer, msgs) in node.drain_outgoing() {
                 (self.state.sink)(peer, msgs);
             }
-            self.answer(&mut node);
+            // Apply first: a producer acked at `all` reads its batch from the leader's log.
             self.apply(&node, &bindings, &mut controller_next);
+            self.answer(&mut node);
             if self.controller_apply.is_some() {
                 let leader = node
                     .get(CONTROLLER_GROUP)
