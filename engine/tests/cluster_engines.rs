@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_lite::future::block_on as block;
 use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
 use shardline_engine::{
     Acks, Engine, EngineConfig, Error, FetchRequest, NodeId, PeerSink, ProduceAck, ReplicaConfig,
@@ -214,6 +215,7 @@ fn leader_of(net: &Net, p: u32) -> NodeId {
 }
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn three_engines_replicate_fail_over_and_rejoin() {
     let started = Instant::now();
     let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -380,4 +382,83 @@ fn three_engines_replicate_fail_over_and_rejoin() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+fn wait_topic(net: &Net, name: &str, exists: bool) {
+    for n in net.up() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while net.engine(n).route(name).is_ok() != exists {
+            assert!(
+                Instant::now() < deadline,
+                "topic {name} exists={exists} not reached on node {n}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The controller: create, delete and re-create through different nodes apply once on every
+/// node, in order; a restarted node replays nothing twice (the re-created topic stays).
+#[test]
+fn controller_commands_apply_once_in_order() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = Arc::new(Net::default());
+    for n in 1..=3 {
+        start(&net, n, dirs[(n - 1) as usize].path());
+    }
+    let cfg = TopicConfig {
+        replicas: 2,
+        ..TopicConfig::with_partitions(3)
+    };
+    let first = block(net.engine(1).create_topic_replicated("tmp", cfg.clone())).unwrap();
+    wait_topic(&net, "tmp", true);
+    // Two replicas per partition, on distinct nodes.
+    let st = block(net.engine(2).replica_status("tmp")).unwrap();
+    assert_eq!(st.len(), 3);
+    for s in &st {
+        assert_eq!(s.replicas.len(), 2);
+        assert!(s.replicas[0] < s.replicas[1]);
+    }
+    block(net.engine(3).delete_topic_replicated("tmp")).unwrap();
+    wait_topic(&net, "tmp", false);
+    assert!(matches!(
+        block(net.engine(2).delete_topic_replicated("tmp")),
+        Err(Error::UnknownTopic(_))
+    ));
+    let second = block(net.engine(2).create_topic_replicated("tmp", cfg)).unwrap();
+    wait_topic(&net, "tmp", true);
+    assert_eq!(first.shards.len(), second.shards.len());
+    produce_named(&net, "tmp", 0);
+    // Node 1 restarts: it re-applies nothing it applied before (the topic is not deleted
+    // again) and reopens its replicas.
+    let e = net.engines.lock().unwrap().remove(&1).unwrap();
+    e.shutdown().unwrap();
+    drop(e);
+    start(&net, 1, dirs[0].path());
+    wait_topic(&net, "tmp", true);
+    produce_named(&net, "tmp", 1);
+    for n in net.up() {
+        net.engine(n).shutdown().unwrap();
+    }
+    net.engines.lock().unwrap().clear();
+}
+
+/// One `all` produce to partition `p` of `topic`, following NOT_LEADER (bounded).
+fn produce_named(net: &Net, topic: &str, p: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    loop {
+        assert!(Instant::now() < deadline, "no leader for {topic}/{p}");
+        let up = net.up();
+        i += 1;
+        let batch = batch::batch_of_values(["x"]).unwrap();
+        match net
+            .engine(up[i % up.len()])
+            .produce(topic, p, batch, Acks::All)
+        {
+            Ok(_) => return,
+            Err(Error::NotLeader { .. }) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
