@@ -67,6 +67,9 @@ const REPROPOSE_AFTER: Duration = Duration::from_secs(3);
 const APPLY_BATCHES_PER_ROUND: usize = 256;
 /// A replica whose log is within this many entries of the leader's is in sync.
 const IN_SYNC_LAG_ENTRIES: u64 = 1000;
+/// Applied entries a replica keeps in memory for peers that lag (beyond them a peer needs a
+/// snapshot, not built yet: docs/replication.md, "Memory").
+const RETAIN_ENTRIES: u64 = 1024;
 /// Request ids of applied controller commands kept (duplicate detection).
 const RECENT_REQUESTS_MAX: usize = 1024;
 /// Ticks run at once when the loop fell behind the timer.
@@ -251,6 +254,7 @@ impl Host {
                 break;
             }
             let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
+            let ticked = inbox.ticks > 0;
             self.take_inbox(inbox, &mut node, &mut bindings, &mut pending);
             let failed = node.process_ready().await;
             for (g, e) in failed {
@@ -263,6 +267,9 @@ impl Host {
             // Apply first: a producer acked at `all` reads its batch from the leader's log.
             self.apply(&node, &bindings, &mut controller_next);
             self.answer(&mut node);
+            if ticked {
+                self.compact(&mut node, &bindings);
+            }
             if self.controller_apply.is_some() {
                 let leader = node
                     .get(CONTROLLER_GROUP)
@@ -351,6 +358,20 @@ impl Host {
             }
             true
         });
+    }
+
+    /// Drops applied entries from memory once the partition log's fsync covers them (see
+    /// `ReplicatedPartition::compact`). The controller's few entries stay.
+    fn compact(&self, node: &mut Node, bindings: &HashMap<GroupId, Binding>) {
+        for (g, b) in bindings {
+            let Binding::Partition(key) = b else { continue };
+            let Some(durable) = self.shard.durable_offset(key) else {
+                continue;
+            };
+            if let Some(r) = node.get_mut(*g) {
+                r.compact(durable, RETAIN_ENTRIES);
+            }
+        }
     }
 
     /// Appends newly committed batches to their partition logs; hands committed controller
@@ -444,21 +465,27 @@ fn start_host(
     });
     HOST.with(|x| *x.borrow_mut() = Some(h.clone()));
     local.set_replication_hook(Rc::new(|group, key, batch, acks, reply| {
+        let Some(h) = host() else {
+            if let Some(r) = reply {
+                let _ = r.send(Err(Error::ShuttingDown));
+            }
+            return;
+        };
+        // A retry older than the side index keeps: the partition log's producer state knows it.
+        if let Some(ack) = h.shard.applied_duplicate(&key, &batch) {
+            if let Some(r) = reply {
+                let _ = r.send(Ok(ack));
+            }
+            return;
+        }
         let token = reply.map(|reply| Token {
             reply,
             key: key.clone(),
         });
-        match host() {
-            Some(h) => h.push(|i| {
-                i.proposals
-                    .push((group, batch.into_bytes(), acks.into(), token))
-            }),
-            None => {
-                if let Some(t) = token {
-                    let _ = t.reply.send(Err(Error::ShuttingDown));
-                }
-            }
-        }
+        h.push(|i| {
+            i.proposals
+                .push((group, batch.into_bytes(), acks.into(), token))
+        });
     }));
     rt::spawn_local(h.clone().run(controller_next));
     rt::spawn_local(h.ticker());

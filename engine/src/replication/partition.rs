@@ -15,9 +15,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Entry, EntryType, HardState, Message};
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Message, MessageType};
 use raft::storage::MemStorage;
-use raft::{RawNode, Ready, StateRole};
+use raft::{RawNode, Ready, SnapshotStatus, StateRole};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
@@ -84,8 +84,13 @@ pub struct ReplicatedPartition<S: Storage, T> {
     node: RawNode<MemStorage>,
     disk: RaftDisk<S>,
     rng: Xoshiro256PlusPlus,
-    /// Record batches of the Raft log in index order (committed and not).
+    /// Record batches of the Raft log in index order (committed and not), from the first one
+    /// not compacted ([`Self::compact`]).
     side: VecDeque<SideEntry>,
+    /// One past the last offset of the compacted batches (where the side index starts).
+    compacted_end_offset: u64,
+    /// Entries below this Raft index are compacted out of memory.
+    compacted_index: u64,
     /// (producer id, base sequence) -> Raft index of that batch in the side index.
     by_producer: BTreeMap<(u64, u32), u64>,
     /// Highest index applied (= the commit index as this replica knows it).
@@ -197,6 +202,8 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             disk,
             rng: Xoshiro256PlusPlus::seed_from_u64(mix_seed(seed, group, id)),
             side,
+            compacted_end_offset: 0,
+            compacted_index: 0,
             by_producer,
             applied,
             high_watermark,
@@ -248,7 +255,9 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     }
     /// One past the last offset in the Raft log (committed or not).
     pub fn log_end_offset(&self) -> u64 {
-        self.side.back().map_or(0, |s| s.last_offset + 1)
+        self.side
+            .back()
+            .map_or(self.compacted_end_offset, |s| s.last_offset + 1)
     }
     /// The record batches of the Raft log, in order (committed: `index <= commit_index`).
     pub fn side(&self) -> &VecDeque<SideEntry> {
@@ -613,8 +622,20 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         }
     }
 
-    fn send(&self, msgs: Vec<Message>, out: &mut Outbox) {
+    fn send(&mut self, msgs: Vec<Message>, out: &mut Outbox) {
         for m in msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // A peer needs entries compacted here: snapshots (catch-up from the leader's
+                // segments) are not built yet (docs/replication.md, "Memory"). The peer stays
+                // behind; raft-rs probes it again later.
+                tracing::warn!(
+                    group = self.group,
+                    to = m.to,
+                    "a replica needs compacted entries; no snapshot sent"
+                );
+                self.node.report_snapshot(m.to, SnapshotStatus::Failure);
+                continue;
+            }
             match m.write_to_bytes() {
                 Ok(b) => out.push(m.to, self.group, Bytes::from(b)),
                 Err(e) => {
@@ -696,6 +717,68 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         let ok = self.node.propose(Vec::new(), batch.to_vec()).is_ok();
         self.after_call();
         ok
+    }
+
+    /// Drops applied entries from memory (raft-rs's entries and the side index): every
+    /// batch that ends below `durable_offset` (the partition log's fsynced end: the state
+    /// machine holds it for good) and is committed, keeping the last `retain_entries` of them
+    /// for peers that lag (on the leader: everything some voter has not matched yet, unless
+    /// it lags by more than `retain_entries`). Returns the entries dropped. A peer that needs
+    /// dropped entries stays behind (no snapshots yet; docs/replication.md, "Memory").
+    pub fn compact(&mut self, durable_offset: u64, retain_entries: u64) -> u64 {
+        let durable = self
+            .side
+            .partition_point(|s| s.index <= self.applied && s.last_offset < durable_offset);
+        if durable == 0 {
+            return 0;
+        }
+        let durable_index = self.side[durable - 1].index;
+        // Entries below `compact_index` go. The entry just below a peer's next one must stay
+        // (raft-rs reads its term to send the next append), so the leader keeps every voter's
+        // matched entry.
+        let mut compact_index = durable_index.saturating_sub(retain_entries);
+        if self.is_leader() {
+            let min_matched = self
+                .node
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(_, pr)| pr.matched)
+                .min()
+                .unwrap_or(durable_index);
+            compact_index = compact_index.max(min_matched.min(durable_index));
+        }
+        if compact_index <= self.compacted_index + 1 {
+            return 0;
+        }
+        let first = raft::Storage::first_index(self.node.store()).unwrap_or(0);
+        if compact_index <= first {
+            return 0;
+        }
+        if self.node.mut_store().wl().compact(compact_index).is_err() {
+            return 0;
+        }
+        self.compacted_index = compact_index - 1;
+        while self.side.front().is_some_and(|s| s.index < compact_index) {
+            if let Some(s) = self.side.pop_front() {
+                self.compacted_end_offset = s.last_offset + 1;
+                if let Some(p) = s.producer
+                    && self.by_producer.get(&p) == Some(&s.index)
+                {
+                    self.by_producer.remove(&p);
+                }
+            }
+        }
+        compact_index - first
+    }
+
+    /// Raft entries held in memory (raft-rs's storage).
+    pub fn entries_in_memory(&self) -> u64 {
+        let s = self.node.store();
+        let first = raft::Storage::first_index(s).unwrap_or(1);
+        let last = raft::Storage::last_index(s).unwrap_or(0);
+        (last + 1).saturating_sub(first)
     }
 
     /// The voters of the group (its replica set).

@@ -440,3 +440,107 @@ fn not_leader_maps_to_a_retriable_engine_error_with_the_hint() {
         "partition t/3: not the leader (leader epoch 7, leader Some(2))"
     );
 }
+
+/// Proposes `n` one-record batches at `all` on the leader and runs rounds until all are acked.
+fn produce_all(nodes: &mut [Option<Node>], l: NodeId, n: u64, cut: Option<NodeId>) {
+    let li = usize::try_from(l - 1).unwrap();
+    for i in 0..n {
+        nodes[li]
+            .as_mut()
+            .unwrap()
+            .propose(7, batch(None, 1), ReplAcks::All, Some(i));
+    }
+    let mut acked = 0;
+    for _ in 0..50 {
+        acked += round(nodes, cut).iter().filter(|r| r.1.is_ok()).count();
+        if acked as u64 == n {
+            return;
+        }
+    }
+    panic!("{acked} of {n} acked");
+}
+
+// Proves: compaction drops applied, durable entries from memory (raft-rs's entries and the side
+// index) without moving offsets (new batches stay dense); a follower keeps its last
+// `retain_entries`; a voter that lags beyond the bound is sent no snapshot (it stays behind: the
+// documented gap) and nothing panics or diverges.
+#[test]
+fn compaction_frees_applied_entries_and_keeps_offsets_dense() {
+    let stores: Vec<CrashStorage> = (0..3).map(|_| CrashStorage::new()).collect();
+    let mut nodes: Vec<Option<Node>> = (1..=3u64)
+        .map(|id| {
+            let mut n = Node::new(id);
+            n.insert(open(&stores[usize::try_from(id - 1).unwrap()], id, 7));
+            Some(n)
+        })
+        .collect();
+    let l = elect(&mut nodes, None);
+    let li = usize::try_from(l - 1).unwrap();
+    produce_all(&mut nodes, l, 20, None);
+    let before = nodes[li]
+        .as_ref()
+        .unwrap()
+        .get(7)
+        .unwrap()
+        .entries_in_memory();
+    assert!(before >= 20, "{before}");
+    // Nothing is durable in the state machine yet: nothing goes.
+    let p = nodes[li].as_mut().unwrap().get_mut(7).unwrap();
+    assert_eq!(p.compact(0, 4), 0);
+    // Everything applied is durable: the leader (every voter matched) drops all but the
+    // matched entry; a follower keeps its last 4.
+    let hw = p.high_watermark();
+    assert_eq!(hw, 20);
+    assert!(p.compact(hw, 4) > 0);
+    assert!(p.entries_in_memory() <= 2, "{}", p.entries_in_memory());
+    assert_eq!(p.log_end_offset(), 20);
+    let f = if l == 1 { 2 } else { 1 };
+    // Followers learn the commit with the leader's next message.
+    for _ in 0..3 {
+        round(&mut nodes, None);
+    }
+    let fp = nodes[usize::try_from(f - 1).unwrap()]
+        .as_mut()
+        .unwrap()
+        .get_mut(7)
+        .unwrap();
+    assert!(fp.compact(20, 4) > 0);
+    assert!(fp.side().len() >= 4 && fp.side().len() < 20);
+    // New batches continue at dense offsets on every replica.
+    produce_all(&mut nodes, l, 3, None);
+    for _ in 0..3 {
+        round(&mut nodes, None);
+    }
+    for n in nodes.iter().flatten() {
+        let p = n.get(7).unwrap();
+        assert_eq!(p.high_watermark(), 23, "node {}", n.id());
+        let c = p.read_committed(20, 10);
+        assert_eq!(c.iter().map(|b| b.0).collect::<Vec<_>>(), vec![20, 21, 22]);
+    }
+    // A voter cut off falls behind by more than the bound: the leader compacts past it and
+    // sends no snapshot; the others go on.
+    let lag = (1..=3).find(|n| *n != l && *n != f).unwrap();
+    produce_all(&mut nodes, l, 30, Some(lag));
+    let p = nodes[li].as_mut().unwrap().get_mut(7).unwrap();
+    let hw = p.high_watermark();
+    assert_eq!(hw, 53);
+    assert!(p.compact(hw, 2) > 0);
+    for _ in 0..30 {
+        for n in nodes.iter_mut().flatten() {
+            n.tick_all();
+        }
+        round(&mut nodes, None);
+    }
+    let lagging = nodes[usize::try_from(lag - 1).unwrap()]
+        .as_ref()
+        .unwrap()
+        .get(7)
+        .unwrap();
+    assert!(
+        lagging.high_watermark() < 53,
+        "caught up without a snapshot?"
+    );
+    produce_all(&mut nodes, l, 1, None);
+    let leader = nodes[li].as_ref().unwrap().get(7).unwrap();
+    assert_eq!(leader.high_watermark(), 54);
+}

@@ -207,6 +207,37 @@ impl LocalShard {
         self.shard.apply_committed(key, batch)
     }
 
+    /// A retry of a batch the partition log holds already (its producer's state says so):
+    /// the original offsets. Replicated partitions ask this before proposing, for retries
+    /// older than the Raft side index keeps (issue 14).
+    pub fn applied_duplicate(
+        &self,
+        key: &PartitionKey,
+        batch: &ValidatedBatch,
+    ) -> Option<ProduceAck> {
+        let h = batch.header();
+        if h.producer.producer_id == 0 {
+            return None;
+        }
+        let p = self.shard.partition(key).ok()?;
+        let core = p.core.borrow();
+        match core.producers().check(h.producer, h.record_count) {
+            Ok(crate::idempotence::Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            }) => Some(ProduceAck {
+                base_offset,
+                last_offset,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The durable end of a partition's log (offsets below survive a power loss).
+    pub fn durable_offset(&self, key: &PartitionKey) -> Option<u64> {
+        Some(self.shard.partition(key).ok()?.watermarks().durable_offset)
+    }
+
     /// Whether the shard's main loop is this engine's (`owner`).
     pub fn engine_id(&self) -> u64 {
         self.shard.owner
