@@ -462,3 +462,43 @@ fn produce_named(net: &Net, topic: &str, p: u32) {
         }
     }
 }
+
+/// Without a cluster, `Acks::All` ("all") is `Acks::Durable`: answered once fsynced; the
+/// cluster API answers that this node is not in a cluster; a local topic's status names no
+/// node.
+#[test]
+fn a_single_node_treats_all_as_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(dir.path())).unwrap();
+    assert_eq!("all".parse::<Acks>().unwrap(), Acks::All);
+    e.create_topic("solo", TopicConfig::with_partitions(1))
+        .unwrap();
+    let ack = e
+        .produce(
+            "solo",
+            0,
+            batch::batch_of_values(["a", "b"]).unwrap(),
+            Acks::All,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!((ack.base_offset, ack.last_offset), (0, 1));
+    let d = e.describe_partition("solo", 0).unwrap();
+    assert!(
+        d.durable_offset >= 2,
+        "acked at all before the fsync: {d:?}"
+    );
+    assert_eq!(e.cluster_node_id(), None);
+    assert_eq!(e.controller_leader(), None);
+    assert!(matches!(
+        block(e.create_topic_replicated("r", TopicConfig::default())),
+        Err(Error::InvalidArgument(_))
+    ));
+    let st = block(e.replica_status("solo")).unwrap();
+    assert_eq!(st.len(), 1);
+    assert_eq!(
+        (st[0].leader, st[0].epoch, st[0].high_watermark),
+        (None, 0, 2)
+    );
+    e.shutdown().unwrap();
+}

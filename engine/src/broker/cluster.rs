@@ -70,6 +70,9 @@ const IN_SYNC_LAG_ENTRIES: u64 = 1000;
 /// Applied entries a replica keeps in memory for peers that lag (beyond them a peer needs a
 /// snapshot, not built yet: docs/replication.md, "Memory").
 const RETAIN_ENTRIES: u64 = 1024;
+/// Delays between attempts to reopen a replica whose Raft files failed.
+const REOPEN_DELAY_MIN: Duration = Duration::from_secs(1);
+const REOPEN_DELAY_MAX: Duration = Duration::from_secs(30);
 /// Request ids of applied controller commands kept (duplicate detection).
 const RECENT_REQUESTS_MAX: usize = 1024;
 /// Ticks run at once when the loop fell behind the timer.
@@ -218,6 +221,16 @@ struct Host {
     wake: LocalNotify,
     /// Shard 0: where committed controller commands go (the apply thread).
     controller_apply: Option<flume::Sender<(u64, Command)>>,
+    /// How each replica of the shard was opened (to reopen one whose Raft files failed).
+    specs: RefCell<HashMap<GroupId, OpenSpec>>,
+}
+
+/// What a replica is opened from.
+#[derive(Clone)]
+struct OpenSpec {
+    binding: Binding,
+    dir: std::path::PathBuf,
+    voters: Vec<NodeId>,
 }
 
 std::thread_local! {
@@ -258,8 +271,9 @@ impl Host {
             self.take_inbox(inbox, &mut node, &mut bindings, &mut pending);
             let failed = node.process_ready().await;
             for (g, e) in failed {
-                tracing::error!(group = g, error = %e, "raft replica failed; it stays closed until the next start");
+                tracing::error!(group = g, error = %e, "raft replica failed; reopening it from disk");
                 bindings.remove(&g);
+                self.reopen_later(g);
             }
             for (peer, msgs) in node.drain_outgoing() {
                 (self.state.sink)(peer, msgs);
@@ -299,6 +313,7 @@ impl Host {
             node.insert(r);
         }
         for (g, done) in inbox.removes {
+            self.specs.borrow_mut().remove(&g);
             node.remove(g);
             bindings.remove(&g);
             let _ = done.send(Ok(()));
@@ -357,6 +372,46 @@ impl Host {
                 return false;
             }
             true
+        });
+    }
+
+    /// Reopens a replica whose Raft files failed (disk full, I/O error) from what its disk
+    /// holds, retrying with a growing delay until it opens, the group is removed or the shard
+    /// closes (Raft treats the reopen as a restart; docs/replication.md).
+    fn reopen_later(&self, group: GroupId) {
+        let Some(spec) = self.specs.borrow().get(&group).cloned() else {
+            return;
+        };
+        let (local, state) = (self.shard.clone(), self.state.clone());
+        rt::spawn_local(async move {
+            let mut delay = REOPEN_DELAY_MIN;
+            loop {
+                rt::sleep(delay).await;
+                let wanted = host().is_some_and(|h| h.specs.borrow().contains_key(&group));
+                if local.is_closing() || !wanted {
+                    return;
+                }
+                let s = spec.clone();
+                match open_here(
+                    local.clone(),
+                    state.clone(),
+                    group,
+                    s.binding,
+                    s.dir,
+                    s.voters,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        tracing::info!(group, "raft replica reopened");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(group, error = %e, "raft replica not reopened yet");
+                        delay = (delay * 2).min(REOPEN_DELAY_MAX);
+                    }
+                }
+            }
         });
     }
 
@@ -462,6 +517,7 @@ fn start_host(
         inbox: RefCell::new(HostInbox::default()),
         wake: LocalNotify::default(),
         controller_apply,
+        specs: RefCell::new(HashMap::new()),
     });
     HOST.with(|x| *x.borrow_mut() = Some(h.clone()));
     local.set_replication_hook(Rc::new(|group, key, batch, acks, reply| {
@@ -519,6 +575,14 @@ async fn open_here(
     )
     .await
     .map_err(|e| Error::io(dir.display(), e))?;
+    h.specs.borrow_mut().insert(
+        group,
+        OpenSpec {
+            binding: binding.clone(),
+            dir,
+            voters,
+        },
+    );
     h.push(|i| i.opens.push((r, binding)));
     Ok(())
 }
