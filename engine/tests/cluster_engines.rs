@@ -308,6 +308,7 @@ fn three_engines_replicate_fail_over_and_rejoin() {
         failover < Duration::from_secs(5),
         "failover took {failover:?}"
     );
+    eprintln!("cut-off leader: first `all` ack on another leader after {failover:?}");
     let isolated = read_log(&net.engine(leader0), 0);
     assert_eq!(
         isolated.len(),
@@ -350,6 +351,7 @@ fn three_engines_replicate_fail_over_and_rejoin() {
         failover < Duration::from_secs(5),
         "failover took {failover:?}"
     );
+    eprintln!("leader shut down: first `all` ack on another leader after {failover:?}");
     for _ in 0..5 {
         send(&net, 0, &[], &mut acked);
         send(&net, 1, &[], &mut acked);
