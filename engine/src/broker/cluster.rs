@@ -625,6 +625,8 @@ impl Engine {
                 "replica timing needs tick_ms > 0 and heartbeat < election < election max: {cfg:?}"
             )));
         }
+        // Producer ids carry the node from now on (engine/src/producer_ids.rs).
+        self.semantics()?.producer_ids.set_node(node_id, &nodes)?;
         let state = Arc::new(ClusterState {
             node_id,
             nodes: nodes.clone(),
