@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod common;
+#[path = "hostile/every_api.rs"]
+mod every_api;
 #[path = "common/spawn.rs"]
 mod spawn;
 
@@ -661,4 +663,148 @@ fn with_auth_on_every_api_before_authentication_gets_authentication_required() {
     }))
     .unwrap();
     normal_client_works_on(c, "after-auth");
+}
+
+fn queue_create(name: &str) -> Request {
+    Request::QueueCreate(shardline_net::protocol::queue::QueueCreateRequest {
+        name: name.into(),
+        config: TopicConfig {
+            partitions: 1,
+            ..TopicConfig::default()
+        },
+        queue: shardline_net::protocol::queue::QueueSettings {
+            visibility_timeout_ms: 30_000,
+            max_deliveries: 3,
+            backoff_base_ms: 10,
+            backoff_max_ms: 100,
+            dead_letter_topic: None,
+            priority_levels: 1,
+        },
+    })
+}
+
+/// Edge values written over each aligned word of a payload: counts and lengths at u32::MAX and
+/// at the sign boundary, 64-bit offsets at u64::MAX, i64::MIN (a negative offset) and -1.
+const EDGES_U32: [u32; 3] = [u32::MAX, 0x8000_0000, 0x7fff_ffff];
+const EDGES_U64: [u64; 3] = [u64::MAX, 0x8000_0000_0000_0000, 0x7fff_ffff_ffff_ffff];
+
+/// Every variant of `frame` with one aligned 4- or 8-byte word of its payload replaced by an
+/// edge value.
+fn edge_variants(frame: &[u8]) -> Vec<Vec<u8>> {
+    let payload = u32::from_le_bytes(frame[0..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    for at in (16..16 + payload).step_by(4) {
+        for v in EDGES_U32 {
+            if at + 4 <= 16 + payload {
+                let mut f = frame.to_vec();
+                f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                out.push(f);
+            }
+        }
+        if (at - 16).is_multiple_of(8) && at + 8 <= 16 + payload {
+            for v in EDGES_U64 {
+                let mut f = frame.to_vec();
+                f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+// Item 3 of issue 16 (no panic reachable from a request): every api's request, with each
+// aligned word of its payload in turn set to u32::MAX, 2^31, 2^31-1, u64::MAX, i64::MIN or
+// i64::MAX (counts, lengths, partitions, offsets, timeouts, credits at their limits, and
+// relative pointers out of range), pipelined on handshaken connections. The server answers or
+// closes; it never exits, and after each api a normal producer and consumer work.
+#[test]
+fn edge_values_in_every_request_field_never_stop_the_server() {
+    use shardline_net::protocol::ApiKey;
+    let mut server = ServerProc::start();
+    normal_client_works(server.addr, "t");
+    let mut admin = Raw::connect(server.addr);
+    admin.handshake();
+    admin.call(&queue_create("q")).unwrap();
+    let started = Instant::now();
+    let (mut sent, mut pinged, mut closed) = (0usize, 0usize, 0usize);
+    for request in every_api::every_api() {
+        let api = request.api_key();
+        let variants = edge_variants(&frame_of(5, &request));
+        for v in &variants {
+            // Each variant on a fresh handshaken connection, followed by a Ping: the server
+            // answers the Ping (the variant was answered, refused or is waiting, e.g. a long
+            // poll of u32::MAX ms) or closes the connection (a malformed frame); it must not
+            // stop serving.
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            let mut bytes = handshake_frame();
+            bytes.extend_from_slice(v);
+            bytes.extend(frame_of(
+                77,
+                &Request::Ping(shardline_net::protocol::PingRequest { nonce: 7 }),
+            ));
+            s.write_all(&bytes).unwrap();
+            match answer_of(&mut s, 77) {
+                Some(true) => pinged += 1,
+                Some(false) => closed += 1,
+                None => panic!("{api:?}: neither an answer nor a close within 10 s"),
+            }
+            sent += 1;
+        }
+        server.still_running();
+        // Variants that left a DeleteTopic intact deleted `t`: normal_client_works creates
+        // it again.
+        normal_client_works(server.addr, "t");
+        if api == ApiKey::DeleteTopic {
+            let _ = admin.call(&queue_create("q"));
+        }
+    }
+    eprintln!(
+        "{sent} edge-value frames over {} apis in {:?}: {pinged} connections answered the \
+         Ping behind them, {closed} were closed",
+        every_api::every_api().len(),
+        started.elapsed()
+    );
+    assert!(sent >= 1000, "every api's words were varied: {sent} frames");
+    server.still_running();
+}
+
+/// Reads server messages until the one answering `cid` (Some(true)), the connection closing
+/// (Some(false)), or 10 s (None).
+fn answer_of(s: &mut TcpStream, cid: u32) -> Option<bool> {
+    use shardline_net::protocol::{DecoderConfig, FrameDecoder, ServerMessage};
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut dec = FrameDecoder::new(DecoderConfig::default()).unwrap();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut tmp = [0u8; 65536];
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        loop {
+            let taken = dec.push(&pending);
+            pending.drain(..taken);
+            let mut any = false;
+            while let Ok(Some(f)) = dec.next_frame_owned() {
+                any = true;
+                match ServerMessage::decode_owned(&f) {
+                    Ok(ServerMessage::Response { correlation_id, .. })
+                    | Ok(ServerMessage::Error { correlation_id, .. })
+                        if correlation_id == cid =>
+                    {
+                        return Some(true);
+                    }
+                    _ => {}
+                }
+            }
+            if pending.is_empty() || (!any && taken == 0) {
+                break;
+            }
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => return Some(false),
+            Ok(k) => pending.extend_from_slice(&tmp[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(false),
+            Err(_) => {}
+        }
+    }
+    None
 }

@@ -315,6 +315,13 @@ impl Engine {
         if partitions == old {
             return Ok(info(&current));
         }
+        // Checked before placing: `place` allocates per partition, so an unchecked count
+        // (u32::MAX from a request) would allocate gigabytes first.
+        config::validate_topic_config(&TopicConfig {
+            partitions,
+            ..current.config.clone()
+        })?;
+        check_descriptors(partitions - old)?;
         let mut next = meta.clone();
         let added = next.place(partitions - old);
         let t = next

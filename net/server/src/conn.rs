@@ -1261,7 +1261,9 @@ fn single_batches(chunks: &[Bytes]) -> VecDeque<(Bytes, PushCost, u64)> {
                 break;
             };
             let len = h.batch_length as usize;
-            if at + len > chunk.len() {
+            // A zero length would never advance (the log validates batches; this is the
+            // guard against a loop should one ever get through).
+            if len == 0 || at + len > chunk.len() {
                 break;
             }
             batches.push_back((
