@@ -41,14 +41,19 @@ impl ServerProc {
 
     /// Starts with `extra` appended to the `[server]` table.
     fn start_with(extra: &str) -> ServerProc {
+        ServerProc::start_with_engine("", extra)
+    }
+
+    /// Starts with `engine` appended to the `[engine]` table and `extra` to `[server]`.
+    fn start_with_engine(engine: &str, extra: &str) -> ServerProc {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("shardline.toml");
         let data = dir.path().join("data");
         std::fs::write(
             &config,
             format!(
-                "[engine]\ndata_dir = {data:?}\nshards = 2\n\n[server]\nlisten = \"127.0.0.1:0\"\n\
-                 {extra}\n[metrics]\nenabled = false\n"
+                "[engine]\ndata_dir = {data:?}\nshards = 2\n{engine}\n[server]\n\
+                 listen = \"127.0.0.1:0\"\n{extra}\n[metrics]\nenabled = false\n"
             ),
         )
         .unwrap();
@@ -807,4 +812,117 @@ fn answer_of(s: &mut TcpStream, cid: u32) -> Option<bool> {
         }
     }
     None
+}
+
+// Item 2 of issue 16 (one budget): a server with a 128 MiB budget under 40 stalled
+// subscriber connections (160 subscriptions asking for 16 MiB of credit each, never reading
+// their sockets: read-ahead and queued pushes pile up) and 8 producers pushing 1 MiB batches
+// with leader acks (unflushed data) for 6 s. The read-ahead share grants smaller read-ahead
+// or refuses subscriptions with a clear error, unflushed data is capped at its share, and the
+// RSS stays within the baseline plus the budget (and the engine's fixed caches); producers
+// and a normal client keep working.
+#[test]
+fn many_subscribers_and_producers_stay_within_the_memory_budget() {
+    use shardline_net::protocol::{OffsetSpec, SubscribeRequest};
+    let budget: u64 = 128 << 20;
+    let mut server = ServerProc::start_with_engine(
+        "cache_bytes_per_shard = 8388608\n",
+        &format!("memory_bytes_max = {budget}\n"),
+    );
+    let mut admin = Raw::connect(server.addr);
+    admin.handshake();
+    admin
+        .call(&Request::CreateTopic(CreateTopicRequest {
+            name: "load".into(),
+            config: TopicConfig {
+                partitions: 4,
+                ..TopicConfig::default()
+            },
+        }))
+        .unwrap();
+    let baseline = server.rss_bytes();
+    let t0 = Instant::now();
+    // Stalled subscribers (subscribed while the topic is empty): large credit, never read.
+    let mut stalled = Vec::new();
+    let (mut granted, mut refused) = (0, 0);
+    for _ in 0..40 {
+        let mut c = Raw::connect(server.addr);
+        c.handshake();
+        for p in 0..4 {
+            let r = c.call(&Request::Subscribe(SubscribeRequest {
+                topic: "load".into(),
+                partition: p,
+                start: OffsetSpec::Earliest,
+                credit_records: u32::MAX,
+                credit_bytes: 16 << 20,
+            }));
+            match r {
+                Ok(_) => granted += 1,
+                Err(c) => {
+                    assert_eq!(c, code::LIMIT_EXCEEDED);
+                    refused += 1;
+                }
+            }
+        }
+        stalled.push(c);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..8)
+        .map(|i| {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Raw::connect(addr);
+                c.handshake();
+                let value = vec![i as u8; 1 << 20];
+                let mut acked = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let b = batch::batch_of_values([value.clone()]).unwrap();
+                    let mut r = produce_request("load", b);
+                    if let Request::Produce(p) = &mut r {
+                        p.acks = Acks::Leader;
+                        p.topics[0].partitions[0].partition = i % 4;
+                    }
+                    if let Ok(Response::Produce(p)) = c.call(&r)
+                        && p.topics[0].partitions[0].error_code == code::NONE
+                    {
+                        acked += 1;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    eprintln!("subscribed at {:?}", t0.elapsed());
+    let mut peak = 0;
+    let end = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < end {
+        server.still_running();
+        peak = peak.max(server.rss_bytes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+    eprintln!("producers joined at {:?}", t0.elapsed());
+    // The engine's fixed memory outside the budget: 2 shards' caches (8 MiB each) and I/O
+    // buffers, plus allocator slack.
+    let fixed: u64 = 96 << 20;
+    eprintln!(
+        "baseline {} MiB, peak {} MiB (budget {} MiB); {granted} subscriptions granted, \
+         {refused} refused; {acked} MiB produced",
+        baseline >> 20,
+        peak >> 20,
+        budget >> 20
+    );
+    assert!(granted > 0 && acked > 0, "the load ran");
+    assert!(
+        peak <= baseline + budget + fixed,
+        "RSS {} MiB beyond baseline {} MiB + budget {} MiB + {} MiB",
+        peak >> 20,
+        baseline >> 20,
+        budget >> 20,
+        fixed >> 20
+    );
+    drop(stalled);
+    normal_client_works(server.addr, "after-load");
+    eprintln!("normal client done at {:?}", t0.elapsed());
 }
