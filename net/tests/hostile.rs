@@ -926,3 +926,85 @@ fn many_subscribers_and_producers_stay_within_the_memory_budget() {
     normal_client_works(server.addr, "after-load");
     eprintln!("normal client done at {:?}", t0.elapsed());
 }
+
+// Finding 5 of issue 16 (deleting a work queue or its DLQ panicked a shard), against a real
+// server: 3 rounds of a queue with a dead-letter queue, 6 receivers long-polling both on their
+// own connections (leases of 1 ms that expire into the DLQ), and the DLQ, then the queue,
+// deleted while they wait. The server never exits (a shard panic exits it with status 70) and
+// serves a normal client after each round.
+#[test]
+fn deleting_a_queue_and_its_dlq_under_concurrent_receivers_keeps_the_server_up() {
+    use shardline_net::protocol::DeleteTopicRequest;
+    use shardline_net::protocol::queue::{QueueCreateRequest, QueueReceiveRequest, QueueSettings};
+    let mut server = ServerProc::start();
+    for round in 0..3 {
+        let (q, dlq) = (format!("jobs{round}"), format!("jobs{round}.dlq"));
+        let mut admin = Raw::connect(server.addr);
+        admin.handshake();
+        admin
+            .call(&Request::QueueCreate(QueueCreateRequest {
+                name: q.clone(),
+                config: TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                },
+                queue: QueueSettings {
+                    visibility_timeout_ms: 1,
+                    max_deliveries: 1,
+                    backoff_base_ms: 0,
+                    backoff_max_ms: 0,
+                    dead_letter_topic: Some(dlq.clone()),
+                    priority_levels: 1,
+                },
+            }))
+            .unwrap();
+        for i in 0..40 {
+            let b = batch::batch_of_values([format!("m{i}").into_bytes()]).unwrap();
+            let mut r = produce_request(&q, b);
+            if let Request::Produce(p) = &mut r {
+                p.topics[0].partitions[0].partition = i % 2;
+            }
+            admin.call(&r).unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let receivers: Vec<_> = (0..6)
+            .map(|i| {
+                let (addr, stop) = (server.addr, stop.clone());
+                let topic = if i % 2 == 0 { q.clone() } else { dlq.clone() };
+                std::thread::spawn(move || {
+                    let mut c = Raw::connect(addr);
+                    c.handshake();
+                    let mut answers = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && answers < 500 {
+                        let r = c.call(&Request::QueueReceive(QueueReceiveRequest {
+                            topic: topic.clone(),
+                            partition: None,
+                            max_messages: 5,
+                            visibility_timeout_ms: 1,
+                            max_wait_ms: 200,
+                        }));
+                        // Answers or errors (unknown topic once deleted); never a closed
+                        // connection.
+                        let _ = r;
+                        answers += 1;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300)); // let leases expire into the DLQ
+        for name in [&dlq, &q] {
+            let r = admin.call(&Request::DeleteTopic(DeleteTopicRequest {
+                name: name.clone(),
+            }));
+            assert!(r.is_ok(), "delete {name}: {r:?}");
+            server.still_running();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in receivers {
+            r.join().expect("a receiver's connection was closed");
+        }
+        server.still_running();
+        normal_client_works(server.addr, "after-delete");
+    }
+}
