@@ -830,3 +830,46 @@ mod tests {
         block_on(f.write_at(block(3), 0)).unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Crash points for whole-process crash tests
+// ---------------------------------------------------------------------------------------------
+
+/// A process-wide countdown of durable storage steps (file create, write, truncate, fsync,
+/// rename, directory sync, directory create or remove) that aborts the process at the step it
+/// reaches zero: crash-at-every-step tests of admin operations (engine/tests/admin_crash.rs)
+/// run an operation in a child process armed with N = 0, 1, 2, ... until it completes, and
+/// open the data directory after each crash. Honoured only in builds with debug assertions (a
+/// release build never aborts here: the check is compiled out).
+pub mod crash_points {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// Steps left before the abort; negative = disarmed.
+    static STEPS_LEFT: AtomicI64 = AtomicI64::new(-1);
+
+    /// Aborts the process at the `steps`-th durable step from now (0 = the next one); `None`
+    /// disarms. Returns false when crash points are compiled out (release builds).
+    pub fn arm(steps: Option<u64>) -> bool {
+        let v = steps.map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        STEPS_LEFT.store(v, Ordering::SeqCst);
+        cfg!(debug_assertions)
+    }
+
+    /// Called before each durable step by the storage backends and the control plane's direct
+    /// file operations. `what` names the step (printed to stderr when it aborts).
+    #[inline]
+    pub fn step(what: &str) {
+        #[cfg(debug_assertions)]
+        {
+            if STEPS_LEFT.load(Ordering::Relaxed) < 0 {
+                return;
+            }
+            if STEPS_LEFT.fetch_sub(1, Ordering::SeqCst) == 0 {
+                eprintln!("crash point: aborting before {what}");
+                std::process::abort();
+            }
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = what;
+    }
+}

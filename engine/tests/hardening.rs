@@ -310,3 +310,36 @@ fn a_partition_that_cannot_be_opened_is_fenced_and_the_rest_starts() {
     );
     e.shutdown().unwrap();
 }
+
+// Proves (issue 16 item 3): partition counts from a request at their limit are refused before
+// anything is allocated or written: AddPartitions to u32::MAX (placing them first allocated
+// 16 GiB) and CreateTopic with u32::MAX partitions answer InvalidArgument at once, the topic
+// is unchanged, and the engine serves.
+#[test]
+fn partition_counts_at_their_limit_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open(config(dir.path())).unwrap();
+    e.create_topic("t", TopicConfig::with_partitions(1))
+        .unwrap();
+    let started = std::time::Instant::now();
+    for n in [u32::MAX, u32::MAX / 2, 100_001] {
+        let r = e.add_partitions("t", n);
+        assert!(
+            matches!(r, Err(shardline_engine::Error::InvalidArgument(_))),
+            "add_partitions({n}): {r:?}"
+        );
+        let r = e.create_topic("u", TopicConfig::with_partitions(n));
+        assert!(
+            matches!(r, Err(shardline_engine::Error::InvalidArgument(_))),
+            "create_topic({n}): {r:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.describe_topic("t").unwrap().partitions.len(), 1);
+    assert!(e.describe_topic("u").is_err());
+    still_serves(&e, "after");
+}

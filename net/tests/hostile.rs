@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod common;
+#[path = "hostile/every_api.rs"]
+mod every_api;
 #[path = "common/spawn.rs"]
 mod spawn;
 
@@ -39,14 +41,19 @@ impl ServerProc {
 
     /// Starts with `extra` appended to the `[server]` table.
     fn start_with(extra: &str) -> ServerProc {
+        ServerProc::start_with_engine("", extra)
+    }
+
+    /// Starts with `engine` appended to the `[engine]` table and `extra` to `[server]`.
+    fn start_with_engine(engine: &str, extra: &str) -> ServerProc {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("shardline.toml");
         let data = dir.path().join("data");
         std::fs::write(
             &config,
             format!(
-                "[engine]\ndata_dir = {data:?}\nshards = 2\n\n[server]\nlisten = \"127.0.0.1:0\"\n\
-                 {extra}\n[metrics]\nenabled = false\n"
+                "[engine]\ndata_dir = {data:?}\nshards = 2\n{engine}\n[server]\n\
+                 listen = \"127.0.0.1:0\"\n{extra}\n[metrics]\nenabled = false\n"
             ),
         )
         .unwrap();
@@ -126,6 +133,11 @@ fn fetch_request(topic: &str, offset: u64) -> Request {
 fn normal_client_works(addr: SocketAddr, topic: &str) {
     let mut c = Raw::connect(addr);
     c.handshake();
+    normal_client_works_on(c, topic);
+}
+
+/// [`normal_client_works`] on a connection that has handshaken (and authenticated).
+fn normal_client_works_on(mut c: Raw, topic: &str) {
     let create = Request::CreateTopic(CreateTopicRequest {
         name: topic.into(),
         config: TopicConfig {
@@ -522,4 +534,477 @@ fn measure_rss_of_many_connections_announcing_maximal_frames() {
         "within the budget plus the engine's memory"
     );
     server.still_running();
+}
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Reads server messages from `s` until `n` error answers came (or the connection closed, or
+/// 20 s passed): (correlation id, code, message) of each.
+fn read_errors(s: &mut TcpStream, n: usize) -> Vec<(u32, u16, String)> {
+    use shardline_net::protocol::{DecoderConfig, FrameDecoder, ServerMessage};
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut dec = FrameDecoder::new(DecoderConfig::default()).unwrap();
+    let mut out = Vec::new();
+    let mut tmp = [0u8; 65536];
+    // Bytes read but not yet taken by the decoder (`push` takes less while frames wait).
+    let mut pending: Vec<u8> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while out.len() < n && Instant::now() < end {
+        loop {
+            let taken = dec.push(&pending);
+            pending.drain(..taken);
+            let mut any = false;
+            while let Some(f) = dec.next_frame_owned().unwrap() {
+                any = true;
+                if let ServerMessage::Error {
+                    correlation_id,
+                    error,
+                    ..
+                } = ServerMessage::decode_owned(&f).unwrap()
+                {
+                    out.push((correlation_id, error.code, error.message));
+                }
+            }
+            if pending.is_empty() || (!any && taken == 0) {
+                break;
+            }
+        }
+        if out.len() >= n {
+            break;
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(k) => pending.extend_from_slice(&tmp[..k]),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+// Item 4 of issue 16: with auth on, every api but Handshake and Authenticate (and unknown api
+// keys) sent after the handshake and before authentication gets AUTHENTICATION_REQUIRED, and
+// its payload is not decoded: garbage payloads get exactly that answer (a decoded one would be
+// MALFORMED), on one connection that stays open. A frame beyond the unadmitted size is refused
+// (the connection closes). An authenticated client is then served normally.
+#[test]
+fn with_auth_on_every_api_before_authentication_gets_authentication_required() {
+    use shardline_net::auth::acl::parse_resource;
+    use shardline_net::auth::{AclEntry, Operation, Permission, SecurityFile};
+    use shardline_net::protocol::{ApiKey, AuthMechanism, AuthenticateRequest};
+
+    let sec_dir = tempfile::tempdir().unwrap();
+    let file = sec_dir.path().join("security.json");
+    let mut db = SecurityFile::default();
+    db.add_user("alice", PASSWORD).unwrap();
+    let (resource, pattern_type, pattern) = parse_resource("cluster").unwrap();
+    db.acls.push(AclEntry {
+        principal: "alice".into(),
+        resource,
+        pattern,
+        pattern_type,
+        operation: Operation::Admin,
+        permission: Permission::Allow,
+    });
+    db.save(&file).unwrap();
+    let mut server = ServerProc::start_with(&format!(
+        "unadmitted_timeout_ms = 8000\nunadmitted_frame_bytes_max = 65536\n\n\
+         [server.auth]\nenabled = true\nfile = {file:?}\n"
+    ));
+
+    let (handshake, authenticate) = (ApiKey::Handshake.as_u16(), ApiKey::Authenticate.as_u16());
+    let apis: Vec<u16> = (0..=80u16)
+        .chain([255, 1000, u16::MAX])
+        .filter(|a| *a != handshake && *a != authenticate)
+        .collect();
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    let mut bytes = handshake_frame();
+    for (i, api) in apis.iter().enumerate() {
+        // Garbage payloads of several sizes (frames keep their zero padding to 16 bytes:
+        // that is the frame layer's check, not the payload's).
+        let len = [0u32, 3, 64, 4000][i % 4];
+        bytes.extend(header(len, *api, 100 + *api as u32));
+        bytes.extend((0..len).map(|b| (b as u8).wrapping_mul(37) ^ 0xa5));
+        bytes.resize(bytes.len().next_multiple_of(16), 0);
+    }
+    s.write_all(&bytes).unwrap();
+    let answers = read_errors(&mut s, apis.len());
+    assert_eq!(answers.len(), apis.len(), "every api answered: {answers:?}");
+    for (cid, code_got, message) in &answers {
+        assert_eq!(
+            *code_got,
+            code::AUTHENTICATION_REQUIRED,
+            "api {}: {message}",
+            cid - 100
+        );
+        assert!(!message.contains("0x"), "{message}");
+    }
+    // Still open: a Ping gets the same answer, not a closed connection.
+    s.write_all(&frame_of(
+        7,
+        &Request::Ping(shardline_net::protocol::PingRequest { nonce: 1 }),
+    ))
+    .unwrap();
+    let ping = read_errors(&mut s, 1);
+    assert_eq!(
+        ping.first().map(|a| (a.0, a.1)),
+        Some((7, code::AUTHENTICATION_REQUIRED))
+    );
+    // Beyond the unadmitted frame size: refused, the connection closes (no 16 MiB buffer).
+    s.write_all(&header(16 << 20, ApiKey::Produce.as_u16(), 8))
+        .unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(10)),
+        "oversized frame before auth"
+    );
+
+    server.still_running();
+    let mut c = Raw::connect(server.addr);
+    c.handshake();
+    c.call(&Request::Authenticate(AuthenticateRequest {
+        mechanism: AuthMechanism::Password,
+        username: "alice".into(),
+        secret: PASSWORD.into(),
+    }))
+    .unwrap();
+    normal_client_works_on(c, "after-auth");
+}
+
+fn queue_create(name: &str) -> Request {
+    Request::QueueCreate(shardline_net::protocol::queue::QueueCreateRequest {
+        name: name.into(),
+        config: TopicConfig {
+            partitions: 1,
+            ..TopicConfig::default()
+        },
+        queue: shardline_net::protocol::queue::QueueSettings {
+            visibility_timeout_ms: 30_000,
+            max_deliveries: 3,
+            backoff_base_ms: 10,
+            backoff_max_ms: 100,
+            dead_letter_topic: None,
+            priority_levels: 1,
+        },
+    })
+}
+
+/// Edge values written over each aligned word of a payload: counts and lengths at u32::MAX and
+/// at the sign boundary, 64-bit offsets at u64::MAX, i64::MIN (a negative offset) and -1.
+const EDGES_U32: [u32; 3] = [u32::MAX, 0x8000_0000, 0x7fff_ffff];
+const EDGES_U64: [u64; 3] = [u64::MAX, 0x8000_0000_0000_0000, 0x7fff_ffff_ffff_ffff];
+
+/// Every variant of `frame` with one aligned 4- or 8-byte word of its payload replaced by an
+/// edge value.
+fn edge_variants(frame: &[u8]) -> Vec<Vec<u8>> {
+    let payload = u32::from_le_bytes(frame[0..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    for at in (16..16 + payload).step_by(4) {
+        for v in EDGES_U32 {
+            if at + 4 <= 16 + payload {
+                let mut f = frame.to_vec();
+                f[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                out.push(f);
+            }
+        }
+        if (at - 16).is_multiple_of(8) && at + 8 <= 16 + payload {
+            for v in EDGES_U64 {
+                let mut f = frame.to_vec();
+                f[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+// Item 3 of issue 16 (no panic reachable from a request): every api's request, with each
+// aligned word of its payload in turn set to u32::MAX, 2^31, 2^31-1, u64::MAX, i64::MIN or
+// i64::MAX (counts, lengths, partitions, offsets, timeouts, credits at their limits, and
+// relative pointers out of range), pipelined on handshaken connections. The server answers or
+// closes; it never exits, and after each api a normal producer and consumer work.
+#[test]
+fn edge_values_in_every_request_field_never_stop_the_server() {
+    use shardline_net::protocol::ApiKey;
+    let mut server = ServerProc::start();
+    normal_client_works(server.addr, "t");
+    let mut admin = Raw::connect(server.addr);
+    admin.handshake();
+    admin.call(&queue_create("q")).unwrap();
+    let started = Instant::now();
+    let (mut sent, mut pinged, mut closed) = (0usize, 0usize, 0usize);
+    for request in every_api::every_api() {
+        let api = request.api_key();
+        let variants = edge_variants(&frame_of(5, &request));
+        for v in &variants {
+            // Each variant on a fresh handshaken connection, followed by a Ping: the server
+            // answers the Ping (the variant was answered, refused or is waiting, e.g. a long
+            // poll of u32::MAX ms) or closes the connection (a malformed frame); it must not
+            // stop serving.
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            let mut bytes = handshake_frame();
+            bytes.extend_from_slice(v);
+            bytes.extend(frame_of(
+                77,
+                &Request::Ping(shardline_net::protocol::PingRequest { nonce: 7 }),
+            ));
+            s.write_all(&bytes).unwrap();
+            match answer_of(&mut s, 77) {
+                Some(true) => pinged += 1,
+                Some(false) => closed += 1,
+                None => panic!("{api:?}: neither an answer nor a close within 10 s"),
+            }
+            sent += 1;
+        }
+        server.still_running();
+        // Variants that left a DeleteTopic intact deleted `t`: normal_client_works creates
+        // it again.
+        normal_client_works(server.addr, "t");
+        if api == ApiKey::DeleteTopic {
+            let _ = admin.call(&queue_create("q"));
+        }
+    }
+    eprintln!(
+        "{sent} edge-value frames over {} apis in {:?}: {pinged} connections answered the \
+         Ping behind them, {closed} were closed",
+        every_api::every_api().len(),
+        started.elapsed()
+    );
+    assert!(sent >= 1000, "every api's words were varied: {sent} frames");
+    server.still_running();
+}
+
+/// Reads server messages until the one answering `cid` (Some(true)), the connection closing
+/// (Some(false)), or 10 s (None).
+fn answer_of(s: &mut TcpStream, cid: u32) -> Option<bool> {
+    use shardline_net::protocol::{DecoderConfig, FrameDecoder, ServerMessage};
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut dec = FrameDecoder::new(DecoderConfig::default()).unwrap();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut tmp = [0u8; 65536];
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        loop {
+            let taken = dec.push(&pending);
+            pending.drain(..taken);
+            let mut any = false;
+            while let Ok(Some(f)) = dec.next_frame_owned() {
+                any = true;
+                match ServerMessage::decode_owned(&f) {
+                    Ok(ServerMessage::Response { correlation_id, .. })
+                    | Ok(ServerMessage::Error { correlation_id, .. })
+                        if correlation_id == cid =>
+                    {
+                        return Some(true);
+                    }
+                    _ => {}
+                }
+            }
+            if pending.is_empty() || (!any && taken == 0) {
+                break;
+            }
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => return Some(false),
+            Ok(k) => pending.extend_from_slice(&tmp[..k]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(false),
+            Err(_) => {}
+        }
+    }
+    None
+}
+
+// Item 2 of issue 16 (one budget): a server with a 128 MiB budget under 40 stalled
+// subscriber connections (160 subscriptions asking for 16 MiB of credit each, never reading
+// their sockets: read-ahead and queued pushes pile up) and 8 producers pushing 1 MiB batches
+// with leader acks (unflushed data) for 6 s. The read-ahead share grants smaller read-ahead
+// or refuses subscriptions with a clear error, unflushed data is capped at its share, and the
+// RSS stays within the baseline plus the budget (and the engine's fixed caches); producers
+// and a normal client keep working.
+#[test]
+fn many_subscribers_and_producers_stay_within_the_memory_budget() {
+    use shardline_net::protocol::{OffsetSpec, SubscribeRequest};
+    let budget: u64 = 128 << 20;
+    let mut server = ServerProc::start_with_engine(
+        "cache_bytes_per_shard = 8388608\n",
+        &format!("memory_bytes_max = {budget}\n"),
+    );
+    let mut admin = Raw::connect(server.addr);
+    admin.handshake();
+    admin
+        .call(&Request::CreateTopic(CreateTopicRequest {
+            name: "load".into(),
+            config: TopicConfig {
+                partitions: 4,
+                ..TopicConfig::default()
+            },
+        }))
+        .unwrap();
+    let baseline = server.rss_bytes();
+    let t0 = Instant::now();
+    // Stalled subscribers (subscribed while the topic is empty): large credit, never read.
+    let mut stalled = Vec::new();
+    let (mut granted, mut refused) = (0, 0);
+    for _ in 0..40 {
+        let mut c = Raw::connect(server.addr);
+        c.handshake();
+        for p in 0..4 {
+            let r = c.call(&Request::Subscribe(SubscribeRequest {
+                topic: "load".into(),
+                partition: p,
+                start: OffsetSpec::Earliest,
+                credit_records: u32::MAX,
+                credit_bytes: 16 << 20,
+            }));
+            match r {
+                Ok(_) => granted += 1,
+                Err(c) => {
+                    assert_eq!(c, code::LIMIT_EXCEEDED);
+                    refused += 1;
+                }
+            }
+        }
+        stalled.push(c);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..8)
+        .map(|i| {
+            let (addr, stop) = (server.addr, stop.clone());
+            std::thread::spawn(move || {
+                let mut c = Raw::connect(addr);
+                c.handshake();
+                let value = vec![i as u8; 1 << 20];
+                let mut acked = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let b = batch::batch_of_values([value.clone()]).unwrap();
+                    let mut r = produce_request("load", b);
+                    if let Request::Produce(p) = &mut r {
+                        p.acks = Acks::Leader;
+                        p.topics[0].partitions[0].partition = i % 4;
+                    }
+                    if let Ok(Response::Produce(p)) = c.call(&r)
+                        && p.topics[0].partitions[0].error_code == code::NONE
+                    {
+                        acked += 1;
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    eprintln!("subscribed at {:?}", t0.elapsed());
+    let mut peak = 0;
+    let end = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < end {
+        server.still_running();
+        peak = peak.max(server.rss_bytes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+    eprintln!("producers joined at {:?}", t0.elapsed());
+    // The engine's fixed memory outside the budget: 2 shards' caches (8 MiB each) and I/O
+    // buffers, plus allocator slack.
+    let fixed: u64 = 96 << 20;
+    eprintln!(
+        "baseline {} MiB, peak {} MiB (budget {} MiB); {granted} subscriptions granted, \
+         {refused} refused; {acked} MiB produced",
+        baseline >> 20,
+        peak >> 20,
+        budget >> 20
+    );
+    assert!(granted > 0 && acked > 0, "the load ran");
+    assert!(
+        peak <= baseline + budget + fixed,
+        "RSS {} MiB beyond baseline {} MiB + budget {} MiB + {} MiB",
+        peak >> 20,
+        baseline >> 20,
+        budget >> 20,
+        fixed >> 20
+    );
+    drop(stalled);
+    normal_client_works(server.addr, "after-load");
+    eprintln!("normal client done at {:?}", t0.elapsed());
+}
+
+// Finding 5 of issue 16 (deleting a work queue or its DLQ panicked a shard), against a real
+// server: 3 rounds of a queue with a dead-letter queue, 6 receivers long-polling both on their
+// own connections (leases of 1 ms that expire into the DLQ), and the DLQ, then the queue,
+// deleted while they wait. The server never exits (a shard panic exits it with status 70) and
+// serves a normal client after each round.
+#[test]
+fn deleting_a_queue_and_its_dlq_under_concurrent_receivers_keeps_the_server_up() {
+    use shardline_net::protocol::DeleteTopicRequest;
+    use shardline_net::protocol::queue::{QueueCreateRequest, QueueReceiveRequest, QueueSettings};
+    let mut server = ServerProc::start();
+    for round in 0..3 {
+        let (q, dlq) = (format!("jobs{round}"), format!("jobs{round}.dlq"));
+        let mut admin = Raw::connect(server.addr);
+        admin.handshake();
+        admin
+            .call(&Request::QueueCreate(QueueCreateRequest {
+                name: q.clone(),
+                config: TopicConfig {
+                    partitions: 2,
+                    ..TopicConfig::default()
+                },
+                queue: QueueSettings {
+                    visibility_timeout_ms: 1,
+                    max_deliveries: 1,
+                    backoff_base_ms: 0,
+                    backoff_max_ms: 0,
+                    dead_letter_topic: Some(dlq.clone()),
+                    priority_levels: 1,
+                },
+            }))
+            .unwrap();
+        for i in 0..40 {
+            let b = batch::batch_of_values([format!("m{i}").into_bytes()]).unwrap();
+            let mut r = produce_request(&q, b);
+            if let Request::Produce(p) = &mut r {
+                p.topics[0].partitions[0].partition = i % 2;
+            }
+            admin.call(&r).unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let receivers: Vec<_> = (0..6)
+            .map(|i| {
+                let (addr, stop) = (server.addr, stop.clone());
+                let topic = if i % 2 == 0 { q.clone() } else { dlq.clone() };
+                std::thread::spawn(move || {
+                    let mut c = Raw::connect(addr);
+                    c.handshake();
+                    let mut answers = 0u32;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && answers < 500 {
+                        let r = c.call(&Request::QueueReceive(QueueReceiveRequest {
+                            topic: topic.clone(),
+                            partition: None,
+                            max_messages: 5,
+                            visibility_timeout_ms: 1,
+                            max_wait_ms: 200,
+                        }));
+                        // Answers or errors (unknown topic once deleted); never a closed
+                        // connection.
+                        let _ = r;
+                        answers += 1;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300)); // let leases expire into the DLQ
+        for name in [&dlq, &q] {
+            let r = admin.call(&Request::DeleteTopic(DeleteTopicRequest {
+                name: name.clone(),
+            }));
+            assert!(r.is_ok(), "delete {name}: {r:?}");
+            server.still_running();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in receivers {
+            r.join().expect("a receiver's connection was closed");
+        }
+        server.still_running();
+        normal_client_works(server.addr, "after-delete");
+    }
 }

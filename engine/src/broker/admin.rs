@@ -14,61 +14,92 @@ use crate::shard::Request;
 
 impl Engine {
     pub fn create_topic(&self, name: &str, cfg: TopicConfig) -> Result<TopicInfo> {
-        config::validate_topic_name(name)?;
-        config::validate_topic_config(&cfg)?;
-        if cfg.encrypted && self.inner.keyring.is_none() {
-            return Err(Error::InvalidArgument(
-                "encrypted topics need an encryption key file (engine.encryption_key_file)".into(),
-            ));
+        let mut created = self.create_topics(&[(name, cfg, false)])?;
+        created
+            .pop()
+            .ok_or_else(|| Error::Runtime("create_topics returned nothing".into()))
+    }
+
+    /// Creates several topics with one metadata write (create-then-publish): a crash at any
+    /// step leaves all of them or none (a work queue and its dead-letter queue are created
+    /// together). `(name, config, may_exist)`: a topic with `may_exist` that exists already
+    /// is left as it is (and not returned); any other existing name fails the whole call.
+    pub(crate) fn create_topics(
+        &self,
+        topics: &[(&str, TopicConfig, bool)],
+    ) -> Result<Vec<TopicInfo>> {
+        for (name, cfg, _) in topics {
+            config::validate_topic_name(name)?;
+            config::validate_topic_config(cfg)?;
+            if cfg.encrypted && self.inner.keyring.is_none() {
+                return Err(Error::InvalidArgument(
+                    "encrypted topics need an encryption key file (engine.encryption_key_file)"
+                        .into(),
+                ));
+            }
         }
         let mut meta = self
             .inner
             .control
             .lock()
             .map_err(|_| Error::Runtime("poisoned".into()))?;
-        if meta.topics.contains_key(name) {
-            return Err(Error::TopicExists(name.to_string()));
-        }
-        check_descriptors(cfg.partitions)?;
         let mut next = meta.clone();
-        let shards = next.place(cfg.partitions);
-        let id = next.next_topic_id;
-        next.next_topic_id += 1;
-        let t = TopicMeta {
-            id,
-            config: cfg.clone(),
-            shards: shards.clone(),
-            created_ms: batch::now_us() / 1000,
-            replica_sets: Vec::new(),
-            groups: Vec::new(),
-        };
-        next.topics.insert(name.to_string(), t.clone());
+        let mut created = Vec::new();
+        for (name, cfg, may_exist) in topics {
+            if next.topics.contains_key(*name) {
+                if *may_exist {
+                    continue;
+                }
+                return Err(Error::TopicExists((*name).to_string()));
+            }
+            let shards = next.place(cfg.partitions);
+            let id = next.next_topic_id;
+            next.next_topic_id += 1;
+            let t = TopicMeta {
+                id,
+                config: cfg.clone(),
+                shards,
+                created_ms: batch::now_us() / 1000,
+                replica_sets: Vec::new(),
+                groups: Vec::new(),
+            };
+            next.topics.insert((*name).to_string(), t.clone());
+            created.push(((*name).to_string(), t));
+        }
+        check_descriptors(created.iter().map(|(_, t)| t.config.partitions).sum())?;
         metadata::store(&self.inner.config.data_dir, &next)?;
         *meta = next;
         let mut first_err = None;
-        for rx in self.open_partitions(name, &t)? {
-            if let Err(e) = recv(rx) {
-                first_err.get_or_insert(e);
+        for (name, t) in &created {
+            for rx in self.open_partitions(name, t)? {
+                if let Err(e) = recv(rx) {
+                    first_err.get_or_insert(e);
+                }
+            }
+            if first_err.is_none()
+                && let Err(e) = self.open_queues(name, t)
+            {
+                first_err = Some(e);
             }
         }
-        if first_err.is_none()
-            && let Err(e) = self.open_queues(name, &t)
-        {
-            first_err = Some(e);
-        }
         if let Some(e) = first_err {
-            // Leave no trace: close and delete what was opened, then forget the topic.
+            // Leave no trace: close and delete what was opened, then forget the topics.
             drop(meta);
-            self.undo_create(name, &t);
+            for (name, t) in &created {
+                self.undo_create(name, t);
+            }
             return Err(e);
         }
         self.publish_routes(&meta);
-        Ok(TopicInfo {
-            name: name.to_string(),
-            id,
-            config: cfg,
-            shards,
-        })
+        Ok(created
+            .into_iter()
+            .map(|(name, t)| TopicInfo {
+                name,
+                id: t.id,
+                config: t.config,
+                shards: t.shards,
+            })
+            .collect())
     }
 
     /// Deletes a topic: producers and readers get `UnknownTopic` at once, then its files go.
@@ -109,6 +140,7 @@ impl Engine {
             recv(rx)?;
         }
         let dir = metadata::topic_dir(&self.inner.config.data_dir, name, t.id);
+        crate::storage::crash_points::step("rmdir topic");
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(Error::io(dir.display(), e));
@@ -285,6 +317,13 @@ impl Engine {
         if partitions == old {
             return Ok(info(&current));
         }
+        // Checked before placing: `place` allocates per partition, so an unchecked count
+        // (u32::MAX from a request) would allocate gigabytes first.
+        config::validate_topic_config(&TopicConfig {
+            partitions,
+            ..current.config.clone()
+        })?;
+        check_descriptors(partitions - old)?;
         let mut next = meta.clone();
         let added = next.place(partitions - old);
         let t = next

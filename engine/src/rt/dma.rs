@@ -40,6 +40,7 @@ impl LogFile for DmaLogFile {
     type ReadBuf = DmaRead;
 
     async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<()> {
+        crate::storage::crash_points::step("write");
         let len = buf.len();
         let n = self.0.write_rc_at(buf, pos).await?;
         if n != len {
@@ -56,6 +57,7 @@ impl LogFile for DmaLogFile {
     }
 
     async fn sync(&self) -> io::Result<()> {
+        crate::storage::crash_points::step("fsync");
         Ok(self.0.fdatasync().await?)
     }
 
@@ -64,6 +66,7 @@ impl LogFile for DmaLogFile {
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
+        crate::storage::crash_points::step("truncate");
         Ok(self.0.truncate(len).await?)
     }
 }
@@ -76,6 +79,7 @@ impl Storage for DmaStorage {
     }
 
     async fn open(&self, path: &Path) -> io::Result<DmaLogFile> {
+        crate::storage::crash_points::step("open/create");
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -88,24 +92,29 @@ impl Storage for DmaStorage {
     // Unlink and rename run on glommio's blocking-operation thread: a slow directory update
     // never stalls the shard (no blocking std::fs call on a shard thread).
     async fn remove(&self, path: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("unlink");
         Ok(glommio::io::remove(path).await?)
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("rename");
         Ok(glommio::io::rename(from, to).await?)
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("directory fsync");
         let d = glommio::io::Directory::open(dir).await?;
         d.sync().await?;
         Ok(d.close().await?)
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("mkdir");
         std::fs::create_dir_all(dir)
     }
 
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("rmdir");
         match std::fs::remove_dir_all(dir) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             r => r,

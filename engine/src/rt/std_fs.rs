@@ -52,6 +52,7 @@ impl LogFile for StdFile {
     type ReadBuf = Vec<u8>;
 
     async fn write_at(&self, buf: Rc<StdBuf>, pos: u64) -> io::Result<()> {
+        crate::storage::crash_points::step("write");
         self.file
             .write_all_at(buf.as_bytes(), pos)
             .map_err(|e| self.named(e))
@@ -74,6 +75,7 @@ impl LogFile for StdFile {
 
     /// `fsync` (data and size): these files change size on every write.
     async fn sync(&self) -> io::Result<()> {
+        crate::storage::crash_points::step("fsync");
         self.file.sync_all().map_err(|e| self.named(e))
     }
 
@@ -85,6 +87,7 @@ impl LogFile for StdFile {
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {
+        crate::storage::crash_points::step("truncate");
         self.file.set_len(len).map_err(|e| self.named(e))
     }
 }
@@ -97,6 +100,7 @@ impl Storage for StdFs {
     }
 
     async fn open(&self, path: &Path) -> io::Result<StdFile> {
+        crate::storage::crash_points::step("open/create");
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -110,22 +114,27 @@ impl Storage for StdFs {
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("unlink");
         std::fs::remove_file(path)
     }
 
     async fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("rename");
         std::fs::rename(from, to)
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("directory fsync");
         File::open(dir)?.sync_all()
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("mkdir");
         std::fs::create_dir_all(dir)
     }
 
     fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+        crate::storage::crash_points::step("rmdir");
         std::fs::remove_dir_all(dir)
     }
 

@@ -90,6 +90,8 @@ struct Sub {
     position: Cell<u64>,
     changed: LocalNotify,
     cancelled: Cell<bool>,
+    /// Its read-ahead's reservation in the memory budget, returned when it goes.
+    _readahead: budget::ReadAheadCharge,
 }
 
 /// Correlation id, api key and api version of the request being answered.
@@ -110,6 +112,9 @@ struct Conn {
     /// Wakes the writer (new frames) and waiters for outbox space (frames written).
     outbox: LocalNotify,
     inflight: Cell<usize>,
+    /// Bytes of the frames of the requests in flight, charged to the receive share
+    /// (`Shared::receive_bytes`) until answered (released in proportion as they end).
+    inflight_bytes: Cell<usize>,
     inflight_changed: LocalNotify,
     subs: RefCell<HashMap<u32, Rc<Sub>>>,
     next_sub: Cell<u32>,
@@ -163,6 +168,7 @@ pub(super) async fn serve(
         queued_bytes: Cell::new(0),
         outbox: LocalNotify::default(),
         inflight: Cell::new(0),
+        inflight_bytes: Cell::new(0),
         inflight_changed: LocalNotify::default(),
         subs: RefCell::new(HashMap::new()),
         next_sub: Cell::new(1),
@@ -226,6 +232,9 @@ impl Drop for Conn {
         self.shared
             .outbox_bytes
             .fetch_sub(self.queued_bytes.get(), Ordering::AcqRel);
+        self.shared
+            .receive_bytes
+            .fetch_sub(self.inflight_bytes.get(), Ordering::AcqRel);
     }
 }
 
@@ -372,6 +381,13 @@ impl Conn {
     }
 
     fn end(&self) {
+        // The frames in flight are released in proportion: all of them with the last one.
+        let n = self.inflight.get();
+        if n > 0 && self.inflight_bytes.get() > 0 {
+            let part = self.inflight_bytes.get() / n;
+            self.inflight_bytes.set(self.inflight_bytes.get() - part);
+            self.shared.receive_bytes.fetch_sub(part, Ordering::AcqRel);
+        }
         self.inflight.set(self.inflight.get().saturating_sub(1));
         self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
         self.inflight_changed.notify_all();
@@ -444,6 +460,7 @@ impl Conn {
                 self.inflight_changed.changed(seen).await;
             }
             self.wait_for_outbox_space().await;
+            self.wait_for_receive_share().await;
             if self.closed.get() || self.shared.stopping.load(Ordering::Acquire) {
                 return;
             }
@@ -484,6 +501,20 @@ impl Conn {
         }
     }
 
+    /// While the receive share is spent, a connection with requests in flight is not read
+    /// until they are answered (its own answers release its charge: no polling, no deadlock;
+    /// connections with nothing in flight keep being read, within their frame deadlines).
+    async fn wait_for_receive_share(&self) {
+        let max = self.shared.cfg.receive_bytes_max();
+        while self.inflight_bytes.get() > 0
+            && self.shared.receive_bytes.load(Ordering::Acquire) > max
+            && !self.closed.get()
+        {
+            let seen = self.inflight_changed.version();
+            self.inflight_changed.changed(seen).await;
+        }
+    }
+
     fn fatal(&self, e: &WireError) {
         let (cid, api, ver) = e.correlation_id().map_or((0, 0, 0), |c| (c, 0, 0));
         self.send_error(cid, api, ver, &ErrorResponse::from_wire(e));
@@ -495,7 +526,13 @@ impl Conn {
         let (cid, api, ver) = (h.correlation_id, h.api_key, h.api_version);
         self.shared.metrics.request(self.shard, api);
         if let Some(request) = self.admit(&frame) {
+            let (before, bytes) = (self.inflight.get(), frame.payload.len());
             self.route(Call { cid, api, ver }, request).await;
+            if self.inflight.get() > before {
+                // Still running (handed to a shard): its frame counts until it is answered.
+                self.inflight_bytes.set(self.inflight_bytes.get() + bytes);
+                self.shared.receive_bytes.fetch_add(bytes, Ordering::AcqRel);
+            }
         }
     }
 
@@ -1057,11 +1094,26 @@ impl Conn {
             self.send_error(cid, api, ver, &e);
             return;
         }
-        // The engine reads ahead at most two responses of up to this size per subscription.
-        let max_bytes = s
+        // The engine reads ahead at most two responses of up to this size per subscription,
+        // reserved in the read-ahead share of the memory budget (smaller when the share is
+        // short; refused when not even the smallest fits).
+        let want = s
             .credit_bytes
             .clamp(SUBSCRIPTION_READ_BYTES_MIN, SUBSCRIPTION_READ_BYTES_MAX)
             as usize;
+        let Some(readahead) = budget::ReadAheadCharge::reserve(
+            &self.shared,
+            want,
+            SUBSCRIPTION_READ_BYTES_MIN as usize,
+        ) else {
+            let e = ErrorResponse::new(
+                code::LIMIT_EXCEEDED,
+                "server memory budget for subscriptions' read-ahead exhausted: retry later",
+            );
+            self.send_error(cid, api, ver, &e);
+            return;
+        };
+        let max_bytes = readahead.read_bytes();
         let r = self
             .engine
             .subscribe_async(&s.topic, s.partition, s.start.to_engine(), max_bytes, 2)
@@ -1080,6 +1132,7 @@ impl Conn {
             position: Cell::new(start),
             changed: LocalNotify::default(),
             cancelled: Cell::new(false),
+            _readahead: readahead,
         });
         self.subs.borrow_mut().insert(id, state.clone());
         let (hw, log_start) = match self
@@ -1261,7 +1314,9 @@ fn single_batches(chunks: &[Bytes]) -> VecDeque<(Bytes, PushCost, u64)> {
                 break;
             };
             let len = h.batch_length as usize;
-            if at + len > chunk.len() {
+            // A zero length would never advance (the log validates batches; this is the
+            // guard against a loop should one ever get through).
+            if len == 0 || at + len > chunk.len() {
                 break;
             }
             batches.push_back((

@@ -88,15 +88,24 @@ pub struct ServerConfig {
     /// Off by default (docs/operations.md, "Administration").
     pub auto_create_topics: bool,
     pub auto_create_partitions: u32,
-    /// The server's memory budget for connections (docs/operations.md, "Memory and descriptor
-    /// budgets"): frames being received get `receive_share_percent` of it, responses and
-    /// pushes queued for sockets `outbox_share_percent`; the rest is headroom for requests
-    /// being executed.
+    /// The server's memory budget (docs/operations.md, "Memory and descriptor budgets"):
+    /// frames being received and requests handed to shards get `receive_share_percent` of it,
+    /// responses and pushes queued for sockets `outbox_share_percent`, subscriptions'
+    /// read-ahead `readahead_share_percent`, unflushed produced data
+    /// `unflushed_share_percent` (split evenly over the shards); the rest is headroom.
     pub memory_bytes_max: u64,
-    /// Share of `memory_bytes_max` for the buffers of frames being received.
+    /// Share of `memory_bytes_max` for the buffers of frames being received and the frames of
+    /// requests in flight (handed to shards, not yet answered).
     pub receive_share_percent: u8,
     /// Share of `memory_bytes_max` for responses and subscription pushes queued for sockets.
     pub outbox_share_percent: u8,
+    /// Share of `memory_bytes_max` for the responses the engine reads ahead for subscriptions
+    /// (at most two of up to 1 MiB each per subscription).
+    pub readahead_share_percent: u8,
+    /// Share of `memory_bytes_max` for produced data appended but not yet written: the
+    /// engine's `unflushed_bytes_max_per_shard` is lowered to this share divided by the shard
+    /// count (never raised).
+    pub unflushed_share_percent: u8,
     /// Largest frame accepted before a connection has handshaken (and authenticated, with
     /// auth on).
     pub unadmitted_frame_bytes_max: u32,
@@ -129,8 +138,10 @@ impl Default for ServerConfig {
             auto_create_topics: false,
             auto_create_partitions: 1,
             memory_bytes_max: 1 << 30,
-            receive_share_percent: 50,
-            outbox_share_percent: 40,
+            receive_share_percent: 35,
+            outbox_share_percent: 25,
+            readahead_share_percent: 10,
+            unflushed_share_percent: 25,
             unadmitted_frame_bytes_max: crate::protocol::FRAME_BYTES_MIN_LIMIT,
             unadmitted_timeout_ms: 10_000,
             frame_receive_timeout_ms: 60_000,
@@ -152,6 +163,38 @@ impl ServerConfig {
         usize::try_from(b).unwrap_or(usize::MAX)
     }
 
+    /// Bytes subscriptions' read-ahead may hold across the server.
+    pub fn readahead_bytes_max(&self) -> usize {
+        let b = self.memory_bytes_max / 100 * u64::from(self.readahead_share_percent);
+        usize::try_from(b).unwrap_or(usize::MAX)
+    }
+
+    /// Unflushed bytes each of `shards` shards may hold: the unflushed share split evenly.
+    pub fn unflushed_bytes_per_shard(&self, shards: usize) -> usize {
+        let b = self.memory_bytes_max / 100 * u64::from(self.unflushed_share_percent);
+        let per = b / (shards.max(1) as u64);
+        usize::try_from(per).unwrap_or(usize::MAX)
+    }
+
+    /// Lowers the engine's unflushed bytes per shard to the unflushed share (issue 16: one
+    /// budget); refuses a share too small for the engine's 1 MiB minimum per shard.
+    fn apply_unflushed_share(&self, engine: &mut EngineConfig) -> Result<(), ServerError> {
+        let shards = match engine.shards {
+            0 => shardline_engine::rt::usable_cpus().len().max(1),
+            n => n,
+        };
+        let per = self.unflushed_bytes_per_shard(shards);
+        if per < 1 << 20 {
+            return Err(ServerError::Config(format!(
+                "memory_bytes_max {} with unflushed_share_percent {} leaves {per} unflushed \
+                 bytes for each of {shards} shards, less than 1 MiB: raise the budget or the share",
+                self.memory_bytes_max, self.unflushed_share_percent
+            )));
+        }
+        engine.unflushed_bytes_max_per_shard = engine.unflushed_bytes_max_per_shard.min(per);
+        Ok(())
+    }
+
     /// The listen address, after the checks that need no engine: frame limit, memory budget.
     fn checked_listen(&self) -> Result<SocketAddr, ServerError> {
         let listen: SocketAddr = self
@@ -171,10 +214,14 @@ impl ServerConfig {
 
     /// Checks the budget fields: shares within 100 %, room for two largest frames.
     fn validate_budget(&self) -> Result<(), ServerError> {
-        let shares = u16::from(self.receive_share_percent) + u16::from(self.outbox_share_percent);
+        let shares = u16::from(self.receive_share_percent)
+            + u16::from(self.outbox_share_percent)
+            + u16::from(self.readahead_share_percent)
+            + u16::from(self.unflushed_share_percent);
         if shares > 100 {
             return Err(ServerError::Config(format!(
-                "receive_share_percent + outbox_share_percent = {shares}, more than 100"
+                "receive_share_percent + outbox_share_percent + readahead_share_percent + \
+                 unflushed_share_percent = {shares}, more than 100"
             )));
         }
         let two_frames = 2 * u64::from(self.frame_bytes_max);
@@ -225,6 +272,8 @@ pub(crate) struct Shared {
     pub(crate) receive_bytes: AtomicUsize,
     /// Bytes queued for connections' sockets (the outbox share of the memory budget).
     pub(crate) outbox_bytes: AtomicUsize,
+    /// Bytes reserved for subscriptions' read-ahead (the read-ahead share).
+    pub(crate) readahead_bytes: AtomicUsize,
     /// Connections admitted: `connections_max`, or fewer if the open-files limit leaves less.
     pub(crate) connections_limit: usize,
     /// This node's id and cluster size, for replicated topics (replicas.rs).
@@ -251,8 +300,12 @@ type Bound = Result<(SocketAddr, SocketAddr, Option<SocketAddr>), String>;
 
 impl Server {
     /// Opens the engine, then starts the listeners on every shard.
-    pub fn start(engine_config: EngineConfig, cfg: ServerConfig) -> Result<Server, ServerError> {
+    pub fn start(
+        mut engine_config: EngineConfig,
+        cfg: ServerConfig,
+    ) -> Result<Server, ServerError> {
         let listen = cfg.checked_listen()?;
+        cfg.apply_unflushed_share(&mut engine_config)?;
         let mut kafka_at = cfg.kafka.listen_addr().map_err(ServerError::Config)?;
         let tls = match &cfg.tls {
             Some(t) => Some(futures_rustls::TlsAcceptor::from(t.build()?)),
@@ -292,6 +345,7 @@ impl Server {
             quotas: quota::Quotas::new(cfg_quotas),
             receive_bytes: AtomicUsize::new(0),
             outbox_bytes: AtomicUsize::new(0),
+            readahead_bytes: AtomicUsize::new(0),
             connections_limit: connections_limit(cfg_connections_max),
             cluster: replicas::ClusterView::default(),
             kafka_addr: Mutex::new(None),

@@ -104,6 +104,8 @@ pub(crate) struct Raw {
     enc: shardline_net::protocol::FrameEncoder,
     dec: shardline_net::protocol::FrameDecoder,
     next: u32,
+    /// Bytes read but not yet taken by the decoder (`push` stops after each whole frame).
+    pending: Vec<u8>,
 }
 
 impl Raw {
@@ -118,6 +120,7 @@ impl Raw {
             enc: shardline_net::protocol::FrameEncoder::new(FRAME_BYTES_MAX_DEFAULT).unwrap(),
             dec: shardline_net::protocol::FrameDecoder::new(DecoderConfig::default()).unwrap(),
             next: 1,
+            pending: Vec::new(),
         }
     }
 
@@ -138,11 +141,19 @@ impl Raw {
             if let Some(f) = self.dec.next_frame_owned().unwrap() {
                 return Some(shardline_net::protocol::ServerMessage::decode_owned(&f).unwrap());
             }
+            if !self.pending.is_empty() {
+                let taken = self.dec.push(&self.pending);
+                self.pending.drain(..taken);
+                if taken > 0 {
+                    continue;
+                }
+            }
             let mut tmp = [0u8; 65536];
             match self.s.read(&mut tmp) {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => {
-                    self.dec.push(&tmp[..n]);
+                    let taken = self.dec.push(&tmp[..n]);
+                    self.pending.extend_from_slice(&tmp[taken..n]);
                 }
             }
         }

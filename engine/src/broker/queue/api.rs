@@ -49,10 +49,12 @@ impl Engine {
                     }),
                     ..TopicConfig::with_partitions(topic.partitions)
                 };
-                match self.create_topic(dlq, dlq_cfg) {
-                    Ok(_) | Err(Error::TopicExists(_)) => {}
-                    Err(e) => return Err(e),
-                }
+                // One metadata write for both: a crash leaves the pair or neither.
+                let mut created =
+                    self.create_topics(&[(dlq.as_str(), dlq_cfg, true), (name, topic, false)])?;
+                return created
+                    .pop()
+                    .ok_or_else(|| Error::Runtime("create_topics returned nothing".into()));
             }
         }
         self.create_topic(name, topic)

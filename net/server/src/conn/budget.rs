@@ -181,3 +181,52 @@ impl ReadTimer {
         }
     }
 }
+
+/// A subscription's reservation in the read-ahead share: the engine holds at most two
+/// responses of `read_bytes` for it. Returned when dropped.
+pub(super) struct ReadAheadCharge {
+    shared: Arc<Shared>,
+    read_bytes: usize,
+}
+
+impl ReadAheadCharge {
+    /// Responses read ahead per subscription (the engine's `subscribe` depth).
+    const DEPTH: usize = 2;
+
+    /// Reserves two responses of `want` bytes, or of `min` bytes when the share has no room
+    /// for `want`; `None` when not even that fits.
+    pub(super) fn reserve(shared: &Arc<Shared>, want: usize, min: usize) -> Option<Self> {
+        let max = shared.cfg.readahead_bytes_max();
+        // Full-size read-ahead only while half the share is free: the rest serves many
+        // subscriptions at the smallest size rather than a few large ones.
+        for (read_bytes, limit) in [(want, max / 2), (min.min(want), max)] {
+            let need = read_bytes * Self::DEPTH;
+            let got =
+                shared
+                    .readahead_bytes
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                        (held + need <= limit).then_some(held + need)
+                    });
+            if got.is_ok() {
+                return Some(ReadAheadCharge {
+                    shared: shared.clone(),
+                    read_bytes,
+                });
+            }
+        }
+        None
+    }
+
+    /// Bytes of one read-ahead response.
+    pub(super) fn read_bytes(&self) -> usize {
+        self.read_bytes
+    }
+}
+
+impl Drop for ReadAheadCharge {
+    fn drop(&mut self) {
+        self.shared
+            .readahead_bytes
+            .fetch_sub(self.read_bytes * Self::DEPTH, Ordering::AcqRel);
+    }
+}
