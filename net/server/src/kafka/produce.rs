@@ -132,7 +132,7 @@ pub(crate) async fn produce(
     Ok(true)
 }
 
-/// Wraps and enqueues one partition's batch on its owning shard.
+/// Checks, wraps and enqueues one partition's batch on its owning shard.
 async fn submit(
     conn: &Rc<KConn>,
     topic: &str,
@@ -140,13 +140,14 @@ async fn submit(
     records: &Bytes,
     acks: Acks,
 ) -> Submitted {
-    let batch = match shardline_engine::batch::kafka::wrap(records) {
+    // One CRC pass and one copy; the engine does not validate the result again.
+    let batch = match shardline_engine::batch::kafka::wrap_validated(records) {
         Ok(b) => b,
         Err(e) => return Submitted::Failed(codes::CORRUPT_MESSAGE, e.to_string()),
     };
     match conn
         .engine
-        .submit_produce(topic, partition, batch, acks)
+        .submit_validated(topic, partition, batch, acks)
         .await
     {
         Ok(p) => Submitted::Pending(p),
