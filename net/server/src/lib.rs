@@ -251,7 +251,11 @@ type Bound = Result<(SocketAddr, SocketAddr, Option<SocketAddr>), String>;
 
 impl Server {
     /// Opens the engine, then starts the listeners on every shard.
-    pub fn start(engine_config: EngineConfig, cfg: ServerConfig) -> Result<Server, ServerError> {
+    pub fn start(
+        engine_config: EngineConfig,
+        mut cfg: ServerConfig,
+    ) -> Result<Server, ServerError> {
+        kafka::fold_deprecated_keys(&mut cfg);
         let listen = cfg.checked_listen()?;
         let mut kafka_at = cfg.kafka.listen_addr().map_err(ServerError::Config)?;
         let tls = match &cfg.tls {
