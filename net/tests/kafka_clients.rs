@@ -23,8 +23,14 @@ struct Served {
 
 impl Served {
     fn start(dir: &Path) -> Served {
+        Self::start_with(dir, &[])
+    }
+
+    /// With extra `serve` arguments.
+    fn start_with(dir: &Path, extra: &[&str]) -> Served {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(extra)
             .args([
                 "--metrics-listen",
                 "127.0.0.1:0",
@@ -184,6 +190,32 @@ fn kcat_metadata_produce_and_consume() {
     );
     let got = kcat(&s.kafka, &["-C", "-t", "lines", "-e", "-q"], b"");
     assert_eq!(sorted_lines(&got), sorted_lines(&lines(0, 12_000)));
+}
+
+// Proves: the one auto-create setting (`serve --auto-create --auto-create-partitions`, i.e.
+// `[server] auto_create_topics`) serves the Kafka listener too: kcat produces to a topic nobody
+// created, it gets the configured partition count, and the lines read back; without the
+// setting an unknown topic stays unknown.
+#[test]
+fn server_auto_create_serves_kafka_clients() {
+    if !have_kcat() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start_with(
+        dir.path(),
+        &["--auto-create", "--auto-create-partitions", "3"],
+    );
+    kcat(&s.kafka, &["-P", "-t", "fresh"], lines(0, 100).as_bytes());
+    let meta = kcat(&s.kafka, &["-L", "-t", "fresh"], b"");
+    assert!(meta.contains("topic \"fresh\" with 3 partitions"), "{meta}");
+    let got = kcat(&s.kafka, &["-C", "-t", "fresh", "-e", "-q"], b"");
+    assert_eq!(sorted_lines(&got), sorted_lines(&lines(0, 100)));
+    drop(s);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(dir.path());
+    let meta = kcat(&s.kafka, &["-L", "-t", "fresh"], b"");
+    assert!(meta.contains("Unknown topic or partition"), "{meta}");
 }
 
 // Proves: records produced through either protocol are read through the other (Kafka batches
@@ -479,7 +511,8 @@ fn kafka_config_table_parses_and_is_validated() {
     .unwrap();
     c.validate().unwrap();
     assert_eq!(c.kafka.listen.as_deref(), Some("127.0.0.1:9092"));
-    assert!(c.kafka.auto_create_topics);
+    assert!(c.kafka.auto_create_topics, "deprecated alias, still read");
+    assert_eq!(c.kafka.default_partitions, Some(3));
     let e = FileConfig::parse("[kafka]\nlisten = \"nowhere\"\n").unwrap_err();
     assert_eq!(e.key, "kafka.listen");
     let e = FileConfig::parse("[kafka]\ndefault_partitions = 0\n").unwrap_err();

@@ -23,10 +23,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::{
     BASE_SEQUENCE_AT, BATCH_BYTES_MAX, BATCH_LENGTH_AT, BODY_KIND_AT, BODY_LENGTH_AT, BatchHeader,
-    COMPRESSION_AT, CRC_AT, FIRST_TIMESTAMP_AT, FLAGS_AT, FORMAT_VERSION, FORMAT_VERSION_AT,
-    FormatError as Error, HEADER_BYTES, Header, MAGIC, MAGIC_AT, MAX_TIMESTAMP_AT,
-    PRODUCER_EPOCH_AT, PRODUCER_ID_AT, RECORD_COUNT_AT, Record, Result, body_kind, compression,
-    compute_crc, padded, put,
+    COMPRESSION_AT, CRC_AT, CRC_START, FIRST_TIMESTAMP_AT, FLAGS_AT, FORMAT_VERSION,
+    FORMAT_VERSION_AT, FormatError as Error, HEADER_BYTES, Header, MAGIC, MAGIC_AT,
+    MAX_TIMESTAMP_AT, PRODUCER_EPOCH_AT, PRODUCER_ID_AT, RECORD_COUNT_AT, Record, Result,
+    ValidatedBatch, body_kind, compression, compute_crc, padded, put,
 };
 
 /// Bytes of a Kafka v2 batch header (up to the records).
@@ -192,21 +192,20 @@ fn ms_to_us(ms: i64) -> i64 {
 }
 
 /// Wraps one Kafka batch (exactly the bytes of one v2 batch, as sent) into a Shardline batch of
-/// kind [`body_kind::KAFKA_V2`]. One copy (into the aligned buffer). Only the header is read
-/// here (magic, length, counts): the Kafka CRC32C and the records are checked once, by
-/// [`crate::validate`], which the engine runs on every produced batch.
+/// kind [`body_kind::KAFKA_V2`]: [`wrap_validated`] without the type.
 pub fn wrap(kafka: &[u8]) -> Result<Bytes> {
-    let info = parse_header(kafka)?;
-    if info.total_bytes != kafka.len() {
-        return corrupt(format!(
-            "kafka batch length {} but {} bytes given",
-            info.total_bytes,
-            kafka.len()
-        ));
-    }
-    if info.record_count <= 0 {
-        return corrupt("empty kafka batch");
-    }
+    wrap_validated(kafka).map(ValidatedBatch::into_bytes)
+}
+
+/// Checks one Kafka batch as a client sent it ([`check`]: its CRC32C, the header's consistency,
+/// the framing of uncompressed records; compressed records are not decompressed) and wraps it
+/// into a [`ValidatedBatch`] of kind [`body_kind::KAFKA_V2`] with one copy (into the aligned
+/// buffer). The batch is read once for CRCs: Shardline's CRC32C, which covers the Kafka batch,
+/// is derived from the Kafka CRC32C just checked ([`crc32c_combine`] over the concatenation)
+/// instead of being computed over the bytes again. The result needs no further validation
+/// (the engine takes it as it is: `Engine::submit_validated`).
+pub fn wrap_validated(kafka: &[u8]) -> Result<ValidatedBatch> {
+    let info = check(kafka)?;
     let total = padded(HEADER_BYTES + kafka.len());
     if total > BATCH_BYTES_MAX {
         return Err(Error::TooLarge {
@@ -249,9 +248,77 @@ pub fn wrap(kafka: &[u8]) -> Result<Bytes> {
     put(h, PRODUCER_ID_AT, &producer_id.to_le_bytes());
     put(h, PRODUCER_EPOCH_AT, &epoch.to_le_bytes());
     put(h, BASE_SEQUENCE_AT, &sequence.to_le_bytes());
-    let crc = compute_crc(&buf);
+    // CRC32C(header after the CRC field ++ Kafka bytes up to its CRC'd region ++ that region
+    // ++ padding), with the region's CRC taken from the Kafka header `check` verified.
+    let kafka_crc = be_u32(kafka, KCRC_AT);
+    let head = crc32c::crc32c_append(
+        crc32c::crc32c(&buf[CRC_START..HEADER_BYTES]),
+        &kafka[..ATTRIBUTES_AT],
+    );
+    let crc = crc32c_combine(head, kafka_crc, kafka.len() - ATTRIBUTES_AT);
+    let crc = crc32c::crc32c_append(crc, &buf[HEADER_BYTES + kafka.len()..]);
+    debug_assert_eq!(
+        crc,
+        compute_crc(&buf),
+        "combined crc equals the computed one"
+    );
     put(&mut buf, CRC_AT, &crc.to_le_bytes());
-    Ok(buf.freeze())
+    let header = BatchHeader::parse(&buf)?;
+    Ok(ValidatedBatch::checked(header, buf.freeze()))
+}
+
+/// The CRC32C polynomial, bit-reflected (bit 31 is x^0).
+const CRC32C_POLY: u32 = 0x82F6_3B78;
+
+/// `a * b` modulo the CRC32C polynomial (zlib's `multmodp`); `a` must not be 0.
+const fn mul_mod_p(a: u32, mut b: u32) -> u32 {
+    let mut m: u32 = 1 << 31;
+    let mut p: u32 = 0;
+    loop {
+        if a & m != 0 {
+            p ^= b;
+            if a & (m - 1) == 0 {
+                return p;
+            }
+        }
+        m >>= 1;
+        b = if b & 1 != 0 {
+            (b >> 1) ^ CRC32C_POLY
+        } else {
+            b >> 1
+        };
+    }
+}
+
+/// `x^(2^n)` modulo the polynomial, n = 0..32.
+const X2N: [u32; 32] = {
+    let mut t = [0u32; 32];
+    let mut p: u32 = 1 << 30; // x^1
+    t[0] = p;
+    let mut n = 1;
+    while n < 32 {
+        p = mul_mod_p(p, p);
+        t[n] = p;
+        n += 1;
+    }
+    t
+};
+
+/// CRC32C of `A ++ B` from CRC32C(A), CRC32C(B) and B's length: zlib's `crc32_combine`
+/// (multiply by `x^(8 * len_b)` with a table of powers: about 20 32-bit products for a 64 KiB
+/// batch). The `crc32c` crate's `crc32c_combine` squares 32x32 matrices per length bit and
+/// costs more than a CRC pass over 64 KiB.
+pub fn crc32c_combine(crc_a: u32, crc_b: u32, len_b: usize) -> u32 {
+    let mut p: u32 = 1 << 31; // x^0
+    let (mut n, mut k) = (len_b, 3usize); // x^(8n): start at x^(2^3)
+    while n != 0 {
+        if n & 1 != 0 {
+            p = mul_mod_p(X2N[k & 31], p);
+        }
+        n >>= 1;
+        k += 1;
+    }
+    mul_mod_p(p, crc_a) ^ crc_b
 }
 
 /// The body of a Kafka-kind Shardline batch (the Kafka batch, without padding).
@@ -425,18 +492,24 @@ fn parse_records(
         if offset_delta != i64::try_from(n).unwrap_or(-1) {
             return corrupt(format!("kafka record {n} has offset delta {offset_delta}"));
         }
-        let key = r.nullable()?.map(<[u8]>::to_vec);
-        let value = r.nullable()?.map(<[u8]>::to_vec).unwrap_or_default();
+        let key = r.nullable()?;
+        let value = r.nullable()?;
         let header_count = r.varlong()?;
         let header_count = usize::try_from(header_count)
             .map_err(|_| Error::Corrupt("kafka negative header count".into()))?;
+        // Checking only (the produce path): walk the framing without copying anything.
         let mut headers = Vec::new();
         for _ in 0..header_count {
             let k = r.nullable()?.unwrap_or_default();
-            let v = r.nullable()?.unwrap_or_default().to_vec();
-            let key = String::from_utf8(k.to_vec())
+            let v = r.nullable()?.unwrap_or_default();
+            let key = std::str::from_utf8(k)
                 .map_err(|_| Error::Corrupt("kafka header key not UTF-8".into()))?;
-            headers.push(Header { key, value: v });
+            if out.is_some() {
+                headers.push(Header {
+                    key: key.to_owned(),
+                    value: v.to_vec(),
+                });
+            }
         }
         if r.at != rb.len() {
             return corrupt(format!("kafka record {n} has trailing bytes"));
@@ -447,8 +520,8 @@ fn parse_records(
             out.push(Record {
                 offset_delta: u32::try_from(n).unwrap_or(u32::MAX),
                 timestamp_delta_us: ts_us.wrapping_sub(first_us).max(0) as u64,
-                key,
-                value,
+                key: key.map(<[u8]>::to_vec),
+                value: value.map(<[u8]>::to_vec).unwrap_or_default(),
                 headers,
             });
         }
@@ -734,6 +807,34 @@ mod tests {
     }
 
     #[test]
+    fn wrapped_batches_carry_the_crc_a_full_pass_computes() {
+        // Every padding length (the body length mod 16) and a producer-less batch.
+        for n in 0..20usize {
+            let v = vec![b'v'; n];
+            let k = kafka_batch_of(&[&v, b"w"], i64::try_from(n).unwrap() - 1, 0);
+            let w = wrap_validated(&k).unwrap();
+            assert_eq!(w.header().crc, compute_crc(w.bytes()));
+            assert_eq!(*w.header(), validate(w.bytes()).unwrap());
+        }
+    }
+
+    #[test]
+    fn crc_combine_matches_the_crate_and_a_full_pass() {
+        let data: Vec<u8> = (0..70_000u32)
+            .map(|i| (i * 7 + i / 251).to_le_bytes()[0])
+            .collect();
+        for split in [0, 1, 7, 21, 64, 1000, 65_535, 69_999, 70_000] {
+            let (a, b) = data.split_at(split);
+            let combined = crc32c_combine(crc32c::crc32c(a), crc32c::crc32c(b), b.len());
+            assert_eq!(combined, crc32c::crc32c(&data), "split at {split}");
+            assert_eq!(
+                combined,
+                crc32c::crc32c_combine(crc32c::crc32c(a), crc32c::crc32c(b), b.len())
+            );
+        }
+    }
+
+    #[test]
     fn kafka_fetch_serves_stored_bytes_with_only_the_base_offset_patched() {
         let k = kafka_batch_of(&[b"x", b"y"], -1, -1);
         let mut wrapped = wrap(&k).unwrap().to_vec();
@@ -787,8 +888,7 @@ mod tests {
         let mut bad_crc = k.clone();
         let last = bad_crc.len() - 1;
         bad_crc[last] ^= 1;
-        let wrapped = wrap(&bad_crc).unwrap();
-        assert!(validate(&wrapped).unwrap_err().to_string().contains("crc"));
+        assert!(wrap(&bad_crc).unwrap_err().to_string().contains("crc"));
         let mut bad_magic = k.clone();
         bad_magic[KMAGIC_AT] = 1;
         assert!(wrap(&bad_magic).is_err());

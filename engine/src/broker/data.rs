@@ -119,6 +119,26 @@ impl Engine {
         acks: Acks,
     ) -> Result<PendingAck> {
         let batch = self.check_batch(batch)?;
+        self.submit_validated(topic, partition, batch, acks).await
+    }
+
+    /// [`Engine::submit_produce`] for a batch its caller validated already (the Kafka front
+    /// end's `batch::kafka::wrap_validated` checks a Kafka batch once while wrapping it): only
+    /// the engine's size limit is checked here, the batch is not validated again.
+    pub async fn submit_validated(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: ValidatedBatch,
+        acks: Acks,
+    ) -> Result<PendingAck> {
+        let max = self.inner.config.batch_bytes_max;
+        if batch.len() > max {
+            return Err(Error::BatchTooLarge {
+                bytes: batch.len(),
+                max,
+            });
+        }
         let (name, shard) = self.locate(topic, partition)?;
         let key = (name, partition);
         let Some(local) = self.local_shard(shard) else {

@@ -302,8 +302,9 @@ impl Server {
     /// Opens the engine, then starts the listeners on every shard.
     pub fn start(
         mut engine_config: EngineConfig,
-        cfg: ServerConfig,
+        mut cfg: ServerConfig,
     ) -> Result<Server, ServerError> {
+        kafka::fold_deprecated_keys(&mut cfg);
         let listen = cfg.checked_listen()?;
         cfg.apply_unflushed_share(&mut engine_config)?;
         let mut kafka_at = cfg.kafka.listen_addr().map_err(ServerError::Config)?;

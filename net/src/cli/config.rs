@@ -315,7 +315,7 @@ impl FileConfig {
         )?;
         check_range(
             "kafka.default_partitions",
-            u64::from(k.default_partitions),
+            u64::from(k.default_partitions.unwrap_or(1)),
             1,
             1 << 16,
             "",

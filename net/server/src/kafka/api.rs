@@ -200,7 +200,7 @@ pub(crate) fn topic_name(s: &str) -> TopicName {
 }
 
 /// Metadata: one broker (this node, as advertised), and each asked topic's partitions with
-/// this node as leader. Unknown topics are created when `auto_create_topics` is on and the
+/// this node as leader. Unknown topics are created when `server.auto_create_topics` is on and the
 /// client allows it.
 /// The host and port this node advertises (Metadata, FindCoordinator).
 pub(crate) fn advertised(conn: &KConn) -> (String, i32) {
@@ -215,7 +215,6 @@ pub(crate) fn advertised(conn: &KConn) -> (String, i32) {
 }
 
 async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> MetadataResponse {
-    let kafka = &conn.shared.cfg.kafka;
     let (host, port) = advertised(conn);
     let mut broker = MetadataResponseBroker::default();
     broker.node_id = BrokerId(THIS_NODE);
@@ -248,8 +247,8 @@ async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> Metadat
             let mut out = Vec::new();
             for n in names {
                 let mut route = conn.engine.route(&n).map(|r| r.shards.clone());
-                let auto =
-                    kafka.auto_create_topics && (call.version < 4 || req.allow_auto_topic_creation);
+                let auto = conn.shared.cfg.auto_create_topics
+                    && (call.version < 4 || req.allow_auto_topic_creation);
                 if auto && matches!(route, Err(shardline_engine::Error::UnknownTopic(_))) {
                     route = auto_create(conn, &n).await;
                 }
@@ -290,13 +289,23 @@ async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> Metadat
 }
 
 /// Creates `name` with the default partition count (auto-creation); an existing topic (a
-/// race with another creator) is fine.
+/// race with another creator) is fine. As on the native listener, the session needs `create`
+/// on the topic and the topic quotas must allow it; otherwise the topic stays unknown.
 pub(crate) async fn auto_create(
     conn: &Rc<KConn>,
     name: &str,
 ) -> Result<Vec<u32>, shardline_engine::Error> {
     let engine = conn.engine.clone();
-    let partitions = conn.shared.cfg.kafka.default_partitions.max(1);
+    let partitions = super::default_partitions(conn);
+    if !super::sasl::topic_allowed(conn, name, Operation::Create)
+        || conn
+            .shared
+            .quotas
+            .check_create(&engine, partitions)
+            .is_err()
+    {
+        return Err(shardline_engine::Error::UnknownTopic(name.to_string()));
+    }
     let n = name.to_string();
     let created =
         off_shard(move || engine.create_topic(&n, TopicConfig::with_partitions(partitions)))
@@ -406,7 +415,7 @@ async fn create_topics(
         tr.name = t.name.clone();
         let name = t.name.0.as_str().to_string();
         let partitions = if t.num_partitions == -1 {
-            Ok(conn.shared.cfg.kafka.default_partitions.max(1))
+            Ok(super::default_partitions(conn))
         } else {
             u32::try_from(t.num_partitions)
                 .ok()

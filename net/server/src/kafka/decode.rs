@@ -49,10 +49,9 @@ pub fn decode_request(frame: Bytes) -> Result<(i16, i16), String> {
             for t in &r.topic_data {
                 for p in &t.partition_data {
                     if let Some(records) = &p.records
-                        && let Ok(w) = shardline_engine::batch::kafka::wrap(records)
-                        && shardline_engine::batch::validate(&w).is_ok()
+                        && let Ok(w) = shardline_engine::batch::kafka::wrap_validated(records)
                     {
-                        let _ = shardline_engine::batch::decode(&w);
+                        let _ = shardline_engine::batch::decode(w.bytes());
                     }
                 }
             }

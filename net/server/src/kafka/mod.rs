@@ -56,11 +56,11 @@ pub struct KafkaConfig {
     pub advertised_listeners: Option<String>,
     /// Largest request frame accepted; a larger one closes the connection.
     pub request_bytes_max: u32,
-    /// Create a topic named in Metadata or Produce when it does not exist (Kafka's
-    /// `auto.create.topics.enable`); off by default.
+    /// Deprecated alias of `[server] auto_create_topics` (the one auto-create setting, for
+    /// both listeners); `true` here turns that on. See [`fold_deprecated_keys`].
     pub auto_create_topics: bool,
-    /// Partitions of an auto-created topic, and of CreateTopics with `num_partitions = -1`.
-    pub default_partitions: u32,
+    /// Deprecated alias of `[server] auto_create_partitions`; when given, it is used.
+    pub default_partitions: Option<u32>,
 }
 
 impl Default for KafkaConfig {
@@ -72,7 +72,7 @@ impl Default for KafkaConfig {
             advertised_listeners: None,
             request_bytes_max: 100 << 20,
             auto_create_topics: false,
-            default_partitions: 1,
+            default_partitions: None,
         }
     }
 }
@@ -107,6 +107,27 @@ impl KafkaConfig {
         let port = self.advertised_port.unwrap_or(bound.port());
         (host, i32::from(port))
     }
+}
+
+/// Folds the deprecated `[kafka]` auto-create keys into the one setting, `[server]
+/// auto_create_topics` / `auto_create_partitions` (`serve --auto-create`,
+/// `--auto-create-partitions`), which both listeners honour: Kafka's Metadata (when the client
+/// allows it) and Produce, the native Metadata. Called once when the server starts.
+pub(crate) fn fold_deprecated_keys(cfg: &mut crate::ServerConfig) {
+    if cfg.kafka.auto_create_topics {
+        tracing::warn!("kafka.auto_create_topics is deprecated: use server.auto_create_topics");
+        cfg.auto_create_topics = true;
+    }
+    if let Some(n) = cfg.kafka.default_partitions {
+        tracing::warn!("kafka.default_partitions is deprecated: use server.auto_create_partitions");
+        cfg.auto_create_partitions = n;
+    }
+}
+
+/// Partitions of an auto-created topic and of CreateTopics with `num_partitions = -1`
+/// (Kafka's `num.partitions`): `[server] auto_create_partitions`.
+pub(crate) fn default_partitions(conn: &KConn) -> u32 {
+    conn.shared.cfg.auto_create_partitions.max(1)
 }
 
 /// One Kafka connection's state shared by its reader and the tasks answering its requests.
@@ -330,6 +351,19 @@ pub(crate) async fn off_shard<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deprecated_kafka_auto_create_keys_fold_into_the_server_setting() {
+        let mut cfg = crate::ServerConfig::default();
+        fold_deprecated_keys(&mut cfg);
+        assert!(!cfg.auto_create_topics);
+        assert_eq!(cfg.auto_create_partitions, 1);
+        cfg.kafka.auto_create_topics = true;
+        cfg.kafka.default_partitions = Some(3);
+        fold_deprecated_keys(&mut cfg);
+        assert!(cfg.auto_create_topics);
+        assert_eq!(cfg.auto_create_partitions, 3);
+    }
 
     #[test]
     fn advertised_address_prefers_advertised_listeners_then_host_and_port() {

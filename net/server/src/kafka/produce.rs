@@ -48,10 +48,11 @@ pub(crate) async fn produce(
     reply: Reply,
 ) -> Result<bool, Close> {
     let acks = acks_of(req.acks);
-    let mut submitted: Vec<(usize, i32, Submitted)> = Vec::new();
+    let parts = req.topic_data.iter().map(|t| t.partition_data.len()).sum();
+    let mut submitted: Vec<(usize, i32, Submitted)> = Vec::with_capacity(parts);
     for (ti, t) in req.topic_data.iter().enumerate() {
         let name = t.name.0.as_str();
-        if conn.shared.cfg.kafka.auto_create_topics
+        if conn.shared.cfg.auto_create_topics
             && matches!(
                 conn.engine.route(name),
                 Err(shardline_engine::Error::UnknownTopic(_))
@@ -117,6 +118,7 @@ pub(crate) async fn produce(
             .map(|t| {
                 let mut tr = TopicProduceResponse::default();
                 tr.name = t.name.clone();
+                tr.partition_responses = Vec::with_capacity(t.partition_data.len());
                 tr
             })
             .collect();
@@ -132,7 +134,7 @@ pub(crate) async fn produce(
     Ok(true)
 }
 
-/// Wraps and enqueues one partition's batch on its owning shard.
+/// Checks, wraps and enqueues one partition's batch on its owning shard.
 async fn submit(
     conn: &Rc<KConn>,
     topic: &str,
@@ -140,13 +142,14 @@ async fn submit(
     records: &Bytes,
     acks: Acks,
 ) -> Submitted {
-    let batch = match shardline_engine::batch::kafka::wrap(records) {
+    // One CRC pass and one copy; the engine does not validate the result again.
+    let batch = match shardline_engine::batch::kafka::wrap_validated(records) {
         Ok(b) => b,
         Err(e) => return Submitted::Failed(codes::CORRUPT_MESSAGE, e.to_string()),
     };
     match conn
         .engine
-        .submit_produce(topic, partition, batch, acks)
+        .submit_validated(topic, partition, batch, acks)
         .await
     {
         Ok(p) => Submitted::Pending(p),
