@@ -354,8 +354,8 @@ impl Shard {
                 reply,
             } => match self.partition(&key) {
                 Ok(p) => rt::spawn_local(async move {
-                    let r = fetch(&p, offset, max_bytes, max_records, max_wait, isolation).await;
-                    let _ = reply.send(r);
+                    let _ = reply
+                        .send(fetch(&p, offset, max_bytes, max_records, max_wait, isolation).await);
                 }),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -376,15 +376,12 @@ impl Shard {
                 isolation,
                 tx,
                 reply,
-            } => match self.partition(&key) {
-                Ok(p) => {
-                    let _ = reply.send(Ok(()));
+            } => {
+                let r = self.partition(&key).map(|p| {
                     rt::spawn_local(subscription(p, from, max_bytes, isolation, tx));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+                });
+                let _ = reply.send(r);
+            }
             Request::Describe { key, reply } => {
                 let _ = reply.send(self.partition(&key).map(|p| self.describe(&p)));
             }

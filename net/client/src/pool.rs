@@ -619,6 +619,17 @@ impl Client {
     }
 }
 
+/// Refuses a durable-only read on a connection to a server that would read it as `Appended`
+/// (one before Fetch/Subscribe version 1): better an error than a silent downgrade.
+pub(crate) fn check_isolation(c: &Connection, isolation: ReadIsolation) -> Result<(), ClientError> {
+    if isolation == ReadIsolation::Durable && !c.supports_read_isolation() {
+        return Err(ClientError::InvalidArgument(
+            "the server does not support durable-only reads (Fetch/Subscribe version 1)".into(),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,15 +642,4 @@ mod tests {
         assert_eq!(reachable_address("10.9.9.9:7071", peer), "10.9.9.9:7071");
         assert_eq!(reachable_address("broker-1:7071", peer), "broker-1:7071");
     }
-}
-
-/// Refuses a durable-only read on a connection to a server that would read it as `Appended`
-/// (one before Fetch/Subscribe version 1): better an error than a silent downgrade.
-pub(crate) fn check_isolation(c: &Connection, isolation: ReadIsolation) -> Result<(), ClientError> {
-    if isolation == ReadIsolation::Durable && !c.supports_read_isolation() {
-        return Err(ClientError::InvalidArgument(
-            "the server does not support durable-only reads (Fetch/Subscribe version 1)".into(),
-        ));
-    }
-    Ok(())
 }

@@ -1327,6 +1327,14 @@ impl Conn {
     }
 }
 
+/// The engine's isolation for a read's wire isolation (docs/semantics.md, "What readers see").
+fn engine_isolation(i: crate::protocol::ReadIsolation) -> shardline_engine::Isolation {
+    match i {
+        crate::protocol::ReadIsolation::Appended => shardline_engine::Isolation::Appended,
+        crate::protocol::ReadIsolation::Durable => shardline_engine::Isolation::Durable,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::pin::Pin;
@@ -1394,13 +1402,5 @@ mod tests {
             futures_lite::future::block_on(write_all_vectored(&mut w, &slices)).unwrap();
             prop_assert_eq!(w.out, parts.concat());
         }
-    }
-}
-
-/// The engine's isolation for a read's wire isolation (docs/semantics.md, "What readers see").
-fn engine_isolation(i: crate::protocol::ReadIsolation) -> shardline_engine::Isolation {
-    match i {
-        crate::protocol::ReadIsolation::Appended => shardline_engine::Isolation::Appended,
-        crate::protocol::ReadIsolation::Durable => shardline_engine::Isolation::Durable,
     }
 }
