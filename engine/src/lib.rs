@@ -37,8 +37,8 @@ pub mod util;
 pub use broker::{engine, groups, queue};
 
 pub use api::{
-    Acks, FetchRequest, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats,
-    TopicDescription, TopicInfo, TopicRoute,
+    Acks, FetchRequest, FetchResponse, Isolation, OffsetSpec, PartitionInfo, ProduceAck,
+    ShardStats, TopicDescription, TopicInfo, TopicRoute,
 };
 pub use batch::{BatchBuilder, Header, Record};
 pub use broker::cluster::{GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus};

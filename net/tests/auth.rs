@@ -238,6 +238,7 @@ fn fetch(topic: &str) -> Request {
                 max_records: 0,
             }],
         }],
+        isolation: Default::default(),
     })
 }
 
@@ -248,6 +249,7 @@ fn subscribe(topic: &str) -> Request {
         start: OffsetSpec::Earliest,
         credit_records: 100,
         credit_bytes: 1 << 20,
+        isolation: Default::default(),
     })
 }
 

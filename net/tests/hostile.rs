@@ -125,6 +125,7 @@ fn fetch_request(topic: &str, offset: u64) -> Request {
                 max_records: 0,
             }],
         }],
+        isolation: Default::default(),
     })
 }
 

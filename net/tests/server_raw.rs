@@ -204,6 +204,7 @@ fn requests_before_handshake_are_refused_then_everything_works() {
                 max_records: 0,
             }],
         }],
+        isolation: Default::default(),
     });
     match c.call(&fetch) {
         ServerMessage::Response {
@@ -255,6 +256,7 @@ fn subscriptions_push_within_credit_only() {
         start: OffsetSpec::Earliest,
         credit_records: 4,
         credit_bytes: 1 << 20,
+        isolation: Default::default(),
     });
     let id = match c.call(&sub) {
         ServerMessage::Response {
@@ -430,6 +432,7 @@ fn ten_thousand_bad_frames_then_a_good_client_still_works() {
                     max_records: 0,
                 }],
             }],
+            isolation: Default::default(),
         }),
         Request::Subscribe(SubscribeRequest {
             topic: "f".into(),
@@ -437,6 +440,7 @@ fn ten_thousand_bad_frames_then_a_good_client_still_works() {
             start: OffsetSpec::Earliest,
             credit_records: 10,
             credit_bytes: 4096,
+            isolation: Default::default(),
         }),
     ];
     for r in &reqs {
@@ -517,6 +521,7 @@ fn ten_thousand_bad_frames_then_a_good_client_still_works() {
                     max_records: 0,
                 }],
             }],
+            isolation: Default::default(),
         });
         match good.call(&fetch) {
             ServerMessage::Response {
@@ -584,6 +589,7 @@ fn a_client_that_stops_reading_holds_bounded_memory_and_hurts_no_one() {
         start: OffsetSpec::Earliest,
         credit_records: u32::MAX,
         credit_bytes: u64::MAX / 2,
+        isolation: Default::default(),
     });
     assert!(matches!(slow.call(&sub), ServerMessage::Response { .. }));
     // From here on `slow` reads nothing. Produce 96 MiB in 1 MiB batches.
@@ -629,6 +635,7 @@ fn a_client_that_stops_reading_holds_bounded_memory_and_hurts_no_one() {
                 max_records: 1,
             }],
         }],
+        isolation: Default::default(),
     });
     match good.call(&fetch) {
         ServerMessage::Response {

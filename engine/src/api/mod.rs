@@ -163,3 +163,31 @@ pub struct TopicDescription {
     pub info: TopicInfo,
     pub partitions: Vec<PartitionInfo>,
 }
+
+/// Which batches a read (fetch, long poll, subscription) sees (docs/semantics.md, "What
+/// readers see").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Everything appended, served from memory before its write: a batch of a `leader` or
+    /// `none` producer as soon as it is appended, a batch a `durable` producer waits for once it
+    /// is written (as before; and the batches after it wait with it, since reads are in offset
+    /// order). A batch seen this way can still be lost by a crash before its write or sync.
+    #[default]
+    Appended,
+    /// Only what an fdatasync covered (`read_committed`-style): never lost by a crash.
+    Durable,
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "appended" => Ok(Isolation::Appended),
+            "durable" => Ok(Isolation::Durable),
+            _ => Err(Error::InvalidArgument(format!(
+                "isolation must be appended or durable, not '{s}'"
+            ))),
+        }
+    }
+}

@@ -11,7 +11,9 @@ use bytes::Bytes;
 
 use super::engine::{Engine, PendingAck, Subscription, block};
 use crate::api::PartitionKey;
-use crate::api::{Acks, FetchRequest, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck};
+use crate::api::{
+    Acks, FetchRequest, FetchResponse, Isolation, OffsetSpec, PartitionInfo, ProduceAck,
+};
 use crate::batch::ValidatedBatch;
 use crate::error::{Error, Result};
 use crate::shard::{self, LocalShard, Request};
@@ -166,6 +168,16 @@ impl Engine {
         &self,
         r: FetchRequest,
     ) -> impl Future<Output = Result<FetchResponse>> + Send + 'static {
+        self.fetch_isolated_async(r, Isolation::Appended)
+    }
+
+    /// [`Engine::fetch_async`] seeing what `isolation` lets it see (docs/semantics.md, "What
+    /// readers see"); the plain forms read `Isolation::Appended`.
+    pub fn fetch_isolated_async(
+        &self,
+        r: FetchRequest,
+        isolation: Isolation,
+    ) -> impl Future<Output = Result<FetchResponse>> + Send + 'static {
         let ready = self.locate(&r.topic, r.partition);
         let engine = self.clone();
         async move {
@@ -177,6 +189,7 @@ impl Engine {
                     max_bytes: r.max_bytes,
                     max_records: r.max_records,
                     max_wait: r.max_wait,
+                    isolation,
                     reply,
                 })
                 .await
@@ -187,16 +200,32 @@ impl Engine {
     /// server): a partition of the caller's own shard is read in place, without the inbox hop
     /// and the second task. The future is not `Send`.
     pub async fn fetch_here(&self, r: FetchRequest) -> Result<FetchResponse> {
+        self.fetch_here_isolated(r, Isolation::Appended).await
+    }
+
+    /// [`Engine::fetch_here`] seeing what `isolation` lets it see.
+    pub async fn fetch_here_isolated(
+        &self,
+        r: FetchRequest,
+        isolation: Isolation,
+    ) -> Result<FetchResponse> {
         let (name, shard) = self.locate(&r.topic, r.partition)?;
         match self.local_shard(shard) {
             Some(local) => {
                 self.check_open(&local)?;
                 let key = (name, r.partition);
                 local
-                    .fetch(&key, r.offset, r.max_bytes, r.max_records, r.max_wait)
+                    .fetch_isolated(
+                        &key,
+                        r.offset,
+                        r.max_bytes,
+                        r.max_records,
+                        r.max_wait,
+                        isolation,
+                    )
                     .await
             }
-            None => self.fetch_async(r).await,
+            None => self.fetch_isolated_async(r, isolation).await,
         }
     }
 
@@ -221,7 +250,8 @@ impl Engine {
         .await
     }
 
-    /// Subscribes to a partition from `from`: batches are pushed as soon as they are written.
+    /// Subscribes to a partition from `from`: batches are pushed as soon as they are appended
+    /// (`Isolation::Appended`; see [`Engine::subscribe_isolated_async`]).
     /// At most `capacity` responses (each up to `max_bytes`) wait unread; then the shard waits
     /// for the subscriber, so a slow subscriber holds bounded memory.
     pub fn subscribe(
@@ -245,6 +275,23 @@ impl Engine {
         max_bytes: usize,
         capacity: usize,
     ) -> Result<(u64, Subscription)> {
+        let isolation = Isolation::Appended;
+        self.subscribe_isolated_async(topic, partition, from, max_bytes, capacity, isolation)
+            .await
+    }
+
+    /// [`Engine::subscribe_async`] seeing what `isolation` lets it see: batches are pushed as
+    /// soon as they are appended (`Appended`; a durable producer's batch once written) or once
+    /// an fdatasync covered them (`Durable`). docs/semantics.md, "What readers see".
+    pub async fn subscribe_isolated_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: OffsetSpec,
+        max_bytes: usize,
+        capacity: usize,
+        isolation: Isolation,
+    ) -> Result<(u64, Subscription)> {
         let offset = self.list_offset_async(topic, partition, from).await?;
         let (name, shard) = self.locate(topic, partition)?;
         let (stx, srx) = flume::bounded(capacity.max(1));
@@ -252,6 +299,7 @@ impl Engine {
             key: (name, partition),
             from: offset,
             max_bytes,
+            isolation,
             tx: stx,
             reply,
         })

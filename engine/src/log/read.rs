@@ -223,17 +223,57 @@ impl<S: Storage> PartitionLog<S> {
         max_records: usize,
     ) -> Result<ReadPlan<S::File>> {
         let hw = self.written_offset;
-        let start = self.log_start();
-        if offset < start || offset > hw {
+        if offset > hw {
             return Err(Error::OffsetOutOfRange {
                 offset,
-                log_start: start,
+                log_start: self.log_start(),
                 log_end: hw,
             });
         }
-        if offset == hw {
+        self.plan_read_upto(offset, max_bytes, max_records, hw)
+    }
+
+    /// The end of what the log can serve without its file: the high watermark, extended over
+    /// the appended, not yet written batches when the cache holds all of them (it is trimmed
+    /// from the front, so it holds them all when its first batch starts at or below the high
+    /// watermark). Just the high watermark while the log is failed: a repair reopens it from
+    /// what the file holds, and the unwritten batches are gone.
+    pub fn appended_end(&self) -> u64 {
+        let hw = self.written_offset;
+        if self.failed.is_some() || self.next_offset == hw {
+            return hw;
+        }
+        match self.cache.front() {
+            Some(front) if front.base_offset <= hw => self.next_offset,
+            _ => hw,
+        }
+    }
+
+    /// Plans a read of whole batches from `offset`, below `end`: the high watermark, the
+    /// durable offset, or up to [`Self::appended_end`] (batches not yet written are served from
+    /// the cache; the file is read below the high watermark only). `end` must lie on a batch
+    /// boundary. An offset in `[end, next offset]` reads nothing (the reader waits); above the
+    /// next offset (or below the log start) it is out of range.
+    pub fn plan_read_upto(
+        &self,
+        offset: u64,
+        max_bytes: usize,
+        max_records: usize,
+        end: u64,
+    ) -> Result<ReadPlan<S::File>> {
+        let end = end.min(self.appended_end());
+        let start = self.log_start();
+        if offset < start || offset > self.next_offset {
+            return Err(Error::OffsetOutOfRange {
+                offset,
+                log_start: start,
+                log_end: end,
+            });
+        }
+        if offset >= end {
             return Ok(ReadPlan::Ready(ReadResult::default()));
         }
+        let hw = end;
         let max_records = max_records.max(1);
         if let Some(front) = self.cache.front()
             && front.base_offset <= offset
@@ -281,7 +321,7 @@ impl<S: Storage> PartitionLog<S> {
             start_offset: seg.base_offset + u64::from(start_rel),
             end_pos: seg.written_pos,
             offset,
-            upto_offset: hw,
+            upto_offset: hw.min(self.written_offset),
             max_bytes,
             max_records,
         }))

@@ -47,7 +47,7 @@ use std::sync::Arc;
 use jobs::Expiring;
 pub use jobs::{Expired, RepairJob, RetentionRoll};
 
-use crate::api::{Acks, ProduceAck};
+use crate::api::{Acks, Isolation, ProduceAck};
 use crate::batch::{ProducerInfo, ValidatedBatch};
 use crate::error::{Error, Result};
 use crate::idempotence::{self, ProducerTable, SnapshotJob, Verdict};
@@ -270,6 +270,31 @@ impl<S: Storage, T> PartitionCore<S, T> {
         self.log.borrow().watermarks()
     }
 
+    /// Where reads with `isolation` end (docs/semantics.md, "What readers see"): `Durable`, the
+    /// durable offset; `Appended`, the log's appended end ([`PartitionLog::appended_end`]:
+    /// batches in memory, not yet written), held back at the first batch a durable producer
+    /// waits for that is not written yet (its readers see it when written, as they always
+    /// did, and the batches after it wait with it). Always a batch boundary.
+    pub fn visible_end(&self, isolation: Isolation) -> u64 {
+        let log = self.log.borrow();
+        let w = log.watermarks();
+        match isolation {
+            Isolation::Durable => w.durable_offset,
+            Isolation::Appended => {
+                let appended = log.appended_end();
+                // Waiters are sorted by last offset and their batches do not overlap, so the
+                // first one not yet written has the lowest base offset of those unwritten.
+                let i = self
+                    .waiters
+                    .partition_point(|x| x.ack.last_offset < w.written_offset);
+                match self.waiters.get(i) {
+                    Some(x) => appended.min(x.ack.base_offset.max(w.written_offset)),
+                    None => appended,
+                }
+            }
+        }
+    }
+
     pub fn producers(&self) -> &ProducerTable {
         &self.producers
     }
@@ -395,7 +420,11 @@ impl<S: Storage, T> PartitionCore<S, T> {
                 });
             }
             Some(token) if acks == Acks::Durable => self.wait_durable(ack, token),
-            token => reply_now(out, token, Ok(ack)),
+            token => {
+                reply_now(out, token, Ok(ack));
+                // Readers of appended data see it now, before its write.
+                out.push(Action::WakeReaders);
+            }
         }
         self.plan_flush(false, out);
         Produced::Appended {

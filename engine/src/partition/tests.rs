@@ -17,6 +17,8 @@ use bytes::Bytes;
 use crate::batch::{BatchBuilder, BatchHeader};
 use crate::storage::CrashStorage;
 
+mod visibility;
+
 type TestCore = PartitionCore<CrashStorage, u32>;
 type TestActions = Vec<Action<CrashStorage, u32>>;
 

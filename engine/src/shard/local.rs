@@ -135,8 +135,30 @@ impl LocalShard {
         max_records: usize,
         max_wait: Duration,
     ) -> Result<FetchResponse> {
+        self.fetch_isolated(
+            key,
+            offset,
+            max_bytes,
+            max_records,
+            max_wait,
+            Isolation::Appended,
+        )
+        .await
+    }
+
+    /// [`LocalShard::fetch`] seeing what `isolation` lets it see (docs/semantics.md, "What
+    /// readers see").
+    pub async fn fetch_isolated(
+        &self,
+        key: &PartitionKey,
+        offset: u64,
+        max_bytes: usize,
+        max_records: usize,
+        max_wait: Duration,
+        isolation: Isolation,
+    ) -> Result<FetchResponse> {
         let p = self.shard.partition(key)?;
-        fetch(&p, offset, max_bytes, max_records, max_wait).await
+        fetch(&p, offset, max_bytes, max_records, max_wait, isolation).await
     }
 
     /// Opens (recovers) a partition log on this shard under `key`.

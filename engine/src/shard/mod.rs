@@ -42,7 +42,9 @@ use read::{fetch, list_offset, subscription};
 pub(crate) type Reply<T> = flume::Sender<Result<T>>;
 
 pub(crate) use crate::api::PartitionKey;
-pub use crate::api::{Acks, FetchResponse, OffsetSpec, PartitionInfo, ProduceAck, ShardStats};
+pub use crate::api::{
+    Acks, FetchResponse, Isolation, OffsetSpec, PartitionInfo, ProduceAck, ShardStats,
+};
 
 /// Requests handled back to back before the shard's main loop yields to I/O.
 const REQUESTS_PER_YIELD: u32 = 32;
@@ -81,6 +83,7 @@ pub(crate) enum Request {
         max_bytes: usize,
         max_records: usize,
         max_wait: Duration,
+        isolation: Isolation,
         reply: Reply<FetchResponse>,
     },
     ListOffset {
@@ -92,6 +95,7 @@ pub(crate) enum Request {
         key: PartitionKey,
         from: u64,
         max_bytes: usize,
+        isolation: Isolation,
         tx: flume::Sender<Result<FetchResponse>>,
         reply: Reply<()>,
     },
@@ -353,11 +357,12 @@ impl Shard {
                 max_bytes,
                 max_records,
                 max_wait,
+                isolation,
                 reply,
             } => match self.partition(&key) {
                 Ok(p) => rt::spawn_local(async move {
-                    let r = fetch(&p, offset, max_bytes, max_records, max_wait).await;
-                    let _ = reply.send(r);
+                    let _ = reply
+                        .send(fetch(&p, offset, max_bytes, max_records, max_wait, isolation).await);
                 }),
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -375,17 +380,15 @@ impl Shard {
                 key,
                 from,
                 max_bytes,
+                isolation,
                 tx,
                 reply,
-            } => match self.partition(&key) {
-                Ok(p) => {
-                    let _ = reply.send(Ok(()));
-                    rt::spawn_local(subscription(p, from, max_bytes, tx));
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
-            },
+            } => {
+                let r = self.partition(&key).map(|p| {
+                    rt::spawn_local(subscription(p, from, max_bytes, isolation, tx));
+                });
+                let _ = reply.send(r);
+            }
             Request::Describe { key, reply } => {
                 let _ = reply.send(self.partition(&key).map(|p| self.describe(&p)));
             }

@@ -3,7 +3,18 @@
 
 use super::*;
 
-fn response(p: &Partition, r: ReadResult, offset: u64) -> FetchResponse {
+/// Where a read ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadEnd {
+    /// At the high watermark: what is written to the file (the shard's own readers: work
+    /// queues, offset lookups by time).
+    Written,
+    /// Where the reader's isolation ends (`PartitionCore::visible_end`): fetches, long polls
+    /// and subscriptions.
+    Visible(Isolation),
+}
+
+fn response(p: &Partition, r: ReadResult, offset: u64, end: u64) -> FetchResponse {
     let w = p.watermarks();
     let next_offset = r
         .chunks
@@ -25,7 +36,8 @@ fn response(p: &Partition, r: ReadResult, offset: u64) -> FetchResponse {
         records: r.records,
         bytes: r.bytes,
         next_offset,
-        high_watermark: w.written_offset,
+        // The end this reader may read up to (its isolation's), which is what its lag means.
+        high_watermark: end,
         log_start: w.log_start,
     }
 }
@@ -36,11 +48,35 @@ pub(crate) async fn read_once(
     max_bytes: usize,
     max_records: usize,
 ) -> Result<FetchResponse> {
-    let plan = p
-        .core
-        .borrow()
-        .log()
-        .plan_read(offset, max_bytes, max_records)?;
+    read_upto(p, offset, max_bytes, max_records, ReadEnd::Written).await
+}
+
+/// One read of whole batches from `offset` up to `end`: from the cache (batches appended and
+/// not yet written included, for an `Appended` reader) or from the file.
+pub(crate) async fn read_upto(
+    p: &Partition,
+    offset: u64,
+    max_bytes: usize,
+    max_records: usize,
+    end: ReadEnd,
+) -> Result<FetchResponse> {
+    let (plan, end) = {
+        let core = p.core.borrow();
+        let log = core.log();
+        match end {
+            ReadEnd::Written => (
+                log.plan_read(offset, max_bytes, max_records)?,
+                log.watermarks().written_offset,
+            ),
+            ReadEnd::Visible(isolation) => {
+                let end = core.visible_end(isolation);
+                (
+                    log.plan_read_upto(offset, max_bytes, max_records, end)?,
+                    end,
+                )
+            }
+        }
+    };
     let r = match plan {
         ReadPlan::Ready(r) => {
             if r.records > 0 {
@@ -53,7 +89,7 @@ pub(crate) async fn read_once(
             d.run().await?
         }
     };
-    Ok(response(p, r, offset))
+    Ok(response(p, r, offset, end))
 }
 
 pub(super) async fn fetch(
@@ -62,11 +98,13 @@ pub(super) async fn fetch(
     max_bytes: usize,
     max_records: usize,
     max_wait: Duration,
+    isolation: Isolation,
 ) -> Result<FetchResponse> {
     let deadline = Instant::now() + max_wait;
+    let end = ReadEnd::Visible(isolation);
     loop {
         let seen = p.notify.version();
-        let r = read_once(p, offset, max_bytes, max_records).await?;
+        let r = read_upto(p, offset, max_bytes, max_records, end).await?;
         let now = Instant::now();
         if r.records > 0 || now >= deadline || p.is_closed() {
             return Ok(r);
@@ -107,15 +145,18 @@ pub(super) async fn list_offset(p: &Partition, spec: OffsetSpec) -> Result<u64> 
     }
 }
 
-/// Pushes batches to a subscriber as soon as they are written, as fast as the subscriber takes
-/// them (the bounded channel is the credit). Ends when the subscriber goes away or the
-/// partition closes; an error (e.g. the offset fell below the log start) is sent, then it ends.
+/// Pushes batches to a subscriber as soon as its isolation lets it see them (appended, or
+/// durable), as fast as the subscriber takes them (the bounded channel is the credit). Ends
+/// when the subscriber goes away or the partition closes; an error (e.g. the offset fell below
+/// the log start) is sent, then it ends.
 pub(super) async fn subscription(
     p: Rc<Partition>,
     from: u64,
     max_bytes: usize,
+    isolation: Isolation,
     tx: flume::Sender<Result<FetchResponse>>,
 ) {
+    let end = ReadEnd::Visible(isolation);
     let mut cursor = from;
     loop {
         if p.is_closed() {
@@ -128,7 +169,7 @@ pub(super) async fn subscription(
             return;
         }
         let seen = p.notify.version();
-        match read_once(&p, cursor, max_bytes, usize::MAX).await {
+        match read_upto(&p, cursor, max_bytes, usize::MAX, end).await {
             Err(e) => {
                 let _ = tx.send_async(Err(e)).await;
                 return;

@@ -255,6 +255,14 @@ impl Connection {
         Ok(connection)
     }
 
+    /// Whether the server speaks the read-options trailer (Fetch and Subscribe version 1):
+    /// it can honour `ReadIsolation::Durable`.
+    pub(crate) fn supports_read_isolation(&self) -> bool {
+        let fetch = self.shared.versions.version(ApiKey::Fetch);
+        let subscribe = self.shared.versions.version(ApiKey::Subscribe);
+        matches!((fetch, subscribe), (Ok(f), Ok(s)) if f >= 1 && s >= 1)
+    }
+
     /// The shard whose listener accepted this connection.
     pub(crate) fn shard(&self) -> u32 {
         self.shared.handshake.shard

@@ -26,8 +26,8 @@ use super::conn::{Callback, Connection, Pending, PushEvent, PushEventKind, PushR
 use super::error::ClientError;
 use super::pool::{Client, expect_response};
 use crate::protocol::{
-    ConsumerWindow, GrantCreditsRequest, OffsetSpec, PushCost, Request, SubscribeRequest,
-    UnsubscribeRequest,
+    ConsumerWindow, GrantCreditsRequest, OffsetSpec, PushCost, ReadIsolation, Request,
+    SubscribeRequest, UnsubscribeRequest,
 };
 
 /// Settings of a [`Consumer`].
@@ -48,6 +48,10 @@ pub struct ConsumerConfig {
     /// its position, retried with backoff for up to this long before `poll` reports it ended
     /// (issue 16, finding 8). Zero: report at once.
     pub resubscribe_timeout: Duration,
+    /// What subscriptions and fetches see (docs/semantics.md, "What readers see"): `Appended`
+    /// (default) or `Durable` (only what an fdatasync covered; needs a server that speaks
+    /// Fetch/Subscribe version 1).
+    pub isolation: ReadIsolation,
 }
 
 impl Default for ConsumerConfig {
@@ -59,6 +63,7 @@ impl Default for ConsumerConfig {
             fetch_bytes_max: 4 << 20,
             request_timeout: None,
             resubscribe_timeout: Duration::from_secs(60),
+            isolation: ReadIsolation::Appended,
         }
     }
 }
@@ -203,7 +208,9 @@ impl Consumer {
             start,
             credit_records: self.config.credit_records,
             credit_bytes: self.config.credit_bytes,
+            isolation: self.config.isolation,
         });
+        super::pool::check_isolation(&conn, self.config.isolation)?;
         let route = PushRoute {
             tx: self.tx.clone(),
             tag,
@@ -509,7 +516,14 @@ impl Consumer {
         let max_bytes = self.config.fetch_bytes_max;
         let p = self
             .client
-            .fetch_async(topic, partition, offset, max_wait, max_bytes)
+            .fetch_isolated_async(
+                topic,
+                partition,
+                offset,
+                max_wait,
+                max_bytes,
+                self.config.isolation,
+            )
             .await?;
         let mut records = VecDeque::new();
         let topic: Arc<str> = Arc::from(topic);

@@ -25,8 +25,8 @@ use crate::protocol::{
     Acks, CreateTopicRequest, DeleteTopicRequest, DescribeTopicRequest, DescribeTopicResponse,
     FetchPartition, FetchPartitionResult, FetchRequest, FetchTopic, ListOffsetsPartition,
     ListOffsetsRequest, ListOffsetsTopic, ListTopicsRequest, MetadataRequest, MetadataResponse,
-    OffsetSpec, PingRequest, ProducePartition, ProduceRequest, ProduceTopic, Request, Response,
-    StatsRequest, StatsResponse, TopicConfig, TopicInfo, code,
+    OffsetSpec, PingRequest, ProducePartition, ProduceRequest, ProduceTopic, ReadIsolation,
+    Request, Response, StatsRequest, StatsResponse, TopicConfig, TopicInfo, code,
 };
 
 /// How long a shard whose own address could not be reached is served through the bootstrap
@@ -552,6 +552,22 @@ impl Client {
         max_wait: Duration,
         max_bytes: u32,
     ) -> Result<FetchPartitionResult, ClientError> {
+        let isolation = ReadIsolation::Appended;
+        self.fetch_isolated_async(topic, partition, offset, max_wait, max_bytes, isolation)
+            .await
+    }
+
+    /// [`Client::fetch_async`] seeing what `isolation` lets it see (docs/semantics.md, "What
+    /// readers see"). `Durable` needs a server that speaks Fetch version 1.
+    pub async fn fetch_isolated_async(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_wait: Duration,
+        max_bytes: u32,
+        isolation: ReadIsolation,
+    ) -> Result<FetchPartitionResult, ClientError> {
         let request = Request::Fetch(FetchRequest {
             max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
             max_bytes,
@@ -564,8 +580,10 @@ impl Client {
                     max_records: 0,
                 }],
             }],
+            isolation,
         });
         let c = self.connection_for(topic, partition).await?;
+        check_isolation(&c, isolation)?;
         // The server may hold a long poll for `max_wait` before it answers.
         let timeout = self.inner.config.request_timeout + max_wait;
         let r = c.call(&request, timeout).await;
@@ -599,6 +617,17 @@ impl Client {
         }
         result
     }
+}
+
+/// Refuses a durable-only read on a connection to a server that would read it as `Appended`
+/// (one before Fetch/Subscribe version 1): better an error than a silent downgrade.
+pub(crate) fn check_isolation(c: &Connection, isolation: ReadIsolation) -> Result<(), ClientError> {
+    if isolation == ReadIsolation::Durable && !c.supports_read_isolation() {
+        return Err(ClientError::InvalidArgument(
+            "the server does not support durable-only reads (Fetch/Subscribe version 1)".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -234,11 +234,11 @@ api_table! {
             acl |d, f| f(Topic, &d.name, Describe);
         Produce = 7, versions 0..=0, ProduceRequest [blobs] => ProduceResponse,
             acl |p, f| p.topics.iter().for_each(|t| f(Topic, &t.name, Produce));
-        Fetch = 8, versions 0..=0, FetchRequest => FetchResponse [blobs],
+        Fetch = 8, versions 0..=1, FetchRequest => FetchResponse [blobs],
             acl |r, f| r.topics.iter().for_each(|t| f(Topic, &t.name, Consume));
         ListOffsets = 9, versions 0..=0, ListOffsetsRequest => ListOffsetsResponse,
             acl |l, f| l.topics.iter().for_each(|t| f(Topic, &t.name, Describe));
-        Subscribe = 10, versions 0..=0, SubscribeRequest => SubscribeResponse,
+        Subscribe = 10, versions 0..=1, SubscribeRequest => SubscribeResponse,
             acl |s, f| f(Topic, &s.topic, Consume);
         Unsubscribe = 12, versions 0..=0, UnsubscribeRequest => UnsubscribeResponse,
             acl |_, _| ();
@@ -520,7 +520,9 @@ mod tests {
         assert_eq!(keys, want);
         for k in ApiKey::ALL {
             assert_eq!(format!("{k:?}"), k.name());
-            assert_eq!(k.versions(), (0, 0), "{k:?}");
+            // Fetch and Subscribe 1: the read-options trailer (isolation), issue 18.
+            let max = u16::from(matches!(k, ApiKey::Fetch | ApiKey::Subscribe));
+            assert_eq!(k.versions(), (0, max), "{k:?}");
             assert_eq!(k.is_request(), k != ApiKey::Push, "{k:?}");
             let answered = !matches!(k, ApiKey::Push | ApiKey::GrantCredits);
             assert_eq!(k.has_response(), answered, "{k:?}");

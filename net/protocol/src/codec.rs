@@ -635,8 +635,49 @@ impl Request {
             return Err(WireError::UnknownApi { api_key });
         }
         api.check_version(version)?;
+        if has_read_options(api, version) {
+            return with_aligned(src, |src| decode_with_read_options(api, src));
+        }
         with_aligned(src, |src| Request::decode_payload(api, src))
     }
+}
+
+/// Bytes of the read-options trailer of Fetch and Subscribe from version 1: the archive's
+/// length (u32 LE), the isolation byte, 11 reserved zero bytes.
+pub const READ_OPTIONS_BYTES: usize = 16;
+
+/// Whether a request of `api` at `version` carries the read-options trailer.
+fn has_read_options(api: ApiKey, version: u16) -> bool {
+    matches!(api, ApiKey::Fetch | ApiKey::Subscribe) && version >= 1
+}
+
+/// Decodes a request whose archive is followed by the read-options trailer (16-aligned).
+fn decode_with_read_options(api: ApiKey, src: Source<'_>) -> Result<Request, WireError> {
+    let bytes = src.bytes();
+    let bad = |reason: &str| WireError::Malformed {
+        api_key: api.as_u16(),
+        reason: format!("read options: {reason}"),
+    };
+    let Some(at) = bytes.len().checked_sub(READ_OPTIONS_BYTES) else {
+        return Err(bad("payload too short"));
+    };
+    let trailer = &bytes[at..];
+    let archive_bytes = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let archive_bytes = archive_bytes as usize;
+    if archive_bytes > at || at - archive_bytes >= FRAME_ALIGN {
+        return Err(bad("archive length out of range"));
+    }
+    if trailer[5..].iter().any(|&b| b != 0) || bytes[archive_bytes..at].iter().any(|&b| b != 0) {
+        return Err(bad("reserved bytes not zero"));
+    }
+    let isolation = ReadIsolation::from_u8(trailer[4]).ok_or_else(|| bad("unknown isolation"))?;
+    let mut request = Request::decode_payload(api, Source::Slice(&bytes[..archive_bytes]))?;
+    match &mut request {
+        Request::Fetch(f) => f.isolation = isolation,
+        Request::Subscribe(s) => s.isolation = isolation,
+        _ => {}
+    }
+    Ok(request)
 }
 
 impl Response {
@@ -953,7 +994,52 @@ impl FrameEncoder {
         let api = request.api_key();
         api.check_version(version)?;
         let h = (api.as_u16(), version, correlation_id, FrameKind::Request);
-        request.prepare_payload(self, h)
+        let prepared = request.prepare_payload(self, h)?;
+        if !has_read_options(api, version) {
+            return Ok(prepared);
+        }
+        let isolation = match request {
+            Request::Fetch(f) => f.isolation,
+            Request::Subscribe(s) => s.isolation,
+            _ => ReadIsolation::Appended,
+        };
+        self.append_read_options(prepared, isolation)
+    }
+
+    /// Appends the read-options trailer after the archive in the scratch buffer (Fetch and
+    /// Subscribe from version 1; they carry no blobs) and resizes the frame.
+    fn append_read_options<'b>(
+        &mut self,
+        mut p: Prepared<'b>,
+        isolation: ReadIsolation,
+    ) -> Result<Prepared<'b>, WireError> {
+        assert!(p.blobs.is_empty(), "read options follow a plain archive");
+        let archive_bytes = self.scratch.len();
+        let Ok(archive_len) = u32::try_from(archive_bytes) else {
+            return Err(WireError::Encode {
+                reason: "request archive too large".into(),
+            });
+        };
+        self.scratch
+            .extend_from_slice(&ZEROS[..pad_of(archive_bytes)]);
+        let mut trailer = [0u8; READ_OPTIONS_BYTES];
+        trailer[..4].copy_from_slice(&archive_len.to_le_bytes());
+        trailer[4] = isolation.as_u8();
+        self.scratch.extend_from_slice(&trailer);
+        let payload_bytes = self.scratch.len() as u64;
+        let frame_bytes = FRAME_HEADER_BYTES as u64 + padded(payload_bytes);
+        if frame_bytes > u64::from(self.frame_bytes_max) {
+            return Err(WireError::FrameTooLarge {
+                frame_bytes,
+                frame_bytes_max: self.frame_bytes_max,
+                correlation_id: p.header.correlation_id,
+                api_key: p.header.api_key,
+            });
+        }
+        // Fits: frame_bytes <= frame_bytes_max < u32::MAX.
+        p.header.payload_bytes = payload_bytes as u32;
+        p.frame_bytes = frame_bytes as usize;
+        Ok(p)
     }
 
     fn prepare_response<'b>(

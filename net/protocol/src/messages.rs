@@ -38,6 +38,36 @@ pub enum OffsetSpec {
     At(u64),
 }
 
+/// Which batches a read sees (docs/semantics.md, "What readers see"). Not part of the
+/// archives: Fetch and Subscribe carry it from version 1 in a read-options trailer after the
+/// archive (docs/protocol.md, "Read options"); a version 0 request reads `Appended`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReadIsolation {
+    /// Everything appended (a `durable` producer's batches once written): the default.
+    #[default]
+    Appended,
+    /// Only what an fdatasync covered (`read_committed`-style).
+    Durable,
+}
+
+impl ReadIsolation {
+    /// The byte in the read-options trailer.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            ReadIsolation::Appended => 0,
+            ReadIsolation::Durable => 1,
+        }
+    }
+
+    pub fn from_u8(b: u8) -> Option<ReadIsolation> {
+        match b {
+            0 => Some(ReadIsolation::Appended),
+            1 => Some(ReadIsolation::Durable),
+            _ => None,
+        }
+    }
+}
+
 /// One api's version range, as a peer supports it.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[rkyv(derive(Debug))]
@@ -288,6 +318,9 @@ pub struct FetchRequest {
     /// returned whole, so a consumer progresses even past a batch above the budget.
     pub max_bytes: u32,
     pub topics: Vec<FetchTopic>,
+    /// From version 1, in the read-options trailer (not archived); version 0 reads `Appended`.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub isolation: ReadIsolation,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
@@ -393,6 +426,9 @@ pub struct SubscribeRequest {
     /// granted back.
     pub credit_records: u32,
     pub credit_bytes: u64,
+    /// From version 1, in the read-options trailer (not archived); version 0 reads `Appended`.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub isolation: ReadIsolation,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]

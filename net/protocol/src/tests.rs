@@ -148,6 +148,7 @@ fn fetch_request() -> impl Strategy<Value = FetchRequest> {
             max_wait_ms,
             max_bytes,
             topics,
+            isolation: ReadIsolation::Appended,
         })
 }
 
@@ -189,6 +190,7 @@ fn request() -> impl Strategy<Value = Request> {
                     start,
                     credit_records,
                     credit_bytes,
+                    isolation: ReadIsolation::Appended,
                 })
             }),
         (any::<u32>(), any::<u32>(), any::<u64>()).prop_map(|(subscription_id, records, bytes)| {
@@ -1648,4 +1650,79 @@ fn error_text_is_scrubbed_of_addresses() {
         .skip(1)
         .any(|t| t.bytes().take_while(u8::is_ascii_hexdigit).count() >= 5);
     assert!(!long_hex, "{text}");
+}
+
+// Proves: Fetch and Subscribe at version 1 carry the isolation in the read-options trailer
+// (round trip, both values); at version 0 there is no trailer and the decoded request reads
+// `Appended`; a trailer with an unknown isolation, a reserved byte set or a bad archive length
+// is refused as malformed.
+#[test]
+fn read_options_travel_from_version_1_and_are_checked() {
+    let fetch = |isolation| {
+        Request::Fetch(FetchRequest {
+            max_wait_ms: 5,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: vec![FetchPartition {
+                    partition: 0,
+                    offset: 7,
+                    max_bytes: 1024,
+                    max_records: 0,
+                }],
+            }],
+            isolation,
+        })
+    };
+    let subscribe = |isolation| {
+        Request::Subscribe(SubscribeRequest {
+            topic: "t".into(),
+            partition: 1,
+            start: OffsetSpec::Earliest,
+            credit_records: 10,
+            credit_bytes: 1 << 20,
+            isolation,
+        })
+    };
+    let mut enc = FrameEncoder::default();
+    let encode = |enc: &mut FrameEncoder, version, req: &Request| {
+        let mut out = AlignedVec::<FRAME_ALIGN>::new();
+        enc.request(&mut out, 1, version, req).unwrap();
+        out
+    };
+    let decode = |bytes: &[u8]| {
+        let h = FrameHeader::parse(bytes[..FRAME_HEADER_BYTES].try_into().unwrap()).unwrap();
+        let payload = &bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + h.payload_bytes as usize];
+        Request::decode(h.api_key, h.api_version, payload)
+    };
+    for make in [&fetch as &dyn Fn(ReadIsolation) -> Request, &subscribe] {
+        for isolation in [ReadIsolation::Appended, ReadIsolation::Durable] {
+            let req = make(isolation);
+            assert_eq!(decode(&encode(&mut enc, 1, &req)).unwrap(), req);
+            let v0 = decode(&encode(&mut enc, 0, &req)).unwrap();
+            assert_eq!(
+                v0,
+                make(ReadIsolation::Appended),
+                "version 0 has no trailer"
+            );
+        }
+        let good = encode(&mut enc, 1, &make(ReadIsolation::Durable));
+        let h = FrameHeader::parse(good[..FRAME_HEADER_BYTES].try_into().unwrap()).unwrap();
+        let end = FRAME_HEADER_BYTES + h.payload_bytes as usize;
+        let trailer = end - codec::READ_OPTIONS_BYTES;
+        for (at, value) in [
+            (trailer + 4, 2u8),
+            (trailer + 9, 1),
+            (trailer, 0xff),
+            (trailer + 1, 1),
+        ] {
+            let mut bad = good.to_vec();
+            bad[at] = value;
+            assert!(
+                matches!(decode(&bad), Err(WireError::Malformed { .. })),
+                "byte {} = {value} accepted",
+                at - trailer
+            );
+        }
+    }
 }

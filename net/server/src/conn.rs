@@ -1026,6 +1026,7 @@ impl Conn {
 
     async fn fetch(&self, f: FetchRequest) -> FetchResponse {
         let max_wait = Duration::from_millis(u64::from(f.max_wait_ms));
+        let isolation = engine_isolation(f.isolation);
         let mut futs = Vec::new();
         for t in &f.topics {
             for p in &t.partitions {
@@ -1045,7 +1046,7 @@ impl Conn {
                 let engine = &self.engine;
                 futs.push(async move {
                     // On the owning shard the read runs in place (no inbox hop).
-                    let fetched = engine.fetch_here(req).await;
+                    let fetched = engine.fetch_here_isolated(req, isolation).await;
                     let r =
                         super::encryption::fetch_result(engine, &name, partition, offset, fetched);
                     (name, r)
@@ -1116,7 +1117,14 @@ impl Conn {
         let max_bytes = readahead.read_bytes();
         let r = self
             .engine
-            .subscribe_async(&s.topic, s.partition, s.start.to_engine(), max_bytes, 2)
+            .subscribe_isolated_async(
+                &s.topic,
+                s.partition,
+                s.start.to_engine(),
+                max_bytes,
+                2,
+                engine_isolation(s.isolation),
+            )
             .await;
         let (start, sub) = match r {
             Ok(x) => x,
@@ -1371,6 +1379,14 @@ impl Conn {
             }
             self.end();
         }
+    }
+}
+
+/// The engine's isolation for a read's wire isolation (docs/semantics.md, "What readers see").
+fn engine_isolation(i: crate::protocol::ReadIsolation) -> shardline_engine::Isolation {
+    match i {
+        crate::protocol::ReadIsolation::Appended => shardline_engine::Isolation::Appended,
+        crate::protocol::ReadIsolation::Durable => shardline_engine::Isolation::Durable,
     }
 }
 

@@ -17,6 +17,7 @@
 //! shardline [--addr ...] consume TOPIC [--group G [--session-timeout-ms MS]] [--partition N]
 //!                                      [--from earliest|latest|OFFSET|RFC3339|-DURATION]
 //!                                      [--format FMT | --json] [--count N] [--timeout-ms MS]
+//!                                      [--isolation appended|durable]
 //! shardline [--addr ...] request QUEUE [VALUE] | reply QUEUE [TEMPLATE | --command CMD]
 //! shardline [--wait 10s] <client command>   (retry connecting while the server starts)
 //! shardline [--addr ...] stats [--no-partitions]
@@ -50,7 +51,7 @@ use shardline_net::client::{
     Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, OffsetSpec, Producer,
     ProducerConfig, SendHandle, TopicConfig,
 };
-use shardline_net::protocol::SettingChange;
+use shardline_net::protocol::{ReadIsolation, SettingChange};
 
 #[path = "shardline/group.rs"]
 mod group_cli;
@@ -306,6 +307,18 @@ struct ConsumeArgs {
     /// Exit after this long, whatever was received (default: no limit).
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
+    /// What to read: appended (default; a `durable` producer's records once written) or
+    /// durable (only what an fdatasync covered: never taken back by a crash).
+    #[arg(long, default_value = "appended", value_parser = parse_isolation, value_name = "I")]
+    isolation: ReadIsolation,
+}
+
+fn parse_isolation(s: &str) -> Result<ReadIsolation, String> {
+    match s {
+        "appended" => Ok(ReadIsolation::Appended),
+        "durable" => Ok(ReadIsolation::Durable),
+        _ => Err(format!("'{s}': appended or durable")),
+    }
 }
 
 fn parse_wait(s: &str) -> Result<Duration, String> {
@@ -758,7 +771,11 @@ fn consume(client: Client, args: ConsumeArgs) -> anyhow::Result<()> {
         OffsetSpec::At(o) => Some(o),
         _ => None,
     };
-    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default())?;
+    let config = ConsumerConfig {
+        isolation: args.isolation,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(client.clone(), config)?;
     for p in partitions {
         let start = match min_offset {
             Some(o) => {
@@ -847,6 +864,13 @@ mod group_consume {
             auto_commit: false,
             reset: args.from,
             ..GroupConsumerConfig::new(group, &args.topic)
+        };
+        let config = GroupConsumerConfig {
+            consumer: ConsumerConfig {
+                isolation: args.isolation,
+                ..config.consumer.clone()
+            },
+            ..config
         };
         let mut consumer =
             GroupConsumer::new(client, config).map_err(|e| explain(e, &args.topic))?;
