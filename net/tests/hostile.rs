@@ -856,6 +856,7 @@ fn many_subscribers_and_producers_stay_within_the_memory_budget() {
                 start: OffsetSpec::Earliest,
                 credit_records: u32::MAX,
                 credit_bytes: 16 << 20,
+                isolation: Default::default(),
             }));
             match r {
                 Ok(_) => granted += 1,

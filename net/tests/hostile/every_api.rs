@@ -178,6 +178,7 @@ pub(crate) fn fetch(topic: &str) -> Request {
                 max_records: 0,
             }],
         }],
+        isolation: Default::default(),
     })
 }
 
@@ -188,5 +189,6 @@ pub(crate) fn subscribe(topic: &str) -> Request {
         start: OffsetSpec::Earliest,
         credit_records: 100,
         credit_bytes: 1 << 20,
+        isolation: Default::default(),
     })
 }
