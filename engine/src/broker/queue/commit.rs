@@ -182,14 +182,23 @@ mod tests {
     #[test]
     fn pushes_during_a_write_form_the_next_group() {
         let mut g: GroupCommit<u32> = GroupCommit::new(1 << 20, 100);
-        assert!(g.push([acked(1)], Some(1)), "the first push starts a writer");
+        assert!(
+            g.push([acked(1)], Some(1)),
+            "the first push starts a writer"
+        );
         let first = g.take(size).unwrap();
         assert_eq!(first.records.len(), 1);
         assert_eq!(first.waiters, vec![1]);
         assert!(first.durable());
         // While the first group syncs, three consumers ack and one receive leases.
         assert!(!g.push([acked(2)], Some(2)));
-        assert!(!g.push([AckRecord::Delivered { offset: 9, attempt: 1 }], None));
+        assert!(!g.push(
+            [AckRecord::Delivered {
+                offset: 9,
+                attempt: 1
+            }],
+            None
+        ));
         assert!(!g.push([acked(3), acked(4)], Some(3)));
         let second = g.take(size).unwrap();
         assert_eq!(second.records.len(), 4);
@@ -204,14 +213,26 @@ mod tests {
     #[test]
     fn leases_alone_are_not_synced_and_snapshots_follow_records() {
         let mut g: GroupCommit<u32> = GroupCommit::new(1 << 20, 100);
-        assert!(g.push([AckRecord::Delivered { offset: 1, attempt: 1 }], None));
+        assert!(g.push(
+            [AckRecord::Delivered {
+                offset: 1,
+                attempt: 1
+            }],
+            None
+        ));
         assert!(!g.push_snapshot(Some(7)));
         let grp = g.take(size).unwrap();
         assert_eq!(grp.records.len(), 1);
         assert!(grp.snapshot);
         assert!(grp.durable());
         assert!(g.take(size).is_none());
-        assert!(g.push([AckRecord::Delivered { offset: 2, attempt: 1 }], None));
+        assert!(g.push(
+            [AckRecord::Delivered {
+                offset: 2,
+                attempt: 1
+            }],
+            None
+        ));
         let grp = g.take(size).unwrap();
         assert!(!grp.durable() && !grp.snapshot);
     }

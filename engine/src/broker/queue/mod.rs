@@ -197,6 +197,8 @@ struct QueueCtx {
     /// Ack-log records waiting for the writer (commit.rs). Snapshots come every quarter of an
     /// ack-log segment: well below the retained bytes (four segments).
     commit: RefCell<GroupCommit<Waiter>>,
+    /// The batch reads last decoded (`decode_wanted`).
+    decoded: RefCell<Option<DecodedBatch>>,
     counters: Counters,
 }
 
@@ -364,10 +366,8 @@ async fn open(
         filling: Cell::new(false),
         dead_lettering: Cell::new(false),
         closed: Cell::new(false),
-        commit: RefCell::new(GroupCommit::new(
-            snapshot_every_bytes,
-            RECEIVE_MESSAGES_MAX,
-        )),
+        commit: RefCell::new(GroupCommit::new(snapshot_every_bytes, RECEIVE_MESSAGES_MAX)),
+        decoded: RefCell::new(None),
         counters: Counters::default(),
     });
     q.counters.lost.set(lost);
@@ -640,12 +640,12 @@ fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Resul
 /// Each batch is read once (from the cache when recent) and only the wanted records decoded.
 async fn read_messages(
     p: &LocalPartition,
+    q: &QueueCtx,
     receipts: &[Receipt],
-    levels_max: u8,
 ) -> Result<Vec<QueueMessage>> {
     let mut sorted = receipts.to_vec();
     sorted.sort_unstable_by_key(|r| r.offset);
-    let mut msgs = read_sorted(p, &sorted, levels_max).await?;
+    let mut msgs = read_sorted(p, q, &sorted).await?;
     // Back to delivery (priority) order.
     let position: HashMap<u64, usize> = receipts
         .iter()
@@ -658,9 +658,10 @@ async fn read_messages(
 
 async fn read_sorted(
     p: &LocalPartition,
+    q: &QueueCtx,
     receipts: &[Receipt],
-    levels_max: u8,
 ) -> Result<Vec<QueueMessage>> {
+    let levels_max = q.config.priority_levels;
     let mut out = Vec::with_capacity(receipts.len());
     let mut i = 0;
     while i < receipts.len() {
@@ -677,7 +678,12 @@ async fn read_sorted(
                     .iter()
                     .position(|r| r.offset >= h.next_offset() || r.offset < h.base_offset)
                     .map_or(receipts.len(), |n| i + n);
-                decode_wanted(b, &h, &receipts[i..end], p.key().1, levels_max, &mut out)?;
+                let wanted = Wanted {
+                    receipts: &receipts[i..end],
+                    partition: p.key().1,
+                    levels_max,
+                };
+                decode_wanted(b, &h, &wanted, &q.decoded, &mut out)?;
                 i = end;
                 found = true;
             }
@@ -694,42 +700,83 @@ async fn read_sorted(
     Ok(out)
 }
 
-/// Deserializes the records of one batch that `receipts` name (all inside the batch). A sealed
-/// batch yields messages with an empty value (the broker cannot open it).
+/// The records of one batch a read wants.
+struct Wanted<'a> {
+    /// All inside the batch.
+    receipts: &'a [Receipt],
+    partition: u32,
+    levels_max: u8,
+}
+
+/// The records of the batch a queue read last, deserialized once: receives of one message
+/// each from a batch of 500 would otherwise validate and walk all 500 records every time.
+struct DecodedBatch {
+    base_offset: u64,
+    crc: u32,
+    records: Rc<Vec<Record>>,
+}
+
+/// Deserializes the records of one batch that `w` names (through `cache`). A sealed batch
+/// yields messages with an empty value (the broker cannot open it).
 fn decode_wanted(
     b: &[u8],
     h: &BatchHeader,
-    receipts: &[Receipt],
-    partition: u32,
-    levels_max: u8,
+    w: &Wanted<'_>,
+    cache: &RefCell<Option<DecodedBatch>>,
     out: &mut Vec<QueueMessage>,
 ) -> Result<()> {
     if h.flags & batch::flags::ENCRYPTED != 0 {
-        for r in receipts {
+        for r in w.receipts {
             out.push(QueueMessage::from_record(
-                partition,
+                w.partition,
                 *r,
                 h,
                 &Record::default(),
-                levels_max,
+                w.levels_max,
             ));
         }
         return Ok(());
     }
-    batch::with_records(b, h, |records| {
-        for r in receipts {
-            let index = (r.offset - h.base_offset) as usize;
-            let Some(archived) = records.get(index) else {
-                return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
-            };
-            let rec = rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(archived)
-                .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))?;
-            out.push(QueueMessage::from_record(
-                partition, *r, h, &rec, levels_max,
-            ));
+    let hit = cache
+        .borrow()
+        .as_ref()
+        .filter(|d| d.base_offset == h.base_offset && d.crc == h.crc)
+        .map(|d| d.records.clone());
+    let records = match hit {
+        Some(r) => r,
+        None => {
+            let all = batch::with_records(b, h, |records| {
+                records
+                    .iter()
+                    .map(|a| {
+                        rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(a)
+                            .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))
+                    })
+                    .collect::<Result<Vec<Record>>>()
+            })?;
+            let all = Rc::new(all);
+            *cache.borrow_mut() = Some(DecodedBatch {
+                base_offset: h.base_offset,
+                crc: h.crc,
+                records: all.clone(),
+            });
+            all
         }
-        Ok(())
-    })
+    };
+    for r in w.receipts {
+        let index = (r.offset - h.base_offset) as usize;
+        let Some(rec) = records.get(index) else {
+            return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
+        };
+        out.push(QueueMessage::from_record(
+            w.partition,
+            *r,
+            h,
+            rec,
+            w.levels_max,
+        ));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------- operations
@@ -777,7 +824,7 @@ async fn receive(
                 })
                 .collect();
             append(shard, &q, records, false).await?;
-            return read_messages(&p, &receipts, q.config.priority_levels).await;
+            return read_messages(&p, &q, &receipts).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -884,7 +931,7 @@ async fn dead_letter(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
                 attempt: *a,
             })
             .collect();
-        let msgs = read_messages(&p, &receipts, q.config.priority_levels).await?;
+        let msgs = read_messages(&p, q, &receipts).await?;
         let counter = if q.config.dead_letter_topic.is_some() {
             &q.counters.dead_lettered
         } else {
@@ -997,7 +1044,7 @@ async fn peek(shard: &LocalShard, key: &PartitionKey, max: usize) -> Result<Vec<
         .into_iter()
         .map(|(offset, attempt)| Receipt { offset, attempt })
         .collect();
-    read_messages(&p, &offsets, q.config.priority_levels).await
+    read_messages(&p, &q, &offsets).await
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@
 use std::rc::Rc;
 
 use super::{QueueCtx, QueueShard, fill, now_ms, partition_stats, queues, write_snapshot};
-use crate::api::queue::PurgedPartition;
 use crate::api::PartitionKey;
+use crate::api::queue::PurgedPartition;
 use crate::broker::engine::Engine;
 use crate::error::Result;
 use crate::metrics::{Sample, ShardMetricsSnapshot};
