@@ -71,6 +71,7 @@ impl Drop for ServerProc {
 type Id = (u32, u64);
 
 #[test]
+#[allow(clippy::too_many_lines, reason = "one crash scenario, told in order")]
 fn pipelined_acks_across_sigkill_are_kept_or_redelivered_never_lost() {
     let dir = tempfile::tempdir().unwrap();
     let confirmed: Arc<Mutex<BTreeSet<Id>>> = Arc::default();
