@@ -29,8 +29,8 @@ use clap::Parser;
 use shardline_bench::{bench_dir, print_json_line, process_cpu_time};
 use shardline_engine::{EngineConfig, batch};
 use shardline_net::client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetSpec, QueueReceipt, QueueSettings,
-    TopicConfig, all_ok,
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, OffsetSpec, QueueConsumer,
+    QueueConsumerConfig, QueueReceipt, QueueSettings, TopicConfig, all_ok,
 };
 use shardline_net::server::{Server, ServerConfig};
 
@@ -51,6 +51,10 @@ struct Args {
     /// Messages per receive (and per ack request), one queue phase each.
     #[arg(long, default_value = "256,16,1", value_delimiter = ',')]
     batches: Vec<u32>,
+    /// Messages per receive with pipelined acks (`QueueConsumer`: the ack is sent without
+    /// waiting for its answer), one `queue-pipelined/B` phase each; empty for none.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    pipelined_batches: Vec<u32>,
     /// Engine shards (0 = one per usable core).
     #[arg(long, default_value_t = 0)]
     shards: usize,
@@ -101,29 +105,27 @@ fn main() -> anyhow::Result<()> {
 
     for &b in &args.batches {
         let name = format!("queue-{b}");
-        let settings = QueueSettings {
-            visibility_timeout_ms: 30_000,
-            max_deliveries: 5,
-            backoff_base_ms: 100,
-            backoff_max_ms: 1_000,
-            dead_letter_topic: None,
-            priority_levels: 1,
-        };
-        admin.create_queue(&name, topic, settings)?;
+        admin.create_queue(&name, topic, queue_settings())?;
         produce(&admin, &name, &args)?;
         phases.push(queue_phase(&addr, &name, b, &args)?);
+    }
+    for &b in &args.pipelined_batches {
+        let name = format!("queue-pipelined-{b}");
+        admin.create_queue(&name, topic, queue_settings())?;
+        produce(&admin, &name, &args)?;
+        phases.push(pipelined_phase(&addr, &name, b, &args)?);
     }
     drop(admin);
     server.shutdown()?;
 
     let base = phases[0].rate();
     println!(
-        "{:<12} {:>10} {:>12} {:>14} {:>16}",
+        "{:<20} {:>10} {:>12} {:>14} {:>16}",
         "phase", "messages", "msgs/s", "vs stream", "cpu us/message"
     );
     for p in &phases {
         println!(
-            "{:<12} {:>10} {:>12.0} {:>13.2}x {:>16.2}",
+            "{:<20} {:>10} {:>12.0} {:>13.2}x {:>16.2}",
             p.name,
             p.messages,
             p.rate(),
@@ -144,6 +146,17 @@ fn main() -> anyhow::Result<()> {
         }));
     }
     Ok(())
+}
+
+fn queue_settings() -> QueueSettings {
+    QueueSettings {
+        visibility_timeout_ms: 30_000,
+        max_deliveries: 5,
+        backoff_base_ms: 100,
+        backoff_max_ms: 1_000,
+        dead_letter_topic: None,
+        priority_levels: 1,
+    }
 }
 
 fn produce(c: &Client, topic: &str, args: &Args) -> anyhow::Result<()> {
@@ -230,6 +243,51 @@ fn queue_phase(addr: &str, topic: &str, batch: u32, args: &Args) -> anyhow::Resu
     }
     Ok(Phase {
         name: format!("queue/{batch}"),
+        messages: acked.load(Ordering::Acquire),
+        elapsed: start.elapsed(),
+        cpu: process_cpu_time() - cpu0,
+    })
+}
+
+/// Like `queue_phase`, with pipelined acks: each consumer sends its ack and receives the next
+/// message(s) without waiting for the ack's answer; counted when the answer (durable) arrives.
+fn pipelined_phase(addr: &str, topic: &str, batch: u32, args: &Args) -> anyhow::Result<Phase> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let (start, cpu0) = (Instant::now(), process_cpu_time());
+    let threads: Vec<_> = (0..args.consumers)
+        .map(|_| {
+            let (addr, topic, acked) = (addr.to_string(), topic.to_string(), acked.clone());
+            let total = args.messages;
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let c = Client::connect(&addr, ClientConfig::default())?;
+                let mut q = QueueConsumer::new(c, &topic, QueueConsumerConfig::default());
+                let mut counted = 0;
+                while acked.load(Ordering::Acquire) < total {
+                    let msgs = q.receive(batch, Duration::from_millis(100))?;
+                    if msgs.is_empty() {
+                        q.flush()?;
+                    } else {
+                        let receipts: Vec<QueueReceipt> =
+                            msgs.iter().map(|m| m.receipt()).collect();
+                        q.ack(&receipts)?;
+                    }
+                    let refused = q.take_refused();
+                    anyhow::ensure!(refused.is_empty(), "ack refused: {refused:?}");
+                    acked.fetch_add(q.acked() - counted, Ordering::AcqRel);
+                    counted = q.acked();
+                }
+                q.flush()?;
+                acked.fetch_add(q.acked() - counted, Ordering::AcqRel);
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("consumer panicked"))??;
+    }
+    Ok(Phase {
+        name: format!("queue-pipelined/{batch}"),
         messages: acked.load(Ordering::Acquire),
         elapsed: start.elapsed(),
         cpu: process_cpu_time() - cpu0,

@@ -69,8 +69,8 @@ pub use ops::GroupPartitionLag;
 pub use partitioner::partition_for_key;
 pub use pool::{Client, ProduceAck, SHARD_RETRY_AFTER, TopicRoute};
 pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, SendHandle};
-pub use queue::SendOptions;
 pub use queue::{CORRELATION_ID_HEADER, REPLY_TO_HEADER, ReplyMessage, Requester, all_ok, reply};
+pub use queue::{PendingAck, QueueConsumer, QueueConsumerConfig, SendOptions};
 pub use shardline_protocol::Credentials;
 pub use shardline_protocol::tls::ClientTls;
 

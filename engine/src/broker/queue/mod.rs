@@ -17,6 +17,7 @@ pub mod record;
 pub mod state;
 
 mod api;
+mod commit;
 mod ops;
 mod timing;
 
@@ -37,6 +38,7 @@ use crate::metrics::Sample;
 use crate::rt;
 use crate::shard::{LocalPartition, LocalShard, Reply, ShardExtension};
 use crate::util::LocalNotify;
+use commit::GroupCommit;
 use record::AckRecord;
 use state::{DeadReason, Known, QueueSettings, QueueState};
 
@@ -192,9 +194,11 @@ struct QueueCtx {
     filling: Cell<bool>,
     dead_lettering: Cell<bool>,
     closed: Cell<bool>,
-    since_snapshot_bytes: Cell<usize>,
-    /// A quarter of an ack-log segment: well below the retained bytes (four segments).
-    snapshot_every_bytes: usize,
+    /// Ack-log records waiting for the writer (commit.rs). Snapshots come every quarter of an
+    /// ack-log segment: well below the retained bytes (four segments).
+    commit: RefCell<GroupCommit<Waiter>>,
+    /// The batch reads last decoded (`decode_wanted`).
+    decoded: RefCell<Option<DecodedBatch>>,
     counters: Counters,
 }
 
@@ -362,13 +366,13 @@ async fn open(
         filling: Cell::new(false),
         dead_lettering: Cell::new(false),
         closed: Cell::new(false),
-        since_snapshot_bytes: Cell::new(0),
-        snapshot_every_bytes,
+        commit: RefCell::new(GroupCommit::new(snapshot_every_bytes, RECEIVE_MESSAGES_MAX)),
+        decoded: RefCell::new(None),
         counters: Counters::default(),
     });
     q.counters.lost.set(lost);
     // A fresh snapshot: the next open replays from here, and retention may drop what precedes.
-    write_snapshot(shard, &q, Acks::Durable).await?;
+    write_snapshot(shard, &q).await?;
     queues(shard)?.map.borrow_mut().insert(key, q.clone());
     rt::spawn_local(ticker(shard.clone(), q));
     Ok(())
@@ -433,58 +437,108 @@ fn apply(st: &mut QueueState, a: AckRecord) {
     }
 }
 
-/// Appends ack-log records; `Durable` waits for fdatasync.
-async fn append(shard: &LocalShard, q: &QueueCtx, records: &[AckRecord], acks: Acks) -> Result<()> {
+/// Who waits for a group of ack-log records to be durable.
+type Waiter = flume::Sender<Result<()>>;
+
+/// Queues ack-log records for the partition's writer (group commit, commit.rs); with
+/// `durable`, waits until the group that carries them is fdatasync'd. Without, returns at once:
+/// the records reach the log in order, at `leader` level, with the next group.
+async fn append(
+    shard: &LocalShard,
+    q: &Rc<QueueCtx>,
+    records: Vec<AckRecord>,
+    durable: bool,
+) -> Result<()> {
     if records.is_empty() {
         return Ok(());
     }
+    let (waiter, rx) = if durable {
+        let (tx, rx) = flume::bounded(1);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
+    if q.commit.borrow_mut().push(records, waiter) {
+        rt::spawn_local(write_groups(shard.clone(), q.clone()));
+    }
+    match rx {
+        Some(rx) => rx.recv_async().await.map_err(|_| Error::ShuttingDown)?,
+        None => Ok(()),
+    }
+}
+
+/// Appends a snapshot of the state after every record queued so far, and waits until it is
+/// durable.
+async fn write_snapshot(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
+    let (tx, rx) = flume::bounded(1);
+    if q.commit.borrow_mut().push_snapshot(Some(tx)) {
+        rt::spawn_local(write_groups(shard.clone(), q.clone()));
+    }
+    rx.recv_async().await.map_err(|_| Error::ShuttingDown)?
+}
+
+/// The writer of a queue partition's ack log: takes groups until none is left. One runs at a
+/// time (`GroupCommit::push` says when to start one); a durable group is synced before the
+/// next is taken, so everything queued meanwhile goes out together.
+async fn write_groups(shard: LocalShard, q: Rc<QueueCtx>) {
+    loop {
+        let Some(group) = q.commit.borrow_mut().take(|r| r.encode().len()) else {
+            return;
+        };
+        // Taken with the group, no await between: the snapshot is the state after exactly
+        // the records before it.
+        let snapshot = group.snapshot.then(|| q.state.borrow().snapshot());
+        let durable = group.durable();
+        let r = write_group(&shard, &q, group.records, snapshot, durable).await;
+        if let Err(e) = &r {
+            tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "writing ack-log records failed");
+        }
+        for w in group.waiters {
+            let _ = w.send(match &r {
+                Ok(()) => Ok(()),
+                Err(e) => Err(again(e)),
+            });
+        }
+    }
+}
+
+/// One group as one ack-log batch; `durable` waits for fdatasync.
+async fn write_group(
+    shard: &LocalShard,
+    q: &QueueCtx,
+    records: Vec<AckRecord>,
+    snapshot: Option<state::Snapshot>,
+    durable: bool,
+) -> Result<()> {
     let mut b = BatchBuilder::new();
     let now = batch::now_us();
-    let mut bytes = 0;
-    for r in records {
-        let v = r.encode();
-        bytes += v.len();
-        b.push(now, None, v, Vec::new());
+    for r in records.into_iter().chain(snapshot.map(AckRecord::Snapshot)) {
+        b.push(now, None, r.encode(), Vec::new());
+    }
+    if b.is_empty() {
+        return Ok(());
     }
     let batch = b.build_validated()?;
-    q.since_snapshot_bytes
-        .set(q.since_snapshot_bytes.get() + bytes);
-    let wait = if acks == Acks::Durable {
+    if durable {
         let (tx, rx) = flume::bounded(1);
-        shard.produce(q.ack_key.clone(), batch, acks, Some(tx));
-        Some(rx)
-    } else {
-        shard.produce(q.ack_key.clone(), batch, acks, None);
-        None
-    };
-    if q.since_snapshot_bytes.get() > q.snapshot_every_bytes {
-        write_snapshot(shard, q, Acks::Leader).await?;
-    }
-    if let Some(rx) = wait {
+        shard.produce(q.ack_key.clone(), batch, Acks::Durable, Some(tx));
         rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
+    } else {
+        shard.produce(q.ack_key.clone(), batch, Acks::Leader, None);
     }
     Ok(())
 }
 
-async fn write_snapshot(shard: &LocalShard, q: &QueueCtx, acks: Acks) -> Result<()> {
-    let snapshot = q.state.borrow().snapshot();
-    q.since_snapshot_bytes.set(0);
-    let mut b = BatchBuilder::new();
-    b.push(
-        batch::now_us(),
-        None,
-        AckRecord::Snapshot(snapshot).encode(),
-        Vec::new(),
-    );
-    let batch = b.build_validated()?;
-    if acks == Acks::Durable {
-        let (tx, rx) = flume::bounded(1);
-        shard.produce(q.ack_key.clone(), batch, acks, Some(tx));
-        rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
-    } else {
-        shard.produce(q.ack_key.clone(), batch, acks, None);
+/// The error of a failed group write, for each of its waiters (errors are not `Clone`).
+fn again(e: &Error) -> Error {
+    match e {
+        Error::ShuttingDown => Error::ShuttingDown,
+        Error::Storage { path, source } => Error::Storage {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => Error::Runtime(format!("ack log write failed: {other}")),
     }
-    Ok(())
 }
 
 /// Expires leases and starts dead-lettering even when nobody receives.
@@ -586,12 +640,12 @@ fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Resul
 /// Each batch is read once (from the cache when recent) and only the wanted records decoded.
 async fn read_messages(
     p: &LocalPartition,
+    q: &QueueCtx,
     receipts: &[Receipt],
-    levels_max: u8,
 ) -> Result<Vec<QueueMessage>> {
     let mut sorted = receipts.to_vec();
     sorted.sort_unstable_by_key(|r| r.offset);
-    let mut msgs = read_sorted(p, &sorted, levels_max).await?;
+    let mut msgs = read_sorted(p, q, &sorted).await?;
     // Back to delivery (priority) order.
     let position: HashMap<u64, usize> = receipts
         .iter()
@@ -604,9 +658,10 @@ async fn read_messages(
 
 async fn read_sorted(
     p: &LocalPartition,
+    q: &QueueCtx,
     receipts: &[Receipt],
-    levels_max: u8,
 ) -> Result<Vec<QueueMessage>> {
+    let levels_max = q.config.priority_levels;
     let mut out = Vec::with_capacity(receipts.len());
     let mut i = 0;
     while i < receipts.len() {
@@ -623,7 +678,12 @@ async fn read_sorted(
                     .iter()
                     .position(|r| r.offset >= h.next_offset() || r.offset < h.base_offset)
                     .map_or(receipts.len(), |n| i + n);
-                decode_wanted(b, &h, &receipts[i..end], p.key().1, levels_max, &mut out)?;
+                let wanted = Wanted {
+                    receipts: &receipts[i..end],
+                    partition: p.key().1,
+                    levels_max,
+                };
+                decode_wanted(b, &h, &wanted, &q.decoded, &mut out)?;
                 i = end;
                 found = true;
             }
@@ -640,42 +700,83 @@ async fn read_sorted(
     Ok(out)
 }
 
-/// Deserializes the records of one batch that `receipts` name (all inside the batch). A sealed
-/// batch yields messages with an empty value (the broker cannot open it).
+/// The records of one batch a read wants.
+struct Wanted<'a> {
+    /// All inside the batch.
+    receipts: &'a [Receipt],
+    partition: u32,
+    levels_max: u8,
+}
+
+/// The records of the batch a queue read last, deserialized once: receives of one message
+/// each from a batch of 500 would otherwise validate and walk all 500 records every time.
+struct DecodedBatch {
+    base_offset: u64,
+    crc: u32,
+    records: Rc<Vec<Record>>,
+}
+
+/// Deserializes the records of one batch that `w` names (through `cache`). A sealed batch
+/// yields messages with an empty value (the broker cannot open it).
 fn decode_wanted(
     b: &[u8],
     h: &BatchHeader,
-    receipts: &[Receipt],
-    partition: u32,
-    levels_max: u8,
+    w: &Wanted<'_>,
+    cache: &RefCell<Option<DecodedBatch>>,
     out: &mut Vec<QueueMessage>,
 ) -> Result<()> {
     if h.flags & batch::flags::ENCRYPTED != 0 {
-        for r in receipts {
+        for r in w.receipts {
             out.push(QueueMessage::from_record(
-                partition,
+                w.partition,
                 *r,
                 h,
                 &Record::default(),
-                levels_max,
+                w.levels_max,
             ));
         }
         return Ok(());
     }
-    batch::with_records(b, h, |records| {
-        for r in receipts {
-            let index = (r.offset - h.base_offset) as usize;
-            let Some(archived) = records.get(index) else {
-                return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
-            };
-            let rec = rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(archived)
-                .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))?;
-            out.push(QueueMessage::from_record(
-                partition, *r, h, &rec, levels_max,
-            ));
+    let hit = cache
+        .borrow()
+        .as_ref()
+        .filter(|d| d.base_offset == h.base_offset && d.crc == h.crc)
+        .map(|d| d.records.clone());
+    let records = match hit {
+        Some(r) => r,
+        None => {
+            let all = batch::with_records(b, h, |records| {
+                records
+                    .iter()
+                    .map(|a| {
+                        rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(a)
+                            .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))
+                    })
+                    .collect::<Result<Vec<Record>>>()
+            })?;
+            let all = Rc::new(all);
+            *cache.borrow_mut() = Some(DecodedBatch {
+                base_offset: h.base_offset,
+                crc: h.crc,
+                records: all.clone(),
+            });
+            all
         }
-        Ok(())
-    })
+    };
+    for r in w.receipts {
+        let index = (r.offset - h.base_offset) as usize;
+        let Some(rec) = records.get(index) else {
+            return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
+        };
+        out.push(QueueMessage::from_record(
+            w.partition,
+            *r,
+            h,
+            rec,
+            w.levels_max,
+        ));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------- operations
@@ -722,8 +823,8 @@ async fn receive(
                     attempt: r.attempt,
                 })
                 .collect();
-            append(shard, &q, &records, Acks::Leader).await?;
-            return read_messages(&p, &receipts, q.config.priority_levels).await;
+            append(shard, &q, records, false).await?;
+            return read_messages(&p, &q, &receipts).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -756,7 +857,7 @@ async fn ack(
     q.counters
         .acked
         .set(q.counters.acked.get() + records.len() as u64);
-    append(shard, &q, &records, Acks::Durable).await?;
+    append(shard, &q, records, true).await?;
     Ok(results)
 }
 
@@ -791,7 +892,7 @@ fn nack(
     q.changed.notify_all();
     let s = shard.clone();
     rt::spawn_local(async move {
-        if let Err(e) = append(&s, &q, &records, Acks::Leader).await {
+        if let Err(e) = append(&s, &q, records, false).await {
             tracing::warn!(topic = %q.key.0, error = %e, "writing nack records failed");
         }
         start_dead_lettering(&s, &q);
@@ -830,7 +931,7 @@ async fn dead_letter(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
                 attempt: *a,
             })
             .collect();
-        let msgs = read_messages(&p, &receipts, q.config.priority_levels).await?;
+        let msgs = read_messages(&p, q, &receipts).await?;
         let counter = if q.config.dead_letter_topic.is_some() {
             &q.counters.dead_lettered
         } else {
@@ -857,7 +958,7 @@ async fn dead_letter(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
             .iter()
             .map(|r| AckRecord::Dead { offset: r.offset })
             .collect();
-        append(shard, q, &records, Acks::Durable).await?;
+        append(shard, q, records, true).await?;
         let mut st = q.state.borrow_mut();
         for r in &receipts {
             st.dead_lettered(r.offset);
@@ -943,7 +1044,7 @@ async fn peek(shard: &LocalShard, key: &PartitionKey, max: usize) -> Result<Vec<
         .into_iter()
         .map(|(offset, attempt)| Receipt { offset, attempt })
         .collect();
-    read_messages(&p, &offsets, q.config.priority_levels).await
+    read_messages(&p, &q, &offsets).await
 }
 
 #[cfg(test)]

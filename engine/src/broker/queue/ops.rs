@@ -11,8 +11,8 @@
 use std::rc::Rc;
 
 use super::{QueueCtx, QueueShard, fill, now_ms, partition_stats, queues, write_snapshot};
+use crate::api::PartitionKey;
 use crate::api::queue::PurgedPartition;
-use crate::api::{Acks, PartitionKey};
 use crate::broker::engine::Engine;
 use crate::error::Result;
 use crate::metrics::{Sample, ShardMetricsSnapshot};
@@ -26,7 +26,7 @@ pub(super) async fn purge(shard: &LocalShard, key: &PartitionKey) -> Result<Purg
     let end = p.watermarks().written_offset;
     let purged = q.state.borrow_mut().purge(end);
     q.counters.purged.set(q.counters.purged.get() + purged);
-    write_snapshot(shard, &q, Acks::Durable).await?;
+    write_snapshot(shard, &q).await?;
     tracing::info!(topic = %key.0, partition = key.1, purged, purged_until = end, "queue purged");
     Ok(PurgedPartition {
         partition: key.1,
