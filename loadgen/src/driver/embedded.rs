@@ -218,14 +218,14 @@ impl PartitionSub {
                 let h = batch::check_crc(b).map_err(|e| corrupt(e.to_string()))?;
                 batch::with_records(b, &h, |records| {
                     for r in records {
-                        let offset = h.base_offset + u64::from(r.offset_delta.to_native());
+                        let offset = h.base_offset + u64::from(r.offset_delta());
                         if offset < cursor {
                             continue;
                         }
                         on_message(Received {
                             partition: self.partition,
                             offset: Some(offset),
-                            value: r.value.as_slice(),
+                            value: r.value(),
                         });
                         n += 1;
                     }

@@ -565,18 +565,18 @@ fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Resul
     }
     batch::with_records(b, h, |records| {
         for r in records {
-            let o = h.base_offset + u64::from(r.offset_delta.to_native());
+            let o = h.base_offset + u64::from(r.offset_delta());
             if o != st.scanned() {
                 continue;
             }
             if st.window_room() == 0 {
                 break;
             }
-            let level = timing::header_number(&r.headers, PRIORITY_HEADER)
+            let level = timing::header_number(r.headers(), PRIORITY_HEADER)
                 .and_then(|n| u8::try_from(n).ok())
                 .unwrap_or(0);
-            let ts = first_ms + (r.timestamp_delta_us.to_native() / 1000) as i64;
-            st.add_timed(o, level, ts, timing::of_record(&r.headers, ts), now);
+            let ts = first_ms + (r.timestamp_delta_us() / 1000) as i64;
+            st.add_timed(o, level, ts, timing::of_record(r.headers(), ts), now);
         }
         Ok(())
     })
@@ -665,11 +665,10 @@ fn decode_wanted(
     batch::with_records(b, h, |records| {
         for r in receipts {
             let index = (r.offset - h.base_offset) as usize;
-            let Some(archived) = records.get(index) else {
+            let Some(found) = records.get(index) else {
                 return Err(Error::CorruptBatch(format!("no record at {}", r.offset)));
             };
-            let rec = rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(archived)
-                .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))?;
+            let rec = found.to_record();
             out.push(QueueMessage::from_record(
                 partition, *r, h, &rec, levels_max,
             ));
