@@ -171,3 +171,44 @@ pub fn decompress(codec: u8, body: &[u8], limit: usize) -> Result<Vec<u8>> {
     decompress_body(codec, body, limit, &mut out)?;
     Ok(out)
 }
+
+/// A producer's choice of codec for native bodies (the header byte is [`Codec::as_u8`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Codec {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Codec {
+    /// The [`compression`] byte.
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Codec::None => compression::NONE,
+            Codec::Lz4 => compression::LZ4,
+            Codec::Zstd => compression::ZSTD,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        codec_name(self.as_u8())
+    }
+}
+
+impl std::str::FromStr for Codec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Codec> {
+        Ok(match codec_from_name(s)? {
+            compression::LZ4 => Codec::Lz4,
+            compression::ZSTD => Codec::Zstd,
+            _ => Codec::None,
+        })
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
