@@ -48,8 +48,9 @@ pub(crate) const fn width_for(max: u64) -> u8 {
 }
 
 /// Appends the low `width` bytes of `v`, little-endian.
-pub(crate) fn put_width(out: &mut impl Extend<u8>, width: u8, v: u64) {
-    out.extend(v.to_le_bytes().into_iter().take(usize::from(width)));
+#[inline]
+pub(crate) fn put_width(out: &mut Vec<u8>, width: u8, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes()[..usize::from(width)]);
 }
 
 /// One fixed-width array, read in place.
@@ -374,7 +375,7 @@ pub(crate) struct Columns {
 impl Columns {
     /// Appends the arrays (everything after the blob) for timestamps relative to `first_us`.
     /// Returns the widths `[kw, vw, tw, hw]` to write in the preamble.
-    pub(crate) fn write_arrays(&self, first_us: i64, out: &mut impl Extend<u8>) -> [u8; 4] {
+    pub(crate) fn write_arrays(&self, first_us: i64, out: &mut Vec<u8>) -> [u8; 4] {
         let max = |v: &[u32]| u64::from(v.iter().copied().max().unwrap_or(0));
         let kw = width_for(max(&self.key_lens));
         let mut vw = width_for(max(&self.value_lens));
@@ -402,8 +403,8 @@ impl Columns {
             put_width(out, hw, u64::from(c));
         }
         for &(k, v) in &self.header_lens {
-            out.extend(k.to_le_bytes());
-            out.extend(v.to_le_bytes());
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&v.to_le_bytes());
         }
         [kw, vw, tw, hw]
     }

@@ -613,6 +613,8 @@ impl Default for BatchBuilder {
     }
 }
 
+/// First allocation of a builder's buffer.
+const BUILDER_INITIAL_BYTES: usize = 4096;
 /// Where the blob starts in the builder's buffer.
 const BLOB_AT: usize = HEADER_BYTES + compact::PREAMBLE_BYTES;
 
@@ -680,6 +682,8 @@ impl BatchBuilder {
         headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
     ) -> &mut Self {
         if self.buf.is_empty() {
+            // Room for a few small records before the first doubling.
+            self.buf.reserve(BUILDER_INITIAL_BYTES.max(BLOB_AT + value.len() * 4));
             self.buf.extend_from_slice(&[0u8; BLOB_AT]);
         }
         let key_len = match key {
@@ -788,7 +792,7 @@ impl BatchBuilder {
             reason = "the blob is under BATCH_BYTES_MAX (64 MiB): `oversized` is checked first"
         )]
         let blob_bytes = blob_bytes as u32;
-        let mut arrays = Vec::with_capacity(self.len() * 4);
+        let mut arrays = Vec::with_capacity(self.len() * 8 + self.columns.header_lens.len() * 8);
         let widths = self.columns.write_arrays(meta.first, &mut arrays);
         self.buf.extend_from_slice(&arrays);
         let pre = &mut self.buf[HEADER_BYTES..BLOB_AT];
