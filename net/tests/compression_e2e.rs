@@ -48,7 +48,11 @@ fn cli_compressed_batches_round_trip_through_topics_and_queues() {
         assert_eq!(r.0, 0, "stdout {} stderr {}", r.1, r.2);
         r.1
     };
-    ok(cli(&addr, &["topic", "create", "t", "--partitions", "1"], ""));
+    ok(cli(
+        &addr,
+        &["topic", "create", "t", "--partitions", "1"],
+        "",
+    ));
     let mut want = String::new();
     for codec in ["lz4", "zstd", "none"] {
         let input = lines(codec, 300);
@@ -68,12 +72,28 @@ fn cli_compressed_batches_round_trip_through_topics_and_queues() {
     assert_eq!(got, want);
 
     // A queue reads records inside the broker: compressed batches are decompressed there.
-    ok(cli(&addr, &["queue", "create", "q", "--partitions", "1"], ""));
+    ok(cli(
+        &addr,
+        &["queue", "create", "q", "--partitions", "1"],
+        "",
+    ));
     let input = lines("queued", 50);
-    ok(cli(&addr, &["produce", "q", "--compression", "zstd"], &input));
+    ok(cli(
+        &addr,
+        &["produce", "q", "--compression", "zstd"],
+        &input,
+    ));
     let got = ok(cli(
         &addr,
-        &["queue", "receive", "q", "--count", "50", "--timeout-ms", "10000"],
+        &[
+            "queue",
+            "receive",
+            "q",
+            "--count",
+            "50",
+            "--timeout-ms",
+            "10000",
+        ],
         "",
     ));
     let mut got: Vec<&str> = got.lines().collect();

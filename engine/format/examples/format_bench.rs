@@ -39,7 +39,7 @@ fn time_it(rounds: usize, iters: usize, mut f: impl FnMut()) -> f64 {
 
 fn values() -> Vec<Vec<u8>> {
     (0..RECORDS)
-        .map(|i| (0..VALUE_BYTES).map(|j| (i * 31 ^ j) as u8).collect())
+        .map(|i| (0..VALUE_BYTES).map(|j| ((i * 31) ^ j) as u8).collect())
         .collect()
 }
 
@@ -154,7 +154,11 @@ fn main() {
         );
     }
     // A batch of the same payload, one line per record: what a producer sends.
-    let lines: Vec<&[u8]> = plain.split(|b| *b == b'\n').filter(|l| !l.is_empty()).take(5000).collect();
+    let lines: Vec<&[u8]> = plain
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .take(5000)
+        .collect();
     for codec in [compression::NONE, compression::LZ4, compression::ZSTD] {
         let mut b = BatchBuilder::new().compression(codec);
         for l in &lines {

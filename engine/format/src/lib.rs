@@ -683,7 +683,8 @@ impl BatchBuilder {
     ) -> &mut Self {
         if self.buf.is_empty() {
             // Room for a few small records before the first doubling.
-            self.buf.reserve(BUILDER_INITIAL_BYTES.max(BLOB_AT + value.len() * 4));
+            self.buf
+                .reserve(BUILDER_INITIAL_BYTES.max(BLOB_AT + value.len() * 4));
             self.buf.extend_from_slice(&[0u8; BLOB_AT]);
         }
         let key_len = match key {
