@@ -402,7 +402,8 @@ fn reads_beyond_the_cache_come_from_disk_on_a_fresh_engine() {
     c.topic_defaults.partition_cache_bytes = 16 << 10;
     let e = Engine::open(c).unwrap();
     e.create_topic("t", TopicConfig::default()).unwrap();
-    for i in 0..200 {
+    // 800 compact batches of 8 small values: ~115 KB (v1 batches were ~3x larger).
+    for i in 0..800 {
         e.produce("t", 0, values_batch(&format!("b{i}"), 8), Acks::Leader)
             .unwrap();
     }
@@ -414,7 +415,7 @@ fn reads_beyond_the_cache_come_from_disk_on_a_fresh_engine() {
         "{d:?}"
     );
     let vals = read_values(&e, "t", 0, 0);
-    assert_eq!(vals.len(), 1601);
+    assert_eq!(vals.len(), 6401);
     assert_eq!(vals[8].1, b"b1-0".to_vec());
     e.shutdown().unwrap();
 }

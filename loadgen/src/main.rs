@@ -107,6 +107,9 @@ struct RunArgs {
     /// Do not pin producer and consumer threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Shardline only: compress each batch with none, lz4 or zstd.
+    #[arg(long, value_name = "CODEC", default_value = "none")]
+    compression: shardline_engine::batch::compress::Codec,
     /// Workload file (TOML); flags override its values.
     #[arg(long, value_name = "FILE.toml")]
     workload: Option<PathBuf>,
@@ -157,6 +160,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir.clone(),
         shards: w.shards,
         inflight: w.inflight,
+        compression: args.compression,
     };
     let driver = driver::open(&opts).context("opening the broker")?;
     eprintln!("running {}", w.describe());

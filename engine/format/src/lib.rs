@@ -27,7 +27,13 @@
     clippy::too_many_lines
 )]
 
+pub mod compact;
+pub mod compress;
 pub mod kafka;
+mod view;
+
+pub use compact::{CompactHeaders, CompactRecord, CompactRecords};
+pub use view::{HeadersRef, RecordRef, Records, RecordsIter};
 
 use bytes::Bytes;
 use rkyv::{Archive, Deserialize, Serialize, rancor, util::AlignedVec};
@@ -91,6 +97,8 @@ const CRC_START: usize = MAGIC_AT;
 const _: () = assert!(CRC_AT + 4 == CRC_START);
 /// Estimated encoded bytes of one record beyond its key, value and headers (rkyv framing).
 const RECORD_OVERHEAD_BYTES_ESTIMATE: usize = 48;
+/// The same for the compact body: at most 4 + 4 + 8 + 4 bytes of array entries, usually 2-4.
+const COMPACT_RECORD_OVERHEAD_BYTES_ESTIMATE: usize = 8;
 /// Estimated encoded bytes of one message header beyond its key and value.
 const HEADER_OVERHEAD_BYTES_ESTIMATE: usize = 16;
 
@@ -117,7 +125,9 @@ pub mod body_kind {
     /// The compact struct-of-arrays record encoding (issue 18).
     pub const COMPACT: u8 = 2;
     /// The kinds this build reads. Raised as each kind's reader lands.
-    pub const KNOWN_MAX: u8 = KAFKA_V2;
+    pub const KNOWN_MAX: u8 = COMPACT;
+    /// The kind [`crate::BatchBuilder`] writes unless told otherwise.
+    pub const DEFAULT: u8 = COMPACT;
 }
 
 /// Codecs of a native body (header byte [`COMPRESSION_AT`]): the body is compressed, then (with
@@ -127,7 +137,7 @@ pub mod compression {
     pub const LZ4: u8 = 1;
     pub const ZSTD: u8 = 2;
     /// The codecs this build reads. Raised as each codec lands.
-    pub const KNOWN_MAX: u8 = NONE;
+    pub const KNOWN_MAX: u8 = ZSTD;
 }
 
 /// One message. `offset_delta` equals the record's index in the batch (offsets are dense);
@@ -258,6 +268,9 @@ impl BatchHeader {
         if self.compression > compression::KNOWN_MAX {
             return corrupt(format!("unsupported compression {}", self.compression));
         }
+        if self.compression != compression::NONE && self.body_kind == body_kind::KAFKA_V2 {
+            return corrupt("a kafka body carries its codec in its own attributes".into());
+        }
         let len = self.batch_length as usize;
         if len > BATCH_BYTES_MAX || !len.is_multiple_of(BATCH_ALIGN) {
             return corrupt(format!(
@@ -321,19 +334,33 @@ pub fn check_crc(bytes: &[u8]) -> Result<BatchHeader> {
     Ok(h)
 }
 
-/// Full ingress validation of untrusted bytes: header, CRC, then the rkyv structure (bytecheck)
-/// and the record invariants (count, dense offset deltas, timestamps within the header's range).
-/// Encrypted bodies are opaque and are checked by header and CRC only.
+/// Full ingress validation of untrusted bytes: header, CRC, then the body: the rkyv structure
+/// (bytecheck) and record invariants (count, dense offset deltas, timestamps within the
+/// header's range) of a version-1 body, every length and sum of a compact body
+/// ([`CompactRecords::parse`]), Kafka's own checks of a Kafka body. Encrypted bodies are opaque
+/// and compressed ones are not decompressed here (the broker never decompresses on the produce
+/// path): both are checked by header and CRC, a compressed one also by its declared size
+/// ([`compress::check_prefix`]); readers check them completely when they decompress.
 pub fn validate(bytes: &[u8]) -> Result<BatchHeader> {
     let h = check_crc(bytes)?;
     if h.flags & flags::ENCRYPTED != 0 {
         return Ok(h);
     }
-    match h.body_kind {
-        body_kind::KAFKA_V2 => kafka::validate_body(bytes, &h)?,
-        _ => with_records(bytes, &h, |records| check_records(&h, records))?,
+    if h.body_kind == body_kind::KAFKA_V2 {
+        kafka::validate_body(bytes, &h)?;
+    } else if h.compression != compression::NONE {
+        compress::check_prefix(body_of(bytes, &h)?)?;
+    } else {
+        records_of_body(body_of(bytes, &h)?, &h, |_| Ok::<_, FormatError>(()))?;
     }
     Ok(h)
+}
+
+/// The body bytes of a batch (without padding).
+fn body_of<'a>(bytes: &'a [u8], h: &BatchHeader) -> Result<&'a [u8]> {
+    bytes
+        .get(HEADER_BYTES..HEADER_BYTES + h.body_length as usize)
+        .ok_or_else(|| Error::Corrupt("batch shorter than its body length".into()))
 }
 
 /// A batch whose header was parsed and checked once, carried with its bytes as a typed value so
@@ -478,19 +505,52 @@ fn check_records(h: &BatchHeader, records: &[ArchivedRecord]) -> Result<()> {
     Ok(())
 }
 
-/// Gives `f` zero-copy access to the records of a validated-shape batch. The body is accessed in
-/// place when it is 16-aligned in memory (always for buffers from this crate); otherwise it is
-/// copied once into an aligned buffer first.
+/// Gives `f` access to the records of a batch of any kind ([`Records`]), checking the body
+/// on the way (rkyv bytecheck and record invariants, or [`CompactRecords::parse`]: both linear
+/// and allocation-free). Version-1 and compact bodies are read in place; an rkyv body that is
+/// not 16-aligned in memory is copied once into an aligned buffer first. A compressed body is
+/// decompressed into a buffer of at most its declared size (itself at most
+/// [`BATCH_BYTES_MAX`]); a Kafka body is converted into records. A sealed batch is refused:
+/// open it first.
 pub fn with_records<T, E: From<FormatError>>(
     bytes: &[u8],
     h: &BatchHeader,
-    f: impl FnOnce(&[ArchivedRecord]) -> Result<T, E>,
+    f: impl FnOnce(Records<'_>) -> Result<T, E>,
 ) -> Result<T, E> {
-    let body = &bytes[HEADER_BYTES..HEADER_BYTES + h.body_length as usize];
+    if h.flags & flags::ENCRYPTED != 0 {
+        return Err(E::from(Error::Corrupt(
+            "cannot read the records of a sealed batch".into(),
+        )));
+    }
+    let body = body_of(bytes, h)?;
+    if h.body_kind == body_kind::KAFKA_V2 {
+        let owned = kafka::records_of(bytes, h)?;
+        return f(Records::Owned(&owned));
+    }
+    if h.compression != compression::NONE {
+        // Compact bodies need no alignment; an rkyv body is realigned by `records_of_body`.
+        let plain = compress::decompress(h.compression, body, BATCH_BYTES_MAX)?;
+        return records_of_body(&plain, h, f);
+    }
+    records_of_body(body, h, f)
+}
+
+/// Checks an uncompressed native body and hands its records to `f`.
+fn records_of_body<T, E: From<FormatError>>(
+    body: &[u8],
+    h: &BatchHeader,
+    f: impl FnOnce(Records<'_>) -> Result<T, E>,
+) -> Result<T, E> {
+    if h.body_kind == body_kind::COMPACT {
+        let span = h.max_timestamp_us.wrapping_sub(h.first_timestamp_us) as u64;
+        let records = CompactRecords::parse(body, h.record_count, span)?;
+        return f(Records::Compact(records));
+    }
     let access = |body: &[u8]| -> Result<T, E> {
         let v = rkyv::access::<rkyv::Archived<Vec<Record>>, rancor::BoxedError>(body)
             .map_err(|_| E::from(Error::Corrupt("invalid record body".into())))?;
-        f(v.as_slice())
+        check_records(h, v.as_slice())?;
+        f(Records::Archived(v.as_slice()))
     };
     if (body.as_ptr() as usize).is_multiple_of(BATCH_ALIGN) {
         access(body)
@@ -501,22 +561,15 @@ pub fn with_records<T, E: From<FormatError>>(
     }
 }
 
-/// Decodes every record into owned values (tests, CLI, slow paths).
+/// Decodes every record into owned values (tests, CLI, slow paths): any body kind, compressed
+/// or not.
 pub fn decode(bytes: &[u8]) -> Result<(BatchHeader, Vec<Record>)> {
     let h = validate(bytes)?;
     if h.flags & flags::ENCRYPTED != 0 {
         return Err(Error::Corrupt("cannot decode a sealed batch".into()));
     }
-    if h.body_kind == body_kind::KAFKA_V2 {
-        return Ok((h, kafka::records_of(bytes, &h)?));
-    }
     let records = with_records(bytes, &h, |rs| {
-        rs.iter()
-            .map(|r| {
-                rkyv::deserialize::<Record, rancor::BoxedError>(r)
-                    .map_err(|e| Error::Corrupt(format!("record decode: {e}")))
-            })
-            .collect()
+        Ok::<_, FormatError>(rs.iter().map(|r| r.to_record()).collect())
     })?;
     Ok((h, records))
 }
@@ -537,24 +590,71 @@ pub fn split_batches(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
     Ok(out)
 }
 
-/// Builds a batch from records; the producer side of the format.
-#[derive(Debug, Default)]
+/// Builds a batch from records; the producer side of the format. Writes the compact body
+/// ([`body_kind::COMPACT`]) unless [`BatchBuilder::body_kind`] asks for version 1, and
+/// compresses it with the codec set by [`BatchBuilder::compression`]. Payload bytes are copied
+/// once, into the batch buffer, as they are pushed.
+#[derive(Debug)]
 pub struct BatchBuilder {
-    records: Vec<Record>,
-    timestamps_us: Vec<i64>,
+    /// Header space, preamble space, then the blob of the compact body, appended to by `push`.
+    buf: AlignedVec<16>,
+    columns: compact::Columns,
     producer: ProducerInfo,
     bytes_estimate: usize,
+    body_kind: u8,
+    compression: u8,
+    /// A key, value or header longer than a batch can hold was pushed (reported by `build`).
+    oversized: bool,
 }
+
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// First allocation of a builder's buffer.
+const BUILDER_INITIAL_BYTES: usize = 4096;
+/// Where the blob starts in the builder's buffer.
+const BLOB_AT: usize = HEADER_BYTES + compact::PREAMBLE_BYTES;
 
 impl BatchBuilder {
     pub fn new() -> Self {
-        Self::default()
+        BatchBuilder {
+            buf: AlignedVec::new(),
+            columns: compact::Columns::default(),
+            producer: ProducerInfo::default(),
+            bytes_estimate: 0,
+            body_kind: body_kind::DEFAULT,
+            compression: compression::NONE,
+            oversized: false,
+        }
     }
 
     /// Sets idempotent-producer identity and the sequence number of the first record.
     pub fn producer(mut self, producer: ProducerInfo) -> Self {
         self.producer = producer;
         self
+    }
+
+    /// Compresses the body with `codec` ([`compression`]; NONE by default).
+    pub fn compression(mut self, codec: u8) -> Self {
+        self.compression = codec;
+        self
+    }
+
+    /// Writes body kind `kind`: [`body_kind::COMPACT`] (the default) or
+    /// [`body_kind::RKYV_RECORDS`] (version 1, for compatibility tests and measurements).
+    pub fn body_kind(mut self, kind: u8) -> Self {
+        self.body_kind = kind;
+        self
+    }
+
+    fn len_u32(&mut self, n: usize) -> u32 {
+        u32::try_from(n).unwrap_or_else(|_| {
+            self.oversized = true;
+            0
+        })
     }
 
     /// Appends a record with the given timestamp (microseconds since the Unix epoch).
@@ -565,21 +665,58 @@ impl BatchBuilder {
         value: Vec<u8>,
         headers: Vec<Header>,
     ) -> &mut Self {
-        self.bytes_estimate += RECORD_OVERHEAD_BYTES_ESTIMATE
-            + key.as_ref().map_or(0, Vec::len)
+        self.push_ref(
+            timestamp_us,
+            key.as_deref(),
+            &value,
+            headers.iter().map(|h| (h.key.as_str(), h.value.as_slice())),
+        )
+    }
+
+    /// Appends a record from borrowed parts (copied into the batch once).
+    pub fn push_ref<'h>(
+        &mut self,
+        timestamp_us: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: impl IntoIterator<Item = (&'h str, &'h [u8])>,
+    ) -> &mut Self {
+        if self.buf.is_empty() {
+            // Room for a few small records before the first doubling.
+            self.buf
+                .reserve(BUILDER_INITIAL_BYTES.max(BLOB_AT + value.len() * 4));
+            self.buf.extend_from_slice(&[0u8; BLOB_AT]);
+        }
+        let key_len = match key {
+            Some(k) => self.len_u32(k.len()).saturating_add(1),
+            None => 0,
+        };
+        let value_len = self.len_u32(value.len());
+        if let Some(k) = key {
+            self.buf.extend_from_slice(k);
+        }
+        self.buf.extend_from_slice(value);
+        let mut count = 0u32;
+        let mut header_bytes = 0;
+        for (k, v) in headers {
+            let lens = (self.len_u32(k.len()), self.len_u32(v.len()));
+            self.columns.header_lens.push(lens);
+            self.buf.extend_from_slice(k.as_bytes());
+            self.buf.extend_from_slice(v);
+            count += 1;
+            header_bytes += k.len() + v.len() + HEADER_OVERHEAD_BYTES_ESTIMATE;
+        }
+        if self.buf.len() > BATCH_BYTES_MAX {
+            self.oversized = true;
+        }
+        self.columns.key_lens.push(key_len);
+        self.columns.value_lens.push(value_len);
+        self.columns.timestamps_us.push(timestamp_us);
+        self.columns.header_counts.push(count);
+        self.bytes_estimate += COMPACT_RECORD_OVERHEAD_BYTES_ESTIMATE
+            + key.map_or(0, <[u8]>::len)
             + value.len()
-            + headers
-                .iter()
-                .map(|h| h.key.len() + h.value.len() + HEADER_OVERHEAD_BYTES_ESTIMATE)
-                .sum::<usize>();
-        self.records.push(Record {
-            offset_delta: 0,
-            timestamp_delta_us: 0,
-            key,
-            value,
-            headers,
-        });
-        self.timestamps_us.push(timestamp_us);
+            + header_bytes;
         self
     }
 
@@ -589,73 +726,204 @@ impl BatchBuilder {
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.columns.value_lens.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.columns.value_lens.is_empty()
     }
 
-    /// Rough encoded size, for producers that cap batch bytes.
+    /// Rough encoded size (uncompressed), for producers that cap batch bytes.
     pub fn bytes_estimate(&self) -> usize {
-        HEADER_BYTES + self.bytes_estimate
+        let per_record = if self.body_kind == body_kind::RKYV_RECORDS {
+            RECORD_OVERHEAD_BYTES_ESTIMATE - COMPACT_RECORD_OVERHEAD_BYTES_ESTIMATE
+        } else {
+            0
+        };
+        HEADER_BYTES + compact::PREAMBLE_BYTES + self.bytes_estimate + per_record * self.len()
     }
 
     /// Encodes the batch with base offset 0 (the broker assigns the real one).
-    pub fn build(mut self) -> Result<Bytes> {
-        if self.records.is_empty() {
+    pub fn build(self) -> Result<Bytes> {
+        if self.is_empty() {
             return Err(Error::InvalidArgument(
                 "a batch needs at least one record".into(),
             ));
         }
-        let count = u32::try_from(self.records.len())
-            .map_err(|_| Error::InvalidArgument("too many records in one batch".into()))?;
-        let first = self.timestamps_us.iter().copied().min().unwrap_or(0);
-        let max = self.timestamps_us.iter().copied().max().unwrap_or(0);
-        for (i, (r, ts)) in (0..count).zip(self.records.iter_mut().zip(&self.timestamps_us)) {
-            r.offset_delta = i;
-            r.timestamp_delta_us = ts.wrapping_sub(first) as u64;
-        }
-        let mut buf = AlignedVec::<16>::with_capacity(padded(self.bytes_estimate()));
-        buf.extend_from_slice(&[0u8; HEADER_BYTES]);
-        let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(&self.records, buf)
-            .map_err(|e| Error::InvalidArgument(format!("record encode: {e}")))?;
-        let body_length = u32::try_from(buf.len() - HEADER_BYTES).map_err(|_| Error::TooLarge {
-            bytes: buf.len(),
-            max: BATCH_BYTES_MAX,
-        })?;
-        let total = padded(buf.len());
-        if total > BATCH_BYTES_MAX {
+        if self.oversized {
             return Err(Error::TooLarge {
-                bytes: total,
+                bytes: self.buf.len().max(BATCH_BYTES_MAX + 1),
                 max: BATCH_BYTES_MAX,
             });
         }
-        buf.resize(total, 0);
+        if self.compression > compression::KNOWN_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "unknown compression {}",
+                self.compression
+            )));
+        }
+        let count = u32::try_from(self.len())
+            .map_err(|_| Error::InvalidArgument("too many records in one batch".into()))?;
+        let ts = &self.columns.timestamps_us;
+        let first = ts.iter().copied().min().unwrap_or(0);
+        let max = ts.iter().copied().max().unwrap_or(0);
+        let meta = BatchMeta {
+            count,
+            first,
+            max,
+            producer: self.producer,
+            body_kind: self.body_kind,
+            compression: self.compression,
+        };
+        match self.body_kind {
+            body_kind::COMPACT => self.build_compact(meta),
+            body_kind::RKYV_RECORDS => self.build_rkyv(meta),
+            k => Err(Error::InvalidArgument(format!(
+                "cannot build body kind {k}"
+            ))),
+        }
+    }
+
+    /// The compact body: the blob is in place; the arrays and preamble go around it.
+    fn build_compact(mut self, meta: BatchMeta) -> Result<Bytes> {
+        let blob_bytes = self.buf.len() - BLOB_AT;
+        let header_total = self.len_u32(self.columns.header_lens.len());
         #[allow(
             clippy::cast_possible_truncation,
-            reason = "total <= BATCH_BYTES_MAX (64 MiB), checked just above"
+            reason = "the blob is under BATCH_BYTES_MAX (64 MiB): `oversized` is checked first"
         )]
-        let total_u32 = total as u32;
-        let p = self.producer;
-        let h = &mut buf[..HEADER_BYTES];
-        put(h, BATCH_LENGTH_AT, &total_u32.to_le_bytes());
-        put(h, MAGIC_AT, &MAGIC.to_le_bytes());
-        h[FORMAT_VERSION_AT] = FORMAT_VERSION;
-        h[FLAGS_AT] = 0;
-        h[BODY_KIND_AT] = body_kind::RKYV_RECORDS;
-        h[COMPRESSION_AT] = compression::NONE;
-        put(h, RECORD_COUNT_AT, &count.to_le_bytes());
-        put(h, BODY_LENGTH_AT, &body_length.to_le_bytes());
-        put(h, FIRST_TIMESTAMP_AT, &first.to_le_bytes());
-        put(h, MAX_TIMESTAMP_AT, &max.to_le_bytes());
-        put(h, PRODUCER_ID_AT, &p.producer_id.to_le_bytes());
-        put(h, PRODUCER_EPOCH_AT, &p.producer_epoch.to_le_bytes());
-        put(h, BASE_SEQUENCE_AT, &p.base_sequence.to_le_bytes());
-        let crc = compute_crc(&buf);
-        put(&mut buf, CRC_AT, &crc.to_le_bytes());
-        // Keep the aligned allocation: no copy, and the body stays 16-aligned for readers.
-        Ok(Bytes::from_owner(buf))
+        let blob_bytes = blob_bytes as u32;
+        let mut arrays = Vec::with_capacity(self.len() * 8 + self.columns.header_lens.len() * 8);
+        let widths = self.columns.write_arrays(meta.first, &mut arrays);
+        self.buf.extend_from_slice(&arrays);
+        let pre = &mut self.buf[HEADER_BYTES..BLOB_AT];
+        pre[..4].copy_from_slice(&widths);
+        pre[4..8].copy_from_slice(&header_total.to_le_bytes());
+        pre[8..12].copy_from_slice(&blob_bytes.to_le_bytes());
+        if meta.compression != compression::NONE {
+            return compressed(&self.buf[HEADER_BYTES..], &meta);
+        }
+        finish(self.buf, &meta)
+    }
+
+    /// Version 1: the rkyv archive of the records (rebuilt from the columns).
+    fn build_rkyv(self, meta: BatchMeta) -> Result<Bytes> {
+        let mut records = Vec::with_capacity(self.len());
+        let mut rest = &self.buf[BLOB_AT..];
+        let mut headers = self.columns.header_lens.iter();
+        let mut cut = |n: usize| {
+            let (head, tail) = rest.split_at(n);
+            rest = tail;
+            head.to_vec()
+        };
+        let c = &self.columns;
+        for (i, &ts) in c.timestamps_us.iter().enumerate() {
+            let key = (c.key_lens[i] != 0).then(|| cut(c.key_lens[i] as usize - 1));
+            let value = cut(c.value_lens[i] as usize);
+            let hs = (0..c.header_counts[i])
+                .filter_map(|_| headers.next())
+                .map(|&(k, v)| Header {
+                    key: String::from_utf8(cut(k as usize)).unwrap_or_default(),
+                    value: cut(v as usize),
+                })
+                .collect();
+            records.push(Record {
+                offset_delta: u32::try_from(i).unwrap_or(u32::MAX),
+                timestamp_delta_us: ts.wrapping_sub(meta.first) as u64,
+                key,
+                value,
+                headers: hs,
+            });
+        }
+        let mut buf = AlignedVec::<16>::with_capacity(padded(self.bytes_estimate()));
+        buf.extend_from_slice(&[0u8; HEADER_BYTES]);
+        let buf = rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(&records, buf)
+            .map_err(|e| Error::InvalidArgument(format!("record encode: {e}")))?;
+        if meta.compression != compression::NONE {
+            return compressed(&buf[HEADER_BYTES..], &meta);
+        }
+        finish(buf, &meta)
+    }
+}
+
+/// Header fields of a batch being built.
+struct BatchMeta {
+    count: u32,
+    first: i64,
+    max: i64,
+    producer: ProducerInfo,
+    body_kind: u8,
+    compression: u8,
+}
+
+/// A batch whose body is `plain` compressed with the meta's codec (no alignment needed: the
+/// body is read only after decompression).
+fn compressed(plain: &[u8], meta: &BatchMeta) -> Result<Bytes> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + plain.len() / 2 + 64);
+    out.extend_from_slice(&[0u8; HEADER_BYTES]);
+    compress::compress_into(meta.compression, plain, &mut out)?;
+    finish(out, meta)
+}
+
+/// Pads `buf` (header space, then the body) and writes the header and the CRC.
+fn finish<B>(mut buf: B, meta: &BatchMeta) -> Result<Bytes>
+where
+    B: AsRef<[u8]> + AsMut<[u8]> + Send + 'static + BatchBuf,
+{
+    let len = buf.as_ref().len();
+    let body_length = u32::try_from(len - HEADER_BYTES).map_err(|_| Error::TooLarge {
+        bytes: len,
+        max: BATCH_BYTES_MAX,
+    })?;
+    let total = padded(len);
+    if total > BATCH_BYTES_MAX {
+        return Err(Error::TooLarge {
+            bytes: total,
+            max: BATCH_BYTES_MAX,
+        });
+    }
+    buf.pad_to(total);
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "total <= BATCH_BYTES_MAX (64 MiB), checked just above"
+    )]
+    let total_u32 = total as u32;
+    let p = meta.producer;
+    let b = buf.as_mut();
+    let h = &mut b[..HEADER_BYTES];
+    put(h, BATCH_LENGTH_AT, &total_u32.to_le_bytes());
+    put(h, MAGIC_AT, &MAGIC.to_le_bytes());
+    h[FORMAT_VERSION_AT] = FORMAT_VERSION;
+    h[FLAGS_AT] = 0;
+    h[BODY_KIND_AT] = meta.body_kind;
+    h[COMPRESSION_AT] = meta.compression;
+    put(h, RECORD_COUNT_AT, &meta.count.to_le_bytes());
+    put(h, BODY_LENGTH_AT, &body_length.to_le_bytes());
+    put(h, FIRST_TIMESTAMP_AT, &meta.first.to_le_bytes());
+    put(h, MAX_TIMESTAMP_AT, &meta.max.to_le_bytes());
+    put(h, PRODUCER_ID_AT, &p.producer_id.to_le_bytes());
+    put(h, PRODUCER_EPOCH_AT, &p.producer_epoch.to_le_bytes());
+    put(h, BASE_SEQUENCE_AT, &p.base_sequence.to_le_bytes());
+    let crc = compute_crc(b);
+    put(b, CRC_AT, &crc.to_le_bytes());
+    // Keep the allocation: no copy (an AlignedVec keeps the body 16-aligned for readers).
+    Ok(Bytes::from_owner(buf))
+}
+
+/// The two buffers a batch is built in.
+trait BatchBuf {
+    fn pad_to(&mut self, len: usize);
+}
+
+impl BatchBuf for AlignedVec<16> {
+    fn pad_to(&mut self, len: usize) {
+        self.resize(len, 0);
+    }
+}
+
+impl BatchBuf for Vec<u8> {
+    fn pad_to(&mut self, len: usize) {
+        self.resize(len, 0);
     }
 }
 
@@ -812,7 +1080,7 @@ mod tests {
             let e = validate(&b).unwrap_err();
             assert!(e.to_string().contains("unsupported"), "{e}");
         }
-        assert_eq!(validate(&good).unwrap().body_kind, body_kind::RKYV_RECORDS);
+        assert_eq!(validate(&good).unwrap().body_kind, body_kind::COMPACT);
     }
 
     #[test]

@@ -351,16 +351,14 @@ pub fn first_at_or_after(chunks: &[Bytes], timestamp_us: i64) -> Result<Option<u
                 continue;
             }
             // Sealed and Kafka-kind bodies are not read here: the batch's first offset.
-            if h.flags & batch::flags::ENCRYPTED != 0
-                || h.body_kind != batch::body_kind::RKYV_RECORDS
-            {
+            if h.flags & batch::flags::ENCRYPTED != 0 || h.body_kind == batch::body_kind::KAFKA_V2 {
                 return Ok(Some(h.base_offset));
             }
             // The delta is a wrap-around difference (see `BatchBuilder::build`): a batch spanning
             // the whole i64 range is valid, and only a wrapping add gives its timestamps back.
             let found = batch::with_records(b, &h, |rs| -> Result<_> {
                 Ok(rs.iter().position(|r| {
-                    let delta = r.timestamp_delta_us.to_native() as i64;
+                    let delta = r.timestamp_delta_us() as i64;
                     h.first_timestamp_us.wrapping_add(delta) >= timestamp_us
                 }))
             })?;

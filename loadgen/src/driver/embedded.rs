@@ -29,6 +29,8 @@ pub struct EmbeddedDriver {
     engine: Engine,
     /// Removed on shutdown; `None` when the user chose the directory.
     temp_dir: Option<tempfile::TempDir>,
+    /// Codec of the producers' batches (`--compression`).
+    compression: shardline_engine::batch::compress::Codec,
 }
 
 impl EmbeddedDriver {
@@ -52,7 +54,17 @@ impl EmbeddedDriver {
             ..EngineConfig::with_data_dir(&dir)
         };
         let engine = Engine::open(config)?;
-        Ok(EmbeddedDriver { engine, temp_dir })
+        Ok(EmbeddedDriver {
+            engine,
+            temp_dir,
+            compression: shardline_engine::batch::compress::Codec::None,
+        })
+    }
+
+    /// Compresses every produced batch with `codec`.
+    pub fn with_compression(mut self, codec: shardline_engine::batch::compress::Codec) -> Self {
+        self.compression = codec;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -94,6 +106,7 @@ impl Driver for EmbeddedDriver {
             engine: self.engine.clone(),
             topic: topic.to_string(),
             acks: engine_acks(acks),
+            compression: self.compression,
         }))
     }
 
@@ -119,7 +132,9 @@ impl Driver for EmbeddedDriver {
     }
 
     fn shutdown(self: Box<Self>) -> Result<(), DriverError> {
-        let EmbeddedDriver { engine, temp_dir } = *self;
+        let EmbeddedDriver {
+            engine, temp_dir, ..
+        } = *self;
         let stopped = engine.shutdown();
         drop(engine);
         let removed = match temp_dir {
@@ -139,11 +154,14 @@ impl Driver for EmbeddedDriver {
 
 /// One Shardline record batch of `values`, all stamped now (the engine's and the network
 /// drivers' unit of produce).
-pub(crate) fn record_batch(values: Vec<Vec<u8>>) -> Result<bytes::Bytes, DriverError> {
+pub(crate) fn record_batch(
+    values: Vec<Vec<u8>>,
+    compression: shardline_engine::batch::compress::Codec,
+) -> Result<bytes::Bytes, DriverError> {
     let now = batch::now_us();
-    let mut b = BatchBuilder::new();
-    for v in values {
-        b.push(now, None, v, Vec::new());
+    let mut b = BatchBuilder::new().compression(compression.as_u8());
+    for v in &values {
+        b.push_ref(now, None, v, []);
     }
     Ok(b.build().map_err(shardline_engine::Error::from)?)
 }
@@ -152,12 +170,13 @@ struct EmbeddedProducer {
     engine: Engine,
     topic: String,
     acks: Acks,
+    compression: shardline_engine::batch::compress::Codec,
 }
 
 impl Producer for EmbeddedProducer {
     fn send(&mut self, partition: u32, values: Vec<Vec<u8>>) -> AckFuture {
         let count = values.len() as u64;
-        let built = match record_batch(values) {
+        let built = match record_batch(values, self.compression) {
             Ok(bytes) => bytes,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
@@ -218,14 +237,14 @@ impl PartitionSub {
                 let h = batch::check_crc(b).map_err(|e| corrupt(e.to_string()))?;
                 batch::with_records(b, &h, |records| {
                     for r in records {
-                        let offset = h.base_offset + u64::from(r.offset_delta.to_native());
+                        let offset = h.base_offset + u64::from(r.offset_delta());
                         if offset < cursor {
                             continue;
                         }
                         on_message(Received {
                             partition: self.partition,
                             offset: Some(offset),
-                            value: r.value.as_slice(),
+                            value: r.value(),
                         });
                         n += 1;
                     }

@@ -144,6 +144,8 @@ pub struct DriverOptions {
     pub shards: u32,
     /// Batches one producer keeps in flight (sizes the network clients' request windows).
     pub inflight: u32,
+    /// Shardline only: codec of every produced batch (none, lz4, zstd).
+    pub compression: shardline_engine::batch::compress::Codec,
 }
 
 /// Opens the driver the options name.
@@ -154,14 +156,14 @@ pub fn open(opts: &DriverOptions) -> Result<Box<dyn Driver>, DriverError> {
         ))
     };
     match (opts.kind, opts.addr.as_deref()) {
-        (DriverKind::Shardline, None) => Ok(Box::new(embedded::EmbeddedDriver::open(
-            opts.data_dir.clone(),
-            opts.shards,
-        )?)),
-        (DriverKind::Shardline, Some(addr)) => Ok(Box::new(shardline::ShardlineDriver::connect(
-            addr,
-            opts.inflight,
-        )?)),
+        (DriverKind::Shardline, None) => Ok(Box::new(
+            embedded::EmbeddedDriver::open(opts.data_dir.clone(), opts.shards)?
+                .with_compression(opts.compression),
+        )),
+        (DriverKind::Shardline, Some(addr)) => Ok(Box::new(
+            shardline::ShardlineDriver::connect(addr, opts.inflight)?
+                .with_compression(opts.compression),
+        )),
         (DriverKind::Nats, Some(addr)) => Ok(Box::new(nats::NatsDriver::connect(addr)?)),
         (DriverKind::Redis, Some(addr)) => Ok(Box::new(redis::RedisDriver::connect(addr)?)),
         (DriverKind::Nats, None) => Err(need_addr("nats")),

@@ -46,6 +46,8 @@ pub struct ShardlineDriver {
     addr: String,
     config: ClientConfig,
     admin: Client,
+    /// Codec of the producers' batches (`--compression`).
+    compression: shardline_engine::batch::compress::Codec,
 }
 
 impl ShardlineDriver {
@@ -62,7 +64,14 @@ impl ShardlineDriver {
             addr: addr.to_string(),
             config,
             admin,
+            compression: shardline_engine::batch::compress::Codec::None,
         })
+    }
+
+    /// Compresses every produced batch with `codec`.
+    pub fn with_compression(mut self, codec: shardline_engine::batch::compress::Codec) -> Self {
+        self.compression = codec;
+        self
     }
 
     fn client(&self) -> Result<Client, DriverError> {
@@ -120,6 +129,7 @@ impl Driver for ShardlineDriver {
             client,
             topic: topic.into(),
             acks: net_acks(acks),
+            compression: self.compression,
         }))
     }
 
@@ -147,12 +157,13 @@ struct NetProducer {
     client: Client,
     topic: std::sync::Arc<str>,
     acks: Acks,
+    compression: shardline_engine::batch::compress::Codec,
 }
 
 impl Producer for NetProducer {
     fn send(&mut self, partition: u32, values: Vec<Vec<u8>>) -> AckFuture {
         let count = values.len() as u64;
-        let built = match super::embedded::record_batch(values) {
+        let built = match super::embedded::record_batch(values, self.compression) {
             Ok(bytes) => bytes,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };

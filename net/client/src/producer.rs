@@ -87,6 +87,9 @@ pub struct ProducerConfig {
     /// An identity this producer had before (persisted by the application): the broker keeps
     /// the id and bumps the epoch, fencing any older instance. `None`: a new identity.
     pub producer_id: Option<super::ProducerId>,
+    /// Codec of the batches' bodies (none, lz4, zstd): compressed here, stored compressed by
+    /// the broker, decompressed by consumers (docs/storage.md, "Compression").
+    pub compression: shardline_format::compress::Codec,
 }
 
 impl Default for ProducerConfig {
@@ -104,6 +107,7 @@ impl Default for ProducerConfig {
             request_timeout: None,
             idempotent: false,
             producer_id: None,
+            compression: shardline_format::compress::Codec::None,
         }
     }
 }
@@ -740,7 +744,7 @@ impl Worker {
                 })
             }
         };
-        encode(batch, producer)
+        encode(batch, producer, self.config.compression)
     }
 
     fn failed(&mut self, batch: Batch<DeliveryReply>, error: ClientError) {
@@ -798,8 +802,9 @@ impl Worker {
 fn encode(
     batch: &mut Batch<DeliveryReply>,
     producer: Option<ProducerInfo>,
+    compression: shardline_format::compress::Codec,
 ) -> Result<Bytes, ClientError> {
-    let mut builder = BatchBuilder::new();
+    let mut builder = BatchBuilder::new().compression(compression.as_u8());
     if let Some(p) = producer {
         builder = builder.producer(p);
     }

@@ -271,6 +271,9 @@ struct ProduceArgs {
     /// Idempotent producer: retries after lost connections or timeouts never duplicate.
     #[arg(long)]
     idempotent: bool,
+    /// Compress each batch: none, lz4 or zstd (stored compressed; consumers decompress).
+    #[arg(long, value_name = "CODEC", default_value = "none")]
+    compression: shardline_format::compress::Codec,
 }
 
 #[derive(Debug, Args)]
@@ -676,6 +679,7 @@ fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
         // The sticky partitioner moves on when a batch closes: Kafka's 16 KiB batch size
         // spreads the unkeyed lines of one run over the partitions.
         batch_bytes_max: PRODUCE_BATCH_BYTES,
+        compression: args.compression,
         ..ProducerConfig::default()
     };
     let producer = Producer::new(client, config)?;

@@ -619,18 +619,18 @@ fn scan_batch(st: &mut QueueState, b: &[u8], h: &BatchHeader, now: i64) -> Resul
     }
     batch::with_records(b, h, |records| {
         for r in records {
-            let o = h.base_offset + u64::from(r.offset_delta.to_native());
+            let o = h.base_offset + u64::from(r.offset_delta());
             if o != st.scanned() {
                 continue;
             }
             if st.window_room() == 0 {
                 break;
             }
-            let level = timing::header_number(&r.headers, PRIORITY_HEADER)
+            let level = timing::header_number(r.headers(), PRIORITY_HEADER)
                 .and_then(|n| u8::try_from(n).ok())
                 .unwrap_or(0);
-            let ts = first_ms + (r.timestamp_delta_us.to_native() / 1000) as i64;
-            st.add_timed(o, level, ts, timing::of_record(&r.headers, ts), now);
+            let ts = first_ms + (r.timestamp_delta_us() / 1000) as i64;
+            st.add_timed(o, level, ts, timing::of_record(r.headers(), ts), now);
         }
         Ok(())
     })
@@ -746,13 +746,7 @@ fn decode_wanted(
         Some(r) => r,
         None => {
             let all = batch::with_records(b, h, |records| {
-                records
-                    .iter()
-                    .map(|a| {
-                        rkyv::deserialize::<Record, rkyv::rancor::BoxedError>(a)
-                            .map_err(|e| Error::CorruptBatch(format!("record decode: {e}")))
-                    })
-                    .collect::<Result<Vec<Record>>>()
+                Ok::<_, Error>(records.iter().map(|a| a.to_record()).collect::<Vec<Record>>())
             })?;
             let all = Rc::new(all);
             *cache.borrow_mut() = Some(DecodedBatch {

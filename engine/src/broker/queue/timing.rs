@@ -5,22 +5,21 @@
 
 use super::state::Timing;
 use super::{DELAY_HEADER, TTL_HEADER};
-use crate::batch::Header;
+use crate::batch::HeadersRef;
 
 /// The value of an ASCII-decimal header, if present and a number.
-pub(super) fn header_number(headers: &[rkyv::Archived<Header>], name: &str) -> Option<u64> {
+pub(super) fn header_number(headers: HeadersRef<'_>, name: &str) -> Option<u64> {
     headers
-        .iter()
-        .find(|x| x.key.as_str() == name)
-        .and_then(|x| std::str::from_utf8(x.value.as_slice()).ok())
+        .get(name)
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|s| s.trim().parse::<u64>().ok())
 }
 
 /// The delivery times of a record with these headers and this timestamp.
-pub(super) fn of_record(headers: &[rkyv::Archived<Header>], timestamp_ms: i64) -> Timing {
+pub(super) fn of_record(headers: HeadersRef<'_>, timestamp_ms: i64) -> Timing {
     Timing::from_message(
         timestamp_ms,
-        header_number(headers, DELAY_HEADER),
+        header_number(headers.clone(), DELAY_HEADER),
         header_number(headers, TTL_HEADER),
     )
 }
