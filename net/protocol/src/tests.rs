@@ -39,7 +39,12 @@ fn opt_u64() -> impl Strategy<Value = Option<u64>> {
 }
 
 fn acks() -> impl Strategy<Value = Acks> {
-    prop_oneof![Just(Acks::None), Just(Acks::Leader), Just(Acks::Durable)]
+    prop_oneof![
+        Just(Acks::None),
+        Just(Acks::Leader),
+        Just(Acks::Durable),
+        Just(Acks::All)
+    ]
 }
 
 fn offset_spec() -> impl Strategy<Value = OffsetSpec> {
@@ -405,6 +410,8 @@ fn ops_request() -> impl Strategy<Value = Request> {
             })
         }),
         name().prop_map(|name| Request::DescribeReplicas(DescribeReplicasRequest { name })),
+        proptest::collection::vec(name(), 0..4)
+            .prop_map(|topics| Request::DescribeCluster(DescribeClusterRequest { topics })),
     ]
 }
 
@@ -456,6 +463,33 @@ fn ops_response() -> impl Strategy<Value = Response> {
                 high_watermark,
             },
         );
+    let cluster_topic = (
+        name(),
+        any::<u16>(),
+        any::<u32>(),
+        proptest::collection::vec(replicas.clone(), 0..3),
+    )
+        .prop_map(|(name, error_code, replicas, partitions)| ClusterTopic {
+            name,
+            error_code,
+            replicas,
+            partitions,
+        });
+    let node = (any::<u64>(), name()).prop_map(|(node_id, address)| ClusterNode { node_id, address });
+    let cluster = (
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(node, 0..4),
+        proptest::collection::vec(cluster_topic, 0..3),
+    )
+        .prop_map(|(node_id, controller, nodes, topics)| {
+            Response::DescribeCluster(DescribeClusterResponse {
+                node_id,
+                controller,
+                nodes,
+                topics,
+            })
+        });
     let described = (
         any::<u32>(),
         any::<u64>(),
@@ -469,6 +503,7 @@ fn ops_response() -> impl Strategy<Value = Response> {
             })
         });
     prop_oneof![
+        cluster,
         described,
         topic_info()
             .prop_map(|topic| Response::CreateReplicatedTopic(CreateTopicResponse { topic })),
@@ -1494,6 +1529,8 @@ fn wire_layout_is_pinned() {
         AddPartitionsRequest => 12, 4; AddPartitionsResponse => 96, 8;
         CreateReplicatedTopicRequest => 88, 8; DescribeReplicasRequest => 8, 4;
         PartitionReplicas => 48, 8; DescribeReplicasResponse => 24, 8;
+        DescribeClusterRequest => 8, 4; ClusterNode => 16, 8; ClusterTopic => 24, 4;
+        DescribeClusterResponse => 32, 8;
         ErrorResponse => 12, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;

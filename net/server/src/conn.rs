@@ -588,6 +588,7 @@ impl Conn {
             Request::ListTopics(_)
             | Request::DescribeTopic(_)
             | Request::DescribeReplicas(_)
+            | Request::DescribeCluster(_)
             | Request::Stats(_)
             | Request::Metrics(_) => self.spawn_call(call, async move |c| c.admin(request).await),
             Request::Produce(p) => self.produce_within_quota(cid, api, ver, p).await,
@@ -902,6 +903,9 @@ impl Conn {
                         crate::replicas::describe(&engine, &shared.cluster, &d.name)
                             .map(Response::DescribeReplicas)
                     }
+                    Request::DescribeCluster(d) => Ok(Response::DescribeCluster(
+                        crate::replicas::describe_cluster(&engine, &shared.cluster, &d),
+                    )),
                     _ => Err(shardline_engine::Error::InvalidArgument(
                         "not an admin request".into(),
                     )),

@@ -55,6 +55,8 @@ impl ToEngine for Acks {
             Acks::None => engine::Acks::None,
             Acks::Leader => engine::Acks::Leader,
             Acks::Durable => engine::Acks::Durable,
+            // Until the engine has `Acks::All` (branch repl-wire): a single replica's `all`.
+            Acks::All => engine::Acks::Durable,
         }
     }
 }
@@ -206,13 +208,20 @@ pub(crate) fn produce_result(
             last_offset: ack.last_offset,
             error_message: None,
         },
-        Err(e) => ProducePartitionResult {
-            partition,
-            error_code: e.code(),
-            base_offset: 0,
-            last_offset: 0,
-            error_message: message(e),
-        },
+        Err(e) => {
+            // NOT_LEADER carries the leader hint in the offset fields (docs/protocol.md, code 20).
+            let (base_offset, last_offset) = match e {
+                engine::Error::NotLeader { leader, epoch, .. } => (leader.unwrap_or(0), *epoch),
+                _ => (0, 0),
+            };
+            ProducePartitionResult {
+                partition,
+                error_code: e.code(),
+                base_offset,
+                last_offset,
+                error_message: message(e),
+            }
+        }
     }
 }
 
@@ -618,6 +627,15 @@ mod error_codes {
             (Error::Busy(s()), code::BUSY),
             (Error::Runtime(s()), code::RUNTIME),
             (Error::Timeout(0), code::TIMEOUT),
+            (
+                Error::NotLeader {
+                    topic: s(),
+                    partition: 0,
+                    leader: None,
+                    epoch: 0,
+                },
+                code::NOT_LEADER,
+            ),
         ];
         let semantics: Vec<(Error, u16)> = vec![
             (

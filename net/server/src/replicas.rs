@@ -9,15 +9,71 @@
 //! next offset; and a replication factor above 1 is refused with a clear error rather than
 //! accepted and not honoured.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use shardline_engine::{Engine, Error};
 
 use crate::convert::ToWire;
 use crate::protocol::{
-    CreateReplicatedTopicRequest, CreateTopicRequest, CreateTopicResponse,
-    DescribeReplicasResponse, PartitionReplicas, REPLICAS_MAX,
+    ClusterNode, ClusterTopic, CreateReplicatedTopicRequest, CreateTopicRequest,
+    CreateTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
+    DescribeReplicasResponse, PartitionReplicas, REPLICAS_MAX, code,
 };
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// DescribeCluster: every node's client address and each asked topic's replication state.
+pub(crate) fn describe_cluster(
+    engine: &Engine,
+    cluster: &ClusterView,
+    r: &DescribeClusterRequest,
+) -> DescribeClusterResponse {
+    let node_id = cluster.node_id.load(Ordering::Acquire);
+    let advertised = lock(&cluster.advertised).clone();
+    let nodes = match lock(&cluster.peers).as_ref() {
+        Some(t) => t
+            .client_addresses()
+            .into_iter()
+            .map(|(node_id, address)| ClusterNode { node_id, address })
+            .collect(),
+        None => vec![ClusterNode {
+            node_id,
+            address: advertised,
+        }],
+    };
+    let topics = r
+        .topics
+        .iter()
+        .map(|name| match describe(engine, cluster, name) {
+            Ok(d) => ClusterTopic {
+                name: name.clone(),
+                error_code: code::NONE,
+                replicas: d.replicas,
+                partitions: d.partitions,
+            },
+            Err(e) => ClusterTopic {
+                name: name.clone(),
+                error_code: e.code(),
+                replicas: 0,
+                partitions: Vec::new(),
+            },
+        })
+        .collect();
+    DescribeClusterResponse {
+        node_id,
+        controller: controller_leader(engine, cluster),
+        nodes,
+        topics,
+    }
+}
+
+/// The controller's leader as this node knows it (0: unknown, or a single node).
+fn controller_leader(_engine: &Engine, _cluster: &ClusterView) -> u64 {
+    0
+}
 
 /// What the server knows of its cluster.
 pub(crate) struct ClusterView {
@@ -27,6 +83,11 @@ pub(crate) struct ClusterView {
     pub(crate) nodes: AtomicU32,
     /// Set when a replication layer serves partitions with more than one replica.
     pub(crate) replication: AtomicBool,
+    /// This node's client address as clients should dial it (`--advertise`, else the bound
+    /// listener); set at start.
+    pub(crate) advertised: Mutex<String>,
+    /// The node-to-node transport (a cluster): every node's client address.
+    pub(crate) peers: Mutex<Option<crate::peer::PeerTransport>>,
 }
 
 impl Default for ClusterView {
@@ -35,6 +96,8 @@ impl Default for ClusterView {
             node_id: AtomicU64::new(1),
             nodes: AtomicU32::new(1),
             replication: AtomicBool::new(false),
+            advertised: Mutex::new(String::new()),
+            peers: Mutex::new(None),
         }
     }
 }
