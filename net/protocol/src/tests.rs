@@ -475,7 +475,8 @@ fn ops_response() -> impl Strategy<Value = Response> {
             replicas,
             partitions,
         });
-    let node = (any::<u64>(), name()).prop_map(|(node_id, address)| ClusterNode { node_id, address });
+    let node =
+        (any::<u64>(), name()).prop_map(|(node_id, address)| ClusterNode { node_id, address });
     let cluster = (
         any::<u64>(),
         any::<u64>(),

@@ -17,8 +17,8 @@ use shardline_engine::{Engine, Error};
 use crate::convert::ToWire;
 use crate::protocol::{
     ClusterNode, ClusterTopic, CreateReplicatedTopicRequest, CreateTopicRequest,
-    CreateTopicResponse, DescribeClusterRequest, DescribeClusterResponse,
-    DescribeReplicasResponse, PartitionReplicas, REPLICAS_MAX, code,
+    CreateTopicResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeReplicasResponse,
+    PartitionReplicas, REPLICAS_MAX, code,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
