@@ -41,6 +41,7 @@ pub use api::{
     TopicDescription, TopicInfo, TopicRoute,
 };
 pub use batch::{BatchBuilder, Header, Record};
+pub use broker::cluster::{GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus};
 pub use broker::engine::{Engine, PendingAck, ShardHandle, ShardTask, Subscription};
 pub use config::{EngineConfig, TopicConfig};
 pub use error::{Error, Result};

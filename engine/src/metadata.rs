@@ -25,6 +25,13 @@ pub struct TopicMeta {
     /// `shards[p]` owns partition `p`.
     pub shards: Vec<u32>,
     pub created_ms: i64,
+    /// A replicated topic (issue 14; created through the controller): `replica_sets[p]` are
+    /// the nodes holding partition `p`, `groups[p]` its Raft group. Empty for a local topic
+    /// (and in metadata written before clusters existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replica_sets: Vec<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -33,6 +40,26 @@ pub struct Metadata {
     pub shard_count: u32,
     pub next_topic_id: u64,
     pub topics: BTreeMap<String, TopicMeta>,
+    /// The cluster's controller (issue 14): commands applied so far (the next one's offset
+    /// in the controller group's log).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub controller_applied: u64,
+    /// The next Raft group id a replicated partition gets (group 0 is the controller);
+    /// assigned when a CreateTopic command applies, so equal on every node.
+    #[serde(default = "first_group_id")]
+    pub next_group_id: u64,
+    /// Request ids of the last controller commands applied (a re-proposed command applies
+    /// once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_requests: Vec<u64>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn first_group_id() -> u64 {
+    1
 }
 
 impl Metadata {
@@ -42,6 +69,9 @@ impl Metadata {
             shard_count,
             next_topic_id: 1,
             topics: BTreeMap::new(),
+            controller_applied: 0,
+            next_group_id: first_group_id(),
+            recent_requests: Vec::new(),
         }
     }
 
@@ -255,6 +285,8 @@ mod tests {
                 config: TopicConfig::with_partitions(n),
                 shards,
                 created_ms: 0,
+                replica_sets: Vec::new(),
+                groups: Vec::new(),
             },
         );
     }

@@ -24,6 +24,10 @@ pub enum Acks {
     /// Covered by fdatasync: survives a process crash and a power loss.
     #[default]
     Durable,
+    /// Replicated partitions (issue 14): committed, i.e. fsynced on a majority of the
+    /// replicas (docs/replication.md). A partition that is not replicated treats it as
+    /// `Durable` (its one copy is the majority).
+    All,
 }
 
 impl std::str::FromStr for Acks {
@@ -33,8 +37,9 @@ impl std::str::FromStr for Acks {
             "none" => Ok(Acks::None),
             "leader" => Ok(Acks::Leader),
             "durable" => Ok(Acks::Durable),
+            "all" => Ok(Acks::All),
             _ => Err(Error::InvalidArgument(format!(
-                "acks must be none, leader or durable, not '{s}'"
+                "acks must be none, leader, durable or all, not '{s}'"
             ))),
         }
     }

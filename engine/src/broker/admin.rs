@@ -39,6 +39,8 @@ impl Engine {
             config: cfg.clone(),
             shards: shards.clone(),
             created_ms: batch::now_us() / 1000,
+            replica_sets: Vec::new(),
+            groups: Vec::new(),
         };
         next.topics.insert(name.to_string(), t.clone());
         metadata::store(&self.inner.config.data_dir, &next)?;

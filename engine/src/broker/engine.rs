@@ -101,6 +101,8 @@ pub(super) struct Inner {
     pub(super) semantics: crate::groups::Semantics,
     /// This engine's shards carry it (`shard::current`).
     pub(super) id: u64,
+    /// Set by [`Engine::enable_cluster`] (issue 14, broker/cluster.rs).
+    pub(super) cluster: OnceLock<Arc<super::cluster::ClusterState>>,
 }
 
 /// A weak reference the broker's per-shard state holds (so it never keeps the engine alive).
@@ -327,6 +329,7 @@ impl Engine {
                 recovery: Mutex::new(RecoveryReport::default()),
                 semantics,
                 id,
+                cluster: OnceLock::new(),
             }),
         };
         let _ = weak.0.set(Arc::downgrade(&engine.inner));

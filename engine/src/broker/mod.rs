@@ -7,9 +7,11 @@
 //! code works through the shard-level primitives of `shard::LocalShard`.
 
 mod admin;
+pub mod cluster;
 mod data;
 pub mod engine;
 pub mod groups;
 pub mod queue;
 
+pub use cluster::{GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus};
 pub use engine::Engine;

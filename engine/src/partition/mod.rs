@@ -330,6 +330,12 @@ impl<S: Storage, T> PartitionCore<S, T> {
         now_ms: i64,
         out: &mut Vec<Action<S, T>>,
     ) -> Produced {
+        // One copy is the whole replica set: `all` asks what `durable` does (docs/replication.md).
+        let acks = if acks == Acks::All {
+            Acks::Durable
+        } else {
+            acks
+        };
         let reply_now = |out: &mut Vec<Action<S, T>>, token: Option<T>, result| {
             if let Some(token) = token {
                 out.push(Action::Reply {
@@ -396,6 +402,35 @@ impl<S: Storage, T> PartitionCore<S, T> {
             appended: a,
             waits_durable,
         }
+    }
+
+    /// Appends a batch its replicated partition's Raft group committed (docs/replication.md,
+    /// "Replicate, then apply"): at the next offset, recording its producer's state, with no
+    /// idempotence check (the Raft leader deduplicated it; a committed batch is never
+    /// refused for sequence reasons). Nobody waits for an answer.
+    pub fn apply_committed(
+        &mut self,
+        batch: ValidatedBatch,
+        now_ms: i64,
+        out: &mut Vec<Action<S, T>>,
+    ) -> Result<Appended> {
+        if self.closed {
+            return Err(Error::UnknownPartition {
+                topic: self.key.0.to_string(),
+                partition: self.key.1,
+            });
+        }
+        if let Some(f) = &self.failure {
+            return Err(self.failure_error(f));
+        }
+        let h = *batch.header();
+        let a = self.log.borrow_mut().append_validated(batch, now_ms)?;
+        if h.producer.producer_id != 0 {
+            self.producers
+                .record(h.producer, h.record_count, a.base_offset);
+        }
+        self.plan_flush(false, out);
+        Ok(a)
     }
 
     /// The idempotence check before an append. An unreadable header passes: append reports it.

@@ -76,6 +76,7 @@ impl From<Acks> for ReplAcks {
             Acks::None => ReplAcks::None,
             Acks::Leader => ReplAcks::Leader,
             Acks::Durable => ReplAcks::Durable,
+            Acks::All => ReplAcks::All,
         }
     }
 }

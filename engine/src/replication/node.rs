@@ -183,6 +183,23 @@ impl<S: Storage, T> ReplicaNode<S, T> {
         failed
     }
 
+    /// Whether some group has work for [`Self::process_ready`] (touched since the last one).
+    pub fn has_pending(&self) -> bool {
+        !self.touched.is_empty()
+    }
+
+    /// A proposal that a follower forwards to its leader (raft-rs's own forwarding; the
+    /// controller group's commands, which nobody waits for here: their proposer watches its
+    /// applied state). `false`: dropped (no leader known, or no such group).
+    pub fn propose_forward(&mut self, group: GroupId, batch: Bytes) -> bool {
+        let Some(p) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        let ok = p.propose_forward(batch);
+        self.touched.insert(group);
+        ok
+    }
+
     /// This round's outgoing messages, one entry per peer (the transport's outbound side).
     pub fn drain_outgoing(&mut self) -> Vec<(NodeId, Vec<(GroupId, Bytes)>)> {
         self.outbox.drain()

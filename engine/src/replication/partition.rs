@@ -679,6 +679,62 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         }
     }
 
+    /// A proposal nobody waits for, forwarded by raft-rs to the leader when this replica is a
+    /// follower (the leader's side index gets it when the entry reaches its log). `false`:
+    /// dropped (no leader known, or not a valid batch).
+    pub fn propose_forward(&mut self, batch: Bytes) -> bool {
+        if self.is_leader() {
+            let mut replies = Vec::new();
+            return !matches!(
+                self.propose(batch, ReplAcks::Leader, None, &mut replies),
+                Proposed::Refused
+            );
+        }
+        if header_of(&batch).is_none() {
+            return false;
+        }
+        let ok = self.node.propose(Vec::new(), batch.to_vec()).is_ok();
+        self.after_call();
+        ok
+    }
+
+    /// The voters of the group (its replica set).
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The replicas in sync, as this replica knows: on the leader, those whose log matches
+    /// within `lag_entries_max` entries of its last index and that it heard from within an
+    /// election timeout (itself included); on a follower, itself and the leader it follows
+    /// when it has caught up with the commit it knows of.
+    pub fn in_sync(&self, lag_entries_max: u64) -> Vec<NodeId> {
+        let last = self.last_index();
+        let mut v: Vec<NodeId> = if self.is_leader() {
+            self.node
+                .raft
+                .prs()
+                .iter()
+                .filter(|(id, pr)| {
+                    **id == self.id || (pr.recent_active && pr.matched + lag_entries_max >= last)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        } else {
+            match self.leader() {
+                Some(l) if self.applied + lag_entries_max >= self.node.raft.raft_log.committed => {
+                    vec![self.id, l]
+                }
+                Some(l) => vec![l],
+                None => Vec::new(),
+            }
+        };
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
     /// The Raft state, for the owner's report (`topic describe`).
     pub fn role(&self) -> StateRole {
         self.node.raft.state

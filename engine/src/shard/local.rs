@@ -24,6 +24,12 @@ pub trait ShardExtension: 'static {
     fn into_any(self: Rc<Self>) -> Rc<dyn std::any::Any>;
 }
 
+/// Where the shard sends a produce to a replicated partition (issue 14): `(group, key, batch,
+/// acks, reply)`. Installed by the broker's cluster layer with
+/// [`LocalShard::set_replication_hook`].
+pub(crate) type ReplHook =
+    Rc<dyn Fn(u64, PartitionKey, ValidatedBatch, Acks, Option<Reply<ProduceAck>>)>;
+
 /// An extension that does nothing (a shard started without one).
 pub struct NoExtension;
 
@@ -179,5 +185,30 @@ impl LocalPartition {
         max_records: usize,
     ) -> Result<FetchResponse> {
         read_once(&self.p, offset, max_bytes, max_records).await
+    }
+}
+
+impl LocalShard {
+    /// Installs where produces to replicated partitions go (issue 14).
+    pub(crate) fn set_replication_hook(&self, hook: ReplHook) {
+        *self.shard.repl_hook.borrow_mut() = Some(hook);
+    }
+
+    /// Marks a partition of this shard as replicated by Raft group `group` (`None`: plain):
+    /// its produces go to the replication hook from now on.
+    pub fn set_replicated(&self, key: &PartitionKey, group: Option<u64>) -> Result<()> {
+        self.shard.partition(key)?.replicated.set(group);
+        Ok(())
+    }
+
+    /// Appends a committed batch of a replicated partition at its next offset (no
+    /// idempotence refusal; docs/replication.md, "Replicate, then apply").
+    pub fn apply_committed(&self, key: &PartitionKey, batch: ValidatedBatch) -> Result<ProduceAck> {
+        self.shard.apply_committed(key, batch)
+    }
+
+    /// Whether the shard's main loop is this engine's (`owner`).
+    pub fn engine_id(&self) -> u64 {
+        self.shard.owner
     }
 }

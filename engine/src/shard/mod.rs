@@ -140,6 +140,9 @@ pub(crate) struct Partition {
     /// Reads served from the cache, and from disk.
     cache_hits: Cell<u64>,
     cache_misses: Cell<u64>,
+    /// The Raft group of a replicated partition (issue 14): its produces go to the shard's
+    /// replication hook, and its log takes only committed batches (`apply_committed`).
+    pub(crate) replicated: Cell<Option<u64>>,
 }
 
 impl Partition {
@@ -155,6 +158,7 @@ impl Partition {
             fetched_bytes: Cell::new(0),
             cache_hits: Cell::new(0),
             cache_misses: Cell::new(0),
+            replicated: Cell::new(None),
         }
     }
 
@@ -192,6 +196,8 @@ pub(crate) struct Shard {
     owner: u64,
     /// State of the layer above (the broker's work queues).
     extension: Rc<dyn ShardExtension>,
+    /// Where produces to a replicated partition go (installed by the broker's cluster layer).
+    pub(crate) repl_hook: RefCell<Option<local::ReplHook>>,
 }
 
 fn now_ms() -> i64 {
@@ -228,6 +234,7 @@ impl Shard {
             closing: Cell::new(false),
             owner,
             extension,
+            repl_hook: RefCell::new(None),
         })
     }
 
@@ -648,6 +655,23 @@ impl Shard {
                 return;
             }
         };
+        if let Some(group) = p.replicated.get() {
+            let hook = self.repl_hook.borrow().clone();
+            match hook {
+                Some(hook) => hook(group, key, batch, acks, reply),
+                None => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(Error::NotLeader {
+                            topic: key.0.to_string(),
+                            partition: key.1,
+                            leader: None,
+                            epoch: 0,
+                        }));
+                    }
+                }
+            }
+            return;
+        }
         let since = Instant::now();
         let batch_bytes = batch.len() as u64;
         let token = reply.map(|reply| AckToken { reply, since });
@@ -861,5 +885,45 @@ async fn wait_for_jobs(p: &Partition, done: impl Fn(&Core) -> bool) {
             return;
         }
         rt::timeout(deadline - now, p.jobs_ended.changed(seen)).await;
+    }
+}
+
+impl Shard {
+    /// Appends a batch a replicated partition's Raft group committed (issue 14): the
+    /// partition core's apply path (no idempotence refusal), with the shell's accounting.
+    pub(crate) fn apply_committed(
+        self: &Rc<Self>,
+        key: &PartitionKey,
+        batch: ValidatedBatch,
+    ) -> Result<ProduceAck> {
+        let p = self.partition(key)?;
+        let batch_bytes = batch.len();
+        let mut actions = Vec::new();
+        let (applied, cache_before, cache_after) = {
+            let mut core = p.core.borrow_mut();
+            let before = core.log().cache_bytes();
+            let applied = core.apply_committed(batch, now_ms(), &mut actions);
+            let after = core.log().cache_bytes();
+            (applied, before, after)
+        };
+        self.cache_total
+            .set((self.cache_total.get() + cache_after).saturating_sub(cache_before));
+        let a = applied?;
+        self.unflushed.set(self.unflushed.get() + a.batch_bytes);
+        p.produced_records
+            .set(p.produced_records.get() + a.last_offset - a.base_offset + 1);
+        p.produced_bytes
+            .set(p.produced_bytes.get() + a.batch_bytes as u64);
+        self.metrics
+            .borrow_mut()
+            .batch_bytes
+            .record(batch_bytes as u64);
+        actions.push(Action::WakeReaders);
+        self.perform(&p, actions);
+        self.enforce_cache_budget();
+        Ok(ProduceAck {
+            base_offset: a.base_offset,
+            last_offset: a.last_offset,
+        })
     }
 }

@@ -43,6 +43,8 @@ impl ToWire for engine::Acks {
             engine::Acks::None => Acks::None,
             engine::Acks::Leader => Acks::Leader,
             engine::Acks::Durable => Acks::Durable,
+            // The protocol's `all` is the net side's (issue 14); until then, as durable.
+            engine::Acks::All => Acks::Durable,
         }
     }
 }

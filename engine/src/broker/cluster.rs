@@ -1,0 +1,1022 @@
+//! Replication wired into the engine (issue 14; docs/replication.md, "Replicate, then
+//! apply"). A replicated partition on a node is its ordinary partition log (the state
+//! machine) plus a Raft replica ([`ReplicatedPartition`]); only committed batches reach the
+//! partition log, in commit order, so every replica's log holds the same batches at the same
+//! offsets and readers see committed data only.
+//!
+//! - One [`Host`] per shard: a [`ReplicaNode`] with every replica the shard owns, one tick
+//!   timer for all of them, and a ready loop woken by proposals, peer messages and ticks. After
+//!   each round it hands every peer's messages to the [`PeerSink`] (one call per peer), answers
+//!   producers, and applies newly committed batches to the local partitions.
+//! - The controller: Raft group 0 on shard 0 of every node. Its entries are metadata commands
+//!   (`CreateTopic`, `DeleteTopic`: JSON in a one-record batch); every node applies them in
+//!   order on its apply thread, so a topic created during a leader change exists exactly once.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::engine::{Engine, Inner, recv, recv_async};
+use crate::api::{PartitionKey, ProduceAck, TopicConfig, TopicInfo};
+use crate::batch::{BatchBuilder, ValidatedBatch};
+use crate::config;
+use crate::error::{Error, Result};
+use crate::metadata::{self, TopicMeta};
+pub use crate::replication::{GroupId, NodeId, ReplicaConfig};
+use crate::replication::{ReplAcks, ReplicaNode, ReplicatedPartition};
+use crate::rt::{self, DmaStorage};
+use crate::shard::{LocalShard, Reply, Request};
+use crate::util::LocalNotify;
+
+/// Where a node's outgoing Raft messages go: one call per peer per round, every group's
+/// messages to that peer together (the transport sends them as one frame). Called on a shard
+/// thread: it must not block.
+pub type PeerSink = Arc<dyn Fn(NodeId, Vec<(GroupId, Bytes)>) + Send + Sync>;
+
+/// One partition's replication state as this node knows it (`topic describe`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaStatus {
+    pub partition: u32,
+    pub leader: Option<NodeId>,
+    pub replicas: Vec<NodeId>,
+    pub in_sync: Vec<NodeId>,
+    /// The Raft term (leader epoch).
+    pub epoch: u64,
+    /// One past the last committed offset.
+    pub high_watermark: u64,
+}
+
+/// The controller's Raft group (every node a voter, on shard 0).
+pub const CONTROLLER_GROUP: GroupId = 0;
+/// The controller replica's directory under the data directory.
+const CONTROLLER_DIR: &str = "controller";
+/// A replica's Raft files, under its partition's directory.
+pub const RAFT_DIR: &str = "raft";
+/// How long a controller command may take to apply on its proposer.
+const CONTROLLER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A command proposed but not applied after this is proposed again (a leader change may
+/// have dropped it; the apply side ignores the second copy).
+const REPROPOSE_AFTER: Duration = Duration::from_secs(3);
+/// Committed batches applied per group and round (the rest next round).
+const APPLY_BATCHES_PER_ROUND: usize = 256;
+/// A replica whose log is within this many entries of the leader's is in sync.
+const IN_SYNC_LAG_ENTRIES: u64 = 1000;
+/// Request ids of applied controller commands kept (duplicate detection).
+const RECENT_REQUESTS_MAX: usize = 1024;
+/// Ticks run at once when the loop fell behind the timer.
+const TICKS_PER_ROUND_MAX: u32 = 10;
+
+/// A controller command (the value of its one-record batch, JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd")]
+enum Command {
+    /// Group ids are assigned when the command applies (`Metadata::next_group_id`, the same
+    /// on every node since every node applies the same commands in the same order).
+    CreateTopic {
+        request_id: u64,
+        name: String,
+        config: TopicConfig,
+        placement: Vec<Vec<NodeId>>,
+    },
+    DeleteTopic {
+        request_id: u64,
+        name: String,
+    },
+}
+
+impl Command {
+    fn request_id(&self) -> u64 {
+        match self {
+            Command::CreateTopic { request_id, .. } | Command::DeleteTopic { request_id, .. } => {
+                *request_id
+            }
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    v: u32,
+    command: Command,
+}
+
+const COMMAND_VERSION: u32 = 1;
+
+fn encode_command(c: &Command) -> Result<Bytes> {
+    let json = serde_json::to_vec(&Envelope {
+        v: COMMAND_VERSION,
+        command: c.clone(),
+    })
+    .map_err(|e| Error::Runtime(format!("controller command: {e}")))?;
+    let mut b = BatchBuilder::new();
+    b.push_value(json);
+    b.build().map_err(Error::from)
+}
+
+fn decode_command(batch: &Bytes) -> Option<Command> {
+    let (_, records) = crate::batch::decode(batch).ok()?;
+    let r = records.first()?;
+    let e: Envelope = serde_json::from_slice(&r.value).ok()?;
+    (e.v == COMMAND_VERSION).then_some(e.command)
+}
+
+/// What a controller command did on its proposer.
+enum Outcome {
+    Created(TopicInfo),
+    Deleted,
+}
+
+/// The cluster side of an engine (shared by its shards and its apply thread).
+pub(crate) struct ClusterState {
+    node_id: NodeId,
+    /// Sorted, this node included.
+    nodes: Vec<NodeId>,
+    sink: PeerSink,
+    cfg: ReplicaConfig,
+    /// Raft group -> the shard of this node that holds it.
+    routes: RwLock<HashMap<GroupId, usize>>,
+    /// The controller's leader as shard 0 last saw it (0: unknown).
+    controller_leader: AtomicU64,
+    /// Proposers waiting for their command to apply, by request id.
+    waiters: Mutex<HashMap<u64, flume::Sender<Result<Outcome>>>>,
+    next_request: AtomicU64,
+    /// Peer messages dropped because the owning shard's inbox was full.
+    pub(crate) dropped_peer_msgs: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| Error::Runtime("poisoned".into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The per-shard host
+// ---------------------------------------------------------------------------------------------
+
+type Replica = ReplicatedPartition<DmaStorage, Token>;
+type Node = ReplicaNode<DmaStorage, Token>;
+
+/// A producer waiting for its batch.
+struct Token {
+    reply: Reply<ProduceAck>,
+    key: PartitionKey,
+}
+
+/// What a group of a host is bound to.
+#[derive(Clone)]
+enum Binding {
+    Partition(PartitionKey),
+    Controller,
+}
+
+/// A controller command waiting to apply (shard 0 re-proposes it until it has).
+struct PendingCmd {
+    request_id: u64,
+    bytes: Bytes,
+    deadline: Instant,
+    next_try: Instant,
+}
+
+type Query = Box<dyn FnOnce(&Node)>;
+
+#[derive(Default)]
+struct HostInbox {
+    peer: Vec<(NodeId, Vec<(GroupId, Bytes)>)>,
+    proposals: Vec<(GroupId, Bytes, ReplAcks, Option<Token>)>,
+    controller: Vec<PendingCmd>,
+    opens: Vec<(Replica, Binding)>,
+    removes: Vec<(GroupId, flume::Sender<Result<()>>)>,
+    queries: Vec<Query>,
+    ticks: u32,
+}
+
+impl HostInbox {
+    fn is_empty(&self) -> bool {
+        self.peer.is_empty()
+            && self.proposals.is_empty()
+            && self.controller.is_empty()
+            && self.opens.is_empty()
+            && self.removes.is_empty()
+            && self.queries.is_empty()
+            && self.ticks == 0
+    }
+}
+
+/// The replicas of one shard (see the module doc). Lives in the shard thread's [`HOST`].
+struct Host {
+    shard: LocalShard,
+    state: Arc<ClusterState>,
+    inbox: RefCell<HostInbox>,
+    wake: LocalNotify,
+    /// Shard 0: where committed controller commands go (the apply thread).
+    controller_apply: Option<flume::Sender<(u64, Command)>>,
+}
+
+std::thread_local! {
+    static HOST: RefCell<Option<Rc<Host>>> = const { RefCell::new(None) };
+}
+
+fn host() -> Option<Rc<Host>> {
+    HOST.with(|h| h.borrow().clone())
+}
+
+impl Host {
+    fn push(&self, f: impl FnOnce(&mut HostInbox)) {
+        f(&mut self.inbox.borrow_mut());
+        self.wake.notify_all();
+    }
+
+    async fn ticker(self: Rc<Self>) {
+        let every = Duration::from_millis(self.state.cfg.tick_ms.max(1));
+        while !self.shard.is_closing() {
+            rt::sleep(every).await;
+            self.push(|i| i.ticks += 1);
+        }
+    }
+
+    /// The ready loop: owns the shard's `ReplicaNode` (nothing else touches it, so no borrow
+    /// is held across its awaits); sleeps until the inbox gets something.
+    async fn run(self: Rc<Self>, mut controller_next: u64) {
+        let mut node: Node = ReplicaNode::new(self.state.node_id);
+        let mut bindings: HashMap<GroupId, Binding> = HashMap::new();
+        let mut pending: Vec<PendingCmd> = Vec::new();
+        loop {
+            let seen = self.wake.version();
+            if self.shard.is_closing() {
+                break;
+            }
+            let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
+            self.take_inbox(inbox, &mut node, &mut bindings, &mut pending);
+            let failed = node.process_ready().await;
+            for (g, e) in failed {
+                tracing::error!(group = g, error = %e, "raft replica failed; it stays closed until the next start");
+                bindings.remove(&g);
+            }
+            for (peer, msgs) in node.drain_outgoing() {
+                (self.state.sink)(peer, msgs);
+            }
+            // Apply first: a producer acked at `all` reads its batch from the leader's log.
+            self.apply(&node, &bindings, &mut controller_next);
+            self.answer(&mut node);
+            if self.controller_apply.is_some() {
+                let leader = node
+                    .get(CONTROLLER_GROUP)
+                    .and_then(|r| r.leader())
+                    .unwrap_or(0);
+                self.state
+                    .controller_leader
+                    .store(leader, Ordering::Release);
+                self.expire(&mut pending);
+            }
+            if !node.has_pending() && self.inbox.borrow().is_empty() {
+                self.wake.changed(seen).await;
+            }
+        }
+        HOST.with(|h| h.borrow_mut().take());
+    }
+
+    fn take_inbox(
+        &self,
+        inbox: HostInbox,
+        node: &mut Node,
+        bindings: &mut HashMap<GroupId, Binding>,
+        pending: &mut Vec<PendingCmd>,
+    ) {
+        for (r, b) in inbox.opens {
+            bindings.insert(r.group(), b);
+            node.insert(r);
+        }
+        for (g, done) in inbox.removes {
+            node.remove(g);
+            bindings.remove(&g);
+            let _ = done.send(Ok(()));
+        }
+        for (from, msgs) in inbox.peer {
+            node.on_peer_messages(from, msgs);
+        }
+        for (g, batch, acks, token) in inbox.proposals {
+            node.propose(g, batch, acks, token);
+        }
+        pending.extend(inbox.controller);
+        let now = Instant::now();
+        for c in pending.iter_mut().filter(|c| c.next_try <= now) {
+            c.next_try = if node.propose_forward(CONTROLLER_GROUP, c.bytes.clone()) {
+                now + REPROPOSE_AFTER
+            } else {
+                now + Duration::from_millis(self.state.cfg.tick_ms)
+            };
+        }
+        for _ in 0..inbox.ticks.min(TICKS_PER_ROUND_MAX) {
+            node.tick_all();
+        }
+        for q in inbox.queries {
+            q(node);
+        }
+    }
+
+    fn answer(&self, node: &mut Node) {
+        for (_, r) in node.take_replies() {
+            let Token { reply, key } = r.token;
+            let _ = reply.send(r.result.map_err(|e| e.into_engine(&key.0, key.1)));
+        }
+    }
+
+    /// Drops the controller commands applied (their waiter is gone) and times out the rest
+    /// past their deadline.
+    fn expire(&self, pending: &mut Vec<PendingCmd>) {
+        if pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let Ok(mut waiters) = self.state.waiters.lock() else {
+            return;
+        };
+        pending.retain(|c| {
+            if !waiters.contains_key(&c.request_id) {
+                return false;
+            }
+            if now >= c.deadline {
+                if let Some(w) = waiters.remove(&c.request_id) {
+                    // The controller did not apply it in time (no quorum, or no leader).
+                    let timeout_ms =
+                        u64::try_from(CONTROLLER_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+                    let _ = w.send(Err(Error::Timeout(timeout_ms)));
+                }
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Appends newly committed batches to their partition logs; hands committed controller
+    /// commands to the apply thread.
+    fn apply(&self, node: &Node, bindings: &HashMap<GroupId, Binding>, controller_next: &mut u64) {
+        for (g, b) in bindings {
+            let Some(r) = node.get(*g) else { continue };
+            match b {
+                Binding::Partition(key) => self.apply_partition(r, key),
+                Binding::Controller => {
+                    let Some(tx) = &self.controller_apply else {
+                        continue;
+                    };
+                    if r.high_watermark() <= *controller_next {
+                        continue;
+                    }
+                    for (base, data) in r.read_committed(*controller_next, usize::MAX) {
+                        if base < *controller_next {
+                            continue;
+                        }
+                        match decode_command(&data) {
+                            Some(c) => {
+                                let _ = tx.send((base, c));
+                            }
+                            None => {
+                                tracing::warn!(
+                                    offset = base,
+                                    "undecodable controller command skipped"
+                                )
+                            }
+                        }
+                        *controller_next = base + 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_partition(&self, r: &Replica, key: &PartitionKey) {
+        let Ok(p) = self.shard.partition(key) else {
+            return;
+        };
+        let mut next = p.watermarks().next_offset;
+        while r.high_watermark() > next {
+            let batches = r.read_committed(next, APPLY_BATCHES_PER_ROUND);
+            if batches.is_empty() {
+                return;
+            }
+            for (base, data) in batches {
+                assert_eq!(
+                    base, next,
+                    "{}/{}: raft offsets differ from the partition log's",
+                    key.0, key.1
+                );
+                let applied = ValidatedBatch::validate(data)
+                    .map_err(Error::from)
+                    .and_then(|b| self.shard.apply_committed(key, b));
+                match applied {
+                    Ok(a) => {
+                        assert_eq!(
+                            a.base_offset, base,
+                            "{}/{}: applied at another offset",
+                            key.0, key.1
+                        );
+                        next = a.last_offset + 1;
+                    }
+                    Err(e) => {
+                        // Retried next round (a failed partition repairs itself).
+                        tracing::warn!(topic = %key.0, partition = key.1, error = %e, "committed batch not applied yet");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Installs the host on the calling shard and starts its loop and ticker.
+fn start_host(
+    local: &LocalShard,
+    state: Arc<ClusterState>,
+    controller_apply: Option<flume::Sender<(u64, Command)>>,
+    controller_next: u64,
+) {
+    let h = Rc::new(Host {
+        shard: local.clone(),
+        state,
+        inbox: RefCell::new(HostInbox::default()),
+        wake: LocalNotify::default(),
+        controller_apply,
+    });
+    HOST.with(|x| *x.borrow_mut() = Some(h.clone()));
+    local.set_replication_hook(Rc::new(|group, key, batch, acks, reply| {
+        let token = reply.map(|reply| Token {
+            reply,
+            key: key.clone(),
+        });
+        match host() {
+            Some(h) => h.push(|i| {
+                i.proposals
+                    .push((group, batch.into_bytes(), acks.into(), token))
+            }),
+            None => {
+                if let Some(t) = token {
+                    let _ = t.reply.send(Err(Error::ShuttingDown));
+                }
+            }
+        }
+    }));
+    rt::spawn_local(h.clone().run(controller_next));
+    rt::spawn_local(h.ticker());
+}
+
+/// Opens a replica on the calling shard and gives it to the shard's host.
+async fn open_here(
+    local: LocalShard,
+    state: Arc<ClusterState>,
+    group: GroupId,
+    binding: Binding,
+    dir: std::path::PathBuf,
+    voters: Vec<NodeId>,
+) -> Result<()> {
+    let Some(h) = host() else {
+        return Err(Error::ShuttingDown);
+    };
+    if let Binding::Partition(key) = &binding {
+        local.set_replicated(key, Some(group))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+    let seed = (crate::batch::now_us() as u64) ^ ((local.id() as u64) << 48);
+    let r = ReplicatedPartition::open(
+        DmaStorage,
+        &dir,
+        group,
+        state.node_id,
+        &voters,
+        state.cfg,
+        seed,
+    )
+    .await
+    .map_err(|e| Error::io(dir.display(), e))?;
+    h.push(|i| i.opens.push((r, binding)));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Engine API
+// ---------------------------------------------------------------------------------------------
+
+impl Engine {
+    fn cluster(&self) -> Result<&Arc<ClusterState>> {
+        self.inner.cluster.get().ok_or_else(|| {
+            Error::InvalidArgument("this node is not part of a cluster (no --cluster)".into())
+        })
+    }
+
+    /// Makes this engine node `node_id` of a cluster of `nodes` (static; includes node_id):
+    /// starts the controller group on shard 0 and the per-shard replica hosts; reopens the
+    /// replicas of existing replicated topics. Call once, after open, before serving.
+    pub fn enable_cluster(
+        &self,
+        node_id: NodeId,
+        nodes: Vec<NodeId>,
+        sink: PeerSink,
+        cfg: ReplicaConfig,
+    ) -> Result<()> {
+        let mut nodes = nodes;
+        nodes.sort_unstable();
+        nodes.dedup();
+        if node_id == 0 || nodes.contains(&0) || !nodes.contains(&node_id) {
+            return Err(Error::InvalidArgument(format!(
+                "node ids must be >= 1 and include this node ({node_id}): {nodes:?}"
+            )));
+        }
+        if cfg.tick_ms == 0
+            || cfg.heartbeat_ticks == 0
+            || cfg.election_ticks <= cfg.heartbeat_ticks
+            || cfg.election_ticks_max <= cfg.election_ticks
+        {
+            return Err(Error::InvalidArgument(format!(
+                "replica timing needs tick_ms > 0 and heartbeat < election < election max: {cfg:?}"
+            )));
+        }
+        let state = Arc::new(ClusterState {
+            node_id,
+            nodes: nodes.clone(),
+            sink,
+            cfg,
+            routes: RwLock::new(HashMap::from([(CONTROLLER_GROUP, 0)])),
+            controller_leader: AtomicU64::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(crate::batch::now_us() as u64),
+            dropped_peer_msgs: AtomicU64::new(0),
+        });
+        if self.inner.cluster.set(state.clone()).is_err() {
+            return Err(Error::InvalidArgument("cluster already enabled".into()));
+        }
+        let meta = lock(&self.inner.control)?.clone();
+        let (apply_tx, apply_rx) = flume::unbounded();
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("controller-apply".into())
+            .spawn(move || apply_thread(weak, apply_rx))
+            .map_err(|e| Error::Runtime(format!("controller apply thread: {e}")))?;
+        let mut rxs = Vec::new();
+        for s in 0..self.shard_count() {
+            let (tx, rx) = flume::bounded(1);
+            let st = state.clone();
+            let apply = (s == 0).then(|| apply_tx.clone());
+            let next = meta.controller_applied;
+            self.send(
+                s,
+                Request::Run(Box::new(move |local: &LocalShard| {
+                    start_host(local, st, apply, next);
+                    let _ = tx.send(Ok(()));
+                })),
+            )?;
+            rxs.push(rx);
+        }
+        drop(apply_tx);
+        for rx in rxs {
+            recv(rx)?;
+        }
+        let dir = self
+            .inner
+            .config
+            .data_dir
+            .join(CONTROLLER_DIR)
+            .join(RAFT_DIR);
+        self.open_replica(0, CONTROLLER_GROUP, Binding::Controller, dir, nodes)?;
+        for (name, t) in &meta.topics {
+            self.open_topic_replicas(name, t)?;
+        }
+        tracing::info!(node_id, nodes = ?state.nodes, "cluster enabled");
+        Ok(())
+    }
+
+    pub fn cluster_node_id(&self) -> Option<NodeId> {
+        self.inner.cluster.get().map(|c| c.node_id)
+    }
+
+    /// The controller's leader as this node knows it (for forwarding/metadata).
+    pub fn controller_leader(&self) -> Option<NodeId> {
+        let l = self
+            .cluster()
+            .ok()?
+            .controller_leader
+            .load(Ordering::Acquire);
+        (l != 0).then_some(l)
+    }
+
+    /// A frame from peer `from` (any thread, never blocks): routed per group to its shard.
+    /// Messages for a group this node does not hold, or for a shard whose inbox is full, are
+    /// dropped (Raft retransmits).
+    pub fn deliver_peer_messages(&self, from: NodeId, msgs: Vec<(GroupId, Bytes)>) {
+        let Ok(state) = self.cluster() else { return };
+        let mut per_shard: HashMap<usize, Vec<(GroupId, Bytes)>> = HashMap::new();
+        {
+            let Ok(routes) = state.routes.read() else {
+                return;
+            };
+            for (g, b) in msgs {
+                if let Some(s) = routes.get(&g) {
+                    per_shard.entry(*s).or_default().push((g, b));
+                }
+            }
+        }
+        for (s, msgs) in per_shard {
+            let n = msgs.len() as u64;
+            let task = Request::Run(Box::new(move |_: &LocalShard| {
+                if let Some(h) = host() {
+                    h.push(|i| i.peer.push((from, msgs)));
+                }
+            }));
+            let sent = self.inbox(s).is_ok_and(|tx| tx.try_send(task).is_ok());
+            if !sent {
+                state.dropped_peer_msgs.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Opens a replica on shard `shard` and routes its group there (blocking: not for a
+    /// shard thread).
+    fn open_replica(
+        &self,
+        shard: usize,
+        group: GroupId,
+        binding: Binding,
+        dir: std::path::PathBuf,
+        voters: Vec<NodeId>,
+    ) -> Result<()> {
+        let state = self.cluster()?.clone();
+        lock_routes(&state)?.insert(group, shard);
+        let (tx, rx) = flume::bounded(1);
+        self.send(
+            shard,
+            Request::Run(Box::new(move |local: &LocalShard| {
+                let local = local.clone();
+                rt::spawn_local(async move {
+                    let _ = tx.send(open_here(local, state, group, binding, dir, voters).await);
+                });
+            })),
+        )?;
+        recv(rx)
+    }
+
+    /// Marks every partition of a replicated topic replicated on this node and opens the
+    /// replicas placed here.
+    fn open_topic_replicas(&self, name: &str, t: &TopicMeta) -> Result<()> {
+        let state = self.cluster()?.clone();
+        let key_name: Arc<str> = Arc::from(name);
+        for (p, group) in t.groups.iter().enumerate() {
+            let shard = t.shards[p] as usize;
+            let key: PartitionKey = (key_name.clone(), p as u32);
+            let voters = t.replica_sets.get(p).cloned().unwrap_or_default();
+            if voters.contains(&state.node_id) {
+                let dir =
+                    metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
+                        .join(RAFT_DIR);
+                self.open_replica(shard, *group, Binding::Partition(key), dir, voters)?;
+            } else {
+                let (tx, rx) = flume::bounded(1);
+                let g = *group;
+                self.send(
+                    shard,
+                    Request::Run(Box::new(move |local: &LocalShard| {
+                        let _ = tx.send(local.set_replicated(&key, Some(g)));
+                    })),
+                )?;
+                recv(rx)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes this node's replicas of a topic from their hosts (before its files go).
+    fn close_topic_replicas(&self, t: &TopicMeta) -> Result<()> {
+        let state = self.cluster()?.clone();
+        for (p, group) in t.groups.iter().enumerate() {
+            lock_routes(&state)?.remove(group);
+            let (tx, rx) = flume::bounded(1);
+            let g = *group;
+            self.send(
+                t.shards[p] as usize,
+                Request::Run(Box::new(move |_: &LocalShard| match host() {
+                    Some(h) => h.push(|i| i.removes.push((g, tx))),
+                    None => {
+                        let _ = tx.send(Ok(()));
+                    }
+                })),
+            )?;
+            recv(rx)?;
+        }
+        Ok(())
+    }
+
+    /// Proposes a controller command and waits until this node applied it.
+    async fn controller_command(&self, make: impl FnOnce(u64) -> Command) -> Result<Outcome> {
+        let state = self.cluster()?.clone();
+        let request_id = state.next_request.fetch_add(1, Ordering::Relaxed) ^ (state.node_id << 56);
+        let bytes = encode_command(&make(request_id))?;
+        let (tx, rx) = flume::bounded(1);
+        lock(&state.waiters)?.insert(request_id, tx);
+        let now = Instant::now();
+        let cmd = PendingCmd {
+            request_id,
+            bytes,
+            deadline: now + CONTROLLER_TIMEOUT,
+            next_try: now,
+        };
+        let sent = self
+            .send_async(
+                0,
+                Request::Run(Box::new(move |_: &LocalShard| {
+                    if let Some(h) = host() {
+                        h.push(|i| i.controller.push(cmd));
+                    }
+                })),
+            )
+            .await;
+        if let Err(e) = sent {
+            lock(&state.waiters)?.remove(&request_id);
+            return Err(e);
+        }
+        recv_async(rx).await
+    }
+
+    /// Creates a replicated topic through the controller (from any node). R =
+    /// `config.replicas` (1..=nodes, else InvalidArgument). Partition `p`'s replicas are R
+    /// distinct nodes starting at `(p + crc32c(name)) % n` over the sorted node ids.
+    pub async fn create_topic_replicated(
+        &self,
+        name: &str,
+        config: TopicConfig,
+    ) -> Result<TopicInfo> {
+        config::validate_topic_name(name)?;
+        config::validate_topic_config(&config)?;
+        let state = self.cluster()?.clone();
+        let n = state.nodes.len();
+        if config.replicas as usize > n {
+            return Err(Error::InvalidArgument(format!(
+                "replicas {} exceeds the cluster's {n} nodes",
+                config.replicas
+            )));
+        }
+        if config.queue.is_some() && config.replicas > 1 {
+            return Err(Error::InvalidArgument(
+                "work queues on replicated topics are not supported yet".into(),
+            ));
+        }
+        if config.encrypted && self.inner.keyring.is_none() {
+            return Err(Error::InvalidArgument(
+                "encrypted topics need an encryption key file (engine.encryption_key_file)".into(),
+            ));
+        }
+        let placement = placement(name, config.partitions, config.replicas, &state.nodes);
+        let name = name.to_string();
+        match self
+            .controller_command(move |request_id| Command::CreateTopic {
+                request_id,
+                name,
+                config,
+                placement,
+            })
+            .await?
+        {
+            Outcome::Created(info) => Ok(info),
+            Outcome::Deleted => Err(Error::Runtime("unexpected controller outcome".into())),
+        }
+    }
+
+    /// Deletes a replicated topic through the controller (from any node).
+    pub async fn delete_topic_replicated(&self, name: &str) -> Result<()> {
+        if crate::groups::is_internal(name) {
+            return Err(Error::InvalidArgument(format!("'{name}' is internal")));
+        }
+        self.cluster()?;
+        let name = name.to_string();
+        self.controller_command(move |request_id| Command::DeleteTopic { request_id, name })
+            .await
+            .map(|_| ())
+    }
+
+    /// Per partition: leader (as this node knows it), replicas, in-sync (leader's view:
+    /// matched within a bound; a follower answers what it knows), epoch (= Raft term), high
+    /// watermark. A topic that is not replicated answers this node as its one replica.
+    pub async fn replica_status(&self, topic: &str) -> Result<Vec<ReplicaStatus>> {
+        let t = lock(&self.inner.control)?
+            .topics
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+        let me = self.cluster_node_id();
+        let mut out = Vec::with_capacity(t.shards.len());
+        for p in 0..t.shards.len() as u32 {
+            let info = self.describe_partition_async(topic, p).await?;
+            let Some(group) = t.groups.get(p as usize).copied() else {
+                let one: Vec<NodeId> = me.into_iter().collect();
+                out.push(ReplicaStatus {
+                    partition: p,
+                    leader: me,
+                    replicas: one.clone(),
+                    in_sync: one,
+                    epoch: 0,
+                    high_watermark: info.next_offset,
+                });
+                continue;
+            };
+            let replicas = t.replica_sets.get(p as usize).cloned().unwrap_or_default();
+            let (tx, rx) = flume::bounded(1);
+            let q: Box<dyn FnOnce(&Node) + Send> = Box::new(move |node: &Node| {
+                let _ = tx.send(Ok(node.get(group).map(|r| {
+                    (
+                        r.leader(),
+                        r.in_sync(IN_SYNC_LAG_ENTRIES),
+                        r.term(),
+                        r.high_watermark(),
+                    )
+                })));
+            });
+            self.send_async(
+                t.shards[p as usize] as usize,
+                Request::Run(Box::new(move |_: &LocalShard| {
+                    if let Some(h) = host() {
+                        h.push(|i| i.queries.push(q));
+                    }
+                })),
+            )
+            .await?;
+            let (leader, in_sync, epoch, high_watermark) =
+                recv_async(rx)
+                    .await?
+                    .unwrap_or((None, Vec::new(), 0, info.next_offset));
+            out.push(ReplicaStatus {
+                partition: p,
+                leader,
+                replicas,
+                in_sync,
+                epoch,
+                high_watermark,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn lock_routes(
+    state: &ClusterState,
+) -> Result<std::sync::RwLockWriteGuard<'_, HashMap<GroupId, usize>>> {
+    state
+        .routes
+        .write()
+        .map_err(|_| Error::Runtime("poisoned".into()))
+}
+
+/// Partition `p`'s replicas: `r` distinct nodes, starting at `(p + crc32c(name)) % n` over the
+/// sorted node ids, so replicas (and first leaders) spread evenly.
+fn placement(name: &str, partitions: u32, r: u32, nodes: &[NodeId]) -> Vec<Vec<NodeId>> {
+    let n = nodes.len();
+    let h = crc32c::crc32c(name.as_bytes()) as usize;
+    (0..partitions as usize)
+        .map(|p| {
+            let start = (p + h) % n;
+            let mut v: Vec<NodeId> = (0..r as usize).map(|i| nodes[(start + i) % n]).collect();
+            v.sort_unstable();
+            v
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The controller's apply thread
+// ---------------------------------------------------------------------------------------------
+
+/// Applies committed controller commands in order (blocking engine calls: off the shards).
+/// Ends when shard 0's host is gone (its sender dropped) or the engine is.
+fn apply_thread(engine: Weak<Inner>, rx: flume::Receiver<(u64, Command)>) {
+    while let Ok((offset, cmd)) = rx.recv() {
+        let Some(inner) = engine.upgrade() else {
+            return;
+        };
+        let engine = Engine { inner };
+        let request_id = cmd.request_id();
+        let outcome = engine.apply_command(offset, cmd);
+        let Ok(state) = engine.cluster() else { return };
+        if let Some(Err(e)) = outcome.as_ref().map(|r| r.as_ref().map(|_| ())) {
+            tracing::debug!(offset, error = %e, "controller command refused");
+        }
+        let waiter = state
+            .waiters
+            .lock()
+            .ok()
+            .and_then(|mut w| w.remove(&request_id));
+        if let (Some(w), Some(outcome)) = (waiter, outcome) {
+            let _ = w.send(outcome);
+        }
+    }
+}
+
+impl Engine {
+    /// One committed controller command. `None`: applied before (a restart's replay, or a
+    /// re-proposed copy), nothing to answer.
+    fn apply_command(&self, offset: u64, cmd: Command) -> Option<Result<Outcome>> {
+        let request_id = cmd.request_id();
+        {
+            let meta = lock(&self.inner.control).ok()?;
+            if offset < meta.controller_applied || meta.recent_requests.contains(&request_id) {
+                return None;
+            }
+        }
+        Some(match cmd {
+            Command::CreateTopic {
+                name,
+                config,
+                placement,
+                ..
+            } => self.apply_create(offset, request_id, &name, config, placement),
+            Command::DeleteTopic { name, .. } => self.apply_delete(offset, request_id, &name),
+        })
+    }
+
+    /// Records a command as applied in the metadata file.
+    fn mark_applied(next: &mut metadata::Metadata, offset: u64, request_id: u64) {
+        next.controller_applied = offset + 1;
+        next.recent_requests.push(request_id);
+        let excess = next
+            .recent_requests
+            .len()
+            .saturating_sub(RECENT_REQUESTS_MAX);
+        next.recent_requests.drain(..excess);
+    }
+
+    fn store_applied(&self, offset: u64, request_id: u64) -> Result<()> {
+        let mut meta = lock(&self.inner.control)?;
+        let mut next = meta.clone();
+        Self::mark_applied(&mut next, offset, request_id);
+        metadata::store(&self.inner.config.data_dir, &next)?;
+        *meta = next;
+        Ok(())
+    }
+
+    fn apply_create(
+        &self,
+        offset: u64,
+        request_id: u64,
+        name: &str,
+        config: TopicConfig,
+        placement: Vec<Vec<NodeId>>,
+    ) -> Result<Outcome> {
+        let t = {
+            let mut meta = lock(&self.inner.control)?;
+            if meta.topics.contains_key(name) {
+                drop(meta);
+                self.store_applied(offset, request_id)?;
+                return Err(Error::TopicExists(name.to_string()));
+            }
+            let mut next = meta.clone();
+            let shards = next.place(config.partitions);
+            let id = next.next_topic_id;
+            next.next_topic_id += 1;
+            let first = next.next_group_id;
+            next.next_group_id += u64::from(config.partitions);
+            let t = TopicMeta {
+                id,
+                config: config.clone(),
+                shards,
+                created_ms: crate::batch::now_us() / 1000,
+                replica_sets: placement,
+                groups: (first..first + u64::from(config.partitions)).collect(),
+            };
+            next.topics.insert(name.to_string(), t.clone());
+            Self::mark_applied(&mut next, offset, request_id);
+            metadata::store(&self.inner.config.data_dir, &next)?;
+            *meta = next;
+            t
+        };
+        for rx in self.open_partitions(name, &t)? {
+            recv(rx)?;
+        }
+        self.open_topic_replicas(name, &t)?;
+        let meta = lock(&self.inner.control)?;
+        self.publish_routes(&meta);
+        tracing::info!(
+            topic = name,
+            partitions = t.shards.len(),
+            replicas = config.replicas,
+            "replicated topic created"
+        );
+        Ok(Outcome::Created(TopicInfo {
+            name: name.to_string(),
+            id: t.id,
+            config,
+            shards: t.shards,
+        }))
+    }
+
+    fn apply_delete(&self, offset: u64, request_id: u64, name: &str) -> Result<Outcome> {
+        let t = lock(&self.inner.control)?.topics.get(name).cloned();
+        let result = match t {
+            None => Err(Error::UnknownTopic(name.to_string())),
+            Some(t) => self
+                .close_topic_replicas(&t)
+                .and_then(|()| self.delete_topic(name))
+                .map(|()| Outcome::Deleted),
+        };
+        self.store_applied(offset, request_id)?;
+        result
+    }
+}
