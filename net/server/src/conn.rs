@@ -844,15 +844,17 @@ impl Conn {
             .name("shardline-admin".into())
             .spawn(move || {
                 let r = match request {
-                    Request::CreateTopic(c) => engine
-                        .create_topic(&c.name, super::encryption::topic_config(&encryption, &c))
-                        .map(|t| {
-                            Response::CreateTopic(CreateTopicResponse {
-                                topic: (&t).to_wire(),
-                            })
-                        }),
-                    Request::DeleteTopic(d) => engine
-                        .delete_topic(&d.name)
+                    Request::CreateTopic(c) => crate::replicas::create_topic(
+                        &engine,
+                        &c.name,
+                        super::encryption::topic_config(&encryption, &c),
+                    )
+                    .map(|t| {
+                        Response::CreateTopic(CreateTopicResponse {
+                            topic: (&t).to_wire(),
+                        })
+                    }),
+                    Request::DeleteTopic(d) => crate::replicas::delete_topic(&engine, &d.name)
                         .map(|()| Response::DeleteTopic(DeleteTopicResponse {})),
                     Request::ListTopics(_) => Ok(Response::ListTopics(ListTopicsResponse {
                         topics: engine.list_topics().iter().map(ToWire::to_wire).collect(),

@@ -43,8 +43,7 @@ impl ToWire for engine::Acks {
             engine::Acks::None => Acks::None,
             engine::Acks::Leader => Acks::Leader,
             engine::Acks::Durable => Acks::Durable,
-            // The protocol's `all` is the net side's (issue 14); until then, as durable.
-            engine::Acks::All => Acks::Durable,
+            engine::Acks::All => Acks::All,
         }
     }
 }
@@ -57,8 +56,7 @@ impl ToEngine for Acks {
             Acks::None => engine::Acks::None,
             Acks::Leader => engine::Acks::Leader,
             Acks::Durable => engine::Acks::Durable,
-            // Until the engine has `Acks::All` (branch repl-wire): a single replica's `all`.
-            Acks::All => engine::Acks::Durable,
+            Acks::All => engine::Acks::All,
         }
     }
 }
@@ -416,7 +414,7 @@ mod tests {
 
     #[test]
     fn enums_round_trip_through_the_engine_types() {
-        for a in [Acks::None, Acks::Leader, Acks::Durable] {
+        for a in [Acks::None, Acks::Leader, Acks::Durable, Acks::All] {
             assert_eq!(a.to_engine().to_wire(), a);
         }
         for s in [

@@ -3,11 +3,14 @@
 //! the topic's config; DescribeReplicas answers each partition's leader, replicas, in-sync set,
 //! epoch and high watermark.
 //!
-//! Until the replication layer (engine/src/replication) registers itself with
-//! [`crate::Server::enable_replication`], every partition is a single replica on this node:
-//! leader = this node, replicas = in_sync = [this node], epoch 0, high watermark = the log's
-//! next offset; and a replication factor above 1 is refused with a clear error rather than
-//! accepted and not honoured.
+//! On a cluster (`shardline serve --cluster`: the engine's `enable_cluster` ran, and the
+//! server was told with [`crate::Server::enable_replication`]) every CreateTopic,
+//! CreateReplicatedTopic and DeleteTopic goes through the controller group
+//! (`Engine::create_topic_replicated` / `delete_topic_replicated`, from any node), and
+//! DescribeReplicas / DescribeCluster answer from `Engine::replica_status`. On a single node
+//! nothing changes: every partition is a single replica on this node (leader = this node,
+//! replicas = in_sync = [this node], epoch 0, high watermark = the log's next offset) and a
+//! replication factor above 1 is refused with a clear error.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -64,15 +67,15 @@ pub(crate) fn describe_cluster(
         .collect();
     DescribeClusterResponse {
         node_id,
-        controller: controller_leader(engine, cluster),
+        controller: controller_leader(engine),
         nodes,
         topics,
     }
 }
 
 /// The controller's leader as this node knows it (0: unknown, or a single node).
-fn controller_leader(_engine: &Engine, _cluster: &ClusterView) -> u64 {
-    0
+fn controller_leader(engine: &Engine) -> u64 {
+    engine.controller_leader().unwrap_or(0)
 }
 
 /// What the server knows of its cluster.
@@ -139,10 +142,33 @@ pub(crate) fn create(
     };
     let mut config = crate::encryption::topic_config(policy, &request);
     config.replicas = r.replicas;
-    let t = engine.create_topic(&request.name, config)?;
+    let t = create_topic(engine, &request.name, config)?;
     Ok(CreateTopicResponse {
         topic: (&t).to_wire(),
     })
+}
+
+/// Creates a topic: through the controller on a cluster (any node; waits until this node
+/// applied it), locally on a single node. Blocking (the admin thread).
+pub(crate) fn create_topic(
+    engine: &Engine,
+    name: &str,
+    config: shardline_engine::TopicConfig,
+) -> Result<shardline_engine::TopicInfo, Error> {
+    if engine.cluster_node_id().is_some() {
+        futures_lite::future::block_on(engine.create_topic_replicated(name, config))
+    } else {
+        engine.create_topic(name, config)
+    }
+}
+
+/// Deletes a topic: through the controller on a cluster, locally on a single node.
+pub(crate) fn delete_topic(engine: &Engine, name: &str) -> Result<(), Error> {
+    if engine.cluster_node_id().is_some() {
+        futures_lite::future::block_on(engine.delete_topic_replicated(name))
+    } else {
+        engine.delete_topic(name)
+    }
 }
 
 /// DescribeReplicas: each partition's replication state.
@@ -153,6 +179,24 @@ pub(crate) fn describe(
 ) -> Result<DescribeReplicasResponse, Error> {
     let d = engine.describe_topic(name)?;
     let node_id = cluster.node_id.load(Ordering::Acquire);
+    if engine.cluster_node_id().is_some() {
+        let status = futures_lite::future::block_on(engine.replica_status(name))?;
+        return Ok(DescribeReplicasResponse {
+            replicas: d.info.config.replicas,
+            node_id,
+            partitions: status
+                .into_iter()
+                .map(|s| PartitionReplicas {
+                    partition: s.partition,
+                    leader: s.leader.unwrap_or(0),
+                    replicas: s.replicas,
+                    in_sync: s.in_sync,
+                    epoch: s.epoch,
+                    high_watermark: s.high_watermark,
+                })
+                .collect(),
+        });
+    }
     let partitions = d
         .partitions
         .iter()
