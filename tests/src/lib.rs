@@ -17,3 +17,5 @@ pub fn crash_batch_len(seq: u64) -> usize {
 pub mod torture;
 
 pub mod proxy;
+
+pub mod cluster;

@@ -107,6 +107,10 @@ impl ClusterRoutes {
         self.leaders.clear();
     }
 
+    pub(crate) fn is_multi_node(&self) -> bool {
+        self.is_cluster == Some(true)
+    }
+
     pub(crate) fn forget_topic(&mut self, topic: &str) {
         self.leaders.remove(topic);
     }
@@ -152,6 +156,13 @@ pub(crate) type LeaderFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Option<Arc<Connection>>, ClientError>> + Send + 'a>>;
 
 impl Client {
+    /// A client of the one server at `addr` that never follows partition leaders to other
+    /// nodes of a cluster: reads see what this node's replica has (committed data), writes to
+    /// partitions it does not lead answer NOT_LEADER. For tests and tools that inspect a node.
+    pub fn connect_node(addr: &str, config: crate::ClientConfig) -> Result<Client, ClientError> {
+        block_on(Client::connect_inner(addr, config, true))
+    }
+
     /// Every node's client address and, for `topics`, each partition's leader, replicas,
     /// in-sync replicas, epoch and high watermark, as the answering node knows them.
     pub fn describe_cluster(

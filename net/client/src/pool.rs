@@ -376,7 +376,18 @@ impl Client {
 
     pub(crate) async fn call_bootstrap(&self, request: Request) -> Result<Response, ClientError> {
         let c = self.bootstrap().await?;
-        c.call(&request, self.inner.config.request_timeout).await
+        let r = c.call(&request, self.inner.config.request_timeout).await;
+        if matches!(r, Err(ClientError::Timeout { .. })) && !self.inner.node_only {
+            // A cluster node that stopped answering (paused, cut off): the next call opens the
+            // bootstrap again, on another node if this one does not answer the Handshake.
+            let mut b = lock(&self.inner.bootstrap);
+            if b.as_ref().is_some_and(|b| Arc::ptr_eq(b, &c))
+                && lock(&self.inner.cluster).is_multi_node()
+            {
+                *b = None;
+            }
+        }
+        r
     }
 
     /// Round trip to the server over the bootstrap connection.
