@@ -144,6 +144,8 @@ pub struct DriverOptions {
     pub shards: u32,
     /// Batches one producer keeps in flight (sizes the network clients' request windows).
     pub inflight: u32,
+    /// Shardline over the network: replicas of each partition of the run's topic.
+    pub replicas: u32,
 }
 
 /// Opens the driver the options name.
@@ -158,10 +160,9 @@ pub fn open(opts: &DriverOptions) -> Result<Box<dyn Driver>, DriverError> {
             opts.data_dir.clone(),
             opts.shards,
         )?)),
-        (DriverKind::Shardline, Some(addr)) => Ok(Box::new(shardline::ShardlineDriver::connect(
-            addr,
-            opts.inflight,
-        )?)),
+        (DriverKind::Shardline, Some(addr)) => Ok(Box::new(
+            shardline::ShardlineDriver::connect(addr, opts.inflight)?.replicas(opts.replicas),
+        )),
         (DriverKind::Nats, Some(addr)) => Ok(Box::new(nats::NatsDriver::connect(addr)?)),
         (DriverKind::Redis, Some(addr)) => Ok(Box::new(redis::RedisDriver::connect(addr)?)),
         (DriverKind::Nats, None) => Err(need_addr("nats")),

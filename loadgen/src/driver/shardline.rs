@@ -46,6 +46,8 @@ pub struct ShardlineDriver {
     addr: String,
     config: ClientConfig,
     admin: Client,
+    /// Replicas of each partition of the topics it creates (a cluster; 1 = CreateTopic).
+    replicas: u32,
 }
 
 impl ShardlineDriver {
@@ -62,7 +64,14 @@ impl ShardlineDriver {
             addr: addr.to_string(),
             config,
             admin,
+            replicas: 1,
         })
+    }
+
+    /// Creates topics with `replicas` replicas per partition.
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas.max(1);
+        self
     }
 
     fn client(&self) -> Result<Client, DriverError> {
@@ -75,6 +84,7 @@ fn net_acks(a: AckLevel) -> Acks {
         AckLevel::None => Acks::None,
         AckLevel::Leader => Acks::Leader,
         AckLevel::Durable => Acks::Durable,
+        AckLevel::All => Acks::All,
     }
 }
 
@@ -82,6 +92,7 @@ fn net_acks(a: AckLevel) -> Acks {
 pub(crate) fn durability(acks: AckLevel) -> String {
     match acks {
         AckLevel::Durable => "durable: fdatasync before ack".into(),
+        AckLevel::All => "all: committed on a majority of the replicas (durable with one)".into(),
         AckLevel::Leader => "leader: in memory, in order".into(),
         AckLevel::None => "none: no ack".into(),
     }
@@ -106,7 +117,25 @@ impl Driver for ShardlineDriver {
             partitions,
             ..TopicConfig::default()
         };
-        self.admin.create_topic(topic, config)?;
+        if self.replicas > 1 {
+            self.admin
+                .create_replicated_topic(topic, config, self.replicas)?;
+            // Wait (bounded) until every partition has a leader: the run measures writes.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let r = self.admin.describe_cluster(&[topic])?;
+                let led = r
+                    .topics
+                    .iter()
+                    .all(|t| t.partitions.iter().all(|p| p.leader != 0));
+                if led || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        } else {
+            self.admin.create_topic(topic, config)?;
+        }
         Ok(())
     }
 
