@@ -846,6 +846,7 @@ impl Conn {
                 let r = match request {
                     Request::CreateTopic(c) => crate::replicas::create_topic(
                         &engine,
+                        &shared.cluster,
                         &c.name,
                         super::encryption::topic_config(&encryption, &c),
                     )
@@ -854,8 +855,10 @@ impl Conn {
                             topic: (&t).to_wire(),
                         })
                     }),
-                    Request::DeleteTopic(d) => crate::replicas::delete_topic(&engine, &d.name)
-                        .map(|()| Response::DeleteTopic(DeleteTopicResponse {})),
+                    Request::DeleteTopic(d) => {
+                        crate::replicas::delete_topic(&engine, &shared.cluster, &d.name)
+                            .map(|()| Response::DeleteTopic(DeleteTopicResponse {}))
+                    }
                     Request::ListTopics(_) => Ok(Response::ListTopics(ListTopicsResponse {
                         topics: engine.list_topics().iter().map(ToWire::to_wire).collect(),
                     })),

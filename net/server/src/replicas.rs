@@ -34,6 +34,8 @@ pub(crate) fn describe_cluster(
     cluster: &ClusterView,
     r: &DescribeClusterRequest,
 ) -> DescribeClusterResponse {
+    // Before the transport is set a cluster node would look like a single server.
+    wait_for_replication(cluster);
     let node_id = cluster.node_id.load(Ordering::Acquire);
     let advertised = lock(&cluster.advertised).clone();
     let nodes = match lock(&cluster.peers).as_ref() {
@@ -105,6 +107,24 @@ impl Default for ClusterView {
     }
 }
 
+/// How long a topic change asked of a cluster node whose replication is still starting (the
+/// client listener opens first) waits for it.
+const REPLICATION_START_WAIT_MS: u64 = 30_000;
+
+/// On a node of a cluster (more than one node listed), waits until the replication layer is
+/// enabled: a request that arrives between the listener opening and `enable_cluster` must
+/// neither create a local-only topic nor be refused for want of replication.
+fn wait_for_replication(cluster: &ClusterView) {
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(REPLICATION_START_WAIT_MS);
+    while cluster.nodes.load(Ordering::Acquire) > 1
+        && !cluster.replication.load(Ordering::Acquire)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Checks a replication factor against the cluster.
 pub(crate) fn check_replicas(cluster: &ClusterView, replicas: u32) -> Result<(), Error> {
     if replicas == 0 || replicas > REPLICAS_MAX {
@@ -135,6 +155,7 @@ pub(crate) fn create(
     cluster: &ClusterView,
     r: CreateReplicatedTopicRequest,
 ) -> Result<CreateTopicResponse, Error> {
+    wait_for_replication(cluster);
     check_replicas(cluster, r.replicas)?;
     let request = CreateTopicRequest {
         name: r.name,
@@ -142,7 +163,7 @@ pub(crate) fn create(
     };
     let mut config = crate::encryption::topic_config(policy, &request);
     config.replicas = r.replicas;
-    let t = create_topic(engine, &request.name, config)?;
+    let t = create_topic(engine, cluster, &request.name, config)?;
     Ok(CreateTopicResponse {
         topic: (&t).to_wire(),
     })
@@ -152,9 +173,11 @@ pub(crate) fn create(
 /// applied it), locally on a single node. Blocking (the admin thread).
 pub(crate) fn create_topic(
     engine: &Engine,
+    cluster: &ClusterView,
     name: &str,
     config: shardline_engine::TopicConfig,
 ) -> Result<shardline_engine::TopicInfo, Error> {
+    wait_for_replication(cluster);
     if engine.cluster_node_id().is_some() {
         futures_lite::future::block_on(engine.create_topic_replicated(name, config))
     } else {
@@ -163,7 +186,12 @@ pub(crate) fn create_topic(
 }
 
 /// Deletes a topic: through the controller on a cluster, locally on a single node.
-pub(crate) fn delete_topic(engine: &Engine, name: &str) -> Result<(), Error> {
+pub(crate) fn delete_topic(
+    engine: &Engine,
+    cluster: &ClusterView,
+    name: &str,
+) -> Result<(), Error> {
+    wait_for_replication(cluster);
     if engine.cluster_node_id().is_some() {
         futures_lite::future::block_on(engine.delete_topic_replicated(name))
     } else {

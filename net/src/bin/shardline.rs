@@ -529,6 +529,8 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 client.create_replicated_topic(&name, config, replicas)
             }
             .map_err(|e| explain(e, &name))?;
+            // On a cluster, return once every partition has a leader (writes work at once).
+            shardline_net::cli::cluster::wait_for_leaders(&client, &name);
             let n = t.partition_shards.len();
             let plural = if n == 1 { "" } else { "s" };
             writeln!(out, "created topic {} ({n} partition{plural})", t.name)?;
@@ -665,6 +667,12 @@ fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     let config = ProducerConfig {
         acks,
         idempotent: args.idempotent || cluster,
+        // A cluster's leader change takes 1-2 s: keep retrying within the delivery timeout.
+        retries_max: if cluster {
+            1_000
+        } else {
+            ProducerConfig::default().retries_max
+        },
         // The sticky partitioner moves on when a batch closes: Kafka's 16 KiB batch size
         // spreads the unkeyed lines of one run over the partitions.
         batch_bytes_max: PRODUCE_BATCH_BYTES,

@@ -215,3 +215,23 @@ pub fn start_cluster(
     server.enable_replication();
     Ok(transport)
 }
+
+/// On a cluster, waits (at most 15 s) until every partition of `topic` has a leader, so that
+/// the commands after `topic create` can write at once. Nothing on a single server.
+pub fn wait_for_leaders(client: &shardline_client::Client, topic: &str) {
+    if !client.is_cluster().unwrap_or(false) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let led = client.describe_cluster(&[topic]).is_ok_and(|r| {
+            r.topics
+                .iter()
+                .all(|t| !t.partitions.is_empty() && t.partitions.iter().all(|p| p.leader != 0))
+        });
+        if led {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
