@@ -19,3 +19,4 @@ pub mod torture;
 pub mod proxy;
 
 pub mod cluster;
+pub mod cluster_torture;
