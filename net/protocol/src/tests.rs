@@ -1531,8 +1531,7 @@ fn wire_layout_is_pinned() {
         CreateReplicatedTopicRequest => 88, 8; DescribeReplicasRequest => 8, 4;
         PartitionReplicas => 48, 8; DescribeReplicasResponse => 24, 8;
         DescribeClusterRequest => 8, 4; ClusterNode => 16, 8; ClusterTopic => 24, 4;
-        DescribeClusterResponse => 32, 8;
-        ErrorResponse => 12, 4;
+        DescribeClusterResponse => 32, 8; ErrorResponse => 12, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;
         LeaveGroupRequest => 16, 4; LeaveGroupResponse => 0, 1;

@@ -530,7 +530,7 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             }
             .map_err(|e| explain(e, &name))?;
             // On a cluster, return once every partition has a leader (writes work at once).
-            shardline_net::cli::cluster::wait_for_leaders(&client, &name);
+            shardline_net::cli::cluster::wait_for_leaders(client, &name);
             let n = t.partition_shards.len();
             let plural = if n == 1 { "" } else { "s" };
             writeln!(out, "created topic {} ({n} partition{plural})", t.name)?;
