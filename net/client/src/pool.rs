@@ -265,10 +265,16 @@ impl Client {
                 route.partitions()
             )));
         };
-        if !self.inner.node_only
-            && let Some(c) = self.leader_connection(topic, partition).await?
-        {
-            return Ok(c);
+        if !self.inner.node_only {
+            match self.leader_connection(topic, partition).await {
+                Ok(Some(c)) => return Ok(c),
+                Ok(None) => {}
+                Err(e) => {
+                    // The leader's node is unreachable: ask where the leader is next time.
+                    lock(&self.inner.cluster).forget_topic(topic);
+                    return Err(e);
+                }
+            }
         }
         if !self.inner.config.shard_aware {
             return self.bootstrap().await;
