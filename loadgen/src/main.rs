@@ -62,9 +62,14 @@ struct CompareArgs {
 
 #[derive(Args, Debug)]
 struct RunArgs {
-    /// Broker address; without it an embedded Shardline engine runs in this process.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Broker address; without it an embedded Shardline engine runs in this process. A
+    /// Shardline cluster: one node's address (the others are discovered) or a list,
+    /// HOST:PORT,HOST:PORT; the client follows each partition's leader.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
     addr: Option<String>,
+    /// Shardline: replicas of each partition of the topic the run creates (a cluster) [default: 1].
+    #[arg(long, value_name = "R", default_value_t = 1)]
+    replicas: u32,
     /// Broker family.
     #[arg(long, value_enum, default_value = "shardline")]
     driver: DriverKind,
@@ -161,6 +166,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         shards: w.shards,
         inflight: w.inflight,
         compression: args.compression,
+        replicas: args.replicas,
     };
     let driver = driver::open(&opts).context("opening the broker")?;
     eprintln!("running {}", w.describe());

@@ -22,6 +22,9 @@ pub enum AckLevel {
     Leader,
     /// On disk (fdatasync) before the ack.
     Durable,
+    /// Committed: on disk on a majority of the partition's replicas (a Shardline cluster;
+    /// `durable` on a partition with one replica, and for brokers without replication).
+    All,
 }
 
 impl AckLevel {
@@ -30,6 +33,7 @@ impl AckLevel {
             AckLevel::None => "none",
             AckLevel::Leader => "leader",
             AckLevel::Durable => "durable",
+            AckLevel::All => "all",
         }
     }
 }

@@ -207,6 +207,11 @@ fn every_api() -> Vec<Request> {
                     name: topic.clone(),
                 },
             )),
+            ApiKey::DescribeCluster => Some(Request::DescribeCluster(
+                shardline_net::protocol::DescribeClusterRequest {
+                    topics: vec![topic.clone()],
+                },
+            )),
         })
         .collect()
 }

@@ -271,14 +271,11 @@ fn a_cluster_node_checks_replicas_against_the_cluster() {
     let (code, _, err) = client(a, &["topic", "create", "r", "--replicas", "4"], "");
     assert_eq!(code, 1);
     assert!(err.contains("exceeds the cluster's 3 nodes"), "{err}");
+    // With the replication layer running (issue 14), a topic change goes through the
+    // controller group: one node of three has no quorum, so it times out with a clear error
+    // rather than creating a topic on this node alone.
     let (code, _, err) = client(a, &["topic", "create", "r", "--replicas", "3"], "");
     assert_eq!(code, 1);
-    assert!(err.contains("replication layer"), "{err}");
-    let (code, _, err) = client(a, &["topic", "create", "r"], "");
-    assert_eq!(code, 0, "{err}");
-    let (_, out, _) = client(a, &["topic", "describe", "r", "--json"], "");
-    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(v["node_id"], 2);
-    assert_eq!(v["partitions"][0]["leader"], 2);
+    assert!(err.contains("timed out"), "{err}");
     node.kill();
 }

@@ -17,3 +17,6 @@ pub fn crash_batch_len(seq: u64) -> usize {
 pub mod torture;
 
 pub mod proxy;
+
+pub mod cluster;
+pub mod cluster_torture;

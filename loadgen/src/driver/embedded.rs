@@ -77,6 +77,7 @@ fn engine_acks(a: AckLevel) -> Acks {
         AckLevel::None => Acks::None,
         AckLevel::Leader => Acks::Leader,
         AckLevel::Durable => Acks::Durable,
+        AckLevel::All => Acks::All,
     }
 }
 

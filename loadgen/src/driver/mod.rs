@@ -146,6 +146,8 @@ pub struct DriverOptions {
     pub inflight: u32,
     /// Shardline only: codec of every produced batch (none, lz4, zstd).
     pub compression: shardline_engine::batch::compress::Codec,
+    /// Shardline over the network: replicas of each partition of the run's topic.
+    pub replicas: u32,
 }
 
 /// Opens the driver the options name.
@@ -162,6 +164,7 @@ pub fn open(opts: &DriverOptions) -> Result<Box<dyn Driver>, DriverError> {
         )),
         (DriverKind::Shardline, Some(addr)) => Ok(Box::new(
             shardline::ShardlineDriver::connect(addr, opts.inflight)?
+                .replicas(opts.replicas)
                 .with_compression(opts.compression),
         )),
         (DriverKind::Nats, Some(addr)) => Ok(Box::new(nats::NatsDriver::connect(addr)?)),

@@ -48,6 +48,8 @@ pub struct ShardlineDriver {
     admin: Client,
     /// Codec of the producers' batches (`--compression`).
     compression: shardline_engine::batch::compress::Codec,
+    /// Replicas of each partition of the topics it creates (a cluster; 1 = CreateTopic).
+    replicas: u32,
 }
 
 impl ShardlineDriver {
@@ -65,12 +67,19 @@ impl ShardlineDriver {
             config,
             admin,
             compression: shardline_engine::batch::compress::Codec::None,
+            replicas: 1,
         })
     }
 
     /// Compresses every produced batch with `codec`.
     pub fn with_compression(mut self, codec: shardline_engine::batch::compress::Codec) -> Self {
         self.compression = codec;
+        self
+    }
+
+    /// Creates topics with `replicas` replicas per partition.
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas.max(1);
         self
     }
 
@@ -84,6 +93,7 @@ fn net_acks(a: AckLevel) -> Acks {
         AckLevel::None => Acks::None,
         AckLevel::Leader => Acks::Leader,
         AckLevel::Durable => Acks::Durable,
+        AckLevel::All => Acks::All,
     }
 }
 
@@ -91,6 +101,7 @@ fn net_acks(a: AckLevel) -> Acks {
 pub(crate) fn durability(acks: AckLevel) -> String {
     match acks {
         AckLevel::Durable => "durable: fdatasync before ack".into(),
+        AckLevel::All => "all: committed on a majority of the replicas (durable with one)".into(),
         AckLevel::Leader => "leader: in memory, in order".into(),
         AckLevel::None => "none: no ack".into(),
     }
@@ -115,7 +126,25 @@ impl Driver for ShardlineDriver {
             partitions,
             ..TopicConfig::default()
         };
-        self.admin.create_topic(topic, config)?;
+        if self.replicas > 1 {
+            self.admin
+                .create_replicated_topic(topic, config, self.replicas)?;
+            // Wait (bounded) until every partition has a leader: the run measures writes.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                let r = self.admin.describe_cluster(&[topic])?;
+                let led = r
+                    .topics
+                    .iter()
+                    .all(|t| t.partitions.iter().all(|p| p.leader != 0));
+                if led || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        } else {
+            self.admin.create_topic(topic, config)?;
+        }
         Ok(())
     }
 

@@ -87,7 +87,7 @@ impl ClientError {
     pub fn is_stale_metadata(&self) -> bool {
         matches!(
             self.code(),
-            Some(code::UNKNOWN_TOPIC | code::UNKNOWN_PARTITION)
+            Some(code::UNKNOWN_TOPIC | code::UNKNOWN_PARTITION | code::NOT_LEADER)
         )
     }
 

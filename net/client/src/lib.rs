@@ -36,6 +36,7 @@
 
 mod accumulator;
 mod backoff;
+mod cluster;
 mod conn;
 mod consumer;
 mod error;

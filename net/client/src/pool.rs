@@ -71,6 +71,10 @@ struct Inner {
     bootstrap: Mutex<Option<Arc<Connection>>>,
     shards: Mutex<HashMap<u32, ShardSlot>>,
     metadata: Mutex<Metadata>,
+    /// Where each partition's leader is, when the server is a cluster (cluster.rs).
+    cluster: Mutex<super::cluster::ClusterRoutes>,
+    /// A client of one node that a cluster-aware client made: it never routes to other nodes.
+    node_only: bool,
 }
 
 #[derive(Debug)]
@@ -159,17 +163,42 @@ impl Client {
         block_on(Self::connect_async(addr, config))
     }
 
+    /// `addr` may list several servers of one cluster, `host:port,host:port`: the first that
+    /// answers is the bootstrap; the others (and every node the cluster names) are where the
+    /// client goes when it fails.
     pub async fn connect_async(addr: &str, config: ClientConfig) -> Result<Client, ClientError> {
-        let bootstrap = open_connection(addr.to_string(), config.clone()).await?;
-        Ok(Client {
-            inner: Arc::new(Inner {
-                addr: addr.to_string(),
-                config,
-                bootstrap: Mutex::new(Some(bootstrap)),
-                shards: Mutex::new(HashMap::new()),
-                metadata: Mutex::new(Metadata::default()),
-            }),
-        })
+        Self::connect_inner(addr, config, false).await
+    }
+
+    pub(crate) async fn connect_inner(
+        addr: &str,
+        config: ClientConfig,
+        node_only: bool,
+    ) -> Result<Client, ClientError> {
+        let seeds = super::cluster::seeds(addr);
+        let mut last = None;
+        for seed in &seeds {
+            match open_connection(seed.clone(), config.clone()).await {
+                Ok(bootstrap) => {
+                    return Ok(Client {
+                        inner: Arc::new(Inner {
+                            addr: addr.to_string(),
+                            config,
+                            bootstrap: Mutex::new(Some(bootstrap)),
+                            shards: Mutex::new(HashMap::new()),
+                            metadata: Mutex::new(Metadata::default()),
+                            cluster: Mutex::new(super::cluster::ClusterRoutes::new(
+                                seeds.clone(),
+                                seed,
+                            )),
+                            node_only,
+                        }),
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no server address".into())))
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -188,16 +217,33 @@ impl Client {
             .map(|c| c.server_id().to_string())
     }
 
-    /// The bootstrap connection, reopened if it failed.
+    /// The bootstrap connection, reopened if it failed: to the same server first, then (a
+    /// cluster) to the other addresses given and the other nodes the cluster named.
     pub(crate) async fn bootstrap(&self) -> Result<Arc<Connection>, ClientError> {
         if let Some(c) = lock(&self.inner.bootstrap).as_ref()
             && !c.is_closed()
         {
             return Ok(Arc::clone(c));
         }
-        let c = open_connection(self.inner.addr.clone(), self.inner.config.clone()).await?;
-        *lock(&self.inner.bootstrap) = Some(Arc::clone(&c));
-        Ok(c)
+        let candidates = lock(&self.inner.cluster).bootstrap_candidates(self.inner.node_only);
+        let mut last = None;
+        for (i, address) in candidates.iter().enumerate() {
+            match open_connection(address.clone(), self.inner.config.clone()).await {
+                Ok(c) => {
+                    if i > 0 {
+                        // Another server: its shards and routes are not the old one's.
+                        debug!(%address, "bootstrap moved to another server");
+                        lock(&self.inner.shards).clear();
+                        *lock(&self.inner.metadata) = Metadata::default();
+                        lock(&self.inner.cluster).moved_to(address);
+                    }
+                    *lock(&self.inner.bootstrap) = Some(Arc::clone(&c));
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no server address".into())))
     }
 
     /// The connection that reaches the owner of `topic`/`partition` directly (or the bootstrap
@@ -219,6 +265,17 @@ impl Client {
                 route.partitions()
             )));
         };
+        if !self.inner.node_only {
+            match self.leader_connection(topic, partition).await {
+                Ok(Some(c)) => return Ok(c),
+                Ok(None) => {}
+                Err(e) => {
+                    // The leader's node is unreachable: ask where the leader is next time.
+                    lock(&self.inner.cluster).forget_topic(topic);
+                    return Err(e);
+                }
+            }
+        }
         if !self.inner.config.shard_aware {
             return self.bootstrap().await;
         }
@@ -316,14 +373,27 @@ impl Client {
         Ok(self.route(topic)?.partitions())
     }
 
-    /// Forgets the cached route of `topic` (the next request looks it up again).
+    /// Forgets the cached route of `topic` (the next request looks it up again), and where
+    /// its partitions' leaders are.
     pub fn invalidate(&self, topic: &str) {
         lock(&self.inner.metadata).topics.remove(topic);
+        lock(&self.inner.cluster).forget_topic(topic);
     }
 
     pub(crate) async fn call_bootstrap(&self, request: Request) -> Result<Response, ClientError> {
         let c = self.bootstrap().await?;
-        c.call(&request, self.inner.config.request_timeout).await
+        let r = c.call(&request, self.inner.config.request_timeout).await;
+        if matches!(r, Err(ClientError::Timeout { .. })) && !self.inner.node_only {
+            // A cluster node that stopped answering (paused, cut off): the next call opens the
+            // bootstrap again, on another node if this one does not answer the Handshake.
+            let mut b = lock(&self.inner.bootstrap);
+            if b.as_ref().is_some_and(|b| Arc::ptr_eq(b, &c))
+                && lock(&self.inner.cluster).is_multi_node()
+            {
+                *b = None;
+            }
+        }
+        r
     }
 
     /// Round trip to the server over the bootstrap connection.
@@ -610,12 +680,22 @@ impl Client {
         topic: &str,
         result: Result<T, ClientError>,
     ) -> Result<T, ClientError> {
-        if let Err(e) = &result
-            && e.is_stale_metadata()
-        {
-            self.invalidate(topic);
+        if let Err(e) = &result {
+            if e.is_stale_metadata() {
+                self.invalidate(topic);
+            } else if super::cluster::leader_may_have_moved(e) {
+                lock(&self.inner.cluster).forget_topic(topic);
+            }
         }
         result
+    }
+
+    pub(crate) fn cluster_routes(&self) -> MutexGuard<'_, super::cluster::ClusterRoutes> {
+        lock(&self.inner.cluster)
+    }
+
+    pub(crate) fn is_node_only(&self) -> bool {
+        self.inner.node_only
     }
 }
 

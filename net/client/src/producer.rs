@@ -59,8 +59,10 @@ use crate::protocol::{
 /// Settings of a [`Producer`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProducerConfig {
-    /// What a record's acknowledgement means: `Durable` (fdatasync done, the default), `Leader`
-    /// (appended in memory) or `None` (written to the socket; no offsets come back).
+    /// What a record's acknowledgement means: `All` (the default: committed on a majority of
+    /// the partition's replicas; on a partition with one replica the same as `Durable`),
+    /// `Durable` (fdatasync done on the leader), `Leader` (appended in memory) or `None`
+    /// (written to the socket; no offsets come back).
     pub acks: Acks,
     /// How long a batch that is not full waits for more records before it is sent.
     pub linger: Duration,
@@ -95,7 +97,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         ProducerConfig {
-            acks: Acks::Durable,
+            acks: Acks::All,
             linger: Duration::from_millis(2),
             batch_bytes_max: 1 << 20,
             buffer_bytes_max: 64 << 20,
@@ -128,7 +130,7 @@ impl ProducerConfig {
             return bad("linger above 60 s");
         }
         if self.idempotent && self.acks == Acks::None {
-            return bad("an idempotent producer needs acks leader or durable");
+            return bad("an idempotent producer needs acks leader, durable or all");
         }
         Ok(())
     }
@@ -702,9 +704,14 @@ impl Worker {
             }
         }
         for b in batches {
+            let mut hint = 0;
             let outcome = match results.get(&(&*b.tp.topic, b.tp.partition)) {
                 Some(r) if r.error_code == code::NONE => Ok(r.base_offset),
                 Some(r) => {
+                    if r.error_code == code::NOT_LEADER {
+                        // docs/protocol.md, code 20: the leader's node id rides in base_offset.
+                        hint = r.base_offset;
+                    }
                     let message = r.error_message.clone().unwrap_or_default();
                     Err(ClientError::server("Produce", r.error_code, message))
                 }
@@ -715,7 +722,11 @@ impl Worker {
             };
             match outcome {
                 Ok(base_offset) => self.delivered(b, Some(base_offset)),
-                Err(e) => self.failed(b, e),
+                Err(e) => {
+                    let (topic, partition) = (b.tp.topic.clone(), b.tp.partition);
+                    self.failed(b, e.clone());
+                    self.client.leader_failed(&topic, partition, &e, hint);
+                }
             }
         }
     }
@@ -748,6 +759,8 @@ impl Worker {
     }
 
     fn failed(&mut self, batch: Batch<DeliveryReply>, error: ClientError) {
+        self.client
+            .leader_failed(&batch.tp.topic, batch.tp.partition, &error, 0);
         let idempotent = self.idempotence.is_some() && batch.encoded.is_some();
         if idempotent && error.code() == Some(code::DUPLICATE_SEQUENCE) {
             // Written by an earlier attempt, too long ago for the broker to know its offsets.
@@ -759,7 +772,7 @@ impl Worker {
         let unknown_outcome = matches!(
             error,
             ClientError::ConnectionLost { .. } | ClientError::Timeout { .. }
-        ) || error.code() == Some(code::TIMEOUT);
+        ) || matches!(error.code(), Some(code::TIMEOUT | code::NOT_LEADER));
         let retriable =
             (error.is_retriable() && !unknown_outcome) || (idempotent && unknown_outcome);
         let expired = self

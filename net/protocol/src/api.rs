@@ -307,6 +307,10 @@ api_table! {
             acl |c, f| f(Topic, &c.name, Create);
         DescribeReplicas = 37, versions 0..=0, DescribeReplicasRequest => DescribeReplicasResponse,
             acl |d, f| f(Topic, &d.name, Describe);
+        // The nodes' client addresses and each asked topic's partition leaders, so that
+        // clients reach each partition's leader (issue 14).
+        DescribeCluster = 38, versions 0..=0, DescribeClusterRequest => DescribeClusterResponse,
+            acl |d, f| for t in &d.topics { f(Topic, t, Describe) };
         // --- 40..=49: security (security.rs, docs/security.md) ---
         Authenticate = 40, versions 0..=0, AuthenticateRequest => AuthenticateResponse,
             acl |_, _| ();
@@ -515,7 +519,8 @@ mod tests {
             ("QueueChangeVisibility", 26), ("QueueStats", 27), ("QueuePeek", 28),
             ("QueueRedrive", 29), ("Metrics", 30), ("AlterTopic", 31), ("ResetOffsets", 32),
             ("QueuePurge", 33), ("ListGroups", 34), ("AddPartitions", 35),
-            ("CreateReplicatedTopic", 36), ("DescribeReplicas", 37), ("Authenticate", 40),
+            ("CreateReplicatedTopic", 36), ("DescribeReplicas", 37), ("DescribeCluster", 38),
+            ("Authenticate", 40),
         ];
         assert_eq!(keys, want);
         for k in ApiKey::ALL {

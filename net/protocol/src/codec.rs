@@ -469,6 +469,14 @@ impl Limits for DescribeReplicasRequest {
         check_name("topic name bytes", &self.name)
     }
 }
+impl Limits for DescribeClusterRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_topics(
+            self.topics.len(),
+            self.topics.iter().map(|t| (t.as_str(), 0)),
+        )
+    }
+}
 impl Limits for AlterTopicRequest {
     fn check(&self) -> Result<(), WireError> {
         check_name("topic name bytes", &self.name)
@@ -511,6 +519,7 @@ fn decode_produce(src: Source<'_>) -> Result<ProduceRequest, WireError> {
         ArchivedAcks::None => Acks::None,
         ArchivedAcks::Leader => Acks::Leader,
         ArchivedAcks::Durable => Acks::Durable,
+        ArchivedAcks::All => Acks::All,
     };
     let mut topics = Vec::with_capacity(env.topics.len());
     for t in env.topics.iter() {

@@ -29,6 +29,10 @@ pub mod code {
     pub const BUSY: u16 = 17;
     pub const RUNTIME: u16 = 18;
     pub const TIMEOUT: u16 = 19;
+    /// A replica that is not (or no longer) its partition's leader (issue 14). A Produce
+    /// result with this code carries the leader's node id in `base_offset` (0 = unknown) and
+    /// its leader epoch in `last_offset`; DescribeCluster maps the node id to an address.
+    pub const NOT_LEADER: u16 = 20;
     // --- 100..: protocol ---
     /// The frame's api key is not one this peer knows (or not one it accepts in this direction).
     pub const UNKNOWN_API: u16 = 100;
@@ -119,6 +123,7 @@ pub fn code_name(code: u16) -> &'static str {
         code::BUSY => "BUSY",
         code::RUNTIME => "RUNTIME",
         code::TIMEOUT => "TIMEOUT",
+        code::NOT_LEADER => "NOT_LEADER",
         code::UNKNOWN_API => "UNKNOWN_API",
         code::UNSUPPORTED_VERSION => "UNSUPPORTED_VERSION",
         code::FRAME_TOO_LARGE => "FRAME_TOO_LARGE",
@@ -159,6 +164,7 @@ pub fn code_is_retriable(code: u16) -> bool {
         code::DISK_FULL
             | code::BUSY
             | code::TIMEOUT
+            | code::NOT_LEADER
             | code::PARTITION_FAILED
             | code::AUTHENTICATION_RATE_LIMITED
             | code::QUOTA_EXCEEDED

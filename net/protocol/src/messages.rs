@@ -14,7 +14,7 @@ use bytes::Bytes;
 pub use super::security::*;
 use rkyv::{Archive, Deserialize, Serialize};
 
-/// How much durability a producer waits for; the same three levels as the engine's `Acks`.
+/// How much durability a producer waits for; the same levels as the engine's `Acks`.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[rkyv(derive(Debug))]
 pub enum Acks {
@@ -25,6 +25,9 @@ pub enum Acks {
     /// Covered by fdatasync.
     #[default]
     Durable,
+    /// Committed: fsynced on a majority of the partition's replicas (issue 14; wire value 3).
+    /// On a partition with one replica it is `Durable`.
+    All,
 }
 
 /// Where to start reading, as in the engine's `OffsetSpec`.

@@ -337,3 +337,50 @@ pub struct DescribeReplicasResponse {
     pub node_id: u64,
     pub partitions: Vec<PartitionReplicas>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// 38 DescribeCluster (issue 14; docs/protocol.md "38 DescribeCluster")
+
+/// The cluster's nodes and, for each topic asked, where each partition's leader is.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct DescribeClusterRequest {
+    /// Topics whose partitions' leaders are wanted (none: only the nodes).
+    pub topics: Vec<String>,
+}
+
+/// One node of the cluster and the address its clients use.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ClusterNode {
+    pub node_id: u64,
+    /// `host:port` of the node's client listener (its `--advertise`, else its `--listen`);
+    /// empty when the answering node has not heard it yet (the peer never connected).
+    pub address: String,
+}
+
+/// One topic's replication state, as in DescribeReplicas.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ClusterTopic {
+    pub name: String,
+    /// `NONE`, or why the topic has no entry (`UNKNOWN_TOPIC`).
+    pub error_code: u16,
+    /// The topic's replication factor.
+    pub replicas: u32,
+    pub partitions: Vec<PartitionReplicas>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct DescribeClusterResponse {
+    /// The node that answered.
+    pub node_id: u64,
+    /// The controller group's leader as the answering node knows it; 0 = unknown or no
+    /// cluster.
+    pub controller: u64,
+    /// Every node of the cluster list, by id (one entry, this node, without a cluster).
+    pub nodes: Vec<ClusterNode>,
+    /// The topics asked for, in the request's order.
+    pub topics: Vec<ClusterTopic>,
+}

@@ -39,7 +39,12 @@ fn opt_u64() -> impl Strategy<Value = Option<u64>> {
 }
 
 fn acks() -> impl Strategy<Value = Acks> {
-    prop_oneof![Just(Acks::None), Just(Acks::Leader), Just(Acks::Durable)]
+    prop_oneof![
+        Just(Acks::None),
+        Just(Acks::Leader),
+        Just(Acks::Durable),
+        Just(Acks::All)
+    ]
 }
 
 fn offset_spec() -> impl Strategy<Value = OffsetSpec> {
@@ -407,6 +412,8 @@ fn ops_request() -> impl Strategy<Value = Request> {
             })
         }),
         name().prop_map(|name| Request::DescribeReplicas(DescribeReplicasRequest { name })),
+        proptest::collection::vec(name(), 0..4)
+            .prop_map(|topics| Request::DescribeCluster(DescribeClusterRequest { topics })),
     ]
 }
 
@@ -458,6 +465,34 @@ fn ops_response() -> impl Strategy<Value = Response> {
                 high_watermark,
             },
         );
+    let cluster_topic = (
+        name(),
+        any::<u16>(),
+        any::<u32>(),
+        proptest::collection::vec(replicas.clone(), 0..3),
+    )
+        .prop_map(|(name, error_code, replicas, partitions)| ClusterTopic {
+            name,
+            error_code,
+            replicas,
+            partitions,
+        });
+    let node =
+        (any::<u64>(), name()).prop_map(|(node_id, address)| ClusterNode { node_id, address });
+    let cluster = (
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(node, 0..4),
+        proptest::collection::vec(cluster_topic, 0..3),
+    )
+        .prop_map(|(node_id, controller, nodes, topics)| {
+            Response::DescribeCluster(DescribeClusterResponse {
+                node_id,
+                controller,
+                nodes,
+                topics,
+            })
+        });
     let described = (
         any::<u32>(),
         any::<u64>(),
@@ -471,6 +506,7 @@ fn ops_response() -> impl Strategy<Value = Response> {
             })
         });
     prop_oneof![
+        cluster,
         described,
         topic_info()
             .prop_map(|topic| Response::CreateReplicatedTopic(CreateTopicResponse { topic })),
@@ -1496,7 +1532,8 @@ fn wire_layout_is_pinned() {
         AddPartitionsRequest => 12, 4; AddPartitionsResponse => 96, 8;
         CreateReplicatedTopicRequest => 88, 8; DescribeReplicasRequest => 8, 4;
         PartitionReplicas => 48, 8; DescribeReplicasResponse => 24, 8;
-        ErrorResponse => 12, 4;
+        DescribeClusterRequest => 8, 4; ClusterNode => 16, 8; ClusterTopic => 24, 4;
+        DescribeClusterResponse => 32, 8; ErrorResponse => 12, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;
         LeaveGroupRequest => 16, 4; LeaveGroupResponse => 0, 1;

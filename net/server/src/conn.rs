@@ -625,6 +625,7 @@ impl Conn {
             Request::ListTopics(_)
             | Request::DescribeTopic(_)
             | Request::DescribeReplicas(_)
+            | Request::DescribeCluster(_)
             | Request::Stats(_)
             | Request::Metrics(_) => self.spawn_call(call, async move |c| c.admin(request).await),
             Request::Produce(p) => self.produce_within_quota(cid, api, ver, p).await,
@@ -880,16 +881,21 @@ impl Conn {
             .name("shardline-admin".into())
             .spawn(move || {
                 let r = match request {
-                    Request::CreateTopic(c) => engine
-                        .create_topic(&c.name, super::encryption::topic_config(&encryption, &c))
-                        .map(|t| {
-                            Response::CreateTopic(CreateTopicResponse {
-                                topic: (&t).to_wire(),
-                            })
-                        }),
-                    Request::DeleteTopic(d) => engine
-                        .delete_topic(&d.name)
-                        .map(|()| Response::DeleteTopic(DeleteTopicResponse {})),
+                    Request::CreateTopic(c) => crate::replicas::create_topic(
+                        &engine,
+                        &shared.cluster,
+                        &c.name,
+                        super::encryption::topic_config(&encryption, &c),
+                    )
+                    .map(|t| {
+                        Response::CreateTopic(CreateTopicResponse {
+                            topic: (&t).to_wire(),
+                        })
+                    }),
+                    Request::DeleteTopic(d) => {
+                        crate::replicas::delete_topic(&engine, &shared.cluster, &d.name)
+                            .map(|()| Response::DeleteTopic(DeleteTopicResponse {}))
+                    }
                     Request::ListTopics(_) => Ok(Response::ListTopics(ListTopicsResponse {
                         topics: engine.list_topics().iter().map(ToWire::to_wire).collect(),
                     })),
@@ -939,6 +945,9 @@ impl Conn {
                         crate::replicas::describe(&engine, &shared.cluster, &d.name)
                             .map(Response::DescribeReplicas)
                     }
+                    Request::DescribeCluster(d) => Ok(Response::DescribeCluster(
+                        crate::replicas::describe_cluster(&engine, &shared.cluster, &d),
+                    )),
                     _ => Err(shardline_engine::Error::InvalidArgument(
                         "not an admin request".into(),
                     )),

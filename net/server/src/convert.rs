@@ -43,8 +43,7 @@ impl ToWire for engine::Acks {
             engine::Acks::None => Acks::None,
             engine::Acks::Leader => Acks::Leader,
             engine::Acks::Durable => Acks::Durable,
-            // The protocol's `all` is the net side's (issue 14); until then, as durable.
-            engine::Acks::All => Acks::Durable,
+            engine::Acks::All => Acks::All,
         }
     }
 }
@@ -57,6 +56,7 @@ impl ToEngine for Acks {
             Acks::None => engine::Acks::None,
             Acks::Leader => engine::Acks::Leader,
             Acks::Durable => engine::Acks::Durable,
+            Acks::All => engine::Acks::All,
         }
     }
 }
@@ -208,13 +208,20 @@ pub(crate) fn produce_result(
             last_offset: ack.last_offset,
             error_message: None,
         },
-        Err(e) => ProducePartitionResult {
-            partition,
-            error_code: e.code(),
-            base_offset: 0,
-            last_offset: 0,
-            error_message: message(e),
-        },
+        Err(e) => {
+            // NOT_LEADER carries the leader hint in the offset fields (docs/protocol.md, code 20).
+            let (base_offset, last_offset) = match e {
+                engine::Error::NotLeader { leader, epoch, .. } => (leader.unwrap_or(0), *epoch),
+                _ => (0, 0),
+            };
+            ProducePartitionResult {
+                partition,
+                error_code: e.code(),
+                base_offset,
+                last_offset,
+                error_message: message(e),
+            }
+        }
     }
 }
 
@@ -407,7 +414,7 @@ mod tests {
 
     #[test]
     fn enums_round_trip_through_the_engine_types() {
-        for a in [Acks::None, Acks::Leader, Acks::Durable] {
+        for a in [Acks::None, Acks::Leader, Acks::Durable, Acks::All] {
             assert_eq!(a.to_engine().to_wire(), a);
         }
         for s in [
@@ -620,6 +627,15 @@ mod error_codes {
             (Error::Busy(s()), code::BUSY),
             (Error::Runtime(s()), code::RUNTIME),
             (Error::Timeout(0), code::TIMEOUT),
+            (
+                Error::NotLeader {
+                    topic: s(),
+                    partition: 0,
+                    leader: None,
+                    epoch: 0,
+                },
+                code::NOT_LEADER,
+            ),
         ];
         let semantics: Vec<(Error, u16)> = vec![
             (

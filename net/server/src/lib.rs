@@ -499,6 +499,28 @@ impl Server {
         self.shared.cluster.nodes.store(nodes, Ordering::Release);
     }
 
+    /// The client address this node advertises to clients (DescribeCluster, and through the
+    /// peer handshake to the other nodes): `--advertise`, else the bound listener.
+    pub fn set_advertised_address(&self, address: &str) {
+        *self
+            .shared
+            .cluster
+            .advertised
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = address.to_string();
+    }
+
+    /// Gives the server the node-to-node transport (a cluster): DescribeCluster answers every
+    /// node's client address from it.
+    pub fn set_peer_transport(&self, transport: crate::peer::PeerTransport) {
+        *self
+            .shared
+            .cluster
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(transport);
+    }
+
     /// Called by the replication layer once it serves partitions with more than one replica:
     /// from then on CreateReplicatedTopic accepts factors above 1 (up to the node count).
     pub fn enable_replication(&self) {

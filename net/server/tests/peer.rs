@@ -77,6 +77,7 @@ fn start_node(
         cluster_id: cluster_id.into(),
         nodes: parse_cluster_list(list),
         tls,
+        ..ClusterConfig::default()
     };
     let spec = config.resolve().unwrap();
     let engine = engine(&dir.join(format!("node-{node_id}")));

@@ -239,10 +239,9 @@ impl From<AcksArg> for Acks {
             AcksArg::None => Acks::None,
             AcksArg::Leader => Acks::Leader,
             AcksArg::Durable => Acks::Durable,
-            // Replicas 1 (every topic until the replication layer serves more): a majority
-            // of one replica is the leader's fsync, which is `durable`. The wire's own `all`
-            // level comes with the replication layer (issue 14).
-            AcksArg::All => Acks::Durable,
+            // On a partition with one replica `all` is `durable` (a majority of one is the
+            // leader's fsync); with more it waits for the commit (issue 14).
+            AcksArg::All => Acks::All,
         }
     }
 }
@@ -265,10 +264,12 @@ struct ProduceArgs {
     #[arg(long, value_name = "N")]
     partition: Option<u32>,
     /// What counts as acknowledged: none (sent), leader (appended), durable (fsynced), all
-    /// (committed: fsynced on a majority of the replicas).
-    #[arg(long, value_enum, default_value_t = AcksArg::Durable)]
+    /// (committed: fsynced on a majority of the replicas; on a topic with one replica the
+    /// same as durable).
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
     acks: AcksArg,
-    /// Idempotent producer: retries after lost connections or timeouts never duplicate.
+    /// Idempotent producer: retries after lost connections or timeouts never duplicate
+    /// (always on against a cluster, where a leader change is retried).
     #[arg(long)]
     idempotent: bool,
     /// Compress each batch: none, lz4 or zstd (stored compressed; consumers decompress).
@@ -544,6 +545,8 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 client.create_replicated_topic(&name, config, replicas)
             }
             .map_err(|e| explain(e, &name))?;
+            // On a cluster, return once every partition has a leader (writes work at once).
+            shardline_net::cli::cluster::wait_for_leaders(client, &name);
             let n = t.partition_shards.len();
             let plural = if n == 1 { "" } else { "s" };
             writeln!(out, "created topic {} ({n} partition{plural})", t.name)?;
@@ -673,9 +676,19 @@ fn produce(client: Client, args: ProduceArgs) -> anyhow::Result<()> {
     client
         .route(&args.topic)
         .map_err(|e| explain(e, &args.topic))?;
+    // Against a cluster a leader change is retried on the new leader: only an idempotent
+    // producer can do that without risking a duplicate.
+    let acks: Acks = args.acks.into();
+    let cluster = acks != Acks::None && client.is_cluster().unwrap_or(false);
     let config = ProducerConfig {
-        acks: args.acks.into(),
-        idempotent: args.idempotent,
+        acks,
+        idempotent: args.idempotent || cluster,
+        // A cluster's leader change takes 1-2 s: keep retrying within the delivery timeout.
+        retries_max: if cluster {
+            1_000
+        } else {
+            ProducerConfig::default().retries_max
+        },
         // The sticky partitioner moves on when a batch closes: Kafka's 16 KiB batch size
         // spreads the unkeyed lines of one run over the partitions.
         batch_bytes_max: PRODUCE_BATCH_BYTES,

@@ -31,6 +31,10 @@ pub struct ClusterArgs {
     /// Mutual TLS between nodes: this node's certificate chain, PEM (cluster.tls.cert)
     #[arg(long, value_name = "FILE", requires_all = ["peer_tls_key", "peer_tls_ca"])]
     pub peer_tls_cert: Option<PathBuf>,
+    /// Address clients use for this node's client listener when it differs from --listen
+    /// (cluster.advertised_address); told to the other nodes and to clients
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
     /// Private key of --peer-tls-cert (cluster.tls.key)
     #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_ca"])]
     pub peer_tls_key: Option<PathBuf>,
@@ -45,6 +49,7 @@ impl ClusterArgs {
             || self.cluster.is_some()
             || self.cluster_id.is_some()
             || self.peer_tls_cert.is_some()
+            || self.advertise.is_some()
     }
 
     /// Applies the flags over the file's `[cluster]` table (creating it when a flag is given).
@@ -61,6 +66,9 @@ impl ClusterArgs {
         }
         if let Some(id) = &self.cluster_id {
             c.cluster_id.clone_from(id);
+        }
+        if let Some(a) = &self.advertise {
+            c.advertised_address.clone_from(a);
         }
         if let (Some(cert), Some(key), Some(ca)) =
             (&self.peer_tls_cert, &self.peer_tls_key, &self.peer_tls_ca)
@@ -114,6 +122,15 @@ pub fn start_transport(
         .context("cannot start the node-to-node transport")
 }
 
+/// The address this node tells clients (and, in a cluster, the other nodes): the configured
+/// `advertised_address`, else the bound client listener.
+pub fn advertised_address(cluster: Option<&ClusterConfig>, bound: std::net::SocketAddr) -> String {
+    match cluster.map(|c| c.advertised_address.as_str()) {
+        Some(a) if !a.is_empty() => a.to_string(),
+        _ => bound.to_string(),
+    }
+}
+
 /// `topic describe NAME --json`: DESIGN.md's "Cluster and Kafka contracts" shape, one object
 /// on one line: `{"name", "topic_id", "replicas", "node_id", "partitions": [{"partition",
 /// "leader", "replicas", "in_sync", "epoch", "high_watermark", "log_start", "durable_offset",
@@ -153,4 +170,68 @@ pub fn describe_json(
     });
     writeln!(out, "{doc}")
         .map_err(|e| shardline_client::ClientError::InvalidArgument(e.to_string()))
+}
+
+/// A cluster start, after the server is up: the node-to-node transport (its inbound frames go
+/// to the engine's replicas), the engine's replication over it, and the server told both (so
+/// that CreateTopic goes through the controller and DescribeCluster answers every node).
+pub fn start_cluster(
+    server: &shardline_server::Server,
+    spec: ClusterSpec,
+    advertised: &str,
+) -> anyhow::Result<PeerTransport> {
+    let engine = server.engine().clone();
+    let node_id = spec.node_id;
+    let nodes: Vec<u64> = spec.nodes.keys().copied().collect();
+    let inbound = engine.clone();
+    let handler: InboundHandler = Arc::new(move |from, messages| {
+        inbound.deliver_peer_messages(from, messages);
+    });
+    let settings = PeerSettings {
+        advertised_address: advertised.to_string(),
+        ..PeerSettings::default()
+    };
+    let transport = PeerTransport::start(&engine, spec, settings, handler)
+        .context("cannot start the node-to-node transport")?;
+    let out = transport.clone();
+    let sink: shardline_engine::PeerSink = Arc::new(move |to, messages| {
+        for (group, bytes) in messages {
+            if let Err(e) = out.send(to, group, bytes) {
+                tracing::debug!(to, group, error = %e, "peer message not queued");
+            }
+        }
+        out.flush();
+    });
+    engine
+        .enable_cluster(
+            node_id,
+            nodes,
+            sink,
+            shardline_engine::ReplicaConfig::default(),
+        )
+        .context("cannot start replication")?;
+    server.set_advertised_address(advertised);
+    server.set_peer_transport(transport.clone());
+    server.enable_replication();
+    Ok(transport)
+}
+
+/// On a cluster, waits (at most 15 s) until every partition of `topic` has a leader, so that
+/// the commands after `topic create` can write at once. Nothing on a single server.
+pub fn wait_for_leaders(client: &shardline_client::Client, topic: &str) {
+    if !client.is_cluster().unwrap_or(false) {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        let led = client.describe_cluster(&[topic]).is_ok_and(|r| {
+            r.topics
+                .iter()
+                .all(|t| !t.partitions.is_empty() && t.partitions.iter().all(|p| p.leader != 0))
+        });
+        if led {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

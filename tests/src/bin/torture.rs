@@ -87,6 +87,11 @@ struct Args {
     /// these sizes in GiB, comma separated (e.g. 1,4,16).
     #[arg(long, value_delimiter = ',')]
     recovery_gib: Vec<f64>,
+    /// A cluster of this many nodes (at least 3) instead of one server: SIGKILL + restart and
+    /// SIGSTOP + SIGCONT of partition leaders, --cycles of them (default 4), under an
+    /// idempotent `acks all` producer; every acknowledged id checked on every node (issue 14).
+    #[arg(long, value_name = "N")]
+    nodes: Option<usize>,
     /// Self-test: torn tails cut into acknowledged data, and idempotent producers resend with a
     /// fresh sequence number (the run must then fail with exit 3).
     #[arg(long, hide = true)]
@@ -131,6 +136,19 @@ fn real_main() -> anyhow::Result<bool> {
         "torture: seed {seed} (rerun with --seed {seed}), dir {}",
         dir.display()
     );
+    if let Some(nodes) = a.nodes {
+        let bin = shardline_tests::torture::server::shardline_bin()?;
+        let r = shardline_tests::cluster_torture::run(&bin, &dir, nodes, a.cycles.unwrap_or(4))?;
+        let json = serde_json::to_string_pretty(&r)?;
+        if let Some(p) = &a.json {
+            std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+        }
+        eprintln!("{json}");
+        for v in &r.violations {
+            eprintln!("VIOLATION: {v}");
+        }
+        return Ok(r.violations.is_empty());
+    }
     let cfg = a.config(dir, seed, faults);
     if !a.recovery_gib.is_empty() {
         measure_recovery(&a, &cfg)?;

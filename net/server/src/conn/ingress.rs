@@ -19,7 +19,13 @@ pub(super) fn check(engine: &Engine, batch: &[u8]) -> Result<(), Error> {
                 .into(),
         ));
     }
-    if h.producer.producer_id != 0 && !engine.producer_id_allocated(h.producer.producer_id) {
+    // On a cluster the id may come from another node's InitProducer (the producer follows
+    // its partitions' leaders): this node's allocator cannot tell (issue 14; until the
+    // controller hands out id blocks, the check holds on a single node only).
+    if h.producer.producer_id != 0
+        && engine.cluster_node_id().is_none()
+        && !engine.producer_id_allocated(h.producer.producer_id)
+    {
         return Err(Error::InvalidArgument(format!(
             "producer id {} was not allocated by this broker (InitProducer)",
             h.producer.producer_id

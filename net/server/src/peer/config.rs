@@ -47,6 +47,10 @@ pub struct ClusterConfig {
     pub nodes: Vec<String>,
     /// Mutual TLS between nodes. Absent = plain TCP.
     pub tls: Option<PeerTlsConfig>,
+    /// The `host:port` clients use to reach this node's client listener, when it differs
+    /// from `server.listen` (a `0.0.0.0` listener, NAT, a proxy); told to every node in the
+    /// peer handshake and to clients by DescribeCluster. Empty = the bound listener.
+    pub advertised_address: String,
 }
 
 impl Default for ClusterConfig {
@@ -56,6 +60,7 @@ impl Default for ClusterConfig {
             cluster_id: CLUSTER_ID_DEFAULT.into(),
             nodes: Vec::new(),
             tls: None,
+            advertised_address: String::new(),
         }
     }
 }
@@ -174,6 +179,17 @@ impl ClusterConfig {
         }
         if self.node_id == 0 {
             return bad("node_id: required with a cluster list (a number >= 1)");
+        }
+        let a = &self.advertised_address;
+        if !a.is_empty()
+            && (a.len() > super::frame::CLIENT_ADDRESS_BYTES_MAX
+                || a.rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+        {
+            return bad(format!(
+                "advertised_address: '{a}' is not HOST:PORT (at most {} bytes)",
+                super::frame::CLIENT_ADDRESS_BYTES_MAX
+            ));
         }
         if !ids.contains(&self.node_id) {
             let mut listed: Vec<u64> = ids.into_iter().collect();

@@ -13,6 +13,9 @@
 //!           6 u64 sender's node id
 //!          14 u64 node id the sender believes it talks to
 //!          22 u8  cluster id length n (1..=64), then n bytes of cluster id (ASCII)
+//!      23 + n u8  client address length m (0..=255), then m bytes of UTF-8 `host:port`: the
+//!                 sender's client listener as clients should dial it (version 2; empty =
+//!                 not known)
 //! Refuse body:
 //!           0 u16 code (1 version, 2 cluster id, 3 unknown node, 4 wrong node, 5 malformed)
 //!           2 u16 reason length n, then n bytes of UTF-8 reason
@@ -27,7 +30,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use super::config::CLUSTER_ID_BYTES_MAX;
 
 /// The version this build speaks; a peer with another one is refused.
-pub const PEER_PROTOCOL_VERSION: u16 = 1;
+pub const PEER_PROTOCOL_VERSION: u16 = 2;
 /// The first bytes of a Hello/Welcome body: tells a peer link from a client that dialled the
 /// wrong port.
 pub const PEER_MAGIC: [u8; 4] = *b"SLNP";
@@ -86,7 +89,13 @@ pub struct Hello {
     /// acceptor: the node it accepted).
     pub to_node_id: u64,
     pub cluster_id: String,
+    /// The sender's client address (`host:port`, at most 255 bytes; empty = not known):
+    /// how every node learns where clients reach every other node (DescribeCluster).
+    pub client_address: String,
 }
+
+/// Longest client address a Hello carries.
+pub const CLIENT_ADDRESS_BYTES_MAX: usize = 255;
 
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,17 +179,35 @@ fn decode_hello(mut b: Bytes, what: &'static str) -> Result<Hello, FrameError> {
     let node_id = b.get_u64_le();
     let to_node_id = b.get_u64_le();
     let n = usize::from(b.get_u8());
-    if n == 0 || n > CLUSTER_ID_BYTES_MAX || b.remaining() != n {
+    // Version 1 ends with the cluster id; later versions carry the client address after it
+    // (the handshake then refuses a version it does not speak, with the reason).
+    let exact = version < 2;
+    if n == 0 || n > CLUSTER_ID_BYTES_MAX || b.remaining() < n || (exact && b.remaining() != n) {
         return Err(malformed(what, "bad cluster id length"));
     }
-    let cluster_id = std::str::from_utf8(&b)
+    let id = b.split_to(n);
+    let cluster_id = std::str::from_utf8(&id)
         .map_err(|_| malformed(what, "cluster id is not UTF-8"))?
         .to_string();
+    let mut client_address = String::new();
+    if !exact {
+        if !b.has_remaining() {
+            return Err(malformed(what, "no client address length"));
+        }
+        let m = usize::from(b.get_u8());
+        if b.remaining() != m {
+            return Err(malformed(what, "bad client address length"));
+        }
+        client_address = std::str::from_utf8(&b)
+            .map_err(|_| malformed(what, "client address is not UTF-8"))?
+            .to_string();
+    }
     Ok(Hello {
         version,
         node_id,
         to_node_id,
         cluster_id,
+        client_address,
     })
 }
 
@@ -239,13 +266,25 @@ fn encode_hello_kind(out: &mut BytesMut, kind: u8, h: &Hello) {
         !id.is_empty() && id.len() <= CLUSTER_ID_BYTES_MAX,
         "cluster ids are validated before a transport starts"
     );
-    header(out, kind, 23 + id.len());
+    let address = h.client_address.as_bytes();
+    assert!(
+        address.len() <= CLIENT_ADDRESS_BYTES_MAX,
+        "client addresses are validated before a transport starts"
+    );
+    // Version 1 has no address field (kept so that a refusal can be tested and fuzzed).
+    let with_address = h.version >= 2;
+    let body = 23 + id.len() + if with_address { 1 + address.len() } else { 0 };
+    header(out, kind, body);
     out.put_slice(&PEER_MAGIC);
     out.put_u16_le(h.version);
     out.put_u64_le(h.node_id);
     out.put_u64_le(h.to_node_id);
     out.put_u8(u8::try_from(id.len()).unwrap_or(u8::MAX));
     out.put_slice(id);
+    if with_address {
+        out.put_u8(u8::try_from(address.len()).unwrap_or(u8::MAX));
+        out.put_slice(address);
+    }
 }
 
 /// Appends a Hello frame.
@@ -304,6 +343,7 @@ mod tests {
             node_id: 3,
             to_node_id: 1,
             cluster_id: "east-1".into(),
+            client_address: "127.0.0.1:7001".into(),
         }
     }
 
@@ -328,7 +368,7 @@ mod tests {
             (0, Bytes::from(vec![9u8; 1000])),
         ];
         encode_messages(&mut out, &msgs);
-        assert_eq!(out.len(), 37 + 37 + 28 + messages_frame_bytes(msgs.iter()));
+        assert_eq!(out.len(), 52 + 52 + 28 + messages_frame_bytes(msgs.iter()));
         let frames = decode_all(out);
         assert_eq!(
             frames,
@@ -388,6 +428,39 @@ mod tests {
         magic[8] = b'X';
         assert!(matches!(
             decode(&mut magic, 1 << 20),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn a_version_1_hello_decodes_without_an_address_and_is_refused_by_version() {
+        // Version 1's body ends with the cluster id: it still decodes (so the acceptor can
+        // answer with the version refusal), with an empty client address.
+        let mut out = BytesMut::new();
+        let id = b"east-1";
+        header(&mut out, KIND_HELLO, 23 + id.len());
+        out.put_slice(&PEER_MAGIC);
+        out.put_u16_le(1);
+        out.put_u64_le(3);
+        out.put_u64_le(1);
+        out.put_u8(6);
+        out.put_slice(id);
+        let frames = decode_all(out);
+        let Frame::Hello(h) = &frames[0] else {
+            panic!("{frames:?}")
+        };
+        assert_eq!((h.version, h.client_address.as_str()), (1, ""));
+        // Version 2 without its address length is malformed.
+        let mut out = BytesMut::new();
+        header(&mut out, KIND_HELLO, 23 + id.len());
+        out.put_slice(&PEER_MAGIC);
+        out.put_u16_le(2);
+        out.put_u64_le(3);
+        out.put_u64_le(1);
+        out.put_u8(6);
+        out.put_slice(id);
+        assert!(matches!(
+            decode(&mut out, 1 << 20),
             Err(FrameError::Malformed { .. })
         ));
     }

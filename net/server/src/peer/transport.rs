@@ -60,6 +60,9 @@ pub struct PeerSettings {
     pub backoff_max_ms: u64,
     /// The shard whose executor runs the listener and the links.
     pub shard: usize,
+    /// This node's client address (`host:port`, its `--advertise` or `--listen`), sent in the
+    /// handshake so every node can tell clients where every node is; empty = not told.
+    pub advertised_address: String,
 }
 
 impl Default for PeerSettings {
@@ -74,6 +77,7 @@ impl Default for PeerSettings {
             backoff_min_ms: 50,
             backoff_max_ms: 2_000,
             shard: 0,
+            advertised_address: String::new(),
         }
     }
 }
@@ -215,9 +219,22 @@ struct Inner {
     inbound: Mutex<HashMap<u64, flume::Sender<()>>>,
     refusals: AtomicU64,
     last_refusal: Mutex<Option<String>>,
+    /// Each peer's client address, as its last handshake told it.
+    client_addresses: Mutex<BTreeMap<u64, String>>,
 }
 
 impl Inner {
+    fn learned_address(&self, node: u64, address: &str) {
+        if address.is_empty() {
+            return;
+        }
+        let mut known = lock(&self.client_addresses);
+        if known.get(&node).map(String::as_str) != Some(address) {
+            tracing::info!(node, address, "peer client address");
+            known.insert(node, address.to_string());
+        }
+    }
+
     fn stopped(&self) -> bool {
         lock(&self.stop_tx).is_none()
     }
@@ -261,6 +278,12 @@ impl PeerTransport {
                 "frame_bytes_max must be at least {FRAME_BYTES_MIN_LIMIT}"
             )));
         }
+        if settings.advertised_address.len() > frame::CLIENT_ADDRESS_BYTES_MAX {
+            return Err(PeerError::Config(format!(
+                "the advertised client address is longer than {} bytes",
+                frame::CLIENT_ADDRESS_BYTES_MAX
+            )));
+        }
         if settings.queue_messages_max == 0 || settings.backoff_min_ms == 0 {
             return Err(PeerError::Config(
                 "queue_messages_max and backoff_min_ms must be positive".into(),
@@ -302,6 +325,7 @@ impl PeerTransport {
             connector,
             inbound: Mutex::new(HashMap::new()),
             refusals: AtomicU64::new(0),
+            client_addresses: Mutex::new(BTreeMap::new()),
             last_refusal: Mutex::new(None),
         });
         let (tx, rx) = flume::bounded::<Bound>(1);
@@ -410,6 +434,25 @@ impl PeerTransport {
             self.inner.refusals.load(Ordering::Acquire),
             lock(&self.inner.last_refusal).clone(),
         )
+    }
+
+    /// Every node of the cluster list and its client address: this node's from the settings,
+    /// the others' from their handshakes (empty until a handshake with that node succeeded).
+    pub fn client_addresses(&self) -> Vec<(u64, String)> {
+        let known = lock(&self.inner.client_addresses);
+        self.inner
+            .spec
+            .nodes
+            .keys()
+            .map(|&id| {
+                let address = if id == self.inner.spec.node_id {
+                    self.inner.settings.advertised_address.clone()
+                } else {
+                    known.get(&id).cloned().unwrap_or_default()
+                };
+                (id, address)
+            })
+            .collect()
     }
 
     /// Stops the listener and every link (their tasks end at their next wake-up). Queued
@@ -539,12 +582,13 @@ fn check_hello(spec: &ClusterSpec, h: &Hello) -> Option<(RefuseCode, String)> {
     None
 }
 
-fn hello_of(spec: &ClusterSpec, to: u64) -> Hello {
+fn hello_of(inner: &Inner, to: u64) -> Hello {
     Hello {
         version: PEER_PROTOCOL_VERSION,
-        node_id: spec.node_id,
+        node_id: inner.spec.node_id,
         to_node_id: to,
-        cluster_id: spec.cluster_id.clone(),
+        cluster_id: inner.spec.cluster_id.clone(),
+        client_address: inner.settings.advertised_address.clone(),
     }
 }
 
@@ -584,7 +628,8 @@ async fn inbound(stream: TcpStream, inner: Arc<Inner>) {
         return;
     }
     let peer = hello.node_id;
-    frame::encode_welcome(&mut out, &hello_of(&inner.spec, peer));
+    inner.learned_address(peer, &hello.client_address);
+    frame::encode_welcome(&mut out, &hello_of(&inner, peer));
     if let Err(e) = write_frame(&mut io, &out, handshake).await {
         tracing::debug!(peer, error = %e, "peer handshake write failed");
         return;
@@ -726,7 +771,7 @@ async fn connect(link: &Link, inner: &Inner) -> Result<BoxIo, String> {
         }
     };
     let mut out = BytesMut::new();
-    frame::encode_hello(&mut out, &hello_of(&inner.spec, node.id));
+    frame::encode_hello(&mut out, &hello_of(inner, node.id));
     write_frame(&mut io, &out, handshake).await?;
     let mut buf = BytesMut::new();
     let mut chunk = vec![0u8; 4096];
@@ -752,7 +797,7 @@ async fn connect(link: &Link, inner: &Inner) -> Result<BoxIo, String> {
         Some(Err(e)) => return Err(format!("handshake with node {}: {e}", node.id)),
         None => return Err(format!("handshake with node {} timed out", node.id)),
     };
-    let expected = hello_of(&inner.spec, node.id);
+    let expected = hello_of(inner, node.id);
     if welcome.version != expected.version
         || welcome.cluster_id != expected.cluster_id
         || welcome.node_id != node.id
@@ -776,6 +821,7 @@ async fn connect(link: &Link, inner: &Inner) -> Result<BoxIo, String> {
         );
         return Err(reason);
     }
+    inner.learned_address(node.id, &welcome.client_address);
     Ok(io)
 }
 

@@ -116,14 +116,19 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let nodes = u32::try_from(spec.nodes.len()).unwrap_or(u32::MAX);
         server.set_cluster(spec.node_id, nodes);
     }
+    let advertised =
+        shardline_net::cli::cluster::advertised_address(config.cluster.as_ref(), server.addr());
+    server.set_advertised_address(&advertised);
     let peers = match cluster {
-        Some(spec) => match shardline_net::cli::cluster::start_transport(server.engine(), spec) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let _ = server.shutdown();
-                return Err(e);
+        Some(spec) => {
+            match shardline_net::cli::cluster::start_cluster(&server, spec, &advertised) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let _ = server.shutdown();
+                    return Err(e);
+                }
             }
-        },
+        }
         None => None,
     };
     if config.metrics.enabled {
