@@ -147,6 +147,11 @@ pub(crate) fn every_api() -> Vec<Request> {
                     name: topic.clone(),
                 },
             )),
+            ApiKey::DescribeCluster => Some(Request::DescribeCluster(
+                shardline_net::protocol::DescribeClusterRequest {
+                    topics: vec![topic.clone()],
+                },
+            )),
         })
         .collect()
 }
