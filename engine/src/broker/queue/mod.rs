@@ -746,7 +746,12 @@ fn decode_wanted(
         Some(r) => r,
         None => {
             let all = batch::with_records(b, h, |records| {
-                Ok::<_, Error>(records.iter().map(|a| a.to_record()).collect::<Vec<Record>>())
+                Ok::<_, Error>(
+                    records
+                        .iter()
+                        .map(|a| a.to_record())
+                        .collect::<Vec<Record>>(),
+                )
             })?;
             let all = Rc::new(all);
             *cache.borrow_mut() = Some(DecodedBatch {
