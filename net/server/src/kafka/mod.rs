@@ -261,21 +261,33 @@ async fn read_loop(
     rd: &mut crate::tls::ReadHalf,
     tx: &flume::Sender<Slot>,
 ) -> Result<(), Close> {
-    let max = conn.shared.cfg.kafka.request_bytes_max as usize;
     loop {
         let mut len = [0u8; 4];
-        match rd.read_exact(&mut len).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(Close::Eof),
-            Err(e) => return Err(e.into()),
+        // An idle connection is closed after `idle_timeout_ms`; one that must authenticate and
+        // has not, after `unadmitted_timeout_ms` (issue 16).
+        let cfg = &conn.shared.cfg;
+        let wait_ms = if conn.auth.enabled() && !conn.auth.has_session() {
+            cfg.unadmitted_timeout_ms
+        } else {
+            cfg.idle_timeout_ms
+        };
+        match shardline_engine::rt::timeout(Duration::from_millis(wait_ms), rd.read_exact(&mut len))
+            .await
+        {
+            Some(Ok(())) => {}
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(Close::Eof);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(Close::Frame("idle or unauthenticated for too long".into())),
         }
         let size = i32::from_be_bytes(len);
+        let max = request_bytes_limit(conn);
         let size = usize::try_from(size)
             .ok()
             .filter(|s| (conn.raw_sasl_next.get() || *s >= 8) && *s <= max)
             .ok_or_else(|| Close::Frame(format!("request size {size}")))?;
-        let mut buf = BytesMut::zeroed(size);
-        rd.read_exact(&mut buf).await?;
+        let buf = read_body(conn, rd, size).await?;
         if conn.shared.stopping.load(Ordering::Acquire) {
             return Err(Close::Stopping);
         }
@@ -300,6 +312,84 @@ async fn read_loop(
             tx.send_async(slot).await.map_err(|_| Close::Eof)?;
         }
     }
+}
+
+/// The largest request this connection may send now: `[kafka] request_bytes_max`, or the
+/// server's `unadmitted_frame_bytes_max` while SASL is required and not yet done (issue 16:
+/// an unauthenticated client cannot make the server hold large buffers).
+fn request_bytes_limit(conn: &KConn) -> usize {
+    let cfg = &conn.shared.cfg;
+    let max = cfg.kafka.request_bytes_max;
+    let max = if conn.auth.enabled() && !conn.auth.has_session() {
+        max.min(cfg.unadmitted_frame_bytes_max)
+    } else {
+        max
+    };
+    usize::try_from(max).unwrap_or(usize::MAX)
+}
+
+/// First step of a request body's buffer; it then doubles as bytes arrive (never the announced
+/// size up front: a header announcing 100 MiB costs nothing until the bytes come).
+const BODY_STEP_BYTES: usize = 64 << 10;
+/// How often a read waiting for room in the receive share looks again.
+const BUDGET_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The receive-share charge of a body being read (docs/operations.md, "Memory and descriptor
+/// budgets"); returned when dropped.
+struct BodyCharge<'a> {
+    shared: &'a Shared,
+    charged: usize,
+}
+
+impl BodyCharge<'_> {
+    fn add(&mut self, bytes: usize) {
+        self.shared.receive_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.charged += bytes;
+    }
+}
+
+impl Drop for BodyCharge<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .receive_bytes
+            .fetch_sub(self.charged, Ordering::AcqRel);
+    }
+}
+
+/// Reads a request body of `size` bytes into a buffer that grows as the bytes arrive (at most
+/// twice what was received), charged to the server's receive share while it is read; while the
+/// share is spent this socket is not read (the server slows), up to `frame_receive_timeout_ms`.
+async fn read_body(
+    conn: &KConn,
+    rd: &mut crate::tls::ReadHalf,
+    size: usize,
+) -> Result<BytesMut, Close> {
+    let shared = &conn.shared;
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_millis(shared.cfg.frame_receive_timeout_ms);
+    let share = shared.cfg.receive_bytes_max();
+    let mut charge = BodyCharge { shared, charged: 0 };
+    let mut buf = BytesMut::new();
+    while buf.len() < size {
+        let old = buf.len();
+        let step = (size - old).min(old.max(BODY_STEP_BYTES));
+        while shared.receive_bytes.load(Ordering::Acquire) + step > share && charge.charged > 0 {
+            if std::time::Instant::now() >= deadline {
+                return Err(Close::Frame(
+                    "server memory budget for requests exhausted: retry later".into(),
+                ));
+            }
+            shardline_engine::rt::sleep(BUDGET_POLL).await;
+        }
+        charge.add(step);
+        buf.resize(old + step, 0);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match shardline_engine::rt::timeout(left, rd.read_exact(&mut buf[old..])).await {
+            Some(r) => r?,
+            None => return Err(Close::Frame("request not received in time".into())),
+        }
+    }
+    Ok(buf)
 }
 
 /// Encodes a response frame: size, header (v0: correlation id; v1: plus empty tagged fields),
