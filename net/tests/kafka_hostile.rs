@@ -114,6 +114,42 @@ fn before_sasl_large_frames_are_refused_and_idle_connections_reaped() {
         t1.elapsed()
     );
 
+    // A client that keeps asking ApiVersions but never authenticates is closed at the same
+    // deadline, counted from its start (not reset by each request).
+    let mut chatty = TcpStream::connect(addr).unwrap();
+    chatty
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let t2 = Instant::now();
+    let mut answered = 0;
+    for _ in 0..40 {
+        let mut req = Vec::new();
+        req.extend(10i32.to_be_bytes());
+        req.extend(18i16.to_be_bytes());
+        req.extend(0i16.to_be_bytes());
+        req.extend(9i32.to_be_bytes());
+        req.extend((-1i16).to_be_bytes());
+        if chatty.write_all(&req).is_err() {
+            break;
+        }
+        let mut head = [0u8; 4];
+        if chatty.read_exact(&mut head).is_err() {
+            break;
+        }
+        let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(head)).unwrap()];
+        if chatty.read_exact(&mut body).is_err() {
+            break;
+        }
+        answered += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(answered >= 1, "ApiVersions before SASL must be answered");
+    assert!(
+        t2.elapsed() < Duration::from_secs(4),
+        "an unauthenticated connection outlived its deadline: {:?}, {answered} answers",
+        t2.elapsed()
+    );
+
     api_versions_answered(addr);
     server.shutdown().unwrap();
 }

@@ -261,19 +261,19 @@ async fn read_loop(
     rd: &mut crate::tls::ReadHalf,
     tx: &flume::Sender<Slot>,
 ) -> Result<(), Close> {
+    // A connection that must authenticate has `unadmitted_timeout_ms` from its start to do it.
+    let admit_by =
+        std::time::Instant::now() + Duration::from_millis(conn.shared.cfg.unadmitted_timeout_ms);
     loop {
         let mut len = [0u8; 4];
         // An idle connection is closed after `idle_timeout_ms`; one that must authenticate and
-        // has not, after `unadmitted_timeout_ms` (issue 16).
-        let cfg = &conn.shared.cfg;
-        let wait_ms = if conn.auth.enabled() && !conn.auth.has_session() {
-            cfg.unadmitted_timeout_ms
+        // has not, at its admission deadline (issue 16).
+        let wait = if conn.auth.enabled() && !conn.auth.has_session() {
+            admit_by.saturating_duration_since(std::time::Instant::now())
         } else {
-            cfg.idle_timeout_ms
+            Duration::from_millis(conn.shared.cfg.idle_timeout_ms)
         };
-        match shardline_engine::rt::timeout(Duration::from_millis(wait_ms), rd.read_exact(&mut len))
-            .await
-        {
+        match shardline_engine::rt::timeout(wait, rd.read_exact(&mut len)).await {
             Some(Ok(())) => {}
             Some(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(Close::Eof);
