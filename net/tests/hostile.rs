@@ -60,6 +60,10 @@ impl ServerProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
             .args(["serve", "--config"])
             .arg(&config)
+            // RSS is the measure of these tests: make glibc return freed large buffers
+            // (its dynamic mmap threshold otherwise keeps them in per-thread arenas, retained
+            // memory the budget cannot see; docs/operations.md "Memory and descriptor budgets").
+            .env("MALLOC_MMAP_THRESHOLD_", "131072")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -27,8 +27,9 @@ pub(crate) fn acks_of(acks: i16) -> Option<Acks> {
     match acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
-        // REPLICATION: `Acks::All` (every in-sync replica) once replication lands.
-        -1 => Some(Acks::Durable),
+        // `all`: committed on a majority of a replicated partition's replicas; on a partition
+        // with one replica the engine treats it as `durable` (fsynced).
+        -1 => Some(Acks::All),
         _ => None,
     }
 }
