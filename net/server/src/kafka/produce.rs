@@ -237,7 +237,7 @@ mod tests {
     fn acks_map_to_engine_levels() {
         assert_eq!(acks_of(0), Some(Acks::None));
         assert_eq!(acks_of(1), Some(Acks::Leader));
-        assert_eq!(acks_of(-1), Some(Acks::Durable));
+        assert_eq!(acks_of(-1), Some(Acks::All));
         assert_eq!(acks_of(2), None);
     }
 
