@@ -11,16 +11,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 mod common;
+#[path = "hostile/every_api.rs"]
+mod every_api;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Pki, Raw, start};
-use shardline_engine::batch;
+use every_api::{fetch, produce, subscribe};
 use shardline_net::auth::acl::parse_resource;
 use shardline_net::auth::{AclEntry, Operation, Permission, SecurityFile};
 use shardline_net::client::{Client, ClientConfig, ClientTls, Credentials};
-use shardline_net::protocol::queue::*;
 use shardline_net::protocol::*;
 use shardline_net::server::{AuthConfig, Server, ServerConfig};
 use shardline_net::tls::ServerTlsConfig;
@@ -68,194 +69,8 @@ fn authenticate(raw: &mut Raw, user: &str, password: &str) -> Result<Response, u
     }))
 }
 
-/// One request of every api that has a response (Handshake and Authenticate excepted).
-#[allow(clippy::too_many_lines, reason = "one request per api, in key order")]
 fn every_api() -> Vec<Request> {
-    let topic = "t".to_string();
-    ApiKey::ALL
-        .iter()
-        .filter_map(|api| match api {
-            ApiKey::Handshake | ApiKey::Authenticate | ApiKey::Push => None,
-            // No response; the refusal is checked by the Ping that follows it.
-            ApiKey::GrantCredits => None,
-            ApiKey::Ping => Some(Request::Ping(PingRequest { nonce: 1 })),
-            ApiKey::Metadata => Some(Request::Metadata(MetadataRequest {
-                topics: vec![topic.clone()],
-            })),
-            ApiKey::CreateTopic => Some(Request::CreateTopic(CreateTopicRequest {
-                name: "new".into(),
-                config: TopicConfig {
-                    partitions: 1,
-                    ..TopicConfig::default()
-                },
-            })),
-            ApiKey::DeleteTopic => Some(Request::DeleteTopic(DeleteTopicRequest {
-                name: topic.clone(),
-            })),
-            ApiKey::ListTopics => Some(Request::ListTopics(ListTopicsRequest {})),
-            ApiKey::DescribeTopic => Some(Request::DescribeTopic(DescribeTopicRequest {
-                name: topic.clone(),
-            })),
-            ApiKey::Produce => Some(produce(&topic)),
-            ApiKey::Fetch => Some(fetch(&topic)),
-            ApiKey::ListOffsets => Some(Request::ListOffsets(ListOffsetsRequest {
-                topics: vec![ListOffsetsTopic {
-                    name: topic.clone(),
-                    partitions: vec![ListOffsetsPartition {
-                        partition: 0,
-                        spec: OffsetSpec::Latest,
-                    }],
-                }],
-            })),
-            ApiKey::Subscribe => Some(subscribe(&topic)),
-            ApiKey::Unsubscribe => Some(Request::Unsubscribe(UnsubscribeRequest {
-                subscription_id: 1,
-            })),
-            ApiKey::Stats => Some(Request::Stats(StatsRequest {})),
-            ApiKey::Metrics => Some(Request::Metrics(MetricsRequest::default())),
-            ApiKey::AlterTopic => Some(Request::AlterTopic(AlterTopicRequest {
-                name: topic.clone(),
-                ..AlterTopicRequest::default()
-            })),
-            ApiKey::InitProducer => Some(Request::InitProducer(InitProducerRequest::default())),
-            ApiKey::JoinGroup => Some(Request::JoinGroup(JoinGroupRequest {
-                group: "g".into(),
-                topic: topic.clone(),
-                client_id: "c".into(),
-                session_timeout_ms: 10_000,
-            })),
-            ApiKey::Heartbeat => Some(Request::Heartbeat(HeartbeatRequest {
-                group: "g".into(),
-                member_id: "m".into(),
-                ..HeartbeatRequest::default()
-            })),
-            ApiKey::LeaveGroup => Some(Request::LeaveGroup(LeaveGroupRequest {
-                group: "g".into(),
-                member_id: "m".into(),
-            })),
-            ApiKey::OffsetCommit => Some(Request::OffsetCommit(OffsetCommitRequest {
-                group: "g".into(),
-                topic: topic.clone(),
-                ..OffsetCommitRequest::default()
-            })),
-            ApiKey::OffsetFetch => Some(Request::OffsetFetch(OffsetFetchRequest {
-                group: "g".into(),
-                topic: topic.clone(),
-            })),
-            ApiKey::DescribeGroup => Some(Request::DescribeGroup(DescribeGroupRequest {
-                group: "g".into(),
-            })),
-            ApiKey::QueueCreate => Some(Request::QueueCreate(QueueCreateRequest {
-                name: "q".into(),
-                ..QueueCreateRequest::default()
-            })),
-            ApiKey::QueueReceive => Some(Request::QueueReceive(QueueReceiveRequest {
-                topic: topic.clone(),
-                ..QueueReceiveRequest::default()
-            })),
-            ApiKey::QueueAck => Some(Request::QueueAck(QueueAckRequest {
-                topic: topic.clone(),
-                ..QueueAckRequest::default()
-            })),
-            ApiKey::QueueNack => Some(Request::QueueNack(QueueNackRequest {
-                topic: topic.clone(),
-                ..QueueNackRequest::default()
-            })),
-            ApiKey::QueueChangeVisibility => Some(Request::QueueChangeVisibility(
-                QueueChangeVisibilityRequest {
-                    topic: topic.clone(),
-                    ..QueueChangeVisibilityRequest::default()
-                },
-            )),
-            ApiKey::QueueStats => Some(Request::QueueStats(QueueStatsRequest {
-                topic: topic.clone(),
-            })),
-            ApiKey::QueuePeek => Some(Request::QueuePeek(QueuePeekRequest {
-                topic: topic.clone(),
-                ..QueuePeekRequest::default()
-            })),
-            ApiKey::QueueRedrive => Some(Request::QueueRedrive(QueueRedriveRequest {
-                dead_letter_topic: topic.clone(),
-                max_messages: 1,
-            })),
-            ApiKey::ResetOffsets => Some(Request::ResetOffsets(ResetOffsetsRequest {
-                group: "g".into(),
-                topic: topic.clone(),
-                dry_run: true,
-                ..ResetOffsetsRequest::default()
-            })),
-            ApiKey::QueuePurge => Some(Request::QueuePurge(QueuePurgeRequest {
-                topic: topic.clone(),
-            })),
-            ApiKey::ListGroups => Some(Request::ListGroups(ListGroupsRequest {})),
-            ApiKey::AddPartitions => Some(Request::AddPartitions(AddPartitionsRequest {
-                name: topic.clone(),
-                partitions: 2,
-            })),
-            ApiKey::CreateReplicatedTopic => Some(Request::CreateReplicatedTopic(
-                shardline_net::protocol::CreateReplicatedTopicRequest {
-                    name: "new-replicated".into(),
-                    config: TopicConfig {
-                        partitions: 1,
-                        ..TopicConfig::default()
-                    },
-                    replicas: 1,
-                },
-            )),
-            ApiKey::DescribeReplicas => Some(Request::DescribeReplicas(
-                shardline_net::protocol::DescribeReplicasRequest {
-                    name: topic.clone(),
-                },
-            )),
-            ApiKey::DescribeCluster => Some(Request::DescribeCluster(
-                shardline_net::protocol::DescribeClusterRequest {
-                    topics: vec![topic.clone()],
-                },
-            )),
-        })
-        .collect()
-}
-
-fn produce(topic: &str) -> Request {
-    Request::Produce(ProduceRequest {
-        acks: Acks::Leader,
-        timeout_ms: 5000,
-        topics: vec![ProduceTopic {
-            name: topic.into(),
-            partitions: vec![ProducePartition {
-                partition: 0,
-                batch: batch::batch_of_values([b"secret".to_vec()]).unwrap(),
-            }],
-        }],
-    })
-}
-
-fn fetch(topic: &str) -> Request {
-    Request::Fetch(FetchRequest {
-        max_wait_ms: 0,
-        max_bytes: 1 << 20,
-        topics: vec![FetchTopic {
-            name: topic.into(),
-            partitions: vec![FetchPartition {
-                partition: 0,
-                offset: 0,
-                max_bytes: 1 << 20,
-                max_records: 0,
-            }],
-        }],
-        isolation: Default::default(),
-    })
-}
-
-fn subscribe(topic: &str) -> Request {
-    Request::Subscribe(SubscribeRequest {
-        topic: topic.into(),
-        partition: 0,
-        start: OffsetSpec::Earliest,
-        credit_records: 100,
-        credit_bytes: 1 << 20,
-        isolation: Default::default(),
-    })
+    every_api::every_api_on("t", "t")
 }
 
 fn assert_refused_everywhere(raw: &mut Raw, want: u16) {

@@ -1,5 +1,5 @@
-//! One request of every api (for the edge-value test of `hostile.rs`): the list of
-//! `auth.rs`, with the queue apis aimed at a work queue `q` and the others at topic `t`.
+//! One request of every api (for `hostile.rs`'s edge-value test and `auth.rs`'s refusals): by
+//! default the queue apis aim at a work queue `q` and the others at topic `t`.
 
 #![allow(dead_code)]
 
@@ -8,10 +8,15 @@ use shardline_net::protocol::queue::*;
 use shardline_net::protocol::*;
 
 /// One request of every api that has a response (Handshake and Authenticate excepted).
-#[allow(clippy::too_many_lines, reason = "one request per api, in key order")]
 pub(crate) fn every_api() -> Vec<Request> {
-    let topic = "t".to_string();
-    let queue = "q".to_string();
+    every_api_on("t", "q")
+}
+
+/// [`every_api`] with the topic apis aimed at `topic` and the queue apis at `queue`.
+#[allow(clippy::too_many_lines, reason = "one request per api, in key order")]
+pub(crate) fn every_api_on(topic: &str, queue: &str) -> Vec<Request> {
+    let topic = topic.to_string();
+    let queue = queue.to_string();
     ApiKey::ALL
         .iter()
         .filter_map(|api| match api {
