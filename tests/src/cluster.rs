@@ -43,6 +43,8 @@ pub struct Cluster {
     pub shards: usize,
     /// Extra `serve` arguments of every node.
     pub extra: Vec<String>,
+    /// Extra `serve` arguments of one node (index `id - 1`; e.g. its own `--kafka-listen`).
+    pub node_extra: Vec<Vec<String>>,
 }
 
 /// Ports free now (bound together, then released: the OS does not hand them out again soon).
@@ -97,6 +99,7 @@ impl Cluster {
             list,
             shards: 1,
             extra: Vec::new(),
+            node_extra: Vec::new(),
         })
     }
 
@@ -124,6 +127,7 @@ impl Cluster {
             .args(["--node-id", &id.to_string(), "--cluster", &self.list])
             .args(["--cluster-id", cluster_id])
             .args(&self.extra)
+            .args(self.node_extra.get((id - 1) as usize).into_iter().flatten())
             .env("RUST_LOG", "info");
         c
     }

@@ -456,6 +456,18 @@ impl Server {
         self.shared.kafka_addr.lock().ok().and_then(|a| *a)
     }
 
+    /// The Kafka address this node advertises (`host:port`, as Metadata lists it), when the
+    /// Kafka listener is on: told to the other nodes of a cluster in the peer handshake.
+    pub fn kafka_advertised(&self) -> Option<String> {
+        let bound = self.kafka_addr()?;
+        let (host, port) = self.shared.cfg.kafka.advertised(bound);
+        Some(if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        })
+    }
+
     /// One direct address per shard (as Metadata advertises them).
     pub fn shard_addrs(&self) -> Vec<SocketAddr> {
         self.shard_addrs.clone()

@@ -189,6 +189,7 @@ pub fn start_cluster(
     });
     let settings = PeerSettings {
         advertised_address: advertised.to_string(),
+        kafka_address: server.kafka_advertised().unwrap_or_default(),
         ..PeerSettings::default()
     };
     let transport = PeerTransport::start(&engine, spec, settings, handler)

@@ -319,6 +319,13 @@ impl FileConfig {
             1,
             1 << 16,
             "",
+        )?;
+        check_range(
+            "kafka.default_replication_factor",
+            u64::from(k.default_replication_factor.unwrap_or(1)),
+            1,
+            5,
+            "",
         )
     }
 }

@@ -2,6 +2,7 @@
 //! DeleteTopics, InitProducerId. Produce is `produce.rs`, Fetch `fetch.rs`.
 
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
@@ -12,6 +13,7 @@ use kafka_protocol::messages::{
     api_versions_response::ApiVersion,
     create_topics_response::CreatableTopicResult,
     delete_topics_response::DeletableTopicResult,
+    list_offsets_request::ListOffsetsPartition,
     list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse},
     metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic},
 };
@@ -22,11 +24,6 @@ use shardline_protocol::acl::Operation;
 
 use super::dispatch_groups::spawn_answer;
 use super::{Call, Close, KConn, Reply, answer, codes, frame, off_shard};
-
-/// This node's id in Metadata. One node today: every partition's leader is this node.
-/// REPLICATION: when replication lands, `partition_leader` answers the partition's leader and
-/// Metadata lists every node.
-pub(crate) const THIS_NODE: i32 = 0;
 
 /// The APIs and versions served, advertised exactly so in ApiVersions (docs/kafka.md).
 /// Produce advertises 0 (librdkafka 2.0 only compresses when it sees Produce v0, as Kafka 4.0
@@ -61,11 +58,6 @@ fn supported(key: ApiKey, version: i16) -> bool {
     SUPPORTED
         .iter()
         .any(|(k, min, max)| *k == key && (*min..=*max).contains(&version))
-}
-
-/// The leader of a partition. REPLICATION: the partition's leader node once replication lands.
-pub(crate) fn partition_leader(_topic: &str, _partition: u32) -> i32 {
-    THIS_NODE
 }
 
 /// Decodes a request's header and body and starts answering it. `Ok(true)` when an answer
@@ -199,9 +191,6 @@ pub(crate) fn topic_name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
 }
 
-/// Metadata: one broker (this node, as advertised), and each asked topic's partitions with
-/// this node as leader. Unknown topics are created when `server.auto_create_topics` is on and the
-/// client allows it.
 /// The host and port this node advertises (Metadata, FindCoordinator).
 pub(crate) fn advertised(conn: &KConn) -> (String, i32) {
     let bound = conn
@@ -214,18 +203,53 @@ pub(crate) fn advertised(conn: &KConn) -> (String, i32) {
     conn.shared.cfg.kafka.advertised(bound)
 }
 
+/// A topic's name and its route (partition -> shard), or why it has none.
+type Routes = Vec<(String, Result<Vec<u32>, shardline_engine::Error>)>;
+
+/// Metadata: the brokers (this node on a single node; on a cluster every node whose Kafka
+/// address is known) and each asked topic's partitions with their leader, replicas, ISR and
+/// leader epoch (`cluster.rs`). Unknown topics are created when `server.auto_create_topics`
+/// is on and the client allows it.
 async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> MetadataResponse {
-    let (host, port) = advertised(conn);
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(THIS_NODE);
-    broker.host = StrBytes::from_string(host);
-    broker.port = port;
+    let brokers = super::cluster::brokers(conn);
     let mut r = MetadataResponse::default();
-    r.brokers = vec![broker];
+    r.brokers = brokers
+        .iter()
+        .map(|(id, host, port)| {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(*id);
+            b.host = StrBytes::from_string(host.clone());
+            b.port = *port;
+            b
+        })
+        .collect();
     if call.version >= 2 {
         r.cluster_id = Some(StrBytes::from_static_str("shardline"));
     }
-    r.controller_id = BrokerId(THIS_NODE);
+    r.controller_id = BrokerId(super::cluster::controller(conn, &brokers));
+    for (name, route) in metadata_routes(conn, call, &req).await {
+        let mut t = MetadataResponseTopic::default();
+        t.name = Some(topic_name(&name));
+        if !super::sasl::topic_allowed(conn, &name, Operation::Describe) {
+            t.error_code = super::sasl::TOPIC_AUTHORIZATION_FAILED;
+            r.topics.push(t);
+            continue;
+        }
+        match route {
+            Ok(shards) => match topic_partitions(conn, &name, shards.len(), &brokers).await {
+                Ok(p) => t.partitions = p,
+                Err(code) => t.error_code = code,
+            },
+            Err(e) => t.error_code = codes::of(&e),
+        }
+        r.topics.push(t);
+    }
+    r
+}
+
+/// The topics a Metadata request asks for (all of them when it names none), auto-created when
+/// allowed.
+async fn metadata_routes(conn: &Rc<KConn>, call: Call, req: &MetadataRequest) -> Routes {
     let names: Option<Vec<String>> = match &req.topics {
         None => None,
         Some(t) if t.is_empty() && call.version == 0 => None,
@@ -235,57 +259,71 @@ async fn metadata(conn: &Rc<KConn>, call: Call, req: MetadataRequest) -> Metadat
                 .collect(),
         ),
     };
-    let routes: Vec<(String, Result<Vec<u32>, shardline_engine::Error>)> = match names {
-        None => conn
+    let Some(names) = names else {
+        return conn
             .engine
             .topic_routes()
             .iter()
             .filter(|r| super::sasl::topic_allowed(conn, &r.name, Operation::Describe))
             .map(|r| (r.name.to_string(), Ok(r.shards.clone())))
-            .collect(),
-        Some(names) => {
-            let mut out = Vec::new();
-            for n in names {
-                let mut route = conn.engine.route(&n).map(|r| r.shards.clone());
-                let auto = conn.shared.cfg.auto_create_topics
-                    && (call.version < 4 || req.allow_auto_topic_creation);
-                if auto && matches!(route, Err(shardline_engine::Error::UnknownTopic(_))) {
-                    route = auto_create(conn, &n).await;
-                }
-                out.push((n, route));
-            }
-            out
-        }
+            .collect();
     };
-    for (name, route) in routes {
-        let mut t = MetadataResponseTopic::default();
-        t.name = Some(topic_name(&name));
-        if !super::sasl::topic_allowed(conn, &name, Operation::Describe) {
-            t.error_code = super::sasl::TOPIC_AUTHORIZATION_FAILED;
-            r.topics.push(t);
-            continue;
+    let mut out = Vec::new();
+    for n in names {
+        let mut route = conn.engine.route(&n).map(|r| r.shards.clone());
+        let auto = conn.shared.cfg.auto_create_topics
+            && (call.version < 4 || req.allow_auto_topic_creation);
+        if auto && matches!(route, Err(shardline_engine::Error::UnknownTopic(_))) {
+            route = auto_create(conn, &n).await;
         }
-        match route {
-            Ok(shards) => {
-                t.partitions = (0..shards.len())
-                    .map(|p| {
-                        let p = u32::try_from(p).unwrap_or(u32::MAX);
-                        let mut mp = MetadataResponsePartition::default();
-                        mp.partition_index = i32::try_from(p).unwrap_or(i32::MAX);
-                        let leader = partition_leader(&name, p);
-                        mp.leader_id = BrokerId(leader);
-                        mp.leader_epoch = 0;
-                        mp.replica_nodes = vec![BrokerId(leader)];
-                        mp.isr_nodes = vec![BrokerId(leader)];
-                        mp
-                    })
-                    .collect();
-            }
-            Err(e) => t.error_code = codes::of(&e),
-        }
-        r.topics.push(t);
+        out.push((n, route));
     }
-    r
+    out
+}
+
+/// A topic's partitions in Metadata: on a single node this node leads each one (epoch 0); on
+/// a cluster each partition's state as `Engine::replica_status` knows it.
+async fn topic_partitions(
+    conn: &Rc<KConn>,
+    name: &str,
+    partitions: usize,
+    brokers: &[(i32, String, i32)],
+) -> Result<Vec<MetadataResponsePartition>, i16> {
+    let entry = |p: usize, st: super::cluster::PartitionState| {
+        let mut mp = MetadataResponsePartition::default();
+        mp.partition_index = i32::try_from(p).unwrap_or(i32::MAX);
+        mp.error_code = st.error_code;
+        mp.leader_id = BrokerId(st.leader);
+        mp.leader_epoch = st.epoch;
+        mp.replica_nodes = st.replicas.into_iter().map(BrokerId).collect();
+        mp.isr_nodes = st.in_sync.into_iter().map(BrokerId).collect();
+        mp
+    };
+    if !super::cluster::on_cluster(conn) {
+        let me = super::cluster::SINGLE_NODE;
+        return Ok((0..partitions)
+            .map(|p| {
+                let st = super::cluster::PartitionState {
+                    error_code: codes::NONE,
+                    leader: me,
+                    epoch: 0,
+                    replicas: vec![me],
+                    in_sync: vec![me],
+                };
+                entry(p, st)
+            })
+            .collect());
+    }
+    match conn.engine.replica_status(name).await {
+        Ok(status) => Ok(status
+            .iter()
+            .enumerate()
+            .map(|(p, s)| entry(p, super::cluster::partition_state(s, brokers)))
+            .collect()),
+        Err(shardline_engine::Error::UnknownTopic(_)) => Err(codes::UNKNOWN_TOPIC_OR_PARTITION),
+        // Replication still starting on this node: clients ask again.
+        Err(_) => Err(codes::LEADER_NOT_AVAILABLE),
+    }
 }
 
 /// Creates `name` with the default partition count (auto-creation); an existing topic (a
@@ -307,8 +345,12 @@ pub(crate) async fn auto_create(
         return Err(shardline_engine::Error::UnknownTopic(name.to_string()));
     }
     let n = name.to_string();
+    let mut config = TopicConfig::with_partitions(partitions);
+    // On a cluster through the controller, replicated (never a local-only topic).
+    config.replicas = super::cluster::default_replication(conn);
+    let shared = conn.shared.clone();
     let created =
-        off_shard(move || engine.create_topic(&n, TopicConfig::with_partitions(partitions)))
+        off_shard(move || crate::replicas::create_topic(&engine, &shared.cluster, &n, config))
             .await
             .unwrap_or_else(|| Err(shardline_engine::Error::Runtime("admin thread died".into())));
     match created {
@@ -336,49 +378,65 @@ async fn list_offsets(
         let mut tr = ListOffsetsTopicResponse::default();
         tr.name = t.name.clone();
         for p in &t.partitions {
-            let mut pr = ListOffsetsPartitionResponse::default();
-            pr.partition_index = p.partition_index;
-            pr.timestamp = -1;
-            let spec = match p.timestamp {
-                LATEST | MAX_TIMESTAMP => Some(OffsetSpec::Latest),
-                EARLIEST => Some(OffsetSpec::Earliest),
-                ts if ts >= 0 => Some(OffsetSpec::Timestamp(ts.saturating_mul(1000))),
-                _ => None,
-            };
-            let partition = u32::try_from(p.partition_index);
-            if !super::sasl::topic_allowed(conn, &name, Operation::Consume) {
-                pr.error_code = super::sasl::TOPIC_AUTHORIZATION_FAILED;
-                pr.offset = -1;
-                tr.partitions.push(pr);
-                continue;
-            }
-            match (spec, partition) {
-                (Some(spec), Ok(partition)) => {
-                    match conn.engine.list_offset_async(&name, partition, spec).await {
-                        Ok(o) => {
-                            pr.offset = i64::try_from(o).unwrap_or(i64::MAX);
-                            if p.timestamp == MAX_TIMESTAMP {
-                                // The last record's offset; its timestamp is not looked up.
-                                pr.offset = (pr.offset - 1).max(-1);
-                            }
-                            if call.version >= 4 {
-                                pr.leader_epoch = 0;
-                            }
-                        }
-                        Err(e) => {
-                            pr.error_code = codes::of(&e);
-                            pr.offset = -1;
-                        }
-                    }
-                }
-                (None, _) => pr.error_code = codes::INVALID_REQUEST,
-                (_, Err(_)) => pr.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
-            }
-            tr.partitions.push(pr);
+            tr.partitions.push(list_offset(conn, call, &name, p).await);
         }
         r.topics.push(tr);
     }
     r
+}
+
+/// One partition of ListOffsets: answered by its leader only (NOT_LEADER_OR_FOLLOWER
+/// elsewhere; v4+ `current_leader_epoch` fencing), with the leader epoch (v4+).
+async fn list_offset(
+    conn: &Rc<KConn>,
+    call: Call,
+    name: &str,
+    p: &ListOffsetsPartition,
+) -> ListOffsetsPartitionResponse {
+    let mut pr = ListOffsetsPartitionResponse::default();
+    pr.partition_index = p.partition_index;
+    pr.timestamp = -1;
+    pr.offset = -1;
+    let spec = match p.timestamp {
+        LATEST | MAX_TIMESTAMP => Some(OffsetSpec::Latest),
+        EARLIEST => Some(OffsetSpec::Earliest),
+        ts if ts >= 0 => Some(OffsetSpec::Timestamp(ts.saturating_mul(1000))),
+        _ => None,
+    };
+    if !super::sasl::topic_allowed(conn, name, Operation::Consume) {
+        pr.error_code = super::sasl::TOPIC_AUTHORIZATION_FAILED;
+        return pr;
+    }
+    let fence = if call.version >= 4 {
+        p.current_leader_epoch
+    } else {
+        -1
+    };
+    let (refused, epoch) = super::cluster::read_check(conn, name, p.partition_index, fence).await;
+    if refused != codes::NONE {
+        pr.error_code = refused;
+        return pr;
+    }
+    match (spec, u32::try_from(p.partition_index)) {
+        (Some(spec), Ok(partition)) => {
+            match conn.engine.list_offset_async(name, partition, spec).await {
+                Ok(o) => {
+                    pr.offset = i64::try_from(o).unwrap_or(i64::MAX);
+                    if p.timestamp == MAX_TIMESTAMP {
+                        // The last record's offset; its timestamp is not looked up.
+                        pr.offset = (pr.offset - 1).max(-1);
+                    }
+                    if call.version >= 4 {
+                        pr.leader_epoch = epoch;
+                    }
+                }
+                Err(e) => pr.error_code = codes::of(&e),
+            }
+        }
+        (None, _) => pr.error_code = codes::INVALID_REQUEST,
+        (_, Err(_)) => pr.error_code = codes::UNKNOWN_TOPIC_OR_PARTITION,
+    }
+    pr
 }
 
 /// Topic settings from CreateTopics configs (`retention.ms`, `retention.bytes`,
@@ -402,6 +460,33 @@ fn topic_config(
         }
     }
     Ok(c)
+}
+
+/// A CreateTopics replication factor: -1 is the default (`cluster::default_replication`: 1
+/// on a single node); otherwise 1 up to the cluster's node count (a single node is one node).
+fn replication(conn: &KConn, asked: i16) -> Result<u32, String> {
+    let nodes = if super::cluster::on_cluster(conn) {
+        conn.shared.cluster.nodes.load(Ordering::Acquire).max(1)
+    } else {
+        1
+    };
+    match asked {
+        -1 => Ok(super::cluster::default_replication(conn)),
+        // Kafka refuses 0; kept as 1 here, as the first release answered it.
+        0 => Ok(1),
+        r if r < 0 => Err(format!("replication factor {r}: use 1 to {nodes}, or -1")),
+        r => {
+            let r = u32::from(r.unsigned_abs());
+            if r > nodes {
+                let plural = if nodes == 1 { "" } else { "s" };
+                Err(format!(
+                    "replication factor {r} exceeds the cluster's {nodes} node{plural}"
+                ))
+            } else {
+                Ok(r)
+            }
+        }
+    }
 }
 
 async fn create_topics(
@@ -432,7 +517,7 @@ async fn create_topics(
                 )
             })
             .collect();
-        let outcome = match (partitions, t.replication_factor) {
+        let outcome = match (partitions, replication(conn, t.replication_factor)) {
             _ if !super::sasl::topic_allowed(conn, &name, Operation::Create) => Err((
                 super::sasl::TOPIC_AUTHORIZATION_FAILED,
                 "not authorized".to_string(),
@@ -441,20 +526,21 @@ async fn create_topics(
                 codes::INVALID_PARTITIONS,
                 "invalid partition count".to_string(),
             )),
-            // One node: a replication factor above 1 cannot be met. REPLICATION: check it
-            // against the live nodes once replication lands.
-            (_, rf) if rf > 1 => Err((
-                codes::INVALID_REPLICATION_FACTOR,
-                "replication factor above the 1 node".to_string(),
-            )),
-            (Ok(p), _) => match topic_config(p, &configs) {
+            (_, Err(m)) => Err((codes::INVALID_REPLICATION_FACTOR, m)),
+            (Ok(p), Ok(rf)) => match topic_config(p, &configs) {
                 Err(m) => Err((codes::INVALID_CONFIG, m)),
-                Ok(_) if req.validate_only => Ok(p),
-                Ok(cfg) => {
+                Ok(_) if req.validate_only => Ok((p, rf)),
+                Ok(mut cfg) => {
+                    cfg.replicas = rf;
                     let engine = conn.engine.clone();
+                    let shared = conn.shared.clone();
                     let n = name.clone();
-                    match off_shard(move || engine.create_topic(&n, cfg)).await {
-                        Some(Ok(_)) => Ok(p),
+                    // On a cluster through the controller (from any node), else locally.
+                    let created = off_shard(move || {
+                        crate::replicas::create_topic(&engine, &shared.cluster, &n, cfg)
+                    });
+                    match created.await {
+                        Some(Ok(_)) => Ok((p, rf)),
                         Some(Err(e)) => Err((codes::of(&e), e.to_string())),
                         None => Err((codes::UNKNOWN_SERVER_ERROR, "admin thread died".into())),
                     }
@@ -462,10 +548,10 @@ async fn create_topics(
             },
         };
         match outcome {
-            Ok(p) => {
+            Ok((p, rf)) => {
                 if call.version >= 5 {
                     tr.num_partitions = i32::try_from(p).unwrap_or(i32::MAX);
-                    tr.replication_factor = 1;
+                    tr.replication_factor = i16::try_from(rf).unwrap_or(i16::MAX);
                 }
             }
             Err((code, message)) => {
@@ -501,7 +587,11 @@ async fn delete_topics(
             r.responses.push(tr);
             continue;
         }
-        match off_shard(move || engine.delete_topic(&n)).await {
+        let shared = conn.shared.clone();
+        // On a cluster through the controller (from any node), else locally.
+        let deleted =
+            off_shard(move || crate::replicas::delete_topic(&engine, &shared.cluster, &n));
+        match deleted.await {
             Some(Ok(())) => {}
             Some(Err(e)) => tr.error_code = codes::of(&e),
             None => tr.error_code = codes::UNKNOWN_SERVER_ERROR,

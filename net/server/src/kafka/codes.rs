@@ -9,8 +9,11 @@ pub(crate) const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub(crate) const CORRUPT_MESSAGE: i16 = 2;
 pub(crate) const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
 pub(crate) const LEADER_NOT_AVAILABLE: i16 = 5;
+pub(crate) const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub(crate) const REQUEST_TIMED_OUT: i16 = 7;
 pub(crate) const MESSAGE_TOO_LARGE: i16 = 10;
+pub(crate) const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+pub(crate) const NOT_COORDINATOR: i16 = 16;
 pub(crate) const INVALID_TOPIC_EXCEPTION: i16 = 17;
 pub(crate) const INVALID_REQUIRED_ACKS: i16 = 21;
 pub(crate) const UNSUPPORTED_VERSION: i16 = 35;
@@ -23,6 +26,8 @@ pub(crate) const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 pub(crate) const DUPLICATE_SEQUENCE_NUMBER: i16 = 46;
 pub(crate) const INVALID_PRODUCER_EPOCH: i16 = 47;
 pub(crate) const KAFKA_STORAGE_ERROR: i16 = 56;
+pub(crate) const FENCED_LEADER_EPOCH: i16 = 74;
+pub(crate) const UNKNOWN_LEADER_EPOCH: i16 = 76;
 pub(crate) const INVALID_RECORD: i16 = 87;
 
 /// The Kafka error code for an engine error on a partition operation.
@@ -44,6 +49,8 @@ pub(crate) fn of(e: &Error) -> i16 {
             KAFKA_STORAGE_ERROR
         }
         Error::ShuttingDown => LEADER_NOT_AVAILABLE,
+        // A replica that does not lead (or no replica here): the client refreshes Metadata.
+        Error::NotLeader { .. } => NOT_LEADER_OR_FOLLOWER,
         Error::InvalidArgument(_) => INVALID_REQUEST,
         _ => UNKNOWN_SERVER_ERROR,
     }
@@ -71,5 +78,12 @@ mod tests {
             of(&Error::UnknownTopic("t".into())),
             UNKNOWN_TOPIC_OR_PARTITION
         );
+        let not_leader = Error::NotLeader {
+            topic: "t".into(),
+            partition: 0,
+            leader: Some(2),
+            epoch: 3,
+        };
+        assert_eq!(of(&not_leader), NOT_LEADER_OR_FOLLOWER);
     }
 }

@@ -2,6 +2,10 @@
 //! served as Kafka record batches: Kafka-kind batches as stored with only the base offset
 //! patched, native batches converted on this read (`shardline_format::kafka::to_kafka`).
 //!
+//! On a cluster only the partition's leader serves it (`cluster::read_check`): another node
+//! answers NOT_LEADER_OR_FOLLOWER, and a `current_leader_epoch` (v9+) other than the leader's
+//! FENCED_LEADER_EPOCH or UNKNOWN_LEADER_EPOCH, so that the client refreshes its Metadata.
+//!
 //! Long poll: when the first read holds fewer than `min_bytes`, the partitions are read again
 //! with the engine's own long poll (`max_wait`, woken by appends: no busy loop) and the
 //! response goes out when one of them has data or `max_wait_ms` has passed. Fetch sessions
@@ -35,6 +39,11 @@ struct Part {
     max_bytes: usize,
     /// Refused by the ACLs: answered TOPIC_AUTHORIZATION_FAILED.
     denied: bool,
+    /// The client's `current_leader_epoch` (v9+; -1: not sent).
+    leader_epoch: i32,
+    /// On a cluster, not readable here (NOT_LEADER_OR_FOLLOWER, a fenced or unknown leader
+    /// epoch: `cluster::read_check`); `NONE` otherwise.
+    refused: i16,
 }
 
 /// One partition's answer.
@@ -57,7 +66,7 @@ pub(crate) fn fetch(
     rt::spawn_local(async move {
         let _inflight = inflight;
         let request_max = usize::try_from(req.max_bytes).unwrap_or(0).max(1);
-        let parts: Vec<Part> = req
+        let mut parts: Vec<Part> = req
             .topics
             .iter()
             .enumerate()
@@ -66,6 +75,8 @@ pub(crate) fn fetch(
                     !super::sasl::topic_allowed(&conn, t.topic.0.as_str(), Operation::Consume);
                 t.partitions.iter().map(move |p| Part {
                     denied,
+                    leader_epoch: p.current_leader_epoch,
+                    refused: codes::NONE,
                     topic_index: ti,
                     topic: t.topic.0.as_str().to_string(),
                     partition: p.partition,
@@ -76,6 +87,14 @@ pub(crate) fn fetch(
                 })
             })
             .collect();
+        for p in &mut parts {
+            if !p.denied {
+                p.refused =
+                    super::cluster::read_check(&conn, &p.topic, p.partition, p.leader_epoch)
+                        .await
+                        .0;
+            }
+        }
         let max_wait =
             Duration::from_millis(u64::try_from(req.max_wait_ms).unwrap_or(0)).min(MAX_WAIT_CAP);
         let min_bytes = usize::try_from(req.min_bytes).unwrap_or(0);
@@ -157,6 +176,9 @@ fn failed(error_code: i16) -> Read {
 async fn read_one(engine: &Engine, p: &Part, max_wait: Duration) -> Read {
     if p.denied {
         return failed(super::sasl::TOPIC_AUTHORIZATION_FAILED);
+    }
+    if p.refused != codes::NONE {
+        return failed(p.refused);
     }
     let (Ok(partition), Ok(offset)) = (u32::try_from(p.partition), u64::try_from(p.offset)) else {
         return failed(codes::OFFSET_OUT_OF_RANGE);

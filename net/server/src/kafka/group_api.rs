@@ -51,12 +51,14 @@ async fn park<T>(conn: &KConn, group: &str, rx: flume::Receiver<T>, limit: Durat
     }
 }
 
+/// FindCoordinator: this node on a single node; on a cluster the node every node names for
+/// the group (`cluster::coordinator`: the group's offsets live in that node's `__offsets`,
+/// which is not replicated yet), COORDINATOR_NOT_AVAILABLE while its Kafka address is unknown.
 pub(crate) fn find_coordinator(
     conn: &KConn,
     version: i16,
     req: &FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
-    let (host, port) = super::api::advertised(conn);
     let mut r = FindCoordinatorResponse::default();
     if version >= 4 {
         r.coordinators = req
@@ -65,16 +67,34 @@ pub(crate) fn find_coordinator(
             .map(|k| {
                 let mut c = CoordinatorEntry::default();
                 c.key = k.clone();
-                c.node_id = BrokerId(super::api::THIS_NODE);
-                c.host = s(&host);
-                c.port = port;
+                match super::cluster::coordinator(conn, k.as_str()) {
+                    Ok((id, host, port)) => {
+                        c.node_id = BrokerId(id);
+                        c.host = s(&host);
+                        c.port = port;
+                    }
+                    Err(code) => {
+                        c.error_code = code;
+                        c.node_id = BrokerId(-1);
+                        c.port = -1;
+                    }
+                }
                 c
             })
             .collect();
     } else {
-        r.node_id = BrokerId(super::api::THIS_NODE);
-        r.host = s(&host);
-        r.port = port;
+        match super::cluster::coordinator(conn, req.key.as_str()) {
+            Ok((id, host, port)) => {
+                r.node_id = BrokerId(id);
+                r.host = s(&host);
+                r.port = port;
+            }
+            Err(code) => {
+                r.error_code = code;
+                r.node_id = BrokerId(-1);
+                r.port = -1;
+            }
+        }
     }
     r
 }
@@ -86,9 +106,13 @@ pub(crate) async fn join_group(
     req: JoinGroupRequest,
 ) -> JoinGroupResponse {
     let group = req.group_id.0.as_str().to_string();
-    if !sasl::group_allowed(conn, &group) {
+    if !sasl::group_allowed(conn, &group) || !super::cluster::is_coordinator(conn, &group) {
         let mut r = JoinGroupResponse::default();
-        r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+        r.error_code = if sasl::group_allowed(conn, &group) {
+            codes::NOT_COORDINATOR
+        } else {
+            sasl::GROUP_AUTHORIZATION_FAILED
+        };
         r.generation_id = -1;
         return r;
     }
@@ -160,6 +184,11 @@ pub(crate) async fn sync_group(
         r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
         return r;
     }
+    if !super::cluster::is_coordinator(conn, &group) {
+        let mut r = SyncGroupResponse::default();
+        r.error_code = codes::NOT_COORDINATOR;
+        return r;
+    }
     let assignments = req
         .assignments
         .iter()
@@ -196,6 +225,10 @@ pub(crate) fn heartbeat(conn: &KConn, req: &HeartbeatRequest) -> HeartbeatRespon
     let mut r = HeartbeatResponse::default();
     if !sasl::group_allowed(conn, req.group_id.0.as_str()) {
         r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+        return r;
+    }
+    if !super::cluster::is_coordinator(conn, req.group_id.0.as_str()) {
+        r.error_code = codes::NOT_COORDINATOR;
         return r;
     }
     r.error_code = conn.shared.kafka_groups.heartbeat(
@@ -246,14 +279,16 @@ pub(crate) fn leave_group(
 
 pub(crate) async fn offset_commit(conn: &KConn, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = req.group_id.0.as_str().to_string();
-    let allowed = if sasl::group_allowed(conn, &group) {
+    let allowed = if !sasl::group_allowed(conn, &group) {
+        sasl::GROUP_AUTHORIZATION_FAILED
+    } else if !super::cluster::is_coordinator(conn, &group) {
+        codes::NOT_COORDINATOR
+    } else {
         conn.shared.kafka_groups.check_commit(
             &group,
             req.generation_id_or_member_epoch,
             req.member_id.as_str(),
         )
-    } else {
-        sasl::GROUP_AUTHORIZATION_FAILED
     };
     let mut r = OffsetCommitResponse::default();
     for t in &req.topics {

@@ -13,6 +13,7 @@
 //! [`WireProtocol`]: crate::listener::WireProtocol
 
 mod api;
+mod cluster;
 mod codes;
 mod configs;
 mod decode;
@@ -61,6 +62,10 @@ pub struct KafkaConfig {
     pub auto_create_topics: bool,
     /// Deprecated alias of `[server] auto_create_partitions`; when given, it is used.
     pub default_partitions: Option<u32>,
+    /// On a cluster: the replication factor of CreateTopics with `replication_factor = -1`
+    /// and of auto-created topics (Kafka's `default.replication.factor`); absent = 3, at most
+    /// the node count.
+    pub default_replication_factor: Option<u32>,
 }
 
 impl Default for KafkaConfig {
@@ -73,6 +78,7 @@ impl Default for KafkaConfig {
             request_bytes_max: 100 << 20,
             auto_create_topics: false,
             default_partitions: None,
+            default_replication_factor: None,
         }
     }
 }

@@ -2,8 +2,10 @@
 //! decompressed), wrapped as a [`body_kind::KAFKA_V2`] Shardline batch and enqueued on its
 //! owning shard before the next request is read; the acks are awaited on a task of their own.
 //!
-//! acks: 0 -> `none` (no response at all), 1 -> `leader`, -1 -> `durable` on one node.
-//! REPLICATION: -1 becomes `all` when replication lands (see [`acks_of`]).
+//! acks: 0 -> `none` (no response at all), 1 -> `leader`, -1 -> `all` (committed on a majority
+//! of a replicated partition's replicas; `durable` on a one-replica partition), see
+//! [`acks_of`]. On a cluster a node that does not lead the partition answers
+//! NOT_LEADER_OR_FOLLOWER for it (the engine's `NotLeader`), and the client refreshes Metadata.
 //!
 //! [`body_kind::KAFKA_V2`]: shardline_engine::batch::body_kind::KAFKA_V2
 

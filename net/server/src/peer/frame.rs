@@ -16,6 +16,9 @@
 //!      23 + n u8  client address length m (0..=255), then m bytes of UTF-8 `host:port`: the
 //!                 sender's client listener as clients should dial it (version 2; empty =
 //!                 not known)
+//!  24 + n + m u8  Kafka address length k (0..=255), then k bytes of UTF-8 `host:port`: the
+//!                 sender's Kafka listener as Kafka clients should dial it (version 3; empty =
+//!                 no Kafka listener)
 //! Refuse body:
 //!           0 u16 code (1 version, 2 cluster id, 3 unknown node, 4 wrong node, 5 malformed)
 //!           2 u16 reason length n, then n bytes of UTF-8 reason
@@ -29,8 +32,11 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::config::CLUSTER_ID_BYTES_MAX;
 
-/// The version this build speaks; a peer with another one is refused.
-pub const PEER_PROTOCOL_VERSION: u16 = 2;
+/// The version this build speaks (and sends first).
+pub const PEER_PROTOCOL_VERSION: u16 = 3;
+/// The oldest version this build still accepts and speaks to a peer that asks for it (a
+/// version 2 peer has no Kafka address); older ones are refused.
+pub const PEER_PROTOCOL_VERSION_MIN: u16 = 2;
 /// The first bytes of a Hello/Welcome body: tells a peer link from a client that dialled the
 /// wrong port.
 pub const PEER_MAGIC: [u8; 4] = *b"SLNP";
@@ -92,6 +98,9 @@ pub struct Hello {
     /// The sender's client address (`host:port`, at most 255 bytes; empty = not known):
     /// how every node learns where clients reach every other node (DescribeCluster).
     pub client_address: String,
+    /// The sender's Kafka address (`host:port`, at most 255 bytes; empty = no Kafka listener,
+    /// or a version 2 peer): every node's Metadata lists every node's Kafka listener.
+    pub kafka_address: String,
 }
 
 /// Longest client address a Hello carries.
@@ -190,17 +199,13 @@ fn decode_hello(mut b: Bytes, what: &'static str) -> Result<Hello, FrameError> {
         .map_err(|_| malformed(what, "cluster id is not UTF-8"))?
         .to_string();
     let mut client_address = String::new();
+    let mut kafka_address = String::new();
     if !exact {
-        if !b.has_remaining() {
-            return Err(malformed(what, "no client address length"));
+        // Version 2 ends with the client address; version 3 and later add the Kafka address.
+        client_address = address(&mut b, what, "client address", version < 3)?;
+        if version >= 3 {
+            kafka_address = address(&mut b, what, "Kafka address", true)?;
         }
-        let m = usize::from(b.get_u8());
-        if b.remaining() != m {
-            return Err(malformed(what, "bad client address length"));
-        }
-        client_address = std::str::from_utf8(&b)
-            .map_err(|_| malformed(what, "client address is not UTF-8"))?
-            .to_string();
     }
     Ok(Hello {
         version,
@@ -208,7 +213,37 @@ fn decode_hello(mut b: Bytes, what: &'static str) -> Result<Hello, FrameError> {
         to_node_id,
         cluster_id,
         client_address,
+        kafka_address,
     })
+}
+
+/// One length-prefixed UTF-8 address of a Hello; `last`: nothing may follow it.
+fn address(
+    b: &mut Bytes,
+    what: &'static str,
+    field: &'static str,
+    last: bool,
+) -> Result<String, FrameError> {
+    let reason = |r: &'static str| malformed(what, r);
+    if !b.has_remaining() {
+        return Err(reason(if field == "client address" {
+            "no client address length"
+        } else {
+            "no Kafka address length"
+        }));
+    }
+    let m = usize::from(b.get_u8());
+    if b.remaining() < m || (last && b.remaining() != m) {
+        return Err(reason(if field == "client address" {
+            "bad client address length"
+        } else {
+            "bad Kafka address length"
+        }));
+    }
+    let v = b.split_to(m);
+    std::str::from_utf8(&v)
+        .map(str::to_string)
+        .map_err(|_| reason("address is not UTF-8"))
 }
 
 fn decode_refuse(mut b: Bytes) -> Result<Frame, FrameError> {
@@ -271,9 +306,19 @@ fn encode_hello_kind(out: &mut BytesMut, kind: u8, h: &Hello) {
         address.len() <= CLIENT_ADDRESS_BYTES_MAX,
         "client addresses are validated before a transport starts"
     );
-    // Version 1 has no address field (kept so that a refusal can be tested and fuzzed).
+    let kafka = h.kafka_address.as_bytes();
+    assert!(
+        kafka.len() <= CLIENT_ADDRESS_BYTES_MAX,
+        "Kafka addresses are validated before a transport starts"
+    );
+    // Version 1 has no address field (kept so that a refusal can be tested and fuzzed);
+    // version 2 no Kafka address (spoken to version 2 peers).
     let with_address = h.version >= 2;
-    let body = 23 + id.len() + if with_address { 1 + address.len() } else { 0 };
+    let with_kafka = h.version >= 3;
+    let body = 23
+        + id.len()
+        + if with_address { 1 + address.len() } else { 0 }
+        + if with_kafka { 1 + kafka.len() } else { 0 };
     header(out, kind, body);
     out.put_slice(&PEER_MAGIC);
     out.put_u16_le(h.version);
@@ -284,6 +329,10 @@ fn encode_hello_kind(out: &mut BytesMut, kind: u8, h: &Hello) {
     if with_address {
         out.put_u8(u8::try_from(address.len()).unwrap_or(u8::MAX));
         out.put_slice(address);
+    }
+    if with_kafka {
+        out.put_u8(u8::try_from(kafka.len()).unwrap_or(u8::MAX));
+        out.put_slice(kafka);
     }
 }
 
@@ -344,6 +393,7 @@ mod tests {
             to_node_id: 1,
             cluster_id: "east-1".into(),
             client_address: "127.0.0.1:7001".into(),
+            kafka_address: "127.0.0.1:9092".into(),
         }
     }
 
@@ -368,7 +418,7 @@ mod tests {
             (0, Bytes::from(vec![9u8; 1000])),
         ];
         encode_messages(&mut out, &msgs);
-        assert_eq!(out.len(), 52 + 52 + 28 + messages_frame_bytes(msgs.iter()));
+        assert_eq!(out.len(), 67 + 67 + 28 + messages_frame_bytes(msgs.iter()));
         let frames = decode_all(out);
         assert_eq!(
             frames,
@@ -463,6 +513,43 @@ mod tests {
             decode(&mut out, 1 << 20),
             Err(FrameError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn a_version_2_hello_decodes_without_a_kafka_address_and_round_trips() {
+        // What a version 2 peer sends (and what this build answers a version 2 peer with).
+        let mut h = hello();
+        h.version = 2;
+        h.kafka_address.clear();
+        let mut out = BytesMut::new();
+        encode_hello(&mut out, &h);
+        assert_eq!(out.len(), 52, "version 2's layout is unchanged");
+        assert_eq!(decode_all(out), vec![Frame::Hello(h.clone())]);
+        // A version 2 body with trailing bytes is malformed (version 2 ends with the address).
+        let mut v3 = hello();
+        v3.version = 3;
+        let mut out = BytesMut::new();
+        encode_hello(&mut out, &v3);
+        out[12..14].copy_from_slice(&2u16.to_le_bytes());
+        assert!(matches!(
+            decode(&mut out, 1 << 20),
+            Err(FrameError::Malformed { .. })
+        ));
+        // Version 3: every cut of the Kafka address is malformed, never a panic.
+        let mut whole = BytesMut::new();
+        encode_hello(&mut whole, &v3);
+        for cut in 1..=v3.kafka_address.len() + 1 {
+            let mut part = BytesMut::from(&whole[..whole.len() - cut]);
+            let len = u32::try_from(part.len() - 4).unwrap_or(0);
+            part[..4].copy_from_slice(&len.to_le_bytes());
+            assert!(
+                matches!(
+                    decode(&mut part, 1 << 20),
+                    Err(FrameError::Malformed { .. })
+                ),
+                "cut {cut}"
+            );
+        }
     }
 
     #[test]

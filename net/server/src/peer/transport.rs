@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use shardline_protocol::tls::{ClientTls, ServerTlsConfig, TlsConfigError};
 use super::config::{ClusterSpec, PeerNode};
 use super::frame::{
     self, FRAME_BYTES_MIN_LIMIT, FRAME_HEADER_BYTES, Frame, Hello, MESSAGE_OVERHEAD_BYTES,
-    PEER_PROTOCOL_VERSION, RefuseCode,
+    PEER_PROTOCOL_VERSION, PEER_PROTOCOL_VERSION_MIN, RefuseCode,
 };
 
 /// Tuning of the transport; the defaults suit a LAN cluster.
@@ -63,6 +63,10 @@ pub struct PeerSettings {
     /// This node's client address (`host:port`, its `--advertise` or `--listen`), sent in the
     /// handshake so every node can tell clients where every node is; empty = not told.
     pub advertised_address: String,
+    /// This node's Kafka address as Kafka clients should dial it (`host:port`), sent in the
+    /// handshake so that every node's Kafka Metadata lists every node; empty = no Kafka
+    /// listener.
+    pub kafka_address: String,
 }
 
 impl Default for PeerSettings {
@@ -78,6 +82,7 @@ impl Default for PeerSettings {
             backoff_max_ms: 2_000,
             shard: 0,
             advertised_address: String::new(),
+            kafka_address: String::new(),
         }
     }
 }
@@ -170,6 +175,10 @@ struct Link {
     frames_received: AtomicU64,
     messages_received: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The handshake version this link speaks: [`PEER_PROTOCOL_VERSION`], or the oldest
+    /// accepted one after the peer refused it by version (a peer not upgraded yet); back to
+    /// the newest whenever the link goes down.
+    version: AtomicU16,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -192,6 +201,7 @@ impl Link {
             frames_received: AtomicU64::new(0),
             messages_received: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            version: AtomicU16::new(PEER_PROTOCOL_VERSION),
         }
     }
 
@@ -221,17 +231,30 @@ struct Inner {
     last_refusal: Mutex<Option<String>>,
     /// Each peer's client address, as its last handshake told it.
     client_addresses: Mutex<BTreeMap<u64, String>>,
+    /// Each peer's Kafka address, as its last handshake told it (absent: none, or a version
+    /// 2 peer).
+    kafka_addresses: Mutex<BTreeMap<u64, String>>,
 }
 
 impl Inner {
-    fn learned_address(&self, node: u64, address: &str) {
-        if address.is_empty() {
-            return;
+    fn learned_address(&self, node: u64, hello: &Hello) {
+        let address = hello.client_address.as_str();
+        if !address.is_empty() {
+            let mut known = lock(&self.client_addresses);
+            if known.get(&node).map(String::as_str) != Some(address) {
+                tracing::info!(node, address, "peer client address");
+                known.insert(node, address.to_string());
+            }
         }
-        let mut known = lock(&self.client_addresses);
-        if known.get(&node).map(String::as_str) != Some(address) {
-            tracing::info!(node, address, "peer client address");
-            known.insert(node, address.to_string());
+        let kafka = hello.kafka_address.as_str();
+        let mut known = lock(&self.kafka_addresses);
+        if known.get(&node).map(String::as_str) != Some(kafka) {
+            if kafka.is_empty() {
+                known.remove(&node);
+            } else {
+                tracing::info!(node, address = kafka, "peer Kafka address");
+                known.insert(node, kafka.to_string());
+            }
         }
     }
 
@@ -278,9 +301,11 @@ impl PeerTransport {
                 "frame_bytes_max must be at least {FRAME_BYTES_MIN_LIMIT}"
             )));
         }
-        if settings.advertised_address.len() > frame::CLIENT_ADDRESS_BYTES_MAX {
+        if settings.advertised_address.len() > frame::CLIENT_ADDRESS_BYTES_MAX
+            || settings.kafka_address.len() > frame::CLIENT_ADDRESS_BYTES_MAX
+        {
             return Err(PeerError::Config(format!(
-                "the advertised client address is longer than {} bytes",
+                "the advertised client or Kafka address is longer than {} bytes",
                 frame::CLIENT_ADDRESS_BYTES_MAX
             )));
         }
@@ -326,6 +351,7 @@ impl PeerTransport {
             inbound: Mutex::new(HashMap::new()),
             refusals: AtomicU64::new(0),
             client_addresses: Mutex::new(BTreeMap::new()),
+            kafka_addresses: Mutex::new(BTreeMap::new()),
             last_refusal: Mutex::new(None),
         });
         let (tx, rx) = flume::bounded::<Bound>(1);
@@ -455,6 +481,31 @@ impl PeerTransport {
             .collect()
     }
 
+    /// Every node of the cluster list whose Kafka address is known: this node's from the
+    /// settings, the others' from their handshakes (a node not handshaken yet, a version 2
+    /// peer or one without a Kafka listener is absent).
+    pub fn kafka_addresses(&self) -> Vec<(u64, String)> {
+        let known = lock(&self.inner.kafka_addresses);
+        self.inner
+            .spec
+            .nodes
+            .keys()
+            .filter_map(|&id| {
+                let address = if id == self.inner.spec.node_id {
+                    self.inner.settings.kafka_address.clone()
+                } else {
+                    known.get(&id).cloned().unwrap_or_default()
+                };
+                (!address.is_empty()).then_some((id, address))
+            })
+            .collect()
+    }
+
+    /// The sorted node ids of the cluster list (this node's included).
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.inner.spec.nodes.keys().copied().collect()
+    }
+
     /// Stops the listener and every link (their tasks end at their next wake-up). Queued
     /// messages are dropped.
     pub fn shutdown(&self) {
@@ -543,11 +594,12 @@ async fn write_frame(io: &mut BoxIo, bytes: &[u8], timeout: Duration) -> Result<
 
 /// What the acceptor holds against a Hello, if anything.
 fn check_hello(spec: &ClusterSpec, h: &Hello) -> Option<(RefuseCode, String)> {
-    if h.version != PEER_PROTOCOL_VERSION {
+    if !(PEER_PROTOCOL_VERSION_MIN..=PEER_PROTOCOL_VERSION).contains(&h.version) {
         return Some((
             RefuseCode::Version,
             format!(
-                "peer protocol version {} is not supported (node {} speaks {PEER_PROTOCOL_VERSION})",
+                "peer protocol version {} is not supported (node {} speaks \
+                 {PEER_PROTOCOL_VERSION_MIN} to {PEER_PROTOCOL_VERSION})",
                 h.version, spec.node_id
             ),
         ));
@@ -582,13 +634,19 @@ fn check_hello(spec: &ClusterSpec, h: &Hello) -> Option<(RefuseCode, String)> {
     None
 }
 
-fn hello_of(inner: &Inner, to: u64) -> Hello {
+/// This node's handshake frame to node `to` in `version` (version 2 carries no Kafka address).
+fn hello_of(inner: &Inner, to: u64, version: u16) -> Hello {
     Hello {
-        version: PEER_PROTOCOL_VERSION,
+        version,
         node_id: inner.spec.node_id,
         to_node_id: to,
         cluster_id: inner.spec.cluster_id.clone(),
         client_address: inner.settings.advertised_address.clone(),
+        kafka_address: if version >= 3 {
+            inner.settings.kafka_address.clone()
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -628,8 +686,9 @@ async fn inbound(stream: TcpStream, inner: Arc<Inner>) {
         return;
     }
     let peer = hello.node_id;
-    inner.learned_address(peer, &hello.client_address);
-    frame::encode_welcome(&mut out, &hello_of(&inner, peer));
+    inner.learned_address(peer, &hello);
+    // Answered in the dialler's version (an older peer reads only what it knows).
+    frame::encode_welcome(&mut out, &hello_of(&inner, peer, hello.version));
     if let Err(e) = write_frame(&mut io, &out, handshake).await {
         tracing::debug!(peer, error = %e, "peer handshake write failed");
         return;
@@ -696,6 +755,8 @@ async fn dial_loop(link: Arc<Link>, inner: Arc<Inner>) {
                 backoff = Duration::from_millis(s.backoff_min_ms);
                 let r = write_loop(io, &link, &inner).await;
                 link.connected.store(false, Ordering::Release);
+                // The peer may come back upgraded: try the newest version first again.
+                link.version.store(PEER_PROTOCOL_VERSION, Ordering::Release);
                 match r {
                     Ok(()) => return,
                     Err(e) => {
@@ -771,7 +832,8 @@ async fn connect(link: &Link, inner: &Inner) -> Result<BoxIo, String> {
         }
     };
     let mut out = BytesMut::new();
-    frame::encode_hello(&mut out, &hello_of(inner, node.id));
+    let version = link.version.load(Ordering::Acquire);
+    frame::encode_hello(&mut out, &hello_of(inner, node.id, version));
     write_frame(&mut io, &out, handshake).await?;
     let mut buf = BytesMut::new();
     let mut chunk = vec![0u8; 4096];
@@ -783,6 +845,11 @@ async fn connect(link: &Link, inner: &Inner) -> Result<BoxIo, String> {
     let welcome = match reply {
         Some(Ok(Some(Frame::Welcome(h)))) => h,
         Some(Ok(Some(Frame::Refuse { code, reason }))) => {
+            if code == RefuseCode::Version && version > PEER_PROTOCOL_VERSION_MIN {
+                // A peer not upgraded yet: the next attempt speaks the oldest version.
+                link.version
+                    .store(PEER_PROTOCOL_VERSION_MIN, Ordering::Release);
+            }
             tracing::error!(
                 node = inner.spec.node_id,
                 peer = node.id,
@@ -797,7 +864,7 @@ async fn connect(link: &Link, inner: &Inner) -> Result<BoxIo, String> {
         Some(Err(e)) => return Err(format!("handshake with node {}: {e}", node.id)),
         None => return Err(format!("handshake with node {} timed out", node.id)),
     };
-    let expected = hello_of(inner, node.id);
+    let expected = hello_of(inner, node.id, version);
     if welcome.version != expected.version
         || welcome.cluster_id != expected.cluster_id
         || welcome.node_id != node.id
@@ -821,7 +888,7 @@ async fn connect(link: &Link, inner: &Inner) -> Result<BoxIo, String> {
         );
         return Err(reason);
     }
-    inner.learned_address(node.id, &welcome.client_address);
+    inner.learned_address(node.id, &welcome);
     Ok(io)
 }
 
