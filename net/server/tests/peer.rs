@@ -491,3 +491,124 @@ fn a_round_above_the_frame_limit_splits_into_frames() {
     n1.stop();
     n2.stop();
 }
+
+/// Reads one peer frame from a blocking socket (bounded by its read timeout).
+fn read_peer_frame(s: &mut std::net::TcpStream) -> Option<shardline_server::peer::frame::Frame> {
+    use std::io::Read;
+    let mut buf = bytes::BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Ok(Some(f)) = shardline_server::peer::frame::decode(&mut buf, 1 << 20) {
+            return Some(f);
+        }
+        let n = s.read(&mut chunk).ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[test]
+fn kafka_addresses_travel_in_the_handshake_and_version_2_peers_are_still_spoken_to() {
+    use shardline_server::peer::frame::{self, Frame, Hello, RefuseCode};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let list = cluster_list(&ports);
+    let with_kafka = |k: &str| PeerSettings {
+        kafka_address: k.to_string(),
+        advertised_address: "127.0.0.1:7070".into(),
+        ..settings()
+    };
+    // Node 3 is played by hand: a version 2 node, which refuses version 3 Hellos.
+    let fake = std::net::TcpListener::bind(("127.0.0.1", ports[2])).unwrap();
+    let n1 = start_node(dir.path(), "test", 1, &list, None, with_kafka("127.0.0.1:19092"));
+    let n2 = start_node(dir.path(), "test", 2, &list, None, with_kafka("127.0.0.1:29092"));
+    all_connected(&[&n1, &n2]);
+    assert_eq!(
+        n1.transport.kafka_addresses(),
+        vec![
+            (1, "127.0.0.1:19092".to_string()),
+            (2, "127.0.0.1:29092".to_string())
+        ]
+    );
+    assert_eq!(n2.transport.kafka_addresses(), n1.transport.kafka_addresses());
+    assert_eq!(n1.transport.node_ids(), vec![1, 2, 3]);
+
+    // Node 1 dials node 3: version 3 is refused by version, then it speaks version 2.
+    let mut versions = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut held = None;
+    while held.is_none() && Instant::now() < deadline {
+        let (mut s, _) = fake.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let Some(Frame::Hello(h)) = read_peer_frame(&mut s) else {
+            continue;
+        };
+        if h.node_id != 1 {
+            continue; // node 2 dials node 3 too: not looked at here
+        }
+        versions.push(h.version);
+        let mut out = bytes::BytesMut::new();
+        if h.version == 3 {
+            assert_eq!(h.kafka_address, "127.0.0.1:19092");
+            frame::encode_refuse(&mut out, RefuseCode::Version, "version 3 is not supported");
+            s.write_all(&out).unwrap();
+            continue;
+        }
+        assert_eq!((h.version, h.kafka_address.as_str()), (2, ""));
+        let welcome = Hello {
+            version: 2,
+            node_id: 3,
+            to_node_id: 1,
+            cluster_id: "test".into(),
+            client_address: "127.0.0.1:7003".into(),
+            kafka_address: String::new(),
+        };
+        frame::encode_welcome(&mut out, &welcome);
+        s.write_all(&out).unwrap();
+        held = Some(s);
+    }
+    assert_eq!(versions.first(), Some(&3), "{versions:?}");
+    assert_eq!(versions.last(), Some(&2), "{versions:?}");
+    wait_until("node 1's link to the version 2 node", || {
+        n1.transport.link_stats(3).unwrap().connected
+    });
+    assert_eq!(n1.transport.kafka_addresses().len(), 2, "node 3 has none");
+
+    // A version 2 Hello to node 1 is answered with a version 2 Welcome.
+    let mut s = std::net::TcpStream::connect(n1.transport.listen_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = bytes::BytesMut::new();
+    let hello = Hello {
+        version: 2,
+        node_id: 3,
+        to_node_id: 1,
+        cluster_id: "test".into(),
+        client_address: "127.0.0.1:7003".into(),
+        kafka_address: String::new(),
+    };
+    frame::encode_hello(&mut out, &hello);
+    s.write_all(&out).unwrap();
+    match read_peer_frame(&mut s) {
+        Some(Frame::Welcome(w)) => {
+            assert_eq!((w.version, w.node_id, w.kafka_address.as_str()), (2, 1, ""));
+            assert_eq!(w.client_address, "127.0.0.1:7070");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Version 1 is still refused.
+    let mut s = std::net::TcpStream::connect(n1.transport.listen_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = bytes::BytesMut::new();
+    frame::encode_hello(&mut out, &Hello { version: 1, ..hello });
+    s.write_all(&out).unwrap();
+    assert!(matches!(
+        read_peer_frame(&mut s),
+        Some(Frame::Refuse {
+            code: RefuseCode::Version,
+            ..
+        })
+    ));
+    drop(held);
+    n1.stop();
+    n2.stop();
+}
