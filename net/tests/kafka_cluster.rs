@@ -224,8 +224,35 @@ fn kafka_clients_on_a_three_node_cluster_survive_a_leader_kill() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let (mut c, kafka) = start(dir.path());
-    let all = kafka.join(",");
+    let leader0 = metadata_and_topics(&kafka);
 
+    // A raw Produce to a node that does not lead partition 0: NOT_LEADER_OR_FOLLOWER.
+    let follower = [1i64, 2, 3].into_iter().find(|n| *n != leader0).unwrap();
+    assert_eq!(
+        raw_produce(&kafka[(follower - 1) as usize], "ids", 0),
+        6,
+        "produce to follower node {follower}"
+    );
+    assert_eq!(
+        raw_produce(&kafka[(leader0 - 1) as usize], "ids", 0),
+        0,
+        "produce to the leader, node {leader0}"
+    );
+
+    let victim = u64::try_from(leader0).unwrap();
+    let ledger = produce_killing(&mut c, &kafka, victim);
+    consume_and_check(&kafka, &ledger);
+    eprintln!(
+        "{} ids acknowledged and read back; node {victim} killed and restarted; {:?} in all",
+        ledger.acked.len(),
+        started.elapsed()
+    );
+}
+
+/// kcat's Metadata from node 1 lists the three brokers; CreateTopics through the controller
+/// (R = 1 spread as placed, R = 4 refused, R = 3 led on every node's view). Returns the
+/// leader of partition 0 of `ids`.
+fn metadata_and_topics(kafka: &[String]) -> i64 {
     // Every node learns every node's Kafka address in the peer handshake.
     let deadline = Instant::now() + Duration::from_secs(20);
     let brokers = loop {
@@ -244,17 +271,14 @@ fn kafka_clients_on_a_three_node_cluster_survive_a_leader_kill() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let want: BTreeSet<String> = kafka.iter().cloned().collect();
-    assert_eq!(
-        brokers
-            .iter()
-            .map(|b| b.split('/').next().unwrap().to_string())
-            .collect::<BTreeSet<_>>(),
-        want,
-        "node 1 lists the three Kafka listeners"
-    );
+    let listed: BTreeSet<String> = brokers
+        .iter()
+        .map(|b| b.split('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, want, "node 1 lists the three Kafka listeners");
 
-    // CreateTopics through the controller: R = 1 spreads the partitions' replicas, so their
-    // leaders, over the three nodes (placement); node 1 knows them all.
+    // R = 1 spreads the partitions' replicas, so their leaders, over the three nodes
+    // (placement); node 1 knows them all.
     assert_eq!(
         python(&["create", &kafka[1], "placed", "3", "1"]).trim(),
         "ok"
@@ -273,33 +297,22 @@ fn kafka_clients_on_a_three_node_cluster_survive_a_leader_kill() {
         python(&["create", &kafka[0], "ids", &PARTITIONS.to_string(), "3"]).trim(),
         "ok"
     );
-    for k in &kafka {
+    for k in kafka {
         for (p, leader, replicas, isr) in wait_leaders(k, "ids", PARTITIONS as usize) {
             assert_eq!(replicas, vec![1, 2, 3], "{k} partition {p}");
             assert!(isr.contains(&leader), "{k} partition {p}: isr {isr:?}");
         }
     }
-
-    // A raw Produce to a node that does not lead partition 0: NOT_LEADER_OR_FOLLOWER.
     let ids = wait_leaders(&kafka[0], "ids", PARTITIONS as usize);
-    let leader0 = ids.iter().find(|p| p.0 == 0).unwrap().1;
-    let follower = [1i64, 2, 3].into_iter().find(|n| *n != leader0).unwrap();
-    assert_eq!(
-        raw_produce(&kafka[(follower - 1) as usize], "ids", 0),
-        6,
-        "produce to follower node {follower}"
-    );
-    assert_eq!(
-        raw_produce(&kafka[(leader0 - 1) as usize], "ids", 0),
-        0,
-        "produce to the leader, node {leader0}"
-    );
-    let raw_acked = 1;
+    ids.iter().find(|p| p.0 == 0).unwrap().1
+}
 
-    // The producer writes; the leader of partition 0 is SIGKILLed mid-stream and restarted.
+/// The producer writes every id; node `victim` is SIGKILLed mid-stream and restarted. Every
+/// id must be acknowledged.
+fn produce_killing(c: &mut Cluster, kafka: &[String], victim: u64) -> Ledger {
     let producer = Script::spawn(&[
         "produce",
-        &all,
+        &kafka.join(","),
         "ids",
         &PARTITIONS.to_string(),
         &IDS.to_string(),
@@ -310,7 +323,6 @@ fn kafka_clients_on_a_three_node_cluster_survive_a_leader_kill() {
         ledger.follow(&producer, Duration::from_secs(20), |l| l.acked.len() >= 300),
         "300 ids acknowledged before the kill"
     );
-    let victim = u64::try_from(leader0).unwrap();
     c.kill(victim).unwrap();
     let at_kill = ledger.acked.len();
     assert!(
@@ -328,17 +340,15 @@ fn kafka_clients_on_a_three_node_cluster_survive_a_leader_kill() {
     );
     assert!(ledger.failed.is_empty(), "{:?}", ledger.failed);
     assert_eq!(ledger.acked.len() as u64, IDS, "every id acknowledged");
-    drop(producer);
+    ledger
+}
 
-    // A group consumer bootstrapped from one node (the coordinator is found on any node).
-    let consumer = Script::spawn(&[
-        "consume",
-        &kafka[2],
-        "ids",
-        "billing",
-        &(IDS + raw_acked).to_string(),
-        "40",
-    ]);
+/// A group consumer bootstrapped from node 3 (the coordinator is found from any node) reads
+/// every acknowledged id exactly once, at its acknowledged offset, in order per partition.
+fn consume_and_check(kafka: &[String], ledger: &Ledger) {
+    // The ids and the raw produce's one record.
+    let expected = (IDS + 1).to_string();
+    let consumer = Script::spawn(&["consume", &kafka[2], "ids", "billing", &expected, "40"]);
     let mut seen: BTreeMap<u64, Vec<(i64, i64)>> = BTreeMap::new();
     let mut per_partition: BTreeMap<i64, Vec<(i64, u64)>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(45);
@@ -381,11 +391,6 @@ fn kafka_clients_on_a_three_node_cluster_survive_a_leader_kill() {
             "partition {p}: ids in send order"
         );
     }
-    eprintln!(
-        "{} ids acknowledged and read back; node {victim} killed and restarted; {:?} in all",
-        ledger.acked.len(),
-        started.elapsed()
-    );
 }
 
 /// CRC-32C (Castagnoli), bitwise: the Kafka record batch checksum.

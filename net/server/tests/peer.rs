@@ -520,8 +520,22 @@ fn kafka_addresses_travel_in_the_handshake_and_version_2_peers_are_still_spoken_
     };
     // Node 3 is played by hand: a version 2 node, which refuses version 3 Hellos.
     let fake = std::net::TcpListener::bind(("127.0.0.1", ports[2])).unwrap();
-    let n1 = start_node(dir.path(), "test", 1, &list, None, with_kafka("127.0.0.1:19092"));
-    let n2 = start_node(dir.path(), "test", 2, &list, None, with_kafka("127.0.0.1:29092"));
+    let n1 = start_node(
+        dir.path(),
+        "test",
+        1,
+        &list,
+        None,
+        with_kafka("127.0.0.1:19092"),
+    );
+    let n2 = start_node(
+        dir.path(),
+        "test",
+        2,
+        &list,
+        None,
+        with_kafka("127.0.0.1:29092"),
+    );
     all_connected(&[&n1, &n2]);
     assert_eq!(
         n1.transport.kafka_addresses(),
@@ -530,7 +544,10 @@ fn kafka_addresses_travel_in_the_handshake_and_version_2_peers_are_still_spoken_
             (2, "127.0.0.1:29092".to_string())
         ]
     );
-    assert_eq!(n2.transport.kafka_addresses(), n1.transport.kafka_addresses());
+    assert_eq!(
+        n2.transport.kafka_addresses(),
+        n1.transport.kafka_addresses()
+    );
     assert_eq!(n1.transport.node_ids(), vec![1, 2, 3]);
 
     // Node 1 dials node 3: version 3 is refused by version, then it speaks version 2.
@@ -599,7 +616,13 @@ fn kafka_addresses_travel_in_the_handshake_and_version_2_peers_are_still_spoken_
     let mut s = std::net::TcpStream::connect(n1.transport.listen_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = bytes::BytesMut::new();
-    frame::encode_hello(&mut out, &Hello { version: 1, ..hello });
+    frame::encode_hello(
+        &mut out,
+        &Hello {
+            version: 1,
+            ..hello
+        },
+    );
     s.write_all(&out).unwrap();
     assert!(matches!(
         read_peer_frame(&mut s),

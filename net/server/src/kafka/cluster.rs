@@ -139,10 +139,12 @@ pub(crate) fn partition_state(s: &ReplicaStatus, brokers: &[(i32, String, i32)])
     }
 }
 
+/// Per topic: when it was looked up, and the replica status of every partition.
+type Views = HashMap<String, (Instant, Rc<Vec<ReplicaStatus>>)>;
+
 thread_local! {
-    /// Per shard: topic -> (when, replica status of every partition).
-    static VIEWS: RefCell<HashMap<String, (Instant, Rc<Vec<ReplicaStatus>>)>> =
-        RefCell::new(HashMap::new());
+    /// This shard's views (Fetch and ListOffsets leader checks).
+    static VIEWS: RefCell<Views> = RefCell::new(HashMap::new());
 }
 
 /// A topic's replica status, at most [`VIEW_TTL`] old (Fetch and ListOffsets: one look-up per
