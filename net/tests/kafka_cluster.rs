@@ -2,12 +2,12 @@
 //! Kafka listener (issue 15 on issue 14, docs/kafka.md "Clusters"): kcat's Metadata lists the
 //! three brokers and each partition's leader as placed; confluent-kafka's admin client creates
 //! topics through the controller (CreateTopics with a replication factor, one above the node
-//! count refused); an idempotent acks=all producer writes unique ids to an R = 3 topic while the
-//! leader of a partition is SIGKILLed and restarted; a group consumer bootstrapped from one
-//! node then reads every acknowledged id exactly once, at its acknowledged offset, in order per
-//! partition. A raw Produce sent to a node that does not lead the partition gets
-//! NOT_LEADER_OR_FOLLOWER. kcat or confluent-kafka missing: the test is skipped with a message
-//! (`.ci/run` installs both).
+//! count refused), and a produce to an unknown topic auto-creates it replicated; an idempotent
+//! acks=all producer writes unique ids to an R = 3 topic while the leader of a partition is
+//! SIGKILLed and restarted; a group consumer bootstrapped from one node then reads every
+//! acknowledged id exactly once, at its acknowledged offset, in order per partition. A raw
+//! Produce sent to a node that does not lead the partition gets NOT_LEADER_OR_FOLLOWER. kcat or
+//! confluent-kafka missing: the test is skipped with a message (`.ci/run` installs both).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -60,6 +60,8 @@ fn start(dir: &Path) -> (Cluster, Vec<String>) {
         .into_iter()
         .map(|p| format!("127.0.0.1:{p}"))
         .collect();
+    // Auto-creation on a cluster goes through the controller, replicated.
+    c.extra = vec!["--auto-create".to_string()];
     c.node_extra = kafka
         .iter()
         .map(|k| vec!["--kafka-listen".to_string(), k.clone()])
@@ -302,6 +304,29 @@ fn metadata_and_topics(kafka: &[String]) -> i64 {
             assert_eq!(replicas, vec![1, 2, 3], "{k} partition {p}");
             assert!(isr.contains(&leader), "{k} partition {p}: isr {isr:?}");
         }
+    }
+    // A topic auto-created by a produce to node 2: replicated (3 = the default), led.
+    let mut kcat = Command::new("kcat")
+        .args([
+            "-b",
+            &kafka[1],
+            "-P",
+            "-t",
+            "auto",
+            "-X",
+            "message.timeout.ms=20000",
+        ])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    kcat.stdin.take().unwrap().write_all(b"one\n").unwrap();
+    assert!(
+        kcat.wait().unwrap().success(),
+        "kcat produced to an auto-created topic"
+    );
+    for (_, _, replicas, _) in wait_leaders(&kafka[0], "auto", 1) {
+        assert_eq!(replicas, vec![1, 2, 3]);
     }
     let ids = wait_leaders(&kafka[0], "ids", PARTITIONS as usize);
     ids.iter().find(|p| p.0 == 0).unwrap().1
