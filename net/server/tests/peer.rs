@@ -551,39 +551,7 @@ fn kafka_addresses_travel_in_the_handshake_and_version_2_peers_are_still_spoken_
     assert_eq!(n1.transport.node_ids(), vec![1, 2, 3]);
 
     // Node 1 dials node 3: version 3 is refused by version, then it speaks version 2.
-    let mut versions = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut held = None;
-    while held.is_none() && Instant::now() < deadline {
-        let (mut s, _) = fake.accept().unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let Some(Frame::Hello(h)) = read_peer_frame(&mut s) else {
-            continue;
-        };
-        if h.node_id != 1 {
-            continue; // node 2 dials node 3 too: not looked at here
-        }
-        versions.push(h.version);
-        let mut out = bytes::BytesMut::new();
-        if h.version == 3 {
-            assert_eq!(h.kafka_address, "127.0.0.1:19092");
-            frame::encode_refuse(&mut out, RefuseCode::Version, "version 3 is not supported");
-            s.write_all(&out).unwrap();
-            continue;
-        }
-        assert_eq!((h.version, h.kafka_address.as_str()), (2, ""));
-        let welcome = Hello {
-            version: 2,
-            node_id: 3,
-            to_node_id: 1,
-            cluster_id: "test".into(),
-            client_address: "127.0.0.1:7003".into(),
-            kafka_address: String::new(),
-        };
-        frame::encode_welcome(&mut out, &welcome);
-        s.write_all(&out).unwrap();
-        held = Some(s);
-    }
+    let (versions, held) = play_version_2_node(&fake);
     assert_eq!(versions.first(), Some(&3), "{versions:?}");
     assert_eq!(versions.last(), Some(&2), "{versions:?}");
     wait_until("node 1's link to the version 2 node", || {
@@ -634,4 +602,44 @@ fn kafka_addresses_travel_in_the_handshake_and_version_2_peers_are_still_spoken_
     drop(held);
     n1.stop();
     n2.stop();
+}
+
+/// Plays node 3 of version 2 on `fake`: refuses node 1's version 3 Hellos by version and
+/// welcomes its version 2 Hello. Returns the versions node 1 sent and the accepted connection.
+fn play_version_2_node(fake: &std::net::TcpListener) -> (Vec<u16>, Option<std::net::TcpStream>) {
+    use shardline_server::peer::frame::{self, Frame, Hello, RefuseCode};
+    use std::io::Write;
+    let mut versions = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let (mut s, _) = fake.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let Some(Frame::Hello(h)) = read_peer_frame(&mut s) else {
+            continue;
+        };
+        if h.node_id != 1 {
+            continue; // node 2 dials node 3 too: not looked at here
+        }
+        versions.push(h.version);
+        let mut out = bytes::BytesMut::new();
+        if h.version == 3 {
+            assert_eq!(h.kafka_address, "127.0.0.1:19092");
+            frame::encode_refuse(&mut out, RefuseCode::Version, "version 3 is not supported");
+            s.write_all(&out).unwrap();
+            continue;
+        }
+        assert_eq!((h.version, h.kafka_address.as_str()), (2, ""));
+        let welcome = Hello {
+            version: 2,
+            node_id: 3,
+            to_node_id: 1,
+            cluster_id: "test".into(),
+            client_address: "127.0.0.1:7003".into(),
+            kafka_address: String::new(),
+        };
+        frame::encode_welcome(&mut out, &welcome);
+        s.write_all(&out).unwrap();
+        return (versions, Some(s));
+    }
+    (versions, None)
 }

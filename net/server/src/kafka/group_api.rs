@@ -414,6 +414,11 @@ pub(crate) fn offset_fetch(
                 r.groups.push(gr);
                 continue;
             }
+            if !super::cluster::is_coordinator(conn, group) {
+                gr.error_code = codes::NOT_COORDINATOR;
+                r.groups.push(gr);
+                continue;
+            }
             for (topic, parts) in asked_topics(conn, group, asked) {
                 let mut tr = OffsetFetchResponseTopics::default();
                 tr.name = super::api::topic_name(&topic);
@@ -437,6 +442,13 @@ pub(crate) fn offset_fetch(
     if !sasl::group_allowed(conn, group) {
         if version >= 2 {
             r.error_code = sasl::GROUP_AUTHORIZATION_FAILED;
+        }
+        return r;
+    }
+    if !super::cluster::is_coordinator(conn, group) {
+        // v1 has no group error: it gets no offsets (clients ask the coordinator anyway).
+        if version >= 2 {
+            r.error_code = codes::NOT_COORDINATOR;
         }
         return r;
     }
