@@ -6,8 +6,10 @@
 //! acks=all producer writes unique ids to an R = 3 topic while the leader of a partition is
 //! SIGKILLed and restarted; a group consumer bootstrapped from one node then reads every
 //! acknowledged id exactly once, at its acknowledged offset, in order per partition. A raw
-//! Produce sent to a node that does not lead the partition gets NOT_LEADER_OR_FOLLOWER. kcat or
-//! confluent-kafka missing: the test is skipped with a message (`.ci/run` installs both).
+//! Produce or ListOffsets sent to a node that does not lead the partition gets
+//! NOT_LEADER_OR_FOLLOWER; a ListOffsets to the leader with another `current_leader_epoch`
+//! FENCED_LEADER_EPOCH or UNKNOWN_LEADER_EPOCH. kcat or confluent-kafka missing: the test is
+//! skipped with a message (`.ci/run` installs both).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -241,6 +243,18 @@ fn kafka_clients_on_a_three_node_cluster_survive_a_leader_kill() {
         "produce to the leader, node {leader0}"
     );
 
+    // ListOffsets: the leader answers with its epoch and fences other epochs; a follower
+    // answers NOT_LEADER_OR_FOLLOWER.
+    let on_leader = &kafka[(leader0 - 1) as usize];
+    let (code, epoch) = raw_list_offsets(on_leader, "ids", 0, -1);
+    assert_eq!(code, 0);
+    assert!(epoch > 0, "a Raft term: {epoch}");
+    assert_eq!(raw_list_offsets(on_leader, "ids", 0, epoch).0, 0);
+    assert_eq!(raw_list_offsets(on_leader, "ids", 0, epoch - 1).0, 74);
+    assert_eq!(raw_list_offsets(on_leader, "ids", 0, epoch + 1).0, 76);
+    let on_follower = &kafka[(follower - 1) as usize];
+    assert_eq!(raw_list_offsets(on_follower, "ids", 0, -1).0, 6);
+
     let victim = u64::try_from(leader0).unwrap();
     let ledger = produce_killing(&mut c, &kafka, victim);
     consume_and_check(&kafka, &ledger);
@@ -465,14 +479,54 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// Sends one request (header v1, client id "raw", correlation id 42) and returns the response
+/// body after the correlation id.
+fn round_trip(broker: &str, api_key: i16, version: i16, body: &[u8]) -> Vec<u8> {
+    let mut req = Vec::new();
+    req.extend_from_slice(&api_key.to_be_bytes());
+    req.extend_from_slice(&version.to_be_bytes());
+    req.extend_from_slice(&42i32.to_be_bytes());
+    put_str(&mut req, "raw");
+    req.extend_from_slice(body);
+    let mut s = TcpStream::connect(broker).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(&i32::try_from(req.len()).unwrap().to_be_bytes())
+        .unwrap();
+    s.write_all(&req).unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut r = vec![0u8; usize::try_from(i32::from_be_bytes(len)).unwrap()];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(&r[..4], &42i32.to_be_bytes());
+    r.split_off(4)
+}
+
+/// ListOffsets v4 (latest) of one partition with `current_leader_epoch`: the partition's error
+/// code and leader epoch.
+fn raw_list_offsets(broker: &str, topic: &str, partition: i32, epoch: i32) -> (i16, i32) {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(-1i32).to_be_bytes()); // replica id
+    body.push(0); // isolation level
+    body.extend_from_slice(&1i32.to_be_bytes());
+    put_str(&mut body, topic);
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&partition.to_be_bytes());
+    body.extend_from_slice(&epoch.to_be_bytes());
+    body.extend_from_slice(&(-1i64).to_be_bytes()); // latest
+    let r = round_trip(broker, 2, 4, &body);
+    // throttle, topics (1), name, partitions (1), index, error, timestamp, offset, epoch
+    let name_len = usize::try_from(i16::from_be_bytes([r[8], r[9]])).unwrap();
+    let at = 4 + 4 + 2 + name_len + 4;
+    assert_eq!(&r[at..at + 4], &partition.to_be_bytes());
+    let code = i16::from_be_bytes([r[at + 4], r[at + 5]]);
+    let e = at + 6 + 8 + 8;
+    (code, i32::from_be_bytes(r[e..e + 4].try_into().unwrap()))
+}
+
 /// Sends one Produce v3 (acks=-1) of one record to `broker` and returns the partition's error
 /// code.
 fn raw_produce(broker: &str, topic: &str, partition: i32) -> i16 {
     let mut body = Vec::new();
-    body.extend_from_slice(&0i16.to_be_bytes()); // Produce
-    body.extend_from_slice(&3i16.to_be_bytes());
-    body.extend_from_slice(&42i32.to_be_bytes()); // correlation id
-    put_str(&mut body, "raw");
     body.extend_from_slice(&(-1i16).to_be_bytes()); // no transactional id
     body.extend_from_slice(&(-1i16).to_be_bytes()); // acks=all
     body.extend_from_slice(&10_000i32.to_be_bytes());
@@ -483,19 +537,10 @@ fn raw_produce(broker: &str, topic: &str, partition: i32) -> i16 {
     let batch = record_batch();
     body.extend_from_slice(&i32::try_from(batch.len()).unwrap().to_be_bytes());
     body.extend_from_slice(&batch);
-    let mut s = TcpStream::connect(broker).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s.write_all(&i32::try_from(body.len()).unwrap().to_be_bytes())
-        .unwrap();
-    s.write_all(&body).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut r = vec![0u8; usize::try_from(i32::from_be_bytes(len)).unwrap()];
-    s.read_exact(&mut r).unwrap();
-    // correlation id, topics (1), name, partitions (1), index, error code, ...
-    assert_eq!(&r[..4], &42i32.to_be_bytes());
-    let name_len = usize::try_from(i16::from_be_bytes([r[8], r[9]])).unwrap();
-    let at = 10 + name_len + 4;
+    let r = round_trip(broker, 0, 3, &body);
+    // topics (1), name, partitions (1), index, error code, ...
+    let name_len = usize::try_from(i16::from_be_bytes([r[4], r[5]])).unwrap();
+    let at = 6 + name_len + 4;
     assert_eq!(&r[at..at + 4], &partition.to_be_bytes());
     i16::from_be_bytes([r[at + 4], r[at + 5]])
 }
