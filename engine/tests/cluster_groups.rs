@@ -192,6 +192,18 @@ fn group_offsets_survive_the_loss_of_the_coordinator() {
         }
     }
 
+    // Every node names the coordinator (FindCoordinator for the Kafka front end, tools).
+    let named = Instant::now() + Duration::from_secs(10);
+    for n in net.up() {
+        while net.engine(n).group_coordinator(GROUP).unwrap() != Some(first) {
+            assert!(
+                Instant::now() < named,
+                "node {n} does not name node {first}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     // A member commits through the coordinator; a standalone consumer too.
     let e = net.engine(first);
     let a = e.join_group(GROUP, TOPIC, "c1", 10_000).unwrap();

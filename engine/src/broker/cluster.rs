@@ -158,6 +158,12 @@ pub(crate) struct ClusterState {
     pub(crate) offsets: crate::groups::replicated::OffsetsView,
 }
 
+impl ClusterState {
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
     m.lock().map_err(|_| Error::Runtime("poisoned".into()))
 }

@@ -120,6 +120,15 @@ impl OffsetsView {
         }
     }
 
+    /// The leader of `partition` as this node knows it (0: unknown).
+    fn leader(&self, partition: u32) -> NodeId {
+        self.parts
+            .read()
+            .ok()
+            .and_then(|p| p.get(&partition).map(|v| v.leader))
+            .unwrap_or(0)
+    }
+
     /// The term in which this node coordinates `partition`'s groups, or `NotLeader`.
     fn coordinator_term(&self, partition: u32) -> Result<u64> {
         let v = self
@@ -155,6 +164,19 @@ pub(crate) fn coordinator_term(engine: &Engine, partition: u32) -> Result<u64> {
 }
 
 impl Engine {
+    /// The node that coordinates `group` as this node knows it: on a cluster the leader of
+    /// the group's `__offsets` partition (`None`: not known now; for the Kafka front end's
+    /// FindCoordinator and tools), on a single node this node (`Some(1)` without a node id).
+    pub fn group_coordinator(&self, group: &str) -> Result<Option<NodeId>> {
+        let groups = self.groups()?;
+        let slot = groups.slot_of(group);
+        match self.inner.cluster.get() {
+            Some(c) if groups.replicated => Ok(Some(c.offsets.leader(slot)).filter(|&l| l != 0)),
+            Some(c) => Ok(Some(c.node_id())),
+            None => Ok(Some(1)),
+        }
+    }
+
     /// Whether `name` is a replicated topic (its partitions have Raft groups).
     pub(crate) fn is_replicated_topic(&self, name: &str) -> bool {
         self.inner
