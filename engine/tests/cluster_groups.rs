@@ -148,6 +148,19 @@ fn offsets(net: &Net, n: NodeId, group: &str) -> HashMap<u32, u64> {
         .collect()
 }
 
+/// Waits (bounded: 10 s) until node `n`'s committed offsets of [`GROUP`] are `want`.
+fn wait_offsets(net: &Net, n: NodeId, want: &HashMap<u32, u64>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while offsets(net, n, GROUP) != *want {
+        assert!(
+            Instant::now() < deadline,
+            "node {n}: {:?}",
+            offsets(net, n, GROUP)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn commit(p: u32, offset: u64) -> OffsetCommit {
     OffsetCommit {
         partition: p,
@@ -156,24 +169,9 @@ fn commit(p: u32, offset: u64) -> OffsetCommit {
     }
 }
 
-#[test]
-fn group_offsets_survive_the_loss_of_the_coordinator() {
-    let started = Instant::now();
-    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let dir = |n: NodeId| dirs[(n - 1) as usize].path();
-    let net = Arc::new(Net::default());
-    for n in 1..=3 {
-        start(&net, n, dir(n));
-    }
-    let cfg = TopicConfig {
-        replicas: 3,
-        ..TopicConfig::with_partitions(2)
-    };
-    futures_lite::future::block_on(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
-    wait_offsets_replicated(&net);
-
-    // The coordinator answers; the others name it (once they know the leader).
-    let first = coordinator(&net, GROUP, &[]);
+/// Every other node answers a join with `NotLeader` naming `first` (once it knows the leader),
+/// and every node's `group_coordinator` names it.
+fn others_name(net: &Net, first: NodeId) {
     let hint_deadline = Instant::now() + Duration::from_secs(10);
     for n in net.up().into_iter().filter(|&n| n != first) {
         loop {
@@ -203,6 +201,27 @@ fn group_offsets_survive_the_loss_of_the_coordinator() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+#[test]
+fn group_offsets_survive_the_loss_of_the_coordinator() {
+    let started = Instant::now();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dir = |n: NodeId| dirs[(n - 1) as usize].path();
+    let net = Arc::new(Net::default());
+    for n in 1..=3 {
+        start(&net, n, dir(n));
+    }
+    let cfg = TopicConfig {
+        replicas: 3,
+        ..TopicConfig::with_partitions(2)
+    };
+    futures_lite::future::block_on(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
+    wait_offsets_replicated(&net);
+
+    // The coordinator answers; the others name it (once they know the leader).
+    let first = coordinator(&net, GROUP, &[]);
+    others_name(&net, first);
 
     // A member commits through the coordinator; a standalone consumer too.
     let e = net.engine(first);
@@ -274,15 +293,7 @@ fn group_offsets_survive_the_loss_of_the_coordinator() {
     let third = coordinator(&net, GROUP, &[second]);
     assert_ne!(third, second);
     let want = HashMap::from([(0, 9), (1, 11)]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while offsets(&net, third, GROUP) != want {
-        assert!(
-            Instant::now() < deadline,
-            "node {third}: {:?}",
-            offsets(&net, third, GROUP)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_offsets(&net, third, &want);
     // A commit from a member of the cut-off coordinator does not pass the new one.
     assert!(matches!(
         net.engine(third).commit_offsets(

@@ -143,6 +143,32 @@ fn consume(m: &mut GroupConsumer, want: usize, seen: &BTreeSet<String>) -> Vec<(
     got
 }
 
+/// Polls and commits until the group's committed offsets cover every record (bounded: 40 s).
+/// A commit passes once the member rejoined the new coordinator (a commit under the old
+/// membership is refused: UNKNOWN_MEMBER); it then owns positions at the end.
+fn commit_everything(member: &mut GroupConsumer, client: &Client) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no full commit within 40 s after the failover"
+        );
+        let _ = member.poll(Duration::from_millis(100));
+        if member.commit().is_err() {
+            continue;
+        }
+        let total: u64 = client
+            .fetch_offsets(GROUP, TOPIC)
+            .unwrap()
+            .iter()
+            .map(|o| o.offset)
+            .sum();
+        if total == RECORDS {
+            break;
+        }
+    }
+}
+
 #[test]
 fn committed_offsets_and_a_group_consumer_survive_the_coordinators_sigkill() {
     let started = Instant::now();
@@ -226,29 +252,8 @@ fn committed_offsets_and_a_group_consumer_survive_the_coordinators_sigkill() {
             );
         }
     }
-    // Its commit passes once it has rejoined the new coordinator (a commit under the old
-    // membership is refused: UNKNOWN_MEMBER); it then owns positions at the end.
     let old_id = member.member_id().to_string();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no full commit within 40 s after the failover"
-        );
-        let _ = member.poll(Duration::from_millis(100));
-        if member.commit().is_err() {
-            continue;
-        }
-        let total: u64 = fresh
-            .fetch_offsets(GROUP, TOPIC)
-            .unwrap()
-            .iter()
-            .map(|o| o.offset)
-            .sum();
-        if total == RECORDS {
-            break;
-        }
-    }
+    commit_everything(&mut member, &fresh);
     assert_ne!(
         member.member_id(),
         old_id,
