@@ -52,14 +52,26 @@ impl Client {
         if self.is_node_only() {
             return Ok(None);
         }
-        let (known, leaders) = self.cluster_routes().leaders(OFFSETS_TOPIC);
-        if known == Some(false) {
+        let (mut known, leaders) = self.cluster_routes().leaders(OFFSETS_TOPIC);
+        if known.is_none() {
+            // Asked without topics first: a single server needs no `__offsets` view (and a
+            // principal may not be allowed to describe it).
+            self.refresh_cluster(None).await?;
+            known = self.cluster_routes().leaders(OFFSETS_TOPIC).0;
+        }
+        if known != Some(true) {
             return Ok(None);
         }
         let leaders = match leaders {
             Some(l) if !l.is_empty() => l,
             _ => {
-                self.refresh_cluster(Some(OFFSETS_TOPIC)).await?;
+                match self.refresh_cluster(Some(OFFSETS_TOPIC)).await {
+                    Ok(()) => {}
+                    Err(e) if leader_may_have_moved(&e) => return Err(e),
+                    // Not allowed to describe `__offsets`: the bootstrap node answers, or
+                    // NOT_LEADER (docs/replication.md).
+                    Err(_) => return Ok(None),
+                }
                 match self.cluster_routes().leaders(OFFSETS_TOPIC) {
                     (Some(true), Some(l)) if !l.is_empty() => l,
                     _ => return Ok(None),
