@@ -76,6 +76,15 @@ impl OffsetsView {
         }
     }
 
+    #[cfg(test)]
+    fn detached(node_id: NodeId) -> OffsetsView {
+        OffsetsView {
+            node_id,
+            parts: RwLock::new(HashMap::new()),
+            groups: Weak::new(),
+        }
+    }
+
     /// The host's round saw replica `partition` of `__offsets` as `seen`.
     pub(crate) fn observe(&self, partition: u32, seen: ReplicaSeen) {
         let old = self
@@ -266,5 +275,72 @@ fn create_offsets_until_done(weak: &Weak<Inner>, config: &TopicConfig) {
         }
         drop(engine);
         std::thread::sleep(CREATE_RETRY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ME: NodeId = 2;
+
+    fn seen() -> impl Strategy<Value = ReplicaSeen> {
+        (
+            any::<bool>(),
+            0u64..4,
+            1u64..5,
+            0u64..20,
+            0u64..20,
+            any::<bool>(),
+        )
+            .prop_map(
+                |(is_leader, leader, term, applied_index, last_index, log_caught_up)| ReplicaSeen {
+                    is_leader,
+                    leader: if is_leader {
+                        Some(ME)
+                    } else {
+                        Some(leader).filter(|&l| l != 0 && l != ME)
+                    },
+                    term,
+                    applied_index,
+                    last_index,
+                    log_caught_up,
+                },
+            )
+    }
+
+    proptest! {
+        /// This node coordinates only as the leader, in the term it reports, once it has
+        /// applied its first entry of that term and its partition log holds every committed
+        /// batch; otherwise the answer is NotLeader naming another node or none.
+        #[test]
+        fn coordinates_only_as_a_caught_up_leader(rounds in proptest::collection::vec(seen(), 1..40)) {
+            let v = OffsetsView::detached(ME);
+            let mut first_index: HashMap<u64, u64> = HashMap::new();
+            let mut last_term_led = None;
+            for s in rounds {
+                if s.is_leader && last_term_led != Some(s.term) {
+                    first_index.insert(s.term, s.last_index);
+                    last_term_led = Some(s.term);
+                }
+                v.observe(0, s);
+                match v.coordinator_term(0) {
+                    Ok(t) => {
+                        prop_assert!(s.is_leader && s.log_caught_up);
+                        prop_assert_eq!(t, s.term);
+                        prop_assert!(s.applied_index >= first_index[&s.term]);
+                    }
+                    Err(Error::NotLeader { leader, epoch, .. }) => {
+                        prop_assert_eq!(epoch, s.term);
+                        prop_assert!(leader != Some(ME));
+                        let ready = s.is_leader && s.log_caught_up
+                            && s.applied_index >= first_index[&s.term];
+                        prop_assert!(!ready, "a caught-up leader must coordinate");
+                    }
+                    Err(e) => prop_assert!(false, "unexpected {e}"),
+                }
+            }
+        }
     }
 }
