@@ -5,6 +5,7 @@
 //! coordinator node is SIGKILLed; the committed offsets are read back from the new coordinator
 //! (the other survivor answers NOT_LEADER), and the same group consumer resumes from them and
 //! consumes the rest: no record is lost, and it does not skip past the committed offsets.
+//! Then two runs of the CLI's group consumer on the survivors split the topic between them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -169,6 +170,24 @@ fn commit_everything(member: &mut GroupConsumer, client: &Client) {
     }
 }
 
+/// `shardline consume TOPIC --group cli --count N` through the bootstrap list: its lines.
+fn cli(bootstrap: &str, count: &str) -> (i32, Vec<String>) {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "--addr", bootstrap, "consume", TOPIC, "--group", "cli", "--count", count,
+        ])
+        .args(["--timeout-ms", "30000"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
 #[test]
 fn committed_offsets_and_a_group_consumer_survive_the_coordinators_sigkill() {
     let started = Instant::now();
@@ -260,6 +279,18 @@ fn committed_offsets_and_a_group_consumer_survive_the_coordinators_sigkill() {
         "the member rejoined the new coordinator"
     );
     drop(member);
+
+    // The CLI's group consumer on the two survivors: two runs split the topic between them.
+    let (code, first_run) = cli(&c.bootstrap(), "50");
+    assert_eq!(code, 0);
+    let (code, second_run) = cli(&c.bootstrap(), "150");
+    assert_eq!(code, 0);
+    let runs: BTreeSet<&String> = first_run.iter().chain(&second_run).collect();
+    assert_eq!(
+        (first_run.len(), second_run.len(), runs.len()),
+        (50, 150, RECORDS as usize),
+        "the second run resumes where the first committed"
+    );
     c.kill_all();
     eprintln!("cluster groups e2e took {:?}", started.elapsed());
 }
