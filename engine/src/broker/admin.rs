@@ -109,6 +109,12 @@ impl Engine {
                 "'{name}' is internal (committed offsets)"
             )));
         }
+        self.delete_topic_unchecked(name)
+    }
+
+    /// [`Engine::delete_topic`] without the internal-topic check (a cluster's first start
+    /// replaces the single-node `__offsets`: groups/replicated.rs).
+    pub(crate) fn delete_topic_unchecked(&self, name: &str) -> Result<()> {
         let mut meta = self
             .inner
             .control

@@ -154,6 +154,14 @@ pub(crate) struct ClusterState {
     next_request: AtomicU64,
     /// Peer messages dropped because the owning shard's inbox was full.
     pub(crate) dropped_peer_msgs: AtomicU64,
+    /// Which `__offsets` partitions this node coordinates (groups/replicated.rs).
+    pub(crate) offsets: crate::groups::replicated::OffsetsView,
+}
+
+impl ClusterState {
+    pub(crate) fn node_id(&self) -> NodeId {
+        self.node_id
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
@@ -435,7 +443,12 @@ impl Host {
         for (g, b) in bindings {
             let Some(r) = node.get(*g) else { continue };
             match b {
-                Binding::Partition(key) => self.apply_partition(r, key),
+                Binding::Partition(key) => {
+                    self.apply_partition(r, key);
+                    if key.0.as_ref() == crate::groups::OFFSETS_TOPIC {
+                        self.observe_offsets(r, key);
+                    }
+                }
                 Binding::Controller => {
                     let Some(tx) = &self.controller_apply else {
                         continue;
@@ -465,6 +478,24 @@ impl Host {
         }
     }
 
+    /// Hook: what the group coordinators need of an `__offsets` replica (groups/replicated.rs).
+    fn observe_offsets(&self, r: &Replica, key: &PartitionKey) {
+        let Ok(p) = self.shard.partition(key) else {
+            return;
+        };
+        self.state.offsets.observe(
+            key.1,
+            crate::groups::replicated::ReplicaSeen {
+                is_leader: r.is_leader(),
+                leader: r.leader(),
+                term: r.term(),
+                applied_index: r.commit_index(),
+                last_index: r.last_index(),
+                log_caught_up: p.watermarks().next_offset >= r.high_watermark(),
+            },
+        );
+    }
+
     fn apply_partition(&self, r: &Replica, key: &PartitionKey) {
         let Ok(p) = self.shard.partition(key) else {
             return;
@@ -481,11 +512,16 @@ impl Host {
                     "{}/{}: raft offsets differ from the partition log's",
                     key.0, key.1
                 );
+                let offsets =
+                    (key.0.as_ref() == crate::groups::OFFSETS_TOPIC).then(|| data.clone());
                 let applied = ValidatedBatch::validate(data)
                     .map_err(Error::from)
                     .and_then(|b| self.shard.apply_committed(key, b));
                 match applied {
                     Ok(a) => {
+                        if let Some(batch) = offsets {
+                            self.state.offsets.applied(key.1, &batch);
+                        }
                         assert_eq!(
                             a.base_offset, base,
                             "{}/{}: applied at another offset",
@@ -637,10 +673,12 @@ impl Engine {
             waiters: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(crate::batch::now_us() as u64),
             dropped_peer_msgs: AtomicU64::new(0),
+            offsets: crate::groups::replicated::OffsetsView::new(self, node_id),
         });
         if self.inner.cluster.set(state.clone()).is_err() {
             return Err(Error::InvalidArgument("cluster already enabled".into()));
         }
+        self.offsets_cluster_start()?;
         let meta = lock(&self.inner.control)?.clone();
         let (apply_tx, apply_rx) = flume::unbounded();
         let weak = Arc::downgrade(&self.inner);
@@ -677,6 +715,7 @@ impl Engine {
         for (name, t) in &meta.topics {
             self.open_topic_replicas(name, t)?;
         }
+        self.spawn_offsets_create(state.nodes.len())?;
         tracing::info!(node_id, nodes = ?state.nodes, "cluster enabled");
         Ok(())
     }
@@ -1001,6 +1040,17 @@ fn apply_thread(engine: Weak<Inner>, rx: flume::Receiver<(u64, Command)>) {
             let _ = w.send(outcome);
         }
     }
+    // Shard 0's host is gone: no command applies any more; proposers waiting get an error.
+    if let Some(state) = engine.upgrade().and_then(|i| i.cluster.get().cloned()) {
+        for (_, w) in state
+            .waiters
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
+        {
+            let _ = w.send(Err(Error::ShuttingDown));
+        }
+    }
 }
 
 impl Engine {
@@ -1082,6 +1132,9 @@ impl Engine {
         };
         for rx in self.open_partitions(name, &t)? {
             recv(rx)?;
+        }
+        if name == crate::groups::OFFSETS_TOPIC {
+            self.offsets_created(&t)?;
         }
         self.open_topic_replicas(name, &t)?;
         let meta = lock(&self.inner.control)?;

@@ -129,6 +129,12 @@ impl ClusterRoutes {
         }
     }
 
+    /// The leaders of every partition of `topic` as last described (0: none known), and
+    /// whether the client knows it talks to a multi-node cluster.
+    pub(crate) fn leaders(&self, topic: &str) -> (Option<bool>, Option<Vec<u64>>) {
+        (self.is_cluster, self.leaders.get(topic).cloned())
+    }
+
     fn leader_of(&self, topic: &str, partition: u32) -> Option<u64> {
         self.leaders.get(topic)?.get(partition as usize).copied()
     }
@@ -195,7 +201,7 @@ impl Client {
 
     /// Asks DescribeCluster (with `topic`'s leaders). A server that does not know the api is
     /// a single server.
-    async fn refresh_cluster(&self, topic: Option<&str>) -> Result<(), ClientError> {
+    pub(crate) async fn refresh_cluster(&self, topic: Option<&str>) -> Result<(), ClientError> {
         let topics: Vec<&str> = topic.into_iter().collect();
         match self.describe_cluster_async(&topics).await {
             Ok(_) => Ok(()),
@@ -268,6 +274,29 @@ impl Client {
         };
         // A node's client never routes further: the recursion is one level deep.
         node.connection_for(topic, partition).await.map(Some)
+    }
+
+    /// A client of node `node` (made on first use, cached), or `None` when it is the node the
+    /// bootstrap reaches, its address is not known, or this is not a cluster.
+    pub(crate) async fn node_client(&self, node: u64) -> Result<Option<Client>, ClientError> {
+        let (address, existing) = {
+            let r = self.cluster_routes();
+            if r.is_cluster != Some(true) || node == 0 || node == r.node_id {
+                return Ok(None);
+            }
+            let Some(address) = r.addresses.get(&node).cloned() else {
+                return Ok(None);
+            };
+            (address, r.nodes.get(&node).cloned())
+        };
+        if let Some(c) = existing {
+            return Ok(Some(c));
+        }
+        debug!(node, %address, "connecting to a cluster node");
+        let c = Client::connect_inner(&address, self.config().clone(), true).await?;
+        Ok(Some(
+            self.cluster_routes().nodes.entry(node).or_insert(c).clone(),
+        ))
     }
 
     /// A request about `topic`/`partition` failed with `e`: forget where its leader is when

@@ -684,7 +684,10 @@ fn heartbeat_loop(
     assignments: &flume::Sender<GroupAssignment>,
     mut interval: Duration,
 ) {
-    let mut last_sent: Option<(u32, Vec<u32>)> = None;
+    // The member id is part of it: a member that rejoined a new coordinator (a restarted
+    // server, a cluster's coordinator moving) may get the same generation and partitions
+    // under a new id, and the application side must learn the new id.
+    let mut last_sent: Option<(String, u32, Vec<u32>)> = None;
     loop {
         let _ = nudged.recv_timeout(interval);
         if shared.stop.load(Ordering::Acquire) {
@@ -719,7 +722,7 @@ fn heartbeat_loop(
                 } else {
                     base.min(PENDING_HEARTBEAT)
                 };
-                let seen = Some((a.generation, a.partitions.clone()));
+                let seen = Some((a.member_id.clone(), a.generation, a.partitions.clone()));
                 if seen != last_sent {
                     last_sent = seen;
                     let _ = assignments.try_send(a);

@@ -1,7 +1,8 @@
 //! [`Client`] calls of the messaging-semantics apis: producer identities, consumer-group
 //! membership and committed offsets (docs/protocol.md, "Messaging semantics"). Each has a
-//! blocking form and an `_async` form. Group state lives in the engine, so any listener
-//! answers: these go over the bootstrap connection.
+//! blocking form and an `_async` form. On one server any listener answers (the bootstrap
+//! connection); on a cluster group calls go to the group's coordinator node and follow it when
+//! it moves (`coordinator.rs`).
 
 use futures_lite::future::block_on;
 
@@ -68,7 +69,7 @@ impl Client {
             client_id: self.config().client_id.clone(),
             session_timeout_ms,
         });
-        expect_response!(self.call_bootstrap(request).await?, JoinGroup)
+        expect_response!(self.call_coordinator(group, request).await?, JoinGroup)
     }
 
     /// Keeps the member alive; `owned` = the partitions it consumes now.
@@ -92,7 +93,7 @@ impl Client {
             member_id: member_id.to_string(),
             owned: owned.to_vec(),
         });
-        expect_response!(self.call_bootstrap(request).await?, Heartbeat)
+        expect_response!(self.call_coordinator(group, request).await?, Heartbeat)
     }
 
     pub fn leave_group(&self, group: &str, member_id: &str) -> Result<(), ClientError> {
@@ -104,7 +105,7 @@ impl Client {
             group: group.to_string(),
             member_id: member_id.to_string(),
         });
-        expect_response!(self.call_bootstrap(request).await?, LeaveGroup).map(|_| ())
+        expect_response!(self.call_coordinator(group, request).await?, LeaveGroup).map(|_| ())
     }
 
     /// Commits offsets (each the next offset to consume) durably. `member_id` empty: a
@@ -135,7 +136,7 @@ impl Client {
             generation,
             offsets,
         });
-        expect_response!(self.call_bootstrap(request).await?, OffsetCommit).map(|_| ())
+        expect_response!(self.call_coordinator(group, request).await?, OffsetCommit).map(|_| ())
     }
 
     /// The group's committed offsets in `topic` (partitions without one are left out).
@@ -156,7 +157,8 @@ impl Client {
             group: group.to_string(),
             topic: topic.to_string(),
         });
-        expect_response!(self.call_bootstrap(request).await?, OffsetFetch).map(|r| r.offsets)
+        expect_response!(self.call_coordinator(group, request).await?, OffsetFetch)
+            .map(|r| r.offsets)
     }
 
     pub fn describe_group(&self, group: &str) -> Result<DescribeGroupResponse, ClientError> {
@@ -170,6 +172,6 @@ impl Client {
         let request = Request::DescribeGroup(DescribeGroupRequest {
             group: group.to_string(),
         });
-        expect_response!(self.call_bootstrap(request).await?, DescribeGroup)
+        expect_response!(self.call_coordinator(group, request).await?, DescribeGroup)
     }
 }

@@ -39,6 +39,7 @@ mod backoff;
 mod cluster;
 mod conn;
 mod consumer;
+mod coordinator;
 mod error;
 mod group_consumer;
 mod groups;

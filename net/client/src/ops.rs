@@ -75,7 +75,7 @@ impl Client {
             dry_run,
         });
         futures_lite::future::block_on(async {
-            expect_response!(self.call_bootstrap(request).await?, ResetOffsets)
+            expect_response!(self.call_coordinator(group, request).await?, ResetOffsets)
                 .map(|r| r.partitions)
         })
     }

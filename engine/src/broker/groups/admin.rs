@@ -16,7 +16,7 @@ use super::{
     Committed, Groups, OFFSETS_TOPIC, OffsetKey, Slot, encode_key, encode_value, now_ms,
     validate_group_name,
 };
-use crate::api::{Acks, OffsetSpec};
+use crate::api::OffsetSpec;
 use crate::batch::BatchBuilder;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -176,9 +176,9 @@ impl Engine {
             Some(p) => vec![p],
             None => (0..count).collect(),
         };
-        check_empty(&mut *groups.slot(group)?, group)?;
+        check_empty(&mut *groups.coordinated_slot(self, group)?, group)?;
         let previous: HashMap<u32, u64> = groups
-            .fetch_offsets(group, topic)?
+            .fetch_offsets(self, group, topic)?
             .into_iter()
             .map(|(p, c)| (p, c.offset))
             .collect();
@@ -210,14 +210,7 @@ impl Engine {
             );
         }
         let bytes = b.build()?;
-        self.produce_async(
-            OFFSETS_TOPIC,
-            groups.slot_of(group),
-            bytes.clone(),
-            Acks::Durable,
-        )
-        .await?;
-        groups.apply_commits(group, topic, &bytes)?;
+        groups.write_commits(self, group, topic, bytes).await?;
         tracing::info!(
             group,
             topic,

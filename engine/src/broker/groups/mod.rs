@@ -20,9 +20,10 @@
 
 pub mod admin;
 pub mod coordinator;
+pub(crate) mod replicated;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
 
@@ -94,11 +95,17 @@ struct Slot {
     offsets: BTreeMap<OffsetKey, Committed>,
     /// Groups whose offsets an operator is resetting (admin.rs): joins wait.
     resetting: HashSet<String>,
+    /// On a cluster: the leader term of `__offsets` partition this slot's membership belongs
+    /// to (a new term, a new coordinator: membership starts empty and members rejoin).
+    coordinator_term: u64,
 }
 
 /// Every coordinator slot of the engine.
 pub struct Groups {
     slots: Vec<Mutex<Slot>>,
+    /// `__offsets` is a replicated topic (a cluster): a slot's coordinator is the leader of
+    /// its partition, and commits are applied from committed batches (`replicated.rs`).
+    replicated: bool,
 }
 
 fn now_ms() -> i64 {
@@ -183,6 +190,41 @@ impl Groups {
             .map_err(|_| Error::Runtime("group coordinator lock poisoned".into()))
     }
 
+    /// The group's slot, on a cluster only if this node coordinates it now (the ready leader
+    /// of its `__offsets` partition; else `NotLeader` naming the leader it knows). A new
+    /// leader term empties the slot's membership: members of the previous coordinator rejoin.
+    fn coordinated_slot(&self, engine: &Engine, group: &str) -> Result<MutexGuard<'_, Slot>> {
+        let term = if self.replicated {
+            Some(replicated::coordinator_term(engine, self.slot_of(group))?)
+        } else {
+            None
+        };
+        let mut slot = self.slot(group)?;
+        if let Some(term) = term
+            && slot.coordinator_term != term
+        {
+            slot.groups.clear();
+            slot.coordinator_term = term;
+        }
+        Ok(slot)
+    }
+
+    /// Applies a committed `__offsets` batch of `partition` (a cluster: every replica, in
+    /// commit order).
+    pub(crate) fn apply_committed(&self, partition: u32, batch: &Bytes) -> Result<()> {
+        let (_, recs) = batch::decode(batch)?;
+        let Some(slot) = self.slots.get(partition as usize) else {
+            return Ok(());
+        };
+        let mut slot = slot
+            .lock()
+            .map_err(|_| Error::Runtime("group coordinator lock poisoned".into()))?;
+        for r in &recs {
+            apply(&mut slot, r);
+        }
+        Ok(())
+    }
+
     /// Ensures `__offsets` exists and replays it. Runs once, while the engine opens.
     pub(crate) fn open(engine: &Engine) -> Result<Groups> {
         let partitions = match engine.route(OFFSETS_TOPIC) {
@@ -200,6 +242,7 @@ impl Groups {
             slots: (0..partitions.max(1))
                 .map(|_| Mutex::new(Slot::default()))
                 .collect(),
+            replicated: engine.is_replicated_topic(OFFSETS_TOPIC),
         };
         let mut records = 0u64;
         for p in 0..partitions {
@@ -259,7 +302,7 @@ impl Groups {
     ) -> Result<MemberAssignment> {
         validate_group_name(group)?;
         let partitions = engine.route(topic)?.shards.len() as u32;
-        let mut slot = self.slot(group)?;
+        let mut slot = self.coordinated_slot(engine, group)?;
         if slot.resetting.contains(group) {
             return Err(Error::Busy(format!(
                 "offsets of group '{group}' are being reset; join again"
@@ -279,7 +322,7 @@ impl Groups {
         member_id: &str,
         owned: &[u32],
     ) -> Result<MemberAssignment> {
-        let mut slot = self.slot(group)?;
+        let mut slot = self.coordinated_slot(engine, group)?;
         let g = known_group(&mut slot, group, member_id)?;
         let partitions = engine
             .route(&g.topic)
@@ -287,8 +330,8 @@ impl Groups {
         g.heartbeat(member_id, owned, partitions, now_ms())
     }
 
-    pub fn leave(&self, group: &str, member_id: &str) -> Result<()> {
-        let mut slot = self.slot(group)?;
+    pub fn leave(&self, engine: &Engine, group: &str, member_id: &str) -> Result<()> {
+        let mut slot = self.coordinated_slot(engine, group)?;
         known_group(&mut slot, group, member_id)?.leave(member_id, now_ms())
     }
 
@@ -296,6 +339,7 @@ impl Groups {
     /// standalone consumer, allowed only while the group has no live member.
     fn check_commit(
         &self,
+        engine: &Engine,
         group: &str,
         topic: &str,
         member_id: &str,
@@ -319,7 +363,7 @@ impl Groups {
             )));
         }
         let now = now_ms();
-        let mut slot = self.slot(group)?;
+        let mut slot = self.coordinated_slot(engine, group)?;
         let Some(g) = slot.groups.get_mut(group) else {
             return if member_id.is_empty() {
                 Ok(())
@@ -355,6 +399,32 @@ impl Groups {
         Ok(())
     }
 
+    /// Appends a batch of `group`'s commits to its `__offsets` partition and applies it: on
+    /// one node once fdatasync covered it; on a cluster once it is committed (`all`), which
+    /// applies it on every replica (the host calls [`Groups::apply_committed`] before it
+    /// answers).
+    async fn write_commits(
+        &self,
+        engine: &Engine,
+        group: &str,
+        topic: &str,
+        bytes: Bytes,
+    ) -> Result<()> {
+        let partition = self.slot_of(group);
+        let acks = if self.replicated {
+            Acks::All
+        } else {
+            Acks::Durable
+        };
+        engine
+            .produce_async(OFFSETS_TOPIC, partition, bytes.clone(), acks)
+            .await?;
+        if self.replicated {
+            return Ok(());
+        }
+        self.apply_commits(group, topic, &bytes)
+    }
+
     fn apply_commits(&self, group: &str, topic: &str, batch: &Bytes) -> Result<()> {
         let (_, recs) = batch::decode(batch)?;
         let mut slot = self.slot(group)?;
@@ -370,53 +440,28 @@ impl Groups {
         Ok(())
     }
 
-    pub fn fetch_offsets(&self, group: &str, topic: &str) -> Result<Vec<(u32, Committed)>> {
-        let slot = self.slot(group)?;
-        let from = (group.to_string(), topic.to_string(), 0);
-        Ok(slot
-            .offsets
-            .range(from..)
-            .take_while(|((g, t, _), _)| g == group && t == topic)
-            .map(|((_, _, p), c)| (*p, c.clone()))
-            .collect())
+    pub fn fetch_offsets(
+        &self,
+        engine: &Engine,
+        group: &str,
+        topic: &str,
+    ) -> Result<Vec<(u32, Committed)>> {
+        let slot = self.coordinated_slot(engine, group)?;
+        Ok(offsets_of(&slot, group, topic))
     }
 
-    pub fn describe(&self, group: &str) -> Result<GroupDescription> {
+    fn fetch_offsets_here(&self, group: &str, topic: &str) -> Result<Vec<(u32, Committed)>> {
+        Ok(offsets_of(&*self.slot(group)?, group, topic))
+    }
+
+    pub fn describe(&self, engine: &Engine, group: &str) -> Result<GroupDescription> {
         let coordinator_slot = self.slot_of(group);
         let now = now_ms();
         let (topic, generation, members) = {
-            let mut slot = self.slot(group)?;
-            match slot.groups.get_mut(group) {
-                Some(g) => {
-                    g.expire(now);
-                    let members = g
-                        .members
-                        .values()
-                        .map(|m| MemberDescription {
-                            member_id: m.member_id.clone(),
-                            client_id: m.client_id.clone(),
-                            assigned: g.target.get(&m.member_id).cloned().unwrap_or_default(),
-                            owned: m.owned.clone(),
-                            last_seen_ms_ago: now - m.last_seen_ms,
-                        })
-                        .collect();
-                    (g.topic.clone(), g.generation, members)
-                }
-                None => {
-                    let topic = slot
-                        .offsets
-                        .keys()
-                        .find(|(g, _, _)| g == group)
-                        .map(|(_, t, _)| t.clone())
-                        .ok_or_else(|| Error::InvalidGroup {
-                            group: group.to_string(),
-                            reason: "no such group".into(),
-                        })?;
-                    (topic, 0, Vec::new())
-                }
-            }
+            let mut slot = self.coordinated_slot(engine, group)?;
+            describe_members(&mut slot, group, now)?
         };
-        let offsets = self.fetch_offsets(group, &topic)?;
+        let offsets = self.fetch_offsets_here(group, &topic)?;
         Ok(GroupDescription {
             group: group.to_string(),
             topic,
@@ -426,6 +471,49 @@ impl Groups {
             offsets,
         })
     }
+}
+
+fn offsets_of(slot: &Slot, group: &str, topic: &str) -> Vec<(u32, Committed)> {
+    let from = (group.to_string(), topic.to_string(), 0);
+    slot.offsets
+        .range(from..)
+        .take_while(|((g, t, _), _)| g == group && t == topic)
+        .map(|((_, _, p), c)| (*p, c.clone()))
+        .collect()
+}
+
+type MembersView = (String, u32, Vec<MemberDescription>);
+
+fn describe_members(slot: &mut Slot, group: &str, now: i64) -> Result<MembersView> {
+    Ok(match slot.groups.get_mut(group) {
+        Some(g) => {
+            g.expire(now);
+            let members = g
+                .members
+                .values()
+                .map(|m| MemberDescription {
+                    member_id: m.member_id.clone(),
+                    client_id: m.client_id.clone(),
+                    assigned: g.target.get(&m.member_id).cloned().unwrap_or_default(),
+                    owned: m.owned.clone(),
+                    last_seen_ms_ago: now - m.last_seen_ms,
+                })
+                .collect();
+            (g.topic.clone(), g.generation, members)
+        }
+        None => {
+            let topic = slot
+                .offsets
+                .keys()
+                .find(|(g, _, _)| g == group)
+                .map(|(_, t, _)| t.clone())
+                .ok_or_else(|| Error::InvalidGroup {
+                    group: group.to_string(),
+                    reason: "no such group".into(),
+                })?;
+            (topic, 0, Vec::new())
+        }
+    })
 }
 
 /// The group of a member that calls in: a group nobody joined knows no member.
@@ -454,11 +542,25 @@ fn apply(slot: &mut Slot, r: &batch::Record) {
 }
 
 impl Engine {
-    fn groups(&self) -> Result<&Groups> {
-        self.semantics()?
+    /// The coordinators. On a cluster between dropping the local `__offsets` and the
+    /// controller creating the replicated one there are none: `NotLeader` (retriable).
+    pub(crate) fn groups(&self) -> Result<Arc<Groups>> {
+        let g = self
+            .semantics()?
             .groups
-            .get()
-            .ok_or_else(|| Error::Runtime("consumer groups are not open".into()))
+            .read()
+            .map_err(|_| Error::Runtime("poisoned".into()))?
+            .clone();
+        match g {
+            Some(g) => Ok(g),
+            None if self.cluster_node_id().is_some() => Err(Error::NotLeader {
+                topic: OFFSETS_TOPIC.to_string(),
+                partition: 0,
+                leader: None,
+                epoch: 0,
+            }),
+            None => Err(Error::Runtime("consumer groups are not open".into())),
+        }
     }
 
     /// Joins `group` as a new member consuming `topic` (docs/semantics.md, "Consumer groups").
@@ -484,7 +586,7 @@ impl Engine {
     }
 
     pub fn leave_group(&self, group: &str, member_id: &str) -> Result<()> {
-        self.groups()?.leave(group, member_id)
+        self.groups()?.leave(self, group, member_id)
     }
 
     /// Commits offsets durably (fdatasync'd in `__offsets`) if `member_id` at `generation` may
@@ -498,7 +600,7 @@ impl Engine {
         offsets: Vec<OffsetCommit>,
     ) -> Result<()> {
         let groups = self.groups()?;
-        groups.check_commit(group, topic, member_id, generation, &offsets)?;
+        groups.check_commit(self, group, topic, member_id, generation, &offsets)?;
         if offsets.is_empty() {
             return Ok(());
         }
@@ -518,10 +620,7 @@ impl Engine {
             );
         }
         let bytes = b.build()?;
-        let partition = groups.slot_of(group);
-        self.produce_async(OFFSETS_TOPIC, partition, bytes.clone(), Acks::Durable)
-            .await?;
-        groups.apply_commits(group, topic, &bytes)
+        groups.write_commits(self, group, topic, bytes).await
     }
 
     /// [`Engine::commit_offsets_async`], blocking.
@@ -540,11 +639,11 @@ impl Engine {
 
     /// Committed offsets of `group` in `topic`, by partition.
     pub fn fetch_offsets(&self, group: &str, topic: &str) -> Result<Vec<(u32, Committed)>> {
-        self.groups()?.fetch_offsets(group, topic)
+        self.groups()?.fetch_offsets(self, group, topic)
     }
 
     pub fn describe_group(&self, group: &str) -> Result<GroupDescription> {
-        self.groups()?.describe(group)
+        self.groups()?.describe(self, group)
     }
 
     /// A new idempotent-producer identity, or `resume`'s id with its epoch bumped (fencing the
@@ -560,21 +659,29 @@ impl Engine {
 /// Messaging-semantics state of an engine: producer ids and consumer groups.
 pub(crate) struct Semantics {
     pub(crate) producer_ids: crate::producer_ids::ProducerIds,
-    pub(crate) groups: std::sync::OnceLock<Groups>,
+    /// Replaced once on a cluster's first start (the replicated `__offsets`: replicated.rs).
+    pub(crate) groups: Arc<RwLock<Option<Arc<Groups>>>>,
 }
 
 impl Semantics {
     pub(crate) fn open(data_dir: &std::path::Path) -> Result<Semantics> {
         Ok(Semantics {
             producer_ids: crate::producer_ids::ProducerIds::open(data_dir)?,
-            groups: std::sync::OnceLock::new(),
+            groups: Arc::new(RwLock::new(None)),
         })
     }
 
     /// Opens the groups (needs a running engine: `__offsets` is an ordinary topic).
     pub(crate) fn open_groups(&self, engine: &Engine) -> Result<()> {
         let g = Groups::open(engine)?;
-        let _ = self.groups.set(g);
+        self.set_groups(Some(Arc::new(g)))
+    }
+
+    pub(crate) fn set_groups(&self, g: Option<Arc<Groups>>) -> Result<()> {
+        *self
+            .groups
+            .write()
+            .map_err(|_| Error::Runtime("poisoned".into()))? = g;
         Ok(())
     }
 }
