@@ -220,27 +220,12 @@ pub(crate) fn leader_check(s: &ReplicaStatus, me: u64, current_leader_epoch: i32
     codes::NONE
 }
 
-/// FNV-1a (64 bits): a hash every node computes alike, whatever its build.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The node that coordinates `group` among the sorted node ids: the same answer on every node,
-/// and it does not move when nodes fail (the group's offsets are in that node's own
-/// `__offsets`, which is not replicated yet).
-pub(crate) fn coordinator_node(group: &str, nodes: &[u64]) -> Option<u64> {
-    if nodes.is_empty() {
-        return None;
-    }
-    let n = u64::try_from(nodes.len()).unwrap_or(1);
-    let i = usize::try_from(fnv1a(group.as_bytes()) % n).unwrap_or(0);
-    nodes.get(i).copied()
-}
-
 /// The coordinator of `group` as FindCoordinator answers it: `Ok((broker, host, port))`, or
-/// `Err` COORDINATOR_NOT_AVAILABLE when that node's Kafka address is not known yet.
+/// `Err` COORDINATOR_NOT_AVAILABLE while the group has no coordinator (its `__offsets`
+/// partition has no leader yet) or that node's Kafka address is not known yet. On a cluster the
+/// coordinator is the leader of the group's replicated `__offsets` partition
+/// (`Engine::group_coordinator`), the same node the native protocol uses, so a group's
+/// committed offsets follow its coordinator through failovers.
 pub(crate) fn coordinator(conn: &KConn, group: &str) -> Result<(i32, String, i32), i16> {
     let brokers = brokers(conn);
     if !on_cluster(conn) {
@@ -249,8 +234,7 @@ pub(crate) fn coordinator(conn: &KConn, group: &str) -> Result<(i32, String, i32
             .next()
             .ok_or(codes::COORDINATOR_NOT_AVAILABLE);
     }
-    let nodes = cluster_nodes(conn);
-    let node = coordinator_node(group, &nodes).map(broker_id);
+    let node = conn.engine.group_coordinator(group).ok().flatten().map(broker_id);
     brokers
         .into_iter()
         .find(|b| Some(b.0) == node)
@@ -263,18 +247,7 @@ pub(crate) fn is_coordinator(conn: &KConn, group: &str) -> bool {
         return true;
     }
     let me = conn.shared.cluster.node_id.load(Ordering::Acquire);
-    coordinator_node(group, &cluster_nodes(conn)) == Some(me)
-}
-
-/// The cluster list's node ids, sorted (empty until the transport is set).
-fn cluster_nodes(conn: &KConn) -> Vec<u64> {
-    conn.shared
-        .cluster
-        .peers
-        .lock()
-        .ok()
-        .and_then(|p| p.as_ref().map(crate::peer::PeerTransport::node_ids))
-        .unwrap_or_default()
+    conn.engine.group_coordinator(group).ok().flatten() == Some(me)
 }
 
 /// The replication factor of CreateTopics with `replication_factor = -1` and of topics
@@ -344,22 +317,6 @@ mod tests {
         let p = partition_state(&one, &brokers);
         assert_eq!((p.error_code, p.leader, p.epoch), (codes::NONE, 3, -1));
         assert_eq!(p.in_sync, vec![3]);
-    }
-
-    #[test]
-    fn coordinators_are_deterministic_and_spread() {
-        let nodes = [1, 2, 3];
-        let mut seen = std::collections::BTreeSet::new();
-        for g in 0..64 {
-            let name = format!("group-{g}");
-            let c = coordinator_node(&name, &nodes);
-            assert_eq!(c, coordinator_node(&name, &nodes));
-            seen.insert(c.unwrap_or(0));
-        }
-        assert_eq!(seen.len(), 3, "{seen:?}");
-        assert_eq!(coordinator_node("g", &[]), None);
-        // FNV-1a's published test vector: the hash is the same on every build.
-        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]
