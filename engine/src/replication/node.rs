@@ -61,6 +61,18 @@ impl<S: Storage, T> ReplicaNode<S, T> {
         self.groups.get_mut(&group)
     }
 
+    /// Runs `f` on a group's replica with this round's outbox (snapshot transfers: the owner
+    /// moves chunks between the replica and its partition log), and marks the group touched.
+    pub fn with_outbox<R>(
+        &mut self,
+        group: GroupId,
+        f: impl FnOnce(&mut ReplicatedPartition<S, T>, &mut Outbox) -> R,
+    ) -> Option<R> {
+        let p = self.groups.get_mut(&group)?;
+        self.touched.insert(group);
+        Some(f(p, &mut self.outbox))
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = &ReplicatedPartition<S, T>> {
         self.groups.values()
     }
