@@ -9,7 +9,9 @@
 //! (power loss: only synced bytes survive, each unsynced block write kept or not, so writes
 //! are torn and reordered; or SIGKILL: every completed write survives) and restarts, and a
 //! full disk on one node (its replicas stop at the first failed write; they reopen from disk
-//! when space returns).
+//! when space returns), long outages (a node down while the others move past the entries they
+//! retain: it must come back through a snapshot) and retention on a node's partition log
+//! ([`logs`]: every replica's state machine, compacted under, snapshotted from).
 //!
 //! ## Invariants (checked after every step)
 //! 1. At most one leader per term in a group.
@@ -21,6 +23,8 @@
 //! 5. The high watermark never moves back within a replica's lifetime.
 //! 6. An idempotent producer's batch is committed at most once, and every `all` ack of it
 //!    (first answer or retry, any leader) carries the same offsets as its committed copy.
+//! 7. Every replica's partition log is dense and holds, at each offset, the committed
+//!    history's batch (snapshot installs and log restarts after retention included).
 //!
 //! At the end the network heals, every node restarts and the disk frees: every group must
 //! elect a leader and bring every replica to the same commit (liveness), then 2 and 3 are

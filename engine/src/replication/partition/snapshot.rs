@@ -179,8 +179,10 @@ fn decode(b: &Bytes) -> Option<(Wire, NodeId, NodeId)> {
 
 /// raft-rs's snapshot for a snapshot frame (its data: the end offset).
 pub fn snapshot_of(base: SnapBase, conf: ConfState) -> Snapshot {
-    let mut s = Snapshot::default();
-    s.data = base.end_offset.to_le_bytes().to_vec().into();
+    let mut s = Snapshot {
+        data: base.end_offset.to_le_bytes().to_vec().into(),
+        ..Snapshot::default()
+    };
     let m = s.mut_metadata();
     m.index = base.index;
     m.term = base.term;
@@ -227,6 +229,16 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         let log = &self.node.raft.raft_log;
         if index < log.committed || log.match_term(index, term) || m.term < self.term() {
             return Some(m);
+        }
+        let cs = meta.get_conf_state();
+        let mut voters = cs.get_voters().to_vec();
+        voters.sort_unstable();
+        let static_set = cs.get_learners().is_empty()
+            && cs.get_voters_outgoing().is_empty()
+            && cs.get_learners_next().is_empty();
+        if voters != self.voters() || !static_set {
+            tracing::warn!(group = self.group, "snapshot of another replica set dropped");
+            return None;
         }
         let Some(end_offset) = end_offset_of(m.get_snapshot()) else {
             tracing::warn!(group = self.group, "malformed snapshot dropped");
@@ -306,6 +318,15 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     pub(super) fn tick_snapshots(&mut self) {
         if let Some(i) = self.snap.incoming.as_mut() {
             i.waited = i.waited.saturating_add(1);
+        }
+        // Raft caught up past the snapshot another way (a new leader had the entries).
+        if self
+            .snap
+            .incoming
+            .as_ref()
+            .is_some_and(|i| i.t.index <= self.node.raft.raft_log.committed)
+        {
+            self.snap.incoming = None;
         }
         if self.snap.sent.is_empty() {
             return;
