@@ -20,8 +20,16 @@ const CHUNK_RECORDS_MAX: usize = 1 << 16;
 impl Host {
     /// Serves and runs this round's snapshot transfers (every group bound to a partition).
     pub(super) async fn snapshots(&self, node: &mut Node, bindings: &HashMap<GroupId, Binding>) {
-        for (g, b) in bindings {
-            let Binding::Partition(key) = b else { continue };
+        // A field check per group; the rest only where a transfer runs.
+        let busy: Vec<GroupId> = node
+            .groups()
+            .filter(|r| r.has_snapshot_work())
+            .map(crate::replication::ReplicatedPartition::group)
+            .collect();
+        for g in &busy {
+            let Some(Binding::Partition(key)) = bindings.get(g) else {
+                continue;
+            };
             let Some(r) = node.get_mut(*g) else { continue };
             let requests = r.take_chunk_requests();
             for req in requests {
@@ -150,10 +158,11 @@ impl Host {
         node: &mut Node,
         bindings: &mut HashMap<GroupId, Binding>,
     ) {
-        let groups: Vec<GroupId> = bindings
-            .iter()
-            .filter(|(_, b)| matches!(b, Binding::Partition(_)))
-            .map(|(g, _)| *g)
+        let groups: Vec<GroupId> = node
+            .groups()
+            .filter(|r| r.may_rotate_log(RAFT_LOG_ROTATE_BYTES))
+            .map(crate::replication::ReplicatedPartition::group)
+            .filter(|g| matches!(bindings.get(g), Some(Binding::Partition(_))))
             .collect();
         for g in groups {
             let Some(r) = node.get_mut(g) else { continue };

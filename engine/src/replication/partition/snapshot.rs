@@ -237,7 +237,10 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             && cs.get_voters_outgoing().is_empty()
             && cs.get_learners_next().is_empty();
         if voters != self.voters() || !static_set {
-            tracing::warn!(group = self.group, "snapshot of another replica set dropped");
+            tracing::warn!(
+                group = self.group,
+                "snapshot of another replica set dropped"
+            );
             return None;
         }
         let Some(end_offset) = end_offset_of(m.get_snapshot()) else {
@@ -351,6 +354,16 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         for peer in give_up {
             self.node.report_snapshot(peer, SnapshotStatus::Failure);
         }
+    }
+
+    /// Whether the owner has snapshot work here: a transfer to run, or requests to answer.
+    pub fn has_snapshot_work(&self) -> bool {
+        self.snap.incoming.is_some() || !self.snap.requests.is_empty()
+    }
+
+    /// Whether [`Self::maybe_rotate_log`] may rotate (cheap; it checks the rest).
+    pub fn may_rotate_log(&self, min_bytes: u64) -> bool {
+        self.compacted_index > self.disk_base_index && self.disk.log_bytes() > min_bytes
     }
 
     /// The snapshot this follower is fetching, if any.
@@ -472,7 +485,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// window. `true`: rotated.
     pub async fn maybe_rotate_log(&mut self, min_bytes: u64) -> io::Result<bool> {
         let file = self.disk.log_bytes();
-        if self.compacted_index <= self.disk_base_index || file <= min_bytes {
+        if !self.may_rotate_log(min_bytes) {
             return Ok(false);
         }
         let in_memory: u64 = self.side.iter().map(|s| s.data.len() as u64 + 32).sum();
