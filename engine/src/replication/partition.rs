@@ -23,10 +23,10 @@ use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
 use super::disk::{DiskEntry, DiskState, RaftDisk};
 use super::{GroupId, NodeId, Outbox, ReplAcks, ReplError, ReplicaConfig};
-
-mod snapshot;
 use crate::api::ProduceAck;
 use crate::storage::Storage;
+
+mod snapshot;
 pub use snapshot::{
     CHUNK_BYTES_MAX as SNAPSHOT_CHUNK_BYTES, Chunk, ChunkRequest, Transfer,
     chunk_is_dense as snapshot_chunk_is_dense, snapshot_of,
