@@ -8,7 +8,8 @@
 //!
 //! Options: `--seeds N` (default 10000), `--first N`, `--seed N` (just that one), `--threads N`
 //! (default: all cores), `--steps N` (per seed, default 300), `--groups N` (default 2),
-//! `--sabotage` (`all` acked at the leader's fsync). Prints progress every 10 s and the lowest
+//! `--sabotage` (`all` acked at the leader's fsync), `--sabotage-snapshot` (a snapshot installed
+//! with one batch lost). Prints progress every 10 s and the lowest
 //! failing seed; exits 1 on a failure.
 //!
 //! Idle cost of many groups (docs/performance.md): `--idle-groups N [--idle-ticks T]` runs 3
@@ -31,6 +32,7 @@ struct Args {
     steps: usize,
     groups: u64,
     sabotage: bool,
+    sabotage_snapshot: bool,
     idle_groups: u64,
     idle_ticks: u64,
     failovers: u64,
@@ -46,6 +48,7 @@ fn parse() -> Result<Args, String> {
         steps: d.steps,
         groups: d.groups,
         sabotage: false,
+        sabotage_snapshot: false,
         idle_groups: 0,
         idle_ticks: 100,
         failovers: 0,
@@ -65,6 +68,7 @@ fn parse() -> Result<Args, String> {
             "--steps" => a.steps = usize::try_from(value()?).map_err(|e| e.to_string())?,
             "--groups" => a.groups = value()?.max(1),
             "--sabotage" => a.sabotage = true,
+            "--sabotage-snapshot" => a.sabotage_snapshot = true,
             "--idle-groups" => a.idle_groups = value()?,
             "--idle-ticks" => a.idle_ticks = value()?.max(1),
             "--failovers" => a.failovers = value()?,
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
                     cfg.steps = a.steps;
                     cfg.groups = a.groups;
                     cfg.sabotage = a.sabotage;
+                    cfg.sabotage_snapshot = a.sabotage_snapshot;
                     match run_cluster(cfg) {
                         Ok(o) => stats.add(&o.stats),
                         Err(f) => {

@@ -34,6 +34,8 @@ use crate::rt::{self, DmaStorage};
 use crate::shard::{LocalShard, Reply, Request};
 use crate::util::LocalNotify;
 
+mod snapshots;
+
 /// Where a node's outgoing Raft messages go: one call per peer per round, every group's
 /// messages to that peer together (the transport sends them as one frame). Called on a shard
 /// thread: it must not block.
@@ -68,7 +70,7 @@ const APPLY_BATCHES_PER_ROUND: usize = 256;
 /// A replica whose log is within this many entries of the leader's is in sync.
 const IN_SYNC_LAG_ENTRIES: u64 = 1000;
 /// Applied entries a replica keeps in memory for peers that lag (beyond them a peer needs a
-/// snapshot, not built yet: docs/replication.md, "Memory").
+/// snapshot: docs/replication.md, "Snapshots").
 const RETAIN_ENTRIES: u64 = 1024;
 /// Delays between attempts to reopen a replica whose Raft files failed.
 const REOPEN_DELAY_MIN: Duration = Duration::from_secs(1);
@@ -283,6 +285,7 @@ impl Host {
                 bindings.remove(&g);
                 self.reopen_later(g);
             }
+            self.snapshots(&mut node, &bindings).await;
             for (peer, msgs) in node.drain_outgoing() {
                 (self.state.sink)(peer, msgs);
             }
@@ -291,6 +294,7 @@ impl Host {
             self.answer(&mut node);
             if ticked {
                 self.compact(&mut node, &bindings);
+                self.rotate_logs(&mut node, &mut bindings).await;
             }
             if self.controller_apply.is_some() {
                 let leader = node

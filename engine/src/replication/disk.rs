@@ -6,6 +6,9 @@
 //!   previous one overwrites the suffix from that index on (Raft's truncation of an uncommitted
 //!   suffix), so the file is never rewritten in place except its last partial block. Recovery
 //!   reads frames until the first one that is short, has a bad magic or a bad CRC (a torn tail).
+//!   A snapshot frame (magic `RFS1`, same layout, 8 data bytes: the partition log's end offset)
+//!   replaces everything before it: the log restarts after that index (a follower that installed
+//!   a snapshot, or the first frame of a rotated file; [`RaftDisk::rewrite`]).
 //! - `raft-state`: the hard state (term, vote, commit) in two block slots written alternately,
 //!   each `[magic u32][seq u64][term u64][vote u64][commit u64][crc32c u32]`: a torn write of one
 //!   slot leaves the other, so the state file is replaced atomically without a rename.
@@ -22,6 +25,9 @@ use bytes::Bytes;
 use crate::storage::{BLOCK_BYTES, IoBuf, LogFile, Storage, align_down, align_up};
 
 const FRAME_MAGIC: u32 = 0x5246_4c31; // "RFL1"
+const SNAP_MAGIC: u32 = 0x5246_5331; // "RFS1"
+/// A rotation's new file, renamed over `raft-log` once complete (removed at open otherwise).
+const NEW_LOG: &str = "raft-log.new";
 const STATE_MAGIC: u32 = 0x5253_5431; // "RST1"
 const FRAME_HEAD_BYTES: usize = 4 + 8 + 8 + 4 + 4;
 const STATE_BYTES: usize = 4 + 8 + 8 + 8 + 8 + 4;
@@ -35,6 +41,15 @@ pub struct DiskEntry {
     pub data: Bytes,
 }
 
+/// Where the log starts: every entry up to `index` (of term `term`) is in the state machine
+/// (the partition log, which ends at `end_offset` there) and no longer in this file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapBase {
+    pub index: u64,
+    pub term: u64,
+    pub end_offset: u64,
+}
+
 /// Term, vote and commit index.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiskState {
@@ -46,6 +61,8 @@ pub struct DiskState {
 /// What a replica's directory held at open.
 #[derive(Debug, Default)]
 pub struct Recovered {
+    /// The last snapshot frame (entries follow it from `index + 1`).
+    pub base: Option<SnapBase>,
     pub entries: Vec<DiskEntry>,
     pub state: DiskState,
     /// Bytes cut from the log's tail (a torn or unsynced frame).
@@ -88,13 +105,27 @@ fn usize_of(n: u64) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::other("raft file larger than memory"))
 }
 
-/// Encodes one frame.
+/// Encodes one entry frame.
 fn frame(e: &DiskEntry, out: &mut Vec<u8>) -> io::Result<()> {
+    frame_with(FRAME_MAGIC, e, out)
+}
+
+/// Encodes a snapshot frame.
+fn snap_frame(b: SnapBase, out: &mut Vec<u8>) -> io::Result<()> {
+    let e = DiskEntry {
+        index: b.index,
+        term: b.term,
+        data: Bytes::copy_from_slice(&b.end_offset.to_le_bytes()),
+    };
+    frame_with(SNAP_MAGIC, &e, out)
+}
+
+fn frame_with(magic: u32, e: &DiskEntry, out: &mut Vec<u8>) -> io::Result<()> {
     let len = u32::try_from(e.data.len()).map_err(|_| io::Error::other("raft entry too large"))?;
     let mut crc = crc32c::crc32c(&e.index.to_le_bytes());
     crc = crc32c::crc32c_append(crc, &e.term.to_le_bytes());
     crc = crc32c::crc32c_append(crc, &e.data);
-    put_u32(out, FRAME_MAGIC);
+    put_u32(out, magic);
     put_u64(out, e.index);
     put_u64(out, e.term);
     put_u32(out, len);
@@ -103,13 +134,15 @@ fn frame(e: &DiskEntry, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Parses frames from the start of `b`; returns the entries (suffix overwrites applied) and the
-/// length of the good prefix.
-fn parse_log(b: &[u8]) -> (Vec<DiskEntry>, usize) {
+/// Parses frames from the start of `b`; returns the last snapshot base, the entries after it
+/// (suffix overwrites applied) and the length of the good prefix.
+fn parse_log(b: &[u8]) -> (Option<SnapBase>, Vec<DiskEntry>, usize) {
+    let mut base: Option<SnapBase> = None;
     let mut entries: Vec<DiskEntry> = Vec::new();
     let mut at = 0;
     while b.len() - at >= FRAME_HEAD_BYTES {
-        if u32_at(b, at) != FRAME_MAGIC {
+        let magic = u32_at(b, at);
+        if magic != FRAME_MAGIC && magic != SNAP_MAGIC {
             break;
         }
         let index = u64_at(b, at + 4);
@@ -127,9 +160,26 @@ fn parse_log(b: &[u8]) -> (Vec<DiskEntry>, usize) {
         if c != crc {
             break;
         }
-        // Index 0 is never an entry; a frame that leaves a hole is not ours either.
-        let first = entries.first().map_or(index, |e| e.index);
-        if index == 0 || index < first || index > first + entries.len() as u64 {
+        if magic == SNAP_MAGIC {
+            // A snapshot never goes back, and carries its end offset.
+            if len != 8 || index == 0 || base.is_some_and(|x| index < x.index) {
+                break;
+            }
+            base = Some(SnapBase {
+                index,
+                term,
+                end_offset: u64_at(data, 0),
+            });
+            entries.clear();
+            at = start + len;
+            continue;
+        }
+        // Index 0 is never an entry; a frame at or below the base, or that leaves a hole, is
+        // not ours either.
+        let floor = base.map_or(1, |x| x.index + 1);
+        let lowest = if base.is_some() { floor } else { index };
+        let first = entries.first().map_or(lowest, |e| e.index);
+        if index < floor || index < first || index > first + entries.len() as u64 {
             break;
         }
         entries.truncate(usize::try_from(index - first).unwrap_or(usize::MAX));
@@ -140,7 +190,7 @@ fn parse_log(b: &[u8]) -> (Vec<DiskEntry>, usize) {
         });
         at = start + len;
     }
-    (entries, at)
+    (base, entries, at)
 }
 
 fn parse_state(b: &[u8]) -> Option<(u64, DiskState)> {
@@ -184,6 +234,12 @@ impl<S: Storage> RaftDisk<S> {
         storage.create_dir_all(dir)?;
         let log_path = dir.join("raft-log");
         let state_path = dir.join("raft-state");
+        // A rotation that did not reach its rename: the old file is whole.
+        match storage.remove(&dir.join(NEW_LOG)).await {
+            Ok(()) => storage.sync_dir(dir).await?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         let log = storage.open(&log_path).await?;
         let state = storage.open(&state_path).await?;
         // Both empty: new, or created by an open that died before its directory sync (nothing
@@ -198,7 +254,7 @@ impl<S: Storage> RaftDisk<S> {
             storage.sync_dir(dir).await?;
         }
         let log_bytes = read_all(&log).await?;
-        let (entries, good) = parse_log(&log_bytes);
+        let (base, entries, good) = parse_log(&log_bytes);
         let state_bytes = read_all(&state).await?;
         let slots = [
             parse_state(&state_bytes),
@@ -231,6 +287,7 @@ impl<S: Storage> RaftDisk<S> {
         Ok((
             disk,
             Recovered {
+                base,
                 entries,
                 state: disk_state,
                 cut_bytes,
@@ -260,8 +317,31 @@ impl<S: Storage> RaftDisk<S> {
         let mut bytes = std::mem::take(&mut self.tail);
         let tail_len = bytes.len();
         for e in entries {
-            frame(e, &mut bytes)?;
+            if let Err(err) = frame(e, &mut bytes) {
+                bytes.truncate(tail_len);
+                self.tail = bytes;
+                return Err(err);
+            }
         }
+        self.write_tail(bytes, tail_len).await
+    }
+
+    /// Appends a snapshot frame: the log restarts after `base.index` (a follower installing a
+    /// snapshot). Not durable until [`Self::sync`].
+    pub async fn append_snapshot(&mut self, base: SnapBase) -> io::Result<()> {
+        let mut bytes = std::mem::take(&mut self.tail);
+        let tail_len = bytes.len();
+        if let Err(err) = snap_frame(base, &mut bytes) {
+            bytes.truncate(tail_len);
+            self.tail = bytes;
+            return Err(err);
+        }
+        self.write_tail(bytes, tail_len).await
+    }
+
+    /// Writes `bytes` (the kept partial block, `tail_len` bytes, then new frames) at the log's
+    /// last block boundary.
+    async fn write_tail(&mut self, mut bytes: Vec<u8>, tail_len: usize) -> io::Result<()> {
         let new_len = self.log_len + (bytes.len() - tail_len) as u64;
         let write_at = align_down(self.log_len);
         let padded = usize_of(align_up(bytes.len() as u64))?;
@@ -286,6 +366,41 @@ impl<S: Storage> RaftDisk<S> {
                 Err(e)
             }
         }
+    }
+
+    /// Rotates the log: a new file holding the snapshot frame `base` and `entries` (those after
+    /// it, in order) replaces `raft-log`. Everything written before is synced first; the new
+    /// file is written and fsynced under `raft-log.new`, renamed over `raft-log`, and the
+    /// directory fsynced before anything else is appended, so a crash at any point leaves the
+    /// old file or the new one, whole (a leftover `raft-log.new` is removed at open).
+    pub async fn rewrite(&mut self, base: SnapBase, entries: &[DiskEntry]) -> io::Result<()> {
+        self.sync().await?;
+        let mut bytes = Vec::new();
+        snap_frame(base, &mut bytes)?;
+        for e in entries {
+            frame(e, &mut bytes)?;
+        }
+        let new_path = self.dir.join(NEW_LOG);
+        let log_path = self.dir.join("raft-log");
+        let f = self.storage.open(&new_path).await?;
+        f.truncate(0).await?;
+        let padded = usize_of(align_up(bytes.len() as u64))?;
+        let mut buf = S::alloc_buf(padded);
+        {
+            let b = buf.as_bytes_mut();
+            b[..bytes.len()].copy_from_slice(&bytes);
+            b[bytes.len()..].fill(0);
+        }
+        f.write_at(Rc::new(buf), 0).await?;
+        f.sync().await?;
+        drop(f);
+        self.storage.rename(&new_path, &log_path).await?;
+        self.storage.sync_dir(&self.dir).await?;
+        self.log = self.storage.open(&log_path).await?;
+        let len = bytes.len() as u64;
+        self.tail = bytes[usize_of(align_down(len))?..].to_vec();
+        self.log_len = len;
+        Ok(())
     }
 
     /// Writes the hard state into the older slot. Not durable until [`Self::sync`].

@@ -24,7 +24,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 pub use node::ReplicaNode;
-pub use partition::{Proposed, ReplSabotage, ReplicatedPartition, Reply, SideEntry};
+pub use partition::{
+    Chunk, ChunkRequest, Proposed, ReplSabotage, ReplicatedPartition, Reply, SideEntry, Transfer,
+    snapshot_of,
+};
+pub use partition::{SNAPSHOT_CHUNK_BYTES, snapshot_chunk_is_dense};
 
 use crate::api::Acks;
 

@@ -61,6 +61,22 @@ impl<S: Storage, T> ReplicaNode<S, T> {
         self.groups.get_mut(&group)
     }
 
+    /// Runs `f` on a group's replica with this round's outbox (snapshot transfers: the owner
+    /// moves chunks between the replica and its partition log); the group is touched if Raft has
+    /// work after it (an installed snapshot).
+    pub fn with_outbox<R>(
+        &mut self,
+        group: GroupId,
+        f: impl FnOnce(&mut ReplicatedPartition<S, T>, &mut Outbox) -> R,
+    ) -> Option<R> {
+        let p = self.groups.get_mut(&group)?;
+        let r = f(p, &mut self.outbox);
+        if p.has_ready() {
+            self.touched.insert(group);
+        }
+        Some(r)
+    }
+
     pub fn groups(&self) -> impl Iterator<Item = &ReplicatedPartition<S, T>> {
         self.groups.values()
     }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Message, MessageType};
 use raft::storage::MemStorage;
-use raft::{RawNode, Ready, SnapshotStatus, StateRole};
+use raft::{RawNode, Ready, StateRole};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
@@ -25,6 +25,12 @@ use super::disk::{DiskEntry, DiskState, RaftDisk};
 use super::{GroupId, NodeId, Outbox, ReplAcks, ReplError, ReplicaConfig};
 use crate::api::ProduceAck;
 use crate::storage::Storage;
+
+mod snapshot;
+pub use snapshot::{
+    CHUNK_BYTES_MAX as SNAPSHOT_CHUNK_BYTES, Chunk, ChunkRequest, Transfer,
+    chunk_is_dense as snapshot_chunk_is_dense, snapshot_of,
+};
 
 /// One record batch in the Raft log and the offsets it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,8 +95,14 @@ pub struct ReplicatedPartition<S: Storage, T> {
     side: VecDeque<SideEntry>,
     /// One past the last offset of the compacted batches (where the side index starts).
     compacted_end_offset: u64,
-    /// Entries below this Raft index are compacted out of memory.
+    /// Entries up to this Raft index are compacted out of memory.
     compacted_index: u64,
+    /// The term of the entry at `compacted_index`.
+    compacted_term: u64,
+    /// Where the `raft-log` file starts (its snapshot frame's index; 0: none).
+    disk_base_index: u64,
+    /// Snapshot transfers in progress (both sides).
+    snap: snapshot::SnapState,
     /// (producer id, base sequence) -> Raft index of that batch in the side index.
     by_producer: BTreeMap<(u64, u32), u64>,
     /// Highest index applied (= the commit index as this replica knows it).
@@ -133,7 +145,9 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             "replica {id} not in its set {voters:?}"
         );
         let (disk, recovered) = RaftDisk::open(storage, dir).await?;
-        let store = MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
+        let conf = ConfState::from((voters.to_vec(), vec![]));
+        let store = MemStorage::new_with_conf_state(conf.clone());
+        let base = recovered.base.unwrap_or_default();
         let entries: Vec<Entry> = recovered
             .entries
             .iter()
@@ -146,24 +160,28 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
                 x
             })
             .collect();
-        let last_index = entries.last().map_or(0, |e| e.index);
+        let last_index = entries.last().map_or(base.index, |e| e.index);
         let hs = HardState {
-            term: recovered.state.term,
+            term: recovered.state.term.max(base.term),
             vote: recovered.state.vote,
             // The state file may have a commit from before a torn log tail: never above the
-            // log.
-            commit: recovered.state.commit.min(last_index),
+            // log; a snapshot's index is committed.
+            commit: recovered.state.commit.min(last_index).max(base.index),
             ..HardState::default()
         };
         {
             let mut w = store.wl();
+            if base.index > 0 {
+                w.apply_snapshot(snapshot_of(base, conf))
+                    .map_err(|e| io::Error::other(format!("raft snapshot: {e}")))?;
+            }
             w.append(&entries)
                 .map_err(|e| io::Error::other(format!("raft log: {e}")))?;
             w.set_hardstate(hs.clone());
         }
         let mut side = VecDeque::new();
         let mut by_producer = BTreeMap::new();
-        let mut next_offset = 0;
+        let mut next_offset = base.end_offset;
         for e in &recovered.entries {
             if let Some(s) = side_entry(e.index, e.term, &e.data, next_offset) {
                 next_offset = s.last_offset + 1;
@@ -178,7 +196,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             .iter()
             .take_while(|s| s.index <= applied)
             .last()
-            .map_or(0, |s| s.last_offset + 1);
+            .map_or(base.end_offset, |s| s.last_offset + 1);
         let config = raft::Config {
             id,
             election_tick: cfg.election_ticks,
@@ -202,8 +220,11 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             disk,
             rng: Xoshiro256PlusPlus::seed_from_u64(mix_seed(seed, group, id)),
             side,
-            compacted_end_offset: 0,
-            compacted_index: 0,
+            compacted_end_offset: base.end_offset,
+            compacted_index: base.index,
+            compacted_term: base.term,
+            disk_base_index: base.index,
+            snap: snapshot::SnapState::default(),
             by_producer,
             applied,
             high_watermark,
@@ -409,6 +430,9 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// A Raft message from peer `from` (the bytes the transport carried). A message that does
     /// not decode, or claims another sender or receiver, is dropped.
     pub fn step(&mut self, from: NodeId, bytes: &[u8]) -> bool {
+        if snapshot::is_snapshot_wire(bytes) {
+            return self.step_snapshot_wire(from, bytes);
+        }
         let Ok(m) = Message::parse_from_bytes(bytes) else {
             tracing::warn!(group = self.group, "undecodable raft message dropped");
             return false;
@@ -421,6 +445,14 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             );
             return false;
         }
+        let m = if m.get_msg_type() == MessageType::MsgSnapshot {
+            match self.intercept_snapshot(m) {
+                Some(m) => m,
+                None => return true,
+            }
+        } else {
+            m
+        };
         // Errors are messages from unknown peers or stale proposals: dropped, as raft-rs wants.
         let _ = self.node.step(m);
         self.after_call();
@@ -430,6 +462,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// One Raft tick (the shard's tick timer, every `tick_ms`).
     pub fn tick(&mut self) {
         self.node.tick();
+        self.tick_snapshots();
         self.after_call();
     }
 
@@ -482,7 +515,10 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         }
         let mut rd = self.node.ready();
         self.send(rd.take_messages(), out);
-        assert!(rd.snapshot().is_empty(), "raft snapshots are not used");
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.persist_snapshot(&snap).await?;
+        }
         self.apply(rd.take_committed_entries());
         let entries = rd.take_entries();
         if !entries.is_empty() {
@@ -623,18 +659,11 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     }
 
     fn send(&mut self, msgs: Vec<Message>, out: &mut Outbox) {
-        for m in msgs {
+        for mut m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                // A peer needs entries compacted here: snapshots (catch-up from the leader's
-                // segments) are not built yet (docs/replication.md, "Memory"). The peer stays
-                // behind; raft-rs probes it again later.
-                tracing::warn!(
-                    group = self.group,
-                    to = m.to,
-                    "a replica needs compacted entries; no snapshot sent"
-                );
-                self.node.report_snapshot(m.to, SnapshotStatus::Failure);
-                continue;
+                // A peer needs entries compacted here: it fetches the batches from this
+                // replica's partition log (snapshot.rs).
+                self.prepare_snapshot(&mut m);
             }
             match m.write_to_bytes() {
                 Ok(b) => out.push(m.to, self.group, Bytes::from(b)),
@@ -724,7 +753,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// machine holds it for good) and is committed, keeping the last `retain_entries` of them
     /// for peers that lag (on the leader: everything some voter has not matched yet, unless
     /// it lags by more than `retain_entries`). Returns the entries dropped. A peer that needs
-    /// dropped entries stays behind (no snapshots yet; docs/replication.md, "Memory").
+    /// dropped entries gets a snapshot (snapshot.rs).
     pub fn compact(&mut self, durable_offset: u64, retain_entries: u64) -> u64 {
         let durable = self
             .side
@@ -756,10 +785,14 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         if compact_index <= first {
             return 0;
         }
+        let Ok(term) = raft::Storage::term(self.node.store(), compact_index - 1) else {
+            return 0;
+        };
         if self.node.mut_store().wl().compact(compact_index).is_err() {
             return 0;
         }
         self.compacted_index = compact_index - 1;
+        self.compacted_term = term;
         while self.side.front().is_some_and(|s| s.index < compact_index) {
             if let Some(s) = self.side.pop_front() {
                 self.compacted_end_offset = s.last_offset + 1;

@@ -9,7 +9,9 @@
 //! (power loss: only synced bytes survive, each unsynced block write kept or not, so writes
 //! are torn and reordered; or SIGKILL: every completed write survives) and restarts, and a
 //! full disk on one node (its replicas stop at the first failed write; they reopen from disk
-//! when space returns).
+//! when space returns), long outages (a node down while the others move past the entries they
+//! retain: it must come back through a snapshot) and retention on a node's partition log
+//! ([`logs`]: every replica's state machine, compacted under, snapshotted from).
 //!
 //! ## Invariants (checked after every step)
 //! 1. At most one leader per term in a group.
@@ -21,6 +23,8 @@
 //! 5. The high watermark never moves back within a replica's lifetime.
 //! 6. An idempotent producer's batch is committed at most once, and every `all` ack of it
 //!    (first answer or retry, any leader) carries the same offsets as its committed copy.
+//! 7. Every replica's partition log is dense and holds, at each offset, the committed
+//!    history's batch (snapshot installs and log restarts after retention included).
 //!
 //! At the end the network heals, every node restarts and the disk frees: every group must
 //! elect a leader and bring every replica to the same commit (liveness), then 2 and 3 are
@@ -35,6 +39,8 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
 use super::net::{Frame, SimNet};
+
+mod logs;
 use crate::api::ProduceAck;
 use crate::batch::{BatchBuilder, ProducerInfo};
 use crate::replication::{
@@ -42,6 +48,7 @@ use crate::replication::{
     ReplicatedPartition,
 };
 use crate::storage::CrashStorage;
+use logs::SimLog;
 
 type Node = ReplicaNode<CrashStorage, u64>;
 type Check<T = ()> = std::result::Result<T, String>;
@@ -55,6 +62,9 @@ pub struct ClusterConfig {
     pub groups: u64,
     /// The leader acks `all` after its own fsync only (the simulator must catch it).
     pub sabotage: bool,
+    /// A follower installing a snapshot loses one of its batches (the simulator must catch
+    /// it).
+    pub sabotage_snapshot: bool,
 }
 
 impl ClusterConfig {
@@ -64,6 +74,7 @@ impl ClusterConfig {
             steps: 300,
             groups: 2,
             sabotage: false,
+            sabotage_snapshot: false,
         }
     }
 }
@@ -85,6 +96,12 @@ pub struct ClusterStats {
     pub frames: u64,
     pub frames_dropped: u64,
     pub committed: u64,
+    pub snapshots_installed: u64,
+    pub chunks_served: u64,
+    pub log_resets: u64,
+    pub log_rotations: u64,
+    pub retention_deletes: u64,
+    pub long_outages: u64,
 }
 
 impl ClusterStats {
@@ -103,6 +120,12 @@ impl ClusterStats {
         self.frames += o.frames;
         self.frames_dropped += o.frames_dropped;
         self.committed += o.committed;
+        self.snapshots_installed += o.snapshots_installed;
+        self.chunks_served += o.chunks_served;
+        self.log_resets += o.log_resets;
+        self.log_rotations += o.log_rotations;
+        self.retention_deletes += o.retention_deletes;
+        self.long_outages += o.long_outages;
     }
 }
 
@@ -119,13 +142,18 @@ pub struct ClusterOutcome {
 pub struct ClusterFailure {
     pub seed: u64,
     pub sabotage: bool,
+    pub sabotage_snapshot: bool,
     pub step: usize,
     pub message: String,
 }
 
 impl std::fmt::Display for ClusterFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let env = if self.sabotage { "SIM_SABOTAGE=1 " } else { "" };
+        let env = match (self.sabotage, self.sabotage_snapshot) {
+            (true, _) => "SIM_SABOTAGE=1 ",
+            (false, true) => "SIM_SABOTAGE=snapshot ",
+            _ => "",
+        };
         write!(
             f,
             "cluster simulation seed {} failed at step {}: {}\n  replay: {env}SIM_SEED={} cargo \
@@ -157,6 +185,7 @@ pub fn run_cluster(cfg: ClusterConfig) -> Result<ClusterOutcome, ClusterFailure>
     let fail = |message| ClusterFailure {
         seed: cfg.seed,
         sabotage: cfg.sabotage,
+        sabotage_snapshot: cfg.sabotage_snapshot,
         step: step.get(),
         message,
     };
@@ -186,6 +215,10 @@ struct SimNode {
     last_hw: BTreeMap<GroupId, u64>,
     /// Highest commit index already checked against the history, per group, this lifetime.
     checked: BTreeMap<GroupId, u64>,
+    /// The partition log (state machine) of each replica; survives restarts.
+    logs: BTreeMap<GroupId, SimLog>,
+    /// Down on purpose (a long outage) until this step.
+    down_until: usize,
 }
 
 /// A committed entry as the group's history holds it.
@@ -201,6 +234,8 @@ struct GroupModel {
     voters: Vec<NodeId>,
     /// Raft index -> committed entry (from whichever replica committed it first).
     history: BTreeMap<u64, Committed>,
+    /// Base offset -> (last offset, bytes) of every committed batch.
+    by_offset: BTreeMap<u64, (u64, Bytes)>,
     /// (producer id, sequence) -> the index it was committed at.
     committed_producer: BTreeMap<(u64, u32), u64>,
     /// Batches acked at `all`: (offsets, bytes, term of the acking leader).
@@ -246,6 +281,8 @@ struct Cluster {
     verbose: bool,
     trace: u64,
     stats: ClusterStats,
+    /// The snapshot sabotage struck.
+    sabotaged: bool,
 }
 
 impl Cluster {
@@ -263,6 +300,8 @@ impl Cluster {
                 disk_full: false,
                 last_hw: BTreeMap::new(),
                 checked: BTreeMap::new(),
+                logs: BTreeMap::new(),
+                down_until: 0,
             })
             .collect();
         let mut w = Cluster {
@@ -282,6 +321,7 @@ impl Cluster {
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             trace: 0xcbf2_9ce4_8422_2325,
             stats: ClusterStats::default(),
+            sabotaged: false,
         };
         let mut next_pid = 1;
         for g in 1..=cfg.groups {
@@ -395,10 +435,13 @@ impl Cluster {
             450..=469 => self.partition_change(),
             470..=489 => self.restart_one(),
             490..=499 => self.disk_change(),
+            500..=504 => self.long_outage(),
+            505..=529 => self.retention(),
             _ => {}
         }
         if self.chance(self.crash_per_mille) {
-            self.crash_one();
+            let i = self.below(self.nodes.len() as u64) as usize;
+            self.crash(i);
         }
         let ms = 10 + self.below(60);
         self.advance_time(ms);
@@ -436,6 +479,7 @@ impl Cluster {
 
     /// Every up node handles its ready groups; replies are checked; frames go on the network.
     fn round(&mut self) -> Check {
+        self.compact_all()?;
         for _ in 0..3 {
             for i in 0..self.nodes.len() {
                 let Some(node) = self.nodes[i].node.as_mut() else {
@@ -458,6 +502,15 @@ impl Cluster {
                 for (g, r) in replies {
                     self.on_reply(g, id, r.token, r.result)?;
                 }
+                self.state_machines(i)?;
+                let outgoing = match self.nodes[i].node.as_mut() {
+                    Some(node) => {
+                        let mut o = outgoing;
+                        o.extend(node.drain_outgoing());
+                        o
+                    }
+                    None => outgoing,
+                };
                 for (to, msgs) in outgoing {
                     self.stats.frames += 1;
                     let dropped = self.net.send(id, to, msgs, self.now_ms, &mut self.rng);
@@ -524,9 +577,9 @@ impl Cluster {
             _ => voters[self.below(voters.len() as u64) as usize],
         };
         let i = usize::try_from(target - 1).map_err(|e| e.to_string())?;
-        let Some(node) = self.nodes[i].node.as_mut() else {
+        if self.nodes[i].node.is_none() {
             return Ok(());
-        };
+        }
         self.next_token += 1;
         let token = self.next_token;
         self.requests.insert(
@@ -540,6 +593,19 @@ impl Cluster {
             },
         );
         self.stats.proposals += 1;
+        // A retry older than the Raft side index keeps: the partition log's producer table
+        // answers it (the engine's host does the same before proposing).
+        let applied = producer.and_then(|p| self.nodes[i].logs.get(&g)?.applied_duplicate(p));
+        if let Some((base_offset, last_offset)) = applied {
+            let ack = ProduceAck {
+                base_offset,
+                last_offset,
+            };
+            return self.on_reply(g, target, token, Ok(ack));
+        }
+        let Some(node) = self.nodes[i].node.as_mut() else {
+            return Ok(());
+        };
         node.propose(g, bytes, acks, Some(token));
         self.mix(token ^ target << 32);
         Ok(())
@@ -634,11 +700,30 @@ impl Cluster {
         self.net.partition(sides);
     }
 
-    fn crash_one(&mut self) {
-        let i = self.below(self.nodes.len() as u64) as usize;
+    /// A node goes down for 40-100 steps while the others move on (past the entries its
+    /// peers retain: it comes back to a snapshot).
+    fn long_outage(&mut self) {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].node.is_some())
+            .collect();
+        if up.len() < self.nodes.len() {
+            return;
+        }
+        let i = up[self.below(up.len() as u64) as usize];
+        self.stats.long_outages += 1;
+        self.nodes[i].down_until = self.step_no + 40 + self.below(60) as usize;
+        let id = self.nodes[i].id;
+        self.log(|| format!("node {id}: long outage"));
+        self.crash(i);
+    }
+
+    fn crash(&mut self, i: usize) {
         let Some(mut node) = self.nodes[i].node.take() else {
             return;
         };
+        for log in self.nodes[i].logs.values_mut() {
+            log.crash();
+        }
         self.stats.crashes += 1;
         let groups: Vec<GroupId> = node.groups().map(ReplicatedPartition::group).collect();
         for g in groups {
@@ -670,7 +755,7 @@ impl Cluster {
 
     fn restart_one(&mut self) {
         let down: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].node.is_none())
+            .filter(|&i| self.nodes[i].node.is_none() && self.nodes[i].down_until <= self.step_no)
             .collect();
         if down.is_empty() {
             return;
@@ -728,7 +813,7 @@ impl Cluster {
                 self.check_replica(i, g)?;
             }
         }
-        Ok(())
+        self.check_logs()
     }
 
     fn check_replica(&mut self, i: usize, g: GroupId) -> Check {
@@ -772,11 +857,12 @@ impl Cluster {
         }
         // 3. Every `all` ack is on every leader of its term or later.
         if p.is_leader() {
+            let log = sn.logs.get(&g);
             for (ack, bytes, term) in &m.acked_all {
                 if p.term() < *term {
                     continue;
                 }
-                if !holds(p, ack, bytes) {
+                if !holds(p, log, ack, bytes) {
                     return Err(format!(
                         "group {g}: batch acked at `all` at {ack:?} (term {term}) is missing on \
                          leader {id} of term {}",
@@ -821,8 +907,9 @@ impl Cluster {
                 let Some(p) = n.node.as_ref().and_then(|x| x.get(*g)) else {
                     continue;
                 };
+                let log = n.logs.get(g);
                 for (ack, bytes, _) in &m.acked_all {
-                    if !holds(p, ack, bytes) || ack.last_offset >= p.high_watermark() {
+                    if !holds(p, log, ack, bytes) || ack.last_offset >= p.high_watermark() {
                         return Err(format!(
                             "group {g}: batch acked at `all` at {ack:?} missing on node {} after healing",
                             n.id
@@ -846,7 +933,12 @@ impl Cluster {
             let Some(l) = reps.iter().find(|p| p.is_leader()) else {
                 return false;
             };
+            let logs_done = self.nodes.iter().all(|n| {
+                n.node.as_ref().and_then(|x| x.get(*g)).is_none()
+                    || n.logs.get(g).map_or(0, SimLog::next) == l.high_watermark()
+            });
             reps.len() == m.voters.len()
+                && logs_done
                 && reps
                     .iter()
                     .all(|p| p.commit_index() == l.last_index() && p.term() == l.term())
@@ -854,8 +946,17 @@ impl Cluster {
     }
 }
 
-/// The replica holds `bytes` at the acknowledged offsets.
-fn holds(p: &ReplicatedPartition<CrashStorage, u64>, ack: &ProduceAck, bytes: &Bytes) -> bool {
+/// The replica holds `bytes` at the acknowledged offsets: in its Raft log, or (compacted
+/// from it) in its partition log (or retention deleted them there).
+fn holds(
+    p: &ReplicatedPartition<CrashStorage, u64>,
+    log: Option<&SimLog>,
+    ack: &ProduceAck,
+    bytes: &Bytes,
+) -> bool {
+    if ack.base_offset < p.compacted_end_offset() {
+        return log.is_some_and(|l| l.holds(ack.base_offset, ack.last_offset, bytes));
+    }
     let side = p.side();
     let i = side.partition_point(|s| s.last_offset < ack.base_offset);
     side.get(i).is_some_and(|s| {
@@ -928,12 +1029,15 @@ fn check_committed(
                         ));
                     }
                 }
+                m.by_offset
+                    .insert(s.base_offset, (s.last_offset, s.data.clone()));
                 m.history.insert(s.index, mine);
             }
         }
     }
     // A committed index the history has as a batch must be a batch here too.
-    for (index, h) in m.history.range(from + 1..=commit) {
+    let low = from.max(p.compacted_index()) + 1;
+    for (index, h) in m.history.range(low..commit.saturating_add(1).max(low)) {
         if h.batch.is_some() && !side.iter().any(|s| s.index == *index) {
             return Err(format!("committed batch at index {index} missing"));
         }

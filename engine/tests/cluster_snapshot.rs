@@ -1,0 +1,331 @@
+//! Snapshots and `raft-log` rotation with real engines (issue 14; docs/replication.md,
+//! "Snapshots"): engines in one process, each on its own data directory (real O_DIRECT
+//! files), connected by a `PeerSink` that hands each node's messages to the others'
+//! `deliver_peer_messages`.
+//!
+//! - A replica shut down while its peers commit more than the 1,024 entries they retain comes
+//!   back, fetches the batches from the leader's partition log (a snapshot) and holds the
+//!   same records at the same offsets.
+//! - Under sustained produce a replica's `raft-log` stays bounded (rotated below the applied
+//!   and fsynced index), and a restart reads only the retained entries.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::future::block_on;
+use shardline_engine::batch::{self, BatchBuilder};
+use shardline_engine::replication::disk::RaftDisk;
+use shardline_engine::rt::StdFs;
+use shardline_engine::{
+    Acks, Engine, EngineConfig, Error, FetchRequest, NodeId, PeerSink, ReplicaConfig, TopicConfig,
+};
+
+const TOPIC: &str = "snap";
+/// The entries a replica retains for peers that lag (engine/src/broker/cluster.rs).
+const RETAIN_ENTRIES: usize = 1024;
+/// Value bytes of the catch-up scenario's batches (enough for the leader's `raft-log` to
+/// rotate: the scenario waits for that).
+const FILL: usize = 1000;
+
+fn config(dir: &Path) -> EngineConfig {
+    let mut c = EngineConfig::with_data_dir(dir);
+    c.shards = 1;
+    c.pin_shards = false;
+    c.io_memory_bytes = 512 << 10;
+    c
+}
+
+fn replica_config() -> ReplicaConfig {
+    ReplicaConfig {
+        tick_ms: 20,
+        heartbeat_ticks: 2,
+        election_ticks: 10,
+        election_ticks_max: 20,
+    }
+}
+
+#[derive(Default)]
+struct Net {
+    engines: Mutex<HashMap<NodeId, Engine>>,
+}
+
+impl Net {
+    fn sink(self: &Arc<Self>, from: NodeId) -> PeerSink {
+        let net = self.clone();
+        Arc::new(move |to, msgs| {
+            let e = net.engines.lock().unwrap().get(&to).cloned();
+            if let Some(e) = e {
+                e.deliver_peer_messages(from, msgs);
+            }
+        })
+    }
+
+    fn engine(&self, n: NodeId) -> Engine {
+        self.engines.lock().unwrap().get(&n).cloned().unwrap()
+    }
+
+    fn up(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = self.engines.lock().unwrap().keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn stop(&self, n: NodeId) {
+        let e = self.engines.lock().unwrap().remove(&n).unwrap();
+        e.shutdown().unwrap();
+    }
+}
+
+fn start(net: &Arc<Net>, n: NodeId, nodes: &[NodeId], dir: &Path) -> Engine {
+    let e = Engine::open(config(dir)).unwrap();
+    net.engines.lock().unwrap().insert(n, e.clone());
+    e.enable_cluster(n, nodes.to_vec(), net.sink(n), replica_config())
+        .unwrap();
+    e
+}
+
+fn batch_of(i: u64, fill: usize) -> Bytes {
+    let mut b = BatchBuilder::new();
+    b.push_value(format!("{i}-{}", "x".repeat(fill)));
+    b.build().unwrap()
+}
+
+/// Produces at `all` to whichever node leads, following NOT_LEADER (bounded: 10 s); returns
+/// the leader.
+fn produce(net: &Net, batch: &Bytes, hint: NodeId) -> NodeId {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = hint;
+    let mut i = 0;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no leader accepted a batch in 10 s"
+        );
+        let up = net.up();
+        if !up.contains(&n) {
+            i += 1;
+            n = up[i % up.len()];
+        }
+        match net.engine(n).produce(TOPIC, 0, batch.clone(), Acks::All) {
+            Ok(_) => return n,
+            Err(Error::NotLeader { leader, .. }) => match leader {
+                Some(l) if up.contains(&l) => n = l,
+                _ => {
+                    i += 1;
+                    n = up[i % up.len()];
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            },
+            Err(Error::PartitionFailed { .. } | Error::ShuttingDown) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("produce to node {n}: {e}"),
+        }
+    }
+}
+
+/// Every batch of a node's partition log: base offset -> bytes (as fetched).
+fn read_log(e: &Engine) -> BTreeMap<u64, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let r = e
+            .fetch(FetchRequest {
+                max_bytes: 1 << 20,
+                ..FetchRequest::new(TOPIC, 0, offset)
+            })
+            .unwrap();
+        if r.records == 0 {
+            return out;
+        }
+        for chunk in &r.chunks {
+            for b in batch::split_batches(chunk).unwrap() {
+                let (h, recs) = batch::decode(b).unwrap();
+                let values: Vec<u8> = recs.into_iter().flat_map(|r| r.value).collect();
+                out.insert(h.base_offset, values);
+            }
+        }
+        assert!(r.next_offset > offset, "fetch made no progress");
+        offset = r.next_offset;
+    }
+}
+
+/// The partition's `raft-log` file under a node's data directory.
+fn raft_log_file(data: &Path) -> PathBuf {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.file_name().is_some_and(|n| n == "raft-log")
+                && !p.to_string_lossy().contains("controller")
+            {
+                out.push(p);
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(data, &mut v);
+    assert_eq!(v.len(), 1, "raft-log files: {v:?}");
+    v.remove(0)
+}
+
+fn wait_topic(net: &Net) {
+    for n in net.up() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while net.engine(n).route(TOPIC).is_err() {
+            assert!(Instant::now() < deadline, "topic not created on node {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+// Proves: a replica that was down while the others committed more than the entries they
+// retain catches up through a snapshot (its `raft-log` gets a snapshot frame; the batches come
+// from the leader's partition log) and then holds the same batches at the same offsets, and
+// keeps replicating after it.
+#[test]
+fn a_replica_down_past_the_retained_window_catches_up_by_snapshot() {
+    let started = Instant::now();
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let dir = |n: NodeId| dirs[(n - 1) as usize].path();
+    let nodes = [1, 2, 3];
+    let net = Arc::new(Net::default());
+    for n in nodes {
+        start(&net, n, &nodes, dir(n));
+    }
+    let cfg = TopicConfig {
+        replicas: 3,
+        ..TopicConfig::with_partitions(1)
+    };
+    block_on(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
+    wait_topic(&net);
+    let mut leader = 1;
+    for i in 0..20 {
+        leader = produce(&net, &batch_of(i, FILL), leader);
+    }
+    let down = nodes.into_iter().find(|n| *n != leader).unwrap();
+    net.stop(down);
+    let total = RETAIN_ENTRIES as u64 * 3;
+    for i in 20..total {
+        leader = produce(&net, &batch_of(i, FILL), leader);
+    }
+    // The leader compacted past the window: its `raft-log` was rotated (a rotated file starts
+    // with a snapshot frame at the compacted index; it rotates only below that).
+    let snap_magic = 0x5246_5331u32.to_le_bytes();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(raft_log_file(dir(leader))).unwrap()[..4] != snap_magic {
+        assert!(
+            Instant::now() < deadline,
+            "the leader's raft-log was not rotated"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = std::fs::read(raft_log_file(dir(down))).unwrap();
+    assert!(
+        !before.windows(4).any(|w| w == snap_magic),
+        "the stopped replica had a snapshot already"
+    );
+    start(&net, down, &nodes, dir(down));
+    // Converges: every node holds the same batches at the same offsets.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs: Vec<BTreeMap<u64, Vec<u8>>> =
+            net.up().iter().map(|n| read_log(&net.engine(*n))).collect();
+        if logs.windows(2).all(|w| w[0] == w[1]) && logs[0].len() == total as usize {
+            let offsets: Vec<u64> = logs[0].keys().copied().collect();
+            assert_eq!(offsets, (0..total).collect::<Vec<_>>(), "dense offsets");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {down} did not catch up: {:?}",
+            logs.iter().map(BTreeMap::len).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It caught up through a snapshot (the entries it missed are no longer in any peer's
+    // memory), and it keeps replicating.
+    let after = std::fs::read(raft_log_file(dir(down))).unwrap();
+    assert!(
+        after.windows(4).any(|w| w == snap_magic),
+        "node {down} caught up without installing a snapshot"
+    );
+    for i in total..total + 10 {
+        leader = produce(&net, &batch_of(i, FILL), leader);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while read_log(&net.engine(down)).len() != total as usize + 10 {
+        assert!(Instant::now() < deadline, "node {down} stopped replicating");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in net.up() {
+        net.stop(n);
+    }
+    eprintln!("snapshot catch-up scenario took {:?}", started.elapsed());
+}
+
+// Proves: under sustained produce a replica's `raft-log` is rotated below the applied and
+// fsynced index (its size stays within a bound of the retained window while the data produced
+// grows past it), and a restart reads only the retained entries (and still serves every
+// batch from the partition log).
+#[test]
+fn raft_log_stays_bounded_and_a_restart_reads_only_the_retained_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = [1];
+    let net = Arc::new(Net::default());
+    start(&net, 1, &nodes, dir.path());
+    let cfg = TopicConfig {
+        replicas: 1,
+        ..TopicConfig::with_partitions(1)
+    };
+    block_on(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
+    wait_topic(&net);
+    let fill = 1000;
+    let total = 5 * RETAIN_ENTRIES as u64;
+    let mut produced = 0u64;
+    let mut largest = 0u64;
+    for i in 0..total {
+        let b = batch_of(i, fill);
+        produced += b.len() as u64;
+        produce(&net, &b, 1);
+        if i % 256 == 0 {
+            largest = largest.max(std::fs::metadata(raft_log_file(dir.path())).unwrap().len());
+        }
+    }
+    let retained = RETAIN_ENTRIES as u64 * (fill as u64 + 100);
+    let bound = 3 * retained + (2 << 20);
+    assert!(
+        largest < bound && largest < produced / 2,
+        "raft-log reached {largest} bytes (bound {bound}; {produced} bytes produced)"
+    );
+    net.stop(1);
+    let file = raft_log_file(dir.path());
+    let (_, recovered) = block_on(RaftDisk::open(StdFs, file.parent().unwrap())).unwrap();
+    let base = recovered
+        .base
+        .expect("a rotated raft-log starts with a snapshot frame");
+    assert!(base.index > 0 && base.end_offset > 0, "{base:?}");
+    assert!(
+        recovered.entries.len() <= 3 * RETAIN_ENTRIES,
+        "a restart reads {} entries",
+        recovered.entries.len()
+    );
+    eprintln!(
+        "raft-log: largest {largest} bytes, {produced} bytes produced; a restart reads {} entries after index {}",
+        recovered.entries.len(),
+        base.index
+    );
+    start(&net, 1, &nodes, dir.path());
+    wait_topic(&net);
+    let log = read_log(&net.engine(1));
+    assert_eq!(log.len() as u64, total);
+    produce(&net, &batch_of(total, fill), 1);
+    assert_eq!(read_log(&net.engine(1)).len() as u64, total + 1);
+    net.stop(1);
+}
