@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::balance::{Balancer, preferred_first};
 use super::engine::{Engine, Inner, recv, recv_async};
 use crate::api::{PartitionKey, ProduceAck, TopicConfig, TopicInfo};
 use crate::batch::{BatchBuilder, ValidatedBatch};
@@ -261,13 +262,15 @@ impl Host {
         let mut node: Node = ReplicaNode::new(self.state.node_id);
         let mut bindings: HashMap<GroupId, Binding> = HashMap::new();
         let mut pending: Vec<PendingCmd> = Vec::new();
+        let every = u32::try_from(self.state.cfg.election_ticks_max).unwrap_or(u32::MAX);
+        let mut balancer = Balancer::new(every);
         loop {
             let seen = self.wake.version();
             if self.shard.is_closing() {
                 break;
             }
             let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
-            let ticked = inbox.ticks > 0;
+            let ticks = inbox.ticks.min(TICKS_PER_ROUND_MAX);
             self.take_inbox(inbox, &mut node, &mut bindings, &mut pending);
             let failed = node.process_ready().await;
             for (g, e) in failed {
@@ -281,8 +284,9 @@ impl Host {
             // Apply first: a producer acked at `all` reads its batch from the leader's log.
             self.apply(&node, &bindings, &mut controller_next);
             self.answer(&mut node);
-            if ticked {
+            if ticks > 0 {
                 self.compact(&mut node, &bindings);
+                self.balance(&mut balancer, ticks, &mut node);
             }
             if self.controller_apply.is_some() {
                 let leader = node
@@ -413,6 +417,21 @@ impl Host {
                 }
             }
         });
+    }
+
+    /// Moves leadership of the partitions this shard leads to their preferred replicas
+    /// (`balance.rs`; the preferred leader is the first voter of the replica's spec).
+    fn balance(&self, balancer: &mut Balancer, ticks: u32, node: &mut Node) {
+        let specs = self.specs.borrow();
+        let started = balancer.on_ticks(ticks, node, |g| {
+            specs
+                .get(&g)
+                .filter(|s| matches!(s.binding, Binding::Partition(_)))
+                .and_then(|s| s.voters.first().copied())
+        });
+        for (group, to) in started {
+            tracing::info!(group, to, "leadership transfer to the preferred replica");
+        }
     }
 
     /// Drops applied entries from memory once the partition log's fsync covers them (see
@@ -758,7 +777,9 @@ impl Engine {
         for (p, group) in t.groups.iter().enumerate() {
             let shard = t.shards[p] as usize;
             let key: PartitionKey = (key_name.clone(), p as u32);
-            let voters = t.replica_sets.get(p).cloned().unwrap_or_default();
+            let set = t.replica_sets.get(p).cloned().unwrap_or_default();
+            // Preferred leader first (the host's balancer reads it there).
+            let voters = preferred_first(name, p as u32, &set, &state.nodes);
             if voters.contains(&state.node_id) {
                 let dir =
                     metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
@@ -961,7 +982,7 @@ fn lock_routes(
 
 /// Partition `p`'s replicas: `r` distinct nodes, starting at `(p + crc32c(name)) % n` over the
 /// sorted node ids, so replicas (and first leaders) spread evenly.
-fn placement(name: &str, partitions: u32, r: u32, nodes: &[NodeId]) -> Vec<Vec<NodeId>> {
+pub(crate) fn placement(name: &str, partitions: u32, r: u32, nodes: &[NodeId]) -> Vec<Vec<NodeId>> {
     let n = nodes.len();
     let h = crc32c::crc32c(name.as_bytes()) as usize;
     (0..partitions as usize)
