@@ -18,8 +18,10 @@ use std::collections::HashMap;
 use crate::replication::{GroupId, NodeId, ReplicaNode};
 use crate::storage::Storage;
 
-/// A preferred replica is caught up when its log is within this many entries of the leader's.
-pub(crate) const CAUGHT_UP_LAG: u64 = 16;
+/// A preferred replica is caught up when its log is within this many entries of the leader's
+/// (raft-rs brings it the rest before it hands over; proposals are refused meanwhile, so the
+/// gap is kept small, but above what a busy leader has in flight).
+pub(crate) const CAUGHT_UP_LAG: u64 = 128;
 /// Checks in a row at which the preferred replica must be caught up before a transfer.
 pub(crate) const SETTLE_CHECKS: u32 = 2;
 /// Transfers a shard starts per check.
