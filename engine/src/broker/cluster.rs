@@ -8,6 +8,8 @@
 //!   timer for all of them, and a ready loop woken by proposals, peer messages and ticks. After
 //!   each round it hands every peer's messages to the [`PeerSink`] (one call per peer), answers
 //!   producers, and applies newly committed batches to the local partitions.
+//!   Every few ticks it hands the leadership of partitions it leads to their preferred replica
+//!   when that one is up and caught up (`balance.rs`).
 //! - The controller: Raft group 0 on shard 0 of every node. Its entries are metadata commands
 //!   (`CreateTopic`, `DeleteTopic`: JSON in a one-record batch); every node applies them in
 //!   order on its apply thread, so a topic created during a leader change exists exactly once.
