@@ -218,6 +218,18 @@ fn leadership_returns_to_the_preferred_replicas_after_a_node_comes_back() {
         ..TopicConfig::default()
     };
     block(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
+    // The proposer has applied the create; the others apply it on their own (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !NODES
+        .iter()
+        .all(|n| block(net.engine(*n).replica_status(TOPIC)).is_ok())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "every node has the topic within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let want: Vec<NodeId> = (0..PARTITIONS).map(preferred).collect();
     for n in NODES {
         assert_eq!(

@@ -7,9 +7,10 @@
 //! (± 1) of a topic.
 //!
 //! Each shard's host runs a [`Balancer`]: every `every_ticks` ticks it looks at the groups it
-//! leads; a group whose preferred replica is another node, alive and caught up (heard from
-//! within an election timeout, log within [`CAUGHT_UP_LAG`] entries) at [`SETTLE_CHECKS`]
-//! checks in a row, has its leadership transferred there (raft-rs `transfer_leader`), at most
+//! leads; a group whose preferred replica is another node, seen alive and caught up (heard from
+//! within an election timeout, log within [`CAUGHT_UP_LAG`] entries; sampled every tick round)
+//! within the last `every_ticks / 2` ticks at [`SETTLE_CHECKS`] checks in a row, has its
+//! leadership transferred there (raft-rs `transfer_leader`), at most
 //! [`TRANSFERS_PER_CHECK`] groups per shard per check. So after a node returns its partitions'
 //! leadership moves back a few at a time, never all at once, and only once it has caught up.
 
@@ -49,13 +50,29 @@ pub(crate) fn preferred_first(
     out
 }
 
+/// A group this shard leads whose preferred leader is another node.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    to: NodeId,
+    /// The last tick at which `to` was seen alive and caught up.
+    last_seen: Option<u64>,
+    /// Checks in a row at which it had been seen so recently.
+    streak: u32,
+}
+
 /// One shard's balance state (see the module doc).
+///
+/// Liveness is sampled at every tick round, not only at the check: raft-rs clears a
+/// follower's `recent_active` at every quorum check of the leader (each election timeout)
+/// until its next heartbeat answer, so one sample at a fixed phase could miss a live follower
+/// forever.
 #[derive(Debug)]
 pub(crate) struct Balancer {
     every_ticks: u32,
     ticks: u32,
-    /// Group -> checks in a row at which its preferred replica was caught up.
-    streak: HashMap<GroupId, u32>,
+    /// Ticks since the start.
+    now: u64,
+    candidates: HashMap<GroupId, Candidate>,
     /// Transfers started (metrics, tests).
     pub(crate) started: u64,
 }
@@ -63,47 +80,70 @@ pub(crate) struct Balancer {
 impl Balancer {
     pub(crate) fn new(every_ticks: u32) -> Self {
         Balancer {
-            every_ticks: every_ticks.max(1),
+            every_ticks: every_ticks.max(2),
             ticks: 0,
-            streak: HashMap::new(),
+            now: 0,
+            candidates: HashMap::new(),
             started: 0,
         }
     }
 
-    /// Counts `ticks`; once every `every_ticks`, checks the groups `node` leads and starts
-    /// the transfers due. `preferred(group)`: the group's preferred leader (`None`: not
-    /// balanced, e.g. the controller). Returns the transfers started, as (group, to).
+    /// Counts `ticks` and samples the candidates' preferred replicas; once every
+    /// `every_ticks`, checks the groups `node` leads and starts the transfers due: those whose
+    /// preferred replica was seen alive and caught up within the last `every_ticks / 2` ticks
+    /// at [`SETTLE_CHECKS`] checks in a row. `preferred(group)`: the group's preferred leader
+    /// (`None`: not balanced, e.g. the controller). Returns the transfers started, as
+    /// (group, to).
     pub(crate) fn on_ticks<S: Storage, T>(
         &mut self,
         ticks: u32,
         node: &mut ReplicaNode<S, T>,
         preferred: impl Fn(GroupId) -> Option<NodeId>,
     ) -> Vec<(GroupId, NodeId)> {
+        self.now += u64::from(ticks);
+        for (g, c) in &mut self.candidates {
+            if node
+                .get(*g)
+                .is_some_and(|r| r.peer_caught_up(c.to, CAUGHT_UP_LAG))
+            {
+                c.last_seen = Some(self.now);
+            }
+        }
         self.ticks += ticks;
         if self.ticks < self.every_ticks {
             return Vec::new();
         }
         self.ticks = 0;
         let me = node.id();
+        let fresh = u64::from(self.every_ticks / 2);
         let mut due = Vec::new();
-        let mut streak = HashMap::new();
+        let mut next = HashMap::new();
         for r in node.groups() {
             let g = r.group();
             let Some(to) = preferred(g).filter(|to| *to != me) else {
                 continue;
             };
-            if !r.is_leader() || r.transferring() || !r.peer_caught_up(to, CAUGHT_UP_LAG) {
+            if !r.is_leader() || r.transferring() {
                 continue;
             }
-            let n = self.streak.get(&g).copied().unwrap_or(0) + 1;
-            if n >= SETTLE_CHECKS && due.len() < TRANSFERS_PER_CHECK {
+            let mut c = match self.candidates.get(&g) {
+                Some(c) if c.to == to => *c,
+                _ => Candidate {
+                    to,
+                    last_seen: None,
+                    streak: 0,
+                },
+            };
+            let seen = c.last_seen.is_some_and(|t| t + fresh >= self.now);
+            c.streak = if seen { c.streak + 1 } else { 0 };
+            if c.streak >= SETTLE_CHECKS && due.len() < TRANSFERS_PER_CHECK {
                 due.push((g, to));
             } else {
-                streak.insert(g, n);
+                next.insert(g, c);
             }
         }
-        // Groups not caught up (or no longer led here) start again from zero.
-        self.streak = streak;
+        // Groups no longer led here (or balanced) drop out.
+        self.candidates = next;
         due.retain(|(g, to)| node.transfer_leader(*g, *to));
         self.started += due.len() as u64;
         due
