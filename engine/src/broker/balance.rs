@@ -183,6 +183,133 @@ mod tests {
         }
     }
 
+    use std::path::PathBuf;
+
+    use futures_lite::future::block_on;
+
+    use crate::replication::{ReplicaConfig, ReplicatedPartition};
+    use crate::storage::CrashStorage;
+
+    type Node = ReplicaNode<CrashStorage, u64>;
+    const GROUPS: std::ops::Range<GroupId> = 10..16;
+
+    /// Groups 10..16: preferred leaders 2, 3, 1, 2, 3, 1.
+    fn preferred_of(g: GroupId) -> Option<NodeId> {
+        Some(g % 3 + 1)
+    }
+
+    fn nodes() -> Vec<Node> {
+        (1..=3u64)
+            .map(|id| {
+                let st = CrashStorage::new();
+                let mut n = ReplicaNode::new(id);
+                for g in GROUPS {
+                    let dir = PathBuf::from(format!("/n{id}/g{g}"));
+                    let r = block_on(ReplicatedPartition::open(
+                        st.clone(),
+                        &dir,
+                        g,
+                        id,
+                        &[1, 2, 3],
+                        ReplicaConfig::default(),
+                        7,
+                    ))
+                    .unwrap();
+                    n.insert(r);
+                }
+                n
+            })
+            .collect()
+    }
+
+    /// One tick on every node, its ready rounds and deliveries (none to or from `cut`), then
+    /// each node's balancer; returns the transfers started, per node.
+    fn step(
+        nodes: &mut [Node],
+        balancers: &mut [Balancer],
+        cut: Option<NodeId>,
+    ) -> Vec<(NodeId, GroupId, NodeId)> {
+        for n in nodes.iter_mut() {
+            n.tick_all();
+        }
+        for _ in 0..2 {
+            let mut frames = Vec::new();
+            for n in nodes.iter_mut() {
+                assert!(block_on(n.process_ready()).is_empty());
+                n.take_replies();
+                for (to, msgs) in n.drain_outgoing() {
+                    frames.push((n.id(), to, msgs));
+                }
+            }
+            for (from, to, msgs) in frames {
+                if cut != Some(from) && cut != Some(to) {
+                    nodes[(to - 1) as usize].on_peer_messages(from, msgs);
+                }
+            }
+        }
+        let mut started = Vec::new();
+        for (n, b) in nodes.iter_mut().zip(balancers.iter_mut()) {
+            let s = b.on_ticks(1, n, preferred_of);
+            assert!(s.len() <= TRANSFERS_PER_CHECK, "rate bound: {s:?}");
+            started.extend(s.into_iter().map(|(g, to)| (n.id(), g, to)));
+        }
+        started
+    }
+
+    /// Whether every group is led by its preferred node, as every node (but `cut`) sees it.
+    fn balanced(nodes: &[Node], cut: Option<NodeId>) -> bool {
+        GROUPS.into_iter().all(|g| {
+            let want = preferred_of(g);
+            nodes
+                .iter()
+                .filter(|n| Some(n.id()) != cut)
+                .all(|n| n.get(g).and_then(|r| r.leader()) == want)
+        })
+    }
+
+    // Proves: whoever won the elections, leadership reaches every group's preferred node, at
+    // most TRANSFERS_PER_CHECK transfers per node per check; a node cut off gets no
+    // transfer once it has been unreachable for two checks (its groups fail over elsewhere);
+    // once it is back, it leads its preferred groups again.
+    #[test]
+    fn leadership_moves_to_live_preferred_replicas_a_few_at_a_time() {
+        let mut nodes = nodes();
+        let mut balancers: Vec<Balancer> = (0..3).map(|_| Balancer::new(20)).collect();
+        let mut steps = 0;
+        while !balanced(&nodes, None) {
+            step(&mut nodes, &mut balancers, None);
+            steps += 1;
+            assert!(steps < 3_000, "balanced within 3,000 ticks");
+        }
+        // Node 1 cut off: its groups (12, 15) fail over; no transfer to it after 40 ticks.
+        for i in 0..600 {
+            let started = step(&mut nodes, &mut balancers, Some(1));
+            if i >= 40 {
+                assert!(
+                    started.iter().all(|(_, _, to)| *to != 1),
+                    "a transfer to the unreachable node at tick {i}: {started:?}"
+                );
+            }
+        }
+        for g in [12, 15] {
+            let l = nodes[1].get(g).and_then(|r| r.leader());
+            assert!(matches!(l, Some(2 | 3)), "group {g} failed over: {l:?}");
+        }
+        // Back: within a bounded time every group is led by its preferred node again.
+        let mut steps = 0;
+        let mut to_1 = 0;
+        while !balanced(&nodes, None) {
+            let started = step(&mut nodes, &mut balancers, None);
+            to_1 += started.iter().filter(|(_, _, to)| *to == 1).count();
+            steps += 1;
+            assert!(steps < 3_000, "rebalanced within 3,000 ticks");
+        }
+        assert!(
+            to_1 >= 2,
+            "node 1 got its groups back by transfers ({to_1})"
+        );
+    }
+
     #[test]
     fn a_replica_set_without_the_start_node_prefers_the_next_one_in_order() {
         let nodes = [1, 2, 3, 4];
