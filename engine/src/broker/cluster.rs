@@ -910,7 +910,7 @@ impl Engine {
             .map(|_| ())
     }
 
-    /// Per partition: leader (as this node knows it), replicas, in-sync (leader's view:
+    /// Per partition: leader (as this node knows it), replicas (the preferred leader first), in-sync (leader's view:
     /// matched within a bound; a follower answers what it knows), epoch (= Raft term), high
     /// watermark. A topic that is not replicated answers this node as its one replica.
     pub async fn replica_status(&self, topic: &str) -> Result<Vec<ReplicaStatus>> {
@@ -935,7 +935,10 @@ impl Engine {
                 });
                 continue;
             };
-            let replicas = t.replica_sets.get(p as usize).cloned().unwrap_or_default();
+            let set = t.replica_sets.get(p as usize).cloned().unwrap_or_default();
+            // Preferred leader first (docs/protocol.md, DescribeReplicas).
+            let nodes = self.cluster().map(|c| c.nodes.clone()).unwrap_or_default();
+            let replicas = preferred_first(topic, p, &set, &nodes);
             let (tx, rx) = flume::bounded(1);
             let q: Box<dyn FnOnce(&Node) + Send> = Box::new(move |node: &Node| {
                 let _ = tx.send(Ok(node.get(group).map(|r| {
