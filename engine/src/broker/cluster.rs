@@ -8,6 +8,8 @@
 //!   timer for all of them, and a ready loop woken by proposals, peer messages and ticks. After
 //!   each round it hands every peer's messages to the [`PeerSink`] (one call per peer), answers
 //!   producers, and applies newly committed batches to the local partitions.
+//!   Every few ticks it hands the leadership of partitions it leads to their preferred replica
+//!   when that one is up and caught up (`balance.rs`).
 //! - The controller: Raft group 0 on shard 0 of every node. Its entries are metadata commands
 //!   (`CreateTopic`, `DeleteTopic`: JSON in a one-record batch); every node applies them in
 //!   order on its apply thread, so a topic created during a leader change exists exactly once.
@@ -22,6 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::balance::{Balancer, preferred_first};
 use super::engine::{Engine, Inner, recv, recv_async};
 use crate::api::{PartitionKey, ProduceAck, TopicConfig, TopicInfo};
 use crate::batch::{BatchBuilder, ValidatedBatch};
@@ -271,13 +274,15 @@ impl Host {
         let mut node: Node = ReplicaNode::new(self.state.node_id);
         let mut bindings: HashMap<GroupId, Binding> = HashMap::new();
         let mut pending: Vec<PendingCmd> = Vec::new();
+        let every = u32::try_from(self.state.cfg.election_ticks_max).unwrap_or(u32::MAX);
+        let mut balancer = Balancer::new(every);
         loop {
             let seen = self.wake.version();
             if self.shard.is_closing() {
                 break;
             }
             let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
-            let ticked = inbox.ticks > 0;
+            let ticks = inbox.ticks.min(TICKS_PER_ROUND_MAX);
             self.take_inbox(inbox, &mut node, &mut bindings, &mut pending);
             let failed = node.process_ready().await;
             for (g, e) in failed {
@@ -292,9 +297,10 @@ impl Host {
             // Apply first: a producer acked at `all` reads its batch from the leader's log.
             self.apply(&node, &bindings, &mut controller_next);
             self.answer(&mut node);
-            if ticked {
+            if ticks > 0 {
                 self.compact(&mut node, &bindings);
                 self.rotate_logs(&mut node, &mut bindings).await;
+                self.balance(&mut balancer, ticks, &mut node);
             }
             if self.controller_apply.is_some() {
                 let leader = node
@@ -425,6 +431,21 @@ impl Host {
                 }
             }
         });
+    }
+
+    /// Moves leadership of the partitions this shard leads to their preferred replicas
+    /// (`balance.rs`; the preferred leader is the first voter of the replica's spec).
+    fn balance(&self, balancer: &mut Balancer, ticks: u32, node: &mut Node) {
+        let specs = self.specs.borrow();
+        let started = balancer.on_ticks(ticks, node, |g| {
+            specs
+                .get(&g)
+                .filter(|s| matches!(s.binding, Binding::Partition(_)))
+                .and_then(|s| s.voters.first().copied())
+        });
+        for (group, to) in started {
+            tracing::info!(group, to, "leadership transfer to the preferred replica");
+        }
     }
 
     /// Drops applied entries from memory once the partition log's fsync covers them (see
@@ -801,7 +822,9 @@ impl Engine {
         for (p, group) in t.groups.iter().enumerate() {
             let shard = t.shards[p] as usize;
             let key: PartitionKey = (key_name.clone(), p as u32);
-            let voters = t.replica_sets.get(p).cloned().unwrap_or_default();
+            let set = t.replica_sets.get(p).cloned().unwrap_or_default();
+            // Preferred leader first (the host's balancer reads it there).
+            let voters = preferred_first(name, p as u32, &set, &state.nodes);
             if voters.contains(&state.node_id) {
                 let dir =
                     metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
@@ -930,7 +953,7 @@ impl Engine {
             .map(|_| ())
     }
 
-    /// Per partition: leader (as this node knows it), replicas, in-sync (leader's view:
+    /// Per partition: leader (as this node knows it), replicas (the preferred leader first), in-sync (leader's view:
     /// matched within a bound; a follower answers what it knows), epoch (= Raft term), high
     /// watermark. A topic that is not replicated answers this node as its one replica.
     pub async fn replica_status(&self, topic: &str) -> Result<Vec<ReplicaStatus>> {
@@ -955,7 +978,10 @@ impl Engine {
                 });
                 continue;
             };
-            let replicas = t.replica_sets.get(p as usize).cloned().unwrap_or_default();
+            let set = t.replica_sets.get(p as usize).cloned().unwrap_or_default();
+            // Preferred leader first (docs/protocol.md, DescribeReplicas).
+            let nodes = self.cluster().map(|c| c.nodes.clone()).unwrap_or_default();
+            let replicas = preferred_first(topic, p, &set, &nodes);
             let (tx, rx) = flume::bounded(1);
             let q: Box<dyn FnOnce(&Node) + Send> = Box::new(move |node: &Node| {
                 let _ = tx.send(Ok(node.get(group).map(|r| {
@@ -1004,7 +1030,7 @@ fn lock_routes(
 
 /// Partition `p`'s replicas: `r` distinct nodes, starting at `(p + crc32c(name)) % n` over the
 /// sorted node ids, so replicas (and first leaders) spread evenly.
-fn placement(name: &str, partitions: u32, r: u32, nodes: &[NodeId]) -> Vec<Vec<NodeId>> {
+pub(crate) fn placement(name: &str, partitions: u32, r: u32, nodes: &[NodeId]) -> Vec<Vec<NodeId>> {
     let n = nodes.len();
     let h = crc32c::crc32c(name.as_bytes()) as usize;
     (0..partitions as usize)

@@ -7,6 +7,7 @@
 //! code works through the shard-level primitives of `shard::LocalShard`.
 
 mod admin;
+mod balance;
 pub mod cluster;
 mod data;
 pub mod engine;

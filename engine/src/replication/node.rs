@@ -216,6 +216,19 @@ impl<S: Storage, T> ReplicaNode<S, T> {
         ok
     }
 
+    /// Starts handing `group`'s leadership to voter `to`
+    /// ([`ReplicatedPartition::transfer_leader`]); `false`: not started.
+    pub fn transfer_leader(&mut self, group: GroupId, to: NodeId) -> bool {
+        let Some(p) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        let started = p.transfer_leader(to);
+        if started {
+            self.touched.insert(group);
+        }
+        started
+    }
+
     /// This round's outgoing messages, one entry per peer (the transport's outbound side).
     pub fn drain_outgoing(&mut self) -> Vec<(NodeId, Vec<(GroupId, Bytes)>)> {
         self.outbox.drain()

@@ -851,6 +851,44 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         v
     }
 
+    /// Whether `peer` is a voter this leader heard from within an election timeout and whose
+    /// log matches within `lag_entries_max` entries of the leader's last index (`false` on a
+    /// follower).
+    pub fn peer_caught_up(&self, peer: NodeId, lag_entries_max: u64) -> bool {
+        if !self.is_leader() || !self.node.raft.prs().conf().voters().contains(peer) {
+            return false;
+        }
+        let last = self.last_index();
+        self.node
+            .raft
+            .prs()
+            .get(peer)
+            .is_some_and(|pr| pr.recent_active && pr.matched + lag_entries_max >= last)
+    }
+
+    /// Whether a leadership transfer is under way (raft-rs drops proposals meanwhile).
+    pub fn transferring(&self) -> bool {
+        self.node.raft.lead_transferee.is_some()
+    }
+
+    /// Hands leadership to voter `to` (leadership balance, docs/replication.md): raft-rs
+    /// brings it up to date, then tells it to campaign at once (`MsgTimeoutNow`); the
+    /// transfer is abandoned after an election timeout. Proposals are refused (NOT_LEADER)
+    /// until it ends. `false`: not started (not the leader, `to` is this replica or not a
+    /// voter, or a transfer is under way already).
+    pub fn transfer_leader(&mut self, to: NodeId) -> bool {
+        if !self.is_leader()
+            || to == self.id
+            || self.transferring()
+            || !self.node.raft.prs().conf().voters().contains(to)
+        {
+            return false;
+        }
+        self.node.transfer_leader(to);
+        self.after_call();
+        true
+    }
+
     /// The Raft state, for the owner's report (`topic describe`).
     pub fn role(&self) -> StateRole {
         self.node.raft.state

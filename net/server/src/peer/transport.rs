@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -179,6 +179,8 @@ struct Link {
     /// accepted one after the peer refused it by version (a peer not upgraded yet); back to
     /// the newest whenever the link goes down.
     version: AtomicU16,
+    /// Set by [`PeerTransport::remove_peer`]: the link's tasks end.
+    removed: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,6 +204,7 @@ impl Link {
             messages_received: AtomicU64::new(0),
             last_error: Mutex::new(None),
             version: AtomicU16::new(PEER_PROTOCOL_VERSION),
+            removed: AtomicBool::new(false),
         }
     }
 
@@ -218,7 +221,9 @@ impl Link {
 struct Inner {
     spec: ClusterSpec,
     settings: PeerSettings,
-    links: BTreeMap<u64, Arc<Link>>,
+    /// One link per other node: the cluster list's, plus those added at run time
+    /// ([`PeerTransport::add_peer`]). A node without a link is refused at the handshake.
+    links: RwLock<BTreeMap<u64, Arc<Link>>>,
     handler: InboundHandler,
     stop_tx: Mutex<Option<flume::Sender<()>>>,
     stop_rx: flume::Receiver<()>,
@@ -237,6 +242,10 @@ struct Inner {
 }
 
 impl Inner {
+    fn links(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Arc<Link>>> {
+        self.links.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn learned_address(&self, node: u64, hello: &Hello) {
         let address = hello.client_address.as_str();
         if !address.is_empty() {
@@ -334,10 +343,11 @@ impl PeerTransport {
                 )
             }
         };
-        let links = spec
-            .peers()
-            .map(|n| (n.id, Arc::new(Link::new(n.clone()))))
-            .collect();
+        let links = RwLock::new(
+            spec.peers()
+                .map(|n| (n.id, Arc::new(Link::new(n.clone()))))
+                .collect(),
+        );
         let (stop_tx, stop_rx) = flume::bounded(1);
         let inner = Arc::new(Inner {
             spec,
@@ -369,7 +379,7 @@ impl PeerTransport {
             node = inner.spec.node_id,
             cluster = %inner.spec.cluster_id,
             %listen_addr,
-            peers = inner.links.len(),
+            peers = inner.links().len(),
             tls = inner.acceptor.is_some(),
             "peer transport listening"
         );
@@ -387,7 +397,7 @@ impl PeerTransport {
 
     /// The other nodes' ids.
     pub fn peer_ids(&self) -> Vec<u64> {
-        self.inner.links.keys().copied().collect()
+        self.inner.links().keys().copied().collect()
     }
 
     /// Queues `message` of Raft group `group` for node `to`; it leaves at the next
@@ -395,8 +405,9 @@ impl PeerTransport {
     pub fn send(&self, to: u64, group: u64, message: Bytes) -> Result<(), SendError> {
         let link = self
             .inner
-            .links
+            .links()
             .get(&to)
+            .cloned()
             .ok_or(SendError::UnknownNode(to))?;
         let max = self.inner.settings.frame_bytes_max;
         let framed = FRAME_HEADER_BYTES + 4 + MESSAGE_OVERHEAD_BYTES + message.len();
@@ -426,7 +437,7 @@ impl PeerTransport {
 
     /// Hands every peer's queued messages to its link: one frame per peer.
     pub fn flush(&self) {
-        for link in self.inner.links.values() {
+        for link in self.inner.links().values() {
             let mut q = lock(&link.queue);
             if q.pending.is_empty() {
                 continue;
@@ -440,7 +451,7 @@ impl PeerTransport {
 
     /// The counters of the link to `node`.
     pub fn link_stats(&self, node: u64) -> Option<LinkStats> {
-        let l = self.inner.links.get(&node)?;
+        let l = self.inner.links().get(&node).cloned()?;
         Some(LinkStats {
             connected: l.connected.load(Ordering::Acquire),
             connects: l.connects.load(Ordering::Acquire),
@@ -462,15 +473,16 @@ impl PeerTransport {
         )
     }
 
-    /// Every node of the cluster list and its client address: this node's from the settings,
-    /// the others' from their handshakes (empty until a handshake with that node succeeded).
+    /// Every node (the cluster list's and those added since) and its client address: this
+    /// node's from the settings, the others' from their handshakes (empty until a handshake
+    /// with that node succeeded).
     pub fn client_addresses(&self) -> Vec<(u64, String)> {
+        let mut ids: Vec<u64> = self.inner.links().keys().copied().collect();
+        ids.push(self.inner.spec.node_id);
+        ids.sort_unstable();
         let known = lock(&self.inner.client_addresses);
-        self.inner
-            .spec
-            .nodes
-            .keys()
-            .map(|&id| {
+        ids.into_iter()
+            .map(|id| {
                 let address = if id == self.inner.spec.node_id {
                     self.inner.settings.advertised_address.clone()
                 } else {
@@ -485,12 +497,10 @@ impl PeerTransport {
     /// settings, the others' from their handshakes (a node not handshaken yet, a version 2
     /// peer or one without a Kafka listener is absent).
     pub fn kafka_addresses(&self) -> Vec<(u64, String)> {
+        let ids = self.node_ids();
         let known = lock(&self.inner.kafka_addresses);
-        self.inner
-            .spec
-            .nodes
-            .keys()
-            .filter_map(|&id| {
+        ids.into_iter()
+            .filter_map(|id| {
                 let address = if id == self.inner.spec.node_id {
                     self.inner.settings.kafka_address.clone()
                 } else {
@@ -501,9 +511,78 @@ impl PeerTransport {
             .collect()
     }
 
-    /// The sorted node ids of the cluster list (this node's included).
+    /// The sorted node ids of the cluster (this node's included, and peers added at run time).
     pub fn node_ids(&self) -> Vec<u64> {
-        self.inner.spec.nodes.keys().copied().collect()
+        let mut ids: Vec<u64> = self.inner.links().keys().copied().collect();
+        ids.push(self.inner.spec.node_id);
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Adds node `node` at run time (membership, docs/replication.md): a link to it starts on
+    /// the transport's shard of `engine`, and its Hello is accepted from now on. Refused for
+    /// id 0, this node, a node already known, or an address another node has.
+    pub fn add_peer(&self, engine: &Engine, node: PeerNode) -> Result<(), PeerError> {
+        if self.inner.stopped() {
+            return Err(PeerError::Config("the transport is stopped".into()));
+        }
+        let link = {
+            let mut links = self
+                .inner
+                .links
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            let me = self.inner.spec.this_node();
+            if node.id == 0 || node.id == me.id || links.contains_key(&node.id) {
+                return Err(PeerError::Config(format!(
+                    "node {} is this node, already a peer, or not a valid id",
+                    node.id
+                )));
+            }
+            if node.addr == me.addr || links.values().any(|l| l.node.addr == node.addr) {
+                return Err(PeerError::Config(format!(
+                    "node {}'s address is another node's",
+                    node.id
+                )));
+            }
+            let link = Arc::new(Link::new(node));
+            links.insert(link.node.id, link.clone());
+            link
+        };
+        let (id, inner) = (link.node.id, self.inner.clone());
+        let spawned = engine.run_on_shard(
+            self.inner.settings.shard,
+            Box::new(move |_| {
+                rt::spawn_local(dial_loop(link, inner));
+            }),
+        );
+        if let Err(e) = spawned {
+            self.remove_peer(id);
+            return Err(e.into());
+        }
+        tracing::info!(node = self.inner.spec.node_id, peer = id, "peer added");
+        Ok(())
+    }
+
+    /// Removes node `id` (membership): its link stops (queued messages are dropped), its
+    /// inbound connection is closed, and its Hello is refused from now on. `false`: not a peer.
+    pub fn remove_peer(&self, id: u64) -> bool {
+        let link = self
+            .inner
+            .links
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        let Some(link) = link else {
+            return false;
+        };
+        link.removed.store(true, Ordering::Release);
+        let _ = link.doorbell_tx.try_send(());
+        // Dropping the sender ends the inbound connection's reader.
+        lock(&self.inner.inbound).remove(&id);
+        lock(&self.inner.client_addresses).remove(&id);
+        tracing::info!(node = self.inner.spec.node_id, peer = id, "peer removed");
+        true
     }
 
     /// Stops the listener and every link (their tasks end at their next wake-up). Queued
@@ -526,7 +605,7 @@ fn bind_and_run(inner: Arc<Inner>) -> Bound {
         reason: e.to_string(),
     })?;
     rt::spawn_local(accept_loop(listener, inner.clone()));
-    for link in inner.links.values() {
+    for link in inner.links().values() {
         rt::spawn_local(dial_loop(link.clone(), inner.clone()));
     }
     Ok(addr)
@@ -593,7 +672,8 @@ async fn write_frame(io: &mut BoxIo, bytes: &[u8], timeout: Duration) -> Result<
 }
 
 /// What the acceptor holds against a Hello, if anything.
-fn check_hello(spec: &ClusterSpec, h: &Hello) -> Option<(RefuseCode, String)> {
+/// `known`: whether the sender has a link here (it is in the cluster list, or was added).
+fn check_hello(spec: &ClusterSpec, known: bool, h: &Hello) -> Option<(RefuseCode, String)> {
     if !(PEER_PROTOCOL_VERSION_MIN..=PEER_PROTOCOL_VERSION).contains(&h.version) {
         return Some((
             RefuseCode::Version,
@@ -613,7 +693,7 @@ fn check_hello(spec: &ClusterSpec, h: &Hello) -> Option<(RefuseCode, String)> {
             ),
         ));
     }
-    if h.node_id == spec.node_id || !spec.nodes.contains_key(&h.node_id) {
+    if h.node_id == spec.node_id || !known {
         return Some((
             RefuseCode::UnknownNode,
             format!(
@@ -679,7 +759,8 @@ async fn inbound(stream: TcpStream, inner: Arc<Inner>) {
         None => return inner.refused(from, "no Hello within the handshake timeout"),
     };
     let mut out = BytesMut::new();
-    if let Some((code, reason)) = check_hello(&inner.spec, &hello) {
+    let known = inner.links().contains_key(&hello.node_id);
+    if let Some((code, reason)) = check_hello(&inner.spec, known, &hello) {
         inner.refused(from, &reason);
         frame::encode_refuse(&mut out, code, &reason);
         let _ = write_frame(&mut io, &out, handshake).await;
@@ -695,7 +776,7 @@ async fn inbound(stream: TcpStream, inner: Arc<Inner>) {
     }
     let (cancel_tx, cancel_rx) = flume::bounded::<()>(1);
     lock(&inner.inbound).insert(peer, cancel_tx);
-    let Some(link) = inner.links.get(&peer).cloned() else {
+    let Some(link) = inner.links().get(&peer).cloned() else {
         return;
     };
     tracing::debug!(node = inner.spec.node_id, peer, "inbound peer connection");
@@ -740,7 +821,7 @@ async fn dial_loop(link: Arc<Link>, inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(s.backoff_min_ms);
     let backoff_max = Duration::from_millis(s.backoff_max_ms.max(s.backoff_min_ms));
     loop {
-        if inner.stopped() {
+        if inner.stopped() || link.removed.load(Ordering::Acquire) {
             return;
         }
         match connect(&link, &inner).await {
@@ -936,6 +1017,7 @@ async fn write_loop(mut io: BoxIo, link: &Link, inner: &Inner) -> Result<(), Str
             )
             .await;
             match wake {
+                Wake::Doorbell if link.removed.load(Ordering::Acquire) => return Ok(()),
                 Wake::Doorbell => continue,
                 Wake::Stop => return Ok(()),
                 Wake::Closed(reason) => return Err(reason),
