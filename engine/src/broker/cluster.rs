@@ -299,7 +299,7 @@ impl Host {
                 self.compact(
                     &mut node,
                     &bindings,
-                    ticks % COMPACT_ASLEEP_EVERY_TICKS == 0,
+                    ticks.is_multiple_of(COMPACT_ASLEEP_EVERY_TICKS),
                 );
             }
             if self.controller_apply.is_some() {

@@ -27,6 +27,9 @@ const LIVENESS_VERSION: u8 = 1;
 /// Notices per liveness message at most (a longer list goes in several messages).
 const NOTICES_PER_MESSAGE: usize = 4096;
 
+/// Where [`ReplicaNode::process_ready_with`] hands the messages that leave before the fsyncs.
+type EarlySend<'a> = dyn FnMut(NodeId, Vec<(GroupId, Bytes)>) + 'a;
+
 /// A hibernation notice: the leader's group, its term and commit index (= its last index).
 type Notice = (GroupId, u64, u64);
 
@@ -309,7 +312,7 @@ impl<S: Storage, T> ReplicaNode<S, T> {
     /// peer with hibernation notices waiting.
     fn send_liveness(&mut self) {
         let every = self.timing.heartbeat_ticks.max(1) as u64;
-        let beat = self.ticks % every == 0;
+        let beat = self.ticks.is_multiple_of(every);
         let peers: Vec<NodeId> = self.peers.keys().copied().collect();
         for peer in peers {
             let mut notices = self.notices.remove(&peer).unwrap_or_default();
@@ -404,7 +407,7 @@ impl<S: Storage, T> ReplicaNode<S, T> {
 
     async fn process_ready_inner(
         &mut self,
-        early: Option<&mut dyn FnMut(NodeId, Vec<(GroupId, Bytes)>)>,
+        early: Option<&mut EarlySend<'_>>,
     ) -> Vec<(GroupId, io::Error)> {
         let mut failed = Vec::new();
         let touched = std::mem::take(&mut self.touched);
