@@ -24,7 +24,10 @@ PIDS=()
 
 cleanup() {
     for p in "${PIDS[@]:-}"; do
-        [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
+        if [ -n "$p" ]; then
+            kill -9 "$p" 2>/dev/null || true
+            wait "$p" 2>/dev/null || true
+        fi
     done
     PIDS=()
 }
