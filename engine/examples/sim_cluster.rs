@@ -14,7 +14,8 @@
 //!
 //! Idle cost of many groups (docs/performance.md): `--idle-groups N [--idle-ticks T]` runs 3
 //! nodes with N groups each (R = 3) in one thread, no traffic, and prints CPU per tick round,
-//! messages per round and memory per replica (VmRSS growth over the replicas opened).
+//! messages per round and memory per replica (VmRSS growth over the replicas opened);
+//! `--no-hibernate` measures the same with hibernation of idle groups off.
 //! Failover in simulated time: `--failovers N [--latency-ms L]` kills the leader of a 3-replica
 //! partition N times and prints p50 and max of kill -> first `all` ack on the new leader.
 
@@ -35,6 +36,7 @@ struct Args {
     sabotage_snapshot: bool,
     idle_groups: u64,
     idle_ticks: u64,
+    no_hibernate: bool,
     failovers: u64,
     latency_ms: u64,
 }
@@ -51,6 +53,7 @@ fn parse() -> Result<Args, String> {
         sabotage_snapshot: false,
         idle_groups: 0,
         idle_ticks: 100,
+        no_hibernate: false,
         failovers: 0,
         latency_ms: 1,
     };
@@ -71,6 +74,7 @@ fn parse() -> Result<Args, String> {
             "--sabotage-snapshot" => a.sabotage_snapshot = true,
             "--idle-groups" => a.idle_groups = value()?,
             "--idle-ticks" => a.idle_ticks = value()?.max(1),
+            "--no-hibernate" => a.no_hibernate = true,
             "--failovers" => a.failovers = value()?,
             "--latency-ms" => a.latency_ms = value()?,
             other => return Err(format!("unknown option {other}")),
@@ -105,7 +109,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if a.idle_groups > 0 {
-        idle(a.idle_groups, a.idle_ticks);
+        idle(a.idle_groups, a.idle_ticks, !a.no_hibernate);
         return ExitCode::SUCCESS;
     }
     let next = AtomicU64::new(a.first);
@@ -203,10 +207,10 @@ fn thread_cpu() -> Duration {
     d(usage.ru_utime) + d(usage.ru_stime)
 }
 
-fn idle(groups: u64, ticks: u64) {
+fn idle(groups: u64, ticks: u64, hibernate: bool) {
     let before = rss_kib();
     let (mut built, mut cpu_start, mut cpu_end) = (0, Duration::ZERO, Duration::ZERO);
-    let r = shardline_engine::sim::measure_idle(groups, ticks, |what| {
+    let r = shardline_engine::sim::measure_idle(groups, ticks, hibernate, |what| {
         if what == "built" {
             built = rss_kib();
             cpu_start = thread_cpu();
@@ -223,13 +227,15 @@ fn idle(groups: u64, ticks: u64) {
     let rss_per_replica = (built.saturating_sub(before)) as f64 * 1024.0 / replicas as f64;
     let storage_per_replica = 2.0 * r.storage_bytes as f64 / replicas as f64;
     println!(
-        "{groups} groups x {} nodes ({replicas} replicas), {ticks} idle ticks of {tick_ms} ms: \
-         elected in {} ticks; CPU {cpu_ms_per_tick:.2} ms per tick round (all nodes; wall \
+        "hibernation {}: {groups} groups x {} nodes ({replicas} replicas, {} asleep), {ticks} \
+         idle ticks of {tick_ms} ms: elected in {} ticks; CPU {cpu_ms_per_tick:.2} ms per tick round (all nodes; wall \
          {wall_ms_per_tick:.2} ms) = {core_pct_per_node:.2}% of a core per node; {:.0} frames, \
          {:.0} raft messages, {:.0} bytes per tick round; memory: RSS growth {:.1} KiB per \
          replica, of which the simulated disk's two in-memory images are {:.1} KiB: replica \
          state ~{:.1} KiB",
+        if hibernate { "on" } else { "off" },
         r.nodes,
+        r.asleep,
         r.election_ticks,
         r.frames_per_tick,
         r.msgs_per_tick,

@@ -15,7 +15,7 @@
 //!   order on its apply thread, so a topic created during a leader change exists exactly once.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -32,7 +32,7 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::metadata::{self, TopicMeta};
 pub use crate::replication::{GroupId, NodeId, ReplicaConfig};
-use crate::replication::{ReplAcks, ReplicaNode, ReplicatedPartition};
+use crate::replication::{LIVENESS_GROUP, ReplAcks, ReplicaNode, ReplicatedPartition};
 use crate::rt::{self, DmaStorage};
 use crate::shard::{LocalShard, Reply, Request};
 use crate::util::LocalNotify;
@@ -82,6 +82,8 @@ const REOPEN_DELAY_MAX: Duration = Duration::from_secs(30);
 const RECENT_REQUESTS_MAX: usize = 1024;
 /// Ticks run at once when the loop fell behind the timer.
 const TICKS_PER_ROUND_MAX: u32 = 10;
+/// Hibernating groups are compacted every this many ticks (awake ones every tick).
+const COMPACT_ASLEEP_EVERY_TICKS: u64 = 64;
 
 /// A controller command (the value of its one-record batch, JSON).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -161,6 +163,9 @@ pub(crate) struct ClusterState {
     pub(crate) dropped_peer_msgs: AtomicU64,
     /// Which `__offsets` partitions this node coordinates (groups/replicated.rs).
     pub(crate) offsets: crate::groups::replicated::OffsetsView,
+    /// This engine's start (µs): peers that see it change in its liveness messages know
+    /// this node restarted (replication::LIVENESS_GROUP).
+    incarnation: u64,
 }
 
 impl ClusterState {
@@ -272,19 +277,28 @@ impl Host {
     /// is held across its awaits); sleeps until the inbox gets something.
     async fn run(self: Rc<Self>, mut controller_next: u64) {
         let mut node: Node = ReplicaNode::new(self.state.node_id);
+        node.set_incarnation(self.state.incarnation);
         let mut bindings: HashMap<GroupId, Binding> = HashMap::new();
         let mut pending: Vec<PendingCmd> = Vec::new();
         let every = u32::try_from(self.state.cfg.election_ticks_max).unwrap_or(u32::MAX);
         let mut balancer = Balancer::new(every);
+        // Groups whose committed batches may not all be applied yet.
+        let mut to_apply: HashSet<GroupId> = HashSet::new();
+        let mut ticks: u64 = 0;
         loop {
             let seen = self.wake.version();
             if self.shard.is_closing() {
                 break;
             }
             let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
-            let ticks = inbox.ticks.min(TICKS_PER_ROUND_MAX);
+            let round_ticks = inbox.ticks.min(TICKS_PER_ROUND_MAX);
+            let ticked = inbox.ticks > 0;
+            ticks += u64::from(inbox.ticks);
+            to_apply.extend(inbox.opens.iter().map(|(r, _)| r.group()));
             self.take_inbox(inbox, &mut node, &mut bindings, &mut pending);
-            let failed = node.process_ready().await;
+            // The leaders' appends leave before their own fsync (Raft thesis 10.2.1).
+            let sink = self.state.sink.clone();
+            let failed = node.process_ready_with(|peer, msgs| sink(peer, msgs)).await;
             for (g, e) in failed {
                 tracing::error!(group = g, error = %e, "raft replica failed; reopening it from disk");
                 bindings.remove(&g);
@@ -295,12 +309,17 @@ impl Host {
                 (self.state.sink)(peer, msgs);
             }
             // Apply first: a producer acked at `all` reads its batch from the leader's log.
-            self.apply(&node, &bindings, &mut controller_next);
+            to_apply.extend(node.take_readied());
+            self.apply(&node, &bindings, &mut to_apply, &mut controller_next);
             self.answer(&mut node);
-            if ticks > 0 {
-                self.compact(&mut node, &bindings);
+            if ticked {
+                self.compact(
+                    &mut node,
+                    &bindings,
+                    ticks.is_multiple_of(COMPACT_ASLEEP_EVERY_TICKS),
+                );
                 self.rotate_logs(&mut node, &mut bindings).await;
-                self.balance(&mut balancer, ticks, &mut node);
+                self.balance(&mut balancer, round_ticks, &mut node);
             }
             if self.controller_apply.is_some() {
                 let leader = node
@@ -449,10 +468,14 @@ impl Host {
     }
 
     /// Drops applied entries from memory once the partition log's fsync covers them (see
-    /// `ReplicatedPartition::compact`). The controller's few entries stay.
-    fn compact(&self, node: &mut Node, bindings: &HashMap<GroupId, Binding>) {
+    /// `ReplicatedPartition::compact`): the groups that tick, and the hibernating ones too
+    /// when `all`. The controller's few entries stay.
+    fn compact(&self, node: &mut Node, bindings: &HashMap<GroupId, Binding>, all: bool) {
         for (g, b) in bindings {
             let Binding::Partition(key) = b else { continue };
+            if !all && !node.is_awake(*g) {
+                continue;
+            }
             let Some(durable) = self.shard.durable_offset(key) else {
                 continue;
             };
@@ -462,44 +485,56 @@ impl Host {
         }
     }
 
-    /// Appends newly committed batches to their partition logs; hands committed controller
-    /// commands to the apply thread.
-    fn apply(&self, node: &Node, bindings: &HashMap<GroupId, Binding>, controller_next: &mut u64) {
-        for (g, b) in bindings {
-            let Some(r) = node.get(*g) else { continue };
+    /// Appends newly committed batches of the groups in `groups` to their partition logs
+    /// (a group stays in the set until all its committed batches are applied); hands
+    /// committed controller commands to the apply thread.
+    fn apply(
+        &self,
+        node: &Node,
+        bindings: &HashMap<GroupId, Binding>,
+        groups: &mut HashSet<GroupId>,
+        controller_next: &mut u64,
+    ) {
+        groups.retain(|g| {
+            let (Some(r), Some(b)) = (node.get(*g), bindings.get(g)) else {
+                return false;
+            };
             match b {
                 Binding::Partition(key) => {
-                    self.apply_partition(r, key);
+                    let done = self.apply_partition(r, key);
                     if key.0.as_ref() == crate::groups::OFFSETS_TOPIC {
                         self.observe_offsets(r, key);
                     }
+                    !done
                 }
                 Binding::Controller => {
-                    let Some(tx) = &self.controller_apply else {
-                        continue;
-                    };
-                    if r.high_watermark() <= *controller_next {
-                        continue;
-                    }
-                    for (base, data) in r.read_committed(*controller_next, usize::MAX) {
-                        if base < *controller_next {
-                            continue;
-                        }
-                        match decode_command(&data) {
-                            Some(c) => {
-                                let _ = tx.send((base, c));
-                            }
-                            None => {
-                                tracing::warn!(
-                                    offset = base,
-                                    "undecodable controller command skipped"
-                                )
-                            }
-                        }
-                        *controller_next = base + 1;
-                    }
+                    self.apply_controller(r, controller_next);
+                    false
                 }
             }
+        });
+    }
+
+    fn apply_controller(&self, r: &Replica, controller_next: &mut u64) {
+        let Some(tx) = &self.controller_apply else {
+            return;
+        };
+        if r.high_watermark() <= *controller_next {
+            return;
+        }
+        for (base, data) in r.read_committed(*controller_next, usize::MAX) {
+            if base < *controller_next {
+                continue;
+            }
+            match decode_command(&data) {
+                Some(c) => {
+                    let _ = tx.send((base, c));
+                }
+                None => {
+                    tracing::warn!(offset = base, "undecodable controller command skipped")
+                }
+            }
+            *controller_next = base + 1;
         }
     }
 
@@ -521,15 +556,17 @@ impl Host {
         );
     }
 
-    fn apply_partition(&self, r: &Replica, key: &PartitionKey) {
+    /// Applies `r`'s committed batches to the partition log; `true`: all applied (or the
+    /// partition is gone), `false`: retry next round.
+    fn apply_partition(&self, r: &Replica, key: &PartitionKey) -> bool {
         let Ok(p) = self.shard.partition(key) else {
-            return;
+            return true;
         };
         let mut next = p.watermarks().next_offset;
         while r.high_watermark() > next {
             let batches = r.read_committed(next, APPLY_BATCHES_PER_ROUND);
             if batches.is_empty() {
-                return;
+                return false;
             }
             for (base, data) in batches {
                 assert_eq!(
@@ -557,11 +594,12 @@ impl Host {
                     Err(e) => {
                         // Retried next round (a failed partition repairs itself).
                         tracing::warn!(topic = %key.0, partition = key.1, error = %e, "committed batch not applied yet");
-                        return;
+                        return false;
                     }
                 }
             }
         }
+        true
     }
 }
 
@@ -699,6 +737,7 @@ impl Engine {
             next_request: AtomicU64::new(crate::batch::now_us() as u64),
             dropped_peer_msgs: AtomicU64::new(0),
             offsets: crate::groups::replicated::OffsetsView::new(self, node_id),
+            incarnation: crate::batch::now_us() as u64,
         });
         if self.inner.cluster.set(state.clone()).is_err() {
             return Err(Error::InvalidArgument("cluster already enabled".into()));
@@ -770,7 +809,12 @@ impl Engine {
                 return;
             };
             for (g, b) in msgs {
-                if let Some(s) = routes.get(&g) {
+                if g == LIVENESS_GROUP {
+                    // Node-level liveness: every shard's groups need it.
+                    for s in 0..self.shard_count() {
+                        per_shard.entry(s).or_default().push((g, b.clone()));
+                    }
+                } else if let Some(s) = routes.get(&g) {
                     per_shard.entry(*s).or_default().push((g, b));
                 }
             }

@@ -9,7 +9,8 @@
 //!   A snapshot frame (magic `RFS1`, same layout, 8 data bytes: the partition log's end offset)
 //!   replaces everything before it: the log restarts after that index (a follower that installed
 //!   a snapshot, or the first frame of a rotated file; [`RaftDisk::rewrite`]).
-//! - `raft-state`: the hard state (term, vote, commit) in two block slots written alternately,
+//! - `raft-state`: the hard state (term, vote, commit) in two block slots; a write goes to the
+//!   slot that does not hold the last synced state,
 //!   each `[magic u32][seq u64][term u64][vote u64][commit u64][crc32c u32]`: a torn write of one
 //!   slot leaves the other, so the state file is replaced atomically without a rename.
 //!
@@ -80,8 +81,21 @@ pub struct RaftDisk<S: Storage> {
     /// The bytes of the log's last partial block (`log_len % BLOCK_BYTES` of them).
     tail: Vec<u8>,
     state_seq: u64,
-    /// Unsynced writes since the last sync.
-    dirty: bool,
+    /// The state slot (0 or 1) holding the last state known durable: writes go to the other
+    /// one, so a lost or torn unsynced write always leaves it.
+    durable_slot: u64,
+    /// The slot of the last state write.
+    written_slot: u64,
+    /// Term and vote of the last state written.
+    saved: DiskState,
+    /// Log writes since the last log sync.
+    log_dirty: bool,
+    /// State writes since the last state sync.
+    state_written: bool,
+    /// A state write since the last state sync changed the term or the vote: the next
+    /// [`RaftDisk::sync`] must cover it (a write that only moves the commit need not: Raft
+    /// learns the commit again from the leader).
+    state_must_sync: bool,
 }
 
 fn put_u32(v: &mut Vec<u8>, x: u32) {
@@ -260,11 +274,13 @@ impl<S: Storage> RaftDisk<S> {
             parse_state(&state_bytes),
             state_bytes.get(BLOCK_BYTES..).and_then(parse_state),
         ];
-        let (state_seq, disk_state) = slots
+        // The newest valid slot is the state (both files were just synced: it is durable).
+        let (durable_slot, (state_seq, disk_state)) = slots
             .into_iter()
-            .flatten()
-            .max_by_key(|(seq, _)| *seq)
-            .unwrap_or_default();
+            .zip(0u64..)
+            .filter_map(|(s, slot)| s.map(|s| (slot, s)))
+            .max_by_key(|(_, (seq, _))| *seq)
+            .unwrap_or((1, (0, DiskState::default())));
         let log_len = good as u64;
         let tail_start = usize_of(align_down(log_len))?;
         let tail = log_bytes[tail_start..good].to_vec();
@@ -277,7 +293,12 @@ impl<S: Storage> RaftDisk<S> {
             log_len,
             tail,
             state_seq,
-            dirty: false,
+            durable_slot,
+            written_slot: durable_slot,
+            saved: disk_state,
+            log_dirty: false,
+            state_written: false,
+            state_must_sync: false,
         };
         if cut_bytes > 0 {
             // Cut the bad tail so that a later append cannot leave good frames behind garbage.
@@ -357,7 +378,7 @@ impl<S: Storage> RaftDisk<S> {
             Ok(()) => {
                 self.tail = bytes[keep_from..].to_vec();
                 self.log_len = new_len;
-                self.dirty = true;
+                self.log_dirty = true;
                 Ok(())
             }
             Err(e) => {
@@ -403,7 +424,9 @@ impl<S: Storage> RaftDisk<S> {
         Ok(())
     }
 
-    /// Writes the hard state into the older slot. Not durable until [`Self::sync`].
+    /// Writes the hard state into the slot that does not hold the last durable state. Not
+    /// durable until [`Self::sync`]; a write that changes only the commit is not even made
+    /// durable by it unless the log is synced too (see [`Self::sync`]).
     pub async fn save_state(&mut self, s: DiskState) -> io::Result<()> {
         let seq = self.state_seq + 1;
         let mut v = Vec::with_capacity(STATE_BYTES);
@@ -420,21 +443,47 @@ impl<S: Storage> RaftDisk<S> {
             b[..v.len()].copy_from_slice(&v);
             b[v.len()..].fill(0);
         }
-        let slot = (seq % 2) * BLOCK_BYTES as u64;
-        self.state.write_at(Rc::new(buf), slot).await?;
+        let slot = 1 - self.durable_slot;
+        self.state
+            .write_at(Rc::new(buf), slot * BLOCK_BYTES as u64)
+            .await?;
         self.state_seq = seq;
-        self.dirty = true;
+        self.written_slot = slot;
+        self.state_written = true;
+        if s.term != self.saved.term || s.vote != self.saved.vote {
+            self.state_must_sync = true;
+        }
+        self.saved = s;
         Ok(())
     }
 
-    /// fdatasyncs both files if anything was written since the last sync.
+    /// fdatasyncs what must be durable: the log if it was written, the state if its term or
+    /// vote changed, or if it was written and the log is synced anyway (both syncs in flight
+    /// together). A state write that only moved the commit index waits for a later sync: the
+    /// leader's round that learns a commit costs no fsync (after a power loss a replica may
+    /// recover an older commit, which it learns again from the leader; it never recovers an
+    /// older term or vote than one it acted on, since those writes are always synced).
     pub async fn sync(&mut self) -> io::Result<()> {
-        if !self.dirty {
-            return Ok(());
+        let sync_log = self.log_dirty;
+        let sync_state = self.state_must_sync || (self.state_written && sync_log);
+        match (sync_log, sync_state) {
+            (false, false) => return Ok(()),
+            (true, false) => self.log.sync().await?,
+            (false, true) => self.state.sync().await?,
+            (true, true) => {
+                let (a, b) = futures_lite::future::zip(self.log.sync(), self.state.sync()).await;
+                a?;
+                b?;
+            }
         }
-        self.log.sync().await?;
-        self.state.sync().await?;
-        self.dirty = false;
+        if sync_log {
+            self.log_dirty = false;
+        }
+        if sync_state {
+            self.state_written = false;
+            self.state_must_sync = false;
+            self.durable_slot = self.written_slot;
+        }
         Ok(())
     }
 }

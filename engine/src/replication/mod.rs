@@ -14,6 +14,8 @@
 //! Layer: above the partition core, below the shard (engine/tests/layering.rs).
 
 pub mod disk;
+#[cfg(test)]
+mod hibernate_tests;
 mod node;
 mod partition;
 #[cfg(test)]
@@ -23,7 +25,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-pub use node::ReplicaNode;
+pub use node::{LIVENESS_GROUP, ReplicaNode};
 pub use partition::{
     Chunk, ChunkRequest, Proposed, ReplSabotage, ReplicatedPartition, Reply, SideEntry, Transfer,
     snapshot_of,

@@ -430,12 +430,20 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// A Raft message from peer `from` (the bytes the transport carried). A message that does
     /// not decode, or claims another sender or receiver, is dropped.
     pub fn step(&mut self, from: NodeId, bytes: &[u8]) -> bool {
+        self.step_kind(from, bytes).is_some()
+    }
+
+    /// [`Self::step`], returning the type of the message stepped (`None`: dropped). A
+    /// snapshot transfer message (ours, not raft-rs's) counts as `MsgSnapshot`.
+    pub fn step_kind(&mut self, from: NodeId, bytes: &[u8]) -> Option<MessageType> {
         if snapshot::is_snapshot_wire(bytes) {
-            return self.step_snapshot_wire(from, bytes);
+            return self
+                .step_snapshot_wire(from, bytes)
+                .then_some(MessageType::MsgSnapshot);
         }
         let Ok(m) = Message::parse_from_bytes(bytes) else {
             tracing::warn!(group = self.group, "undecodable raft message dropped");
-            return false;
+            return None;
         };
         if m.from != from || m.to != self.id {
             tracing::warn!(
@@ -443,12 +451,13 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
                 from,
                 "raft message with a wrong sender or receiver dropped"
             );
-            return false;
+            return None;
         }
-        let m = if m.get_msg_type() == MessageType::MsgSnapshot {
+        let kind = m.get_msg_type();
+        let m = if kind == MessageType::MsgSnapshot {
             match self.intercept_snapshot(m) {
                 Some(m) => m,
-                None => return true,
+                None => return Some(kind),
             }
         } else {
             m
@@ -456,7 +465,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         // Errors are messages from unknown peers or stale proposals: dropped, as raft-rs wants.
         let _ = self.node.step(m);
         self.after_call();
-        true
+        Some(kind)
     }
 
     /// One Raft tick (the shard's tick timer, every `tick_ms`).
@@ -892,6 +901,54 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// The Raft state, for the owner's report (`topic describe`).
     pub fn role(&self) -> StateRole {
         self.node.raft.state
+    }
+}
+
+/// Hibernation (docs/replication.md, "Idle groups hibernate"): what a
+/// [`ReplicaNode`](super::ReplicaNode) asks before it stops ticking a group, and what it tells
+/// a group when a peer node's liveness changes.
+impl<S: Storage, T> ReplicatedPartition<S, T> {
+    /// A leader with nothing to do: every entry committed, applied and synced, every voter's
+    /// log matches its own, no producer waiting, no leadership transfer (it may still have a
+    /// heartbeat ready).
+    pub fn is_quiet_leader(&self) -> bool {
+        let r = &self.node.raft;
+        if r.state != StateRole::Leader || !self.waiters.is_empty() || r.lead_transferee.is_some() {
+            return false;
+        }
+        let last = r.raft_log.last_index();
+        r.raft_log.committed == last
+            && self.applied == last
+            && self.synced_index >= last
+            && r.prs().iter().all(|(_, pr)| pr.matched == last)
+    }
+
+    /// Whether this follower may stop its election clock on leader `from`'s notice that the
+    /// group hibernates at `term` with everything up to `commit` committed: it follows that
+    /// leader in that term and holds, has committed and applied exactly that log.
+    pub fn may_sleep_on_notice(&self, from: NodeId, term: u64, commit: u64) -> bool {
+        let r = &self.node.raft;
+        r.state == StateRole::Follower
+            && r.leader_id == from
+            && r.term == term
+            && r.raft_log.last_index() == commit
+            && r.raft_log.committed == commit
+            && self.applied == commit
+    }
+
+    /// Peer node `peer` went silent for `silent_ticks` ticks (or restarted): a follower of it
+    /// counts the silence as time without a leader (it campaigns as if the leader's
+    /// heartbeats had stopped then); a leader stops counting it as recently active (its
+    /// check-quorum then sees the loss at the next election timeout).
+    pub fn peer_lost(&mut self, peer: NodeId, silent_ticks: usize) {
+        let r = &mut self.node.raft;
+        if r.state == StateRole::Leader {
+            if let Some(pr) = r.mut_prs().get_mut(peer) {
+                pr.recent_active = false;
+            }
+        } else if r.leader_id == peer && r.election_elapsed < silent_ticks {
+            r.election_elapsed = silent_ticks;
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub struct IdleReport {
     pub frames_per_tick: f64,
     /// Bytes the simulated disks hold (kept twice in memory: live and durable image).
     pub storage_bytes: u64,
+    /// Replicas hibernating at the end (all nodes).
+    pub asleep: u64,
 }
 
 type Node = ReplicaNode<CrashStorage, u64>;
@@ -54,13 +56,25 @@ fn round(nodes: &mut [Node], counts: &mut (u64, u64, u64)) {
     }
 }
 
-/// Builds the idle cluster, elects every group, then measures `ticks` idle tick rounds.
-/// `mark` is called with `"built"` once every group has elected and settled (the caller reads
+/// Builds the idle cluster, elects every group, then measures `ticks` idle tick rounds;
+/// `hibernate`: whether idle groups hibernate (`ReplicaNode::set_hibernation`). `mark` is called with `"built"` once every group has elected and settled (the caller reads
 /// its memory and CPU clock there) and with `"idle-done"` after the idle rounds.
-pub fn measure_idle(groups: u64, ticks: u64, mut mark: impl FnMut(&str)) -> IdleReport {
+pub fn measure_idle(
+    groups: u64,
+    ticks: u64,
+    hibernate: bool,
+    mut mark: impl FnMut(&str),
+) -> IdleReport {
     let ids: Vec<NodeId> = vec![1, 2, 3];
     let storage: Vec<CrashStorage> = ids.iter().map(|_| CrashStorage::new()).collect();
-    let mut nodes: Vec<Node> = ids.iter().map(|id| Node::new(*id)).collect();
+    let mut nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| {
+            let mut n = Node::new(*id);
+            n.set_hibernation(hibernate);
+            n
+        })
+        .collect();
     for (k, n) in nodes.iter_mut().enumerate() {
         for g in 1..=groups {
             let dir = PathBuf::from(format!("/n{}/g{g}", ids[k]));
@@ -131,5 +145,6 @@ pub fn measure_idle(groups: u64, ticks: u64, mut mark: impl FnMut(&str)) -> Idle
         msgs_per_tick: counts.1 as f64 / t,
         bytes_per_tick: counts.2 as f64 / t,
         storage_bytes: storage.iter().map(CrashStorage::used_bytes).sum(),
+        asleep: nodes.iter().map(|n| n.asleep_count() as u64).sum(),
     }
 }
