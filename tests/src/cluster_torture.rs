@@ -58,7 +58,7 @@ pub struct ClusterReport {
     pub violations: Vec<String>,
 }
 
-fn config() -> ClientConfig {
+pub(crate) fn config() -> ClientConfig {
     ClientConfig {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(3),
