@@ -45,6 +45,9 @@ pub struct Cluster {
     pub extra: Vec<String>,
     /// Extra `serve` arguments of one node (index `id - 1`; e.g. its own `--kafka-listen`).
     pub node_extra: Vec<Vec<String>>,
+    /// Per-node cluster lists (index = id - 1), used instead of `list` when set: a fault proxy
+    /// mesh (`mesh.rs`) points each node's entries for the others at proxies.
+    pub node_lists: Vec<String>,
 }
 
 /// Ports free now (bound together, then released: the OS does not hand them out again soon).
@@ -100,6 +103,7 @@ impl Cluster {
             shards: 1,
             extra: Vec::new(),
             node_extra: Vec::new(),
+            node_lists: Vec::new(),
         })
     }
 
@@ -119,12 +123,13 @@ impl Cluster {
     /// The `serve` command of node `id` (as `start` runs it), with `cluster_id`.
     pub fn command(&self, id: u64, cluster_id: &str) -> Command {
         let n = self.node(id);
+        let list = self.node_lists.get((id - 1) as usize).unwrap_or(&self.list);
         let mut c = Command::new(&self.bin);
         c.args(["serve", "--listen", &n.addr, "--shards"])
             .arg(self.shards.to_string())
             .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&n.data_dir)
-            .args(["--node-id", &id.to_string(), "--cluster", &self.list])
+            .args(["--node-id", &id.to_string(), "--cluster", list])
             .args(["--cluster-id", cluster_id])
             .args(&self.extra)
             .args(self.node_extra.get((id - 1) as usize).into_iter().flatten())
@@ -226,6 +231,14 @@ impl Cluster {
         n.lines = None;
         n.stopped = false;
         Ok(())
+    }
+
+    /// Whether node `id` was started and its process has not exited (a crash shows here).
+    pub fn alive(&mut self, id: u64) -> bool {
+        let n = &mut self.nodes[(id - 1) as usize];
+        n.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGSTOP of node `id`.

@@ -5,6 +5,11 @@
 //! SIGCONT. Afterwards every node must reach the same high watermark and hold the same records
 //! at the same offsets, with dense offsets, no id twice, and every acknowledged id at its
 //! acknowledged offset in send order. Returns the violations (empty: none).
+//!
+//! With [`ClusterOptions::net_faults`], a fault proxy sits on every node-to-node link
+//! (`mesh.rs`) and a network phase follows the cycles; with [`ClusterOptions::disk_full`], the
+//! last node's data directory is a small tmpfs whose disk fills while it is a follower
+//! (`cluster_faults.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -19,9 +24,24 @@ use shardline_net::client::{
 };
 
 use crate::cluster::Cluster;
+use crate::mesh::Mesh;
 
-const TOPIC: &str = "torture-ids";
-const PARTITIONS: u32 = 2;
+pub(crate) const TOPIC: &str = "torture-ids";
+pub(crate) const PARTITIONS: u32 = 2;
+
+/// What `torture --nodes N` does.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// Leader faults (SIGKILL + restart, SIGSTOP + SIGCONT, alternating).
+    pub cycles: usize,
+    /// Link faults through proxies: delay, drops, resets, partitions, heal.
+    pub net_faults: bool,
+    /// A follower's disk fills up, then space returns (root only; skipped otherwise).
+    pub disk_full: bool,
+    /// Size of the disk-full node's tmpfs.
+    pub disk_full_mib: u64,
+}
 
 /// What a cluster torture run did.
 #[derive(Debug, Default, serde::Serialize)]
@@ -32,10 +52,13 @@ pub struct ClusterReport {
     pub sent: u64,
     pub acked: u64,
     pub failed: u64,
+    pub net: Option<crate::cluster_faults::NetReport>,
+    pub disk_full: Option<crate::cluster_faults::DiskFullReport>,
+    pub disk_full_skipped: Option<String>,
     pub violations: Vec<String>,
 }
 
-fn config() -> ClientConfig {
+pub(crate) fn config() -> ClientConfig {
     ClientConfig {
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(3),
@@ -44,25 +67,25 @@ fn config() -> ClientConfig {
 }
 
 #[derive(Default)]
-struct Ledger {
-    acked: BTreeMap<u64, (u32, u64)>,
+pub(crate) struct Ledger {
+    pub(crate) acked: BTreeMap<u64, (u32, u64)>,
     sent: u64,
     failed: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Partition -> (leader, epoch) as node `id` sees it.
-fn view(c: &Cluster, id: u64) -> Option<Vec<(u64, u64)>> {
+pub(crate) fn view(c: &Cluster, id: u64) -> Option<Vec<(u64, u64)>> {
     let client = Client::connect_node(&c.node(id).addr, config()).ok()?;
     let r = client.describe_cluster(&[TOPIC]).ok()?;
     let t = r.topics.into_iter().find(|t| t.name == TOPIC)?;
     Some(t.partitions.iter().map(|p| (p.leader, p.epoch)).collect())
 }
 
-fn wait_view(
+pub(crate) fn wait_view(
     c: &Cluster,
     id: u64,
     what: &str,
@@ -82,7 +105,7 @@ fn wait_view(
     }
 }
 
-fn wait_acks(ledger: &Mutex<Ledger>, n: usize) -> anyhow::Result<()> {
+pub(crate) fn wait_acks(ledger: &Mutex<Ledger>, n: usize) -> anyhow::Result<()> {
     let start = lock(ledger).acked.len();
     let deadline = Instant::now() + Duration::from_secs(40);
     while lock(ledger).acked.len() < start + n {
@@ -139,12 +162,32 @@ fn produce(bootstrap: &str, stop: &AtomicBool, ledger: &Mutex<Ledger>) -> anyhow
     Ok(())
 }
 
-/// Runs the cluster torture: `nodes` processes of `bin` under `dir`, `cycles` faults.
-pub fn run(bin: &Path, dir: &Path, nodes: usize, cycles: usize) -> anyhow::Result<ClusterReport> {
+/// Runs the cluster torture: `opts.nodes` processes of `bin` under `dir`.
+pub fn run(bin: &Path, dir: &Path, opts: &ClusterOptions) -> anyhow::Result<ClusterReport> {
+    let nodes = opts.nodes;
     if nodes < 3 {
         bail!("--nodes needs at least 3 (a majority must survive a fault)");
     }
+    let mut report = ClusterReport {
+        nodes,
+        ..ClusterReport::default()
+    };
+    // Declared before the cluster, so that it is unmounted after the processes died.
+    let disk = if opts.disk_full {
+        crate::cluster_faults::mount_disk(dir, opts.disk_full_mib, &mut report)?
+    } else {
+        None
+    };
     let mut c = Cluster::new(bin, dir, nodes)?;
+    if let Some(d) = &disk {
+        let last = c.nodes.len() - 1;
+        c.nodes[last].data_dir = d.path.join("data");
+    }
+    let mesh = if opts.net_faults {
+        Some(Mesh::install(&mut c)?)
+    } else {
+        None
+    };
     c.start_all()?;
     let replicas = nodes.min(3) as u32;
     Client::connect(&c.bootstrap(), config())?
@@ -157,7 +200,6 @@ pub fn run(bin: &Path, dir: &Path, nodes: usize, cycles: usize) -> anyhow::Resul
             replicas,
         )
         .context("creating the topic")?;
-    let all_led = |v: &[(u64, u64)]| v.len() == PARTITIONS as usize && v.iter().all(|l| l.0 != 0);
     wait_view(&c, 1, "every partition has a leader", all_led)?;
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
@@ -165,43 +207,20 @@ pub fn run(bin: &Path, dir: &Path, nodes: usize, cycles: usize) -> anyhow::Resul
         let (b, s, l) = (c.bootstrap(), stop.clone(), ledger.clone());
         std::thread::spawn(move || produce(&b, &s, &l))
     };
-    let mut report = ClusterReport {
-        nodes,
-        ..ClusterReport::default()
-    };
     let faults = (|| -> anyhow::Result<()> {
         wait_acks(&ledger, 100)?;
-        for cycle in 0..cycles {
-            let witness = (1..=nodes as u64)
-                .find(|&n| c.node(n).pid.is_some())
-                .context("a running node")?;
-            let before = wait_view(&c, witness, "leaders", all_led)?;
-            let p = cycle % PARTITIONS as usize;
-            let victim = before[p].0;
-            let witness = (1..=nodes as u64)
-                .find(|&n| n != victim)
-                .context("a witness")?;
-            if cycle % 2 == 0 {
-                c.kill(victim)?;
-                report.kills += 1;
-            } else {
-                c.pause(victim)?;
-                report.pauses += 1;
-            }
-            let after = wait_view(&c, witness, "a new leader", |v| {
-                v[p].0 != 0 && v[p].0 != victim && v[p].1 > before[p].1
-            })?;
-            wait_acks(&ledger, 100)?;
-            if cycle % 2 == 0 {
-                c.spawn(victim)?;
-                c.wait_links(victim, Duration::from_secs(30))?;
-            } else {
-                c.resume(victim)?;
-                wait_view(&c, victim, "the resumed node steps down", |v| {
-                    v[p].0 != victim && v[p].1 >= after[p].1
-                })?;
-            }
-            wait_acks(&ledger, 100)?;
+        leader_faults(&mut c, opts.cycles, &ledger, &mut report)?;
+        if let Some(mesh) = &mesh {
+            report.net = Some(crate::cluster_faults::net_phase(
+                &c,
+                mesh,
+                &ledger,
+                &mut report,
+            )?);
+        }
+        if let Some(disk) = &disk {
+            let r = crate::cluster_faults::disk_full_phase(&mut c, disk, &ledger, &mut report)?;
+            report.disk_full = Some(r);
         }
         Ok(())
     })();
@@ -215,11 +234,62 @@ pub fn run(bin: &Path, dir: &Path, nodes: usize, cycles: usize) -> anyhow::Resul
     report.sent = ledger.sent;
     report.acked = ledger.acked.len() as u64;
     report.failed = ledger.failed;
-    report.violations = verify(&c, &ledger)?;
+    let found = verify(&c, &ledger)?;
+    report.violations.extend(found);
+    c.kill_all();
+    drop(disk);
     Ok(report)
 }
 
-fn high_watermark(addr: &str, partition: u32) -> anyhow::Result<u64> {
+/// Every partition has a leader in this view.
+pub(crate) fn all_led(v: &[(u64, u64)]) -> bool {
+    v.len() == PARTITIONS as usize && v.iter().all(|l| l.0 != 0)
+}
+
+/// A node other than `not` that runs now.
+pub(crate) fn witness(c: &Cluster, not: u64) -> anyhow::Result<u64> {
+    (1..=c.nodes.len() as u64)
+        .find(|&n| n != not && c.node(n).pid.is_some())
+        .context("a running node")
+}
+
+/// `cycles` faults on a partition's leader: SIGKILL + restart and SIGSTOP + SIGCONT in turn.
+fn leader_faults(
+    c: &mut Cluster,
+    cycles: usize,
+    ledger: &Mutex<Ledger>,
+    report: &mut ClusterReport,
+) -> anyhow::Result<()> {
+    for cycle in 0..cycles {
+        let before = wait_view(c, witness(c, 0)?, "leaders", all_led)?;
+        let p = cycle % PARTITIONS as usize;
+        let victim = before[p].0;
+        if cycle % 2 == 0 {
+            c.kill(victim)?;
+            report.kills += 1;
+        } else {
+            c.pause(victim)?;
+            report.pauses += 1;
+        }
+        let after = wait_view(c, witness(c, victim)?, "a new leader", |v| {
+            v[p].0 != 0 && v[p].0 != victim && v[p].1 > before[p].1
+        })?;
+        wait_acks(ledger, 100)?;
+        if cycle % 2 == 0 {
+            c.spawn(victim)?;
+            c.wait_links(victim, Duration::from_secs(30))?;
+        } else {
+            c.resume(victim)?;
+            wait_view(c, victim, "the resumed node steps down", |v| {
+                v[p].0 != victim && v[p].1 >= after[p].1
+            })?;
+        }
+        wait_acks(ledger, 100)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn high_watermark(addr: &str, partition: u32) -> anyhow::Result<u64> {
     let r = Client::connect_node(addr, config())?.describe_replicas(TOPIC)?;
     Ok(r.partitions
         .iter()

@@ -19,4 +19,7 @@ pub mod torture;
 pub mod proxy;
 
 pub mod cluster;
+pub mod cluster_faults;
 pub mod cluster_torture;
+pub mod mesh;
+pub mod tmpfs;

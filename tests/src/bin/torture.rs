@@ -32,6 +32,8 @@ struct Args {
     )]
     faults: Vec<String>,
     /// Also fill up a small loop-mounted disk (root only; skipped with a reason otherwise).
+    /// With --nodes: the last node's data directory is a tmpfs of --disk-full-mib, filled up
+    /// while that node is a follower, then freed.
     #[arg(long)]
     disk_full: bool,
     #[arg(long, default_value_t = 48)]
@@ -92,6 +94,11 @@ struct Args {
     /// idempotent `acks all` producer; every acknowledged id checked on every node (issue 14).
     #[arg(long, value_name = "N")]
     nodes: Option<usize>,
+    /// With --nodes: a fault proxy on every node-to-node link, and a network phase after the
+    /// cycles (latency, drops, resets, a partition holding a leader, one holding a follower,
+    /// no majority anywhere, healing).
+    #[arg(long, requires = "nodes")]
+    net_faults: bool,
     /// Self-test: torn tails cut into acknowledged data, and idempotent producers resend with a
     /// fresh sequence number (the run must then fail with exit 3).
     #[arg(long, hide = true)]
@@ -138,7 +145,14 @@ fn real_main() -> anyhow::Result<bool> {
     );
     if let Some(nodes) = a.nodes {
         let bin = shardline_tests::torture::server::shardline_bin()?;
-        let r = shardline_tests::cluster_torture::run(&bin, &dir, nodes, a.cycles.unwrap_or(4))?;
+        let opts = shardline_tests::cluster_torture::ClusterOptions {
+            nodes,
+            cycles: a.cycles.unwrap_or(4),
+            net_faults: a.net_faults,
+            disk_full: a.disk_full,
+            disk_full_mib: a.disk_full_mib,
+        };
+        let r = shardline_tests::cluster_torture::run(&bin, &dir, &opts)?;
         let json = serde_json::to_string_pretty(&r)?;
         if let Some(p) = &a.json {
             std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
