@@ -3,7 +3,7 @@
 //! blocking form and an `_async` form. Group state lives in the engine, so any listener
 //! answers: these go over the bootstrap connection.
 
-use futures_lite::future::block_on;
+use crate::conn::block_on;
 
 use super::error::ClientError;
 use super::pool::{Client, expect_response};
