@@ -714,7 +714,9 @@ impl Shared {
         state.last_activity = now;
         let mut claimed = false;
         if state.reader == ReadRole::Nobody {
-            if claim {
+            // Not with subscriptions: their pushes go to queues that the caller itself may be
+            // the one to drain.
+            if claim && state.routes.is_empty() {
                 state.reader = ReadRole::Caller;
                 claimed = true;
             } else {
