@@ -12,12 +12,12 @@
 //! Writes are serialized by a mutex and done by the calling thread (no hand-off to a writer
 //! thread: waking another thread costs ~65 us here, DESIGN.md). Reads, likewise, skip the reader
 //! thread where they can: a caller blocked in a blocking form ([`block_on`]) on a plain-TCP
-//! connection that nobody is reading claims the *read role* when it registers its request, reads
-//! the socket itself and dispatches what arrives (its own reply, and anyone else's) until its
-//! reply is there; then it hands the role back (waking the reader thread only if others still
-//! wait). The reader thread takes the role when requests wait and no caller reads, and, after
-//! [`READER_LINGER`] without requests, to notice the server closing an idle connection. A write that fails or times out
-//! half-way leaves the stream unframed, so it aborts the connection. Every request has a deadline
+//! connection without subscriptions that nobody is reading claims the *read role* when it
+//! registers its request, reads the socket itself and dispatches what arrives (its own reply,
+//! and anyone else's) until its reply is there; then it hands the role back (waking the reader
+//! thread only if others still wait). The reader thread takes the role when requests wait and no
+//! caller reads, and, after [`READER_LINGER`] without requests, to notice the server closing an
+//! idle connection. A write that fails or times out half-way leaves the stream unframed, so it aborts the connection. Every request has a deadline
 //! enforced by the timer thread, so a reply future always completes, on any runtime, without a
 //! runtime timer. A failed connection is never reused; the pool (`pool.rs`) opens a new one.
 
@@ -812,17 +812,18 @@ impl Shared {
                 state.reader = ReadRole::Thread;
                 return Ok(());
             }
-            state = if state.reader == ReadRole::Nobody {
-                self.read_wake
-                    .wait_timeout(state, READER_LINGER.saturating_sub(idle_for))
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0
+            // The holder wakes this thread when it lets go with work left; without work, the
+            // linger (counted from the release) decides, so look again after it.
+            let wait = if state.reader == ReadRole::Nobody {
+                READER_LINGER.saturating_sub(idle_for)
             } else {
-                // The holder wakes this thread when it lets go with work left.
-                self.read_wake
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner)
+                READER_LINGER
             };
+            state = self
+                .read_wake
+                .wait_timeout(state, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 

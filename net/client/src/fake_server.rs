@@ -34,6 +34,8 @@ struct Script {
     swallow_pings: bool,
     /// Close the connection on the next Ping.
     close_on_ping: bool,
+    /// Close the connection right after the next reply (the client sees it while idle).
+    close_after_reply: bool,
 }
 
 #[derive(Default)]
@@ -134,6 +136,11 @@ fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, addr: &str) {
                 encoder.push(&mut out, 0, &p).unwrap();
             }
             if stream.write_all(&out).is_err() {
+                return;
+            }
+            let close = std::mem::take(&mut state.lock().unwrap().script.close_after_reply);
+            if close {
+                let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
         }
@@ -533,6 +540,18 @@ fn a_blocked_caller_reads_its_own_replies_and_keeps_its_deadline() {
     fake.script(|s| s.swallow_pings = false);
     client.ping().unwrap();
     assert!(!conn.is_closed());
+    // A server closing the connection while it is idle after a caller read its reply: the
+    // reader thread notices after its linger, without any request.
+    fake.script(|s| s.close_after_reply = true);
+    client.ping().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !conn.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle close never noticed"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
