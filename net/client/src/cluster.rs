@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_lite::future::block_on;
+use crate::conn::block_on;
 use tracing::debug;
 
 use super::conn::Connection;

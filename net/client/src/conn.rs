@@ -10,11 +10,18 @@
 //! ```
 //!
 //! Writes are serialized by a mutex and done by the calling thread (no hand-off to a writer
-//! thread: waking another thread costs ~65 us here, DESIGN.md). A write that fails or times out
-//! half-way leaves the stream unframed, so it aborts the connection. Every request has a deadline
+//! thread: waking another thread costs ~65 us here, DESIGN.md). Reads, likewise, skip the reader
+//! thread where they can: a caller blocked in a blocking form ([`block_on`]) on a plain-TCP
+//! connection without subscriptions that nobody is reading claims the *read role* when it
+//! registers its request, reads the socket itself and dispatches what arrives (its own reply,
+//! and anyone else's) until its reply is there; then it hands the role back (waking the reader
+//! thread only if others still wait). The reader thread takes the role when requests wait and no
+//! caller reads, and, after [`READER_LINGER`] without requests, to notice the server closing an
+//! idle connection. A write that fails or times out half-way leaves the stream unframed, so it aborts the connection. Every request has a deadline
 //! enforced by the timer thread, so a reply future always completes, on any runtime, without a
 //! runtime timer. A failed connection is never reused; the pool (`pool.rs`) opens a new one.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -91,8 +98,69 @@ struct PendingEntry {
     pending: Pending,
 }
 
+/// Who reads the socket (the decoder and the read half are used by one thread at a time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadRole {
+    Nobody,
+    /// The connection's reader thread.
+    Thread,
+    /// A blocked caller waiting for its own reply.
+    Caller,
+}
+
+/// How long the reader thread leaves an idle socket to the next caller before it reads it
+/// itself (to see the server's close; a caller then waits for it to hand the reply over).
+const READER_LINGER: Duration = Duration::from_millis(50);
+
+/// A reading caller's socket reads time out after this, to check whether its deadline passed
+/// (the timer thread fails the request; the caller must notice).
+const CALLER_READ_SLICE: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// Set while the thread runs a blocking form of the client ([`block_on`]): it has nothing
+    /// else to do than wait, so it may read its own reply off the socket.
+    static BLOCKING_CALLER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs a blocking form's future on the calling thread, letting the connection layer read the
+/// caller's reply on this thread (no cross-thread wake-up). Only for futures that await one
+/// request at a time: a future that also waits for something else concurrently (a `race`/`or`)
+/// would not be polled while this thread reads.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BLOCKING_CALLER.with(|b| b.set(self.0));
+        }
+    }
+    let _restore = Restore(BLOCKING_CALLER.with(|b| b.replace(true)));
+    futures_lite::future::block_on(f)
+}
+
+/// The read half and its frame decoder: used by whoever holds the read role.
+struct ReadSide {
+    stream: WireReader,
+    decoder: FrameDecoder,
+    /// The socket's receive timeout is [`CALLER_READ_SLICE`] (set by a reading caller; the reader
+    /// thread clears it before it reads).
+    sliced: bool,
+}
+
+/// Why a read of the socket stopped.
+enum ReadStop {
+    /// The receive timeout passed without data (a reading caller checks its deadline).
+    Slice,
+    /// The connection is over, for this reason.
+    Closed(String),
+}
+
 struct State {
     pending: HashMap<u32, PendingEntry>,
+    /// Who reads the socket now.
+    reader: ReadRole,
+    /// When a request was last registered or a caller stopped reading (the reader thread's
+    /// linger counts from here).
+    last_activity: Instant,
     routes: HashMap<u32, PushRoute>,
     /// Set once, when the connection fails; every later request fails with it at once.
     closed: Option<ClientError>,
@@ -117,6 +185,14 @@ struct Shared {
     versions: NegotiatedVersions,
     state: Mutex<State>,
     timer_wake: Condvar,
+    /// Wakes the reader thread: requests wait and nobody reads, or the connection ends.
+    read_wake: Condvar,
+    /// Blocked callers may read their own replies (plain TCP: a TLS stream is read by the
+    /// reader thread only).
+    caller_reads: bool,
+    read_side: Mutex<ReadSide>,
+    /// Replies a caller read itself (tests and diagnostics).
+    caller_read_replies: std::sync::atomic::AtomicU64,
     writer: Mutex<Writer>,
     /// For `shutdown` without taking the writer lock.
     socket: TcpStream,
@@ -142,6 +218,9 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.dropped.store(true, Ordering::Relaxed);
         let _ = self.shared.socket.shutdown(Shutdown::Both);
+        // A parked reader thread sees `dropped` and ends the connection.
+        let _state = lock(&self.shared.state);
+        self.shared.read_wake.notify_all();
     }
 }
 
@@ -210,13 +289,24 @@ impl Connection {
             .set_write_timeout(Some(config.request_timeout))
             .map_err(io)?;
         let (permits_tx, permits_rx) = flume::bounded(config.inflight_requests_max.max(1));
+        let caller_reads = matches!(reader_stream, WireReader::Plain(_));
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
             peer,
             handshake,
             versions,
+            read_wake: Condvar::new(),
+            caller_reads,
+            read_side: Mutex::new(ReadSide {
+                stream: reader_stream,
+                decoder,
+                sliced: false,
+            }),
+            caller_read_replies: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(State {
                 pending: HashMap::new(),
+                reader: ReadRole::Nobody,
+                last_activity: Instant::now(),
                 routes: HashMap::new(),
                 closed: None,
                 timer_target: None,
@@ -236,7 +326,7 @@ impl Connection {
         let reader = Arc::clone(&shared);
         thread::Builder::new()
             .name(format!("shardline-client-read {addr}"))
-            .spawn(move || reader.read_loop(reader_stream, decoder))
+            .spawn(move || reader.read_loop())
             .map_err(io)?;
         let timer = Arc::clone(&shared);
         let spawned = thread::Builder::new()
@@ -296,8 +386,20 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Response, ClientError> {
         let (reply, rx) = flume::bounded(1);
-        self.submit(request, timeout, Pending::Call(reply)).await?;
+        let claim = self.shared.caller_reads && BLOCKING_CALLER.with(Cell::get);
+        if self
+            .submit_as(request, timeout, Pending::Call(reply), claim)
+            .await?
+        {
+            return self.shared.read_own_reply(&rx);
+        }
         self.await_reply(rx).await
+    }
+
+    /// Replies this connection's callers read off the socket themselves (no reader thread).
+    #[cfg(test)]
+    pub(crate) fn caller_read_replies(&self) -> u64 {
+        self.shared.caller_read_replies.load(Ordering::Relaxed)
     }
 
     /// A Subscribe: pushes of the new subscription go to `route`.
@@ -334,11 +436,26 @@ impl Connection {
         timeout: Duration,
         pending: Pending,
     ) -> Result<(), ClientError> {
+        self.submit_as(request, timeout, pending, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Connection::submit`]; with `claim`, takes the read role if nobody reads: then the
+    /// result is `Ok(true)` and the caller must read until `pending` is completed
+    /// ([`Shared::read_own_reply`]).
+    async fn submit_as(
+        &self,
+        request: &Request,
+        timeout: Duration,
+        pending: Pending,
+        claim: bool,
+    ) -> Result<bool, ClientError> {
         // The semaphore's receiver lives in `shared`, next to the sender: this cannot fail.
         if self.shared.permits_tx.send_async(()).await.is_err() {
             return Err(self.lost("permit queue closed"));
         }
-        self.submit_with_permit(request, timeout, pending)
+        self.submit_with_permit(request, timeout, pending, claim)
     }
 
     /// Like [`Connection::submit`] without waiting: fails when `inflight_requests_max` requests
@@ -354,7 +471,8 @@ impl Connection {
                 "too many requests in flight".into(),
             ));
         }
-        self.submit_with_permit(request, timeout, pending)
+        self.submit_with_permit(request, timeout, pending, false)
+            .map(|_| ())
     }
 
     fn submit_with_permit(
@@ -362,7 +480,8 @@ impl Connection {
         request: &Request,
         timeout: Duration,
         pending: Pending,
-    ) -> Result<(), ClientError> {
+        claim: bool,
+    ) -> Result<bool, ClientError> {
         let api = request.api_key();
         let version = match self.shared.versions.version(api) {
             Ok(v) => v,
@@ -371,8 +490,8 @@ impl Connection {
                 return Err(e.into());
             }
         };
-        let correlation_id = match self.shared.register(api, timeout, pending) {
-            Ok(id) => id,
+        let (correlation_id, claimed) = match self.shared.register(api, timeout, pending, claim) {
+            Ok(r) => r,
             Err(e) => {
                 self.shared.release_permit();
                 return Err(e);
@@ -384,10 +503,13 @@ impl Connection {
             let entry = lock(&self.shared.state).pending.remove(&correlation_id);
             if entry.is_some() {
                 self.shared.release_permit();
+                if claimed {
+                    self.shared.release_read_role();
+                }
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(claimed)
     }
 
     /// Writes a request that has no response (GrantCredits, Produce with `acks = none`).
@@ -554,13 +676,18 @@ impl Shared {
         let _ = self.permits_rx.try_recv();
     }
 
+    /// Registers a request awaiting its reply. With `claim`, the caller takes the read role if
+    /// nobody holds it (the second value: then it must read until its reply is there);
+    /// otherwise a reader thread parked while nobody reads is woken.
     fn register(
         &self,
         api: ApiKey,
         timeout: Duration,
         pending: Pending,
-    ) -> Result<u32, ClientError> {
-        let deadline = Instant::now() + timeout;
+        claim: bool,
+    ) -> Result<(u32, bool), ClientError> {
+        let now = Instant::now();
+        let deadline = now + timeout;
         let mut state = lock(&self.state);
         if let Some(e) = &state.closed {
             return Err(e.clone());
@@ -584,7 +711,19 @@ impl Shared {
             state.timer_target = Some(deadline);
             self.timer_wake.notify_one();
         }
-        Ok(id)
+        state.last_activity = now;
+        let mut claimed = false;
+        if state.reader == ReadRole::Nobody {
+            // Not with subscriptions: their pushes go to queues that the caller itself may be
+            // the one to drain.
+            if claim && state.routes.is_empty() {
+                state.reader = ReadRole::Caller;
+                claimed = true;
+            } else {
+                self.read_wake.notify_one();
+            }
+        }
+        Ok((id, claimed))
     }
 
     fn write(
@@ -616,35 +755,166 @@ impl Shared {
         Ok(())
     }
 
-    fn read_loop(self: Arc<Self>, mut stream: WireReader, mut decoder: FrameDecoder) {
-        let reason = 'read: loop {
-            let n = match stream.read(decoder.read_buf()) {
-                Ok(0) if self.dropped.load(Ordering::Relaxed) => {
-                    break "closed by the client".into();
-                }
-                Ok(0) => break "closed by the server".to_string(),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => break e.to_string(),
-            };
-            decoder.filled(n);
-            loop {
-                match decoder.next_frame_owned() {
-                    Ok(Some(frame)) => self.dispatch(frame),
-                    Ok(None) => break,
-                    Err(e) => break 'read format!("framing lost: {e}"),
-                }
+    /// The reader thread: reads whenever requests or subscriptions wait and no caller reads
+    /// its own reply, and an idle socket after [`READER_LINGER`].
+    fn read_loop(self: Arc<Self>) {
+        let reason = loop {
+            if let Err(reason) = self.take_read_role() {
+                break reason;
             }
-            // A connection going idle after a large fetch gives the memory back.
-            if decoder.buffered_bytes() == 0 {
-                decoder.release_memory();
+            let read = {
+                let mut side = lock(&self.read_side);
+                if side.sliced {
+                    // Back to blocking reads (an idle socket must not wake this thread).
+                    if let Err(e) = self.socket.set_read_timeout(None) {
+                        drop(side);
+                        self.release_read_role();
+                        break e.to_string();
+                    }
+                    side.sliced = false;
+                }
+                self.read_once(&mut side)
+            };
+            self.release_read_role();
+            match read {
+                Ok(()) | Err(ReadStop::Slice) => {}
+                Err(ReadStop::Closed(reason)) => break reason,
             }
         };
+        if reason.is_empty() {
+            return; // already failed by whoever saw it first
+        }
         debug!(addr = %self.addr, %reason, "connection closed");
         self.fail_all(ClientError::ConnectionLost {
             addr: self.addr.clone(),
             reason,
         });
+    }
+
+    /// Waits until the reader thread should read, and takes the read role. `Err` ends the
+    /// thread: the reason to fail the connection with, empty if it has failed already.
+    fn take_read_role(&self) -> Result<(), String> {
+        let mut state = lock(&self.state);
+        loop {
+            if state.closed.is_some() {
+                return Err(String::new());
+            }
+            if self.dropped.load(Ordering::Relaxed) {
+                return Err("closed by the client".into());
+            }
+            let idle_for = state.last_activity.elapsed();
+            if state.reader == ReadRole::Nobody
+                && (!self.caller_reads
+                    || !state.pending.is_empty()
+                    || !state.routes.is_empty()
+                    || idle_for >= READER_LINGER)
+            {
+                state.reader = ReadRole::Thread;
+                return Ok(());
+            }
+            // The holder wakes this thread when it lets go with work left; without work, the
+            // linger (counted from the release) decides, so look again after it.
+            let wait = if state.reader == ReadRole::Nobody {
+                READER_LINGER.saturating_sub(idle_for)
+            } else {
+                READER_LINGER
+            };
+            state = self
+                .read_wake
+                .wait_timeout(state, wait)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets go of the read role; wakes the reader thread if requests or subscriptions still
+    /// wait (or the connection has ended).
+    fn release_read_role(&self) {
+        let mut state = lock(&self.state);
+        state.reader = ReadRole::Nobody;
+        state.last_activity = Instant::now();
+        if !state.pending.is_empty() || !state.routes.is_empty() || state.closed.is_some() {
+            self.read_wake.notify_one();
+        }
+    }
+
+    /// A caller holding the read role: reads and dispatches until `rx` has its reply, then
+    /// lets go of the role.
+    fn read_own_reply(
+        &self,
+        rx: &flume::Receiver<Result<Response, ClientError>>,
+    ) -> Result<Response, ClientError> {
+        let stopped = {
+            let mut side = lock(&self.read_side);
+            let mut stopped = None;
+            if !side.sliced {
+                match self.socket.set_read_timeout(Some(CALLER_READ_SLICE)) {
+                    Ok(()) => side.sliced = true,
+                    Err(e) => stopped = Some(e.to_string()),
+                }
+            }
+            while stopped.is_none() && rx.is_empty() {
+                match self.read_once(&mut side) {
+                    Ok(()) | Err(ReadStop::Slice) => {}
+                    Err(ReadStop::Closed(reason)) => stopped = Some(reason),
+                }
+            }
+            stopped
+        };
+        if let Some(reason) = stopped {
+            // Completes every request, this one included.
+            self.fail_all(ClientError::ConnectionLost {
+                addr: self.addr.clone(),
+                reason,
+            });
+        }
+        self.release_read_role();
+        match rx.try_recv() {
+            Ok(result) => {
+                self.caller_read_replies.fetch_add(1, Ordering::Relaxed);
+                result
+            }
+            // Unreachable: the entry was completed (reply, deadline or failure) before the loop
+            // above ended.
+            Err(_) => Err(ClientError::ConnectionLost {
+                addr: self.addr.clone(),
+                reason: "reply dropped".into(),
+            }),
+        }
+    }
+
+    /// One socket read, then every whole frame it completed is dispatched.
+    fn read_once(&self, side: &mut ReadSide) -> Result<(), ReadStop> {
+        let n = match side.stream.read(side.decoder.read_buf()) {
+            Ok(0) if self.dropped.load(Ordering::Relaxed) => {
+                return Err(ReadStop::Closed("closed by the client".into()));
+            }
+            Ok(0) => return Err(ReadStop::Closed("closed by the server".into())),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ReadStop::Slice);
+            }
+            Err(e) => return Err(ReadStop::Closed(e.to_string())),
+        };
+        side.decoder.filled(n);
+        loop {
+            match side.decoder.next_frame_owned() {
+                Ok(Some(frame)) => self.dispatch(frame),
+                Ok(None) => break,
+                Err(e) => return Err(ReadStop::Closed(format!("framing lost: {e}"))),
+            }
+        }
+        // A connection going idle after a large fetch gives the memory back.
+        if side.decoder.buffered_bytes() == 0 {
+            side.decoder.release_memory();
+        }
+        Ok(())
     }
 
     fn dispatch(&self, frame: OwnedFrame) {
@@ -720,8 +990,9 @@ impl Shared {
             ApiKey::Unsubscribe,
             Duration::from_secs(30),
             Pending::Callback(ignore),
+            false,
         ) {
-            Ok(id) => {
+            Ok((id, _)) => {
                 // A failed write aborts the connection, which completes the entry.
                 let _ = self.write(id, version, &request);
             }
@@ -761,6 +1032,7 @@ impl Shared {
             let mut state = lock(&self.state);
             state.closed = Some(error.clone());
             self.timer_wake.notify_all();
+            self.read_wake.notify_all();
             (
                 std::mem::take(&mut state.pending),
                 std::mem::take(&mut state.routes),

@@ -16,8 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::conn::block_on;
 use bytes::Bytes;
-use futures_lite::future::block_on;
 use shardline_format as batch;
 use shardline_format::Header;
 use tracing::debug;

@@ -34,6 +34,8 @@ struct Script {
     swallow_pings: bool,
     /// Close the connection on the next Ping.
     close_on_ping: bool,
+    /// Close the connection right after the next reply (the client sees it while idle).
+    close_after_reply: bool,
 }
 
 #[derive(Default)]
@@ -134,6 +136,11 @@ fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, addr: &str) {
                 encoder.push(&mut out, 0, &p).unwrap();
             }
             if stream.write_all(&out).is_err() {
+                return;
+            }
+            let close = std::mem::take(&mut state.lock().unwrap().script.close_after_reply);
+            if close {
+                let _ = stream.shutdown(Shutdown::Both);
                 return;
             }
         }
@@ -497,6 +504,54 @@ fn a_request_without_answer_times_out_and_a_lost_connection_is_replaced() {
     let e = client.ping().unwrap_err();
     assert!(matches!(e, ClientError::ConnectionLost { .. }), "{e}");
     client.ping().expect("a new bootstrap connection");
+}
+
+#[test]
+fn a_blocked_caller_reads_its_own_replies_and_keeps_its_deadline() {
+    let fake = Fake::start();
+    let client = fake.client();
+    client.create_topic("t", topic(1)).unwrap();
+    let conn = crate::conn::block_on(client.bootstrap()).unwrap();
+    let before = conn.caller_read_replies();
+    for i in 0..20u64 {
+        client.ping().unwrap();
+        let b = batch::batch_of_values([format!("{i}")]).unwrap();
+        let ack = client.produce("t", 0, b, Acks::Leader).unwrap().unwrap();
+        assert_eq!(ack.base_offset, i);
+    }
+    // A closed loop on a plain-TCP connection: the calls read their replies themselves (the
+    // reader thread takes over only after an idle gap, which a loaded machine may cause).
+    let read_by_callers = conn.caller_read_replies() - before;
+    assert!(
+        read_by_callers >= 10,
+        "{read_by_callers} of 40 replies read by their callers"
+    );
+    // A reading caller still fails at its deadline (request_timeout 500 ms; reads are sliced).
+    fake.script(|s| s.swallow_pings = true);
+    let started = std::time::Instant::now();
+    let e = client.ping().unwrap_err();
+    assert!(matches!(e, ClientError::Timeout { api: "Ping", .. }), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The connection survives the timeout: the next call (read by the caller) works.
+    fake.script(|s| s.swallow_pings = false);
+    client.ping().unwrap();
+    assert!(!conn.is_closed());
+    // A server closing the connection while it is idle after a caller read its reply: the
+    // reader thread notices after its linger, without any request.
+    fake.script(|s| s.close_after_reply = true);
+    client.ping().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !conn.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle close never noticed"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! connection); on a cluster group calls go to the group's coordinator node and follow it when
 //! it moves (`coordinator.rs`).
 
-use futures_lite::future::block_on;
+use crate::conn::block_on;
 
 use super::error::ClientError;
 use super::pool::{Client, expect_response};

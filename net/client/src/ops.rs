@@ -27,7 +27,7 @@ impl Client {
     /// Every figure of the server: shards, connections, requests and, with
     /// `include_partitions`, every partition (docs/operations.md, "Metrics").
     pub fn metrics(&self, include_partitions: bool) -> Result<MetricsResponse, ClientError> {
-        futures_lite::future::block_on(self.metrics_async(include_partitions))
+        crate::conn::block_on(self.metrics_async(include_partitions))
     }
 
     pub async fn metrics_async(
@@ -51,7 +51,7 @@ impl Client {
             retention_bytes,
             retention_ms,
         });
-        futures_lite::future::block_on(async {
+        crate::conn::block_on(async {
             expect_response!(self.call_bootstrap(request).await?, AlterTopic).map(|r| r.topic)
         })
     }
@@ -74,7 +74,7 @@ impl Client {
             target,
             dry_run,
         });
-        futures_lite::future::block_on(async {
+        crate::conn::block_on(async {
             expect_response!(self.call_coordinator(group, request).await?, ResetOffsets)
                 .map(|r| r.partitions)
         })
@@ -86,7 +86,7 @@ impl Client {
         let request = Request::QueuePurge(QueuePurgeRequest {
             topic: topic.to_string(),
         });
-        futures_lite::future::block_on(async {
+        crate::conn::block_on(async {
             expect_response!(self.call_bootstrap(request).await?, QueuePurge).map(|r| r.partitions)
         })
     }
@@ -94,7 +94,7 @@ impl Client {
     /// Every consumer group the principal may describe.
     pub fn list_groups(&self) -> Result<ListGroupsResponse, ClientError> {
         let request = Request::ListGroups(ListGroupsRequest {});
-        futures_lite::future::block_on(async {
+        crate::conn::block_on(async {
             expect_response!(self.call_bootstrap(request).await?, ListGroups)
         })
     }
@@ -131,7 +131,7 @@ impl Client {
     /// changes nothing. Keyed records map by `crc32c(key) % partitions`, so keys move
     /// (docs/semantics.md, "Adding partitions"). Returns the topic as it is now.
     pub fn add_partitions(&self, name: &str, partitions: u32) -> Result<TopicInfo, ClientError> {
-        futures_lite::future::block_on(self.add_partitions_async(name, partitions))
+        crate::conn::block_on(self.add_partitions_async(name, partitions))
     }
 
     pub async fn add_partitions_async(
@@ -167,7 +167,7 @@ impl Client {
                 config,
                 replicas,
             });
-        futures_lite::future::block_on(async {
+        crate::conn::block_on(async {
             expect_response!(self.call_bootstrap(request).await?, CreateReplicatedTopic)
                 .map(|r| r.topic)
         })
@@ -181,7 +181,7 @@ impl Client {
         let request = Request::DescribeReplicas(crate::protocol::DescribeReplicasRequest {
             name: name.to_string(),
         });
-        futures_lite::future::block_on(async {
+        crate::conn::block_on(async {
             expect_response!(self.call_bootstrap(request).await?, DescribeReplicas)
         })
     }

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::conn::block_on;
 use bytes::Bytes;
-use futures_lite::future::block_on;
 use tracing::{debug, warn};
 
 use super::ClientConfig;

@@ -38,9 +38,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::conn::block_on;
 use bytes::Bytes;
 use flume::{RecvError, Selector};
-use futures_lite::future::block_on;
 use shardline_format::Header;
 use shardline_format::{BatchBuilder, BatchHeader, ProducerInfo, now_us};
 use tracing::debug;

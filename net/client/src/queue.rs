@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_lite::future::block_on;
+use crate::conn::block_on;
 use shardline_format::{BatchBuilder, Header, now_us};
 
 use super::error::ClientError;
