@@ -57,7 +57,12 @@ impl ServerProc {
             ),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        // SHARDLINE_BIN: another server binary (e.g. a release build for the measurement).
+        let bin = std::env::var_os("SHARDLINE_BIN").map_or_else(
+            || env!("CARGO_BIN_EXE_shardline").into(),
+            std::path::PathBuf::from,
+        );
+        let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&config)
             // RSS is the measure of these tests: make glibc return freed large buffers

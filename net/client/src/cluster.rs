@@ -246,6 +246,7 @@ impl Client {
         }
         if known.is_none() || leader.is_none_or(|l| l == 0) {
             self.refresh_cluster(Some(topic)).await?;
+            self.ask_other_nodes(topic, partition).await;
         }
         let (leader, address, existing) = {
             let r = self.cluster_routes();
@@ -274,6 +275,47 @@ impl Client {
         };
         // A node's client never routes further: the recursion is one level deep.
         node.connection_for(topic, partition).await.map(Some)
+    }
+
+    /// When the bootstrap node knows no leader for `topic`/`partition` (it may be cut off from
+    /// the majority, which elected one it has not heard of), asks the other known nodes, one
+    /// at a time, and keeps the first leader one of them names. Errors are ignored: the caller
+    /// then routes to the bootstrap node, which answers NOT_LEADER, and retries.
+    async fn ask_other_nodes(&self, topic: &str, partition: u32) {
+        let others: Vec<u64> = {
+            let r = self.cluster_routes();
+            if r.is_cluster != Some(true) || r.leader_of(topic, partition).is_some_and(|l| l != 0) {
+                return;
+            }
+            r.addresses
+                .keys()
+                .copied()
+                .filter(|&n| n != r.node_id)
+                .collect()
+        };
+        for node in others {
+            let Ok(Some(c)) = self.node_client(node).await else {
+                continue;
+            };
+            let Ok(d) = c.describe_cluster_async(&[topic]).await else {
+                continue;
+            };
+            let leader = d
+                .topics
+                .iter()
+                .filter(|t| t.name == topic && t.error_code == code::NONE)
+                .flat_map(|t| &t.partitions)
+                .find(|p| p.partition == partition)
+                .map_or(0, |p| p.leader);
+            if leader != 0 {
+                debug!(
+                    topic,
+                    partition, node, leader, "leader learned from another node"
+                );
+                self.cluster_routes().note_leader(topic, partition, leader);
+                return;
+            }
+        }
     }
 
     /// A client of node `node` (made on first use, cached), or `None` when it is the node the

@@ -234,7 +234,12 @@ pub(crate) fn coordinator(conn: &KConn, group: &str) -> Result<(i32, String, i32
             .next()
             .ok_or(codes::COORDINATOR_NOT_AVAILABLE);
     }
-    let node = conn.engine.group_coordinator(group).ok().flatten().map(broker_id);
+    let node = conn
+        .engine
+        .group_coordinator(group)
+        .ok()
+        .flatten()
+        .map(broker_id);
     brokers
         .into_iter()
         .find(|b| Some(b.0) == node)
