@@ -164,6 +164,8 @@ fn raft_log_file(data: &Path) -> PathBuf {
                 walk(&p, out);
             } else if p.file_name().is_some_and(|n| n == "raft-log")
                 && !p.to_string_lossy().contains("controller")
+                // `__offsets` is a replicated internal topic on a cluster too.
+                && !p.to_string_lossy().contains("__offsets")
             {
                 out.push(p);
             }
