@@ -314,7 +314,9 @@ fn metadata_and_topics(kafka: &[String]) -> i64 {
         "ok"
     );
     for k in kafka {
-        for (p, leader, replicas, isr) in wait_leaders(k, "ids", PARTITIONS as usize) {
+        for (p, leader, mut replicas, isr) in wait_leaders(k, "ids", PARTITIONS as usize) {
+            // Listed preferred leader first (leadership balance), so compare as a set.
+            replicas.sort_unstable();
             assert_eq!(replicas, vec![1, 2, 3], "{k} partition {p}");
             assert!(isr.contains(&leader), "{k} partition {p}: isr {isr:?}");
         }
@@ -339,7 +341,8 @@ fn metadata_and_topics(kafka: &[String]) -> i64 {
         kcat.wait().unwrap().success(),
         "kcat produced to an auto-created topic"
     );
-    for (_, _, replicas, _) in wait_leaders(&kafka[0], "auto", 1) {
+    for (_, _, mut replicas, _) in wait_leaders(&kafka[0], "auto", 1) {
+        replicas.sort_unstable();
         assert_eq!(replicas, vec![1, 2, 3]);
     }
     let ids = wait_leaders(&kafka[0], "ids", PARTITIONS as usize);

@@ -109,9 +109,13 @@ fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, addr: &str) {
             let h = frame.header;
             let request = Request::decode_owned_frame(&frame).unwrap();
             let mut push = None;
-            let answer = {
+            // Taken with the request (not after the reply is written: the client may have read
+            // that reply and scripted the next close before this thread looks again).
+            let (answer, close) = {
                 let mut st = state.lock().unwrap();
-                answer(&mut st, request, addr, &mut next_subscription, &mut push)
+                let close = std::mem::take(&mut st.script.close_after_reply);
+                let a = answer(&mut st, request, addr, &mut next_subscription, &mut push);
+                (a, close)
             };
             out.clear();
             match answer {
@@ -138,7 +142,6 @@ fn serve(mut stream: TcpStream, state: &Mutex<FakeState>, addr: &str) {
             if stream.write_all(&out).is_err() {
                 return;
             }
-            let close = std::mem::take(&mut state.lock().unwrap().script.close_after_reply);
             if close {
                 let _ = stream.shutdown(Shutdown::Both);
                 return;
