@@ -156,10 +156,12 @@ fn minority_with_leader(c: &Cluster, mesh: &Mesh, ledger: &Mutex<Ledger>) -> any
     let after = wait_view(c, witness(c, victim)?, "a leader in the majority", |v| {
         v[0].0 != 0 && v[0].0 != victim && v[0].1 > before[0].1
     })?;
-    // The producer may stall until healing: when its bootstrap node is the one cut off, that
-    // node answers its metadata requests with no leader (it cannot learn the new one). The
-    // majority's commits are shown through the new leader directly.
+    // The majority's commits through the new leader directly, then through the leader-following
+    // producer: when its bootstrap node is the one cut off, that node answers its metadata
+    // requests with no leader, and the client asks the other nodes (net/client/src/cluster.rs,
+    // `ask_other_nodes`).
     majority_commits(c, after[0].0)?;
+    wait_acks(ledger, 20).context("the producer follows the majority's leader during the cut")?;
     mesh.heal();
     wait_view(c, victim, "the healed old leader follows", |v| {
         v[0].0 != victim && v[0].0 != 0 && v[0].1 >= after[0].1
