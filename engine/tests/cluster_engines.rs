@@ -12,94 +12,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future::block_on as block;
 use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
-use shardline_engine::{
-    Acks, Engine, EngineConfig, Error, FetchRequest, NodeId, PeerSink, ProduceAck, ReplicaConfig,
-    TopicConfig,
-};
+use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, ProduceAck, TopicConfig};
+
+mod common;
+use common::{Net, config, start};
 
 const TOPIC: &str = "orders";
 const PARTITIONS: u32 = 2;
-
-fn config(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::with_data_dir(dir);
-    c.shards = 2;
-    c.pin_shards = false;
-    c.io_memory_bytes = 512 << 10;
-    c
-}
-
-/// Fast Raft timing for the test: tick 20 ms, elections after 200-400 ms.
-fn replica_config() -> ReplicaConfig {
-    ReplicaConfig {
-        tick_ms: 20,
-        heartbeat_ticks: 2,
-        election_ticks: 10,
-        election_ticks_max: 20,
-    }
-}
-
-/// The in-process network: who is up, who is cut off.
-#[derive(Default)]
-struct Net {
-    engines: Mutex<HashMap<NodeId, Engine>>,
-    cut: Mutex<HashSet<NodeId>>,
-    frames: std::sync::atomic::AtomicU64,
-}
-
-impl Net {
-    fn sink(self: &Arc<Self>, from: NodeId) -> PeerSink {
-        let net = self.clone();
-        Arc::new(move |to, msgs| {
-            {
-                let cut = net.cut.lock().unwrap();
-                if cut.contains(&from) || cut.contains(&to) {
-                    return;
-                }
-            }
-            let e = net.engines.lock().unwrap().get(&to).cloned();
-            if let Some(e) = e {
-                net.frames
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                e.deliver_peer_messages(from, msgs);
-            }
-        })
-    }
-
-    fn engine(&self, n: NodeId) -> Engine {
-        self.engines.lock().unwrap().get(&n).cloned().unwrap()
-    }
-
-    fn up(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.engines.lock().unwrap().keys().copied().collect();
-        v.sort_unstable();
-        v
-    }
-
-    fn set_cut(&self, n: NodeId, cut: bool) {
-        let mut c = self.cut.lock().unwrap();
-        if cut {
-            c.insert(n);
-        } else {
-            c.remove(&n);
-        }
-    }
-}
-
-fn start(net: &Arc<Net>, n: NodeId, dir: &Path) -> Engine {
-    let e = Engine::open(config(dir)).unwrap();
-    net.engines.lock().unwrap().insert(n, e.clone());
-    e.enable_cluster(n, vec![1, 2, 3], net.sink(n), replica_config())
-        .unwrap();
-    e
-}
 
 fn record(p: u32, seq: u32) -> Bytes {
     let mut b = BatchBuilder::new().producer(ProducerInfo {

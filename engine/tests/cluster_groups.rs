@@ -11,90 +11,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardline_engine::groups::{Committed, OFFSETS_TOPIC, OffsetCommit};
-use shardline_engine::{Engine, EngineConfig, Error, NodeId, PeerSink, ReplicaConfig, TopicConfig};
+use shardline_engine::{Error, NodeId, TopicConfig};
+
+mod common;
+use common::{Net, start};
 
 const TOPIC: &str = "orders";
 const GROUP: &str = "billing";
 const STANDALONE: &str = "audit";
-
-fn config(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::with_data_dir(dir);
-    c.shards = 2;
-    c.pin_shards = false;
-    c.io_memory_bytes = 512 << 10;
-    c
-}
-
-/// Fast Raft timing for the test: tick 20 ms, elections after 200-400 ms.
-fn replica_config() -> ReplicaConfig {
-    ReplicaConfig {
-        tick_ms: 20,
-        heartbeat_ticks: 2,
-        election_ticks: 10,
-        election_ticks_max: 20,
-    }
-}
-
-/// The in-process network: who is up, who is cut off.
-#[derive(Default)]
-struct Net {
-    engines: Mutex<HashMap<NodeId, Engine>>,
-    cut: Mutex<HashSet<NodeId>>,
-    frames: std::sync::atomic::AtomicU64,
-}
-
-impl Net {
-    fn sink(self: &Arc<Self>, from: NodeId) -> PeerSink {
-        let net = self.clone();
-        Arc::new(move |to, msgs| {
-            {
-                let cut = net.cut.lock().unwrap();
-                if cut.contains(&from) || cut.contains(&to) {
-                    return;
-                }
-            }
-            let e = net.engines.lock().unwrap().get(&to).cloned();
-            if let Some(e) = e {
-                net.frames
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                e.deliver_peer_messages(from, msgs);
-            }
-        })
-    }
-
-    fn engine(&self, n: NodeId) -> Engine {
-        self.engines.lock().unwrap().get(&n).cloned().unwrap()
-    }
-
-    fn up(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.engines.lock().unwrap().keys().copied().collect();
-        v.sort_unstable();
-        v
-    }
-
-    fn set_cut(&self, n: NodeId, cut: bool) {
-        let mut c = self.cut.lock().unwrap();
-        if cut {
-            c.insert(n);
-        } else {
-            c.remove(&n);
-        }
-    }
-}
-
-fn start(net: &Arc<Net>, n: NodeId, dir: &Path) -> Engine {
-    let e = Engine::open(config(dir)).unwrap();
-    net.engines.lock().unwrap().insert(n, e.clone());
-    e.enable_cluster(n, vec![1, 2, 3], net.sink(n), replica_config())
-        .unwrap();
-    e
-}
 
 /// Waits (bounded) until every node up holds `__offsets` as a replicated topic.
 fn wait_offsets_replicated(net: &Net) {

@@ -11,9 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,9 +21,10 @@ use futures_lite::future::block_on;
 use shardline_engine::batch::{self, BatchBuilder};
 use shardline_engine::replication::disk::RaftDisk;
 use shardline_engine::rt::StdFs;
-use shardline_engine::{
-    Acks, Engine, EngineConfig, Error, FetchRequest, NodeId, PeerSink, ReplicaConfig, TopicConfig,
-};
+use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, TopicConfig};
+
+mod common;
+use common::{Net, config_with, start_with};
 
 const TOPIC: &str = "snap";
 /// The entries a replica retains for peers that lag (engine/src/broker/cluster.rs).
@@ -31,62 +32,9 @@ const RETAIN_ENTRIES: usize = 1024;
 /// Value bytes of the catch-up scenario's batches (enough for the leader's `raft-log` to
 /// rotate: the scenario waits for that).
 const FILL: usize = 1000;
-
-fn config(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::with_data_dir(dir);
-    c.shards = 1;
-    c.pin_shards = false;
-    c.io_memory_bytes = 512 << 10;
-    c
-}
-
-fn replica_config() -> ReplicaConfig {
-    ReplicaConfig {
-        tick_ms: 20,
-        heartbeat_ticks: 2,
-        election_ticks: 10,
-        election_ticks_max: 20,
-    }
-}
-
-#[derive(Default)]
-struct Net {
-    engines: Mutex<HashMap<NodeId, Engine>>,
-}
-
-impl Net {
-    fn sink(self: &Arc<Self>, from: NodeId) -> PeerSink {
-        let net = self.clone();
-        Arc::new(move |to, msgs| {
-            let e = net.engines.lock().unwrap().get(&to).cloned();
-            if let Some(e) = e {
-                e.deliver_peer_messages(from, msgs);
-            }
-        })
-    }
-
-    fn engine(&self, n: NodeId) -> Engine {
-        self.engines.lock().unwrap().get(&n).cloned().unwrap()
-    }
-
-    fn up(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.engines.lock().unwrap().keys().copied().collect();
-        v.sort_unstable();
-        v
-    }
-
-    fn stop(&self, n: NodeId) {
-        let e = self.engines.lock().unwrap().remove(&n).unwrap();
-        e.shutdown().unwrap();
-    }
-}
-
+/// Node `n` of the cluster `nodes`, one shard (every partition on it).
 fn start(net: &Arc<Net>, n: NodeId, nodes: &[NodeId], dir: &Path) -> Engine {
-    let e = Engine::open(config(dir)).unwrap();
-    net.engines.lock().unwrap().insert(n, e.clone());
-    e.enable_cluster(n, nodes.to_vec(), net.sink(n), replica_config())
-        .unwrap();
-    e
+    start_with(net, n, nodes, config_with(dir, 1))
 }
 
 fn batch_of(i: u64, fill: usize) -> Bytes {

@@ -8,73 +8,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future::block_on as block;
 use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
-use shardline_engine::{
-    Acks, Engine, EngineConfig, Error, FetchRequest, NodeId, PeerSink, ReplicaConfig, TopicConfig,
-};
+use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, TopicConfig};
+
+mod common;
+use common::Net;
 
 const TOPIC: &str = "balanced";
 const PARTITIONS: u32 = 6;
 const NODES: [NodeId; 3] = [1, 2, 3];
-
-fn config(dir: &Path) -> EngineConfig {
-    let mut c = EngineConfig::with_data_dir(dir);
-    c.shards = 2;
-    c.pin_shards = false;
-    c.io_memory_bytes = 512 << 10;
-    c
-}
-
-/// Fast Raft timing: tick 20 ms, elections after 200-400 ms (a balance check every 400 ms).
-fn replica_config() -> ReplicaConfig {
-    ReplicaConfig {
-        tick_ms: 20,
-        heartbeat_ticks: 2,
-        election_ticks: 10,
-        election_ticks_max: 20,
-    }
-}
-
-/// The in-process network: the engines that are up.
-#[derive(Default)]
-struct Net {
-    engines: Mutex<HashMap<NodeId, Engine>>,
-}
-
-impl Net {
-    fn sink(self: &Arc<Self>, from: NodeId) -> PeerSink {
-        let net = self.clone();
-        Arc::new(move |to, msgs| {
-            let e = net.engines.lock().unwrap().get(&to).cloned();
-            if let Some(e) = e {
-                e.deliver_peer_messages(from, msgs);
-            }
-        })
-    }
-
-    fn engine(&self, n: NodeId) -> Engine {
-        self.engines.lock().unwrap().get(&n).cloned().unwrap()
-    }
-
-    fn up(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.engines.lock().unwrap().keys().copied().collect();
-        v.sort_unstable();
-        v
-    }
-}
-
 fn start(net: &Arc<Net>, n: NodeId, dir: &Path) {
-    let e = Engine::open(config(dir)).unwrap();
-    net.engines.lock().unwrap().insert(n, e.clone());
-    e.enable_cluster(n, NODES.to_vec(), net.sink(n), replica_config())
-        .unwrap();
+    common::start(net, n, dir);
 }
 
 /// Partition `p`'s preferred leader: the first node of its placement.
