@@ -482,6 +482,11 @@ fn a_round_above_the_frame_limit_splits_into_frames() {
     while got.len() < 10 {
         got.extend(recv(&n2.inbox).1);
     }
+    // The sender counts a frame once its write completed, which may be after the receiver
+    // has it: wait for the count, then check it is exactly 5.
+    wait_until("the frames counted", || {
+        n1.transport.link_stats(2).unwrap().frames_sent >= 5
+    });
     assert_eq!(n1.transport.link_stats(2).unwrap().frames_sent, 5);
     assert!(
         got.iter()
