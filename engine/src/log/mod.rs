@@ -35,6 +35,7 @@
 //!  recovery.rs   open (scan, torn tails, crashed rolls), repair     everything, from disk
 //!  read.rs       plan_read, DiskRead, the batch cache               cache
 //!  retention.rs  expired segments, roll_for_retention, take_expired log_start
+//!  restart.rs    restart_log: the log emptied, restarted at offset S everything, from disk
 //!  index.rs      .idx / .tix encoding and lookups                   -
 //! ```
 
@@ -50,6 +51,7 @@ mod flush;
 pub mod index;
 mod read;
 mod recovery;
+mod restart;
 mod retention;
 mod segment;
 
@@ -62,6 +64,7 @@ pub use config::{LogConfig, SEGMENT_BYTES_MAX};
 pub use flush::{CloseJob, FlushDone, FlushJob, FlushTimings};
 pub use read::{DiskRead, ReadPlan, ReadResult, first_at_or_after};
 pub use recovery::RecoveryReport;
+pub use restart::restart_log;
 pub(crate) use segment::write_whole_file;
 pub use segment::{remove_files, segment_file_name};
 
@@ -105,6 +108,8 @@ pub struct PartitionLog<S: Storage> {
     /// The failure was ENOSPC: appends answer `DiskFull` (retriable, and what the operator
     /// must fix) rather than the generic `PartitionFailed` until the repair reopens the log.
     failed_disk_full: bool,
+    /// A retention roll is between its awaits (a restart waits for it: `restart.rs`).
+    retention_roll_running: bool,
     cache: VecDeque<CachedBatch>,
     cache_bytes: usize,
     /// Cached batches that needed a copy to carry their base offset (appended from a shared
@@ -138,6 +143,7 @@ impl<S: Storage> PartitionLog<S> {
             flushing: false,
             failed: None,
             failed_disk_full: false,
+            retention_roll_running: false,
             cache: VecDeque::new(),
             cache_bytes: 0,
             cache_copied_batches: std::cell::Cell::new(0),

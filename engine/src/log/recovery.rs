@@ -212,6 +212,12 @@ impl<S: Storage> PartitionLog<S> {
         for n in names.iter().filter(|n| n.ends_with(".tmp")) {
             storage.remove(&dir.join(n)).await.map_err(err)?;
         }
+        // A restart at another offset whose marker is durable: finish it (restart.rs).
+        let names = if super::restart::finish_restart(&storage, dir, &names).await? {
+            storage.list(dir).await.map_err(err)?
+        } else {
+            names
+        };
         let bases: Vec<u64> = names.iter().filter_map(|n| parse_segment_name(n)).collect();
         let sealer = match &cfg.encryption {
             Some(spec) => Some(crate::crypto::Sealer::new(spec.clone())?),

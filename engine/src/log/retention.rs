@@ -68,6 +68,12 @@ impl<S: Storage> PartitionLog<S> {
     /// Rolls an expired active segment (creating the new empty segment file right away, so the
     /// log's next offset survives a restart even when every older segment is deleted).
     pub async fn roll_for_retention(log: &std::cell::RefCell<Self>, now_ms: i64) -> Result<()> {
+        let r = Self::roll_for_retention_inner(log, now_ms).await;
+        log.borrow_mut().retention_roll_running = false;
+        r
+    }
+
+    async fn roll_for_retention_inner(log: &std::cell::RefCell<Self>, now_ms: i64) -> Result<()> {
         let (storage, dir, path, base, rolled) = {
             let mut l = log.borrow_mut();
             // A failed log is repaired (reopened) before anything else happens to it.
@@ -85,6 +91,7 @@ impl<S: Storage> PartitionLog<S> {
                 "no pending data at a retention roll"
             );
             l.roll(now_ms);
+            l.retention_roll_running = true;
             let seg = l
                 .segments
                 .values()

@@ -62,6 +62,35 @@ impl<S: Storage> RepairJob<S> {
     }
 }
 
+/// Restarts a partition's log empty at another offset ([`log::restart_log`]; docs/storage.md,
+/// "Restarting a log at an offset"). Hand the result to [`super::PartitionCore::restarted`].
+pub struct RestartJob<S: Storage> {
+    storage: S,
+    dir: PathBuf,
+    config: LogConfig,
+    start: u64,
+}
+
+impl<S: Storage> RestartJob<S> {
+    pub(super) fn new(storage: S, dir: PathBuf, config: LogConfig, start: u64) -> Self {
+        RestartJob {
+            storage,
+            dir,
+            config,
+            start,
+        }
+    }
+
+    /// The offset the log restarts at.
+    pub fn start_offset(&self) -> u64 {
+        self.start
+    }
+
+    pub async fn run(self, now_ms: i64) -> Result<PartitionLog<S>> {
+        log::restart_log(self.storage, &self.dir, self.config, self.start, now_ms).await
+    }
+}
+
 /// Rolls an expired, idle active segment so that retention can delete it (the log's
 /// `roll_for_retention`, which borrows the log between its awaits).
 pub struct RetentionRoll<S: Storage> {

@@ -45,7 +45,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use jobs::Expiring;
-pub use jobs::{Expired, RepairJob, RetentionRoll};
+pub use jobs::{Expired, RepairJob, RestartJob, RetentionRoll};
 
 use crate::api::{Acks, Isolation, ProduceAck};
 use crate::batch::{ProducerInfo, ValidatedBatch};
@@ -182,6 +182,8 @@ pub struct PartitionCore<S: Storage, T> {
     sabotage: Option<Sabotage>,
     /// Files retention is deleting (a repair finishes their deletion before it reopens).
     expiring: Expiring,
+    /// A restart at this offset began ([`Self::begin_restart`]) and has not succeeded yet.
+    restart_started: Option<u64>,
 }
 
 impl<S: Storage, T> PartitionCore<S, T> {
@@ -238,6 +240,7 @@ impl<S: Storage, T> PartitionCore<S, T> {
             snapshot_running: false,
             sabotage: None,
             expiring: Expiring::default(),
+            restart_started: None,
         }
     }
 
@@ -685,9 +688,106 @@ impl<S: Storage, T> PartitionCore<S, T> {
         let w = log.watermarks();
         check_watermarks(&w);
         self.producers.truncate_to(w.next_offset);
+        // A failed restart whose marker was durable: the reopen finished it.
+        if self
+            .restart_started
+            .take()
+            .is_some_and(|s| w.log_start >= s)
+        {
+            self.producers = ProducerTable::default();
+        }
         *self.log.borrow_mut() = log;
         // A new log instance: its watermarks are what the disk holds.
         self.last_watermarks = w;
+        self.failure = None;
+        out.push(Action::WakeReaders);
+        Ok(w)
+    }
+
+    /// Why the log cannot restart at `start` now (`None`: it can). Transient reasons (a flush,
+    /// a producer snapshot or a retention roll running) clear by themselves.
+    pub fn restart_blocker(&self, start: u64) -> Option<String> {
+        if self.closing || self.closed {
+            return Some("the partition is closing".into());
+        }
+        if let Some(f) = &self.failure {
+            return Some(format!("the partition failed: {}", f.reason));
+        }
+        if self.flush_in_flight.is_some() {
+            return Some("a flush is running".into());
+        }
+        if self.snapshot_running {
+            return Some("a producer snapshot is being written".into());
+        }
+        self.log.borrow().restart_blocker(start)
+    }
+
+    /// Starts restarting the log empty at `start`, at or above its end (a replica whose
+    /// leader's retention deleted what it lacks; docs/storage.md, "Restarting a log at an
+    /// offset"). Until [`Self::restarted`] appends are refused and nothing is flushed; durable
+    /// waiters get an error (their batches go). Refused while [`Self::restart_blocker`] says
+    /// why.
+    pub fn begin_restart(
+        &mut self,
+        start: u64,
+        out: &mut Vec<Action<S, T>>,
+    ) -> Result<RestartJob<S>> {
+        let end = self.log.borrow().watermarks().next_offset;
+        if start < end {
+            return Err(Error::InvalidArgument(format!(
+                "restart offset {start} is below the log's end {end}"
+            )));
+        }
+        if let Some(why) = self.restart_blocker(start) {
+            return Err(Error::Busy(why));
+        }
+        let reason = format!("restarting at offset {start}");
+        for w in self.waiters.drain(..).collect::<Vec<_>>() {
+            out.push(Action::Reply {
+                token: w.token,
+                result: Err(self.failed_error(reason.clone())),
+                durable: true,
+            });
+        }
+        self.failure = Some(Failure {
+            disk_full_path: None,
+            reason,
+        });
+        self.restart_started = Some(start);
+        let mut l = self.log.borrow_mut();
+        l.begin_restart(start);
+        Ok(RestartJob::new(
+            l.storage().clone(),
+            l.dir().to_path_buf(),
+            l.config().clone(),
+            start,
+        ))
+    }
+
+    /// The result of a [`RestartJob`]: on success the new, empty log replaces the old one, the
+    /// producer table starts empty (it learns the batches applied from now on) and appends
+    /// are taken again. On error the partition repairs itself from disk (which finishes the
+    /// restart if its marker was durable, or reopens the old log); the error is returned.
+    pub fn restarted(
+        &mut self,
+        result: Result<PartitionLog<S>>,
+        out: &mut Vec<Action<S, T>>,
+    ) -> Result<Watermarks> {
+        let log = match result {
+            Ok(log) => log,
+            Err(e) => {
+                self.failure = None;
+                self.fail(&e, out);
+                return Err(e);
+            }
+        };
+        let w = log.watermarks();
+        check_watermarks(&w);
+        *self.log.borrow_mut() = log;
+        self.producers = ProducerTable::default();
+        self.last_watermarks = w;
+        self.snapshot_written_upto = None;
+        self.restart_started = None;
         self.failure = None;
         out.push(Action::WakeReaders);
         Ok(w)

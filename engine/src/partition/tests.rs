@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::batch::{BatchBuilder, BatchHeader};
 use crate::storage::CrashStorage;
 
+mod restart;
 mod visibility;
 
 type TestCore = PartitionCore<CrashStorage, u32>;

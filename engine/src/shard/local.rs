@@ -30,6 +30,11 @@ pub trait ShardExtension: 'static {
 pub(crate) type ReplHook =
     Rc<dyn Fn(u64, PartitionKey, ValidatedBatch, Acks, Option<Reply<ProduceAck>>)>;
 
+/// How long [`LocalShard::restart_partition`] waits for a partition's running jobs to end.
+const RESTART_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How often it checks again when no job end signals it.
+const RESTART_POLL: Duration = Duration::from_millis(10);
+
 /// An extension that does nothing (a shard started without one).
 pub struct NoExtension;
 
@@ -199,6 +204,11 @@ impl LocalPartition {
         self.p.notify.changed(seen).await;
     }
 
+    /// How the partition's batches are sealed at rest, if its topic is encrypted.
+    pub fn encryption(&self) -> Option<crate::crypto::TopicEncryption> {
+        self.p.core.borrow().log().config().encryption.clone()
+    }
+
     /// One read from `offset` without waiting (from the cache when recent).
     pub async fn read(
         &self,
@@ -253,6 +263,38 @@ impl LocalShard {
             }),
             _ => None,
         }
+    }
+
+    /// Restarts a partition's log empty at `start`, at or above its end (docs/storage.md,
+    /// "Restarting a log at an offset"; a replica whose leader's retention deleted what it
+    /// lacks). Waits (bounded: 5 s) for a running flush, producer snapshot or retention roll to
+    /// end; appends are refused until it is done. Returns the new watermarks.
+    pub async fn restart_partition(&self, key: &PartitionKey, start: u64) -> Result<Watermarks> {
+        let p = self.shard.partition(key)?;
+        let deadline = Instant::now() + RESTART_WAIT_MAX;
+        let mut out = Vec::new();
+        let job = loop {
+            let seen = p.jobs_ended.version();
+            let begun = p.core.borrow_mut().begin_restart(start, &mut out);
+            match begun {
+                Ok(job) => break job,
+                Err(Error::Busy(_)) if Instant::now() < deadline => {
+                    // A flush or snapshot signals its end; a retention roll does not: poll.
+                    rt::timeout(RESTART_POLL, p.jobs_ended.changed(seen)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.shard.perform(&p, std::mem::take(&mut out));
+        let result = job.run(now_ms()).await;
+        let cached = p.core.borrow().log().cache_bytes();
+        let restarted = p.core.borrow_mut().restarted(result, &mut out);
+        if restarted.is_ok() {
+            let total = &self.shard.cache_total;
+            total.set(total.get().saturating_sub(cached));
+        }
+        self.shard.perform(&p, out);
+        restarted
     }
 
     /// The durable end of a partition's log (offsets below survive a power loss).

@@ -43,6 +43,9 @@ impl Host {
                 .get_mut(*g)
                 .map(crate::replication::ReplicatedPartition::take_chunks)
                 .unwrap_or_default();
+            if !self.restart_for_chunks(node, *g, key, t, &chunks).await {
+                continue;
+            }
             self.run_transfer(node, *g, key, t, chunks);
         }
     }
@@ -59,6 +62,7 @@ impl Host {
         if from >= req.end_offset {
             return (log_start, out);
         }
+        let sealed_with = p.encryption();
         let read = match p.read(from, SNAPSHOT_CHUNK_BYTES, CHUNK_RECORDS_MAX).await {
             Ok(r) => r,
             Err(e) => {
@@ -72,22 +76,78 @@ impl Host {
                 let Ok(h) = BatchHeader::parse(b) else {
                     break 'chunks;
                 };
-                if h.flags & flags::ENCRYPTED != 0 {
-                    // Sealed at rest with this node's keys: not sent (docs/replication.md,
-                    // "Not done yet").
-                    tracing::warn!(topic = %key.0, partition = key.1, "snapshots of encrypted partitions are not supported");
-                    break 'chunks;
-                }
                 if h.next_offset() <= from {
                     continue;
                 }
                 if h.base_offset >= req.end_offset {
                     break 'chunks;
                 }
-                out.push((h.base_offset, c.slice_ref(b)));
+                // Sealed at rest with this node's keys: sent as plaintext over the peer link,
+                // as Raft entries are; the follower seals it with its own (docs/security.md).
+                let batch = match &sealed_with {
+                    Some(enc) if h.flags & flags::ENCRYPTED != 0 => {
+                        match enc.keyring.open(b, enc.topic_id, enc.partition) {
+                            Ok(plain) => plain,
+                            Err(e) => {
+                                tracing::warn!(topic = %key.0, partition = key.1, offset = h.base_offset, error = %e, "snapshot batch does not open");
+                                break 'chunks;
+                            }
+                        }
+                    }
+                    _ => c.slice_ref(b),
+                };
+                out.push((h.base_offset, batch));
             }
         }
         (log_start, out)
+    }
+
+    /// A chunk whose leader log start is above the partition log's end means the leader's
+    /// retention deleted what this log lacks: the log restarts empty at the leader's start
+    /// (docs/replication.md, "Snapshots"), and the transfer continues from there. `false`:
+    /// not now (the chunks are dropped and asked for again).
+    async fn restart_for_chunks(
+        &self,
+        node: &mut Node,
+        g: GroupId,
+        key: &PartitionKey,
+        t: Transfer,
+        chunks: &[Chunk],
+    ) -> bool {
+        let Ok(p) = self.shard.partition(key) else {
+            return false;
+        };
+        let next = p.watermarks().next_offset;
+        let Some(start) = chunks
+            .iter()
+            .filter(|c| crate::replication::snapshot_chunk_is_dense(c))
+            .map(|c| c.log_start)
+            .filter(|s| *s > next)
+            .max()
+        else {
+            return true;
+        };
+        if start > t.end_offset {
+            // Retention passed the snapshot's end: a newer snapshot is needed (the leader
+            // sends one once this transfer stalls).
+            tracing::warn!(topic = %key.0, partition = key.1, leader_log_start = start, snapshot_end = t.end_offset, "the leader's log starts after the snapshot; waiting for a newer one");
+            if let Some(r) = node.get_mut(g) {
+                r.abandon_transfer();
+            }
+            return false;
+        }
+        if node.get(g).is_some_and(|r| r.high_watermark() > next) {
+            // Committed batches this log has not applied yet: they go first.
+            return false;
+        }
+        tracing::info!(topic = %key.0, partition = key.1, log_end = next, leader_log_start = start, "the leader's retention deleted what this log lacks: restarting the partition log at the leader's start");
+        match self.shard.restart_partition(key, start).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(topic = %key.0, partition = key.1, error = %e, "partition log not restarted; asking again");
+                false
+            }
+        }
     }
 
     /// A follower's transfer: appends the chunks' batches at the partition log's end; installs
@@ -109,13 +169,8 @@ impl Host {
                 continue;
             }
             if c.log_start > next {
-                // The leader's retention deleted what this log lacks: restarting a partition
-                // log at another offset is not built yet (docs/replication.md).
-                tracing::warn!(topic = %key.0, partition = key.1, log_end = next, leader_log_start = c.log_start, "snapshot needs a partition log restart; not supported yet");
-                if let Some(r) = node.get_mut(g) {
-                    r.abandon_transfer();
-                }
-                return;
+                // Not restarted at it (`restart_for_chunks` waits): asked again.
+                continue;
             }
             for (base, data) in c.batches {
                 if base < next {
