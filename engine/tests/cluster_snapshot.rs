@@ -339,6 +339,52 @@ fn segments_hold(data: &Path, needle: &[u8]) -> bool {
 /// several times the leader's retention.
 const RETENTION_CATCH_UP_BATCHES: u64 = 1400;
 
+/// A node of the retention scenario: one shard, retention checked every 50 ms, and with
+/// `encrypted` its own key file (a sealed batch opens only on the node that sealed it).
+fn retention_node_config(dir: &Path, encrypted: bool) -> shardline_engine::EngineConfig {
+    let mut c = config_with(dir, 1);
+    c.retention_check_interval_ms = 50;
+    if encrypted {
+        let keys = dir.join("keys.json");
+        if !keys.exists() {
+            let text = shardline_engine::crypto::Keyring::generate_file_text(1).unwrap();
+            std::fs::write(&keys, text).unwrap();
+        }
+        c.encryption_key_file = Some(keys);
+    }
+    c
+}
+
+/// Waits (bounded by `limit`) until every node up holds batches up to `expect`, densely from
+/// its own log start, the same batches at the offsets they share.
+fn wait_converged(net: &Net, expect: u64, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let logs: Vec<BTreeMap<u64, Vec<u8>>> = net
+            .up()
+            .iter()
+            .map(|n| read_log_from_start(&net.engine(*n)))
+            .collect();
+        let ends: Vec<u64> = logs
+            .iter()
+            .map(|l| l.keys().next_back().map_or(0, |o| o + 1))
+            .collect();
+        let common = logs.iter().filter_map(|l| l.keys().next()).max().copied();
+        let from = common.unwrap_or(0);
+        let same = logs
+            .iter()
+            .all(|l| l.range(from..).eq(logs[0].range(from..)));
+        let dense = logs
+            .iter()
+            .all(|l| l.keys().zip(l.keys().skip(1)).all(|(a, b)| a + 1 == *b));
+        if ends.iter().all(|e| *e == expect) && same && dense {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: ends {ends:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The retention scenario (see the tests below): a follower stopped after 20 batches; the
 /// leader's retention (64 KiB segments, 256 KiB retained) deletes far past them; the follower
 /// restarts its log at the leader's start, ends with the same batches at the same offsets as
@@ -349,20 +395,7 @@ fn retention_catch_up(encrypted: bool) {
     let dir = |n: NodeId| dirs[(n - 1) as usize].path();
     let nodes = [1, 2, 3];
     let net = Arc::new(Net::default());
-    let config = |n: NodeId| {
-        let mut c = config_with(dir(n), 1);
-        c.retention_check_interval_ms = 50;
-        if encrypted {
-            // Each node its own key: a sealed batch opens only where it was sealed.
-            let keys = dir(n).join("keys.json");
-            if !keys.exists() {
-                let text = shardline_engine::crypto::Keyring::generate_file_text(1).unwrap();
-                std::fs::write(&keys, text).unwrap();
-            }
-            c.encryption_key_file = Some(keys);
-        }
-        c
-    };
+    let config = |n: NodeId| retention_node_config(dir(n), encrypted);
     for n in nodes {
         start_with(&net, n, &nodes, config(n));
     }
@@ -400,38 +433,7 @@ fn retention_catch_up(encrypted: bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
     start_with(&net, down, &nodes, config(down));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let converged = |expect: u64| {
-        let logs: Vec<BTreeMap<u64, Vec<u8>>> = net
-            .up()
-            .iter()
-            .map(|n| read_log_from_start(&net.engine(*n)))
-            .collect();
-        let ends: Vec<u64> = logs
-            .iter()
-            .map(|l| l.keys().next_back().map_or(0, |o| o + 1))
-            .collect();
-        let common = logs.iter().filter_map(|l| l.keys().next()).max().copied();
-        let same = logs.iter().all(|l| {
-            l.range(common.unwrap_or(0)..)
-                .eq(logs[0].range(common.unwrap_or(0)..))
-        });
-        let dense = logs
-            .iter()
-            .all(|l| l.keys().zip(l.keys().skip(1)).all(|(a, b)| a + 1 == *b));
-        (ends.iter().all(|e| *e == expect) && same && dense, ends)
-    };
-    loop {
-        let (ok, ends) = converged(total);
-        if ok {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {down} did not catch up: ends {ends:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_converged(&net, total, Duration::from_secs(30), "did not catch up");
     let restarted_at = net
         .engine(down)
         .list_offset(TOPIC, 0, OffsetSpec::Earliest)
@@ -449,11 +451,12 @@ fn retention_catch_up(encrypted: bool) {
     for i in total..total + 10 {
         leader = produce(&net, &batch_of(i, FILL), leader);
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !converged(total + 10).0 {
-        assert!(Instant::now() < deadline, "node {down} stopped replicating");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_converged(
+        &net,
+        total + 10,
+        Duration::from_secs(15),
+        "stopped replicating",
+    );
     let marker = format!("{}-{}", total + 9, "x".repeat(64));
     assert_eq!(
         segments_hold(dir(down), marker.as_bytes()),

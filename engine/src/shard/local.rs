@@ -30,8 +30,9 @@ pub trait ShardExtension: 'static {
 pub(crate) type ReplHook =
     Rc<dyn Fn(u64, PartitionKey, ValidatedBatch, Acks, Option<Reply<ProduceAck>>)>;
 
-/// How long [`LocalShard::restart_partition`] waits for a partition's running jobs to end.
-const RESTART_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How long [`LocalShard::restart_partition`] waits for a partition's running jobs to end (it
+/// runs in the replica host's round: short, the caller asks again later).
+const RESTART_WAIT_MAX: Duration = Duration::from_millis(200);
 /// How often it checks again when no job end signals it.
 const RESTART_POLL: Duration = Duration::from_millis(10);
 
@@ -267,8 +268,8 @@ impl LocalShard {
 
     /// Restarts a partition's log empty at `start`, at or above its end (docs/storage.md,
     /// "Restarting a log at an offset"; a replica whose leader's retention deleted what it
-    /// lacks). Waits (bounded: 5 s) for a running flush, producer snapshot or retention roll to
-    /// end; appends are refused until it is done. Returns the new watermarks.
+    /// lacks). Waits (bounded: 200 ms, then `Busy`) for a running flush, producer snapshot or
+    /// retention roll to end; appends are refused until it is done. Returns the new watermarks.
     pub async fn restart_partition(&self, key: &PartitionKey, start: u64) -> Result<Watermarks> {
         let p = self.shard.partition(key)?;
         let deadline = Instant::now() + RESTART_WAIT_MAX;
