@@ -1,7 +1,10 @@
 //! The host's side of snapshots (docs/replication.md, "Snapshots"): a leader answers its
 //! followers' chunk requests from its partition log; a follower appends the chunks it gets to
 //! its partition log (as committed batches) and installs the snapshot once its log holds
-//! everything below the snapshot's end offset durably. Also the rotation of `raft-log` files.
+//! everything below the snapshot's end offset durably; a follower whose log ends below the
+//! leader's log start (retention) restarts its log there first. Sealed batches of encrypted
+//! partitions are opened by the leader and sent as plaintext (docs/security.md). Also the
+//! rotation of `raft-log` files.
 
 use std::collections::HashMap;
 
