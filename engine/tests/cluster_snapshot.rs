@@ -442,11 +442,25 @@ fn retention_catch_up(encrypted: bool) {
         restarted_at > 20,
         "node {down}'s log starts at {restarted_at}"
     );
-    let after = std::fs::read(raft_log_file(dir(down))).unwrap();
-    assert!(
-        after.windows(4).any(|w| w == 0x5246_5331u32.to_le_bytes()),
-        "node {down} caught up without installing a snapshot"
-    );
+    // Below its start it answers as after retention.
+    assert!(matches!(
+        net.engine(down).fetch(FetchRequest::new(TOPIC, 0, 0)),
+        Err(Error::OffsetOutOfRange { .. })
+    ));
+    // The snapshot installs once its batches are durable (the frame is written by the ready
+    // after that, which can come after the batches are readable).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read(raft_log_file(dir(down)))
+        .unwrap()
+        .windows(4)
+        .any(|w| w == 0x5246_5331u32.to_le_bytes())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node {down} caught up without installing a snapshot"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // It keeps replicating.
     for i in total..total + 10 {
         leader = produce(&net, &batch_of(i, FILL), leader);

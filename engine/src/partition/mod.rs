@@ -803,7 +803,8 @@ impl<S: Storage, T> PartitionCore<S, T> {
     /// A producer-state snapshot of the table as valid below the durable offset, unless one is
     /// being written or the newest already has that offset.
     pub fn take_snapshot_job(&mut self) -> Option<SnapshotJob<S>> {
-        if self.snapshot_running {
+        // Not while a restart removes the old log's snapshots: this one would outlive them.
+        if self.snapshot_running || self.restart_started.is_some() {
             return None;
         }
         let upto = self.log.borrow().watermarks().durable_offset;

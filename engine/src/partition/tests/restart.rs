@@ -158,6 +158,10 @@ fn a_restarted_log_starts_at_its_offset_with_an_empty_producer_table() {
     let refused = produce(&mut core, &mut seen, plain(1), Acks::Leader, 1);
     assert_eq!(refused, Produced::Refused);
     assert!(seen.replies[0].1.is_err());
+    assert!(
+        core.take_snapshot_job().is_none(),
+        "a producer snapshot of the old log while it is being removed"
+    );
     let r = block_on(job.run(0));
     let w = core.restarted(r, &mut out).unwrap();
     assert_eq!(
