@@ -35,7 +35,7 @@
 //!  recovery.rs   open (scan, torn tails, crashed rolls), repair     everything, from disk
 //!  read.rs       plan_read, DiskRead, the batch cache               cache
 //!  retention.rs  expired segments, roll_for_retention, take_expired log_start
-//!  restart.rs    restart_log: the log emptied, restarted at offset S everything, from disk
+//!  restart.rs    restart_log (empty at offset S), its marker file   everything, from disk
 //!  index.rs      .idx / .tix encoding and lookups                   -
 //! ```
 
