@@ -385,6 +385,17 @@ fn wait_converged(net: &Net, expect: u64, limit: Duration, what: &str) {
     }
 }
 
+/// Produces the batches `range` (following the leader) and waits until every node holds
+/// them; returns the leader.
+fn produce_and_converge(net: &Net, mut leader: NodeId, range: std::ops::Range<u64>) -> NodeId {
+    let end = range.end;
+    for i in range {
+        leader = produce(net, &batch_of(i, FILL), leader);
+    }
+    wait_converged(net, end, Duration::from_secs(15), "stopped replicating");
+    leader
+}
+
 /// The retention scenario (see the tests below): a follower stopped after 20 batches; the
 /// leader's retention (64 KiB segments, 256 KiB retained) deletes far past them; the follower
 /// restarts its log at the leader's start, ends with the same batches at the same offsets as
@@ -461,17 +472,12 @@ fn retention_catch_up(encrypted: bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // It keeps replicating.
-    for i in total..total + 10 {
-        leader = produce(&net, &batch_of(i, FILL), leader);
-    }
-    wait_converged(
-        &net,
-        total + 10,
-        Duration::from_secs(15),
-        "stopped replicating",
-    );
-    let marker = format!("{}-{}", total + 9, "x".repeat(64));
+    // It keeps replicating, also after a restart of its own.
+    leader = produce_and_converge(&net, leader, total..total + 10);
+    net.stop(down);
+    start_with(&net, down, &nodes, config(down));
+    produce_and_converge(&net, leader, total + 10..total + 15);
+    let marker = format!("{}-{}", total + 14, "x".repeat(64));
     assert_eq!(
         segments_hold(dir(down), marker.as_bytes()),
         !encrypted,

@@ -174,3 +174,34 @@ async fn read_small<F: crate::storage::LogFile>(f: &F) -> std::io::Result<Vec<u8
     let r = f.read_at(0, crate::storage::BLOCK_BYTES).await?;
     Ok(r.to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves: the marker's text parses with or without the zero padding of a direct write,
+    // and nothing else parses as a marker (an open refuses it rather than guessing).
+    #[test]
+    fn a_marker_parses_only_when_whole() {
+        let text = format!("{MARKER_PREFIX}52113\n");
+        assert_eq!(parse_marker(text.as_bytes()), Some(52113));
+        let mut padded = text.into_bytes();
+        padded.resize(4096, 0);
+        assert_eq!(parse_marker(&padded), Some(52113));
+        for bad in [
+            &b""[..],
+            b"\0\0\0",
+            b"shardline log restart at \n",
+            b"52113",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(parse_marker(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_marker(format!("{MARKER_PREFIX}1x").as_bytes()), None);
+        assert!(is_producer_snapshot(
+            "producers-00000000000000052113.snapshot"
+        ));
+        assert_eq!(segment_file_base("00000000000000052113.tix"), Some(52113));
+        assert_eq!(segment_file_base("00000000000000052113.snapshot"), None);
+    }
+}
