@@ -147,7 +147,8 @@ fn check_topics<'n>(
 
 /// The limits a decoded request must keep beyond its layout (docs/protocol.md, "Limits"),
 /// checked by the decoder right after the archive. Every request type of the api table
-/// implements it, next to its definition; an empty impl means "no limits but the frame's".
+/// implements it: the core, operations and security requests in `codec/limits.rs`, the others
+/// next to their definition; an empty impl means "no limits but the frame's".
 pub(crate) trait Limits {
     fn check(&self) -> Result<(), WireError> {
         Ok(())
