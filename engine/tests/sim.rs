@@ -6,52 +6,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::sync::Mutex;
+#[path = "common/seeds.rs"]
+mod seeds;
+
 use std::time::Instant;
 
+use seeds::env_u64;
 use shardline_engine::sim::{self, Failure, SimConfig, Stats};
 
 const CI_SEEDS: u64 = 2_000;
-const THREADS: u64 = 2;
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
-    })
-}
-
-/// Runs `count` seeds from `first` on [`THREADS`] threads (each seed on one thread, alone and
-/// deterministic); returns the totals and the lowest failing seed's failure.
+/// `count` seeds from `first` ([`seeds::run_range`]): the totals and the lowest failing
+/// seed's failure.
 fn run_range(first: u64, count: u64) -> (Stats, Option<Failure>) {
-    let total = Mutex::new((Stats::default(), None::<Failure>));
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let total = &total;
-            s.spawn(move || {
-                let mut stats = Stats::default();
-                let mut failure: Option<Failure> = None;
-                for seed in (first..first + count).filter(|s| s % THREADS == t) {
-                    match sim::run(SimConfig::new(seed)) {
-                        Ok(o) => stats.add(&o.stats),
-                        Err(f) => {
-                            failure = Some(f);
-                            break;
-                        }
-                    }
-                }
-                let mut g = total.lock().unwrap();
-                g.0.add(&stats);
-                if let Some(f) = failure
-                    && g.1.as_ref().is_none_or(|old| f.seed < old.seed)
-                {
-                    g.1 = Some(f);
-                }
-            });
-        }
-    });
-    total.into_inner().unwrap()
+    seeds::run_range(
+        first,
+        count,
+        |seed| sim::run(SimConfig::new(seed)).map(|o| o.stats),
+        Stats::add,
+    )
 }
 
 // Proves: the partition core keeps invariants 1-7 (engine/src/sim/mod.rs) over 2,000 seeds of

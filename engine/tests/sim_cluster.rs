@@ -7,50 +7,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::sync::Mutex;
+#[path = "common/seeds.rs"]
+mod seeds;
+
 use std::time::Instant;
 
+use seeds::env_u64;
 use shardline_engine::sim::{ClusterConfig, ClusterFailure, ClusterStats, run_cluster};
 
 const CI_SEEDS: u64 = 300;
-const THREADS: u64 = 2;
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
-    })
-}
-
+/// `count` seeds from `first` ([`seeds::run_range`]): the totals and the lowest failing
+/// seed's failure.
 fn run_range(first: u64, count: u64) -> (ClusterStats, Option<ClusterFailure>) {
-    let total = Mutex::new((ClusterStats::default(), None::<ClusterFailure>));
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let total = &total;
-            s.spawn(move || {
-                let mut stats = ClusterStats::default();
-                let mut failure: Option<ClusterFailure> = None;
-                for seed in (first..first + count).filter(|s| s % THREADS == t) {
-                    match run_cluster(ClusterConfig::new(seed)) {
-                        Ok(o) => stats.add(&o.stats),
-                        Err(f) => {
-                            failure = Some(f);
-                            break;
-                        }
-                    }
-                }
-                let mut g = total.lock().unwrap();
-                g.0.add(&stats);
-                if let Some(f) = failure
-                    && g.1.as_ref().is_none_or(|old| f.seed < old.seed)
-                {
-                    g.1 = Some(f);
-                }
-            });
-        }
-    });
-    total.into_inner().unwrap()
+    seeds::run_range(
+        first,
+        count,
+        |seed| run_cluster(ClusterConfig::new(seed)).map(|o| o.stats),
+        ClusterStats::add,
+    )
 }
 
 // Proves: replicated partitions keep the cluster invariants (one leader per term, no

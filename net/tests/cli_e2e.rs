@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shardline_net::client::{
@@ -18,43 +18,9 @@ use shardline_net::protocol::OffsetSpec;
 #[path = "common/spawn.rs"]
 mod spawn;
 
+use spawn::ServerProc;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
-
-struct ServerProc {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProc {
-    fn start(dir: &std::path::Path) -> ServerProc {
-        let (child, addr) = spawn::serve(BIN, dir);
-        ServerProc { child, addr }
-    }
-
-    /// SIGTERM, then the exit status (bounded wait).
-    fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling the child we started, by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn cli(addr: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     let mut child = Command::new(BIN)
@@ -179,7 +145,10 @@ fn many_producers_100k_messages_come_back_in_partition_order_and_survive_restart
     let before = consume_all(&server.addr, "e2e", 4, PRODUCERS * PER_PRODUCER);
     check(&before);
     drop(client);
-    assert!(server.terminate().success(), "graceful shutdown exits 0");
+    assert!(
+        server.stop(libc::SIGTERM).success(),
+        "graceful shutdown exits 0"
+    );
 
     let server = ServerProc::start(dir.path());
     let after = consume_all(&server.addr, "e2e", 4, PRODUCERS * PER_PRODUCER);
@@ -187,7 +156,7 @@ fn many_producers_100k_messages_come_back_in_partition_order_and_survive_restart
         before, after,
         "everything acknowledged is there after a restart"
     );
-    assert!(server.terminate().success());
+    assert!(server.stop(libc::SIGTERM).success());
 }
 
 #[test]
@@ -229,5 +198,5 @@ fn cli_produce_consume_and_errors() {
     let (code, _, err) = cli("127.0.0.1:1", &["topic", "list"], None);
     assert_ne!(code, 0);
     assert!(!err.is_empty());
-    assert!(server.terminate().success());
+    assert!(server.stop(libc::SIGTERM).success());
 }

@@ -11,30 +11,20 @@
 #[allow(unreachable_pub)]
 #[path = "../../tests/src/cluster.rs"]
 mod cluster;
+#[allow(unreachable_pub)]
+#[path = "../../tests/src/ledger.rs"]
+mod ledger;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cluster::Cluster;
-use shardline_net::client::{
-    Acks, Backoff, Client, ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig,
-    ProducerRecord, TopicConfig,
-};
+use ledger::{Load, RunningProducer, config, converged_high_watermark, read_all};
+use shardline_net::client::{Acks, Client, TopicConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 const TOPIC: &str = "ids";
 const PARTITIONS: u32 = 2;
-
-fn config() -> ClientConfig {
-    ClientConfig {
-        connect_timeout: Duration::from_secs(2),
-        // A stopped leader holds requests: give up on them quickly and retry elsewhere.
-        request_timeout: Duration::from_secs(3),
-        ..ClientConfig::default()
-    }
-}
 
 /// Partition -> (leader, epoch) as node `id` sees it (None: the node does not answer).
 fn leaders(c: &Cluster, id: u64) -> Option<Vec<(u64, u64)>> {
@@ -63,112 +53,6 @@ fn wait_view(
     }
 }
 
-/// Ids acknowledged: id -> (partition, offset); and every id ever sent.
-#[derive(Default)]
-struct Ledger {
-    acked: BTreeMap<u64, (u32, u64)>,
-    failed: u64,
-    sent: u64,
-    last_error: Option<String>,
-}
-
-/// Sends ids in rounds of 20 (waiting for each round) until `stop`.
-fn run_producer(bootstrap: String, stop: Arc<AtomicBool>, ledger: Arc<Mutex<Ledger>>) {
-    let client = Client::connect(&bootstrap, config()).unwrap();
-    let producer = Producer::new(
-        client,
-        ProducerConfig {
-            acks: Acks::All,
-            idempotent: true,
-            retries_max: 1_000,
-            delivery_timeout: Some(Duration::from_secs(40)),
-            backoff: Backoff {
-                initial: Duration::from_millis(50),
-                max: Duration::from_millis(500),
-            },
-            ..ProducerConfig::default()
-        },
-    )
-    .unwrap();
-    let mut id = 0u64;
-    while !stop.load(Ordering::Acquire) {
-        let mut handles = Vec::new();
-        for _ in 0..20 {
-            let p = (id % u64::from(PARTITIONS)) as u32;
-            let record = ProducerRecord::new(TOPIC, format!("id-{id}")).partition(p);
-            handles.push((id, producer.send_record(record)));
-            id += 1;
-        }
-        for (id, h) in handles {
-            let r = h.wait();
-            let mut l = ledger.lock().unwrap();
-            l.sent += 1;
-            match r {
-                Ok(d) => {
-                    l.acked
-                        .insert(id, (d.partition, d.offset.expect("acks all gives offsets")));
-                }
-                Err(e) => {
-                    l.failed += 1;
-                    l.last_error = Some(e.to_string());
-                }
-            }
-        }
-    }
-    producer.close().unwrap();
-}
-
-/// Waits until the ledger has `n` more acknowledgements than now.
-fn wait_acks(ledger: &Mutex<Ledger>, n: usize) {
-    let start = ledger.lock().unwrap().acked.len();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while ledger.lock().unwrap().acked.len() < start + n {
-        if Instant::now() >= deadline {
-            let l = ledger.lock().unwrap();
-            panic!(
-                "{n} more acks within 40 s: acked {} failed {} last error {:?}",
-                l.acked.len(),
-                l.failed,
-                l.last_error
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Every record of `partition` on node `addr`, as (offset, value), up to `end`.
-fn read_all(addr: &str, partition: u32, end: u64) -> Vec<(u64, String)> {
-    let client = Client::connect_node(addr, config()).unwrap();
-    let consumer = Consumer::new(client, ConsumerConfig::default()).unwrap();
-    let mut out = Vec::new();
-    let mut offset = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while offset < end {
-        assert!(
-            Instant::now() < deadline,
-            "{addr} p{partition}: read to {end}"
-        );
-        let f = consumer
-            .fetch(TOPIC, partition, offset, Duration::from_millis(200))
-            .unwrap();
-        for r in f.records {
-            out.push((r.offset, String::from_utf8(r.value).unwrap()));
-        }
-        offset = f.next_offset;
-    }
-    out
-}
-
-/// The high watermark of `partition` on node `addr`.
-fn high_watermark(addr: &str, partition: u32) -> u64 {
-    let client = Client::connect_node(addr, config()).unwrap();
-    let r = client.describe_replicas(TOPIC).unwrap();
-    r.partitions
-        .iter()
-        .find(|p| p.partition == partition)
-        .map_or(0, |p| p.high_watermark)
-}
-
 #[test]
 #[allow(clippy::too_many_lines, reason = "one scenario, step by step")]
 fn a_three_node_cluster_keeps_every_acknowledged_id_through_leader_faults() {
@@ -191,13 +75,15 @@ fn a_three_node_cluster_keeps_every_acknowledged_id_through_leader_faults() {
     let all_led = |v: &[(u64, u64)]| v.len() == PARTITIONS as usize && v.iter().all(|l| l.0 != 0);
     wait_view(&c, 1, "every partition has a leader", all_led);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let producer = {
-        let (b, s, l) = (c.bootstrap(), stop.clone(), ledger.clone());
-        std::thread::spawn(move || run_producer(b, s, l))
-    };
-    wait_acks(&ledger, 200);
+    let producer = RunningProducer::start(
+        c.bootstrap(),
+        Load {
+            topic: TOPIC.into(),
+            partitions: PARTITIONS,
+            round: 20,
+        },
+    );
+    producer.wait_acks(200);
 
     // 1. SIGKILL the leader of partition 0; a new leader takes over; restart the old one.
     let view = wait_view(&c, 1, "leaders", all_led);
@@ -207,10 +93,10 @@ fn a_three_node_cluster_keeps_every_acknowledged_id_through_leader_faults() {
     wait_view(&c, witness, "a new leader of partition 0", |v| {
         v[0].0 != 0 && v[0].0 != killed && v[0].1 > view[0].1
     });
-    wait_acks(&ledger, 200);
+    producer.wait_acks(200);
     c.spawn(killed).unwrap();
     c.wait_links(killed, Duration::from_secs(30)).unwrap();
-    wait_acks(&ledger, 200);
+    producer.wait_acks(200);
 
     // 2. SIGSTOP the leader of partition 0 past the election timeout; SIGCONT: it steps down
     // and follows the new leader's epoch.
@@ -221,35 +107,23 @@ fn a_three_node_cluster_keeps_every_acknowledged_id_through_leader_faults() {
     let after = wait_view(&c, witness, "a leader other than the stopped one", |v| {
         v[0].0 != 0 && v[0].0 != paused && v[0].1 > view[0].1
     });
-    wait_acks(&ledger, 200);
+    producer.wait_acks(200);
     c.resume(paused).unwrap();
     wait_view(&c, paused, "the resumed node steps down", |v| {
         v[0].0 != paused && v[0].1 >= after[0].1
     });
-    wait_acks(&ledger, 200);
+    producer.wait_acks(200);
 
-    stop.store(true, Ordering::Release);
-    producer.join().unwrap();
-    let ledger = Arc::try_unwrap(ledger).ok().unwrap().into_inner().unwrap();
+    let ledger = producer.finish();
     assert!(ledger.acked.len() >= 1_000, "acked {}", ledger.acked.len());
 
     // Every node catches up to the same high watermark, then holds the same records.
-    let mut logs: Vec<HashMap<u32, Vec<(u64, String)>>> = Vec::new();
+    let addrs: Vec<&str> = c.nodes.iter().map(|n| n.addr.as_str()).collect();
+    let mut logs: Vec<HashMap<u32, Vec<(u64, String)>>> = vec![HashMap::new(); addrs.len()];
     for p in 0..PARTITIONS {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let end = loop {
-            let hw: Vec<u64> = c.nodes.iter().map(|n| high_watermark(&n.addr, p)).collect();
-            if hw.iter().all(|&h| h == hw[0]) {
-                break hw[0];
-            }
-            assert!(Instant::now() < deadline, "p{p}: nodes converge ({hw:?})");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        for (i, n) in c.nodes.iter().enumerate() {
-            if logs.len() <= i {
-                logs.push(HashMap::new());
-            }
-            logs[i].insert(p, read_all(&n.addr, p, end));
+        let end = converged_high_watermark(&addrs, TOPIC, p);
+        for (i, addr) in addrs.iter().enumerate() {
+            logs[i].insert(p, read_all(addr, TOPIC, p, end));
         }
     }
     for p in 0..PARTITIONS {
@@ -257,22 +131,12 @@ fn a_three_node_cluster_keeps_every_acknowledged_id_through_leader_faults() {
         for (i, log) in logs.iter().enumerate() {
             assert_eq!(&log[&p], first, "node {} p{p} equals node 1", i + 1);
         }
-        // Dense offsets from 0.
-        for (i, (offset, _)) in first.iter().enumerate() {
-            assert_eq!(*offset, i as u64, "p{p}: no offset gap");
-        }
-        // No id twice (acknowledged or not).
-        let mut seen = HashMap::new();
-        for (offset, v) in first {
-            assert!(seen.insert(v.clone(), *offset).is_none(), "p{p}: {v} twice");
-        }
-        // Every acknowledged id at its acknowledged offset, in send order.
+        // Dense offsets from 0, no id twice (acknowledged or not), every acknowledged id at
+        // its acknowledged offset; and in send order.
+        ledger::check_log(&ledger, p, first);
         let mut last = None;
-        for (id, (partition, offset)) in ledger.acked.iter().filter(|(_, (q, _))| *q == p) {
-            assert_eq!(*partition, p);
-            let v = format!("id-{id}");
-            assert_eq!(seen.get(&v), Some(offset), "acked {v} at p{p}/{offset}");
-            assert!(last < Some(*offset), "p{p}: {v} out of send order");
+        for (id, (_, offset)) in ledger.acked.iter().filter(|(_, (q, _))| *q == p) {
+            assert!(last < Some(*offset), "p{p}: id-{id} out of send order");
             last = Some(*offset);
         }
     }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,41 +24,9 @@ use shardline_net::client::{
 #[path = "common/spawn.rs"]
 mod spawn;
 
+use spawn::ServerProc;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
-
-struct ServerProc {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProc {
-    fn start(dir: &std::path::Path) -> ServerProc {
-        let (child, addr) = spawn::serve(BIN, dir);
-        ServerProc { child, addr }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.addr, ClientConfig::default()).unwrap()
-    }
-
-    /// `signal`, then wait for the exit (bounded).
-    fn stop(mut self, signal: libc::c_int) {
-        // SAFETY: signalling the child we started, by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn settings(visibility_ms: u64, max_deliveries: u32, dlq: Option<&str>) -> QueueSettings {
     QueueSettings {

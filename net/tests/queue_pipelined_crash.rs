@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::collections::{BTreeSet, VecDeque};
-use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -23,47 +22,16 @@ use shardline_net::client::{
 #[path = "common/spawn.rs"]
 mod spawn;
 
-const BIN: &str = env!("CARGO_BIN_EXE_shardline");
+use spawn::ServerProc;
+
 const PARTITIONS: u32 = 2;
 const PER_PARTITION: u64 = 1500;
 
-struct ServerProc {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProc {
-    fn start(dir: &std::path::Path) -> ServerProc {
-        let (child, addr) = spawn::serve(BIN, dir);
-        ServerProc { child, addr }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(
-            &self.addr,
-            ClientConfig {
-                request_timeout: Duration::from_secs(10),
-                ..ClientConfig::default()
-            },
-        )
-        .unwrap()
-    }
-
-    fn kill(mut self) {
-        // SAFETY: signalling the child we started, by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The clients' configuration: a 10 s request timeout.
+fn config() -> ClientConfig {
+    ClientConfig {
+        request_timeout: Duration::from_secs(10),
+        ..ClientConfig::default()
     }
 }
 
@@ -79,7 +47,7 @@ fn pipelined_acks_across_sigkill_are_kept_or_redelivered_never_lost() {
     let sent: Arc<Mutex<BTreeSet<Id>>> = Arc::default();
     {
         let server = ServerProc::start(dir.path());
-        let c = server.client();
+        let c = server.client_with(config());
         let settings = QueueSettings {
             visibility_timeout_ms: 60_000,
             max_deliveries: 100,
@@ -105,7 +73,7 @@ fn pipelined_acks_across_sigkill_are_kept_or_redelivered_never_lost() {
         let (progress_tx, progress) = mpsc::channel::<usize>();
         let consumers: Vec<_> = (0..4)
             .map(|_| {
-                let (c, stop) = (server.client(), stop.clone());
+                let (c, stop) = (server.client_with(config()), stop.clone());
                 let seen = Seen {
                     confirmed: confirmed.clone(),
                     sent: sent.clone(),
@@ -123,7 +91,7 @@ fn pipelined_acks_across_sigkill_are_kept_or_redelivered_never_lost() {
                 .recv_timeout(left)
                 .expect("consumers made no progress");
         }
-        server.kill();
+        server.stop(libc::SIGKILL);
         stop.store(true, Ordering::Release);
         for t in consumers {
             t.join().unwrap();
@@ -136,7 +104,11 @@ fn pipelined_acks_across_sigkill_are_kept_or_redelivered_never_lost() {
 
     // Restart; drain everything that comes back, acking with a QueueConsumer.
     let server = ServerProc::start(dir.path());
-    let mut q = QueueConsumer::new(server.client(), "q", QueueConsumerConfig::default());
+    let mut q = QueueConsumer::new(
+        server.client_with(config()),
+        "q",
+        QueueConsumerConfig::default(),
+    );
     let mut back: BTreeSet<Id> = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,41 +18,9 @@ use shardline_net::client::{Client, ClientConfig, QueueMessage, SendOptions};
 #[path = "common/spawn.rs"]
 mod spawn;
 
+use spawn::ServerProc;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
-
-struct ServerProc {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProc {
-    fn start(dir: &std::path::Path) -> ServerProc {
-        let (child, addr) = spawn::serve(BIN, dir);
-        ServerProc { child, addr }
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&self.addr, ClientConfig::default()).unwrap()
-    }
-
-    /// SIGTERM, then wait for the exit (bounded).
-    fn stop(mut self) {
-        // SAFETY: signalling the child we started, by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Runs the CLI against `addr`; panics with its stderr unless it succeeds.
 fn cli(addr: &str, args: &[&str], stdin: &str) -> String {
@@ -128,7 +96,7 @@ fn delayed_and_expiring_messages_across_a_restart() {
     c.queue_ack("jobs", &[got[0].receipt()]).unwrap();
     drop(c);
 
-    server.stop();
+    server.stop(libc::SIGTERM);
     let server = ServerProc::start(dir.path());
     let c = server.client();
     if sent.elapsed() + Duration::from_millis(500) < DELAY {

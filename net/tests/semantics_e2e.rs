@@ -27,31 +27,9 @@ use shardline_net::protocol::{ApiKey, OffsetSpec};
 #[path = "common/spawn.rs"]
 mod spawn;
 
+use spawn::ServerProc;
+
 const BIN: &str = env!("CARGO_BIN_EXE_shardline");
-
-struct ServerProc {
-    child: Child,
-    addr: String,
-}
-
-impl ServerProc {
-    fn start(dir: &std::path::Path) -> ServerProc {
-        let (child, addr) = spawn::serve(BIN, dir);
-        ServerProc { child, addr }
-    }
-
-    fn sigkill(mut self) {
-        self.child.kill().unwrap(); // SIGKILL
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn client(addr: &str) -> Client {
     Client::connect(addr, ClientConfig::default()).unwrap()
@@ -441,7 +419,7 @@ fn offsets_and_producer_state_survive_sigkill_of_the_server() {
             )
             .unwrap_err();
         assert_eq!(refused.code(), Some(code::INVALID_GROUP));
-        server.sigkill();
+        server.stop(libc::SIGKILL);
         (id, first)
     };
     let server = ServerProc::start(dir.path());

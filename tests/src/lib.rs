@@ -21,5 +21,6 @@ pub mod proxy;
 pub mod cluster;
 pub mod cluster_faults;
 pub mod cluster_torture;
+pub mod ledger;
 pub mod mesh;
 pub mod tmpfs;

@@ -19,6 +19,10 @@
 //! buffers it already holds (`Bytes` from the cache) straight to a vectored write
 //! ([`FrameEncoder::response_parts`]) without copying them into the frame.
 
+mod blobs;
+mod limits;
+mod read_options;
+
 use bytes::Bytes;
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -28,6 +32,14 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use blobs::{BlobPlan, decode_push, push_envelope};
+#[cfg(test)]
+pub(crate) use blobs::{
+    BlobRef, FetchEnvelope, FetchPartitionEnvelope, FetchTopicEnvelope, ProduceEnvelope,
+    ProducePartitionEnvelope, ProduceTopicEnvelope, PushEnvelope,
+};
+use read_options::decode_with_read_options;
+
 use super::api::ApiKey;
 pub use super::api::{Request, Response};
 use super::error::{WireError, limit};
@@ -36,189 +48,10 @@ use super::frame::{
     padded,
 };
 use super::messages::*;
-use super::ops::*;
 use super::{
     FRAME_ALIGN, FRAME_BYTES_MAX_DEFAULT, FRAME_BYTES_MAX_LIMIT, FRAME_BYTES_MIN_LIMIT,
-    HANDSHAKE_APIS_MAX, NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX,
+    NAME_BYTES_MAX, PARTITIONS_PER_REQUEST_MAX, TOPICS_PER_REQUEST_MAX,
 };
-
-// ---------------------------------------------------------------------------------------------
-// Envelopes of the messages that carry raw batches.
-
-/// Where a blob (one record batch, or a chunk of consecutive batches) sits in the data section.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BlobRef {
-    /// From the start of the payload; a multiple of 16.
-    offset: u32,
-    length: u32,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-pub(crate) struct ProduceEnvelope {
-    acks: Acks,
-    timeout_ms: u32,
-    data_bytes: u32,
-    topics: Vec<ProduceTopicEnvelope>,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-pub(crate) struct ProduceTopicEnvelope {
-    name: String,
-    partitions: Vec<ProducePartitionEnvelope>,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-pub(crate) struct ProducePartitionEnvelope {
-    partition: u32,
-    batch: BlobRef,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-pub(crate) struct FetchEnvelope {
-    data_bytes: u32,
-    topics: Vec<FetchTopicEnvelope>,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-pub(crate) struct FetchTopicEnvelope {
-    name: String,
-    partitions: Vec<FetchPartitionEnvelope>,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-pub(crate) struct FetchPartitionEnvelope {
-    partition: u32,
-    error_code: u16,
-    error_message: Option<String>,
-    high_watermark: u64,
-    log_start: u64,
-    next_offset: u64,
-    records: u32,
-    chunks: Vec<BlobRef>,
-}
-
-#[derive(Archive, Serialize, Deserialize)]
-pub(crate) struct PushEnvelope {
-    subscription_id: u32,
-    records: u32,
-    next_offset: u64,
-    high_watermark: u64,
-    log_start: u64,
-    data_bytes: u32,
-    chunks: Vec<BlobRef>,
-}
-
-// The archive must be readable in place at a 16-aligned position.
-const _: () = assert!(align_of::<ArchivedProduceEnvelope>() <= FRAME_ALIGN);
-const _: () = assert!(align_of::<ArchivedFetchEnvelope>() <= FRAME_ALIGN);
-const _: () = assert!(align_of::<ArchivedPushEnvelope>() <= FRAME_ALIGN);
-const _: () = assert!(align_of::<ArchivedDescribeTopicResponse>() <= FRAME_ALIGN);
-
-/// Blobs of one frame, in data-section order, with the offsets they get.
-#[derive(Default)]
-pub(crate) struct BlobPlan<'b> {
-    blobs: Vec<&'b Bytes>,
-    data_bytes: u64,
-}
-
-impl<'b> BlobPlan<'b> {
-    fn add(&mut self, blob: &'b Bytes) -> Result<BlobRef, WireError> {
-        let offset = self.data_bytes;
-        let end = offset + padded(blob.len() as u64);
-        let too_big = || WireError::Encode {
-            reason: format!("data section of {end} bytes does not fit a frame"),
-        };
-        let offset = u32::try_from(offset).map_err(|_| too_big())?;
-        let length = u32::try_from(blob.len()).map_err(|_| too_big())?;
-        u32::try_from(end).map_err(|_| too_big())?;
-        self.data_bytes = end;
-        self.blobs.push(blob);
-        Ok(BlobRef { offset, length })
-    }
-
-    fn data_bytes(&self) -> u32 {
-        // add() checked every end against u32::MAX.
-        self.data_bytes as u32
-    }
-}
-
-fn produce_envelope(m: &ProduceRequest) -> Result<(ProduceEnvelope, BlobPlan<'_>), WireError> {
-    let mut plan = BlobPlan::default();
-    let mut topics = Vec::with_capacity(m.topics.len());
-    for t in &m.topics {
-        let mut partitions = Vec::with_capacity(t.partitions.len());
-        for p in &t.partitions {
-            partitions.push(ProducePartitionEnvelope {
-                partition: p.partition,
-                batch: plan.add(&p.batch)?,
-            });
-        }
-        topics.push(ProduceTopicEnvelope {
-            name: t.name.clone(),
-            partitions,
-        });
-    }
-    let env = ProduceEnvelope {
-        acks: m.acks,
-        timeout_ms: m.timeout_ms,
-        data_bytes: plan.data_bytes(),
-        topics,
-    };
-    Ok((env, plan))
-}
-
-fn fetch_envelope(m: &FetchResponse) -> Result<(FetchEnvelope, BlobPlan<'_>), WireError> {
-    let mut plan = BlobPlan::default();
-    let mut topics = Vec::with_capacity(m.topics.len());
-    for t in &m.topics {
-        let mut partitions = Vec::with_capacity(t.partitions.len());
-        for p in &t.partitions {
-            let chunks = p
-                .chunks
-                .iter()
-                .map(|c| plan.add(c))
-                .collect::<Result<_, _>>()?;
-            partitions.push(FetchPartitionEnvelope {
-                partition: p.partition,
-                error_code: p.error_code,
-                error_message: p.error_message.clone(),
-                high_watermark: p.high_watermark,
-                log_start: p.log_start,
-                next_offset: p.next_offset,
-                records: p.records,
-                chunks,
-            });
-        }
-        topics.push(FetchTopicEnvelope {
-            name: t.name.clone(),
-            partitions,
-        });
-    }
-    let env = FetchEnvelope {
-        data_bytes: plan.data_bytes(),
-        topics,
-    };
-    Ok((env, plan))
-}
-
-fn push_envelope(m: &Push) -> Result<(PushEnvelope, BlobPlan<'_>), WireError> {
-    let mut plan = BlobPlan::default();
-    let chunks = m
-        .chunks
-        .iter()
-        .map(|c| plan.add(c))
-        .collect::<Result<_, _>>()?;
-    let env = PushEnvelope {
-        subscription_id: m.subscription_id,
-        records: m.records,
-        next_offset: m.next_offset,
-        high_watermark: m.high_watermark,
-        log_start: m.log_start,
-        data_bytes: plan.data_bytes(),
-        chunks,
-    };
-    Ok((env, plan))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Decoding.
@@ -236,39 +69,6 @@ impl Source<'_> {
             Source::Slice(s) => s,
             Source::Shared(b) => b,
         }
-    }
-
-    fn blob(&self, data_bytes: u32, r: &ArchivedBlobRef) -> Result<Bytes, WireError> {
-        let offset = r.offset.to_native();
-        let length = r.length.to_native();
-        let end = u64::from(offset) + u64::from(length);
-        if !(offset as usize).is_multiple_of(FRAME_ALIGN) || end > u64::from(data_bytes) {
-            return Err(WireError::BlobOutOfBounds {
-                offset,
-                length,
-                data_bytes,
-            });
-        }
-        // In bounds: data_bytes <= payload length, checked by data_section().
-        let range = offset as usize..end as usize;
-        Ok(match self {
-            // Copied into an aligned allocation, so the engine reads the batch in place.
-            Source::Slice(s) => aligned_bytes(&s[range]),
-            Source::Shared(b) => b.slice(range),
-        })
-    }
-
-    fn data_section(&self, data_bytes: u32) -> Result<u32, WireError> {
-        if !(data_bytes as usize).is_multiple_of(FRAME_ALIGN)
-            || data_bytes as usize > self.bytes().len()
-        {
-            return Err(WireError::BlobOutOfBounds {
-                offset: 0,
-                length: data_bytes,
-                data_bytes,
-            });
-        }
-        Ok(data_bytes)
     }
 }
 
@@ -347,7 +147,8 @@ fn check_topics<'n>(
 
 /// The limits a decoded request must keep beyond its layout (docs/protocol.md, "Limits"),
 /// checked by the decoder right after the archive. Every request type of the api table
-/// implements it, next to its definition; an empty impl means "no limits but the frame's".
+/// implements it: the core, operations and security requests in `codec/limits.rs`, the others
+/// next to their definition; an empty impl means "no limits but the frame's".
 pub(crate) trait Limits {
     fn check(&self) -> Result<(), WireError> {
         Ok(())
@@ -364,231 +165,6 @@ pub(crate) trait Blobs: Sized {
         encoder: &mut FrameEncoder,
         head: Head,
     ) -> Result<Prepared<'b>, WireError>;
-}
-
-impl Blobs for ProduceRequest {
-    fn decode_blobs(src: Source<'_>) -> Result<Self, WireError> {
-        decode_produce(src)
-    }
-
-    fn prepare_blobs<'b>(
-        &'b self,
-        encoder: &mut FrameEncoder,
-        head: Head,
-    ) -> Result<Prepared<'b>, WireError> {
-        let (env, plan) = produce_envelope(self)?;
-        encoder.prepare(head, &env, plan)
-    }
-}
-
-impl Blobs for FetchResponse {
-    fn decode_blobs(src: Source<'_>) -> Result<Self, WireError> {
-        decode_fetch_response(src)
-    }
-
-    fn prepare_blobs<'b>(
-        &'b self,
-        encoder: &mut FrameEncoder,
-        head: Head,
-    ) -> Result<Prepared<'b>, WireError> {
-        let (env, plan) = fetch_envelope(self)?;
-        encoder.prepare(head, &env, plan)
-    }
-}
-
-// Limits of the core (0-14), operations (30-39) and security (40-49) requests; those of the
-// messaging semantics and work queues are in semantics.rs and queue.rs.
-
-impl Limits for HandshakeRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("client id bytes", &self.client_id)?;
-        limit("handshake apis", self.apis.len(), HANDSHAKE_APIS_MAX)
-    }
-}
-impl Limits for PingRequest {}
-impl Limits for MetadataRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_topics(
-            self.topics.len(),
-            self.topics.iter().map(|t| (t.as_str(), 0)),
-        )
-    }
-}
-impl Limits for CreateTopicRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.name)
-    }
-}
-impl Limits for DeleteTopicRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.name)
-    }
-}
-impl Limits for ListTopicsRequest {}
-impl Limits for DescribeTopicRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.name)
-    }
-}
-impl Limits for FetchRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_topics(
-            self.topics.len(),
-            self.topics
-                .iter()
-                .map(|t| (t.name.as_str(), t.partitions.len())),
-        )
-    }
-}
-impl Limits for ListOffsetsRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_topics(
-            self.topics.len(),
-            self.topics
-                .iter()
-                .map(|t| (t.name.as_str(), t.partitions.len())),
-        )
-    }
-}
-impl Limits for SubscribeRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.topic)
-    }
-}
-impl Limits for GrantCreditsRequest {}
-impl Limits for UnsubscribeRequest {}
-impl Limits for StatsRequest {}
-impl Limits for MetricsRequest {}
-impl Limits for CreateReplicatedTopicRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.name)
-    }
-}
-impl Limits for DescribeReplicasRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.name)
-    }
-}
-impl Limits for DescribeClusterRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_topics(
-            self.topics.len(),
-            self.topics.iter().map(|t| (t.as_str(), 0)),
-        )
-    }
-}
-impl Limits for AlterTopicRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.name)
-    }
-}
-impl Limits for ResetOffsetsRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("group name bytes", &self.group)?;
-        check_name("topic name bytes", &self.topic)
-    }
-}
-impl Limits for QueuePurgeRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.topic)
-    }
-}
-impl Limits for ListGroupsRequest {}
-impl Limits for AddPartitionsRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("topic name bytes", &self.name)
-    }
-}
-impl Limits for AuthenticateRequest {
-    fn check(&self) -> Result<(), WireError> {
-        check_name("user name bytes", &self.username)?;
-        limit("secret bytes", self.secret.len(), SECRET_BYTES_MAX)
-    }
-}
-
-fn decode_produce(src: Source<'_>) -> Result<ProduceRequest, WireError> {
-    let env = access::<ProduceEnvelope>(ApiKey::Produce, src.bytes())?;
-    check_topics(
-        env.topics.len(),
-        env.topics
-            .iter()
-            .map(|t| (t.name.as_str(), t.partitions.len())),
-    )?;
-    let data_bytes = src.data_section(env.data_bytes.to_native())?;
-    let acks = match env.acks {
-        ArchivedAcks::None => Acks::None,
-        ArchivedAcks::Leader => Acks::Leader,
-        ArchivedAcks::Durable => Acks::Durable,
-        ArchivedAcks::All => Acks::All,
-    };
-    let mut topics = Vec::with_capacity(env.topics.len());
-    for t in env.topics.iter() {
-        let mut partitions = Vec::with_capacity(t.partitions.len());
-        for p in t.partitions.iter() {
-            partitions.push(ProducePartition {
-                partition: p.partition.to_native(),
-                batch: src.blob(data_bytes, &p.batch)?,
-            });
-        }
-        topics.push(ProduceTopic {
-            name: t.name.as_str().to_owned(),
-            partitions,
-        });
-    }
-    Ok(ProduceRequest {
-        acks,
-        timeout_ms: env.timeout_ms.to_native(),
-        topics,
-    })
-}
-
-fn decode_fetch_response(src: Source<'_>) -> Result<FetchResponse, WireError> {
-    let env = access::<FetchEnvelope>(ApiKey::Fetch, src.bytes())?;
-    let data_bytes = src.data_section(env.data_bytes.to_native())?;
-    let mut topics = Vec::with_capacity(env.topics.len());
-    for t in env.topics.iter() {
-        let mut partitions = Vec::with_capacity(t.partitions.len());
-        for p in t.partitions.iter() {
-            let chunks = p
-                .chunks
-                .iter()
-                .map(|c| src.blob(data_bytes, c))
-                .collect::<Result<_, _>>()?;
-            partitions.push(FetchPartitionResult {
-                partition: p.partition.to_native(),
-                error_code: p.error_code.to_native(),
-                error_message: p.error_message.as_ref().map(|m| m.as_str().to_owned()),
-                high_watermark: p.high_watermark.to_native(),
-                log_start: p.log_start.to_native(),
-                next_offset: p.next_offset.to_native(),
-                records: p.records.to_native(),
-                chunks,
-            });
-        }
-        topics.push(FetchTopicResult {
-            name: t.name.as_str().to_owned(),
-            partitions,
-        });
-    }
-    Ok(FetchResponse { topics })
-}
-
-fn decode_push(src: Source<'_>) -> Result<Push, WireError> {
-    let env = access::<PushEnvelope>(ApiKey::Push, src.bytes())?;
-    let data_bytes = src.data_section(env.data_bytes.to_native())?;
-    let chunks = env
-        .chunks
-        .iter()
-        .map(|c| src.blob(data_bytes, c))
-        .collect::<Result<_, _>>()?;
-    Ok(Push {
-        subscription_id: env.subscription_id.to_native(),
-        records: env.records.to_native(),
-        next_offset: env.next_offset.to_native(),
-        high_watermark: env.high_watermark.to_native(),
-        log_start: env.log_start.to_native(),
-        chunks,
-    })
 }
 
 impl Request {
@@ -658,35 +234,6 @@ pub const READ_OPTIONS_BYTES: usize = 16;
 /// Whether a request of `api` at `version` carries the read-options trailer.
 fn has_read_options(api: ApiKey, version: u16) -> bool {
     matches!(api, ApiKey::Fetch | ApiKey::Subscribe) && version >= 1
-}
-
-/// Decodes a request whose archive is followed by the read-options trailer (16-aligned).
-fn decode_with_read_options(api: ApiKey, src: Source<'_>) -> Result<Request, WireError> {
-    let bytes = src.bytes();
-    let bad = |reason: &str| WireError::Malformed {
-        api_key: api.as_u16(),
-        reason: format!("read options: {reason}"),
-    };
-    let Some(at) = bytes.len().checked_sub(READ_OPTIONS_BYTES) else {
-        return Err(bad("payload too short"));
-    };
-    let trailer = &bytes[at..];
-    let archive_bytes = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
-    let archive_bytes = archive_bytes as usize;
-    if archive_bytes > at || at - archive_bytes >= FRAME_ALIGN {
-        return Err(bad("archive length out of range"));
-    }
-    if trailer[5..].iter().any(|&b| b != 0) || bytes[archive_bytes..at].iter().any(|&b| b != 0) {
-        return Err(bad("reserved bytes not zero"));
-    }
-    let isolation = ReadIsolation::from_u8(trailer[4]).ok_or_else(|| bad("unknown isolation"))?;
-    let mut request = Request::decode_payload(api, Source::Slice(&bytes[..archive_bytes]))?;
-    match &mut request {
-        Request::Fetch(f) => f.isolation = isolation,
-        Request::Subscribe(s) => s.isolation = isolation,
-        _ => {}
-    }
-    Ok(request)
 }
 
 impl Response {
@@ -1015,42 +562,6 @@ impl FrameEncoder {
         self.append_read_options(prepared, isolation)
     }
 
-    /// Appends the read-options trailer after the archive in the scratch buffer (Fetch and
-    /// Subscribe from version 1; they carry no blobs) and resizes the frame.
-    fn append_read_options<'b>(
-        &mut self,
-        mut p: Prepared<'b>,
-        isolation: ReadIsolation,
-    ) -> Result<Prepared<'b>, WireError> {
-        assert!(p.blobs.is_empty(), "read options follow a plain archive");
-        let archive_bytes = self.scratch.len();
-        let Ok(archive_len) = u32::try_from(archive_bytes) else {
-            return Err(WireError::Encode {
-                reason: "request archive too large".into(),
-            });
-        };
-        self.scratch
-            .extend_from_slice(&ZEROS[..pad_of(archive_bytes)]);
-        let mut trailer = [0u8; READ_OPTIONS_BYTES];
-        trailer[..4].copy_from_slice(&archive_len.to_le_bytes());
-        trailer[4] = isolation.as_u8();
-        self.scratch.extend_from_slice(&trailer);
-        let payload_bytes = self.scratch.len() as u64;
-        let frame_bytes = FRAME_HEADER_BYTES as u64 + padded(payload_bytes);
-        if frame_bytes > u64::from(self.frame_bytes_max) {
-            return Err(WireError::FrameTooLarge {
-                frame_bytes,
-                frame_bytes_max: self.frame_bytes_max,
-                correlation_id: p.header.correlation_id,
-                api_key: p.header.api_key,
-            });
-        }
-        // Fits: frame_bytes <= frame_bytes_max < u32::MAX.
-        p.header.payload_bytes = payload_bytes as u32;
-        p.frame_bytes = frame_bytes as usize;
-        Ok(p)
-    }
-
     fn prepare_response<'b>(
         &mut self,
         correlation_id: u32,
@@ -1164,113 +675,4 @@ impl FrameEncoder {
 
 fn pad_of(len: usize) -> usize {
     (FRAME_ALIGN - len % FRAME_ALIGN) % FRAME_ALIGN
-}
-
-#[cfg(test)]
-mod tests {
-    //! Hostile envelopes a well-behaved encoder never writes: blob references outside the data
-    //! section, unaligned, or a data section longer than the payload.
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn produce_payload(data: &[u8], data_bytes: u32, batch: BlobRef) -> AlignedVec<FRAME_ALIGN> {
-        let env = ProduceEnvelope {
-            acks: Acks::Leader,
-            timeout_ms: 0,
-            data_bytes,
-            topics: vec![ProduceTopicEnvelope {
-                name: "t".into(),
-                partitions: vec![ProducePartitionEnvelope {
-                    partition: 0,
-                    batch,
-                }],
-            }],
-        };
-        let mut out = AlignedVec::<FRAME_ALIGN>::new();
-        out.extend_from_slice(data);
-        rkyv::api::high::to_bytes_in::<_, BoxedError>(&env, out).unwrap()
-    }
-
-    #[test]
-    fn blob_references_are_bounds_checked() {
-        let data = [7u8; 32];
-        let key = ApiKey::Produce.as_u16();
-        let ok = produce_payload(
-            &data,
-            32,
-            BlobRef {
-                offset: 16,
-                length: 16,
-            },
-        );
-        let Request::Produce(p) = Request::decode(key, 0, &ok).unwrap() else {
-            panic!("not a produce");
-        };
-        assert_eq!(&p.topics[0].partitions[0].batch[..], &[7u8; 16]);
-
-        let cases = [
-            (
-                32,
-                BlobRef {
-                    offset: 16,
-                    length: 17,
-                },
-            ), // past the data section
-            (
-                32,
-                BlobRef {
-                    offset: 8,
-                    length: 8,
-                },
-            ), // unaligned
-            (
-                32,
-                BlobRef {
-                    offset: u32::MAX - 15,
-                    length: 100,
-                },
-            ), // overflowing end
-            (
-                48,
-                BlobRef {
-                    offset: 0,
-                    length: 0,
-                },
-            ), // data section not a multiple of 16
-            (
-                u32::MAX - 15,
-                BlobRef {
-                    offset: 0,
-                    length: 16,
-                },
-            ), // data section past the payload
-        ];
-        for (i, (data_bytes, blob)) in cases.into_iter().enumerate() {
-            let data_bytes = if i == 3 { 40 } else { data_bytes };
-            let bad = produce_payload(&data, data_bytes, blob);
-            let e = Request::decode(key, 0, &bad).unwrap_err();
-            assert!(
-                matches!(e, WireError::BlobOutOfBounds { .. }),
-                "case {i}: {e:?}"
-            );
-            assert_eq!(e.code(), crate::code::MALFORMED_PAYLOAD);
-        }
-    }
-
-    #[test]
-    fn truncated_archives_are_malformed_not_panics() {
-        let ok = produce_payload(
-            &[0u8; 16],
-            16,
-            BlobRef {
-                offset: 0,
-                length: 16,
-            },
-        );
-        for cut in 0..ok.len() {
-            let mut v = AlignedVec::<FRAME_ALIGN>::new();
-            v.extend_from_slice(&ok[..cut]);
-            assert!(Request::decode(ApiKey::Produce.as_u16(), 0, &v).is_err());
-        }
-    }
 }

@@ -1,11 +1,15 @@
 //! Starting the real `shardline serve` binary for the end-to-end tests (cli_e2e, queue_e2e,
-//! semantics_e2e): 127.0.0.1 with an ephemeral port, two shards, the given data directory.
+//! semantics_e2e): 127.0.0.1 with an ephemeral port, two shards, the given data directory; and
+//! [`ServerProc`], such a process owned by a test (signalled by its pid, reaped when dropped).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use shardline_net::client::{Client, ClientConfig};
 
 /// Spawns `bin serve` on `dir` and returns the child and the address it printed.
 pub(crate) fn serve(bin: &str, dir: &Path) -> (Child, String) {
@@ -80,4 +84,53 @@ pub(crate) fn serve_with_metrics(bin: &str, dir: &Path) -> (Child, String, Strin
     std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
     std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     (child, addr, metrics)
+}
+
+/// A `shardline serve` process this test started ([`serve`]); SIGKILLed and reaped when
+/// dropped.
+pub(crate) struct ServerProc {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
+}
+
+impl ServerProc {
+    /// Starts this package's `shardline` binary with [`serve`] on `dir`.
+    pub(crate) fn start(dir: &Path) -> ServerProc {
+        let (child, addr) = serve(env!("CARGO_BIN_EXE_shardline"), dir);
+        ServerProc { child, addr }
+    }
+
+    /// A client of the server with the default configuration.
+    pub(crate) fn client(&self) -> Client {
+        self.client_with(ClientConfig::default())
+    }
+
+    pub(crate) fn client_with(&self, config: ClientConfig) -> Client {
+        Client::connect(&self.addr, config).unwrap()
+    }
+
+    /// Sends `signal` to the process, then waits (bounded: 30 s) for its exit status.
+    pub(crate) fn stop(mut self, signal: libc::c_int) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: signalling the child we started, by its pid.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
