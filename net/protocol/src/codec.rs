@@ -506,6 +506,16 @@ impl Limits for AuthenticateRequest {
     }
 }
 
+impl Limits for AlterSecurityRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("name bytes", &self.name)?;
+        limit("secret bytes", self.secret.len(), SECRET_BYTES_MAX)?;
+        check_name("description bytes", &self.description)?;
+        check_name("resource bytes", &self.resource)?;
+        check_name("operation bytes", &self.operation)
+    }
+}
+
 fn decode_produce(src: Source<'_>) -> Result<ProduceRequest, WireError> {
     let env = access::<ProduceEnvelope>(ApiKey::Produce, src.bytes())?;
     check_topics(

@@ -231,6 +231,27 @@ fn request() -> impl Strategy<Value = Request> {
                 secret,
             })
         }),
+        (0..7u8, name(), text(40), name(), any::<bool>()).prop_map(
+            |(op, name, secret, description, deny)| {
+                Request::AlterSecurity(AlterSecurityRequest {
+                    op: [
+                        SecurityOp::UserAdd,
+                        SecurityOp::UserRemove,
+                        SecurityOp::UserPasswd,
+                        SecurityOp::TokenCreate,
+                        SecurityOp::TokenRevoke,
+                        SecurityOp::AclAdd,
+                        SecurityOp::AclRemove,
+                    ][usize::from(op)],
+                    name,
+                    secret,
+                    resource: format!("topic:{description}"),
+                    description,
+                    operation: "produce".into(),
+                    deny,
+                })
+            }
+        ),
     ]
 }
 
@@ -782,6 +803,9 @@ fn response() -> impl Strategy<Value = Response> {
         semantics_response(),
         ops_response(),
         name().prop_map(|principal| Response::Authenticate(AuthenticateResponse { principal })),
+        (text(40), text(40)).prop_map(|(token, message)| Response::AlterSecurity(
+            AlterSecurityResponse { token, message }
+        )),
     ]
 }
 
@@ -1541,6 +1565,7 @@ fn wire_layout_is_pinned() {
         OffsetFetchRequest => 16, 4; CommittedOffset => 32, 8; OffsetFetchResponse => 8, 4;
         DescribeGroupRequest => 8, 4; GroupMember => 40, 8; DescribeGroupResponse => 40, 4;
         AuthMechanism => 1, 1; AuthenticateRequest => 20, 4; AuthenticateResponse => 8, 4;
+        SecurityOp => 1, 1; AlterSecurityRequest => 48, 4; AlterSecurityResponse => 16, 4;
     }
 
     let mut enc = FrameEncoder::default();

@@ -448,7 +448,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return serve::serve(args);
     }
     if let Command::Security(command) = cli.command {
-        return security::run(command);
+        // With --addr, user/token/acl changes go to that server (on a cluster, to every node).
+        let Some(addr) = cli.addr.as_deref().filter(|_| security::online(&command)) else {
+            return security::run(command);
+        };
+        let mut client_config = ClientConfig::default();
+        cli.security.apply(&mut client_config)?;
+        let client = connect(addr, client_config, cli.wait)?;
+        return security::run_online(&client, command);
     }
     let addr = cli
         .addr
