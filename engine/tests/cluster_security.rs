@@ -131,7 +131,7 @@ fn security_changes_reach_every_node_in_one_order_and_survive_a_restart() {
     .unwrap();
     let e3 = start(&net, 3, dirs[2].path());
     // Its own security log survived the restart.
-    assert!(e3.security_changes().unwrap().len() >= one.len() + 1);
+    assert!(e3.security_changes().unwrap().len() > one.len());
     let again = record(&e3);
     let want = net.engine(1).security_changes().unwrap();
     assert_eq!(want.last().unwrap().1, b"while-down".to_vec());

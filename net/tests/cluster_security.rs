@@ -25,6 +25,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_shardline");
 const ADMIN_PASSWORD: &str = "admin-pass-7f3e";
 const ALICE_PASSWORD: &str = "alice-pass-91c2";
 const OLD_PASSWORD: &str = "old-pass-5d10";
+const ALICE_NEW_PASSWORD: &str = "alice-new-pass-33ab";
 
 /// Runs the real CLI; returns its stdout (fails the test on a non-zero exit).
 fn cli(args: &[&str], stdin: &str) -> String {
@@ -97,8 +98,38 @@ fn no_secrets_in(path: &Path, secrets: &[&str]) {
     }
 }
 
-#[test]
-fn user_token_and_acl_changes_reach_every_node() {
+/// `acl VERB --principal P --resource cluster --operation O`.
+fn acl(verb: &'static str, principal: &'static str, operation: &'static str) -> [&'static str; 8] {
+    [
+        "acl",
+        verb,
+        "--principal",
+        principal,
+        "--resource",
+        "cluster",
+        "--operation",
+        operation,
+    ]
+}
+
+/// The cluster under test, its admin's password file and the nodes' client addresses.
+struct Setup {
+    c: Cluster,
+    dir: tempfile::TempDir,
+    pw: std::path::PathBuf,
+    addrs: Vec<String>,
+}
+
+impl Setup {
+    fn admin(&self, node: usize, args: &[&str], stdin: &str) -> String {
+        admin(&self.addrs[node - 1], &self.pw, args, stdin)
+    }
+}
+
+/// Three nodes with auth required; before the first start node 1's own file has the admin
+/// (admin on cluster), node 2's an old user. Both files are merged: admin logs in on every
+/// node, and the old user on node 1.
+fn start() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Cluster::new(Path::new(BIN), dir.path(), 3).unwrap();
     // Failed logins are expected while a change travels: no rate limit in the way.
@@ -111,25 +142,12 @@ fn user_token_and_acl_changes_reach_every_node() {
     c.extra = vec!["--config".into(), toml.to_str().unwrap().into()];
     let pw = dir.path().join("admin.pw");
     std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    // Before the first start: node 1's own file has the admin, node 2's an old user.
     let (d1, d2) = (c.node(1).data_dir.clone(), c.node(2).data_dir.clone());
-    let d1s = d1.to_str().unwrap();
-    cli(&["user", "add", "admin", "--data-dir", d1s], ADMIN_PASSWORD);
-    cli(
-        &[
-            "acl",
-            "add",
-            "--principal",
-            "admin",
-            "--resource",
-            "cluster",
-            "--operation",
-            "admin",
-            "--data-dir",
-            d1s,
-        ],
-        "",
-    );
+    let d1 = d1.to_str().unwrap();
+    cli(&["user", "add", "admin", "--data-dir", d1], ADMIN_PASSWORD);
+    let mut grant = acl("add", "admin", "admin").to_vec();
+    grant.extend(["--data-dir", d1]);
+    cli(&grant, "");
     cli(
         &["user", "add", "old", "--data-dir", d2.to_str().unwrap()],
         OLD_PASSWORD,
@@ -142,45 +160,35 @@ fn user_token_and_acl_changes_reach_every_node() {
             allowed(a, &admin_login).is_ok()
         });
     }
-    // Node 2's own user too: it authenticates on node 1 (no ACL yet: logged in, denied).
+    // Node 2's own user too: it logs in on node 1 (no ACL: logged in, then denied).
     eventually("node 2's own file is merged", || {
         refused(allowed(&addrs[0], &password("old", OLD_PASSWORD)))
             == Some(code::AUTHORIZATION_FAILED)
     });
+    Setup { c, dir, pw, addrs }
+}
 
-    // user add + acl add on node 1: answered once applied there.
-    let out = admin(&addrs[0], &pw, &["user", "add", "alice"], ALICE_PASSWORD);
+/// `user add` + `acl add` on node 1 (answered once applied there), in force on nodes 2 and
+/// 3; `acl remove` on node 3 revokes on node 1, on an open connection and new ones.
+fn add_on_one_revoke_on_three(s: &Setup, alice: &Credentials) {
+    let out = s.admin(1, &["user", "add", "alice"], ALICE_PASSWORD);
     assert!(out.contains("user alice added"), "{out}");
-    let alice = password("alice", ALICE_PASSWORD);
     assert_eq!(
-        refused(allowed(&addrs[0], &alice)),
+        refused(allowed(&s.addrs[0], alice)),
         Some(code::AUTHORIZATION_FAILED)
     );
-    let grant = [
-        "acl",
-        "add",
-        "--principal",
-        "alice",
-        "--resource",
-        "cluster",
-        "--operation",
-        "describe",
-    ];
-    admin(&addrs[0], &pw, &grant, "");
-    allowed(&addrs[0], &alice).unwrap();
-    for a in &addrs[1..] {
+    s.admin(1, &acl("add", "alice", "describe"), "");
+    allowed(&s.addrs[0], alice).unwrap();
+    for a in &s.addrs[1..] {
         eventually("alice logs in and is authorised on nodes 2 and 3", || {
-            allowed(a, &alice).is_ok()
+            allowed(a, alice).is_ok()
         });
     }
-    // A connection of alice's open on node 1 while node 3 removes the entry.
-    let open = Client::connect(&addrs[0], config(alice.clone())).unwrap();
+    let open = Client::connect(&s.addrs[0], config(alice.clone())).unwrap();
     open.stats().unwrap();
-    let mut revoke = grant.to_vec();
-    revoke[1] = "remove";
-    admin(&addrs[2], &pw, &revoke, "");
+    s.admin(3, &acl("remove", "alice", "describe"), "");
     assert_eq!(
-        refused(allowed(&addrs[2], &alice)),
+        refused(allowed(&s.addrs[2], alice)),
         Some(code::AUTHORIZATION_FAILED)
     );
     eventually("the removal reaches node 1's open connection", || {
@@ -188,14 +196,16 @@ fn user_token_and_acl_changes_reach_every_node() {
             .is_err_and(|e| e.code() == Some(code::AUTHORIZATION_FAILED))
     });
     eventually("and new ones on node 1", || {
-        refused(allowed(&addrs[0], &alice)) == Some(code::AUTHORIZATION_FAILED)
+        refused(allowed(&s.addrs[0], alice)) == Some(code::AUTHORIZATION_FAILED)
     });
+}
 
-    // Node 3 down during a change; it has the change after its restart.
-    c.kill(3).unwrap();
-    let token = admin(
-        &addrs[0],
-        &pw,
+/// Node 3 SIGKILLed during a token create and an ACL add; after its restart the token logs
+/// in and is authorised there. Returns the token.
+fn change_while_node_3_is_down(s: &mut Setup) -> String {
+    s.c.kill(3).unwrap();
+    let token = s.admin(
+        1,
         &[
             "token",
             "create",
@@ -207,80 +217,69 @@ fn user_token_and_acl_changes_reach_every_node() {
     );
     let token = token.trim().to_string();
     assert!(token.starts_with("slt_"), "{token}");
-    admin(
-        &addrs[1],
-        &pw,
-        &[
-            "acl",
-            "add",
-            "--principal",
-            "svc",
-            "--resource",
-            "cluster",
-            "--operation",
-            "describe",
-        ],
-        "",
-    );
-    c.spawn(3).unwrap();
+    s.admin(2, &acl("add", "svc", "describe"), "");
+    s.c.spawn(3).unwrap();
     let svc = Credentials::Token(token.clone());
     eventually("the restarted node has the token and its ACL", || {
-        allowed(&addrs[2], &svc).is_ok()
+        allowed(&s.addrs[2], &svc).is_ok()
     });
-    // Password change and user removal, from node 2: in force on the other nodes.
-    let new_pw = dir.path().join("alice-new.pw");
-    std::fs::write(&new_pw, "alice-new-pass-33ab\n").unwrap();
-    let out = admin(
-        &addrs[1],
-        &pw,
-        &[
-            "user",
-            "passwd",
-            "alice",
-            "--new-password-file",
-            new_pw.to_str().unwrap(),
-        ],
+    token
+}
+
+/// `user passwd` and `user remove` on node 2, in force on the other nodes.
+fn passwd_and_remove(s: &Setup, alice: &Credentials) {
+    let new_pw = s.dir.path().join("alice-new.pw");
+    std::fs::write(&new_pw, format!("{ALICE_NEW_PASSWORD}\n")).unwrap();
+    let new_pw = new_pw.to_str().unwrap();
+    let out = s.admin(
+        2,
+        &["user", "passwd", "alice", "--new-password-file", new_pw],
         "",
     );
     assert!(out.contains("password of alice changed"), "{out}");
     eventually("the old password fails on node 3", || {
-        refused(allowed(&addrs[2], &alice)) == Some(code::AUTHENTICATION_FAILED)
+        refused(allowed(&s.addrs[2], alice)) == Some(code::AUTHENTICATION_FAILED)
     });
-    let alice_new = password("alice", "alice-new-pass-33ab");
+    let alice_new = password("alice", ALICE_NEW_PASSWORD);
     eventually("the new one logs in on node 1", || {
-        refused(allowed(&addrs[0], &alice_new)) == Some(code::AUTHORIZATION_FAILED)
+        refused(allowed(&s.addrs[0], &alice_new)) == Some(code::AUTHORIZATION_FAILED)
     });
-    admin(&addrs[1], &pw, &["user", "remove", "old"], "");
+    s.admin(2, &["user", "remove", "old"], "");
     eventually("old is gone on node 3", || {
-        refused(allowed(&addrs[2], &password("old", OLD_PASSWORD)))
+        refused(allowed(&s.addrs[2], &password("old", OLD_PASSWORD)))
             == Some(code::AUTHENTICATION_FAILED)
     });
+}
+
+#[test]
+fn user_token_and_acl_changes_reach_every_node() {
+    let mut s = start();
+    let alice = password("alice", ALICE_PASSWORD);
+    add_on_one_revoke_on_three(&s, &alice);
+    let token = change_while_node_3_is_down(&mut s);
+    passwd_and_remove(&s, &alice);
 
     let secret = token.rsplit('_').next().unwrap().to_string();
     let secrets = [
         ALICE_PASSWORD,
-        "alice-new-pass-33ab",
+        ALICE_NEW_PASSWORD,
         ADMIN_PASSWORD,
         OLD_PASSWORD,
         secret.as_str(),
     ];
+    let file = |n: u64| s.c.node(n).data_dir.join("security.json");
     for n in 1..=3 {
-        let d = &c.node(n).data_dir;
-        no_secrets_in(&d.join("controller").join("security.log"), &secrets);
-        no_secrets_in(&d.join("security.json"), &secrets);
-        let log = std::fs::read(d.join("controller").join("security.log")).unwrap();
-        assert!(!log.is_empty(), "node {n} has no security log");
+        let log = s.c.node(n).data_dir.join("controller").join("security.log");
+        assert!(!std::fs::read(&log).unwrap().is_empty(), "node {n}: no log");
+        no_secrets_in(&log, &secrets);
+        no_secrets_in(&file(n), &secrets);
     }
     // Every node's copy of the state is the same.
-    let files: Vec<String> = (1..=3)
-        .map(|n| std::fs::read_to_string(c.node(n).data_dir.join("security.json")).unwrap())
-        .collect();
     eventually("every node's security file is the same", || {
         let now: Vec<String> = (1..=3)
-            .map(|n| std::fs::read_to_string(c.node(n).data_dir.join("security.json")).unwrap())
+            .map(|n| std::fs::read_to_string(file(n)).unwrap())
             .collect();
-        now[0] == now[1] && now[1] == now[2]
+        now[0] == now[1] && now[1] == now[2] && now[0].contains("\"alice\"")
     });
-    assert!(files[0].contains("\"alice\""), "{}", files[0]);
-    c.kill_all();
+    s.c.kill_all();
 }
