@@ -273,6 +273,10 @@ fn user_token_and_acl_changes_reach_every_node() {
         assert!(!std::fs::read(&log).unwrap().is_empty(), "node {n}: no log");
         no_secrets_in(&log, &secrets);
         no_secrets_in(&file(n), &secrets);
+        // Each node's own file was merged once (a restart imports nothing again).
+        let d = &s.c.node(n).data_dir;
+        assert!(d.join("security.imported.json").exists(), "node {n}");
+        assert!(!d.join("security.import.json").exists(), "node {n}");
     }
     // Every node's copy of the state is the same.
     eventually("every node's security file is the same", || {

@@ -391,6 +391,11 @@ fn spawn_import(
                     let bytes = serde_json::to_vec(&Change::Import { file }).unwrap_or_default();
                     match futures_lite::future::block_on(engine.propose_security_change(bytes)) {
                         Ok(()) => true,
+                        Err(e @ Error::InvalidArgument(_)) => {
+                            // Refused for good (too large): the operator's to resolve.
+                            tracing::error!(error = %e, file = %pending.display(), "own security file not merged");
+                            return;
+                        }
                         Err(e) => {
                             tracing::info!(error = %e, "own security file not merged yet; retrying");
                             false
