@@ -199,7 +199,14 @@ impl Engine {
         request_id: u64,
         change: &[u8],
     ) -> Result<Outcome> {
-        let verdict = self.cluster()?.security.apply(offset, change)?;
+        let verdict = self
+            .cluster()?
+            .security
+            .apply(offset, change)
+            .inspect_err(|e| {
+                // Not retried (docs/replication.md, "Not done yet"): this node lacks the change.
+                tracing::error!(offset, error = %e, "security change not logged on this node");
+            })?;
         self.store_applied(offset, request_id)?;
         Ok(Outcome::Security(verdict))
     }
