@@ -27,6 +27,8 @@
 //! shardline [--addr ...] group reset-offsets GROUP --topic T [--partition N] [--dry-run]
 //!                        --to-earliest|--to-latest|--to-offset N|--to-timestamp MS
 //! shardline [--addr ...] queue purge QUEUE   (and the other queue commands, docs/semantics.md)
+//! shardline --addr ... user add|remove|passwd NAME | token create|revoke ... | acl add|remove ...
+//!                        (on a running server; on a cluster every node; docs/security.md)
 //! shardline serve --print-config [--config FILE] [flags]
 //! ```
 //! Output for machines goes to stdout (`serve` prints exactly `shardline listening on <addr>`;
