@@ -41,7 +41,9 @@ pub use api::{
     ShardStats, TopicDescription, TopicInfo, TopicRoute,
 };
 pub use batch::{BatchBuilder, Header, Record};
-pub use broker::cluster::{GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus};
+pub use broker::cluster::{
+    GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus, SecurityChanges, SecurityHook,
+};
 pub use broker::engine::{Engine, PendingAck, ShardHandle, ShardTask, Subscription};
 pub use config::{EngineConfig, TopicConfig};
 pub use error::{Error, Result};

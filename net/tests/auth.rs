@@ -353,3 +353,59 @@ fn password_and_certificate_principals_through_the_client() {
     assert_eq!(e.code(), Some(code::AUTHORIZATION_FAILED), "{e}");
     server.shutdown().unwrap();
 }
+
+/// AlterSecurity (api 41) on a single server: a super user's change is in force when it is
+/// answered and written to the security file (no plaintext); anyone else is refused.
+#[test]
+fn alter_security_on_a_single_server_applies_at_once_and_needs_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, file) = auth_server(dir.path(), &users(), None);
+    let addr = server.addr();
+    let mut bob = Raw::connect(addr);
+    bob.handshake();
+    authenticate(&mut bob, "bob", PASSWORD).unwrap();
+    let add_carol = Request::AlterSecurity(AlterSecurityRequest {
+        op: SecurityOp::UserAdd,
+        name: "carol".into(),
+        secret: "carol's secret".into(),
+        ..AlterSecurityRequest::default()
+    });
+    assert_eq!(
+        bob.call(&add_carol).map(|_| ()),
+        Err(code::AUTHORIZATION_FAILED)
+    );
+    let mut alice = Raw::connect(addr);
+    alice.handshake();
+    authenticate(&mut alice, "alice", PASSWORD).unwrap();
+    let Ok(Response::AlterSecurity(r)) = alice.call(&add_carol) else {
+        panic!("alice (admin on cluster) may add users");
+    };
+    assert!(r.message.contains("carol"), "{r:?}");
+    assert_eq!(
+        alice.call(&add_carol).map(|_| ()),
+        Err(code::INVALID_ARGUMENT)
+    );
+    // In force at once, without waiting for the file watcher.
+    let mut carol = Raw::connect(addr);
+    carol.handshake();
+    authenticate(&mut carol, "carol", "carol's secret").unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"carol\"") && !text.contains("carol's secret"));
+    // A token: returned once, stored as a digest.
+    let Ok(Response::AlterSecurity(t)) =
+        alice.call(&Request::AlterSecurity(AlterSecurityRequest {
+            op: SecurityOp::TokenCreate,
+            name: "svc".into(),
+            ..AlterSecurityRequest::default()
+        }))
+    else {
+        panic!("token create");
+    };
+    assert!(t.token.starts_with("slt_"), "{t:?}");
+    assert!(
+        !std::fs::read_to_string(&file)
+            .unwrap()
+            .contains(t.token.rsplit('_').next().unwrap())
+    );
+    server.shutdown().unwrap();
+}

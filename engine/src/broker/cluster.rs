@@ -39,7 +39,10 @@ use crate::util::LocalNotify;
 
 mod api;
 mod controller;
+mod security;
 mod snapshots;
+
+pub use security::{SECURITY_CHANGE_BYTES_MAX, SecurityChanges, SecurityHook};
 
 /// Where a node's outgoing Raft messages go: one call per peer per round, every group's
 /// messages to that peer together (the transport sends them as one frame). Called on a shard
@@ -103,14 +106,19 @@ enum Command {
         request_id: u64,
         name: String,
     },
+    /// An opaque security change of the server (users, tokens, ACLs: `security.rs`).
+    Security {
+        request_id: u64,
+        change: Vec<u8>,
+    },
 }
 
 impl Command {
     fn request_id(&self) -> u64 {
         match self {
-            Command::CreateTopic { request_id, .. } | Command::DeleteTopic { request_id, .. } => {
-                *request_id
-            }
+            Command::CreateTopic { request_id, .. }
+            | Command::DeleteTopic { request_id, .. }
+            | Command::Security { request_id, .. } => *request_id,
         }
     }
 }
@@ -145,6 +153,8 @@ fn decode_command(batch: &Bytes) -> Option<Command> {
 enum Outcome {
     Created(TopicInfo),
     Deleted,
+    /// A security change: what the hook said.
+    Security(std::result::Result<(), String>),
 }
 
 /// The cluster side of an engine (shared by its shards and its apply thread).
@@ -168,6 +178,8 @@ pub(crate) struct ClusterState {
     /// This engine's start (µs): peers that see it change in its liveness messages know
     /// this node restarted (replication::LIVENESS_GROUP).
     incarnation: u64,
+    /// Security changes applied on this node (`security.rs`).
+    security: security::SecurityLog,
 }
 
 impl ClusterState {

@@ -14,5 +14,7 @@ pub mod engine;
 pub mod groups;
 pub mod queue;
 
-pub use cluster::{GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus};
+pub use cluster::{
+    GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus, SecurityChanges, SecurityHook,
+};
 pub use engine::Engine;

@@ -186,3 +186,21 @@ impl Client {
         })
     }
 }
+
+/// Users, tokens and ACLs of a running server (docs/protocol.md, "41 AlterSecurity"): on a
+/// cluster the change goes through the controller and reaches every node.
+impl Client {
+    /// Applies one change; answered once it applied on the node asked. Needs admin on
+    /// `cluster`.
+    pub fn alter_security(
+        &self,
+        request: crate::protocol::AlterSecurityRequest,
+    ) -> Result<crate::protocol::AlterSecurityResponse, ClientError> {
+        crate::conn::block_on(async {
+            expect_response!(
+                self.call_bootstrap(Request::AlterSecurity(request)).await?,
+                AlterSecurity
+            )
+        })
+    }
+}

@@ -314,6 +314,9 @@ api_table! {
         // --- 40..=49: security (security.rs, docs/security.md) ---
         Authenticate = 40, versions 0..=0, AuthenticateRequest => AuthenticateResponse,
             acl |_, _| ();
+        // Users, tokens and ACLs (on a cluster through the controller): a super user's act.
+        AlterSecurity = 41, versions 0..=0, AlterSecurityRequest => AlterSecurityResponse,
+            acl |_, f| f(Cluster, "*", Admin);
     }
     one_way {
         GrantCredits = 11, versions 0..=0, GrantCreditsRequest,
@@ -520,7 +523,7 @@ mod tests {
             ("QueueRedrive", 29), ("Metrics", 30), ("AlterTopic", 31), ("ResetOffsets", 32),
             ("QueuePurge", 33), ("ListGroups", 34), ("AddPartitions", 35),
             ("CreateReplicatedTopic", 36), ("DescribeReplicas", 37), ("DescribeCluster", 38),
-            ("Authenticate", 40),
+            ("Authenticate", 40), ("AlterSecurity", 41),
         ];
         assert_eq!(keys, want);
         for k in ApiKey::ALL {

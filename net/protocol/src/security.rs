@@ -44,6 +44,82 @@ pub struct AuthenticateResponse {
     pub principal: String,
 }
 
+/// What an AlterSecurity request changes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[rkyv(derive(Debug))]
+pub enum SecurityOp {
+    /// Add user `name` with password `secret`.
+    #[default]
+    UserAdd,
+    /// Remove user `name` and every token acting as it.
+    UserRemove,
+    /// Set user `name`'s password to `secret` (its sessions end).
+    UserPasswd,
+    /// Create a token acting as `name`, described by `description`; the response carries it.
+    TokenCreate,
+    /// Revoke the token whose id is `name`.
+    TokenRevoke,
+    /// Add the ACL entry (`name`, `resource`, `operation`, `deny`).
+    AclAdd,
+    /// Remove that ACL entry (every field must match).
+    AclRemove,
+}
+
+/// 41 AlterSecurity: one change to the users, tokens or ACLs of the server (on a cluster:
+/// of every node, through the controller; docs/security.md, "On a cluster"). Needs admin on
+/// `cluster`. The secret is redacted from `Debug` output.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Default)]
+pub struct AlterSecurityRequest {
+    pub op: SecurityOp,
+    /// The user, the token's principal (TokenCreate), the token id (TokenRevoke) or the ACL
+    /// entry's principal. At most 255 bytes.
+    pub name: String,
+    /// UserAdd, UserPasswd: the password (at most [`SECRET_BYTES_MAX`] bytes); else empty.
+    pub secret: String,
+    /// TokenCreate: the token's description (at most 255 bytes).
+    pub description: String,
+    /// AclAdd, AclRemove: `topic:NAME`, `topic-prefix:P`, `group:NAME`, `group-prefix:P` or
+    /// `cluster` (at most 255 bytes).
+    pub resource: String,
+    /// AclAdd, AclRemove: `produce`, `consume`, `create`, `delete`, `describe` or `admin`.
+    pub operation: String,
+    /// AclAdd, AclRemove: a deny entry.
+    pub deny: bool,
+}
+
+impl std::fmt::Debug for AlterSecurityRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlterSecurityRequest")
+            .field("op", &self.op)
+            .field("name", &self.name)
+            .field("secret", &"<redacted>")
+            .field("description", &self.description)
+            .field("resource", &self.resource)
+            .field("operation", &self.operation)
+            .field("deny", &self.deny)
+            .finish()
+    }
+}
+
+/// The answer to AlterSecurity, sent once the change applied on the node that was asked.
+#[derive(Archive, Serialize, Deserialize, Clone, PartialEq, Eq, Default)]
+pub struct AlterSecurityResponse {
+    /// TokenCreate: the token (`slt_<id>_<secret>`), shown this once; else empty. Redacted
+    /// from `Debug` output.
+    pub token: String,
+    /// What was done, for people (e.g. "user alice removed (1 tokens revoked)").
+    pub message: String,
+}
+
+impl std::fmt::Debug for AlterSecurityResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlterSecurityResponse")
+            .field("token", &parse_token(&self.token).map(|(id, _)| id))
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
 /// Prefix of every API token, so that leaked tokens are easy to scan for.
 pub const TOKEN_PREFIX: &str = "slt_";
 

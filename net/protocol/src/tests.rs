@@ -231,6 +231,27 @@ fn request() -> impl Strategy<Value = Request> {
                 secret,
             })
         }),
+        (0..7u8, name(), text(40), name(), any::<bool>()).prop_map(
+            |(op, name, secret, description, deny)| {
+                Request::AlterSecurity(AlterSecurityRequest {
+                    op: [
+                        SecurityOp::UserAdd,
+                        SecurityOp::UserRemove,
+                        SecurityOp::UserPasswd,
+                        SecurityOp::TokenCreate,
+                        SecurityOp::TokenRevoke,
+                        SecurityOp::AclAdd,
+                        SecurityOp::AclRemove,
+                    ][usize::from(op)],
+                    name,
+                    secret,
+                    resource: format!("topic:{description}"),
+                    description,
+                    operation: "produce".into(),
+                    deny,
+                })
+            }
+        ),
     ]
 }
 
@@ -782,6 +803,9 @@ fn response() -> impl Strategy<Value = Response> {
         semantics_response(),
         ops_response(),
         name().prop_map(|principal| Response::Authenticate(AuthenticateResponse { principal })),
+        (text(40), text(40)).prop_map(|(token, message)| Response::AlterSecurity(
+            AlterSecurityResponse { token, message }
+        )),
     ]
 }
 
@@ -1474,6 +1498,27 @@ fn write_fuzz_seeds() {
             std::fs::write(format!("{dir}/seed-{name}-{i:02}"), seed).unwrap();
         }
     }
+}
+
+/// [`wire_layout_is_pinned`] for 41 AlterSecurity (docs/protocol.md gives these sizes).
+#[test]
+fn alter_security_layout_is_pinned() {
+    use rkyv::Archived;
+    let sizes = [
+        (
+            size_of::<Archived<SecurityOp>>(),
+            align_of::<Archived<SecurityOp>>(),
+        ),
+        (
+            size_of::<Archived<AlterSecurityRequest>>(),
+            align_of::<Archived<AlterSecurityRequest>>(),
+        ),
+        (
+            size_of::<Archived<AlterSecurityResponse>>(),
+            align_of::<Archived<AlterSecurityResponse>>(),
+        ),
+    ];
+    assert_eq!(sizes, [(1, 1), (48, 4), (16, 4)]);
 }
 
 /// Pins the wire format: the archived size and alignment of every payload type, and the exact

@@ -671,6 +671,14 @@ impl Conn {
             Request::ListGroups(_) => self.spawn_call(call, async move |c| {
                 super::ops::handle(&c.engine, request).await
             }),
+            Request::AlterSecurity(r) => {
+                // A barrier: requests behind it run with the change in force.
+                let (engine, auth) = (self.engine.clone(), self.shared.auth.clone());
+                self.barrier(call, async || {
+                    super::auth::replicated::handle(&engine, auth, r).await
+                })
+                .await;
+            }
             Request::Authenticate(a) => {
                 // A barrier: requests behind it run with its outcome.
                 self.begin();

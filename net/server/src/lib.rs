@@ -540,6 +540,12 @@ impl Server {
             .cluster
             .replication
             .store(true, Ordering::Release);
+        // Users, tokens and ACLs: the controller's from now on (auth/replicated.rs).
+        if let Some(auth) = &self.shared.auth
+            && let Err(e) = auth::replicated::enable(auth, &self.engine)
+        {
+            tracing::error!(error = %e, "security changes are not replicated on this node");
+        }
     }
 }
 

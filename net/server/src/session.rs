@@ -91,6 +91,9 @@ pub(crate) struct AuthState {
     failures: Mutex<HashMap<IpAddr, FailureWindow>>,
     verifying: AtomicUsize,
     stop: AtomicBool,
+    /// On a cluster the controller's security log is the source (auth/replicated.rs): the
+    /// file is a copy this server writes, and offline edits of it are not reloaded.
+    replicated: AtomicBool,
 }
 
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -114,6 +117,7 @@ impl AuthState {
             failures: Mutex::new(HashMap::new()),
             verifying: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            replicated: AtomicBool::new(false),
         });
         let watcher = Arc::downgrade(&state);
         let interval = Duration::from_millis(cfg.reload_interval_ms.max(10));
@@ -132,7 +136,9 @@ impl AuthState {
                     let now = stamp(&state.path);
                     if now != seen {
                         seen = now;
-                        state.reload();
+                        if !state.replicated.load(Ordering::Acquire) {
+                            state.reload();
+                        }
                     }
                 }
             })
@@ -143,6 +149,31 @@ impl AuthState {
 
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// The security file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The contents in force.
+    pub(crate) fn current(&self) -> Arc<SecurityFile> {
+        self.snapshot().1
+    }
+
+    /// Puts `db` in force (sessions re-check at their next request, as after a reload).
+    pub(crate) fn install(&self, db: SecurityFile) {
+        *self.db.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(db);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// From now on the controller's log is the source, not the file (auth/replicated.rs).
+    pub(crate) fn set_replicated(&self) {
+        self.replicated.store(true, Ordering::Release);
     }
 
     /// Re-reads the file. A broken file keeps the previous contents (and says so).
@@ -610,6 +641,7 @@ mod tests {
             failures: Mutex::new(HashMap::new()),
             verifying: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            replicated: AtomicBool::new(false),
         }
     }
 

@@ -27,6 +27,8 @@
 //! shardline [--addr ...] group reset-offsets GROUP --topic T [--partition N] [--dry-run]
 //!                        --to-earliest|--to-latest|--to-offset N|--to-timestamp MS
 //! shardline [--addr ...] queue purge QUEUE   (and the other queue commands, docs/semantics.md)
+//! shardline --addr ... user add|remove|passwd NAME | token create|revoke ... | acl add|remove ...
+//!                        (on a running server; on a cluster every node; docs/security.md)
 //! shardline serve --print-config [--config FILE] [flags]
 //! ```
 //! Output for machines goes to stdout (`serve` prints exactly `shardline listening on <addr>`;
@@ -448,7 +450,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return serve::serve(args);
     }
     if let Command::Security(command) = cli.command {
-        return security::run(command);
+        // With --addr, user/token/acl changes go to that server (on a cluster, to every node).
+        let Some(addr) = cli.addr.as_deref().filter(|_| security::online(&command)) else {
+            return security::run(command);
+        };
+        let mut client_config = ClientConfig::default();
+        cli.security.apply(&mut client_config)?;
+        let client = connect(addr, client_config, cli.wait)?;
+        return security::run_online(&client, command);
     }
     let addr = cli
         .addr

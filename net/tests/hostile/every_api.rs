@@ -157,6 +157,12 @@ pub(crate) fn every_api_on(topic: &str, queue: &str) -> Vec<Request> {
                     topics: vec![topic.clone()],
                 },
             )),
+            // Removing a user that does not exist: refused, changes nothing.
+            ApiKey::AlterSecurity => Some(Request::AlterSecurity(AlterSecurityRequest {
+                op: SecurityOp::UserRemove,
+                name: "nobody-here".into(),
+                ..AlterSecurityRequest::default()
+            })),
         })
         .collect()
 }

@@ -52,6 +52,9 @@ impl Engine {
             dropped_peer_msgs: AtomicU64::new(0),
             offsets: crate::groups::replicated::OffsetsView::new(self, node_id),
             incarnation: crate::batch::now_us() as u64,
+            security: security::SecurityLog::open(
+                &self.inner.config.data_dir.join(CONTROLLER_DIR),
+            )?,
         });
         if self.inner.cluster.set(state.clone()).is_err() {
             return Err(Error::InvalidArgument("cluster already enabled".into()));
@@ -225,7 +228,10 @@ impl Engine {
     }
 
     /// Proposes a controller command and waits until this node applied it.
-    async fn controller_command(&self, make: impl FnOnce(u64) -> Command) -> Result<Outcome> {
+    pub(super) async fn controller_command(
+        &self,
+        make: impl FnOnce(u64) -> Command,
+    ) -> Result<Outcome> {
         let state = self.cluster()?.clone();
         let request_id = state.next_request.fetch_add(1, Ordering::Relaxed) ^ (state.node_id << 56);
         let bytes = encode_command(&make(request_id))?;
@@ -295,7 +301,7 @@ impl Engine {
             .await?
         {
             Outcome::Created(info) => Ok(info),
-            Outcome::Deleted => Err(Error::Runtime("unexpected controller outcome".into())),
+            _ => Err(Error::Runtime("unexpected controller outcome".into())),
         }
     }
 

@@ -60,6 +60,7 @@ impl Engine {
                 ..
             } => self.apply_create(offset, request_id, &name, config, placement),
             Command::DeleteTopic { name, .. } => self.apply_delete(offset, request_id, &name),
+            Command::Security { change, .. } => self.apply_security(offset, request_id, &change),
         })
     }
 
@@ -74,7 +75,7 @@ impl Engine {
         next.recent_requests.drain(..excess);
     }
 
-    fn store_applied(&self, offset: u64, request_id: u64) -> Result<()> {
+    pub(super) fn store_applied(&self, offset: u64, request_id: u64) -> Result<()> {
         let mut meta = lock(&self.inner.control)?;
         let mut next = meta.clone();
         Self::mark_applied(&mut next, offset, request_id);

@@ -115,3 +115,13 @@ impl Limits for AuthenticateRequest {
         limit("secret bytes", self.secret.len(), SECRET_BYTES_MAX)
     }
 }
+
+impl Limits for AlterSecurityRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("name bytes", &self.name)?;
+        limit("secret bytes", self.secret.len(), SECRET_BYTES_MAX)?;
+        check_name("description bytes", &self.description)?;
+        check_name("resource bytes", &self.resource)?;
+        check_name("operation bytes", &self.operation)
+    }
+}

@@ -2,9 +2,11 @@
 //! the security file with users, API tokens and ACLs ([`store`]), ACL evaluation ([`acl`]),
 //! and the credentials a client presents ([`Credentials`], defined in the protocol crate). The
 //! server's use of them (sessions, the per-connection ACL cache, reloading, rate limits) is
-//! `session.rs`.
+//! `session.rs`; changes while the server runs (AlterSecurity, on a cluster through the
+//! controller) are [`replicated`].
 
 pub mod acl;
+pub mod replicated;
 pub mod store;
 
 pub use acl::{AclEntry, Operation, PatternType, Permission, ResourceType, authorize};

@@ -266,6 +266,18 @@ impl SecurityFile {
         principal: &str,
         description: &str,
     ) -> Result<(String, String), StoreError> {
+        let (id, token, entry) = self.new_token(principal, description)?;
+        self.tokens.insert(id.clone(), entry);
+        Ok((id, token))
+    }
+
+    /// A new token for `principal` with an id not in this file, without adding it: `(id,
+    /// token, entry)`; the entry holds only the SHA-256 of the secret.
+    pub fn new_token(
+        &self,
+        principal: &str,
+        description: &str,
+    ) -> Result<(String, String, TokenEntry), StoreError> {
         check_principal(principal)?;
         let id = loop {
             let id = hex(&random::<TOKEN_ID_BYTES>()?);
@@ -280,9 +292,27 @@ impl SecurityFile {
             created_ms: now_ms(),
             description: description.to_string(),
         };
-        self.tokens.insert(id.clone(), entry);
         let token = format!("{TOKEN_PREFIX}{id}_{secret}");
-        Ok((id, token))
+        Ok((id, token, entry))
+    }
+
+    /// Sets an existing user's password (a new salt; its sessions end at the next reload).
+    pub fn set_password(&mut self, name: &str, password: &str) -> Result<(), StoreError> {
+        if password.is_empty() {
+            return Err(StoreError::Invalid("the password is empty".into()));
+        }
+        let hash = hash_password(password)?;
+        let user = self
+            .users
+            .get_mut(name)
+            .ok_or_else(|| StoreError::UnknownUser(name.into()))?;
+        user.password_hash = hash;
+        Ok(())
+    }
+
+    /// Whether the file holds no user, token or ACL.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.tokens.is_empty() && self.acls.is_empty()
     }
 
     pub fn revoke_token(&mut self, id: &str) -> Result<TokenEntry, StoreError> {

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use shardline_net::auth::acl::parse_resource;
 use shardline_net::auth::store::SECURITY_FILE_NAME;
 use shardline_net::auth::{AclEntry, Operation, Permission, SecurityFile};
-use shardline_net::client::{ClientConfig, ClientTls, Credentials};
+use shardline_net::client::{Client, ClientConfig, ClientTls, Credentials};
+use shardline_net::protocol::{AlterSecurityRequest, SecurityOp};
 use shardline_net::tls::ServerTlsConfig;
 
 /// Client side TLS and credentials (every client command). Secrets never come from flags
@@ -192,13 +193,16 @@ impl FileArgs {
 /// The offline subcommands, flattened into the main command list.
 #[derive(Debug, Subcommand)]
 pub(crate) enum SecurityCommand {
-    /// Manage users (offline, on the security file; a running server re-reads it).
+    /// Manage users: offline on the security file (a running server re-reads it), or with
+    /// --addr on a running server (on a cluster: every node).
     #[command(subcommand)]
     User(UserCommand),
-    /// Manage API tokens (offline; revocation reaches a running server within a second).
+    /// Manage API tokens: offline (revocation reaches a running server within a second), or
+    /// with --addr on a running server (on a cluster: every node).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Manage ACLs (offline; a running server re-reads the file).
+    /// Manage ACLs: offline (a running server re-reads the file), or with --addr on a
+    /// running server (on a cluster: every node).
     #[command(subcommand)]
     Acl(AclCommand),
     /// Encryption-at-rest key files.
@@ -219,17 +223,36 @@ pub(crate) enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum UserCommand {
-    /// Add a user; the password is the first line of --password-file, or of stdin.
+    /// Add a user; the password is the first line of --new-password-file (offline also
+    /// --password-file), or of stdin.
     Add {
         name: String,
+        /// Offline: the new user's password file. With --addr this is the password of --user
+        /// (the same flag): give the new user's with --new-password-file or stdin
         #[arg(long, value_name = "FILE")]
         password_file: Option<PathBuf>,
+        /// File whose first line is the new user's password
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
         #[command(flatten)]
         file: FileArgs,
     },
     /// Remove a user and its tokens.
     Remove {
         name: String,
+        #[command(flatten)]
+        file: FileArgs,
+    },
+    /// Set a user's password (first line of --new-password-file, offline also
+    /// --password-file, or of stdin); its sessions end.
+    Passwd {
+        name: String,
+        /// Offline: the new password's file. With --addr this is the password of --user
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// File whose first line is the new password
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
         #[command(flatten)]
         file: FileArgs,
     },
@@ -322,6 +345,18 @@ pub(crate) enum AclCommand {
     },
 }
 
+/// The first line of `file`, or of stdin.
+fn read_password(file: Option<&Path>) -> anyhow::Result<String> {
+    match file {
+        Some(p) => first_line(p, "password"),
+        None => {
+            let mut line = String::new();
+            io::stdin().lock().read_line(&mut line).context("stdin")?;
+            Ok(line.trim_end_matches(['\n', '\r']).to_string())
+        }
+    }
+}
+
 fn edit(
     file: &FileArgs,
     f: impl FnOnce(&mut SecurityFile) -> anyhow::Result<()>,
@@ -356,18 +391,22 @@ pub(crate) fn run(command: SecurityCommand) -> anyhow::Result<()> {
         SecurityCommand::User(UserCommand::Add {
             name,
             password_file,
+            new_password_file,
             file,
         }) => {
-            let password = match password_file {
-                Some(p) => first_line(&p, "password")?,
-                None => {
-                    let mut line = String::new();
-                    io::stdin().lock().read_line(&mut line).context("stdin")?;
-                    line.trim_end_matches(['\n', '\r']).to_string()
-                }
-            };
+            let password = read_password(new_password_file.or(password_file).as_deref())?;
             edit(&file, |db| Ok(db.add_user(&name, &password)?))?;
             writeln!(out, "user {name} added")?;
+        }
+        SecurityCommand::User(UserCommand::Passwd {
+            name,
+            password_file,
+            new_password_file,
+            file,
+        }) => {
+            let password = read_password(new_password_file.or(password_file).as_deref())?;
+            edit(&file, |db| Ok(db.set_password(&name, &password)?))?;
+            writeln!(out, "password of {name} changed")?;
         }
         SecurityCommand::User(UserCommand::Remove { name, file }) => {
             let mut tokens = 0;
@@ -437,6 +476,112 @@ pub(crate) fn run(command: SecurityCommand) -> anyhow::Result<()> {
                 writeln!(out, "{e}")?;
             }
         }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Online: with --addr, the changes go to that server (AlterSecurity, api 41); on a cluster they
+// go through the controller and reach every node (docs/security.md, "On a cluster").
+
+/// Whether `command` changes users, tokens or ACLs (what a server can do with --addr).
+pub(crate) fn online(command: &SecurityCommand) -> bool {
+    matches!(
+        command,
+        SecurityCommand::User(
+            UserCommand::Add { .. } | UserCommand::Remove { .. } | UserCommand::Passwd { .. }
+        ) | SecurityCommand::Token(TokenCommand::Create { .. } | TokenCommand::Revoke { .. })
+            | SecurityCommand::Acl(AclCommand::Add(_) | AclCommand::Remove(_))
+    )
+}
+
+fn no_file(file: &FileArgs) -> anyhow::Result<()> {
+    if file.data_dir.is_some() || file.security_file.is_some() {
+        bail!(
+            "--addr sends the change to a server; --data-dir and --security-file edit a file offline: pass one of them"
+        );
+    }
+    Ok(())
+}
+
+fn acl_request(op: SecurityOp, a: &AclArgs) -> anyhow::Result<AlterSecurityRequest> {
+    no_file(&a.file)?;
+    a.entry()?;
+    Ok(AlterSecurityRequest {
+        op,
+        name: a.principal.clone(),
+        resource: a.resource.clone(),
+        operation: format!("{:?}", a.operation).to_lowercase(),
+        deny: a.deny,
+        ..AlterSecurityRequest::default()
+    })
+}
+
+/// The request of an [`online`] command.
+fn online_request(command: SecurityCommand) -> anyhow::Result<AlterSecurityRequest> {
+    let user = |op, name: String, secret: String| AlterSecurityRequest {
+        op,
+        name,
+        secret,
+        ..AlterSecurityRequest::default()
+    };
+    Ok(match command {
+        // `password_file` is the global flag's value here: the password of --user.
+        SecurityCommand::User(UserCommand::Add {
+            name,
+            new_password_file,
+            file,
+            ..
+        }) => {
+            no_file(&file)?;
+            let password = read_password(new_password_file.as_deref())?;
+            user(SecurityOp::UserAdd, name, password)
+        }
+        SecurityCommand::User(UserCommand::Passwd {
+            name,
+            new_password_file,
+            file,
+            ..
+        }) => {
+            no_file(&file)?;
+            let password = read_password(new_password_file.as_deref())?;
+            user(SecurityOp::UserPasswd, name, password)
+        }
+        SecurityCommand::User(UserCommand::Remove { name, file }) => {
+            no_file(&file)?;
+            user(SecurityOp::UserRemove, name, String::new())
+        }
+        SecurityCommand::Token(TokenCommand::Create {
+            principal,
+            description,
+            file,
+        }) => {
+            no_file(&file)?;
+            AlterSecurityRequest {
+                description,
+                ..user(SecurityOp::TokenCreate, principal, String::new())
+            }
+        }
+        SecurityCommand::Token(TokenCommand::Revoke { id, file }) => {
+            no_file(&file)?;
+            user(SecurityOp::TokenRevoke, id, String::new())
+        }
+        SecurityCommand::Acl(AclCommand::Add(a)) => acl_request(SecurityOp::AclAdd, &a)?,
+        SecurityCommand::Acl(AclCommand::Remove(a)) => acl_request(SecurityOp::AclRemove, &a)?,
+        _ => bail!("this command reads or writes files only: leave out --addr"),
+    })
+}
+
+/// Sends an [`online`] command to the server; prints what it did (a new token alone, as
+/// offline, so that `> file` keeps it).
+pub(crate) fn run_online(client: &Client, command: SecurityCommand) -> anyhow::Result<()> {
+    let r = client.alter_security(online_request(command)?)?;
+    let mut out = io::stdout().lock();
+    if r.token.is_empty() {
+        writeln!(out, "{}", r.message)?;
+    } else {
+        writeln!(out, "{}", r.token)?;
     }
     out.flush()?;
     Ok(())
