@@ -537,6 +537,43 @@ impl<S: Storage, T> ReplicaNode<S, T> {
     pub fn take_replies(&mut self) -> Vec<(GroupId, Reply<T>)> {
         std::mem::take(&mut self.replies)
     }
+
+    /// The groups that applied a configuration change since the last call (the owner's
+    /// report); their new members' nodes become liveness peers.
+    pub fn take_conf_changed(&mut self) -> Vec<GroupId> {
+        let mut changed = Vec::new();
+        let mut members = Vec::new();
+        for (g, p) in &mut self.groups {
+            if p.take_conf_changed() {
+                changed.push(*g);
+                let cs = p.conf_state();
+                members.extend(cs.get_voters().iter().chain(cs.get_learners()).copied());
+            }
+        }
+        for v in members {
+            if v != self.id {
+                self.peers.entry(v).or_insert(Peer {
+                    last_heard: self.ticks,
+                    alive: true,
+                    incarnation: None,
+                });
+            }
+        }
+        changed
+    }
+
+    /// Sets (or clears) the voter set a move of `group` heads for (see
+    /// [`ReplicatedPartition::set_move_target`]); the group wakes. `false`: no such group.
+    pub fn set_move_target(&mut self, group: GroupId, target: Option<Vec<NodeId>>) -> bool {
+        let Some(p) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        p.set_move_target(target);
+        self.awake.insert(group);
+        self.quiet.remove(&group);
+        self.touched.insert(group);
+        true
+    }
 }
 
 /// Runs every future to completion, polling them together (their I/O is in flight at once);
