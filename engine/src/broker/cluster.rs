@@ -39,6 +39,7 @@ use crate::util::LocalNotify;
 
 mod api;
 mod controller;
+mod membership;
 mod snapshots;
 
 /// Where a node's outgoing Raft messages go: one call per peer per round, every group's
@@ -103,14 +104,29 @@ enum Command {
         request_id: u64,
         name: String,
     },
+    /// Move a partition onto `replicas` (membership.rs).
+    Reassign {
+        request_id: u64,
+        name: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
+    /// The move of a partition onto `replicas` is done.
+    ReassignDone {
+        request_id: u64,
+        name: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
 }
 
 impl Command {
     fn request_id(&self) -> u64 {
         match self {
-            Command::CreateTopic { request_id, .. } | Command::DeleteTopic { request_id, .. } => {
-                *request_id
-            }
+            Command::CreateTopic { request_id, .. }
+            | Command::DeleteTopic { request_id, .. }
+            | Command::Reassign { request_id, .. }
+            | Command::ReassignDone { request_id, .. } => *request_id,
         }
     }
 }
@@ -145,6 +161,7 @@ fn decode_command(batch: &Bytes) -> Option<Command> {
 enum Outcome {
     Created(TopicInfo),
     Deleted,
+    Reassigned,
 }
 
 /// The cluster side of an engine (shared by its shards and its apply thread).
@@ -168,6 +185,8 @@ pub(crate) struct ClusterState {
     /// This engine's start (µs): peers that see it change in its liveness messages know
     /// this node restarted (replication::LIVENESS_GROUP).
     incarnation: u64,
+    /// Partition moves the hosts saw end (membership.rs).
+    moves_done: flume::Sender<(GroupId, Vec<NodeId>)>,
 }
 
 impl ClusterState {
@@ -218,6 +237,7 @@ struct HostInbox {
     opens: Vec<(Replica, Binding)>,
     removes: Vec<(GroupId, flume::Sender<Result<()>>)>,
     queries: Vec<Query>,
+    moves: Vec<membership::MoveOrder>,
     ticks: u32,
 }
 
@@ -229,6 +249,7 @@ impl HostInbox {
             && self.opens.is_empty()
             && self.removes.is_empty()
             && self.queries.is_empty()
+            && self.moves.is_empty()
             && self.ticks == 0
     }
 }
@@ -243,6 +264,8 @@ struct Host {
     controller_apply: Option<flume::Sender<(u64, Command)>>,
     /// How each replica of the shard was opened (to reopen one whose Raft files failed).
     specs: RefCell<HashMap<GroupId, OpenSpec>>,
+    /// Moves of this shard's groups under way (membership.rs).
+    moves: RefCell<HashMap<GroupId, membership::Watched>>,
 }
 
 /// What a replica is opened from.
@@ -322,6 +345,7 @@ impl Host {
                 );
                 self.rotate_logs(&mut node, &mut bindings).await;
                 self.balance(&mut balancer, round_ticks, &mut node);
+                self.report_moves(&mut node);
             }
             if self.controller_apply.is_some() {
                 let leader = node
@@ -378,6 +402,7 @@ impl Host {
         for q in inbox.queries {
             q(node);
         }
+        self.take_moves(inbox.moves, node);
     }
 
     fn answer(&self, node: &mut Node) {
@@ -619,6 +644,7 @@ fn start_host(
         wake: LocalNotify::default(),
         controller_apply,
         specs: RefCell::new(HashMap::new()),
+        moves: RefCell::new(HashMap::new()),
     });
     HOST.with(|x| *x.borrow_mut() = Some(h.clone()));
     local.set_replication_hook(Rc::new(|group, key, batch, acks, reply| {

@@ -40,6 +40,7 @@ impl Engine {
         }
         // Producer ids carry the node from now on (engine/src/producer_ids.rs).
         self.semantics()?.producer_ids.set_node(node_id, &nodes)?;
+        let (moves_tx, moves_rx) = flume::unbounded();
         let state = Arc::new(ClusterState {
             node_id,
             nodes: nodes.clone(),
@@ -52,6 +53,7 @@ impl Engine {
             dropped_peer_msgs: AtomicU64::new(0),
             offsets: crate::groups::replicated::OffsetsView::new(self, node_id),
             incarnation: crate::batch::now_us() as u64,
+            moves_done: moves_tx,
         });
         if self.inner.cluster.set(state.clone()).is_err() {
             return Err(Error::InvalidArgument("cluster already enabled".into()));
@@ -93,6 +95,12 @@ impl Engine {
         for (name, t) in &meta.topics {
             self.open_topic_replicas(name, t)?;
         }
+        self.resume_moves(&meta)?;
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("partition-moves".into())
+            .spawn(move || membership::moves_thread(weak, moves_rx))
+            .map_err(|e| Error::Runtime(format!("partition moves thread: {e}")))?;
         self.spawn_offsets_create(state.nodes.len())?;
         tracing::info!(node_id, nodes = ?state.nodes, "cluster enabled");
         Ok(())
@@ -149,7 +157,7 @@ impl Engine {
 
     /// Opens a replica on shard `shard` and routes its group there (blocking: not for a
     /// shard thread).
-    fn open_replica(
+    pub(super) fn open_replica(
         &self,
         shard: usize,
         group: GroupId,
@@ -225,7 +233,10 @@ impl Engine {
     }
 
     /// Proposes a controller command and waits until this node applied it.
-    async fn controller_command(&self, make: impl FnOnce(u64) -> Command) -> Result<Outcome> {
+    pub(super) async fn controller_command(
+        &self,
+        make: impl FnOnce(u64) -> Command,
+    ) -> Result<Outcome> {
         let state = self.cluster()?.clone();
         let request_id = state.next_request.fetch_add(1, Ordering::Relaxed) ^ (state.node_id << 56);
         let bytes = encode_command(&make(request_id))?;
@@ -295,7 +306,9 @@ impl Engine {
             .await?
         {
             Outcome::Created(info) => Ok(info),
-            Outcome::Deleted => Err(Error::Runtime("unexpected controller outcome".into())),
+            Outcome::Deleted | Outcome::Reassigned => {
+                Err(Error::Runtime("unexpected controller outcome".into()))
+            }
         }
     }
 

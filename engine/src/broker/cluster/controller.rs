@@ -60,11 +60,23 @@ impl Engine {
                 ..
             } => self.apply_create(offset, request_id, &name, config, placement),
             Command::DeleteTopic { name, .. } => self.apply_delete(offset, request_id, &name),
+            Command::Reassign {
+                name,
+                partition,
+                replicas,
+                ..
+            } => self.apply_reassign(offset, request_id, &name, partition, replicas),
+            Command::ReassignDone {
+                name,
+                partition,
+                replicas,
+                ..
+            } => self.apply_reassign_done(offset, request_id, &name, partition, replicas),
         })
     }
 
     /// Records a command as applied in the metadata file.
-    fn mark_applied(next: &mut metadata::Metadata, offset: u64, request_id: u64) {
+    pub(super) fn mark_applied(next: &mut metadata::Metadata, offset: u64, request_id: u64) {
         next.controller_applied = offset + 1;
         next.recent_requests.push(request_id);
         let excess = next
@@ -74,7 +86,7 @@ impl Engine {
         next.recent_requests.drain(..excess);
     }
 
-    fn store_applied(&self, offset: u64, request_id: u64) -> Result<()> {
+    pub(super) fn store_applied(&self, offset: u64, request_id: u64) -> Result<()> {
         let mut meta = lock(&self.inner.control)?;
         let mut next = meta.clone();
         Self::mark_applied(&mut next, offset, request_id);

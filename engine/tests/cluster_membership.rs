@@ -1,0 +1,213 @@
+//! Moving a partition onto another replica set (docs/replication.md, "Membership changes"):
+//! four `Engine`s in one process (cluster 1..4, real O_DIRECT files, the in-process network
+//! of engine/tests/common), a topic with R = 3, records produced at `Acks::All` before and
+//! during a move that adds the fourth node and removes the partition's leader; afterwards every
+//! acknowledged record is in the new replicas' partition logs at the same offsets, every node
+//! reports the new set, the node left out has no Raft files for it, and the new set commits
+//! with that node cut off. Bounded, well under 60 s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::future::block_on;
+use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
+use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, TopicConfig};
+
+mod common;
+use common::{Net, config, start_with};
+
+const TOPIC: &str = "moving";
+
+fn record(seq: u32) -> Bytes {
+    let mut b = BatchBuilder::new().producer(ProducerInfo {
+        producer_id: 77,
+        producer_epoch: 0,
+        base_sequence: seq,
+    });
+    b.push_value(format!("r{seq}"));
+    b.build().unwrap()
+}
+
+/// Produces record `seq` at `Acks::All` through whichever node leads, following NOT_LEADER
+/// (bounded: 15 s); returns its offset.
+fn produce(net: &Net, seq: u32, skip: &[NodeId]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut target: Option<NodeId> = None;
+    let mut i = 0usize;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "record {seq} not acknowledged in 15 s"
+        );
+        let up: Vec<NodeId> = net.up().into_iter().filter(|n| !skip.contains(n)).collect();
+        let n = match target.take() {
+            Some(t) if up.contains(&t) => t,
+            _ => {
+                i += 1;
+                up[i % up.len()]
+            }
+        };
+        match net.engine(n).produce(TOPIC, 0, record(seq), Acks::All) {
+            Ok(Some(ack)) => return ack.base_offset,
+            Ok(None) => unreachable!("Acks::All answers"),
+            Err(Error::NotLeader { leader, .. }) => {
+                target = leader;
+                if leader.is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Err(Error::PartitionFailed { .. } | Error::ShuttingDown) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("produce to node {n}: {e}"),
+        }
+    }
+}
+
+fn read_log(e: &Engine) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let r = e
+            .fetch(FetchRequest {
+                max_bytes: 1 << 20,
+                ..FetchRequest::new(TOPIC, 0, offset)
+            })
+            .unwrap();
+        if r.records == 0 {
+            return out;
+        }
+        for chunk in &r.chunks {
+            for b in batch::split_batches(chunk).unwrap() {
+                let (h, recs) = batch::decode(b).unwrap();
+                for (i, rec) in recs.into_iter().enumerate() {
+                    out.insert(
+                        h.base_offset + i as u64,
+                        String::from_utf8(rec.value).unwrap(),
+                    );
+                }
+            }
+        }
+        offset = r.next_offset;
+    }
+}
+
+/// The replica set and leader node `n` reports for partition 0.
+fn status(net: &Net, n: NodeId) -> (Vec<NodeId>, Option<NodeId>) {
+    let st = block_on(net.engine(n).replica_status(TOPIC)).unwrap();
+    let mut set = st[0].replicas.clone();
+    set.sort_unstable();
+    (set, st[0].leader)
+}
+
+fn raft_dir(data: &Path, e: &Engine) -> PathBuf {
+    let id = e.route(TOPIC).unwrap().id;
+    shardline_engine::metadata::partition_dir(data, TOPIC, id, 0).join("raft")
+}
+
+#[test]
+fn a_partition_moves_onto_a_new_node_and_off_its_leader() {
+    let started = Instant::now();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = Arc::new(Net::default());
+    let all = [1, 2, 3, 4];
+    for n in all {
+        start_with(&net, n, &all, config(dirs[n as usize - 1].path()));
+    }
+    let cfg = TopicConfig {
+        replicas: 3,
+        ..TopicConfig::with_partitions(1)
+    };
+    block_on(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
+    for n in all {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while net.engine(n).route(TOPIC).is_err() {
+            assert!(Instant::now() < deadline, "topic not created on node {n}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let mut acked = BTreeMap::new();
+    for seq in 0..20 {
+        acked.insert(produce(&net, seq, &[]), format!("r{seq}"));
+    }
+    let (old, _) = status(&net, 1);
+    assert_eq!(old.len(), 3);
+    let newcomer = *all.iter().find(|n| !old.contains(n)).unwrap();
+    // The leader leaves the set: it hands leadership over during the joint configuration.
+    let leader = loop {
+        if let (_, Some(l)) = status(&net, old[0]) {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut target: Vec<NodeId> = old.iter().copied().filter(|n| *n != leader).collect();
+    target.push(newcomer);
+    target.sort_unstable();
+    block_on(
+        net.engine(newcomer)
+            .reassign_partition(TOPIC, 0, target.clone()),
+    )
+    .unwrap();
+    // Producing goes on during the move.
+    for seq in 20..30 {
+        acked.insert(produce(&net, seq, &[]), format!("r{seq}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !all.iter().all(|n| status(&net, *n).0 == target) {
+        assert!(
+            Instant::now() < deadline,
+            "move to {target:?} not done: {:?}",
+            all.iter().map(|n| status(&net, *n)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The node left out closed its replica and removed its Raft files.
+    let left_dir = raft_dir(dirs[leader as usize - 1].path(), &net.engine(leader));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while left_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} still exists",
+            left_dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(raft_dir(dirs[newcomer as usize - 1].path(), &net.engine(newcomer)).exists());
+    // The new set commits without the old leader.
+    net.set_cut(leader, true);
+    for seq in 30..35 {
+        acked.insert(produce(&net, seq, &[leader]), format!("r{seq}"));
+    }
+    let offsets: Vec<u64> = acked.keys().copied().collect();
+    assert_eq!(offsets, (0..35).collect::<Vec<u64>>(), "dense offsets");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in &target {
+        loop {
+            let log = read_log(&net.engine(*n));
+            if log == acked {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {n}: {} of {} records",
+                log.len(),
+                acked.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    for n in net.up() {
+        net.engine(n).shutdown().unwrap();
+    }
+    net.engines.lock().unwrap().clear();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
