@@ -36,6 +36,11 @@ fn record(seq: u32) -> Bytes {
 /// Produces record `seq` at `Acks::All` through whichever node leads, following NOT_LEADER
 /// (bounded: 15 s); returns its offset.
 fn produce(net: &Net, seq: u32, skip: &[NodeId]) -> u64 {
+    produce_at(net, seq, skip, Acks::All)
+}
+
+/// [`produce`] at `acks`.
+fn produce_at(net: &Net, seq: u32, skip: &[NodeId], acks: Acks) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut target: Option<NodeId> = None;
     let mut i = 0usize;
@@ -52,9 +57,9 @@ fn produce(net: &Net, seq: u32, skip: &[NodeId]) -> u64 {
                 up[i % up.len()]
             }
         };
-        match net.engine(n).produce(TOPIC, 0, record(seq), Acks::All) {
+        match net.engine(n).produce(TOPIC, 0, record(seq), acks) {
             Ok(Some(ack)) => return ack.base_offset,
-            Ok(None) => unreachable!("Acks::All answers"),
+            Ok(None) => unreachable!("{acks:?} answers"),
             Err(Error::NotLeader { leader, .. }) => {
                 target = leader;
                 if leader.is_none() {
@@ -110,27 +115,77 @@ fn raft_dir(data: &Path, e: &Engine) -> PathBuf {
     shardline_engine::metadata::partition_dir(data, TOPIC, id, 0).join("raft")
 }
 
-#[test]
-fn a_partition_moves_onto_a_new_node_and_off_its_leader() {
-    let started = Instant::now();
+const ALL: [NodeId; 4] = [1, 2, 3, 4];
+
+/// Four engines (cluster 1..4) and the topic (one partition, R = 3).
+fn cluster() -> (Arc<Net>, Vec<tempfile::TempDir>) {
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let net = Arc::new(Net::default());
-    let all = [1, 2, 3, 4];
-    for n in all {
-        start_with(&net, n, &all, config(dirs[n as usize - 1].path()));
+    for n in ALL {
+        start_with(&net, n, &ALL, config(dirs[n as usize - 1].path()));
     }
     let cfg = TopicConfig {
         replicas: 3,
         ..TopicConfig::with_partitions(1)
     };
     block_on(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
-    for n in all {
+    for n in ALL {
         let deadline = Instant::now() + Duration::from_secs(10);
         while net.engine(n).route(TOPIC).is_err() {
             assert!(Instant::now() < deadline, "topic not created on node {n}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    (net, dirs)
+}
+
+/// Waits (bounded) until every node reports `target` as the partition's replica set.
+fn wait_moved(net: &Net, target: &[NodeId]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ALL.iter().all(|n| status(net, *n).0 == target) {
+        assert!(
+            Instant::now() < deadline,
+            "move to {target:?} not done: {:?}",
+            ALL.iter().map(|n| status(net, *n)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits (bounded) until node `n`'s partition log is `want`.
+fn wait_log(net: &Net, n: NodeId, want: &BTreeMap<u64, String>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = read_log(&net.engine(n));
+        if &log == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {n}: {} of {} records",
+            log.len(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn leader_of(net: &Net, n: NodeId) -> NodeId {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let (_, Some(l)) = status(net, n) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_partition_moves_onto_a_new_node_and_off_its_leader() {
+    let started = Instant::now();
+    let (net, dirs) = cluster();
+    let all = ALL;
     let mut acked = BTreeMap::new();
     for seq in 0..20 {
         acked.insert(produce(&net, seq, &[]), format!("r{seq}"));
@@ -139,12 +194,7 @@ fn a_partition_moves_onto_a_new_node_and_off_its_leader() {
     assert_eq!(old.len(), 3);
     let newcomer = *all.iter().find(|n| !old.contains(n)).unwrap();
     // The leader leaves the set: it hands leadership over during the joint configuration.
-    let leader = loop {
-        if let (_, Some(l)) = status(&net, old[0]) {
-            break l;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let leader = leader_of(&net, old[0]);
     let mut target: Vec<NodeId> = old.iter().copied().filter(|n| *n != leader).collect();
     target.push(newcomer);
     target.sort_unstable();
@@ -157,15 +207,7 @@ fn a_partition_moves_onto_a_new_node_and_off_its_leader() {
     for seq in 20..30 {
         acked.insert(produce(&net, seq, &[]), format!("r{seq}"));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !all.iter().all(|n| status(&net, *n).0 == target) {
-        assert!(
-            Instant::now() < deadline,
-            "move to {target:?} not done: {:?}",
-            all.iter().map(|n| status(&net, *n)).collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_moved(&net, &target);
     // The node left out closed its replica and removed its Raft files.
     let left_dir = raft_dir(dirs[leader as usize - 1].path(), &net.engine(leader));
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -185,22 +227,76 @@ fn a_partition_moves_onto_a_new_node_and_off_its_leader() {
     }
     let offsets: Vec<u64> = acked.keys().copied().collect();
     assert_eq!(offsets, (0..35).collect::<Vec<u64>>(), "dense offsets");
-    let deadline = Instant::now() + Duration::from_secs(15);
     for n in &target {
-        loop {
-            let log = read_log(&net.engine(*n));
-            if log == acked {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {n}: {} of {} records",
-                log.len(),
-                acked.len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_log(&net, *n, &acked);
     }
+    for n in net.up() {
+        net.engine(n).shutdown().unwrap();
+    }
+    net.engines.lock().unwrap().clear();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Batches beyond what a replica keeps in memory for lagging peers (RETAIN_ENTRIES, 1,024):
+/// a new replica cannot get them from the Raft log.
+const COMPACTED_BATCHES: u32 = 1_300;
+
+// Proves: a new replica whose leader has compacted the entries it needs catches up from a
+// snapshot (its Raft log starts with a snapshot frame) and then holds every acknowledged record;
+// here a follower leaves the set and the leader stays.
+#[test]
+fn a_new_replica_catches_up_from_a_snapshot_once_the_log_is_compacted() {
+    let started = Instant::now();
+    let (net, dirs) = cluster();
+    let (old, _) = status(&net, 1);
+    let newcomer = *ALL.iter().find(|n| !old.contains(n)).unwrap();
+    let mut acked = BTreeMap::new();
+    // Many small batches at `Acks::Leader`, then one at `All`: every one before it is
+    // committed once it is (an idempotent producer: a retry is not duplicated).
+    // Leadership first settles on the preferred replica (leadership balance), so that no
+    // `Leader`-acknowledged batch is lost to a leader change.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = block_on(net.engine(old[0]).replica_status(TOPIC)).unwrap();
+        if st[0].leader == Some(st[0].replicas[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no preferred leader: {st:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for seq in 0..COMPACTED_BATCHES {
+        acked.insert(produce_at(&net, seq, &[], Acks::Leader), format!("r{seq}"));
+    }
+    acked.insert(
+        produce(&net, COMPACTED_BATCHES, &[]),
+        format!("r{COMPACTED_BATCHES}"),
+    );
+    assert_eq!(acked.len(), COMPACTED_BATCHES as usize + 1);
+    let leader = leader_of(&net, old[0]);
+    let follower = *old.iter().find(|n| **n != leader).unwrap();
+    let mut target: Vec<NodeId> = old.iter().copied().filter(|n| *n != follower).collect();
+    target.push(newcomer);
+    target.sort_unstable();
+    block_on(
+        net.engine(follower)
+            .reassign_partition(TOPIC, 0, target.clone()),
+    )
+    .unwrap();
+    wait_moved(&net, &target);
+    wait_log(&net, newcomer, &acked);
+    let log = std::fs::read(
+        raft_dir(dirs[newcomer as usize - 1].path(), &net.engine(newcomer)).join("raft-log"),
+    )
+    .unwrap();
+    assert_eq!(
+        &log[..4],
+        b"1SFR",
+        "the new replica's raft log starts with a snapshot frame"
+    );
     for n in net.up() {
         net.engine(n).shutdown().unwrap();
     }
