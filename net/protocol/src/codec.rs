@@ -35,6 +35,7 @@ use super::frame::{
     FRAME_HEADER_BYTES, Frame, FrameHeader, FrameKind, OwnedFrame, aligned_bytes, is_aligned,
     padded,
 };
+use super::membership::*;
 use super::messages::*;
 use super::ops::*;
 use super::{
@@ -475,6 +476,12 @@ impl Limits for DescribeClusterRequest {
             self.topics.len(),
             self.topics.iter().map(|t| (t.as_str(), 0)),
         )
+    }
+}
+impl Limits for ReassignPartitionRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)?;
+        limit("replicas", self.replicas.len(), REASSIGN_REPLICAS_MAX)
     }
 }
 impl Limits for AlterTopicRequest {
