@@ -273,7 +273,11 @@ struct Host {
 struct OpenSpec {
     binding: Binding,
     dir: std::path::PathBuf,
+    /// The replica set, preferred leader first (leadership balance).
     voters: Vec<NodeId>,
+    /// The group's first configuration (what a replica without a saved one starts from:
+    /// the log replays every change since; membership.rs).
+    initial: Vec<NodeId>,
 }
 
 std::thread_local! {
@@ -463,6 +467,7 @@ impl Host {
                     s.binding,
                     s.dir,
                     s.voters,
+                    s.initial,
                 )
                 .await
                 {
@@ -682,6 +687,7 @@ async fn open_here(
     binding: Binding,
     dir: std::path::PathBuf,
     voters: Vec<NodeId>,
+    initial: Vec<NodeId>,
 ) -> Result<()> {
     let Some(h) = host() else {
         return Err(Error::ShuttingDown);
@@ -696,7 +702,7 @@ async fn open_here(
         &dir,
         group,
         state.node_id,
-        &voters,
+        &initial,
         state.cfg,
         seed,
     )
@@ -708,6 +714,7 @@ async fn open_here(
             binding: binding.clone(),
             dir,
             voters,
+            initial,
         },
     );
     h.push(|i| i.opens.push((r, binding)));

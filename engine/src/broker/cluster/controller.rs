@@ -136,7 +136,7 @@ impl Engine {
         if name == crate::groups::OFFSETS_TOPIC {
             self.offsets_created(&t)?;
         }
-        self.open_topic_replicas(name, &t)?;
+        self.open_topic_replicas(name, &t, &std::collections::BTreeMap::new())?;
         let meta = lock(&self.inner.control)?;
         self.publish_routes(&meta);
         tracing::info!(

@@ -238,7 +238,9 @@ impl Engine {
             let dir = metadata::partition_dir(&self.inner.config.data_dir, name, t.id, partition)
                 .join(RAFT_DIR);
             let key: PartitionKey = (Arc::from(name), partition);
-            self.open_replica(shard as usize, group, Binding::Partition(key), dir, initial)?;
+            let voters = preferred_first(name, partition, &target, &state.nodes);
+            let binding = Binding::Partition(key);
+            self.open_replica(shard as usize, group, binding, dir, voters, initial)?;
         } else if !holds {
             return Ok(());
         }
@@ -324,7 +326,7 @@ impl Engine {
             .read()
             .map_err(|_| Error::Runtime("poisoned".into()))?
             .contains_key(&group);
-        let shard = t.shards[partition as usize] as usize;
+        let shard = t.shards.get(partition as usize).copied().unwrap_or(0) as usize;
         if holds && replicas.contains(&state.node_id) {
             let voters = preferred_first(name, partition, &replicas, &state.nodes);
             self.order_move(
