@@ -414,6 +414,18 @@ fn ops_request() -> impl Strategy<Value = Request> {
         name().prop_map(|name| Request::DescribeReplicas(DescribeReplicasRequest { name })),
         proptest::collection::vec(name(), 0..4)
             .prop_map(|topics| Request::DescribeCluster(DescribeClusterRequest { topics })),
+        (
+            name(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u64>(), 0..6)
+        )
+            .prop_map(|(name, partition, replicas)| {
+                Request::ReassignPartition(ReassignPartitionRequest {
+                    name,
+                    partition,
+                    replicas,
+                })
+            }),
     ]
 }
 
@@ -505,9 +517,12 @@ fn ops_response() -> impl Strategy<Value = Response> {
                 partitions,
             })
         });
+    let reassigned = proptest::collection::vec(any::<u64>(), 0..6)
+        .prop_map(|replicas| Response::ReassignPartition(ReassignPartitionResponse { replicas }));
     prop_oneof![
         cluster,
         described,
+        reassigned,
         topic_info()
             .prop_map(|topic| Response::CreateReplicatedTopic(CreateTopicResponse { topic })),
         proptest::collection::vec(reset, 0..4)
@@ -1534,6 +1549,7 @@ fn wire_layout_is_pinned() {
         PartitionReplicas => 48, 8; DescribeReplicasResponse => 24, 8;
         DescribeClusterRequest => 8, 4; ClusterNode => 16, 8; ClusterTopic => 24, 4;
         DescribeClusterResponse => 32, 8; ErrorResponse => 12, 4;
+        ReassignPartitionRequest => 20, 4; ReassignPartitionResponse => 8, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;
         LeaveGroupRequest => 16, 4; LeaveGroupResponse => 0, 1;

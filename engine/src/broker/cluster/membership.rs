@@ -254,12 +254,28 @@ impl Engine {
         )
     }
 
-    /// At start: resumes the moves under way (after the topics' replicas opened).
+    /// At start: resumes the moves under way (after the topics' replicas opened), and
+    /// removes the Raft files of replicas a finished move left out (a crash between
+    /// `ReassignDone` and their removal), so that a later move back onto this node starts
+    /// from an empty log.
     pub(super) fn resume_moves(&self, meta: &metadata::Metadata) -> Result<()> {
+        let me = self.cluster()?.node_id;
         for (name, t) in &meta.topics {
-            for p in 0..t.groups.len() {
-                if meta.moves.contains_key(&t.groups[p]) {
-                    self.resume_move(name, t, u32::try_from(p).unwrap_or(u32::MAX), meta)?;
+            for (p, group) in t.groups.iter().enumerate() {
+                let partition = u32::try_from(p).unwrap_or(u32::MAX);
+                let member = t.replica_sets.get(p).is_some_and(|s| s.contains(&me))
+                    || meta.moves.get(group).is_some_and(|s| s.contains(&me));
+                if !member {
+                    let dir =
+                        metadata::partition_dir(&self.inner.config.data_dir, name, t.id, partition)
+                            .join(RAFT_DIR);
+                    if dir.exists() {
+                        tracing::info!(dir = %dir.display(), "removing a moved replica's raft files");
+                        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+                    }
+                }
+                if meta.moves.contains_key(group) {
+                    self.resume_move(name, t, partition, meta)?;
                 }
             }
         }
