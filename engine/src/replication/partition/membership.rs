@@ -108,8 +108,10 @@ pub(super) fn conf_names(cs: &ConfState, id: NodeId) -> bool {
 }
 
 fn single(node_id: NodeId, change_type: ConfChangeType) -> ConfChangeSingle {
-    let mut c = ConfChangeSingle::default();
-    c.node_id = node_id;
+    let mut c = ConfChangeSingle {
+        node_id,
+        ..ConfChangeSingle::default()
+    };
     c.set_change_type(change_type);
     c
 }
