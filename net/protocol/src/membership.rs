@@ -26,3 +26,28 @@ pub struct ReassignPartitionResponse {
     /// The target set, sorted.
     pub replicas: Vec<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rkyv::Archived;
+
+    // Proves: the archived layouts docs/protocol.md gives ("39 ReassignPartition").
+    #[test]
+    fn layouts_are_pinned() {
+        assert_eq!(
+            (
+                size_of::<Archived<ReassignPartitionRequest>>(),
+                align_of::<Archived<ReassignPartitionRequest>>()
+            ),
+            (20, 4)
+        );
+        assert_eq!(
+            (
+                size_of::<Archived<ReassignPartitionResponse>>(),
+                align_of::<Archived<ReassignPartitionResponse>>()
+            ),
+            (8, 4)
+        );
+    }
+}

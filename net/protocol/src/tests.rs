@@ -429,6 +429,12 @@ fn ops_request() -> impl Strategy<Value = Request> {
     ]
 }
 
+/// Responses of api 39.
+fn membership_response() -> impl Strategy<Value = Response> {
+    proptest::collection::vec(any::<u64>(), 0..6)
+        .prop_map(|replicas| Response::ReassignPartition(ReassignPartitionResponse { replicas }))
+}
+
 /// Responses of apis 32..=34.
 fn ops_response() -> impl Strategy<Value = Response> {
     let reset =
@@ -517,12 +523,9 @@ fn ops_response() -> impl Strategy<Value = Response> {
                 partitions,
             })
         });
-    let reassigned = proptest::collection::vec(any::<u64>(), 0..6)
-        .prop_map(|replicas| Response::ReassignPartition(ReassignPartitionResponse { replicas }));
     prop_oneof![
         cluster,
         described,
-        reassigned,
         topic_info()
             .prop_map(|topic| Response::CreateReplicatedTopic(CreateTopicResponse { topic })),
         proptest::collection::vec(reset, 0..4)
@@ -796,6 +799,7 @@ fn response() -> impl Strategy<Value = Response> {
         topic_info().prop_map(|topic| Response::AlterTopic(AlterTopicResponse { topic })),
         semantics_response(),
         ops_response(),
+        membership_response(),
         name().prop_map(|principal| Response::Authenticate(AuthenticateResponse { principal })),
     ]
 }
@@ -1549,7 +1553,6 @@ fn wire_layout_is_pinned() {
         PartitionReplicas => 48, 8; DescribeReplicasResponse => 24, 8;
         DescribeClusterRequest => 8, 4; ClusterNode => 16, 8; ClusterTopic => 24, 4;
         DescribeClusterResponse => 32, 8; ErrorResponse => 12, 4;
-        ReassignPartitionRequest => 20, 4; ReassignPartitionResponse => 8, 4;
         InitProducerRequest => 16, 8; InitProducerResponse => 16, 8;
         JoinGroupRequest => 28, 4; GroupAssignment => 40, 4; HeartbeatRequest => 24, 4;
         LeaveGroupRequest => 16, 4; LeaveGroupResponse => 0, 1;
