@@ -450,3 +450,33 @@ fn a_restart_in_the_middle_of_a_move_keeps_the_configuration() {
         assert_all_committed(&nodes, &[2, 3, 4], 16);
     }
 }
+
+// Proves: a move onto a node that is down stops at the learner step (the learner never
+// catches up, no joint configuration is entered, the group keeps committing with its old
+// voters), and setting the target back undoes it: the learner is removed.
+#[test]
+fn a_move_onto_a_dead_node_waits_and_a_new_target_undoes_it() {
+    let stores: Vec<CrashStorage> = (0..4).map(|_| CrashStorage::new()).collect();
+    let mut nodes = four_nodes(&stores);
+    nodes[3] = None;
+    let mut acks = Vec::new();
+    produce(&mut nodes, &mut acks, 0, 3);
+    set_target(&mut nodes, &[1, 2, 4]);
+    for _ in 0..200 {
+        tick_round(&mut nodes, &mut acks);
+    }
+    let l = leader(&nodes).unwrap();
+    let p = node(&mut nodes, l).get(G).unwrap();
+    assert_eq!(p.learners(), vec![4]);
+    assert_eq!(p.voters(), vec![1, 2, 3]);
+    assert_eq!(p.move_step(), MoveStep::AddingLearners);
+    produce(&mut nodes, &mut acks, 3, 2);
+    set_target(&mut nodes, &[1, 2, 3]);
+    run_move(&mut nodes, &mut acks, &[1, 2, 3]);
+    for id in [1, 2, 3] {
+        let p = node(&mut nodes, id).get(G).unwrap();
+        assert!(p.learners().is_empty(), "node {id}");
+        assert!(!p.is_member(4), "node {id}");
+    }
+    assert_all_committed(&nodes, &[1, 2, 3], 10);
+}

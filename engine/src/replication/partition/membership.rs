@@ -250,14 +250,15 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             && matches!(self.move_step(), MoveStep::Idle | MoveStep::Done)
     }
 
-    /// `id`'s log is close to this leader's, and it answered recently.
+    /// `id`'s log is close to this leader's and holds the configuration last applied (so it
+    /// answered since it was added: raft-rs counts a new replica as recently active), and it
+    /// answered recently.
     fn caught_up(&self, id: NodeId) -> bool {
         let last = self.last_index();
-        self.node
-            .raft
-            .prs()
-            .get(id)
-            .is_some_and(|pr| pr.recent_active && pr.matched + CAUGHT_UP_LAG_ENTRIES >= last)
+        let conf = self.members.index;
+        self.node.raft.prs().get(id).is_some_and(|pr| {
+            pr.recent_active && pr.matched >= conf && pr.matched + CAUGHT_UP_LAG_ENTRIES >= last
+        })
     }
 
     fn propose_cc(&mut self, cc: ConfChangeV2) {
