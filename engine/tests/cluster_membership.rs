@@ -307,3 +307,74 @@ fn a_new_replica_catches_up_from_a_snapshot_once_the_log_is_compacted() {
         started.elapsed()
     );
 }
+
+// Proves: a move survives a restart of the node it moves onto: while that node is cut off the
+// move waits at the learner step (it never answered, so it is not promoted); the node restarts
+// from its data directory, resumes the move from the metadata (`Metadata::moves`), catches up
+// and the move completes with every acknowledged record on it; the node left out loses its
+// Raft files.
+#[test]
+fn a_move_resumes_after_the_new_node_restarts() {
+    let started = Instant::now();
+    let (net, dirs) = cluster();
+    let (old, _) = status(&net, 1);
+    let newcomer = *ALL.iter().find(|n| !old.contains(n)).unwrap();
+    let mut acked = BTreeMap::new();
+    for seq in 0..10 {
+        acked.insert(produce(&net, seq, &[]), format!("r{seq}"));
+    }
+    let leader = leader_of(&net, old[0]);
+    let follower = *old.iter().find(|n| **n != leader).unwrap();
+    let mut target: Vec<NodeId> = old.iter().copied().filter(|n| *n != follower).collect();
+    target.push(newcomer);
+    target.sort_unstable();
+    // Recorded everywhere (the controller's majority does not need the cut-off node).
+    net.set_cut(newcomer, true);
+    block_on(
+        net.engine(leader)
+            .reassign_partition(TOPIC, 0, target.clone()),
+    )
+    .unwrap();
+    for seq in 10..15 {
+        acked.insert(produce(&net, seq, &[newcomer]), format!("r{seq}"));
+    }
+    // A negative check: for half a second (25 ticks), the set stays the old one.
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        assert_eq!(
+            status(&net, leader).0,
+            old,
+            "no promotion of an unreachable node"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    net.stop(newcomer);
+    net.set_cut(newcomer, false);
+    start_with(
+        &net,
+        newcomer,
+        &ALL,
+        config(dirs[newcomer as usize - 1].path()),
+    );
+    wait_moved(&net, &target);
+    wait_log(&net, newcomer, &acked);
+    let left_dir = raft_dir(dirs[follower as usize - 1].path(), &net.engine(follower));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while left_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} still exists",
+            left_dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in net.up() {
+        net.engine(n).shutdown().unwrap();
+    }
+    net.engines.lock().unwrap().clear();
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
