@@ -52,6 +52,14 @@ pub struct Metadata {
     /// once).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_requests: Vec<u64>,
+    /// Partition moves under way (docs/replication.md, "Membership changes"): Raft group ->
+    /// the replica set it moves onto.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub moves: BTreeMap<u64, Vec<u64>>,
+    /// Raft group -> its replica set at creation, recorded when its first move ends (a new
+    /// replica starts from that configuration and replays the changes since).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub initial_sets: BTreeMap<u64, Vec<u64>>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -72,6 +80,8 @@ impl Metadata {
             controller_applied: 0,
             next_group_id: first_group_id(),
             recent_requests: Vec::new(),
+            moves: BTreeMap::new(),
+            initial_sets: BTreeMap::new(),
         }
     }
 

@@ -40,6 +40,7 @@ use crate::util::LocalNotify;
 mod api;
 mod controller;
 mod security;
+mod membership;
 mod snapshots;
 
 pub use security::{SECURITY_CHANGE_BYTES_MAX, SecurityChanges, SecurityHook};
@@ -111,6 +112,20 @@ enum Command {
         request_id: u64,
         change: Vec<u8>,
     },
+    /// Move a partition onto `replicas` (membership.rs).
+    Reassign {
+        request_id: u64,
+        name: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
+    /// The move of a partition onto `replicas` is done.
+    ReassignDone {
+        request_id: u64,
+        name: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
 }
 
 impl Command {
@@ -118,7 +133,9 @@ impl Command {
         match self {
             Command::CreateTopic { request_id, .. }
             | Command::DeleteTopic { request_id, .. }
-            | Command::Security { request_id, .. } => *request_id,
+            | Command::Security { request_id, .. }
+            | Command::Reassign { request_id, .. }
+            | Command::ReassignDone { request_id, .. } => *request_id,
         }
     }
 }
@@ -155,6 +172,7 @@ enum Outcome {
     Deleted,
     /// A security change: what the hook said.
     Security(std::result::Result<(), String>),
+    Reassigned,
 }
 
 /// The cluster side of an engine (shared by its shards and its apply thread).
@@ -180,6 +198,8 @@ pub(crate) struct ClusterState {
     incarnation: u64,
     /// Security changes applied on this node (`security.rs`).
     security: security::SecurityLog,
+    /// Partition moves the hosts saw end (membership.rs).
+    moves_done: flume::Sender<(GroupId, Vec<NodeId>)>,
 }
 
 impl ClusterState {
@@ -230,6 +250,7 @@ struct HostInbox {
     opens: Vec<(Replica, Binding)>,
     removes: Vec<(GroupId, flume::Sender<Result<()>>)>,
     queries: Vec<Query>,
+    moves: Vec<membership::MoveOrder>,
     ticks: u32,
 }
 
@@ -241,6 +262,7 @@ impl HostInbox {
             && self.opens.is_empty()
             && self.removes.is_empty()
             && self.queries.is_empty()
+            && self.moves.is_empty()
             && self.ticks == 0
     }
 }
@@ -255,6 +277,8 @@ struct Host {
     controller_apply: Option<flume::Sender<(u64, Command)>>,
     /// How each replica of the shard was opened (to reopen one whose Raft files failed).
     specs: RefCell<HashMap<GroupId, OpenSpec>>,
+    /// Moves of this shard's groups under way (membership.rs).
+    moves: RefCell<HashMap<GroupId, membership::Watched>>,
 }
 
 /// What a replica is opened from.
@@ -262,7 +286,11 @@ struct Host {
 struct OpenSpec {
     binding: Binding,
     dir: std::path::PathBuf,
+    /// The replica set, preferred leader first (leadership balance).
     voters: Vec<NodeId>,
+    /// The group's first configuration (what a replica without a saved one starts from:
+    /// the log replays every change since; membership.rs).
+    initial: Vec<NodeId>,
 }
 
 std::thread_local! {
@@ -334,6 +362,7 @@ impl Host {
                 );
                 self.rotate_logs(&mut node, &mut bindings).await;
                 self.balance(&mut balancer, round_ticks, &mut node);
+                self.report_moves(&mut node);
             }
             if self.controller_apply.is_some() {
                 let leader = node
@@ -390,6 +419,7 @@ impl Host {
         for q in inbox.queries {
             q(node);
         }
+        self.take_moves(inbox.moves, node);
     }
 
     fn answer(&self, node: &mut Node) {
@@ -450,6 +480,7 @@ impl Host {
                     s.binding,
                     s.dir,
                     s.voters,
+                    s.initial,
                 )
                 .await
                 {
@@ -631,6 +662,7 @@ fn start_host(
         wake: LocalNotify::default(),
         controller_apply,
         specs: RefCell::new(HashMap::new()),
+        moves: RefCell::new(HashMap::new()),
     });
     HOST.with(|x| *x.borrow_mut() = Some(h.clone()));
     local.set_replication_hook(Rc::new(|group, key, batch, acks, reply| {
@@ -668,6 +700,7 @@ async fn open_here(
     binding: Binding,
     dir: std::path::PathBuf,
     voters: Vec<NodeId>,
+    initial: Vec<NodeId>,
 ) -> Result<()> {
     let Some(h) = host() else {
         return Err(Error::ShuttingDown);
@@ -682,7 +715,7 @@ async fn open_here(
         &dir,
         group,
         state.node_id,
-        &voters,
+        &initial,
         state.cfg,
         seed,
     )
@@ -694,6 +727,7 @@ async fn open_here(
             binding: binding.clone(),
             dir,
             voters,
+            initial,
         },
     );
     h.push(|i| i.opens.push((r, binding)));

@@ -9,10 +9,18 @@
 //!   A snapshot frame (magic `RFS1`, same layout, 8 data bytes: the partition log's end offset)
 //!   replaces everything before it: the log restarts after that index (a follower that installed
 //!   a snapshot, or the first frame of a rotated file; [`RaftDisk::rewrite`]).
+//!   A configuration-change entry is a typed frame (magic `RFT1`, same layout, its data the
+//!   entry type byte (1: `EntryConfChange`, 2: `EntryConfChangeV2`) then the entry's data);
+//!   record batches and no-ops stay `RFL1` frames, so files written before membership changes
+//!   read back unchanged.
 //! - `raft-state`: the hard state (term, vote, commit) in two block slots; a write goes to the
 //!   slot that does not hold the last synced state,
 //!   each `[magic u32][seq u64][term u64][vote u64][commit u64][crc32c u32]`: a torn write of one
-//!   slot leaves the other, so the state file is replaced atomically without a rename.
+//!   slot leaves the other, so the state file is replaced atomically without a rename. Once a
+//!   replica has applied a configuration change, its slots are `RST2`:
+//!   `[magic u32][seq u64][term u64][vote u64][commit u64][conf index u64][auto_leave u8]`
+//!   `4 x ([n u32][n x u64])` (voters, learners, outgoing voters, next learners) `[crc32c u32]`:
+//!   the applied configuration and the index of the entry (or snapshot) it was applied at.
 //!
 //! Every write covers whole [`BLOCK_BYTES`] blocks (direct I/O): the last partial block of the
 //! log is kept in memory and rewritten with the next append.
@@ -27,19 +35,62 @@ use crate::storage::{BLOCK_BYTES, IoBuf, LogFile, Storage, align_down, align_up}
 
 const FRAME_MAGIC: u32 = 0x5246_4c31; // "RFL1"
 const SNAP_MAGIC: u32 = 0x5246_5331; // "RFS1"
+const TYPED_MAGIC: u32 = 0x5246_5431; // "RFT1"
 /// A rotation's new file, renamed over `raft-log` once complete (removed at open otherwise).
 const NEW_LOG: &str = "raft-log.new";
 const STATE_MAGIC: u32 = 0x5253_5431; // "RST1"
+const STATE_CONF_MAGIC: u32 = 0x5253_5432; // "RST2"
+/// Node ids per list of a stored configuration (a state slot is one block).
+pub const CONF_IDS_MAX: usize = 100;
 const FRAME_HEAD_BYTES: usize = 4 + 8 + 8 + 4 + 4;
 const STATE_BYTES: usize = 4 + 8 + 8 + 8 + 8 + 4;
 
-/// One Raft log entry as stored (entry type normal; configuration is static, see
-/// docs/replication.md).
+/// The type of a stored entry (raft-rs's `EntryType`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A record batch, or a leader's no-op (empty).
+    #[default]
+    Normal,
+    ConfChange,
+    ConfChangeV2,
+}
+
+impl EntryKind {
+    fn byte(self) -> u8 {
+        match self {
+            EntryKind::Normal => 0,
+            EntryKind::ConfChange => 1,
+            EntryKind::ConfChangeV2 => 2,
+        }
+    }
+    fn of_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(EntryKind::Normal),
+            1 => Some(EntryKind::ConfChange),
+            2 => Some(EntryKind::ConfChangeV2),
+            _ => None,
+        }
+    }
+}
+
+/// One Raft log entry as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskEntry {
     pub index: u64,
     pub term: u64,
+    pub kind: EntryKind,
     pub data: Bytes,
+}
+
+/// An applied Raft configuration (raft-rs's `ConfState`) and the index it was applied at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiskConf {
+    pub index: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub voters_outgoing: Vec<u64>,
+    pub learners_next: Vec<u64>,
+    pub auto_leave: bool,
 }
 
 /// Where the log starts: every entry up to `index` (of term `term`) is in the state machine
@@ -66,6 +117,8 @@ pub struct Recovered {
     pub base: Option<SnapBase>,
     pub entries: Vec<DiskEntry>,
     pub state: DiskState,
+    /// The last configuration saved ([`RaftDisk::save_conf`]); `None`: never changed.
+    pub conf: Option<DiskConf>,
     /// Bytes cut from the log's tail (a torn or unsynced frame).
     pub cut_bytes: u64,
 }
@@ -88,6 +141,8 @@ pub struct RaftDisk<S: Storage> {
     written_slot: u64,
     /// Term and vote of the last state written.
     saved: DiskState,
+    /// The configuration every state write carries (once one was saved).
+    conf: Option<DiskConf>,
     /// Log writes since the last log sync.
     log_dirty: bool,
     /// State writes since the last state sync.
@@ -119,9 +174,19 @@ fn usize_of(n: u64) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::other("raft file larger than memory"))
 }
 
-/// Encodes one entry frame.
+/// Encodes one entry frame (typed if not a normal entry).
 fn frame(e: &DiskEntry, out: &mut Vec<u8>) -> io::Result<()> {
-    frame_with(FRAME_MAGIC, e, out)
+    if e.kind == EntryKind::Normal {
+        return frame_with(FRAME_MAGIC, e, out);
+    }
+    let mut data = Vec::with_capacity(1 + e.data.len());
+    data.push(e.kind.byte());
+    data.extend_from_slice(&e.data);
+    let typed = DiskEntry {
+        data: Bytes::from(data),
+        ..e.clone()
+    };
+    frame_with(TYPED_MAGIC, &typed, out)
 }
 
 /// Encodes a snapshot frame.
@@ -129,6 +194,7 @@ fn snap_frame(b: SnapBase, out: &mut Vec<u8>) -> io::Result<()> {
     let e = DiskEntry {
         index: b.index,
         term: b.term,
+        kind: EntryKind::Normal,
         data: Bytes::copy_from_slice(&b.end_offset.to_le_bytes()),
     };
     frame_with(SNAP_MAGIC, &e, out)
@@ -156,7 +222,7 @@ fn parse_log(b: &[u8]) -> (Option<SnapBase>, Vec<DiskEntry>, usize) {
     let mut at = 0;
     while b.len() - at >= FRAME_HEAD_BYTES {
         let magic = u32_at(b, at);
-        if magic != FRAME_MAGIC && magic != SNAP_MAGIC {
+        if magic != FRAME_MAGIC && magic != SNAP_MAGIC && magic != TYPED_MAGIC {
             break;
         }
         let index = u64_at(b, at + 4);
@@ -196,10 +262,22 @@ fn parse_log(b: &[u8]) -> (Option<SnapBase>, Vec<DiskEntry>, usize) {
         if index < floor || index < first || index > first + entries.len() as u64 {
             break;
         }
+        let (kind, data) = if magic == TYPED_MAGIC {
+            match data
+                .split_first()
+                .and_then(|(k, d)| Some((EntryKind::of_byte(*k)?, d)))
+            {
+                Some(x) => x,
+                None => break,
+            }
+        } else {
+            (EntryKind::Normal, data)
+        };
         entries.truncate(usize::try_from(index - first).unwrap_or(usize::MAX));
         entries.push(DiskEntry {
             index,
             term,
+            kind,
             data: Bytes::copy_from_slice(data),
         });
         at = start + len;
@@ -207,7 +285,10 @@ fn parse_log(b: &[u8]) -> (Option<SnapBase>, Vec<DiskEntry>, usize) {
     (base, entries, at)
 }
 
-fn parse_state(b: &[u8]) -> Option<(u64, DiskState)> {
+fn parse_state(b: &[u8]) -> Option<(u64, DiskState, Option<DiskConf>)> {
+    if b.len() >= STATE_BYTES && u32_at(b, 0) == STATE_CONF_MAGIC {
+        return parse_state_conf(b);
+    }
     if b.len() < STATE_BYTES || u32_at(b, 0) != STATE_MAGIC {
         return None;
     }
@@ -222,6 +303,51 @@ fn parse_state(b: &[u8]) -> Option<(u64, DiskState)> {
             vote: u64_at(b, 20),
             commit: u64_at(b, 28),
         },
+        None,
+    ))
+}
+
+/// An `RST2` slot (see the module doc); `None` if torn or malformed.
+fn parse_state_conf(b: &[u8]) -> Option<(u64, DiskState, Option<DiskConf>)> {
+    let mut at = 4 + 8 * 4;
+    let conf_index = u64_at(b.get(..at + 9)?, at);
+    let auto_leave = match b[at + 8] {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    at += 9;
+    let mut lists: [Vec<u64>; 4] = Default::default();
+    for l in &mut lists {
+        let n = u32_at(b.get(..at + 4)?, at) as usize;
+        at += 4;
+        if n > CONF_IDS_MAX {
+            return None;
+        }
+        let ids = b.get(at..at + 8 * n)?;
+        *l = (0..n).map(|i| u64_at(ids, 8 * i)).collect();
+        at += 8 * n;
+    }
+    let crc = u32_at(b.get(..at + 4)?, at);
+    if crc32c::crc32c(&b[..at]) != crc {
+        return None;
+    }
+    let [voters, learners, voters_outgoing, learners_next] = lists;
+    Some((
+        u64_at(b, 4),
+        DiskState {
+            term: u64_at(b, 12),
+            vote: u64_at(b, 20),
+            commit: u64_at(b, 28),
+        },
+        Some(DiskConf {
+            index: conf_index,
+            voters,
+            learners,
+            voters_outgoing,
+            learners_next,
+            auto_leave,
+        }),
     ))
 }
 
@@ -275,12 +401,12 @@ impl<S: Storage> RaftDisk<S> {
             state_bytes.get(BLOCK_BYTES..).and_then(parse_state),
         ];
         // The newest valid slot is the state (both files were just synced: it is durable).
-        let (durable_slot, (state_seq, disk_state)) = slots
+        let (durable_slot, (state_seq, disk_state, conf)) = slots
             .into_iter()
             .zip(0u64..)
             .filter_map(|(s, slot)| s.map(|s| (slot, s)))
-            .max_by_key(|(_, (seq, _))| *seq)
-            .unwrap_or((1, (0, DiskState::default())));
+            .max_by_key(|(_, (seq, _, _))| *seq)
+            .unwrap_or((1, (0, DiskState::default(), None)));
         let log_len = good as u64;
         let tail_start = usize_of(align_down(log_len))?;
         let tail = log_bytes[tail_start..good].to_vec();
@@ -296,6 +422,7 @@ impl<S: Storage> RaftDisk<S> {
             durable_slot,
             written_slot: durable_slot,
             saved: disk_state,
+            conf: conf.clone(),
             log_dirty: false,
             state_written: false,
             state_must_sync: false,
@@ -311,6 +438,7 @@ impl<S: Storage> RaftDisk<S> {
                 base,
                 entries,
                 state: disk_state,
+                conf,
                 cut_bytes,
             },
         ))
@@ -430,11 +558,26 @@ impl<S: Storage> RaftDisk<S> {
     pub async fn save_state(&mut self, s: DiskState) -> io::Result<()> {
         let seq = self.state_seq + 1;
         let mut v = Vec::with_capacity(STATE_BYTES);
-        put_u32(&mut v, STATE_MAGIC);
+        let magic = if self.conf.is_some() {
+            STATE_CONF_MAGIC
+        } else {
+            STATE_MAGIC
+        };
+        put_u32(&mut v, magic);
         put_u64(&mut v, seq);
         put_u64(&mut v, s.term);
         put_u64(&mut v, s.vote);
         put_u64(&mut v, s.commit);
+        if let Some(c) = &self.conf {
+            put_u64(&mut v, c.index);
+            v.push(u8::from(c.auto_leave));
+            for l in [&c.voters, &c.learners, &c.voters_outgoing, &c.learners_next] {
+                put_u32(&mut v, u32::try_from(l.len()).unwrap_or(u32::MAX));
+                for id in l {
+                    put_u64(&mut v, *id);
+                }
+            }
+        }
         let crc = crc32c::crc32c(&v);
         put_u32(&mut v, crc);
         let mut buf = S::alloc_buf(BLOCK_BYTES);
@@ -455,6 +598,34 @@ impl<S: Storage> RaftDisk<S> {
         }
         self.saved = s;
         Ok(())
+    }
+
+    /// Saves an applied configuration (with the last hard state written): from now on every
+    /// state write carries it. The next [`Self::sync`] makes it durable. Refused if a list
+    /// holds more than [`CONF_IDS_MAX`] ids.
+    pub async fn save_conf(&mut self, conf: DiskConf) -> io::Result<()> {
+        let lists = [
+            &conf.voters,
+            &conf.learners,
+            &conf.voters_outgoing,
+            &conf.learners_next,
+        ];
+        if lists.iter().any(|l| l.len() > CONF_IDS_MAX) {
+            return Err(io::Error::other("raft configuration too large"));
+        }
+        let previous = self.conf.replace(conf);
+        let s = self.saved;
+        if let Err(e) = self.save_state(s).await {
+            self.conf = previous;
+            return Err(e);
+        }
+        self.state_must_sync = true;
+        Ok(())
+    }
+
+    /// The configuration last saved.
+    pub fn conf(&self) -> Option<&DiskConf> {
+        self.conf.as_ref()
     }
 
     /// fdatasyncs what must be durable: the log if it was written, the state if its term or

@@ -16,6 +16,8 @@
 pub mod disk;
 #[cfg(test)]
 mod hibernate_tests;
+#[cfg(test)]
+mod membership_tests;
 mod node;
 mod partition;
 #[cfg(test)]
@@ -27,8 +29,8 @@ use bytes::Bytes;
 
 pub use node::{LIVENESS_GROUP, ReplicaNode};
 pub use partition::{
-    Chunk, ChunkRequest, Proposed, ReplSabotage, ReplicatedPartition, Reply, SideEntry, Transfer,
-    snapshot_of,
+    Chunk, ChunkRequest, MoveStep, Proposed, ReplSabotage, ReplicatedPartition, Reply, SideEntry,
+    Transfer, snapshot_of,
 };
 pub use partition::{SNAPSHOT_CHUNK_BYTES, snapshot_chunk_is_dense};
 

@@ -71,6 +71,9 @@ pub struct ReplicaNode<S: Storage, T> {
     pub liveness_wakes: u64,
     /// Groups that had a ready since [`Self::take_readied`] (their commit may have moved).
     readied: BTreeSet<GroupId>,
+    /// Groups that had a ready since [`Self::take_conf_changed`] (a configuration may have
+    /// been applied).
+    conf_readied: BTreeSet<GroupId>,
 }
 
 impl<S: Storage, T> ReplicaNode<S, T> {
@@ -92,6 +95,7 @@ impl<S: Storage, T> ReplicaNode<S, T> {
             timing: ReplicaConfig::default(),
             liveness_wakes: 0,
             readied: BTreeSet::new(),
+            conf_readied: BTreeSet::new(),
         }
     }
 
@@ -446,6 +450,7 @@ impl<S: Storage, T> ReplicaNode<S, T> {
             }
         }
         self.readied.extend(written.keys().copied());
+        self.conf_readied.extend(written.keys().copied());
         if let Some(send) = early {
             for (peer, msgs) in self.outbox.drain() {
                 send(peer, msgs);
@@ -536,6 +541,46 @@ impl<S: Storage, T> ReplicaNode<S, T> {
     /// Answers to producers since the last call.
     pub fn take_replies(&mut self) -> Vec<(GroupId, Reply<T>)> {
         std::mem::take(&mut self.replies)
+    }
+
+    /// The groups that applied a configuration change since the last call (the owner's
+    /// report); their new members' nodes become liveness peers.
+    pub fn take_conf_changed(&mut self) -> Vec<GroupId> {
+        let mut changed = Vec::new();
+        let mut members = Vec::new();
+        for g in std::mem::take(&mut self.conf_readied) {
+            let Some(p) = self.groups.get_mut(&g) else {
+                continue;
+            };
+            if p.take_conf_changed() {
+                changed.push(g);
+                let cs = p.conf_state();
+                members.extend(cs.get_voters().iter().chain(cs.get_learners()).copied());
+            }
+        }
+        for v in members {
+            if v != self.id {
+                self.peers.entry(v).or_insert(Peer {
+                    last_heard: self.ticks,
+                    alive: true,
+                    incarnation: None,
+                });
+            }
+        }
+        changed
+    }
+
+    /// Sets (or clears) the voter set a move of `group` heads for (see
+    /// [`ReplicatedPartition::set_move_target`]); the group wakes. `false`: no such group.
+    pub fn set_move_target(&mut self, group: GroupId, target: Option<Vec<NodeId>>) -> bool {
+        let Some(p) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        p.set_move_target(target);
+        self.awake.insert(group);
+        self.quiet.remove(&group);
+        self.touched.insert(group);
+        true
     }
 }
 

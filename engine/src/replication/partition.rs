@@ -15,18 +15,20 @@ use std::path::Path;
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Entry, EntryType, HardState, Message, MessageType};
+use raft::prelude::{Entry, EntryType, HardState, Message, MessageType};
 use raft::storage::MemStorage;
 use raft::{RawNode, Ready, StateRole};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rand_xoshiro::rand_core::{Rng, SeedableRng};
 
-use super::disk::{DiskEntry, DiskState, RaftDisk};
+use super::disk::{DiskEntry, DiskState, EntryKind, RaftDisk};
 use super::{GroupId, NodeId, Outbox, ReplAcks, ReplError, ReplicaConfig};
 use crate::api::ProduceAck;
 use crate::storage::Storage;
 
+mod membership;
 mod snapshot;
+pub use membership::MoveStep;
 pub use snapshot::{
     CHUNK_BYTES_MAX as SNAPSHOT_CHUNK_BYTES, Chunk, ChunkRequest, Transfer,
     chunk_is_dense as snapshot_chunk_is_dense, snapshot_of,
@@ -115,6 +117,8 @@ pub struct ReplicatedPartition<S: Storage, T> {
     /// Term in which the waiters were accepted (a change fails them: NOT_LEADER).
     leader_term: u64,
     sabotage: Option<ReplSabotage>,
+    /// Configuration changes (membership.rs).
+    members: membership::Members,
 }
 
 fn header_of(data: &[u8]) -> Option<(u64, Option<(u64, u32)>)> {
@@ -140,33 +144,28 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         cfg: ReplicaConfig,
         seed: u64,
     ) -> io::Result<Self> {
-        assert!(
-            voters.contains(&id),
-            "replica {id} not in its set {voters:?}"
-        );
+        assert!(!voters.is_empty(), "replica {id} with an empty set");
         let (disk, recovered) = RaftDisk::open(storage, dir).await?;
-        let conf = ConfState::from((voters.to_vec(), vec![]));
+        // The configuration: the last one applied (saved with the state), else the set given
+        // (a replica not in it is joining: it learns its configuration from the log or a
+        // snapshot).
+        let conf = membership::start_conf(recovered.conf.as_ref(), voters);
+        let conf_index = recovered.conf.as_ref().map_or(0, |c| c.index);
         let store = MemStorage::new_with_conf_state(conf.clone());
         let base = recovered.base.unwrap_or_default();
-        let entries: Vec<Entry> = recovered
-            .entries
-            .iter()
-            .map(|e| {
-                let mut x = Entry::default();
-                x.set_entry_type(EntryType::EntryNormal);
-                x.index = e.index;
-                x.term = e.term;
-                x.data = e.data.clone();
-                x
-            })
-            .collect();
+        let entries: Vec<Entry> = recovered.entries.iter().map(entry_of).collect();
         let last_index = entries.last().map_or(base.index, |e| e.index);
         let hs = HardState {
             term: recovered.state.term.max(base.term),
             vote: recovered.state.vote,
             // The state file may have a commit from before a torn log tail: never above the
-            // log; a snapshot's index is committed.
-            commit: recovered.state.commit.min(last_index).max(base.index),
+            // log; a snapshot's index is committed, and so is an applied configuration's.
+            commit: recovered
+                .state
+                .commit
+                .max(conf_index)
+                .min(last_index)
+                .max(base.index),
             ..HardState::default()
         };
         {
@@ -191,7 +190,13 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
                 side.push_back(s);
             }
         }
-        let applied = hs.commit;
+        // Committed configuration changes not in the saved configuration are applied again:
+        // raft-rs hands them (and every entry after the first) over as committed.
+        let applied = recovered
+            .entries
+            .iter()
+            .find(|e| e.kind != EntryKind::Normal && e.index > conf_index && e.index <= hs.commit)
+            .map_or(hs.commit, |e| e.index - 1);
         let high_watermark = side
             .iter()
             .take_while(|s| s.index <= applied)
@@ -232,6 +237,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             waiters: Vec::new(),
             leader_term: 0,
             sabotage: None,
+            members: membership::Members::new(conf_index),
         };
         p.after_call();
         Ok(p)
@@ -472,6 +478,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     pub fn tick(&mut self) {
         self.node.tick();
         self.tick_snapshots();
+        self.drive_move();
         self.after_call();
     }
 
@@ -529,6 +536,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             self.persist_snapshot(&snap).await?;
         }
         self.apply(rd.take_committed_entries());
+        self.save_conf().await?;
         let entries = rd.take_entries();
         if !entries.is_empty() {
             self.persist_entries(&entries).await?;
@@ -579,6 +587,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         }
         self.send(light.take_messages(), out);
         self.apply(light.take_committed_entries());
+        self.save_conf().await?;
         self.node.advance_apply();
         self.after_call();
         self.answer_waiters(replies);
@@ -593,14 +602,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             self.group,
             self.applied
         );
-        let disk: Vec<DiskEntry> = entries
-            .iter()
-            .map(|e| DiskEntry {
-                index: e.index,
-                term: e.term,
-                data: e.data.clone(),
-            })
-            .collect();
+        let disk: Vec<DiskEntry> = entries.iter().map(disk_entry).collect();
         self.disk.append(&disk).await?;
         self.node
             .mut_store()
@@ -616,7 +618,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// Keeps the side index equal to the Raft log after an append (a leader's own proposals
     /// are there already; a follower's overwrite cuts the suffix first).
     fn mirror(&mut self, e: &Entry) {
-        if e.data.is_empty() {
+        if e.data.is_empty() || e.get_entry_type() != EntryType::EntryNormal {
             // A leader's no-op (or an empty entry) takes no offset, but cuts what it replaces.
             while self.side.back().is_some_and(|s| s.index >= e.index) {
                 self.pop_side();
@@ -662,6 +664,9 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
                 let hw = s.last_offset + 1;
                 assert!(hw >= self.high_watermark, "high watermark moved back");
                 self.high_watermark = hw;
+            }
+            if e.entry_type != EntryType::EntryNormal {
+                self.apply_conf_entry(&e);
             }
             self.applied = e.index;
         }
@@ -913,7 +918,11 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// heartbeat ready).
     pub fn is_quiet_leader(&self) -> bool {
         let r = &self.node.raft;
-        if r.state != StateRole::Leader || !self.waiters.is_empty() || r.lead_transferee.is_some() {
+        if r.state != StateRole::Leader
+            || !self.waiters.is_empty()
+            || r.lead_transferee.is_some()
+            || !self.membership_settled()
+        {
             return false;
         }
         let last = r.raft_log.last_index();
@@ -950,6 +959,35 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             r.election_elapsed = silent_ticks;
         }
     }
+}
+
+/// The stored form of a Raft entry.
+fn disk_entry(e: &Entry) -> DiskEntry {
+    let kind = match e.get_entry_type() {
+        EntryType::EntryNormal => EntryKind::Normal,
+        EntryType::EntryConfChange => EntryKind::ConfChange,
+        EntryType::EntryConfChangeV2 => EntryKind::ConfChangeV2,
+    };
+    DiskEntry {
+        index: e.index,
+        term: e.term,
+        kind,
+        data: e.data.clone(),
+    }
+}
+
+/// The Raft entry of a stored one.
+fn entry_of(d: &DiskEntry) -> Entry {
+    let mut x = Entry::default();
+    x.set_entry_type(match d.kind {
+        EntryKind::Normal => EntryType::EntryNormal,
+        EntryKind::ConfChange => EntryType::EntryConfChange,
+        EntryKind::ConfChangeV2 => EntryType::EntryConfChangeV2,
+    });
+    x.index = d.index;
+    x.term = d.term;
+    x.data = d.data.clone();
+    x
 }
 
 fn side_entry(index: u64, term: u64, data: &Bytes, base_offset: u64) -> Option<SideEntry> {

@@ -32,6 +32,7 @@ fn entry(index: u64, term: u64, data: &str) -> DiskEntry {
     DiskEntry {
         index,
         term,
+        kind: super::disk::EntryKind::Normal,
         data: Bytes::copy_from_slice(data.as_bytes()),
     }
 }

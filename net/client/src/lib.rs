@@ -43,6 +43,7 @@ mod coordinator;
 mod error;
 mod group_consumer;
 mod groups;
+mod membership;
 mod message;
 mod ops;
 mod partitioner;

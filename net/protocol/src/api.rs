@@ -7,6 +7,7 @@
 use super::acl::{Operation, ResourceType};
 use super::codec::{Blobs, FrameEncoder, Head, Prepared, Source, checked, plain};
 use super::error::WireError;
+use super::membership::*;
 use super::messages::*;
 use super::ops::*;
 use super::queue::*;
@@ -311,6 +312,10 @@ api_table! {
         // clients reach each partition's leader (issue 14).
         DescribeCluster = 38, versions 0..=0, DescribeClusterRequest => DescribeClusterResponse,
             acl |d, f| for t in &d.topics { f(Topic, t, Describe) };
+        // Moving a partition's replicas is a cluster operation (membership.rs).
+        ReassignPartition = 39, versions 0..=0,
+            ReassignPartitionRequest => ReassignPartitionResponse,
+            acl |_, f| f(Cluster, "*", Admin);
         // --- 40..=49: security (security.rs, docs/security.md) ---
         Authenticate = 40, versions 0..=0, AuthenticateRequest => AuthenticateResponse,
             acl |_, _| ();
@@ -523,7 +528,7 @@ mod tests {
             ("QueueRedrive", 29), ("Metrics", 30), ("AlterTopic", 31), ("ResetOffsets", 32),
             ("QueuePurge", 33), ("ListGroups", 34), ("AddPartitions", 35),
             ("CreateReplicatedTopic", 36), ("DescribeReplicas", 37), ("DescribeCluster", 38),
-            ("Authenticate", 40), ("AlterSecurity", 41),
+            ("ReassignPartition", 39), ("Authenticate", 40), ("AlterSecurity", 41),
         ];
         assert_eq!(keys, want);
         for k in ApiKey::ALL {

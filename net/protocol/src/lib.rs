@@ -41,6 +41,7 @@ pub mod codec;
 pub mod error;
 pub mod flow;
 pub mod frame;
+pub mod membership;
 pub mod messages;
 pub mod ops;
 pub mod queue;
@@ -59,6 +60,7 @@ pub use frame::{
     DecoderConfig, FRAME_HEADER_BYTES, Frame, FrameDecoder, FrameHeader, FrameKind, OwnedFrame,
     flags,
 };
+pub use membership::*;
 pub use messages::*;
 pub use ops::*;
 pub use security::Credentials;

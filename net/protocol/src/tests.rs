@@ -435,7 +435,25 @@ fn ops_request() -> impl Strategy<Value = Request> {
         name().prop_map(|name| Request::DescribeReplicas(DescribeReplicasRequest { name })),
         proptest::collection::vec(name(), 0..4)
             .prop_map(|topics| Request::DescribeCluster(DescribeClusterRequest { topics })),
+        (
+            name(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u64>(), 0..6)
+        )
+            .prop_map(|(name, partition, replicas)| {
+                Request::ReassignPartition(ReassignPartitionRequest {
+                    name,
+                    partition,
+                    replicas,
+                })
+            }),
     ]
+}
+
+/// Responses of api 39.
+fn membership_response() -> impl Strategy<Value = Response> {
+    proptest::collection::vec(any::<u64>(), 0..6)
+        .prop_map(|replicas| Response::ReassignPartition(ReassignPartitionResponse { replicas }))
 }
 
 /// Responses of apis 32..=34.
@@ -802,6 +820,7 @@ fn response() -> impl Strategy<Value = Response> {
         topic_info().prop_map(|topic| Response::AlterTopic(AlterTopicResponse { topic })),
         semantics_response(),
         ops_response(),
+        membership_response(),
         name().prop_map(|principal| Response::Authenticate(AuthenticateResponse { principal })),
         (text(40), text(40)).prop_map(|(token, message)| Response::AlterSecurity(
             AlterSecurityResponse { token, message }

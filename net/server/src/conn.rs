@@ -619,7 +619,8 @@ impl Conn {
             | Request::DeleteTopic(_)
             | Request::AlterTopic(_)
             | Request::AddPartitions(_)
-            | Request::CreateReplicatedTopic(_) => {
+            | Request::CreateReplicatedTopic(_)
+            | Request::ReassignPartition(_) => {
                 self.barrier(call, async || self.admin(request).await).await;
             }
             Request::ListTopics(_)
@@ -956,6 +957,9 @@ impl Conn {
                     Request::DescribeCluster(d) => Ok(Response::DescribeCluster(
                         crate::replicas::describe_cluster(&engine, &shared.cluster, &d),
                     )),
+                    Request::ReassignPartition(r) => {
+                        crate::membership::reassign(&engine, r).map(Response::ReassignPartition)
+                    }
                     _ => Err(shardline_engine::Error::InvalidArgument(
                         "not an admin request".into(),
                     )),

@@ -23,6 +23,7 @@ mod conn;
 mod console;
 mod convert;
 mod listener;
+mod membership;
 mod metrics;
 mod ops;
 pub mod peer;

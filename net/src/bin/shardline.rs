@@ -214,6 +214,22 @@ enum TopicCommand {
         #[arg(long, value_name = "N")]
         partitions: Option<u32>,
     },
+    /// Move a partition of a replicated topic onto other nodes, online (new replicas catch up
+    /// as learners, then one joint configuration change; docs/operations.md).
+    Reassign {
+        name: String,
+        #[arg(long, value_name = "P")]
+        partition: u32,
+        /// The new replica set: node ids, `1,2,4`.
+        #[arg(long, value_name = "ID,...", value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+        /// Return once the move is recorded, without waiting for it to finish.
+        #[arg(long)]
+        no_wait: bool,
+        /// Longest wait for the move to finish.
+        #[arg(long, value_name = "S", default_value_t = 300)]
+        wait_secs: u64,
+    },
 }
 
 fn parse_setting(s: &str) -> Result<SettingChange, String> {
@@ -624,6 +640,18 @@ fn topic(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                     None => writeln!(out)?,
                 }
             }
+        }
+        TopicCommand::Reassign {
+            name,
+            partition,
+            replicas,
+            no_wait,
+            wait_secs,
+        } => {
+            let wait = (!no_wait).then(|| std::time::Duration::from_secs(wait_secs));
+            shardline_net::cli::membership::reassign(
+                client, &name, partition, &replicas, wait, &mut out,
+            )?;
         }
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).map_err(|e| explain(e, &name))?;

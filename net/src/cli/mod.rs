@@ -4,5 +4,6 @@
 pub mod cluster;
 pub mod config;
 pub mod limits;
+pub mod membership;
 pub mod stats;
 pub mod top;

@@ -163,6 +163,13 @@ pub(crate) fn every_api_on(topic: &str, queue: &str) -> Vec<Request> {
                 name: "nobody-here".into(),
                 ..AlterSecurityRequest::default()
             })),
+            ApiKey::ReassignPartition => Some(Request::ReassignPartition(
+                shardline_net::protocol::ReassignPartitionRequest {
+                    name: topic.clone(),
+                    partition: 0,
+                    replicas: vec![1],
+                },
+            )),
         })
         .collect()
 }

@@ -40,6 +40,7 @@ impl Engine {
         }
         // Producer ids carry the node from now on (engine/src/producer_ids.rs).
         self.semantics()?.producer_ids.set_node(node_id, &nodes)?;
+        let (moves_tx, moves_rx) = flume::unbounded();
         let state = Arc::new(ClusterState {
             node_id,
             nodes: nodes.clone(),
@@ -55,6 +56,7 @@ impl Engine {
             security: security::SecurityLog::open(
                 &self.inner.config.data_dir.join(CONTROLLER_DIR),
             )?,
+            moves_done: moves_tx,
         });
         if self.inner.cluster.set(state.clone()).is_err() {
             return Err(Error::InvalidArgument("cluster already enabled".into()));
@@ -92,10 +94,24 @@ impl Engine {
             .data_dir
             .join(CONTROLLER_DIR)
             .join(RAFT_DIR);
-        self.open_replica(0, CONTROLLER_GROUP, Binding::Controller, dir, nodes)?;
+        let initial = nodes.clone();
+        self.open_replica(
+            0,
+            CONTROLLER_GROUP,
+            Binding::Controller,
+            dir,
+            nodes,
+            initial,
+        )?;
         for (name, t) in &meta.topics {
-            self.open_topic_replicas(name, t)?;
+            self.open_topic_replicas(name, t, &meta.initial_sets)?;
         }
+        self.resume_moves(&meta)?;
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("partition-moves".into())
+            .spawn(move || membership::moves_thread(weak, moves_rx))
+            .map_err(|e| Error::Runtime(format!("partition moves thread: {e}")))?;
         self.spawn_offsets_create(state.nodes.len())?;
         tracing::info!(node_id, nodes = ?state.nodes, "cluster enabled");
         Ok(())
@@ -152,13 +168,14 @@ impl Engine {
 
     /// Opens a replica on shard `shard` and routes its group there (blocking: not for a
     /// shard thread).
-    fn open_replica(
+    pub(super) fn open_replica(
         &self,
         shard: usize,
         group: GroupId,
         binding: Binding,
         dir: std::path::PathBuf,
         voters: Vec<NodeId>,
+        initial: Vec<NodeId>,
     ) -> Result<()> {
         let state = self.cluster()?.clone();
         lock_routes(&state)?.insert(group, shard);
@@ -168,7 +185,8 @@ impl Engine {
             Request::Run(Box::new(move |local: &LocalShard| {
                 let local = local.clone();
                 rt::spawn_local(async move {
-                    let _ = tx.send(open_here(local, state, group, binding, dir, voters).await);
+                    let opened = open_here(local, state, group, binding, dir, voters, initial);
+                    let _ = tx.send(opened.await);
                 });
             })),
         )?;
@@ -177,7 +195,12 @@ impl Engine {
 
     /// Marks every partition of a replicated topic replicated on this node and opens the
     /// replicas placed here.
-    pub(super) fn open_topic_replicas(&self, name: &str, t: &TopicMeta) -> Result<()> {
+    pub(super) fn open_topic_replicas(
+        &self,
+        name: &str,
+        t: &TopicMeta,
+        initial_sets: &std::collections::BTreeMap<GroupId, Vec<NodeId>>,
+    ) -> Result<()> {
         let state = self.cluster()?.clone();
         let key_name: Arc<str> = Arc::from(name);
         for (p, group) in t.groups.iter().enumerate() {
@@ -190,7 +213,10 @@ impl Engine {
                 let dir =
                     metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
                         .join(RAFT_DIR);
-                self.open_replica(shard, *group, Binding::Partition(key), dir, voters)?;
+                // A group that moved starts from its first set (membership.rs).
+                let initial = initial_sets.get(group).cloned().unwrap_or(set);
+                let binding = Binding::Partition(key);
+                self.open_replica(shard, *group, binding, dir, voters, initial)?;
             } else {
                 let (tx, rx) = flume::bounded(1);
                 let g = *group;

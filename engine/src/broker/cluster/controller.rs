@@ -61,11 +61,23 @@ impl Engine {
             } => self.apply_create(offset, request_id, &name, config, placement),
             Command::DeleteTopic { name, .. } => self.apply_delete(offset, request_id, &name),
             Command::Security { change, .. } => self.apply_security(offset, request_id, &change),
+            Command::Reassign {
+                name,
+                partition,
+                replicas,
+                ..
+            } => self.apply_reassign(offset, request_id, &name, partition, replicas),
+            Command::ReassignDone {
+                name,
+                partition,
+                replicas,
+                ..
+            } => self.apply_reassign_done(offset, request_id, &name, partition, replicas),
         })
     }
 
     /// Records a command as applied in the metadata file.
-    fn mark_applied(next: &mut metadata::Metadata, offset: u64, request_id: u64) {
+    pub(super) fn mark_applied(next: &mut metadata::Metadata, offset: u64, request_id: u64) {
         next.controller_applied = offset + 1;
         next.recent_requests.push(request_id);
         let excess = next
@@ -125,7 +137,7 @@ impl Engine {
         if name == crate::groups::OFFSETS_TOPIC {
             self.offsets_created(&t)?;
         }
-        self.open_topic_replicas(name, &t)?;
+        self.open_topic_replicas(name, &t, &std::collections::BTreeMap::new())?;
         let meta = lock(&self.inner.control)?;
         self.publish_routes(&meta);
         tracing::info!(

@@ -230,13 +230,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         if index < log.committed || log.match_term(index, term) || m.term < self.term() {
             return Some(m);
         }
-        let cs = meta.get_conf_state();
-        let mut voters = cs.get_voters().to_vec();
-        voters.sort_unstable();
-        let static_set = cs.get_learners().is_empty()
-            && cs.get_voters_outgoing().is_empty()
-            && cs.get_learners_next().is_empty();
-        if voters != self.voters() || !static_set {
+        if !super::membership::conf_names(meta.get_conf_state(), self.id) {
             tracing::warn!(
                 group = self.group,
                 "snapshot of another replica set dropped"
@@ -296,7 +290,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         }
         match wire {
             Wire::Request(r, peer) => {
-                let ok = self.is_leader() && self.voters().contains(&peer) && peer != self.id;
+                let ok = self.is_leader() && self.is_member(peer) && peer != self.id;
                 if ok {
                     self.snap.sent.insert(peer, 0);
                     self.snap.requests.retain(|q| q.to != peer);
@@ -476,6 +470,8 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         self.applied = self.applied.max(base.index);
         self.high_watermark = self.high_watermark.max(end_offset);
         self.snap.installed += 1;
+        self.snapshot_conf(base.index, meta.get_conf_state())
+            .await?;
         Ok(())
     }
 
@@ -507,14 +503,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
         } else {
             Vec::new()
         };
-        let disk: Vec<DiskEntry> = entries
-            .iter()
-            .map(|e| DiskEntry {
-                index: e.index,
-                term: e.term,
-                data: e.data.clone(),
-            })
-            .collect();
+        let disk: Vec<DiskEntry> = entries.iter().map(super::disk_entry).collect();
         let base = SnapBase {
             index: self.compacted_index,
             term: self.compacted_term,

@@ -3,6 +3,7 @@
 use super::{Limits, check_name, check_topics};
 use crate::HANDSHAKE_APIS_MAX;
 use crate::error::{WireError, limit};
+use crate::membership::*;
 use crate::messages::*;
 use crate::ops::*;
 
@@ -123,5 +124,12 @@ impl Limits for AlterSecurityRequest {
         check_name("description bytes", &self.description)?;
         check_name("resource bytes", &self.resource)?;
         check_name("operation bytes", &self.operation)
+    }
+}
+
+impl Limits for ReassignPartitionRequest {
+    fn check(&self) -> Result<(), WireError> {
+        check_name("topic name bytes", &self.name)?;
+        limit("replicas", self.replicas.len(), REASSIGN_REPLICAS_MAX)
     }
 }
