@@ -183,21 +183,30 @@ impl Engine {
             let set = t.replica_sets.get(p).cloned().unwrap_or_default();
             // Preferred leader first (the host's balancer reads it there).
             let voters = preferred_first(name, p as u32, &set, &state.nodes);
-            if voters.contains(&state.node_id) {
-                let dir =
-                    metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
-                        .join(RAFT_DIR);
-                self.open_replica(shard, *group, Binding::Partition(key), dir, voters)?;
-            } else {
-                let (tx, rx) = flume::bounded(1);
-                let g = *group;
-                self.send(
-                    shard,
-                    Request::Run(Box::new(move |local: &LocalShard| {
-                        let _ = tx.send(local.set_replicated(&key, Some(g)));
-                    })),
-                )?;
-                recv(rx)?;
+            let mut bound = vec![(*group, key, std::path::PathBuf::new())];
+            if t.config.queue.is_some() {
+                // A queue's ack log has its own group with the same replicas (queue/replicated.rs).
+                let ack_key = crate::queue::ack_key(&bound[0].1);
+                let dir = std::path::PathBuf::from(crate::queue::ACK_LOG_DIR);
+                bound.push((crate::queue::replicated::ack_group(*group), ack_key, dir));
+            }
+            for (g, key, sub) in bound {
+                if voters.contains(&state.node_id) {
+                    let dir =
+                        metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
+                            .join(sub)
+                            .join(RAFT_DIR);
+                    self.open_replica(shard, g, Binding::Partition(key), dir, voters.clone())?;
+                } else {
+                    let (tx, rx) = flume::bounded(1);
+                    self.send(
+                        shard,
+                        Request::Run(Box::new(move |local: &LocalShard| {
+                            let _ = tx.send(local.set_replicated(&key, Some(g)));
+                        })),
+                    )?;
+                    recv(rx)?;
+                }
             }
         }
         Ok(())
@@ -206,10 +215,14 @@ impl Engine {
     /// Removes this node's replicas of a topic from their hosts (before its files go).
     pub(super) fn close_topic_replicas(&self, t: &TopicMeta) -> Result<()> {
         let state = self.cluster()?.clone();
-        for (p, group) in t.groups.iter().enumerate() {
-            lock_routes(&state)?.remove(group);
+        let acks = t.config.queue.is_some();
+        let groups = t.groups.iter().enumerate().flat_map(|(p, g)| {
+            let ack = acks.then(|| (p, crate::queue::replicated::ack_group(*g)));
+            std::iter::once((p, *g)).chain(ack)
+        });
+        for (p, g) in groups {
+            lock_routes(&state)?.remove(&g);
             let (tx, rx) = flume::bounded(1);
-            let g = *group;
             self.send(
                 t.shards[p] as usize,
                 Request::Run(Box::new(move |_: &LocalShard| match host() {
@@ -272,11 +285,6 @@ impl Engine {
                 "replicas {} exceeds the cluster's {n} nodes",
                 config.replicas
             )));
-        }
-        if config.queue.is_some() && config.replicas > 1 {
-            return Err(Error::InvalidArgument(
-                "work queues on replicated topics are not supported yet".into(),
-            ));
         }
         if config.encrypted && self.inner.keyring.is_none() {
             return Err(Error::InvalidArgument(

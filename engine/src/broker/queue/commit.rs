@@ -151,6 +151,15 @@ impl<W> GroupCommit<W> {
         })
     }
 
+    /// Drops every record queued and not yet taken (a queue leader that lost its term: they
+    /// would not commit) and returns their waiters. A running writer keeps running (it ends
+    /// at its next `take`).
+    pub(crate) fn discard(&mut self) -> Vec<W> {
+        self.pending.clear();
+        self.snapshot_at = None;
+        self.waiters.drain(..).map(|(_, w)| w).collect()
+    }
+
     /// Whether a writer is running.
     #[cfg(test)]
     pub(crate) fn writing(&self) -> bool {
@@ -175,6 +184,25 @@ mod tests {
 
     fn size(r: &AckRecord) -> usize {
         r.encode().len()
+    }
+
+    // Proves: discarding drops the queued records and hands back their waiters, and the
+    // running writer ends at its next take (no second writer is started meanwhile).
+    #[test]
+    fn discard_hands_back_waiters_and_lets_the_writer_end() {
+        let mut g: GroupCommit<u32> = GroupCommit::new(1 << 20, 100);
+        assert!(g.push([acked(1)], Some(1)));
+        assert!(!g.push([acked(2)], Some(2)));
+        assert!(!g.push_snapshot(None));
+        assert_eq!(g.discard(), vec![1, 2]);
+        assert_eq!(g.queued(), 0);
+        assert!(g.writing());
+        assert!(g.take(size).is_none(), "nothing left: the writer ends");
+        assert!(!g.writing());
+        assert!(
+            g.push([acked(3)], Some(3)),
+            "a later push starts a writer again"
+        );
     }
 
     // Proves: concurrent pushes while a group is being written become one next group with all
