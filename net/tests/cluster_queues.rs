@@ -218,6 +218,17 @@ fn a_queue_keeps_serving_and_loses_no_ack_when_its_leader_is_sigkilled() {
         .queue_receive(QUEUE, Some(0), 10, None, Duration::from_millis(300))
         .unwrap();
     assert!(left.is_empty(), "{} messages left", left.len());
+    // Any-partition receives and the stats follow the leader too.
+    let any = consumer
+        .queue_receive(QUEUE, None, 10, None, Duration::from_millis(100))
+        .unwrap();
+    assert!(any.is_empty());
+    let stats = consumer.queue_stats(QUEUE).unwrap();
+    assert_eq!((stats[0].depth, stats[0].in_flight), (0, 0), "{stats:?}");
+    assert!(
+        stats[0].acked > 0,
+        "the new leader counts its acks: {stats:?}"
+    );
     c.kill_all();
     eprintln!(
         "cluster queues: {} deliveries for {MESSAGES} messages, {} errors, second half {failover:?}, total {:?}",

@@ -170,7 +170,10 @@ impl Client {
         let request = Request::QueueStats(QueueStatsRequest {
             topic: topic.to_string(),
         });
-        Ok(expect_response!(self.call_bootstrap(request).await?, QueueStats)?.partitions)
+        // On a cluster: partition 0's leader (it answers when it serves every partition).
+        let timeout = self.config().request_timeout;
+        let r = self.call_queue_leader(topic, 0, &request, timeout).await?;
+        Ok(expect_response!(r, QueueStats)?.partitions)
     }
 
     /// Messages not yet acked, in offset order, without leasing them.
