@@ -226,6 +226,9 @@ fn run(sabotage: bool) -> Outcome {
         let results = net.engine(second).queue_ack(QUEUE, 0, &receipts).unwrap();
         assert!(results.iter().all(Result::is_ok), "{results:?}");
     }
+    if !sabotage {
+        restart_and_delete(&net, first, dirs[(first - 1) as usize].path());
+    }
     for n in net.up() {
         net.engine(n).shutdown().unwrap();
     }
@@ -233,6 +236,34 @@ fn run(sabotage: bool) -> Outcome {
         acked,
         leased,
         redelivered,
+    }
+}
+
+/// The first leader restarts from its directory: leadership settles back on it (its
+/// preferred replica) and it serves a queue with every message acked (it rebuilt from the ack
+/// log it caught up); then the topic is deleted through the controller, ack groups included.
+fn restart_and_delete(net: &Arc<Net>, first: NodeId, dir: &std::path::Path) {
+    start(net, first, dir);
+    let back = settled_leader(net);
+    assert_eq!(back, first, "the preferred replica leads again");
+    eprintln!("node {first} restarted and leads the queue again");
+    let left = net
+        .engine(back)
+        .queue_receive(QUEUE, 0, options(100, 300))
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "acked messages came back after the restart: {left:?}"
+    );
+    let stats = net.engine(back).queue_stats(QUEUE).unwrap();
+    assert_eq!((stats[0].depth, stats[0].in_flight), (0, 0), "{stats:?}");
+    futures_lite::future::block_on(net.engine(back).delete_topic_replicated(QUEUE)).unwrap();
+    let gone = Instant::now() + Duration::from_secs(10);
+    for n in net.up() {
+        while net.engine(n).route(QUEUE).is_ok() {
+            assert!(Instant::now() < gone, "node {n} still has the queue");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -161,8 +161,7 @@ impl<W> GroupCommit<W> {
     }
 
     /// Whether a writer is running.
-    #[cfg(test)]
-    pub(crate) fn writing(&self) -> bool {
+    pub(crate) fn is_writing(&self) -> bool {
         self.writing
     }
 
@@ -196,9 +195,9 @@ mod tests {
         assert!(!g.push_snapshot(None));
         assert_eq!(g.discard(), vec![1, 2]);
         assert_eq!(g.queued(), 0);
-        assert!(g.writing());
+        assert!(g.is_writing());
         assert!(g.take(size).is_none(), "nothing left: the writer ends");
-        assert!(!g.writing());
+        assert!(!g.is_writing());
         assert!(
             g.push([acked(3)], Some(3)),
             "a later push starts a writer again"
@@ -232,7 +231,7 @@ mod tests {
         assert_eq!(second.records.len(), 4);
         assert_eq!(second.waiters, vec![2, 3]);
         assert!(g.take(size).is_none(), "nothing left: the writer ends");
-        assert!(!g.writing());
+        assert!(!g.is_writing());
         assert!(g.push([acked(5)], None), "a later push starts a new writer");
     }
 

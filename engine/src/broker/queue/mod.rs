@@ -506,6 +506,7 @@ async fn write_groups(shard: LocalShard, q: Rc<QueueCtx>) {
         let r = write_group(&shard, &q, group.records, snapshot, durable).await;
         if let Err(e) = &r {
             tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "writing ack-log records failed");
+            replicated::write_failed(&shard, &q);
         }
         for w in group.waiters {
             let _ = w.send(match &r {

@@ -57,6 +57,11 @@ pub(crate) fn data_key_of(ack_key: &PartitionKey) -> Option<PartitionKey> {
         .map(|t| (t.into(), ack_key.1))
 }
 
+/// How long a rebuild waits for the ack-log writer to finish its write in flight, and how
+/// often it looks.
+const WRITER_IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+const WRITER_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Test sabotage: a new queue leader starts from an empty state instead of its replicated
 /// ack log (engine/tests/cluster_queues.rs shows acked messages then come back).
 static SKIP_REBUILD: AtomicBool = AtomicBool::new(false);
@@ -162,24 +167,34 @@ pub(crate) fn observe(shard: &LocalShard, me: NodeId, ack_key: &PartitionKey, se
     }
 }
 
-/// The node became the queue's leader in `term`: the state is rebuilt from the ack log, as
-/// a restart does, then served.
+/// The node became the queue's leader in `term` (or its ack-log write failed while it
+/// leads): the state is rebuilt from the ack log, as a restart does, then served.
+///
+/// Records queued and not yet written are dropped first (they never commit in this term:
+/// whoever waits hears `NotLeader`, the client retries) and the rebuild waits until the
+/// writer is idle, so no ack can commit after the replay without being in it.
 async fn rebuild(shard: LocalShard, q: Rc<QueueCtx>, term: u64) {
-    let r = rebuild_inner(&shard, &q).await;
     let Some(l) = &q.repl else { return };
+    for w in q.commit.borrow_mut().discard() {
+        let _ = w.send(Err(l
+            .check(&q.key)
+            .err()
+            .unwrap_or_else(|| not_a_queue(&q.key))));
+    }
+    let idle_by = std::time::Instant::now() + WRITER_IDLE_WAIT;
+    while q.commit.borrow().is_writing() && std::time::Instant::now() < idle_by {
+        rt::sleep(WRITER_IDLE_POLL).await;
+    }
+    let r = if q.commit.borrow().is_writing() {
+        Err(Error::Runtime("the ack-log writer is still busy".into()))
+    } else {
+        rebuild_inner(&shard, &q).await
+    };
     l.rebuilding.set(false);
     match r {
         Ok((st, records)) => {
             if !l.ready.get() || l.term.get() != term {
                 return;
-            }
-            // Records queued in an older term never commit in this one: whoever waits for
-            // them hears `NotLeader` (their client retries here).
-            for w in q.commit.borrow_mut().discard() {
-                let _ = w.send(Err(l
-                    .check(&q.key)
-                    .err()
-                    .unwrap_or_else(|| not_a_queue(&q.key))));
             }
             *q.state.borrow_mut() = st;
             l.serving.set(Some(term));
@@ -189,6 +204,20 @@ async fn rebuild(shard: LocalShard, q: Rc<QueueCtx>, term: u64) {
         Err(e) => {
             tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "queue state not rebuilt; retried next round");
         }
+    }
+}
+
+/// A durable ack-log write of a replicated queue failed (lost leadership, a leadership
+/// transfer, a full disk): the in-memory state may hold decisions that never committed (an
+/// ack whose retry would otherwise answer `MESSAGE_DONE`), so the node stops serving and, if
+/// it still leads, rebuilds from the committed ack log.
+pub(super) fn write_failed(shard: &LocalShard, q: &Rc<QueueCtx>) {
+    let Some(l) = &q.repl else { return };
+    l.serving.set(None);
+    q.changed.notify_all();
+    if l.ready.get() && !l.rebuilding.get() {
+        l.rebuilding.set(true);
+        rt::spawn_local(rebuild(shard.clone(), q.clone(), l.term.get()));
     }
 }
 
