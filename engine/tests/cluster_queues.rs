@@ -3,11 +3,14 @@
 //! of `common`.
 //!
 //! A queue topic with three replicas: its leader serves (it is the partition's leader: the ack
-//! group follows it), the others answer `NotLeader` naming it. Some messages are received and
+//! group follows it), the others answer receive, ack, nack, change-visibility and peek with
+//! `NotLeader` naming it. Some messages are received and
 //! some of those acked; the leader's engine shuts down; the next leader redelivers exactly the
 //! messages never acked (the leased ones at once, attempt 2) and never an acked one. The same
 //! run with the new leader's rebuild from the replicated ack log switched off
-//! (`sabotage_skip_rebuild`) must show acked messages coming back: the check can fail.
+//! (`sabotage_skip_rebuild`) must show acked messages coming back: the check can fail. After
+//! the normal run the first leader restarts, leads again (preferred replica) with every ack,
+//! and the queue is deleted through the controller.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
@@ -183,15 +186,20 @@ fn run(sabotage: bool) -> Outcome {
             assert!(Instant::now() < named, "node {n} names no leader");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let r = net.engine(n).queue_ack(
-            QUEUE,
-            0,
-            &[shardline_engine::Receipt {
-                offset: 0,
-                attempt: 1,
-            }],
-        );
-        assert!(matches!(r, Err(Error::NotLeader { .. })), "{r:?}");
+        let e = net.engine(n);
+        let receipt = [shardline_engine::Receipt {
+            offset: 0,
+            attempt: 1,
+        }];
+        for r in [
+            e.queue_ack(QUEUE, 0, &receipt),
+            e.queue_nack(QUEUE, 0, &receipt, None),
+            e.queue_change_visibility(QUEUE, 0, &receipt, 0),
+        ] {
+            assert!(matches!(r, Err(Error::NotLeader { .. })), "{r:?}");
+        }
+        let peek = e.queue_peek(QUEUE, 0, 10);
+        assert!(matches!(peek, Err(Error::NotLeader { .. })), "{peek:?}");
     }
 
     // Receive some, ack some (answered once committed on a majority).

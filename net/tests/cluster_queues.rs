@@ -229,6 +229,19 @@ fn a_queue_keeps_serving_and_loses_no_ack_when_its_leader_is_sigkilled() {
         stats[0].acked > 0,
         "the new leader counts its acks: {stats:?}"
     );
+    // The CLI follows the leader through the bootstrap list (the dead node included).
+    let out = std::process::Command::new(BIN)
+        .args(["--addr", &c.bootstrap(), "queue", "stats", QUEUE, "--json"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "queue stats: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("\"depth\":0,"), "{text}");
     c.kill_all();
     eprintln!(
         "cluster queues: {} deliveries for {MESSAGES} messages, {} errors, second half {failover:?}, total {:?}",
