@@ -278,6 +278,10 @@ impl Engine {
     ) -> Result<TopicInfo> {
         config::validate_topic_name(name)?;
         config::validate_topic_config(&config)?;
+        if let Some(q) = &config.queue {
+            // Checked before proposing: every node opens the queue when the create applies.
+            q.validate()?;
+        }
         let state = self.cluster()?.clone();
         let n = state.nodes.len();
         if config.replicas as usize > n {

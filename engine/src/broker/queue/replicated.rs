@@ -61,6 +61,8 @@ pub(crate) fn data_key_of(ack_key: &PartitionKey) -> Option<PartitionKey> {
 /// often it looks.
 const WRITER_IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 const WRITER_IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// Wait before a failed rebuild is tried again (while the node still leads).
+const REBUILD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Test sabotage: a new queue leader starts from an empty state instead of its replicated
 /// ack log (engine/tests/cluster_queues.rs shows acked messages then come back).
@@ -193,7 +195,13 @@ async fn rebuild(shard: LocalShard, q: Rc<QueueCtx>, term: u64) {
     l.rebuilding.set(false);
     match r {
         Ok((st, records)) => {
-            if !l.ready.get() || l.term.get() != term {
+            if !l.ready.get() {
+                return;
+            }
+            if l.term.get() != term {
+                // Leadership moved on and came back meanwhile: rebuild for the new term.
+                l.rebuilding.set(true);
+                rt::spawn_local(rebuild(shard.clone(), q.clone(), l.term.get()));
                 return;
             }
             *q.state.borrow_mut() = st;
@@ -202,7 +210,12 @@ async fn rebuild(shard: LocalShard, q: Rc<QueueCtx>, term: u64) {
             q.changed.notify_all();
         }
         Err(e) => {
-            tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "queue state not rebuilt; retried next round");
+            tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "queue state not rebuilt; retrying");
+            rt::sleep(REBUILD_RETRY).await;
+            if l.ready.get() && !l.rebuilding.get() && !q.closed.get() {
+                l.rebuilding.set(true);
+                rt::spawn_local(rebuild(shard.clone(), q.clone(), l.term.get()));
+            }
         }
     }
 }
@@ -244,7 +257,7 @@ pub(crate) fn follow_data_leaders<S: Storage, T>(
     let me = node.id();
     let due: Vec<(GroupId, NodeId)> = node
         .groups()
-        .filter(|r| r.is_leader() && !r.transferring())
+        .filter(|r| data_group_of(r.group()).is_some() && r.is_leader() && !r.transferring())
         .filter_map(|r| {
             let data = node.get(data_group_of(r.group())?)?;
             let to = data.leader().filter(|&l| l != me && !data.is_leader())?;
