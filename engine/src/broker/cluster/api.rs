@@ -183,30 +183,54 @@ impl Engine {
             let set = t.replica_sets.get(p).cloned().unwrap_or_default();
             // Preferred leader first (the host's balancer reads it there).
             let voters = preferred_first(name, p as u32, &set, &state.nodes);
-            let mut bound = vec![(*group, key, std::path::PathBuf::new())];
-            if t.config.queue.is_some() {
-                // A queue's ack log has its own group with the same replicas (queue/replicated.rs).
-                let ack_key = crate::queue::ack_key(&bound[0].1);
-                let dir = std::path::PathBuf::from(crate::queue::ACK_LOG_DIR);
-                bound.push((crate::queue::replicated::ack_group(*group), ack_key, dir));
+            if voters.contains(&state.node_id) {
+                let dir =
+                    metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
+                        .join(RAFT_DIR);
+                self.open_replica(shard, *group, Binding::Partition(key), dir, voters)?;
+            } else {
+                let (tx, rx) = flume::bounded(1);
+                let g = *group;
+                self.send(
+                    shard,
+                    Request::Run(Box::new(move |local: &LocalShard| {
+                        let _ = tx.send(local.set_replicated(&key, Some(g)));
+                    })),
+                )?;
+                recv(rx)?;
             }
-            for (g, key, sub) in bound {
-                if voters.contains(&state.node_id) {
-                    let dir =
-                        metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
-                            .join(sub)
-                            .join(RAFT_DIR);
-                    self.open_replica(shard, g, Binding::Partition(key), dir, voters.clone())?;
-                } else {
-                    let (tx, rx) = flume::bounded(1);
-                    self.send(
-                        shard,
-                        Request::Run(Box::new(move |local: &LocalShard| {
-                            let _ = tx.send(local.set_replicated(&key, Some(g)));
-                        })),
-                    )?;
-                    recv(rx)?;
-                }
+        }
+        if t.config.queue.is_some() {
+            self.open_ack_replicas(name, t)?;
+        }
+        Ok(())
+    }
+
+    /// A queue topic's ack groups (queue/replicated.rs): one per partition, the partition's
+    /// replicas, bound to the queue's ack log (`queue-acks/`, Raft files in its `raft/`).
+    fn open_ack_replicas(&self, name: &str, t: &TopicMeta) -> Result<()> {
+        let state = self.cluster()?.clone();
+        for (p, group) in t.groups.iter().enumerate() {
+            let shard = t.shards[p] as usize;
+            let key = crate::queue::ack_key(&(Arc::from(name), p as u32));
+            let g = crate::queue::replicated::ack_group(*group);
+            let set = t.replica_sets.get(p).cloned().unwrap_or_default();
+            let voters = preferred_first(name, p as u32, &set, &state.nodes);
+            if voters.contains(&state.node_id) {
+                let dir =
+                    metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
+                        .join(crate::queue::ACK_LOG_DIR)
+                        .join(RAFT_DIR);
+                self.open_replica(shard, g, Binding::Partition(key), dir, voters)?;
+            } else {
+                let (tx, rx) = flume::bounded(1);
+                self.send(
+                    shard,
+                    Request::Run(Box::new(move |local: &LocalShard| {
+                        let _ = tx.send(local.set_replicated(&key, Some(g)));
+                    })),
+                )?;
+                recv(rx)?;
             }
         }
         Ok(())
