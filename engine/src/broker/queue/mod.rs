@@ -537,7 +537,12 @@ async fn write_group(
     if durable {
         // Replicated: answered once committed (on one node `all` is `durable`).
         let (tx, rx) = flume::bounded(1);
-        shard.produce(q.ack_key.clone(), batch, Acks::All, Some(tx));
+        shard.produce(
+            q.ack_key.clone(),
+            batch,
+            replicated::durable_acks(),
+            Some(tx),
+        );
         rx.recv_async()
             .await
             .map_err(|_| Error::ShuttingDown)?

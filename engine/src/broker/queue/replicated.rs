@@ -74,6 +74,26 @@ pub fn sabotage_skip_rebuild(on: bool) {
     SKIP_REBUILD.store(on, Ordering::Relaxed);
 }
 
+/// Test sabotage: durable ack-log records (acks) are answered after the leader's own fsync
+/// (`durable`) instead of once committed (`all`); a leader cut off from the majority then
+/// answers acks that never commit (engine/tests/cluster_queues.rs shows it).
+static ACK_AT_DURABLE: AtomicBool = AtomicBool::new(false);
+
+/// Turns the sabotage on or off, for every engine of the process (tests only).
+#[doc(hidden)]
+pub fn sabotage_ack_at_durable(on: bool) {
+    ACK_AT_DURABLE.store(on, Ordering::Relaxed);
+}
+
+/// The level durable ack-log records are written at: `all` (on one node that is `durable`).
+pub(super) fn durable_acks() -> crate::api::Acks {
+    if ACK_AT_DURABLE.load(Ordering::Relaxed) {
+        crate::api::Acks::Durable
+    } else {
+        crate::api::Acks::All
+    }
+}
+
 /// What this node knows of a replicated queue partition's leadership (on its shard).
 #[derive(Debug, Default)]
 pub(super) struct Leadership {
