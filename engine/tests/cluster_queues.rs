@@ -60,12 +60,7 @@ fn options(max: usize, wait_ms: u64) -> ReceiveOptions {
 
 /// The node that serves the queue now (bounded: 15 s), after checking that every other node
 /// answers `NotLeader` for the queue's topic.
-fn queue_leader(net: &Net) -> NodeId {
-    queue_leader_but(net, None)
-}
-
-/// [`queue_leader`] among the nodes up but `cut` (a node cut off may serve until it steps
-/// down).
+/// (`cut`: a node cut off, left out: it may serve until it steps down.)
 fn queue_leader_but(net: &Net, cut: Option<NodeId>) -> NodeId {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
