@@ -39,8 +39,8 @@ use crate::util::LocalNotify;
 
 mod api;
 mod controller;
-mod security;
 mod membership;
+mod security;
 mod snapshots;
 
 pub use security::{SECURITY_CHANGE_BYTES_MAX, SecurityChanges, SecurityHook};
@@ -205,6 +205,11 @@ pub(crate) struct ClusterState {
 impl ClusterState {
     pub(crate) fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// Every node of the cluster, sorted.
+    pub(crate) fn nodes(&self) -> &[NodeId] {
+        &self.nodes
     }
 }
 
@@ -501,14 +506,23 @@ impl Host {
     /// (`balance.rs`; the preferred leader is the first voter of the replica's spec).
     fn balance(&self, balancer: &mut Balancer, ticks: u32, node: &mut Node) {
         let specs = self.specs.borrow();
+        // A queue's ack group follows its partition's leader instead (queue/replicated.rs).
         let started = balancer.on_ticks(ticks, node, |g| {
             specs
                 .get(&g)
                 .filter(|s| matches!(s.binding, Binding::Partition(_)))
+                .filter(|_| crate::queue::replicated::data_group_of(g).is_none())
                 .and_then(|s| s.voters.first().copied())
         });
         for (group, to) in started {
             tracing::info!(group, to, "leadership transfer to the preferred replica");
+        }
+        for (group, to) in crate::queue::replicated::follow_data_leaders(node) {
+            tracing::info!(
+                group,
+                to,
+                "queue ack group: leadership transfer to the partition's leader"
+            );
         }
     }
 
@@ -549,6 +563,8 @@ impl Host {
                     let done = self.apply_partition(r, key);
                     if key.0.as_ref() == crate::groups::OFFSETS_TOPIC {
                         self.observe_offsets(r, key);
+                    } else if crate::queue::replicated::data_group_of(*g).is_some() {
+                        self.observe_queue(r, key);
                     }
                     !done
                 }
@@ -585,20 +601,32 @@ impl Host {
 
     /// Hook: what the group coordinators need of an `__offsets` replica (groups/replicated.rs).
     fn observe_offsets(&self, r: &Replica, key: &PartitionKey) {
-        let Ok(p) = self.shard.partition(key) else {
-            return;
-        };
-        self.state.offsets.observe(
-            key.1,
-            crate::groups::replicated::ReplicaSeen {
-                is_leader: r.is_leader(),
-                leader: r.leader(),
-                term: r.term(),
-                applied_index: r.commit_index(),
-                last_index: r.last_index(),
-                log_caught_up: p.watermarks().next_offset >= r.high_watermark(),
-            },
-        );
+        if let Some(seen) = self.seen(r, key) {
+            self.state.offsets.observe(key.1, seen);
+        }
+    }
+
+    /// Hook: what a work queue needs of its ack group's replica (queue/replicated.rs).
+    fn observe_queue(&self, r: &Replica, ack_key: &PartitionKey) {
+        if let Some(seen) = self.seen(r, ack_key) {
+            crate::queue::replicated::observe(&self.shard, self.state.node_id, ack_key, seen);
+        }
+    }
+
+    fn seen(
+        &self,
+        r: &Replica,
+        key: &PartitionKey,
+    ) -> Option<crate::groups::replicated::ReplicaSeen> {
+        let p = self.shard.partition(key).ok()?;
+        Some(crate::groups::replicated::ReplicaSeen {
+            is_leader: r.is_leader(),
+            leader: r.leader(),
+            term: r.term(),
+            applied_index: r.commit_index(),
+            last_index: r.last_index(),
+            log_caught_up: p.watermarks().next_offset >= r.high_watermark(),
+        })
     }
 
     /// Applies `r`'s committed batches to the partition log; `true`: all applied (or the

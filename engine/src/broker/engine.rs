@@ -459,6 +459,7 @@ impl Engine {
                     config: q.clone(),
                     dir,
                     log: log.clone(),
+                    group: t.groups.get(p).copied(),
                     reply: tx,
                 }),
             )?;

@@ -32,7 +32,7 @@ pub(crate) fn slot_of(group: &str, partitions: usize) -> usize {
 }
 
 /// Waits `d` without blocking the caller's executor (the client has no timer of its own).
-async fn pause(d: Duration) {
+pub(crate) async fn pause(d: Duration) {
     let (tx, rx) = flume::bounded::<()>(1);
     let spawned = std::thread::Builder::new()
         .name("shardline-retry-pause".into())

@@ -50,6 +50,7 @@ mod partitioner;
 mod pool;
 mod producer;
 mod queue;
+mod queue_leader;
 mod tls;
 
 #[cfg(test)]

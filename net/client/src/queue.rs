@@ -78,14 +78,12 @@ impl Client {
             visibility_timeout_ms: visibility.map_or(0, millis),
             max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
         });
-        let c = match partition {
-            Some(p) => self.connection_for(topic, p).await?,
-            None => self.connection_for(topic, 0).await?,
-        };
-        let r = c
-            .call(&request, self.config().request_timeout + max_wait)
-            .await;
-        Ok(expect_response!(self.note_stale(topic, r)?, QueueReceive)?.messages)
+        // Without a partition: the server of partition 0's leader answers.
+        let timeout = self.config().request_timeout + max_wait;
+        let r = self
+            .call_queue_leader(topic, partition.unwrap_or(0), &request, timeout)
+            .await?;
+        Ok(expect_response!(r, QueueReceive)?.messages)
     }
 
     /// Acks deliveries; one code per receipt (`code::NONE` when acked, durably).
@@ -172,7 +170,10 @@ impl Client {
         let request = Request::QueueStats(QueueStatsRequest {
             topic: topic.to_string(),
         });
-        Ok(expect_response!(self.call_bootstrap(request).await?, QueueStats)?.partitions)
+        // On a cluster: partition 0's leader (it answers when it serves every partition).
+        let timeout = self.config().request_timeout;
+        let r = self.call_queue_leader(topic, 0, &request, timeout).await?;
+        Ok(expect_response!(r, QueueStats)?.partitions)
     }
 
     /// Messages not yet acked, in offset order, without leasing them.
@@ -196,9 +197,11 @@ impl Client {
             partition,
             max_messages: max,
         });
-        let c = self.connection_for(topic, partition).await?;
-        let r = c.call(&request, self.config().request_timeout).await;
-        Ok(expect_response!(self.note_stale(topic, r)?, QueuePeek)?.messages)
+        let timeout = self.config().request_timeout;
+        let r = self
+            .call_queue_leader(topic, partition, &request, timeout)
+            .await?;
+        Ok(expect_response!(r, QueuePeek)?.messages)
     }
 
     /// Moves up to `max` dead-lettered messages back to where they came from.
@@ -219,7 +222,7 @@ impl Client {
     }
 
     /// Sends a lease request to the shard of its first receipt's partition (the server
-    /// forwards the others).
+    /// forwards the others), on a cluster to that partition's leader (queue_leader.rs).
     async fn queue_call(
         &self,
         topic: &str,
@@ -227,9 +230,8 @@ impl Client {
         request: Request,
     ) -> Result<crate::protocol::Response, ClientError> {
         let p = receipts.first().map_or(0, |r| r.partition);
-        let c = self.connection_for(topic, p).await?;
-        let r = c.call(&request, self.config().request_timeout).await;
-        self.note_stale(topic, r)
+        let timeout = self.config().request_timeout;
+        self.call_queue_leader(topic, p, &request, timeout).await
     }
 }
 

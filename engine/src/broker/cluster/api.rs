@@ -229,16 +229,60 @@ impl Engine {
                 recv(rx)?;
             }
         }
+        if t.config.queue.is_some() {
+            self.open_ack_replicas(name, t)?;
+        }
+        Ok(())
+    }
+
+    /// A queue topic's ack groups (queue/replicated.rs): one per partition, the partition's
+    /// replicas, bound to the queue's ack log (`queue-acks/`, Raft files in its `raft/`).
+    fn open_ack_replicas(&self, name: &str, t: &TopicMeta) -> Result<()> {
+        let state = self.cluster()?.clone();
+        for (p, group) in t.groups.iter().enumerate() {
+            let shard = t.shards[p] as usize;
+            let key = crate::queue::ack_key(&(Arc::from(name), p as u32));
+            let g = crate::queue::replicated::ack_group(*group);
+            let set = t.replica_sets.get(p).cloned().unwrap_or_default();
+            let voters = preferred_first(name, p as u32, &set, &state.nodes);
+            if voters.contains(&state.node_id) {
+                let dir =
+                    metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
+                        .join(crate::queue::ACK_LOG_DIR)
+                        .join(RAFT_DIR);
+                self.open_replica(
+                    shard,
+                    g,
+                    Binding::Partition(key),
+                    dir,
+                    voters.clone(),
+                    voters,
+                )?;
+            } else {
+                let (tx, rx) = flume::bounded(1);
+                self.send(
+                    shard,
+                    Request::Run(Box::new(move |local: &LocalShard| {
+                        let _ = tx.send(local.set_replicated(&key, Some(g)));
+                    })),
+                )?;
+                recv(rx)?;
+            }
+        }
         Ok(())
     }
 
     /// Removes this node's replicas of a topic from their hosts (before its files go).
     pub(super) fn close_topic_replicas(&self, t: &TopicMeta) -> Result<()> {
         let state = self.cluster()?.clone();
-        for (p, group) in t.groups.iter().enumerate() {
-            lock_routes(&state)?.remove(group);
+        let acks = t.config.queue.is_some();
+        let groups = t.groups.iter().enumerate().flat_map(|(p, g)| {
+            let ack = acks.then(|| (p, crate::queue::replicated::ack_group(*g)));
+            std::iter::once((p, *g)).chain(ack)
+        });
+        for (p, g) in groups {
+            lock_routes(&state)?.remove(&g);
             let (tx, rx) = flume::bounded(1);
-            let g = *group;
             self.send(
                 t.shards[p] as usize,
                 Request::Run(Box::new(move |_: &LocalShard| match host() {
@@ -297,6 +341,10 @@ impl Engine {
     ) -> Result<TopicInfo> {
         config::validate_topic_name(name)?;
         config::validate_topic_config(&config)?;
+        if let Some(q) = &config.queue {
+            // Checked before proposing: every node opens the queue when the create applies.
+            q.validate()?;
+        }
         let state = self.cluster()?.clone();
         let n = state.nodes.len();
         if config.replicas as usize > n {
@@ -304,11 +352,6 @@ impl Engine {
                 "replicas {} exceeds the cluster's {n} nodes",
                 config.replicas
             )));
-        }
-        if config.queue.is_some() && config.replicas > 1 {
-            return Err(Error::InvalidArgument(
-                "work queues on replicated topics are not supported yet".into(),
-            ));
         }
         if config.encrypted && self.inner.keyring.is_none() {
             return Err(Error::InvalidArgument(

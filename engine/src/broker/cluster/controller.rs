@@ -137,6 +137,8 @@ impl Engine {
         if name == crate::groups::OFFSETS_TOPIC {
             self.offsets_created(&t)?;
         }
+        // Before the replicas: the ack groups apply to the ack logs the queues open.
+        self.open_queues(name, &t)?;
         self.open_topic_replicas(name, &t, &std::collections::BTreeMap::new())?;
         let meta = lock(&self.inner.control)?;
         self.publish_routes(&meta);

@@ -150,6 +150,13 @@ impl Engine {
                     "'{topic}' is not a replicated topic"
                 )));
             }
+            if t.config.queue.is_some() {
+                // The queue's ack group (queue/replicated.rs) has the partition's first
+                // replica set and is not moved with it yet.
+                return Err(Error::InvalidArgument(format!(
+                    "'{topic}' is a queue: moving queue partitions is not supported yet"
+                )));
+            }
             if partition as usize >= t.groups.len() {
                 return Err(Error::UnknownPartition {
                     topic: topic.to_string(),

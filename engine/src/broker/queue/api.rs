@@ -13,6 +13,19 @@ use crate::broker::engine::{Engine, block};
 use crate::error::{Error, Result};
 use crate::shard::Reply;
 
+/// Replicas of a queue created on a cluster without a replica count, at most.
+const CLUSTER_QUEUE_REPLICAS: usize = 3;
+
+/// The settings of the dead-letter queue `create_queue` makes for a queue with `q`.
+fn dead_letter_settings(q: &QueueConfig) -> QueueConfig {
+    QueueConfig {
+        max_deliveries: u32::MAX,
+        dead_letter_topic: None,
+        priority_levels: 1,
+        ..q.clone()
+    }
+}
+
 impl Engine {
     async fn queue_ask_async<T>(
         &self,
@@ -30,9 +43,18 @@ impl Engine {
     /// Creates a work-queue topic. If the settings name a dead-letter topic that does not
     /// exist, it is created first, as a queue with the same partition count whose messages
     /// are never dead-lettered again.
+    ///
+    /// On a cluster both go through the controller, replicated on `topic.replicas` nodes, or
+    /// on min(3, nodes) when that is 1 (docs/replication.md, "Work queues on a cluster").
     pub fn create_queue(&self, name: &str, mut topic: TopicConfig) -> Result<TopicInfo> {
         let q = topic.queue.get_or_insert_with(QueueConfig::default).clone();
         q.validate()?;
+        if let Some(c) = self.inner.cluster.get() {
+            if topic.replicas <= 1 {
+                topic.replicas = c.nodes().len().min(CLUSTER_QUEUE_REPLICAS) as u32;
+            }
+            return self.create_queue_replicated(name, topic, &q);
+        }
         if let Some(dlq) = &q.dead_letter_topic {
             if dlq == name {
                 return Err(Error::InvalidArgument(
@@ -41,12 +63,7 @@ impl Engine {
             }
             if self.route(dlq).is_err() {
                 let dlq_cfg = TopicConfig {
-                    queue: Some(QueueConfig {
-                        max_deliveries: u32::MAX,
-                        dead_letter_topic: None,
-                        priority_levels: 1,
-                        ..q.clone()
-                    }),
+                    queue: Some(dead_letter_settings(&q)),
                     ..TopicConfig::with_partitions(topic.partitions)
                 };
                 // One metadata write for both: a crash leaves the pair or neither.
@@ -58,6 +75,35 @@ impl Engine {
             }
         }
         self.create_topic(name, topic)
+    }
+
+    /// A queue (and its missing dead-letter topic, first: two controller commands) on a
+    /// cluster.
+    fn create_queue_replicated(
+        &self,
+        name: &str,
+        topic: TopicConfig,
+        q: &QueueConfig,
+    ) -> Result<TopicInfo> {
+        if let Some(dlq) = &q.dead_letter_topic {
+            if dlq == name {
+                return Err(Error::InvalidArgument(
+                    "a queue cannot be its own dead-letter topic".into(),
+                ));
+            }
+            if self.route(dlq).is_err() {
+                let dlq_cfg = TopicConfig {
+                    queue: Some(dead_letter_settings(q)),
+                    replicas: topic.replicas,
+                    ..TopicConfig::with_partitions(topic.partitions)
+                };
+                match block(self.create_topic_replicated(dlq, dlq_cfg)) {
+                    Ok(_) | Err(Error::TopicExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        block(self.create_topic_replicated(name, topic))
     }
 
     /// Leases messages of one partition (long-polls up to `options.max_wait`).

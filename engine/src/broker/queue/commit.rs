@@ -151,9 +151,17 @@ impl<W> GroupCommit<W> {
         })
     }
 
+    /// Drops every record queued and not yet taken (a queue leader that lost its term: they
+    /// would not commit) and returns their waiters. A running writer keeps running (it ends
+    /// at its next `take`).
+    pub(crate) fn discard(&mut self) -> Vec<W> {
+        self.pending.clear();
+        self.snapshot_at = None;
+        self.waiters.drain(..).map(|(_, w)| w).collect()
+    }
+
     /// Whether a writer is running.
-    #[cfg(test)]
-    pub(crate) fn writing(&self) -> bool {
+    pub(crate) fn is_writing(&self) -> bool {
         self.writing
     }
 
@@ -175,6 +183,25 @@ mod tests {
 
     fn size(r: &AckRecord) -> usize {
         r.encode().len()
+    }
+
+    // Proves: discarding drops the queued records and hands back their waiters, and the
+    // running writer ends at its next take (no second writer is started meanwhile).
+    #[test]
+    fn discard_hands_back_waiters_and_lets_the_writer_end() {
+        let mut g: GroupCommit<u32> = GroupCommit::new(1 << 20, 100);
+        assert!(g.push([acked(1)], Some(1)));
+        assert!(!g.push([acked(2)], Some(2)));
+        assert!(!g.push_snapshot(None));
+        assert_eq!(g.discard(), vec![1, 2]);
+        assert_eq!(g.queued(), 0);
+        assert!(g.is_writing());
+        assert!(g.take(size).is_none(), "nothing left: the writer ends");
+        assert!(!g.is_writing());
+        assert!(
+            g.push([acked(3)], Some(3)),
+            "a later push starts a writer again"
+        );
     }
 
     // Proves: concurrent pushes while a group is being written become one next group with all
@@ -204,7 +231,7 @@ mod tests {
         assert_eq!(second.records.len(), 4);
         assert_eq!(second.waiters, vec![2, 3]);
         assert!(g.take(size).is_none(), "nothing left: the writer ends");
-        assert!(!g.writing());
+        assert!(!g.is_writing());
         assert!(g.push([acked(5)], None), "a later push starts a new writer");
     }
 

@@ -14,6 +14,7 @@
 //! Everything here runs on the owning shard: no locks, `RefCell` borrows never cross an await.
 
 pub mod record;
+pub mod replicated;
 pub mod state;
 
 mod api;
@@ -109,10 +110,13 @@ pub(crate) fn ack_log_config(base: &LogConfig) -> LogConfig {
     }
 }
 
+/// Prefix of the name of a queue partition's ack log in the shard's partition map.
+pub(crate) const ACK_KEY_PREFIX: &str = "__queue-acks/";
+
 /// Key of a queue partition's ack log in the shard's partition map (never routed to clients:
 /// topic names cannot contain '/').
-fn ack_key(key: &PartitionKey) -> PartitionKey {
-    (format!("__queue-acks/{}", key.0).into(), key.1)
+pub(crate) fn ack_key(key: &PartitionKey) -> PartitionKey {
+    (format!("{ACK_KEY_PREFIX}{}", key.0).into(), key.1)
 }
 
 pub(crate) enum QueueRequest {
@@ -121,6 +125,8 @@ pub(crate) enum QueueRequest {
         config: QueueConfig,
         dir: PathBuf,
         log: LogConfig,
+        /// The partition's Raft group on a cluster (the queue is replicated: replicated.rs).
+        group: Option<crate::replication::GroupId>,
         reply: Reply<()>,
     },
     Receive {
@@ -200,6 +206,8 @@ struct QueueCtx {
     /// The batch reads last decoded (`decode_wanted`).
     decoded: RefCell<Option<DecodedBatch>>,
     counters: Counters,
+    /// On a cluster: who serves the queue (replicated.rs); `None` on a single node.
+    repl: Option<replicated::Leadership>,
 }
 
 fn now_ms() -> i64 {
@@ -276,9 +284,10 @@ pub(crate) fn handle(shard: &LocalShard, req: QueueRequest) {
             config,
             dir,
             log,
+            group,
             reply,
         } => rt::spawn_local(async move {
-            let r = open(&s, key, config, dir, log).await;
+            let r = open(&s, key, config, (dir, log), group).await;
             let _ = reply.send(r);
         }),
         QueueRequest::Receive {
@@ -309,13 +318,14 @@ pub(crate) fn handle(shard: &LocalShard, req: QueueRequest) {
             visibility_ms,
             reply,
         } => {
-            let r = queues(shard).and_then(|qs| qs.get(&key)).map(|q| {
+            let r = queues(shard).and_then(|qs| qs.get(&key)).and_then(|q| {
+                replicated::check(&q)?;
                 let now = now_ms();
                 let mut st = q.state.borrow_mut();
-                receipts
+                Ok(receipts
                     .iter()
                     .map(|r| st.change_visibility(*r, visibility_ms, now).map(|_| ()))
-                    .collect()
+                    .collect())
             });
             let _ = reply.send(r);
         }
@@ -337,8 +347,8 @@ async fn open(
     shard: &LocalShard,
     key: PartitionKey,
     config: QueueConfig,
-    dir: PathBuf,
-    log: LogConfig,
+    (dir, log): (PathBuf, LogConfig),
+    group: Option<crate::replication::GroupId>,
 ) -> Result<()> {
     config.validate()?;
     let p = shard.partition(&key)?;
@@ -369,10 +379,14 @@ async fn open(
         commit: RefCell::new(GroupCommit::new(snapshot_every_bytes, RECEIVE_MESSAGES_MAX)),
         decoded: RefCell::new(None),
         counters: Counters::default(),
+        repl: group.map(|_| replicated::Leadership::default()),
     });
     q.counters.lost.set(lost);
     // A fresh snapshot: the next open replays from here, and retention may drop what precedes.
-    write_snapshot(shard, &q).await?;
+    // Not on a cluster: only the queue's leader writes its ack log, through Raft.
+    if q.repl.is_none() {
+        write_snapshot(shard, &q).await?;
+    }
     queues(shard)?.map.borrow_mut().insert(key, q.clone());
     rt::spawn_local(ticker(shard.clone(), q));
     Ok(())
@@ -492,6 +506,7 @@ async fn write_groups(shard: LocalShard, q: Rc<QueueCtx>) {
         let r = write_group(&shard, &q, group.records, snapshot, durable).await;
         if let Err(e) = &r {
             tracing::warn!(topic = %q.key.0, partition = q.key.1, error = %e, "writing ack-log records failed");
+            replicated::write_failed(&shard, &q);
         }
         for w in group.waiters {
             let _ = w.send(match &r {
@@ -520,9 +535,18 @@ async fn write_group(
     }
     let batch = b.build_validated()?;
     if durable {
+        // Replicated: answered once committed (on one node `all` is `durable`).
         let (tx, rx) = flume::bounded(1);
-        shard.produce(q.ack_key.clone(), batch, Acks::Durable, Some(tx));
-        rx.recv_async().await.map_err(|_| Error::ShuttingDown)??;
+        shard.produce(
+            q.ack_key.clone(),
+            batch,
+            replicated::durable_acks(),
+            Some(tx),
+        );
+        rx.recv_async()
+            .await
+            .map_err(|_| Error::ShuttingDown)?
+            .map_err(|e| replicated::client_error(q, e))?;
     } else {
         shard.produce(q.ack_key.clone(), batch, Acks::Leader, None);
     }
@@ -533,6 +557,17 @@ async fn write_group(
 fn again(e: &Error) -> Error {
     match e {
         Error::ShuttingDown => Error::ShuttingDown,
+        Error::NotLeader {
+            topic,
+            partition,
+            leader,
+            epoch,
+        } => Error::NotLeader {
+            topic: topic.clone(),
+            partition: *partition,
+            leader: *leader,
+            epoch: *epoch,
+        },
         Error::Storage { path, source } => Error::Storage {
             path: path.clone(),
             source: std::io::Error::new(source.kind(), source.to_string()),
@@ -549,6 +584,9 @@ async fn ticker(shard: LocalShard, q: Rc<QueueCtx>) {
             Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0))
         });
         rt::sleep(wait.clamp(TICK_MIN, TICK_MAX)).await;
+        if !replicated::serving(&q) {
+            continue;
+        }
         let expired = q.state.borrow_mut().tick(now_ms());
         if !expired.is_empty() {
             q.counters
@@ -797,6 +835,7 @@ async fn receive(
         if q.closed.get() {
             return Err(not_a_queue(key));
         }
+        replicated::check(&q)?;
         let seen_log = p.version();
         let seen_queue = q.changed.version();
         fill(shard, &q).await?;
@@ -843,6 +882,7 @@ async fn ack(
     receipts: &[Receipt],
 ) -> Result<Vec<Result<(), LeaseError>>> {
     let q = queues(shard)?.get(key)?;
+    replicated::check(&q)?;
     let results: Vec<Result<(), LeaseError>> = {
         let mut st = q.state.borrow_mut();
         receipts.iter().map(|r| st.ack(*r)).collect()
@@ -867,6 +907,7 @@ fn nack(
     delay_ms: Option<u64>,
 ) -> Result<Vec<Result<(), LeaseError>>> {
     let q = queues(shard)?.get(key)?;
+    replicated::check(&q)?;
     let now = now_ms();
     let mut records = Vec::new();
     let results: Vec<Result<(), LeaseError>> = {
@@ -900,7 +941,10 @@ fn nack(
 }
 
 fn start_dead_lettering(shard: &LocalShard, q: &Rc<QueueCtx>) {
-    if q.dead_lettering.get() || q.state.borrow().counts().dead_pending == 0 {
+    if q.dead_lettering.get()
+        || !replicated::serving(q)
+        || q.state.borrow().counts().dead_pending == 0
+    {
         return;
     }
     q.dead_lettering.set(true);
@@ -919,7 +963,7 @@ async fn dead_letter(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
     let p = shard.partition(&q.key)?;
     loop {
         let mut pending = q.state.borrow().dead_pending();
-        if pending.is_empty() || q.closed.get() {
+        if pending.is_empty() || q.closed.get() || !replicated::serving(q) {
             return Ok(());
         }
         pending.truncate(DEAD_LETTER_BATCH_MAX);
@@ -949,8 +993,9 @@ async fn dead_letter(shard: &LocalShard, q: &Rc<QueueCtx>) -> Result<()> {
                     dead_headers(&m.headers, &q.key, m.offset, *attempts, *reason),
                 );
             }
+            // `all` on a replicated dead-letter topic (committed), `durable` on one node.
             engine
-                .produce_async(dlq, target, b.build()?, Acks::Durable)
+                .produce_async(dlq, target, b.build()?, Acks::All)
                 .await?;
         }
         let records: Vec<AckRecord> = receipts
@@ -995,6 +1040,7 @@ fn dead_headers(
 
 async fn stats(shard: &LocalShard, key: &PartitionKey) -> Result<QueuePartitionStats> {
     let q = queues(shard)?.get(key)?;
+    replicated::check(&q)?;
     let p = shard.partition(key)?;
     fill(shard, &q).await?;
     Ok(partition_stats(&q, &p, now_ms()))
@@ -1034,6 +1080,7 @@ fn partition_stats(q: &QueueCtx, p: &LocalPartition, now: i64) -> QueuePartition
 
 async fn peek(shard: &LocalShard, key: &PartitionKey, max: usize) -> Result<Vec<QueueMessage>> {
     let q = queues(shard)?.get(key)?;
+    replicated::check(&q)?;
     let p = shard.partition(key)?;
     fill(shard, &q).await?;
     let offsets: Vec<Receipt> = q

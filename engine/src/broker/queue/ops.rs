@@ -20,6 +20,7 @@ use crate::shard::LocalShard;
 
 pub(super) async fn purge(shard: &LocalShard, key: &PartitionKey) -> Result<PurgedPartition> {
     let q = queues(shard)?.get(key)?;
+    super::replicated::check(&q)?;
     let p = shard.partition(key)?;
     // No await between reading the end and writing the snapshot: the snapshot is exactly the
     // purged state, appended after every ack-log record that preceded the purge.

@@ -191,48 +191,65 @@ async fn receive(
                 .queue_receive_async(&m.topic, p, options(wait))
                 .await?
         }
-        None => {
-            let n = engine.route(&m.topic)?.shards.len() as u32;
-            let start = NEXT_PARTITION.with(|c| {
-                let v = c.get();
-                c.set(v.wrapping_add(1));
-                v
-            });
-            let deadline = Instant::now() + wait;
-            let mut round = 0u32;
-            loop {
-                let mut got = Vec::new();
-                for i in 0..n {
-                    let p = (start + i) % n;
-                    got = engine
-                        .queue_receive_async(&m.topic, p, options(Duration::ZERO))
-                        .await?;
-                    if !got.is_empty() {
-                        break;
-                    }
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if !got.is_empty() || left.is_zero() {
-                    break got;
-                }
-                // Long-poll one partition for a slice, then look at all again.
-                let p = (start + round) % n;
-                round += 1;
-                let slice = if n == 1 {
-                    left
-                } else {
-                    left.min(ANY_PARTITION_SLICE)
-                };
-                let got = engine
-                    .queue_receive_async(&m.topic, p, options(slice))
-                    .await?;
-                if !got.is_empty() {
-                    break got;
-                }
-            }
-        }
+        None => receive_any(engine, &m.topic, options, wait).await?,
     };
     fit(engine, &m.topic, got, budget_bytes).await
+}
+
+/// A receive from any partition: every partition once, then a long-poll slice on one at a
+/// time. On a cluster only the partitions whose queue this node serves are asked (the
+/// others answer `NotLeader`; that answer is returned when no partition is served here).
+async fn receive_any(
+    engine: &Engine,
+    topic: &str,
+    options: impl Fn(Duration) -> ReceiveOptions,
+    wait: Duration,
+) -> engine::Result<Vec<engine::QueueMessage>> {
+    let n = engine.route(topic)?.shards.len() as u32;
+    let start = NEXT_PARTITION.with(|c| {
+        let v = c.get();
+        c.set(v.wrapping_add(1));
+        v
+    });
+    let deadline = Instant::now() + wait;
+    let mut round = 0usize;
+    loop {
+        let mut served = Vec::new();
+        let mut not_leader = None;
+        for i in 0..n {
+            let p = (start + i) % n;
+            match engine
+                .queue_receive_async(topic, p, options(Duration::ZERO))
+                .await
+            {
+                Ok(got) if !got.is_empty() => return Ok(got),
+                Ok(_) => served.push(p),
+                Err(e @ engine::Error::NotLeader { .. }) => {
+                    not_leader.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let (true, Some(e)) = (served.is_empty(), not_leader) {
+            return Err(e);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || served.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Long-poll one partition for a slice, then look at all again.
+        let p = served[round % served.len()];
+        round += 1;
+        let slice = if n == 1 {
+            left
+        } else {
+            left.min(ANY_PARTITION_SLICE)
+        };
+        let got = engine.queue_receive_async(topic, p, options(slice)).await?;
+        if !got.is_empty() {
+            return Ok(got);
+        }
+    }
 }
 
 /// Keeps the messages that fit the response frame; gives the rest back at once (their
