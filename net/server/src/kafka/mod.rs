@@ -10,6 +10,8 @@
 //! gets a slot in an ordered queue of at most [`PIPELINE_MAX`] slots, so a client pipelining
 //! more than that is simply not read until the oldest answer is written. acks=0 gets no slot.
 //!
+//! A plain connection whose produces all go to one other shard moves there ([`handoff`]).
+//!
 //! [`WireProtocol`]: crate::listener::WireProtocol
 
 mod api;
@@ -21,9 +23,11 @@ mod dispatch_groups;
 mod fetch;
 mod group_api;
 pub(crate) mod groups;
+mod handoff;
 mod produce;
 mod sasl;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,6 +38,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
 use shardline_engine::Engine;
+use shardline_engine::rt::net::TcpStream;
 
 use crate::Shared;
 use crate::listener::Accepted;
@@ -146,7 +151,30 @@ pub(crate) struct KConn {
     /// SASL session and ACL cache (the native protocol's; a no-op when auth is off).
     pub(crate) auth: crate::session::ConnAuth,
     /// After a SaslHandshake v0, the next frame is a bare SASL token.
-    pub(crate) raw_sasl_next: std::cell::Cell<bool>,
+    pub(crate) raw_sasl_next: Cell<bool>,
+    /// Which shards its produces go to; whether it may move ([`handoff`]).
+    pub(crate) follow: handoff::Follow,
+}
+
+impl KConn {
+    fn new(
+        engine: Engine,
+        shard: usize,
+        shared: &Arc<Shared>,
+        peer_addr: Option<SocketAddr>,
+        certificate_name: Option<&str>,
+        follow: handoff::Follow,
+    ) -> KConn {
+        KConn {
+            engine,
+            shard,
+            shared: shared.clone(),
+            peer: peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+            auth: crate::session::ConnAuth::new(shared.auth.clone(), peer_addr, certificate_name),
+            raw_sasl_next: Cell::new(false),
+            follow,
+        }
+    }
 }
 
 /// A request's answer: the encoded response frame (size prefix included).
@@ -188,7 +216,9 @@ pub(crate) async fn serve(c: Accepted) {
         refuse,
     } = c;
     let peer_addr = stream.peer_addr().ok();
+    let mut moved = false;
     if !refuse {
+        let follow = handoff::Follow::new(&stream, &shared, &engine, 0);
         let handshake_timeout = Duration::from_millis(
             shared
                 .cfg
@@ -198,55 +228,102 @@ pub(crate) async fn serve(c: Accepted) {
         );
         match crate::tls::establish(stream, shared.tls.as_ref(), handshake_timeout).await {
             Ok((stream, peer)) => {
-                let (rd, wr) = crate::tls::split(stream);
-                let conn = Rc::new(KConn {
+                let conn = KConn::new(
                     engine,
                     shard,
-                    shared: shared.clone(),
-                    peer: peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
-                    auth: crate::session::ConnAuth::new(
-                        shared.auth.clone(),
-                        peer_addr,
-                        peer.cert_common_name.as_deref(),
-                    ),
-                    raw_sasl_next: std::cell::Cell::new(false),
-                });
-                run(conn, rd, wr).await;
+                    &shared,
+                    peer_addr,
+                    peer.cert_common_name.as_deref(),
+                    follow,
+                );
+                moved = serve_stream(conn, stream).await;
             }
             Err(e) => {
                 tracing::info!(peer = ?peer_addr, error = %e, "kafka: TLS handshake failed");
             }
         }
     }
+    if !moved {
+        closed(&shared, shard);
+    }
+}
+
+fn closed(shared: &Shared, shard: usize) {
     shared.connections.fetch_sub(1, Ordering::AcqRel);
     shared.metrics.connection_closed(shard);
 }
 
-async fn run(conn: Rc<KConn>, mut rd: crate::tls::ReadHalf, mut wr: crate::tls::WriteHalf) {
+/// Serves a plain connection that moved to this shard ([`handoff`]) until it closes or moves on.
+async fn serve_plain(
+    stream: TcpStream,
+    engine: Engine,
+    shard: usize,
+    shared: Arc<Shared>,
+    moves: u32,
+) {
+    let peer_addr = stream.peer_addr().ok();
+    let follow = handoff::Follow::new(&stream, &shared, &engine, moves);
+    let conn = KConn::new(engine, shard, &shared, peer_addr, None, follow);
+    if !serve_stream(conn, crate::tls::Stream::Plain(stream)).await {
+        closed(&shared, shard);
+    }
+}
+
+/// Serves `stream` until it closes (false) or has moved to another shard (true).
+async fn serve_stream(conn: KConn, stream: crate::tls::Stream) -> bool {
+    let conn = Rc::new(conn);
+    let (rd, wr) = crate::tls::split(stream);
+    let Some((target, wr)) = run(conn.clone(), rd, wr).await else {
+        return false;
+    };
+    let moving = handoff::Moving::take(&conn.follow, &conn.shared, conn.shard);
+    // The last handle of the stream: closes this shard's descriptor (not the duplicate).
+    drop(wr);
+    moving.is_some_and(|m| m.send(&conn.engine, target))
+}
+
+/// Reads and answers requests until the connection closes: `None`; or, when the reader stopped
+/// to move the connection ([`handoff`]) and every answer owed was written, the target shard
+/// and the write half (not closed).
+async fn run(
+    conn: Rc<KConn>,
+    mut rd: crate::tls::ReadHalf,
+    mut wr: crate::tls::WriteHalf,
+) -> Option<(usize, crate::tls::WriteHalf)> {
     let (tx, rx) = flume::bounded::<Slot>(PIPELINE_MAX - 1);
+    let moving = Rc::new(Cell::new(None));
+    let target = moving.clone();
     let writer = async move {
+        let mut whole = true;
         while let Ok(slot) = rx.recv_async().await {
             // A handler that drops its reply without answering leaves the stream unanswerable.
             let Ok(frame) = slot.recv_async().await else {
+                whole = false;
                 break;
             };
-            if wr.write_all(&frame).await.is_err() {
-                break;
-            }
-            if rx.is_empty() && wr.flush().await.is_err() {
+            if wr.write_all(&frame).await.is_err() || (rx.is_empty() && wr.flush().await.is_err()) {
+                whole = false;
                 break;
             }
         }
+        // The reader has stopped (it dropped the sender); everything owed is written.
+        if whole && let Some(shard) = target.get() {
+            return Some((shard, wr));
+        }
         let _ = wr.close().await;
+        None
     };
     let reader = async move {
-        if let Err(e) = read_loop(&conn, &mut rd, &tx).await {
-            tracing::debug!(error = %e, "kafka connection closed");
+        match read_loop(&conn, &mut rd, &tx).await {
+            Err(Close::Moving(shard)) => moving.set(Some(shard)),
+            Err(e) => tracing::debug!(error = %e, "kafka connection closed"),
+            Ok(()) => {}
         }
         drop(tx);
         std::future::pending::<()>().await;
+        None
     };
-    futures_lite::future::or(writer, reader).await;
+    futures_lite::future::or(writer, reader).await
 }
 
 /// Why a connection is closed (logged at debug).
@@ -260,6 +337,9 @@ pub(crate) enum Close {
     Frame(String),
     #[error("server stopping")]
     Stopping,
+    /// Not an error: the connection moves to this shard ([`handoff`]).
+    #[error("moving to shard {0}")]
+    Moving(usize),
 }
 
 async fn read_loop(
@@ -316,6 +396,10 @@ async fn read_loop(
         let answers = api::dispatch(conn, call, frame, reply).await?;
         if answers {
             tx.send_async(slot).await.map_err(|_| Close::Eof)?;
+        }
+        // At a frame boundary: nothing of the next request has been read.
+        if let Some(shard) = conn.follow.due() {
+            return Err(Close::Moving(shard));
         }
     }
 }
