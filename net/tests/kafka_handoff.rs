@@ -85,7 +85,9 @@ fn a_producer_connection_follows_its_partition_to_the_owning_shard() {
     assert_eq!(said.trim(), format!("ok {}", 4 * per));
 
     // 4 phases of >= 40 requests each (5 messages per request at most); at most MOVE_AFTER (8)
-    // of a phase are read on the other shard before the connection moves.
+    // of a phase are read on the other shard before the connection moves, and it moves at most
+    // 3 times: when it starts on the shard of partition 1, the last phase stays on the other
+    // shard (e.g. [112, 49]). Either way each shard reads a phase's worth less 8.
     let m = client.metrics(false).unwrap();
     let produces: Vec<u64> = m
         .shards
@@ -100,7 +102,7 @@ fn a_producer_connection_follows_its_partition_to_the_owning_shard() {
         .collect();
     assert_eq!(produces.len(), 2);
     assert!(
-        produces.iter().all(|&n| n >= 2 * 40 - 2 * 8),
+        produces.iter().all(|&n| n >= 40 - 8),
         "Produce requests per shard: {produces:?}"
     );
     drop(child);

@@ -43,7 +43,8 @@ pub(crate) struct Follow {
 
 impl Follow {
     /// A connection that never moves.
-    pub(crate) fn off() -> Follow {
+    #[cfg(test)]
+    fn off() -> Follow {
         Follow {
             fd: None,
             moves: MOVES_MAX,
