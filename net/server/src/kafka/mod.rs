@@ -11,6 +11,7 @@
 //! more than that is simply not read until the oldest answer is written. acks=0 gets no slot.
 //!
 //! A plain connection whose produces all go to one other shard moves there ([`handoff`]).
+//! Request timing for diagnosis: [`trace`] (off unless its log target is at debug).
 //!
 //! [`WireProtocol`]: crate::listener::WireProtocol
 
@@ -26,6 +27,7 @@ pub(crate) mod groups;
 mod handoff;
 mod produce;
 mod sasl;
+mod trace;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -293,6 +295,9 @@ async fn run(
     let (tx, rx) = flume::bounded::<Slot>(PIPELINE_MAX - 1);
     let moving = Rc::new(Cell::new(None));
     let target = moving.clone();
+    let timing = trace::Trace::new().map(Rc::new);
+    let reader_timing = timing.clone();
+    let shard = conn.shard;
     let writer = async move {
         let mut whole = true;
         while let Ok(slot) = rx.recv_async().await {
@@ -301,10 +306,17 @@ async fn run(
                 whole = false;
                 break;
             };
+            let ready = std::time::Instant::now();
             if wr.write_all(&frame).await.is_err() || (rx.is_empty() && wr.flush().await.is_err()) {
                 whole = false;
                 break;
             }
+            if let Some(t) = &timing {
+                t.written(ready);
+            }
+        }
+        if let Some(t) = &timing {
+            t.log(shard);
         }
         // The reader has stopped (it dropped the sender); everything owed is written.
         if whole && let Some(shard) = target.get() {
@@ -314,7 +326,7 @@ async fn run(
         None
     };
     let reader = async move {
-        match read_loop(&conn, &mut rd, &tx).await {
+        match read_loop(&conn, &mut rd, &tx, reader_timing.as_deref()).await {
             Err(Close::Moving(shard)) => moving.set(Some(shard)),
             Err(e) => tracing::debug!(error = %e, "kafka connection closed"),
             Ok(()) => {}
@@ -346,12 +358,14 @@ async fn read_loop(
     conn: &Rc<KConn>,
     rd: &mut crate::tls::ReadHalf,
     tx: &flume::Sender<Slot>,
+    timing: Option<&trace::Trace>,
 ) -> Result<(), Close> {
     // A connection that must authenticate has `unadmitted_timeout_ms` from its start to do it.
     let admit_by =
         std::time::Instant::now() + Duration::from_millis(conn.shared.cfg.unadmitted_timeout_ms);
     loop {
         let mut len = [0u8; 4];
+        let start = std::time::Instant::now();
         // An idle connection is closed after `idle_timeout_ms`; one that must authenticate and
         // has not, at its admission deadline (issue 16).
         let wait = if conn.auth.enabled() && !conn.auth.has_session() {
@@ -367,6 +381,7 @@ async fn read_loop(
             Some(Err(e)) => return Err(e.into()),
             None => return Err(Close::Frame("idle or unauthenticated for too long".into())),
         }
+        let prefix = std::time::Instant::now();
         let size = i32::from_be_bytes(len);
         let max = request_bytes_limit(conn);
         let size = usize::try_from(size)
@@ -374,6 +389,10 @@ async fn read_loop(
             .filter(|s| (conn.raw_sasl_next.get() || *s >= 8) && *s <= max)
             .ok_or_else(|| Close::Frame(format!("request size {size}")))?;
         let buf = read_body(conn, rd, size).await?;
+        let done = std::time::Instant::now();
+        if let Some(t) = timing {
+            t.read(start, prefix, done);
+        }
         if conn.shared.stopping.load(Ordering::Acquire) {
             return Err(Close::Stopping);
         }
@@ -383,6 +402,9 @@ async fn read_loop(
             sasl::verify(conn, &frame).await.map_err(Close::Frame)?;
             let (reply, slot) = flume::bounded(1);
             answer(&reply, Bytes::from_static(&[0, 0, 0, 0]));
+            if let Some(t) = timing {
+                t.dispatched(done, true);
+            }
             tx.send_async(slot).await.map_err(|_| Close::Eof)?;
             continue;
         }
@@ -394,6 +416,9 @@ async fn read_loop(
         conn.shared.metrics.request(conn.shard, call.api_key as u16);
         let (reply, slot) = flume::bounded(1);
         let answers = api::dispatch(conn, call, frame, reply).await?;
+        if let Some(t) = timing {
+            t.dispatched(done, answers);
+        }
         if answers {
             tx.send_async(slot).await.map_err(|_| Close::Eof)?;
         }
