@@ -119,8 +119,11 @@ impl Moving {
 
     /// Hands the connection to `shard`; on the way there it becomes a stream of that shard's
     /// reactor. False when the shard cannot take it (stopping): the duplicate is closed with the
-    /// task, and the caller counts the connection closed.
-    pub(crate) fn send(self, engine: &Engine, shard: usize) -> bool {
+    /// task, and the caller counts the connection closed. The shard's inbox is bounded and
+    /// `run_on_shard` waits for room, so the hand-over is sent from a helper thread: this
+    /// shard never blocks on another's inbox (two shards handing connections to each other with
+    /// full inboxes would otherwise wait on each other).
+    pub(crate) async fn send(self, engine: &Engine, shard: usize) -> bool {
         let task = Box::new(move |h: ShardHandle| {
             let Moving {
                 fd,
@@ -135,7 +138,10 @@ impl Moving {
             shared.metrics.connection_moved(from, h.shard);
             rt::spawn_local(super::serve_plain(stream, h.engine, h.shard, shared, moves));
         });
-        engine.run_on_shard(shard, task).is_ok()
+        let engine = engine.clone();
+        super::off_shard(move || engine.run_on_shard(shard, task).is_ok())
+            .await
+            .unwrap_or(false)
     }
 }
 

@@ -281,7 +281,10 @@ async fn serve_stream(conn: KConn, stream: crate::tls::Stream) -> bool {
     let moving = handoff::Moving::take(&conn.follow, &conn.shared, conn.shard);
     // The last handle of the stream: closes this shard's descriptor (not the duplicate).
     drop(wr);
-    moving.is_some_and(|m| m.send(&conn.engine, target))
+    match moving {
+        Some(m) => m.send(&conn.engine, target).await,
+        None => false,
+    }
 }
 
 /// Reads and answers requests until the connection closes: `None`; or, when the reader stopped
