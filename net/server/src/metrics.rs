@@ -77,6 +77,15 @@ impl NetMetrics {
             .fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// An open connection moved from shard `from` to shard `to` (a Kafka connection follows
+    /// its partition: kafka/handoff.rs); not a new acceptance.
+    pub(crate) fn connection_moved(&self, from: usize, to: usize) {
+        self.connection_closed(from);
+        self.slot(to)
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A request frame arrived (counted before decoding: malformed requests count too).
     pub(crate) fn request(&self, shard: usize, api_key: u16) {
         let i = usize::from(api_key).min(API_UNKNOWN_SLOT);

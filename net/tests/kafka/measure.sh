@@ -11,7 +11,8 @@
 # client processes). Run from the repository root after
 #   cargo build --release -p shardline-net --bin shardline -p shardline-loadgen --bin shardline-loadgen
 #   LIBRDKAFKA_SRC=... net/tests/kafka/build_rdkafka_performance.sh
-# with e.g. `MSGS=1000000 SECS=10 net/tests/kafka/measure.sh`. Needs bc and python3.
+# with e.g. `MSGS=1000000 SECS=10 net/tests/kafka/measure.sh` (`WORKLOADS=1` for 1 producer only;
+# `BIN=... LOADGEN=...` for another build). Needs bc and python3.
 # Each run prints one line. Server CPU per message includes the fsync and wake-up costs a group
 # commit shares among its messages, so compare runs of similar throughput.
 set -euo pipefail
@@ -31,6 +32,14 @@ for _ in $(seq 50); do [ "$(wc -l < "$DIR/out")" -ge 2 ] && break; sleep 0.1; do
 NA=$(sed -n 's/shardline listening on //p' "$DIR/out"); KA=$(sed -n 's/kafka listening on //p' "$DIR/out")
 TCK=$(getconf CLK_TCK)
 cpu() { awk '{print $14+$15}' /proc/$PID/stat; }
+# CPU ticks of each shard's threads ("shard-N-..."), and the seconds each used between two readings:
+# shows which shard served a run (a Kafka connection on the partition's shard, or two busy shards).
+shard_ticks() {
+  for t in /proc/$PID/task/*; do
+    case $(cat "$t/comm") in shard-*) echo "$(cat "$t/comm") $(awk '{print $14+$15}' "$t/stat")" ;; esac
+  done | awk '{a[$1] += $2} END {for (k in a) print k, a[k]}' | sort
+}
+shard_cpu() { join <(echo "$1") <(echo "$2") | awk -v t="$TCK" '{printf "%s%s=%.2fs", (NR>1?",":""), $1, ($3-$2)/t}'; }
 us_per_msg() { echo "scale=2; $1*1000000/$TCK/$2" | bc; }
 now_ms() { date +%s%3N; }
 echo "date=$(date -u +%FT%TZ) load=$(cut -d' ' -f1-3 /proc/loadavg) shards=$SHARDS client=$CLIENT"
@@ -42,7 +51,7 @@ TIMEFORMAT='%3U %3S'
 kafka_run() {
   local n=$1 rate=$2 count=$MSGS rflag=() c0 c1 t0 wall_ms msgs cu cs
   if [ "$rate" != 0 ]; then count=$((rate * SECS)); rflag=(-r "$rate"); fi
-  c0=$(cpu)
+  c0=$(cpu); s0=$(shard_ticks)
   if [ "$CLIENT" = python ]; then
     { time python3 net/tests/kafka/perf_produce.py "$KA" "k$n" "$SECS" 1024 "$n" > "$DIR/k.out"; } 2> "$DIR/k.time"
     msgs=$(sed -n 's/.*msgs=\([0-9]*\).*/\1/p' "$DIR/k.out"); wall_ms=$((SECS * 1000))
@@ -61,35 +70,35 @@ kafka_run() {
   fi
   c1=$(cpu)
   read -r cu cs < "$DIR/k.time"
-  echo "kafka  producers=$n rate_per_producer=$rate msgs=$msgs msgs_per_s=$((msgs * 1000 / wall_ms)) server_cpu_s=$(echo "scale=2; ($c1-$c0)/$TCK" | bc) server_cpu_us_per_msg=$(us_per_msg $((c1 - c0)) "$msgs") client_cpu_s=$(echo "$cu + $cs" | bc)"
+  echo "kafka  producers=$n rate_per_producer=$rate msgs=$msgs msgs_per_s=$((msgs * 1000 / wall_ms)) server_cpu_s=$(echo "scale=2; ($c1-$c0)/$TCK" | bc) server_cpu_us_per_msg=$(us_per_msg $((c1 - c0)) "$msgs") client_cpu_s=$(echo "$cu + $cs" | bc) shard_cpu=$(shard_cpu "$s0" "$(shard_ticks)")"
 }
 # The same workload through the native listener with shardline-loadgen (not pinned to cores:
 # on a shared 2-core machine a pinned client waits for its core).
 native_run() {
   local n=$1 rate=$2 rflag=() c0 c1 cu cs
   if [ "$rate" != 0 ]; then rflag=(--rate $((rate * n))); fi
-  c0=$(cpu)
+  c0=$(cpu); s0=$(shard_ticks)
   { time $LOADGEN --addr "$NA" --producers "$n" --consumers 0 --partitions "$n" --message-size 1024 \
       --batch 64 --inflight 5 --acks durable --duration "${SECS}s" --warmup 0s --no-pin "${rflag[@]}" \
       --json "$DIR/n.json" > "$DIR/n.out" 2>&1; } 2> "$DIR/n.time"
-  c1=$(cpu)
+  c1=$(cpu); s1=$(shard_ticks)
   read -r cu cs < "$DIR/n.time"
-  python3 - "$DIR/n.json" "$n" "$rate" "$(echo "scale=2; ($c1-$c0)/$TCK" | bc)" "$((c1 - c0))" "$TCK" "$(echo "$cu + $cs" | bc)" <<'PY'
+  python3 - "$DIR/n.json" "$n" "$rate" "$(echo "scale=2; ($c1-$c0)/$TCK" | bc)" "$((c1 - c0))" "$TCK" "$(echo "$cu + $cs" | bc)" "$(shard_cpu "$s0" "$s1")" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-n, rate, cpu_s, ticks, tck, client = sys.argv[2:]
+n, rate, cpu_s, ticks, tck, client, shards = sys.argv[2:]
 msgs = d["acked"]
 lat = d["publish_latency_us"]
 print(f"native producers={n} rate_per_producer={rate} msgs={msgs} msgs_per_s={int(d['throughput_msgs_per_s'])} "
       f"server_cpu_s={cpu_s} server_cpu_us_per_msg={int(ticks) * 1e6 / int(tck) / max(msgs, 1):.2f} "
-      f"client_cpu_s={client} publish_p50_us={lat['p50']} p99_us={lat['p99']}")
+      f"client_cpu_s={client} publish_p50_us={lat['p50']} p99_us={lat['p99']} shard_cpu={shards}")
 PY
 }
 # Closed loop, both paths alternating, REPEAT times. (A fixed-rate mode does not compare:
 # rdkafka_performance -r spins on the client's CPU and spreads messages so that linger.ms
 # forms small batches, while loadgen --rate sends whole batches of 64.)
 for _ in $(seq "${REPEAT:-1}"); do
-  for n in 1 4; do
+  for n in ${WORKLOADS:-1 4}; do
     kafka_run "$n" 0
     native_run "$n" 0
   done

@@ -10,6 +10,9 @@
 //! gets a slot in an ordered queue of at most [`PIPELINE_MAX`] slots, so a client pipelining
 //! more than that is simply not read until the oldest answer is written. acks=0 gets no slot.
 //!
+//! A plain connection whose produces all go to one other shard moves there ([`handoff`]).
+//! Request timing for diagnosis: [`trace`] (off unless its log target is at debug).
+//!
 //! [`WireProtocol`]: crate::listener::WireProtocol
 
 mod api;
@@ -21,9 +24,12 @@ mod dispatch_groups;
 mod fetch;
 mod group_api;
 pub(crate) mod groups;
+mod handoff;
 mod produce;
 mod sasl;
+mod trace;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,6 +40,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use serde::{Deserialize, Serialize};
 use shardline_engine::Engine;
+use shardline_engine::rt::net::TcpStream;
 
 use crate::Shared;
 use crate::listener::Accepted;
@@ -146,7 +153,30 @@ pub(crate) struct KConn {
     /// SASL session and ACL cache (the native protocol's; a no-op when auth is off).
     pub(crate) auth: crate::session::ConnAuth,
     /// After a SaslHandshake v0, the next frame is a bare SASL token.
-    pub(crate) raw_sasl_next: std::cell::Cell<bool>,
+    pub(crate) raw_sasl_next: Cell<bool>,
+    /// Which shards its produces go to; whether it may move ([`handoff`]).
+    pub(crate) follow: handoff::Follow,
+}
+
+impl KConn {
+    fn new(
+        engine: Engine,
+        shard: usize,
+        shared: &Arc<Shared>,
+        peer_addr: Option<SocketAddr>,
+        certificate_name: Option<&str>,
+        follow: handoff::Follow,
+    ) -> KConn {
+        KConn {
+            engine,
+            shard,
+            shared: shared.clone(),
+            peer: peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
+            auth: crate::session::ConnAuth::new(shared.auth.clone(), peer_addr, certificate_name),
+            raw_sasl_next: Cell::new(false),
+            follow,
+        }
+    }
 }
 
 /// A request's answer: the encoded response frame (size prefix included).
@@ -188,7 +218,9 @@ pub(crate) async fn serve(c: Accepted) {
         refuse,
     } = c;
     let peer_addr = stream.peer_addr().ok();
+    let mut moved = false;
     if !refuse {
+        let follow = handoff::Follow::new(&stream, &shared, &engine, 0);
         let handshake_timeout = Duration::from_millis(
             shared
                 .cfg
@@ -198,55 +230,115 @@ pub(crate) async fn serve(c: Accepted) {
         );
         match crate::tls::establish(stream, shared.tls.as_ref(), handshake_timeout).await {
             Ok((stream, peer)) => {
-                let (rd, wr) = crate::tls::split(stream);
-                let conn = Rc::new(KConn {
+                let conn = KConn::new(
                     engine,
                     shard,
-                    shared: shared.clone(),
-                    peer: peer_addr.map(|a| a.ip().to_string()).unwrap_or_default(),
-                    auth: crate::session::ConnAuth::new(
-                        shared.auth.clone(),
-                        peer_addr,
-                        peer.cert_common_name.as_deref(),
-                    ),
-                    raw_sasl_next: std::cell::Cell::new(false),
-                });
-                run(conn, rd, wr).await;
+                    &shared,
+                    peer_addr,
+                    peer.cert_common_name.as_deref(),
+                    follow,
+                );
+                moved = serve_stream(conn, stream).await;
             }
             Err(e) => {
                 tracing::info!(peer = ?peer_addr, error = %e, "kafka: TLS handshake failed");
             }
         }
     }
+    if !moved {
+        closed(&shared, shard);
+    }
+}
+
+fn closed(shared: &Shared, shard: usize) {
     shared.connections.fetch_sub(1, Ordering::AcqRel);
     shared.metrics.connection_closed(shard);
 }
 
-async fn run(conn: Rc<KConn>, mut rd: crate::tls::ReadHalf, mut wr: crate::tls::WriteHalf) {
+/// Serves a plain connection that moved to this shard ([`handoff`]) until it closes or moves on.
+async fn serve_plain(
+    stream: TcpStream,
+    engine: Engine,
+    shard: usize,
+    shared: Arc<Shared>,
+    moves: u32,
+) {
+    let peer_addr = stream.peer_addr().ok();
+    let follow = handoff::Follow::new(&stream, &shared, &engine, moves);
+    let conn = KConn::new(engine, shard, &shared, peer_addr, None, follow);
+    if !serve_stream(conn, crate::tls::Stream::Plain(stream)).await {
+        closed(&shared, shard);
+    }
+}
+
+/// Serves `stream` until it closes (false) or has moved to another shard (true).
+async fn serve_stream(conn: KConn, stream: crate::tls::Stream) -> bool {
+    let conn = Rc::new(conn);
+    let (rd, wr) = crate::tls::split(stream);
+    let Some((target, wr)) = run(conn.clone(), rd, wr).await else {
+        return false;
+    };
+    let moving = handoff::Moving::take(&conn.follow, &conn.shared, conn.shard);
+    // The last handle of the stream: closes this shard's descriptor (not the duplicate).
+    drop(wr);
+    match moving {
+        Some(m) => m.send(&conn.engine, target).await,
+        None => false,
+    }
+}
+
+/// Reads and answers requests until the connection closes: `None`; or, when the reader stopped
+/// to move the connection ([`handoff`]) and every answer owed was written, the target shard
+/// and the write half (not closed).
+async fn run(
+    conn: Rc<KConn>,
+    mut rd: crate::tls::ReadHalf,
+    mut wr: crate::tls::WriteHalf,
+) -> Option<(usize, crate::tls::WriteHalf)> {
     let (tx, rx) = flume::bounded::<Slot>(PIPELINE_MAX - 1);
+    let moving = Rc::new(Cell::new(None));
+    let target = moving.clone();
+    let timing = trace::Trace::new().map(Rc::new);
+    let reader_timing = timing.clone();
+    let shard = conn.shard;
     let writer = async move {
+        let mut whole = true;
         while let Ok(slot) = rx.recv_async().await {
             // A handler that drops its reply without answering leaves the stream unanswerable.
             let Ok(frame) = slot.recv_async().await else {
+                whole = false;
                 break;
             };
-            if wr.write_all(&frame).await.is_err() {
+            let ready = std::time::Instant::now();
+            if wr.write_all(&frame).await.is_err() || (rx.is_empty() && wr.flush().await.is_err()) {
+                whole = false;
                 break;
             }
-            if rx.is_empty() && wr.flush().await.is_err() {
-                break;
+            if let Some(t) = &timing {
+                t.written(ready);
             }
         }
+        if let Some(t) = &timing {
+            t.log(shard);
+        }
+        // The reader has stopped (it dropped the sender); everything owed is written.
+        if whole && let Some(shard) = target.get() {
+            return Some((shard, wr));
+        }
         let _ = wr.close().await;
+        None
     };
     let reader = async move {
-        if let Err(e) = read_loop(&conn, &mut rd, &tx).await {
-            tracing::debug!(error = %e, "kafka connection closed");
+        match read_loop(&conn, &mut rd, &tx, reader_timing.as_deref()).await {
+            Err(Close::Moving(shard)) => moving.set(Some(shard)),
+            Err(e) => tracing::debug!(error = %e, "kafka connection closed"),
+            Ok(()) => {}
         }
         drop(tx);
         std::future::pending::<()>().await;
+        None
     };
-    futures_lite::future::or(writer, reader).await;
+    futures_lite::future::or(writer, reader).await
 }
 
 /// Why a connection is closed (logged at debug).
@@ -260,18 +352,23 @@ pub(crate) enum Close {
     Frame(String),
     #[error("server stopping")]
     Stopping,
+    /// Not an error: the connection moves to this shard ([`handoff`]).
+    #[error("moving to shard {0}")]
+    Moving(usize),
 }
 
 async fn read_loop(
     conn: &Rc<KConn>,
     rd: &mut crate::tls::ReadHalf,
     tx: &flume::Sender<Slot>,
+    timing: Option<&trace::Trace>,
 ) -> Result<(), Close> {
     // A connection that must authenticate has `unadmitted_timeout_ms` from its start to do it.
     let admit_by =
         std::time::Instant::now() + Duration::from_millis(conn.shared.cfg.unadmitted_timeout_ms);
     loop {
         let mut len = [0u8; 4];
+        let start = std::time::Instant::now();
         // An idle connection is closed after `idle_timeout_ms`; one that must authenticate and
         // has not, at its admission deadline (issue 16).
         let wait = if conn.auth.enabled() && !conn.auth.has_session() {
@@ -287,6 +384,7 @@ async fn read_loop(
             Some(Err(e)) => return Err(e.into()),
             None => return Err(Close::Frame("idle or unauthenticated for too long".into())),
         }
+        let prefix = std::time::Instant::now();
         let size = i32::from_be_bytes(len);
         let max = request_bytes_limit(conn);
         let size = usize::try_from(size)
@@ -294,6 +392,10 @@ async fn read_loop(
             .filter(|s| (conn.raw_sasl_next.get() || *s >= 8) && *s <= max)
             .ok_or_else(|| Close::Frame(format!("request size {size}")))?;
         let buf = read_body(conn, rd, size).await?;
+        let done = std::time::Instant::now();
+        if let Some(t) = timing {
+            t.read(start, prefix, done);
+        }
         if conn.shared.stopping.load(Ordering::Acquire) {
             return Err(Close::Stopping);
         }
@@ -303,6 +405,9 @@ async fn read_loop(
             sasl::verify(conn, &frame).await.map_err(Close::Frame)?;
             let (reply, slot) = flume::bounded(1);
             answer(&reply, Bytes::from_static(&[0, 0, 0, 0]));
+            if let Some(t) = timing {
+                t.dispatched(done, true);
+            }
             tx.send_async(slot).await.map_err(|_| Close::Eof)?;
             continue;
         }
@@ -314,8 +419,15 @@ async fn read_loop(
         conn.shared.metrics.request(conn.shard, call.api_key as u16);
         let (reply, slot) = flume::bounded(1);
         let answers = api::dispatch(conn, call, frame, reply).await?;
+        if let Some(t) = timing {
+            t.dispatched(done, answers);
+        }
         if answers {
             tx.send_async(slot).await.map_err(|_| Close::Eof)?;
+        }
+        // At a frame boundary: nothing of the next request has been read.
+        if let Some(shard) = conn.follow.due() {
+            return Err(Close::Moving(shard));
         }
     }
 }

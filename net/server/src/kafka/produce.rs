@@ -53,6 +53,8 @@ pub(crate) async fn produce(
     let acks = acks_of(req.acks);
     let parts = req.topic_data.iter().map(|t| t.partition_data.len()).sum();
     let mut submitted: Vec<(usize, i32, Submitted)> = Vec::with_capacity(parts);
+    // The owning shard of each partition, while the connection may follow them (handoff.rs).
+    let mut shards = Vec::new();
     for (ti, t) in req.topic_data.iter().enumerate() {
         let name = t.name.0.as_str();
         if conn.shared.cfg.auto_create_topics
@@ -74,12 +76,16 @@ pub(crate) async fn produce(
                     Submitted::Failed(super::sasl::TOPIC_AUTHORIZATION_FAILED, "denied".into())
                 }
                 (Some(acks), Ok(partition), Some(records)) => {
+                    if conn.follow.watching() {
+                        shards.extend(conn.engine.shard_of(name, partition).ok());
+                    }
                     submit(conn, name, partition, records, acks).await
                 }
             };
             submitted.push((ti, p.index, s));
         }
     }
+    conn.follow.produced(conn.shard, shards.into_iter());
     if acks == Some(Acks::None) {
         return Ok(false);
     }
