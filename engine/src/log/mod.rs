@@ -35,6 +35,7 @@
 //!  recovery.rs   open (scan, torn tails, crashed rolls), repair     everything, from disk
 //!  read.rs       plan_read, DiskRead, the batch cache               cache
 //!  retention.rs  expired segments, roll_for_retention, take_expired log_start
+//!  roll.rs       prepared next segment, seals off the write path    durable_offset
 //!  index.rs      .idx / .tix encoding and lookups                   -
 //! ```
 
@@ -51,6 +52,7 @@ pub mod index;
 mod read;
 mod recovery;
 mod retention;
+mod roll;
 mod segment;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -62,6 +64,7 @@ pub use config::{LogConfig, SEGMENT_BYTES_MAX};
 pub use flush::{CloseJob, FlushDone, FlushJob, FlushTimings};
 pub use read::{DiskRead, ReadPlan, ReadResult, first_at_or_after};
 pub use recovery::RecoveryReport;
+pub use roll::{PrepareDone, PrepareJob, SealDone, SealJob};
 pub(crate) use segment::write_whole_file;
 pub use segment::{remove_files, segment_file_name};
 
@@ -113,6 +116,8 @@ pub struct PartitionLog<S: Storage> {
     cache_copied_batches: std::cell::Cell<u64>,
     /// Set for encrypted topics: batches are sealed in `append`, after offsets are assigned.
     sealer: Option<crate::crypto::Sealer>,
+    /// Rolls off the write path: the prepared next segment, running seals (`roll.rs`).
+    rolls: roll::RollState<S::File>,
     pub recovery: RecoveryReport,
 }
 
@@ -141,6 +146,7 @@ impl<S: Storage> PartitionLog<S> {
             cache: VecDeque::new(),
             cache_bytes: 0,
             cache_copied_batches: std::cell::Cell::new(0),
+            rolls: roll::RollState::default(),
             recovery: RecoveryReport::default(),
         }
     }
