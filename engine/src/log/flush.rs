@@ -254,7 +254,8 @@ impl<S: Storage> PartitionLog<S> {
         if self.flushing || self.failed.is_some() {
             return None;
         }
-        let need_sync = sync && self.durable_offset < self.next_offset;
+        let need_sync =
+            sync && self.durable_offset < self.next_offset && !self.only_the_seal_can_sync();
         if self.chunks.is_empty() && !need_sync {
             return None;
         }

@@ -137,6 +137,13 @@ pub struct SealDone {
     indexed: Vec<(u64, u64)>,
 }
 
+impl SealDone {
+    /// Whether the sealed segments were synced.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
 impl<S: Storage> SealJob<S> {
     pub async fn run(self) -> SealDone {
         let mut done = SealDone {
@@ -312,6 +319,15 @@ impl<S: Storage> PartitionLog<S> {
         self.durable_offset = self.durable_offset.max(sealed_end).max(behind);
         self.check_offsets();
         Ok(Some(self.watermarks()))
+    }
+
+    /// Whether a sync without new writes would achieve nothing: a seal runs and everything
+    /// else written is synced (its end moves the durable offset; a flush taken meanwhile would
+    /// end at once and be taken again, without end).
+    pub(super) fn only_the_seal_can_sync(&self) -> bool {
+        !self.rolls.sealing.is_empty()
+            && self.unsynced_segments.is_empty()
+            && !self.rolls.dir_unsynced
     }
 
     /// The durable offset a syncing flush up to `upto` reaches: all of it, unless a seal is

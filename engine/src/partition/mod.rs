@@ -338,14 +338,18 @@ impl<S: Storage, T> PartitionCore<S, T> {
         self.log.borrow_mut().take_seal()
     }
 
-    /// A seal ended: completes the durable acks it unblocked, or fails the partition.
-    pub fn seal_done(&mut self, done: SealDone, out: &mut Vec<Action<S, T>>) {
+    /// A seal ended: completes the durable acks it unblocked and plans what follows as after a
+    /// flush (a sync for waiters the seal did not cover, the sync timer), or fails the partition.
+    pub fn seal_done(&mut self, done: SealDone, now_ms: i64, out: &mut Vec<Action<S, T>>) {
         if self.failure.is_some() {
             return; // already failed: the repair replaces this log
         }
         let finished = self.log.borrow_mut().finish_seal(done);
         match finished {
-            Ok(Some(w)) => self.advance(w, out),
+            Ok(Some(w)) => {
+                self.advance(w, out);
+                self.plan_after_flush(now_ms, out);
+            }
             Ok(None) => {}
             Err(e) => self.fail(&e, out),
         }

@@ -604,7 +604,7 @@ impl Shard {
             let Some(job) = seal else { break };
             let done = job.run().await;
             let mut actions = Vec::new();
-            p.core.borrow_mut().seal_done(done, &mut actions);
+            p.core.borrow_mut().seal_done(done, now_ms(), &mut actions);
             self.perform(p, actions);
         }
         let mut actions = Vec::new();
@@ -795,8 +795,10 @@ impl Shard {
         let mut next = Some(first);
         while let Some(job) = next.take() {
             let done = job.run().await;
+            // Counted with the flushes' syncs (`ShardStats::syncs`).
+            self.stats.borrow_mut().syncs += u64::from(done.is_ok());
             let mut actions = Vec::new();
-            p.core.borrow_mut().seal_done(done, &mut actions);
+            p.core.borrow_mut().seal_done(done, now_ms(), &mut actions);
             p.jobs_ended.notify_all();
             self.perform(&p, actions);
             if !self.closing.get() {
