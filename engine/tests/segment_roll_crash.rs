@@ -227,7 +227,7 @@ fn seeded_keep(seed: u64) -> impl FnMut(usize, usize, usize) -> bool {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        x % 3 != 0
+        !x.is_multiple_of(3)
     }
 }
 
