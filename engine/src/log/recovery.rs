@@ -485,15 +485,13 @@ impl<S: Storage> PartitionLog<S> {
         let storage = self.storage.clone();
         let dir = self.dir.clone();
         let cfg = self.cfg.clone();
-        // A segment starting after the high watermark was created by the failed flush: it
-        // holds nothing acknowledged or read, and its base offset counts batches the previous
-        // segment may not have on disk, a gap recovery would refuse. Remove it. (Before rolls
-        // left their syncs to seal jobs, this cut at the durable offset, which was the same
-        // point: a roll's flush synced.)
+        // A segment starting after the last synced offset was created by the failed flush (a
+        // roll always syncs): it holds nothing acknowledged, and its base offset counts batches
+        // the previous segment may not have on disk, a gap recovery would refuse. Remove it.
         let unsynced: Vec<PathBuf> = self
             .segments
             .values()
-            .filter(|s| s.base_offset > self.written_offset)
+            .filter(|s| s.base_offset > self.durable_offset)
             .map(|s| s.path.clone())
             .collect();
         drop(self);
