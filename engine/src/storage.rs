@@ -93,6 +93,9 @@ struct MemState {
     files: BTreeMap<PathBuf, MemFile>,
     /// Directory entries as they would be found after a crash.
     durable_names: BTreeSet<PathBuf>,
+    /// Renames (from -> to): a handle opened under the old name follows its file, as a file
+    /// descriptor does (the log writes into a prepared file it renamed).
+    moved: BTreeMap<PathBuf, PathBuf>,
     dirs: BTreeSet<PathBuf>,
     /// Total live bytes allowed (simulates a full disk); `None` = unlimited.
     capacity_bytes: Option<u64>,
@@ -530,10 +533,18 @@ fn not_found(path: &Path) -> io::Error {
 impl CrashFile {
     fn with<T>(&self, f: impl FnOnce(&mut MemState, &PathBuf) -> io::Result<T>) -> io::Result<T> {
         let mut st = self.state.borrow_mut();
-        if !st.files.contains_key(&self.path) {
-            return Err(not_found(&self.path));
+        // Follow renames of this file (bounded: each step is a distinct recorded rename).
+        let mut path = self.path.clone();
+        for _ in 0..=st.moved.len() {
+            if st.files.contains_key(&path) {
+                return f(&mut st, &path);
+            }
+            match st.moved.get(&path) {
+                Some(to) => path = to.clone(),
+                None => break,
+            }
         }
-        f(&mut st, &self.path)
+        Err(not_found(&self.path))
     }
 }
 
@@ -649,6 +660,7 @@ impl Storage for CrashStorage {
         st.tick()?;
         let f = st.files.remove(from).ok_or_else(|| not_found(from))?;
         st.files.insert(to.to_path_buf(), f);
+        st.moved.insert(from.to_path_buf(), to.to_path_buf());
         Ok(())
     }
 

@@ -19,6 +19,10 @@
 //! - `lone`: one 100-byte record per batch, `Acks::Durable`, one at a time; latency histogram.
 //! - `lone-leader` (diagnostic): the same with `Acks::Leader`: the round trip through the
 //!   embedding API and the shard without any I/O, i.e. the hand-off part of `lone`.
+//! - `roll-durable`, `roll-leader`: one `--roll-batch-kib` batch at a time, latency histogram,
+//!   meant with a small `--segment-mib` so that segment rolls are frequent (a 1 MiB segment and
+//!   64 KiB batches roll every 16 appends): `durable` until the ack, `leader` until the high
+//!   watermark covers the batch (the bytes are in the file; polled, so ~one round trip coarse).
 //!
 //! Run: `cargo run --release -p shardline-bench --bin append_bench -- --dir /var/tmp [--json]`
 
@@ -82,6 +86,12 @@ struct Args {
     /// Value bytes of the lone record.
     #[arg(long, default_value_t = 100)]
     lone_bytes: usize,
+    /// KiB of one batch in the roll phases.
+    #[arg(long, default_value_t = 64)]
+    roll_batch_kib: usize,
+    /// Appends measured in the roll phases (after `--lone-warmup` unmeasured ones).
+    #[arg(long, default_value_t = 2000)]
+    roll_count: usize,
     /// Segment size in MiB (0 = the engine default, 256 MiB). Each roll seals a segment, which
     /// costs an fdatasync and index writes even at `leader` level.
     #[arg(long, default_value_t = 0)]
@@ -351,11 +361,88 @@ fn run_lone(engine: &Engine, phase: &str, acks: Acks, args: &Args) -> anyhow::Re
     Ok(())
 }
 
+const PHASES: [&str; 6] = [
+    "durable",
+    "leader",
+    "lone",
+    "lone-leader",
+    "roll-durable",
+    "roll-leader",
+];
+
+/// Waits (polling, bounded at 60 s) until the high watermark of partition 0 passes `last`.
+fn wait_written(engine: &Engine, topic: &str, last: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while engine.describe_partition(topic, 0)?.high_watermark <= last {
+        if Instant::now() > deadline {
+            bail!("offset {last} not written after 60 s");
+        }
+        std::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// One `--roll-batch-kib` batch at a time: the latency of each append (durable: until the ack;
+/// leader: until the bytes are written), with small segments so that rolls are frequent.
+fn run_roll(engine: &Engine, phase: &str, acks: Acks, args: &Args) -> anyhow::Result<()> {
+    let topic = format!("append-{phase}");
+    engine.create_topic(&topic, TopicConfig::with_partitions(1))?;
+    let per_batch = records_per_batch(args.roll_batch_kib << 10, args.record_bytes)?;
+    let template = template_batch(per_batch, args.record_bytes)?;
+    let mut hist = latency_histogram()?;
+    let mut segments_warm = engine.describe_partition(&topic, 0)?.segments;
+    for i in 0..args.lone_warmup + args.roll_count {
+        if i == args.lone_warmup {
+            segments_warm = engine.describe_partition(&topic, 0)?.segments;
+        }
+        let batch = Bytes::copy_from_slice(&template);
+        let t0 = Instant::now();
+        let ack = engine
+            .produce(&topic, 0, batch, acks)?
+            .context("an acked produce returned no ack")?;
+        if acks == Acks::Leader {
+            wait_written(engine, &topic, ack.last_offset)?;
+        }
+        if i >= args.lone_warmup {
+            hist.record(micros(t0.elapsed()))?;
+        }
+    }
+    let rolls = engine.describe_partition(&topic, 0)?.segments - segments_warm;
+    let s = LatencySummary::of(&hist);
+    say(
+        args,
+        &format!(
+            "{phase:>12}: p50 {} us  p90 {} us  p99 {} us  p99.9 {} us  max {} us  mean {:.1} us  \
+             ({} appends of {} B one at a time, {rolls} segment rolls)",
+            s.p50_us,
+            s.p90_us,
+            s.p99_us,
+            s.p999_us,
+            s.max_us,
+            s.mean_us,
+            s.count,
+            template.len()
+        ),
+    );
+    if args.json {
+        print_json_line(&serde_json::json!({
+            "bench": "append",
+            "phase": phase,
+            "acks": format!("{acks:?}").to_lowercase(),
+            "batch_bytes": template.len(),
+            "count": s.count,
+            "rolls": rolls,
+            "latency_us": s.to_json(),
+        }));
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     for p in &args.phases {
-        if !["durable", "leader", "lone", "lone-leader"].contains(&p.as_str()) {
-            bail!("unknown phase '{p}' (durable, leader, lone, lone-leader)");
+        if !PHASES.contains(&p.as_str()) {
+            bail!("unknown phase '{p}' ({})", PHASES.join(", "));
         }
     }
     let (dir, _guard) = bench_dir(args.dir.as_deref())?;
@@ -397,6 +484,8 @@ fn main() -> anyhow::Result<()> {
             "durable" => run_throughput(&engine, phase, Acks::Durable, &args)?,
             "leader" => run_throughput(&engine, phase, Acks::Leader, &args)?,
             "lone" => run_lone(&engine, phase, Acks::Durable, &args)?,
+            "roll-durable" => run_roll(&engine, phase, Acks::Durable, &args)?,
+            "roll-leader" => run_roll(&engine, phase, Acks::Leader, &args)?,
             _ => run_lone(&engine, phase, Acks::Leader, &args)?,
         }
     }

@@ -37,6 +37,10 @@ pub struct FlushJob<S: Storage> {
     storage: S,
     dir: PathBuf,
     creates: Vec<(u64, PathBuf)>,
+    /// Prepared files that become segments: (temporary path, segment path), done first.
+    renames: Vec<(PathBuf, PathBuf)>,
+    /// Sync the directory before the files (a rename's entry is not durable yet).
+    sync_dir: bool,
     writes: Vec<BlockWrite<S>>,
     sync_files: SyncFiles<S>,
     /// Index files to write after the sync.
@@ -128,6 +132,7 @@ impl<S: Storage> FlushJob<S> {
         let started = Instant::now();
         let dir = self.dir.display().to_string();
         let dir_error = |e| (dir.clone(), e);
+        self.rename_prepared().await.map_err(dir_error)?;
         let (old_writes, new_writes): (Vec<_>, Vec<_>) = std::mem::take(&mut self.writes)
             .into_iter()
             .partition(|w| w.1.is_some());
@@ -165,7 +170,7 @@ impl<S: Storage> FlushJob<S> {
             new.push((f, buf, pos));
         }
         write_all::<S>(new).await.map_err(dir_error)?;
-        if !self.creates.is_empty() {
+        if !self.creates.is_empty() || self.sync_dir {
             self.storage.sync_dir(&self.dir).await.map_err(dir_error)?;
         }
         let sync_started = Instant::now();
@@ -181,6 +186,19 @@ impl<S: Storage> FlushJob<S> {
                 .map_err(dir_error)?;
             done.synced = true;
             done.timings.sync += sync_started.elapsed();
+        }
+        Ok(())
+    }
+}
+
+impl<S: Storage> FlushJob<S> {
+    /// Gives prepared files their segment names (the flush then writes into them: their
+    /// writes are in the job with the file). Not synced here: a syncing flush syncs the
+    /// directory before its files, and until then a crash leaves the temporary name, which the
+    /// next open removes with everything in it (nothing in it was acknowledged as durable).
+    async fn rename_prepared(&self) -> io::Result<()> {
+        for (from, to) in &self.renames {
+            self.storage.rename(from, to).await?;
         }
         Ok(())
     }
@@ -236,11 +254,24 @@ impl<S: Storage> PartitionLog<S> {
         if self.flushing || self.failed.is_some() {
             return None;
         }
-        let need_sync = sync && self.durable_offset < self.next_offset;
+        let need_sync =
+            sync && self.durable_offset < self.next_offset && !self.only_the_seal_can_sync();
         if self.chunks.is_empty() && !need_sync {
             return None;
         }
         let chunks = std::mem::take(&mut self.chunks);
+        let mut renames = Vec::new();
+        if self.rolls.background
+            && let Some(first) = chunks.first()
+            && let Some(r) = self.adopt_prepared(first.segment_base).or_else(|| {
+                let next = chunks
+                    .iter()
+                    .find(|c| c.segment_base != first.segment_base)?;
+                self.adopt_prepared(next.segment_base)
+            })
+        {
+            renames.push(r);
+        }
         let mut creates = Vec::new();
         let mut writes = Vec::new();
         let mut written_positions: Vec<(u64, u64)> = Vec::new();
@@ -270,7 +301,11 @@ impl<S: Storage> PartitionLog<S> {
             writes.push((c.segment_base, seg.file.clone(), Rc::new(buf), c.pos));
         }
         self.preallocate(&mut writes, &written_positions);
-        let do_sync = sync || self.segments.values().any(|s| s.sealed && !s.index_final);
+        // Without background rolls a roll's flush syncs the sealed segment and writes its final
+        // index; with them a seal job does (`roll.rs`), off the write path.
+        let do_sync = sync
+            || (!self.rolls.background
+                && self.segments.values().any(|s| s.sealed && !s.index_final));
         let (sync_files, checkpoints) = if do_sync {
             self.plan_sync(&written_positions)
         } else {
@@ -281,6 +316,8 @@ impl<S: Storage> PartitionLog<S> {
             storage: self.storage.clone(),
             dir: self.dir.clone(),
             creates,
+            renames,
+            sync_dir: do_sync && self.rolls.dir_unsynced,
             writes,
             sync_files,
             checkpoints,
@@ -305,12 +342,18 @@ impl<S: Storage> PartitionLog<S> {
             }
         }
         let upto = self.next_offset;
+        // While a seal runs no index file is written: an index after a sealed segment whose
+        // sync has not ended would make a crash's torn tail look like lost acknowledged data.
+        if !self.rolls.sealing.is_empty() {
+            return (sync_files, checkpoints);
+        }
         for seg in self.segments.values() {
             let end = written_positions
                 .iter()
                 .find(|(b, _)| *b == seg.base_offset)
                 .map_or(seg.written_pos, |w| w.1);
-            if seg.sealed && !seg.index_final && end == seg.end_pos {
+            // With background rolls a seal job writes it, off the flush's path.
+            if seg.sealed && !seg.index_final && end == seg.end_pos && !self.rolls.background {
                 checkpoints.push((seg.base_offset, seg.checkpoint(end, seg.next_offset), true));
             } else if !seg.sealed
                 && end >= seg.checkpoint_pos + self.cfg.checkpoint_interval_bytes
@@ -380,8 +423,11 @@ impl<S: Storage> PartitionLog<S> {
                 seg.file = Some(f);
             }
         }
-        if let Err(e) = done.result {
-            let err = Error::io(&done.error_path, e);
+        let result = match self.rolls.seal_error.take() {
+            Some(seal_error) => Err(seal_error),
+            None => done.result.map_err(|e| Error::io(&done.error_path, e)),
+        };
+        if let Err(err) = result {
             self.failed = Some(err.to_string());
             self.failed_disk_full = matches!(err, Error::DiskFull { .. });
             self.chunks.clear();
@@ -395,7 +441,9 @@ impl<S: Storage> PartitionLog<S> {
         }
         self.written_offset = self.written_offset.max(done.upto_offset);
         if done.synced {
-            self.durable_offset = self.durable_offset.max(done.upto_offset);
+            let durable = self.durable_after_sync(done.upto_offset);
+            self.durable_offset = self.durable_offset.max(durable);
+            self.rolls.dir_unsynced = false;
             // Every segment written since the last sync was in this job's sync set.
             self.unsynced_segments.clear();
         }

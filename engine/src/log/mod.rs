@@ -36,6 +36,7 @@
 //!  read.rs       plan_read, DiskRead, the batch cache               cache
 //!  retention.rs  expired segments, roll_for_retention, take_expired log_start
 //!  restart.rs    restart_log (empty at offset S), its marker file   everything, from disk
+//!  roll.rs       prepared next segment, seals off the write path    durable_offset
 //!  index.rs      .idx / .tix encoding and lookups                   -
 //! ```
 
@@ -53,6 +54,7 @@ mod read;
 mod recovery;
 mod restart;
 mod retention;
+mod roll;
 mod segment;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -65,6 +67,7 @@ pub use flush::{CloseJob, FlushDone, FlushJob, FlushTimings};
 pub use read::{DiskRead, ReadPlan, ReadResult, first_at_or_after};
 pub use recovery::RecoveryReport;
 pub use restart::restart_log;
+pub use roll::{PrepareDone, PrepareJob, SealDone, SealJob};
 pub(crate) use segment::write_whole_file;
 pub use segment::{remove_files, segment_file_name};
 
@@ -118,6 +121,8 @@ pub struct PartitionLog<S: Storage> {
     cache_copied_batches: std::cell::Cell<u64>,
     /// Set for encrypted topics: batches are sealed in `append`, after offsets are assigned.
     sealer: Option<crate::crypto::Sealer>,
+    /// Rolls off the write path: the prepared next segment, running seals (`roll.rs`).
+    rolls: roll::RollState<S::File>,
     pub recovery: RecoveryReport,
 }
 
@@ -147,6 +152,7 @@ impl<S: Storage> PartitionLog<S> {
             cache: VecDeque::new(),
             cache_bytes: 0,
             cache_copied_batches: std::cell::Cell::new(0),
+            rolls: roll::RollState::default(),
             recovery: RecoveryReport::default(),
         }
     }

@@ -245,8 +245,8 @@ impl<S: Storage> PartitionLog<S> {
             }
             remove_files(&storage, dir, &files).await?;
         }
-        log.write_missing_indexes().await;
         log.sync_tail_segments().await.map_err(err)?;
+        log.write_missing_indexes().await;
         let next = log
             .segments
             .values()
@@ -356,15 +356,19 @@ impl<S: Storage> PartitionLog<S> {
     /// that were written but never synced: the device may still lose them. Counting them
     /// durable unsynced would let a durable retry of such a batch be answered at once, and a
     /// later power loss lose it (found with the simulator's kill model, issue 13). The last two
-    /// segments are the ones a flush can have left unsynced (a roll syncs the segment it seals
-    /// before the next one takes data); the directory sync makes their names durable.
+    /// segments are the ones a flush can have left unsynced, and with rolls off the write path
+    /// (`roll.rs`) every sealed segment without its final index (an index is written only
+    /// after its segment's sync); the directory sync makes their names durable. Runs before
+    /// the missing indexes are written, for the same reason.
     async fn sync_tail_segments(&self) -> io::Result<()> {
-        for seg in self
+        let tail = self
             .segments
-            .values()
-            .rev()
-            .take(TAIL_SEGMENTS_SYNCED_AT_OPEN)
-        {
+            .len()
+            .saturating_sub(TAIL_SEGMENTS_SYNCED_AT_OPEN);
+        for (i, seg) in self.segments.values().enumerate() {
+            if i < tail && seg.checkpoint_pos == seg.end_pos {
+                continue;
+            }
             match &seg.file {
                 Some(file) => file.sync().await?,
                 None => self.storage.open(&seg.path).await?.sync().await?,

@@ -34,8 +34,8 @@ const RESTART_MARKER_TMP: &str = "restart-at.tmp";
 const MARKER_PREFIX: &str = "shardline log restart at ";
 
 impl<S: Storage> PartitionLog<S> {
-    /// Why the log cannot restart at `start` now, or `None`. A flush, pending data or a
-    /// retention roll are transient: try again once they end.
+    /// Why the log cannot restart at `start` now, or `None`. A flush, pending data, a
+    /// retention roll or a roll job (prepare, seal) are transient: try again once they end.
     pub fn restart_blocker(&self, start: u64) -> Option<String> {
         if start < self.next_offset {
             return Some(format!(
@@ -51,6 +51,9 @@ impl<S: Storage> PartitionLog<S> {
         }
         if self.retention_roll_running {
             return Some("a retention roll is running".into());
+        }
+        if self.has_roll_jobs() {
+            return Some("a segment roll job is running".into());
         }
         None
     }

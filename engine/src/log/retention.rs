@@ -77,7 +77,12 @@ impl<S: Storage> PartitionLog<S> {
         let (storage, dir, path, base, rolled) = {
             let mut l = log.borrow_mut();
             // A failed log is repaired (reopened) before anything else happens to it.
-            if !l.active_expired(now_ms) || l.flushing || !l.chunks.is_empty() || l.failed.is_some()
+            // Not while a seal runs: the rolled segment's index must not precede its sync.
+            if !l.active_expired(now_ms)
+                || l.flushing
+                || !l.chunks.is_empty()
+                || l.failed.is_some()
+                || l.is_sealing()
             {
                 return Ok(());
             }
@@ -92,6 +97,7 @@ impl<S: Storage> PartitionLog<S> {
             );
             l.roll(now_ms);
             l.retention_roll_running = true;
+            l.rolls.creating = Some(l.next_offset);
             let seg = l
                 .segments
                 .values()
@@ -106,7 +112,9 @@ impl<S: Storage> PartitionLog<S> {
             )
         };
         let err = |e| Error::io(path.display(), e);
-        let f = storage.open(&path).await.map_err(err)?;
+        let created = storage.open(&path).await;
+        log.borrow_mut().rolls.creating = None;
+        let f = created.map_err(err)?;
         storage.sync_dir(&dir).await.map_err(err)?;
         if let Some(seg) = log.borrow_mut().segments.get_mut(&base) {
             seg.file = Some(Rc::new(f));

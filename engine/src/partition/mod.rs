@@ -52,8 +52,8 @@ use crate::batch::{ProducerInfo, ValidatedBatch};
 use crate::error::{Error, Result};
 use crate::idempotence::{self, ProducerTable, SnapshotJob, Verdict};
 use crate::log::{
-    Appended, CloseJob, FlushDone, FlushJob, FlushTimings, LogConfig, PartitionLog, RecoveryReport,
-    Watermarks,
+    Appended, CloseJob, FlushDone, FlushJob, FlushTimings, LogConfig, PartitionLog, PrepareDone,
+    PrepareJob, RecoveryReport, SealDone, SealJob, Watermarks,
 };
 use crate::storage::Storage;
 
@@ -309,6 +309,58 @@ impl<S: Storage, T> PartitionCore<S, T> {
 
     pub fn is_flushing(&self) -> bool {
         self.flush_in_flight.is_some()
+    }
+
+    /// Leaves segment rolls to background jobs the shell runs beside the flushes
+    /// (docs/storage.md, "Segment rolls"): after each flush, [`Self::take_prepare`] and
+    /// [`Self::take_seal`]. Call again after a repair (a new log).
+    pub fn enable_background_rolls(&mut self) {
+        self.log.borrow_mut().set_background_rolls(true);
+    }
+
+    /// The next segment's file to make ahead of its roll, if it is time: run it, then
+    /// [`Self::prepare_done`].
+    pub fn take_prepare(&mut self) -> Option<PrepareJob<S>> {
+        if self.closing || self.closed || self.failure.is_some() {
+            return None;
+        }
+        self.log.borrow_mut().take_prepare()
+    }
+
+    pub fn prepare_done(&mut self, done: PrepareDone<S>) {
+        self.log.borrow_mut().finish_prepare(done);
+    }
+
+    /// Sealed segments to sync and index off the write path: run it, then
+    /// [`Self::seal_done`]. Also while closing (after the final flushes, so that every sealed
+    /// segment has its index at the next start).
+    pub fn take_seal(&mut self) -> Option<SealJob<S>> {
+        if self.closed || self.failure.is_some() {
+            return None;
+        }
+        self.log.borrow_mut().take_seal()
+    }
+
+    /// A seal ended: completes the durable acks it unblocked and plans what follows as after a
+    /// flush (a sync for waiters the seal did not cover, the sync timer), or fails the partition.
+    pub fn seal_done(&mut self, done: SealDone, now_ms: i64, out: &mut Vec<Action<S, T>>) {
+        if self.failure.is_some() {
+            return; // already failed: the repair replaces this log
+        }
+        let finished = self.log.borrow_mut().finish_seal(done);
+        match finished {
+            Ok(Some(w)) => {
+                self.advance(w, out);
+                self.plan_after_flush(now_ms, out);
+            }
+            Ok(None) => {}
+            Err(e) => self.fail(&e, out),
+        }
+    }
+
+    /// Whether a prepare or seal job is running (a close or repair waits for it).
+    pub fn has_roll_jobs(&self) -> bool {
+        self.log.borrow().has_roll_jobs()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -781,6 +833,9 @@ impl<S: Storage, T> PartitionCore<S, T> {
                 return Err(e);
             }
         };
+        let mut log = log;
+        // The new log rolls as the old one did (the shell enabled background rolls, or not).
+        log.set_background_rolls(self.log.borrow().background_rolls());
         let w = log.watermarks();
         check_watermarks(&w);
         *self.log.borrow_mut() = log;

@@ -21,7 +21,7 @@ use crate::batch::{self, BatchHeader};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
 use crate::idempotence::SnapshotJob;
-use crate::log::{self, LogConfig, ReadPlan, ReadResult, RecoveryReport, Watermarks};
+use crate::log::{self, LogConfig, ReadPlan, ReadResult, RecoveryReport, SealJob, Watermarks};
 use crate::metrics::{Sample, ShardMetrics, ShardMetricsSnapshot};
 use crate::partition::{
     Action, CoreConfig, Flush, FlushReport, PartitionCore, Produced, RepairJob,
@@ -538,7 +538,8 @@ impl Shard {
         let opened =
             PartitionCore::open(DmaStorage, &dir, key.clone(), config, cfg, now_ms()).await;
         match opened {
-            Ok(o) => {
+            Ok(mut o) => {
+                o.core.enable_background_rolls();
                 let p = Rc::new(Partition::new(key.clone(), o.core));
                 if let Some(job) = o.snapshot {
                     write_snapshot(&p, job).await;
@@ -580,7 +581,7 @@ impl Shard {
     async fn close_partition(self: &Rc<Self>, p: &Rc<Partition>) -> Result<()> {
         p.core.borrow_mut().begin_close();
         // Let a running flush end (bounded); it plans no next one now.
-        wait_for_jobs(p, |c| !c.is_flushing()).await;
+        wait_for_jobs(p, |c| !c.is_flushing() && !c.has_roll_jobs()).await;
         let mut result = Ok(());
         loop {
             let flush = p.core.borrow_mut().take_close_flush();
@@ -596,6 +597,15 @@ impl Shard {
                 result = Err(e);
                 break;
             }
+        }
+        // Sealed segments still without their final index get it now (their data is synced).
+        while result.is_ok() {
+            let seal = p.core.borrow_mut().take_seal();
+            let Some(job) = seal else { break };
+            let done = job.run().await;
+            let mut actions = Vec::new();
+            p.core.borrow_mut().seal_done(done, now_ms(), &mut actions);
+            self.perform(p, actions);
         }
         let mut actions = Vec::new();
         let close_job = p.core.borrow_mut().finish_close(&mut actions);
@@ -741,6 +751,7 @@ impl Shard {
             let report = p.core.borrow_mut().flush_done(done, now_ms(), &mut actions);
             p.jobs_ended.notify_all();
             self.count_flush(&report);
+            self.start_roll_jobs(&p);
             if let Err(e) = &report.result {
                 tracing::error!(topic = %p.key.0, partition = p.key.1, error = %e, "flush failed; repairing the partition");
             }
@@ -752,6 +763,47 @@ impl Shard {
                 }
             }
             self.perform(&p, rest);
+        }
+    }
+
+    /// Segment rolls off the write path (docs/storage.md, "Segment rolls"): makes the next
+    /// segment's file once the active one is half full, and syncs and indexes sealed segments
+    /// beside the flushes. Each job is taken at most once at a time by the log.
+    fn start_roll_jobs(self: &Rc<Self>, p: &Rc<Partition>) {
+        if self.closing.get() {
+            return;
+        }
+        let (prepare, seal) = {
+            let mut c = p.core.borrow_mut();
+            (c.take_prepare(), c.take_seal())
+        };
+        if let Some(job) = prepare {
+            let p = p.clone();
+            rt::spawn_local(async move {
+                let done = job.run().await;
+                p.core.borrow_mut().prepare_done(done);
+                p.jobs_ended.notify_all();
+            });
+        }
+        if let Some(job) = seal {
+            rt::spawn_local(self.clone().seal_loop(p.clone(), job));
+        }
+    }
+
+    /// Runs seal jobs one after the other while the log has sealed segments waiting.
+    async fn seal_loop(self: Rc<Self>, p: Rc<Partition>, first: SealJob<DmaStorage>) {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            let done = job.run().await;
+            // Counted with the flushes' syncs (`ShardStats::syncs`).
+            self.stats.borrow_mut().syncs += u64::from(done.is_ok());
+            let mut actions = Vec::new();
+            p.core.borrow_mut().seal_done(done, now_ms(), &mut actions);
+            p.jobs_ended.notify_all();
+            self.perform(&p, actions);
+            if !self.closing.get() {
+                next = p.core.borrow_mut().take_seal();
+            }
         }
     }
 
@@ -795,11 +847,14 @@ impl Shard {
 
     /// After an I/O error: reopen the partition from disk (the recovery path of a restart).
     async fn repair(self: Rc<Self>, p: Rc<Partition>, job: RepairJob<DmaStorage>) {
+        // A running seal could write an index into the directory the reopen reads.
+        wait_for_jobs(&p, |c| !c.has_roll_jobs()).await;
         let reopened = job.run(now_ms()).await;
         let mut actions = Vec::new();
         let repaired = p.core.borrow_mut().repaired(reopened, &mut actions);
         match repaired {
             Ok(w) => {
+                p.core.borrow_mut().enable_background_rolls();
                 tracing::info!(topic = %p.key.0, partition = p.key.1, next_offset = w.next_offset, "partition repaired");
             }
             Err(e) => {
