@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future::block_on;
-use shardline_engine::batch::{self, BatchBuilder};
+use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
 use shardline_engine::replication::disk::RaftDisk;
 use shardline_engine::rt::StdFs;
 use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, OffsetSpec, TopicConfig};
@@ -40,8 +40,14 @@ fn start(net: &Arc<Net>, n: NodeId, nodes: &[NodeId], dir: &Path) -> Engine {
     start_with(net, n, nodes, config_with(dir, 1))
 }
 
+/// Batch `i` of one idempotent producer (sequence `i`), so that a retry after an error that
+/// left the batch committed (`PartitionFailed` when leadership moved) is not stored twice.
 fn batch_of(i: u64, fill: usize) -> Bytes {
-    let mut b = BatchBuilder::new();
+    let mut b = BatchBuilder::new().producer(ProducerInfo {
+        producer_id: 77,
+        producer_epoch: 0,
+        base_sequence: u32::try_from(i).unwrap(),
+    });
     b.push_value(format!("{i}-{}", "x".repeat(fill)));
     b.build().unwrap()
 }
@@ -285,19 +291,33 @@ fn raft_log_stays_bounded_and_a_restart_reads_only_the_retained_part() {
 
 /// Every batch of a node's partition log from its log start: base offset -> record values
 /// (opened with the node's own key when the topic is encrypted).
+/// Retention may delete the segment being read, and a restarting log refuses reads for a
+/// moment: then it starts again from the new log start (at most 50 times).
 fn read_log_from_start(e: &Engine) -> BTreeMap<u64, Vec<u8>> {
+    for _ in 0..50 {
+        if let Some(log) = try_read_log_from_start(e) {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the log kept moving under 50 reads from its start");
+}
+
+fn try_read_log_from_start(e: &Engine) -> Option<BTreeMap<u64, Vec<u8>>> {
     let mut out = BTreeMap::new();
     let mut offset = e.list_offset(TOPIC, 0, OffsetSpec::Earliest).unwrap();
     let topic_id = e.route(TOPIC).unwrap().id;
     loop {
-        let r = e
-            .fetch(FetchRequest {
-                max_bytes: 1 << 20,
-                ..FetchRequest::new(TOPIC, 0, offset)
-            })
-            .unwrap();
+        let r = match e.fetch(FetchRequest {
+            max_bytes: 1 << 20,
+            ..FetchRequest::new(TOPIC, 0, offset)
+        }) {
+            Ok(r) => r,
+            Err(Error::OffsetOutOfRange { .. } | Error::PartitionFailed { .. }) => return None,
+            Err(err) => panic!("fetch at {offset}: {err}"),
+        };
         if r.records == 0 {
-            return out;
+            return Some(out);
         }
         for chunk in &r.chunks {
             let chunk = match e.keyring() {
