@@ -448,7 +448,17 @@ fn a_node_joins_takes_a_replica_is_drained_and_removed() {
     wait_until("node 4 learns the topic from the log", 15, || {
         four.route(TOPIC).is_ok()
     });
-    // A restart of node 4 from its own directory keeps what it learned.
+    // A restart of node 1 keeps node 4 (the metadata), and tells its new hook of nothing.
+    net.stop(1);
+    let one = start_with(&net, 1, &first, config(dirs[0].path()));
+    let log = hooks[0].clone();
+    one.set_node_hook(Arc::new(move |_: &Engine, id, addr| {
+        log.lock().unwrap().push((id, addr.map(str::to_string)));
+    }))
+    .unwrap();
+    assert_eq!(one.cluster_nodes(), [1, 2, 3, 4]);
+    assert_eq!(one.added_nodes(), [(4, "127.0.0.1:7004".to_string())]);
+        // A restart of node 4 from its own directory keeps what it learned.
     net.stop(4);
     let four = start_joiner(&net, dirs[3].path());
     assert!(four.route(TOPIC).is_ok());
