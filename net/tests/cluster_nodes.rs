@@ -263,6 +263,19 @@ fn a_node_is_added_with_the_cli_takes_a_partition_and_is_removed_once_drained() 
         assert!(Instant::now() < deadline, "node 4 learns the topic");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // New topics may be placed on node 4 (and four replicas are allowed now).
+    admin
+        .create_replicated_topic(
+            "wide",
+            TopicConfig {
+                partitions: 1,
+                ..TopicConfig::default()
+            },
+            4,
+        )
+        .unwrap();
+    wait_replicas(&c, &[1, 4], "wide", &[1, 2, 3, 4]);
+    admin.delete_topic("wide").unwrap();
     // A restart of node 4 from its own data directory.
     c.kill(4).unwrap();
     c.spawn(4).unwrap();
