@@ -183,12 +183,9 @@ fn wait_replicas(c: &Cluster, ids: &[u64], topic: &str, want: &[u64]) {
     }
 }
 
-#[test]
-fn a_node_is_added_with_the_cli_takes_a_partition_and_is_removed_once_drained() {
-    let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = Cluster::new(std::path::Path::new(BIN), dir.path(), 4).unwrap();
-    // Nodes 1-3 know only each other; node 4 joins with --join and its own --peer-listen.
+/// Nodes 1-3 list only each other; node 4 gets `--join` (the three) and its own
+/// `--peer-listen`. Returns node 4's peer address.
+fn join_setup(c: &mut Cluster) -> String {
     let first3: Vec<String> = c.nodes[..3]
         .iter()
         .map(|n| format!("{}@{}", n.id, n.peer_addr))
@@ -217,25 +214,63 @@ fn a_node_is_added_with_the_cli_takes_a_partition_and_is_removed_once_drained() 
         c.spawn(id).unwrap();
     }
     for id in 1..=3 {
-        wait_links_to(&c, id, 2);
+        wait_links_to(c, id, 2);
     }
-    let topic = "joining".to_string();
-    let admin = Client::connect(&c.node(2).addr, config()).unwrap();
+    peer4
+}
+
+/// Creates a one-partition topic with `r` replicas and waits until node 1 reports `want` with
+/// a leader.
+fn create(c: &Cluster, admin: &Client, topic: &str, r: u32, want: &[u64]) {
     admin
         .create_replicated_topic(
-            &topic,
+            topic,
             TopicConfig {
                 partitions: 1,
                 ..TopicConfig::default()
             },
-            3,
+            r,
         )
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !replicas(&c, 1, &topic).is_some_and(|(s, l)| s == vec![1, 2, 3] && l != 0) {
-        assert!(Instant::now() < deadline, "topic on 1,2,3 with a leader");
+    while !replicas(c, 1, topic).is_some_and(|(s, l)| s == want && l != 0) {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} on {want:?} with a leader"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `topic reassign TOPIC --partition 0 --replicas SET` through node `at` (waits for the end).
+fn reassign(c: &Cluster, at: u64, topic: &str, set: &str) {
+    let out = cli(
+        c,
+        at,
+        &[
+            "topic",
+            "reassign",
+            topic,
+            "--partition",
+            "0",
+            "--replicas",
+            set,
+            "--wait-secs",
+            "40",
+        ],
+    );
+    assert!(out.status.success(), "reassign to {set}: {}", text(&out));
+}
+
+#[test]
+fn a_node_is_added_with_the_cli_takes_a_partition_and_is_removed_once_drained() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::new(std::path::Path::new(BIN), dir.path(), 4).unwrap();
+    let peer4 = join_setup(&mut c);
+    let topic = "joining".to_string();
+    let admin = Client::connect(&c.node(2).addr, config()).unwrap();
+    create(&c, &admin, &topic, 3, &[1, 2, 3]);
     let stop = Arc::new(AtomicBool::new(false));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let bootstrap = c.nodes[..3]
@@ -264,30 +299,15 @@ fn a_node_is_added_with_the_cli_takes_a_partition_and_is_removed_once_drained() 
         std::thread::sleep(Duration::from_millis(50));
     }
     // New topics may be placed on node 4 (and four replicas are allowed now).
-    admin
-        .create_replicated_topic(
-            "wide",
-            TopicConfig {
-                partitions: 1,
-                ..TopicConfig::default()
-            },
-            4,
-        )
-        .unwrap();
-    wait_replicas(&c, &[1, 4], "wide", &[1, 2, 3, 4]);
+    create(&c, &admin, "wide", 4, &[1, 2, 3, 4]);
+    wait_replicas(&c, &[4], "wide", &[1, 2, 3, 4]);
     admin.delete_topic("wide").unwrap();
     // A restart of node 4 from its own data directory.
     c.kill(4).unwrap();
     c.spawn(4).unwrap();
     wait_links_to(&c, 4, 3);
 
-    let out = Command::new(BIN)
-        .args(["topic", "reassign", &topic, "--partition", "0"])
-        .args(["--replicas", "2,3,4", "--wait-secs", "40", "--addr"])
-        .arg(&c.node(3).addr)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "reassign: {}", text(&out));
+    reassign(&c, 3, &topic, "2,3,4");
     wait_replicas(&c, &[1, 2, 3, 4], &topic, &[2, 3, 4]);
     wait_acks(&ledger, 100);
     stop.store(true, Ordering::Release);
@@ -308,13 +328,7 @@ fn a_node_is_added_with_the_cli_takes_a_partition_and_is_removed_once_drained() 
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("drain it first"), "{}", text(&out));
     // Drained, it is removed.
-    let out = Command::new(BIN)
-        .args(["topic", "reassign", &topic, "--partition", "0"])
-        .args(["--replicas", "1,2,3", "--wait-secs", "40", "--addr"])
-        .arg(&c.node(1).addr)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "reassign back: {}", text(&out));
+    reassign(&c, 1, &topic, "1,2,3");
     wait_replicas(&c, &[1, 2, 3], &topic, &[1, 2, 3]);
     let out = cli(&c, 2, &["cluster", "remove-node", "4"]);
     assert!(out.status.success(), "remove-node: {}", text(&out));

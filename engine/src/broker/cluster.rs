@@ -310,6 +310,8 @@ struct Host {
     specs: RefCell<HashMap<GroupId, OpenSpec>>,
     /// Moves of this shard's groups under way (membership.rs).
     moves: RefCell<HashMap<GroupId, membership::Watched>>,
+    /// Shard 0: the controller group's learner target last given (nodes.rs).
+    controller_learners: RefCell<Option<Vec<NodeId>>>,
 }
 
 /// What a replica is opened from.
@@ -420,8 +422,14 @@ impl Host {
         pending: &mut Vec<PendingCmd>,
     ) {
         for (r, b) in inbox.opens {
-            bindings.insert(r.group(), b);
+            let group = r.group();
+            bindings.insert(group, b);
             node.insert(r);
+            if group == CONTROLLER_GROUP {
+                // A reopened controller replica keeps its learner target.
+                let learners = self.controller_learners.borrow().clone();
+                node.set_learner_target(CONTROLLER_GROUP, learners);
+            }
         }
         for (g, done) in inbox.removes {
             self.specs.borrow_mut().remove(&g);
@@ -430,7 +438,8 @@ impl Host {
             let _ = done.send(Ok(()));
         }
         if let Some(l) = inbox.learners {
-            node.set_learner_target(CONTROLLER_GROUP, Some(l));
+            node.set_learner_target(CONTROLLER_GROUP, Some(l.clone()));
+            *self.controller_learners.borrow_mut() = Some(l);
         }
         for (from, msgs) in inbox.peer {
             node.on_peer_messages(from, msgs);
@@ -720,6 +729,7 @@ fn start_host(
         controller_apply,
         specs: RefCell::new(HashMap::new()),
         moves: RefCell::new(HashMap::new()),
+        controller_learners: RefCell::new(None),
     });
     HOST.with(|x| *x.borrow_mut() = Some(h.clone()));
     local.set_replication_hook(Rc::new(|group, key, batch, acks, reply| {

@@ -48,27 +48,7 @@ impl Engine {
         sink: PeerSink,
         cfg: ReplicaConfig,
     ) -> Result<()> {
-        let mut voters = voters;
-        voters.sort_unstable();
-        voters.dedup();
-        if node_id == 0 || voters.contains(&0) || voters.contains(&node_id) == joining {
-            return Err(Error::InvalidArgument(format!(
-                "node ids must be >= 1 and the list must {} this node ({node_id}): {voters:?}",
-                if joining { "not include" } else { "include" }
-            )));
-        }
-        if voters.is_empty() {
-            return Err(Error::InvalidArgument("the node list is empty".into()));
-        }
-        if cfg.tick_ms == 0
-            || cfg.heartbeat_ticks == 0
-            || cfg.election_ticks <= cfg.heartbeat_ticks
-            || cfg.election_ticks_max <= cfg.election_ticks
-        {
-            return Err(Error::InvalidArgument(format!(
-                "replica timing needs tick_ms > 0 and heartbeat < election < election max: {cfg:?}"
-            )));
-        }
+        let voters = check_start(node_id, voters, joining, &cfg)?;
         let meta = lock(&self.inner.control)?.clone();
         let nodes = nodes::membership(node_id, &voters, &meta);
         // Producer ids carry the node from now on (engine/src/producer_ids.rs).
@@ -488,4 +468,35 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The sorted voters of a cluster start, checked with the replica timing.
+fn check_start(
+    node_id: NodeId,
+    voters: Vec<NodeId>,
+    joining: bool,
+    cfg: &ReplicaConfig,
+) -> Result<Vec<NodeId>> {
+    let mut voters = voters;
+    voters.sort_unstable();
+    voters.dedup();
+    if node_id == 0 || voters.contains(&0) || voters.contains(&node_id) == joining {
+        return Err(Error::InvalidArgument(format!(
+            "node ids must be >= 1 and the list must {} this node ({node_id}): {voters:?}",
+            if joining { "not include" } else { "include" }
+        )));
+    }
+    if voters.is_empty() {
+        return Err(Error::InvalidArgument("the node list is empty".into()));
+    }
+    if cfg.tick_ms == 0
+        || cfg.heartbeat_ticks == 0
+        || cfg.election_ticks <= cfg.heartbeat_ticks
+        || cfg.election_ticks_max <= cfg.election_ticks
+    {
+        return Err(Error::InvalidArgument(format!(
+            "replica timing needs tick_ms > 0 and heartbeat < election < election max: {cfg:?}"
+        )));
+    }
+    Ok(voters)
 }
