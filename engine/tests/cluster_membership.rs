@@ -390,6 +390,14 @@ fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
 
 type HookLog = Arc<std::sync::Mutex<Vec<(NodeId, Option<String>)>>>;
 
+/// A node hook that records what it is told in `log`.
+fn recording_hook(log: &HookLog) -> shardline_engine::NodeHook {
+    let log = log.clone();
+    Arc::new(move |_: &Engine, id, addr| {
+        log.lock().unwrap().push((id, addr.map(str::to_string)));
+    })
+}
+
 /// Node 4 joining the cluster 1, 2, 3 (`join_cluster` with the controller's voters).
 fn start_joiner(net: &Arc<Net>, dir: &Path) -> Engine {
     let e = Engine::open(config(dir)).unwrap();
@@ -414,11 +422,8 @@ fn a_node_joins_takes_a_replica_is_drained_and_removed() {
     let hooks: Vec<HookLog> = (0..3).map(|_| HookLog::default()).collect();
     for n in first {
         let e = start_with(&net, n, &first, config(dirs[n as usize - 1].path()));
-        let log = hooks[n as usize - 1].clone();
-        e.set_node_hook(Arc::new(move |_: &Engine, id, addr| {
-            log.lock().unwrap().push((id, addr.map(str::to_string)));
-        }))
-        .unwrap();
+        e.set_node_hook(recording_hook(&hooks[n as usize - 1]))
+            .unwrap();
     }
     let cfg = TopicConfig {
         replicas: 3,
@@ -457,11 +462,7 @@ fn a_node_joins_takes_a_replica_is_drained_and_removed() {
     // A restart of node 1 keeps node 4 (the metadata), and tells its new hook of nothing.
     net.stop(1);
     let one = start_with(&net, 1, &first, config(dirs[0].path()));
-    let log = hooks[0].clone();
-    one.set_node_hook(Arc::new(move |_: &Engine, id, addr| {
-        log.lock().unwrap().push((id, addr.map(str::to_string)));
-    }))
-    .unwrap();
+    one.set_node_hook(recording_hook(&hooks[0])).unwrap();
     assert_eq!(one.cluster_nodes(), [1, 2, 3, 4]);
     assert_eq!(one.added_nodes(), [(4, "127.0.0.1:7004".to_string())]);
     // A restart of node 4 from its own directory keeps what it learned.

@@ -249,3 +249,26 @@ impl Engine {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves: members = initial list + added - removed, this node always in, sorted; a move
+    // naming a node refuses its removal.
+    #[test]
+    fn membership_follows_the_metadata() {
+        let mut m = metadata::Metadata::new(1);
+        assert_eq!(membership(1, &[3, 1, 2], &m), vec![1, 2, 3]);
+        m.added_nodes.insert(5, "h:1".into());
+        m.added_nodes.insert(4, "h:2".into());
+        assert_eq!(membership(2, &[1, 2, 3], &m), vec![1, 2, 3, 4, 5]);
+        m.removed_nodes = vec![4];
+        assert_eq!(membership(2, &[1, 2, 3], &m), vec![1, 2, 3, 5]);
+        // A joining node is a member of its own view before its AddNode applies.
+        assert_eq!(membership(9, &[1, 2, 3], &m), vec![1, 2, 3, 5, 9]);
+        assert_eq!(holds_replicas(&m, 5), None);
+        m.moves.insert(7, vec![1, 2, 5]);
+        assert!(holds_replicas(&m, 5).is_some_and(|w| w.contains("move")));
+    }
+}
