@@ -42,7 +42,8 @@ pub use api::{
 };
 pub use batch::{BatchBuilder, Header, Record};
 pub use broker::cluster::{
-    GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus, SecurityChanges, SecurityHook,
+    GroupId, NodeHook, NodeId, PeerSink, ReplicaConfig, ReplicaStatus, SecurityChanges,
+    SecurityHook,
 };
 pub use broker::engine::{Engine, PendingAck, ShardHandle, ShardTask, Subscription};
 pub use config::{EngineConfig, TopicConfig};

@@ -60,6 +60,13 @@ pub struct Metadata {
     /// replica starts from that configuration and replays the changes since).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub initial_sets: BTreeMap<u64, Vec<u64>>,
+    /// Nodes added at run time (`AddNode`), id -> node-to-node address; the `--cluster` list
+    /// is the initial membership (docs/replication.md, "Dynamic nodes").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub added_nodes: BTreeMap<u64, String>,
+    /// Nodes removed (`RemoveNode`), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_nodes: Vec<u64>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -82,6 +89,8 @@ impl Metadata {
             recent_requests: Vec::new(),
             moves: BTreeMap::new(),
             initial_sets: BTreeMap::new(),
+            added_nodes: BTreeMap::new(),
+            removed_nodes: Vec::new(),
         }
     }
 

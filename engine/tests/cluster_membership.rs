@@ -378,3 +378,143 @@ fn a_move_resumes_after_the_new_node_restarts() {
         started.elapsed()
     );
 }
+
+/// Waits (bounded) until `cond` holds, else fails with `what`.
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} (after {secs} s)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+type HookLog = Arc<std::sync::Mutex<Vec<(NodeId, Option<String>)>>>;
+
+/// A node hook that records what it is told in `log`.
+fn recording_hook(log: &HookLog) -> shardline_engine::NodeHook {
+    let log = log.clone();
+    Arc::new(move |_: &Engine, id, addr| {
+        log.lock().unwrap().push((id, addr.map(str::to_string)));
+    })
+}
+
+/// Node 4 joining the cluster 1, 2, 3 (`join_cluster` with the controller's voters).
+fn start_joiner(net: &Arc<Net>, dir: &Path) -> Engine {
+    let e = Engine::open(config(dir)).unwrap();
+    net.engines.lock().unwrap().insert(4, e.clone());
+    e.join_cluster(4, vec![1, 2, 3], net.sink(4), common::replica_config())
+        .unwrap();
+    e
+}
+
+// Proves (docs/replication.md, "Membership changes", step 3): a node that is not in the
+// initial list joins with `join_cluster`, is added with `add_node` (every member's hook hears
+// of it, every node's membership follows, it catches the controller's log up as a learner:
+// it learns the topic created before it joined), survives a restart from its own directory,
+// takes a replica by reassignment with every acknowledged record in its log; `remove_node` is
+// refused while it holds the replica and succeeds once it is drained.
+#[test]
+fn a_node_joins_takes_a_replica_is_drained_and_removed() {
+    let started = Instant::now();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let net = Arc::new(Net::default());
+    let first: [NodeId; 3] = [1, 2, 3];
+    let hooks: Vec<HookLog> = (0..3).map(|_| HookLog::default()).collect();
+    for n in first {
+        let e = start_with(&net, n, &first, config(dirs[n as usize - 1].path()));
+        e.set_node_hook(recording_hook(&hooks[n as usize - 1]))
+            .unwrap();
+    }
+    let cfg = TopicConfig {
+        replicas: 3,
+        ..TopicConfig::with_partitions(1)
+    };
+    block_on(net.engine(1).create_topic_replicated(TOPIC, cfg)).unwrap();
+    for n in first {
+        wait_until(&format!("node {n} has the topic"), 10, || {
+            net.engine(n).route(TOPIC).is_ok()
+        });
+    }
+    let mut acked = BTreeMap::new();
+    for seq in 0..10 {
+        acked.insert(produce(&net, seq, &[4]), format!("r{seq}"));
+    }
+    let four = start_joiner(&net, dirs[3].path());
+    assert!(four.route(TOPIC).is_err(), "nothing before it is added");
+    block_on(net.engine(2).add_node(4, "127.0.0.1:7004".into())).unwrap();
+    // Node 2 applied it before answering: a second add there is refused.
+    let err = block_on(net.engine(2).add_node(4, "127.0.0.1:7004".into())).unwrap_err();
+    assert!(err.to_string().contains("already a member"), "{err}");
+    for n in first {
+        let hook = hooks[n as usize - 1].clone();
+        wait_until(&format!("node {n}'s hook hears of node 4"), 10, || {
+            hook.lock().unwrap().as_slice() == [(4, Some("127.0.0.1:7004".to_string()))]
+        });
+    }
+    for n in [1, 2, 3, 4] {
+        wait_until(&format!("node {n} knows four members"), 15, || {
+            net.engine(n).cluster_nodes() == [1, 2, 3, 4]
+        });
+    }
+    wait_until("node 4 learns the topic from the log", 15, || {
+        four.route(TOPIC).is_ok()
+    });
+    // A restart of node 1 keeps node 4 (the metadata), and tells its new hook of nothing.
+    net.stop(1);
+    let one = start_with(&net, 1, &first, config(dirs[0].path()));
+    one.set_node_hook(recording_hook(&hooks[0])).unwrap();
+    assert_eq!(one.cluster_nodes(), [1, 2, 3, 4]);
+    assert_eq!(one.added_nodes(), [(4, "127.0.0.1:7004".to_string())]);
+    // A restart of node 4 from its own directory keeps what it learned.
+    net.stop(4);
+    let four = start_joiner(&net, dirs[3].path());
+    assert!(four.route(TOPIC).is_ok());
+    assert_eq!(four.cluster_nodes(), [1, 2, 3, 4]);
+    // A replica moves onto node 4 while producing goes on.
+    let (old, _) = status(&net, 1);
+    let target = vec![old[0], old[1], 4];
+    block_on(net.engine(1).reassign_partition(TOPIC, 0, target.clone())).unwrap();
+    for seq in 10..20 {
+        acked.insert(produce(&net, seq, &[]), format!("r{seq}"));
+    }
+    for n in [1, 2, 3, 4] {
+        wait_until(&format!("node {n} sees the move done"), 30, || {
+            status(&net, n).0 == target
+        });
+    }
+    wait_log(&net, 4, &acked);
+    let err = block_on(net.engine(1).remove_node(4)).unwrap_err();
+    assert!(err.to_string().contains("drain it first"), "{err}");
+    assert_eq!(net.engine(1).cluster_nodes(), [1, 2, 3, 4]);
+    // Drained, it is removed.
+    block_on(net.engine(2).reassign_partition(TOPIC, 0, first.to_vec())).unwrap();
+    for n in [1, 2, 3] {
+        wait_until(&format!("node {n} sees node 4 drained"), 30, || {
+            status(&net, n).0 == first
+        });
+    }
+    block_on(net.engine(3).remove_node(4)).unwrap();
+    for n in first {
+        wait_until(&format!("node {n} removed node 4"), 10, || {
+            net.engine(n).cluster_nodes() == first
+        });
+        let hook = hooks[n as usize - 1].clone();
+        wait_until(&format!("node {n}'s hook hears of the removal"), 10, || {
+            hook.lock().unwrap().last() == Some(&(4, None))
+        });
+    }
+    for seq in 20..25 {
+        acked.insert(produce(&net, seq, &[4]), format!("r{seq}"));
+    }
+    for n in first {
+        wait_log(&net, n, &acked);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    for n in net.up() {
+        net.stop(n);
+    }
+}

@@ -6,8 +6,8 @@
 //! drained of the partition, is SIGKILLed and the producer still gets acknowledgements.
 //! Every acknowledged record is then read back from node 4's copy at its acknowledged offset.
 //!
-//! Not built (docs/replication.md, "Not done yet"): adding a node that is not in the cluster
-//! list (`cluster add-node`), removing one from the list (`cluster remove-node`).
+//! Adding a node that is not in the cluster list (`cluster add-node`) and removing one
+//! (`cluster remove-node`): net/tests/cluster_nodes.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

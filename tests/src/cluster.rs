@@ -129,7 +129,9 @@ impl Cluster {
             .arg(self.shards.to_string())
             .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
             .arg(&n.data_dir)
-            .args(["--node-id", &id.to_string(), "--cluster", list])
+            .args(["--node-id", &id.to_string()])
+            // An empty per-node list: the node's own flags say (`--join`, in `node_extra`).
+            .args(["--cluster", list].iter().filter(|_| !list.is_empty()))
             .args(["--cluster-id", cluster_id])
             .args(&self.extra)
             .args(self.node_extra.get((id - 1) as usize).into_iter().flatten())

@@ -40,9 +40,11 @@ use crate::util::LocalNotify;
 mod api;
 mod controller;
 mod membership;
+mod nodes;
 mod security;
 mod snapshots;
 
+pub use nodes::NodeHook;
 pub use security::{SECURITY_CHANGE_BYTES_MAX, SecurityChanges, SecurityHook};
 
 /// Where a node's outgoing Raft messages go: one call per peer per round, every group's
@@ -112,6 +114,17 @@ enum Command {
         request_id: u64,
         change: Vec<u8>,
     },
+    /// Node `id` joins the cluster; its node-to-node address is `peer_addr` (nodes.rs).
+    AddNode {
+        request_id: u64,
+        id: NodeId,
+        peer_addr: String,
+    },
+    /// Node `id` leaves the cluster (refused while a replica set or a move names it).
+    RemoveNode {
+        request_id: u64,
+        id: NodeId,
+    },
     /// Move a partition onto `replicas` (membership.rs).
     Reassign {
         request_id: u64,
@@ -135,7 +148,9 @@ impl Command {
             | Command::DeleteTopic { request_id, .. }
             | Command::Security { request_id, .. }
             | Command::Reassign { request_id, .. }
-            | Command::ReassignDone { request_id, .. } => *request_id,
+            | Command::ReassignDone { request_id, .. }
+            | Command::AddNode { request_id, .. }
+            | Command::RemoveNode { request_id, .. } => *request_id,
         }
     }
 }
@@ -173,13 +188,21 @@ enum Outcome {
     /// A security change: what the hook said.
     Security(std::result::Result<(), String>),
     Reassigned,
+    /// A node added or removed.
+    Nodes,
 }
 
 /// The cluster side of an engine (shared by its shards and its apply thread).
 pub(crate) struct ClusterState {
     node_id: NodeId,
-    /// Sorted, this node included.
-    nodes: Vec<NodeId>,
+    /// The members, sorted, this node included: the `--cluster` list, then `AddNode` /
+    /// `RemoveNode` (nodes.rs).
+    nodes: RwLock<Vec<NodeId>>,
+    /// The controller group's voters (the initial list; fixed: nodes added later are its
+    /// learners).
+    controller_voters: Vec<NodeId>,
+    /// Told of every node added or removed (the transport's peers follow).
+    node_hook: Mutex<Option<NodeHook>>,
     sink: PeerSink,
     cfg: ReplicaConfig,
     /// Raft group -> the shard of this node that holds it.
@@ -208,8 +231,8 @@ impl ClusterState {
     }
 
     /// Every node of the cluster, sorted.
-    pub(crate) fn nodes(&self) -> &[NodeId] {
-        &self.nodes
+    pub(crate) fn nodes(&self) -> Vec<NodeId> {
+        self.nodes.read().map(|n| n.clone()).unwrap_or_default()
     }
 }
 
@@ -256,6 +279,8 @@ struct HostInbox {
     removes: Vec<(GroupId, flume::Sender<Result<()>>)>,
     queries: Vec<Query>,
     moves: Vec<membership::MoveOrder>,
+    /// The controller group's learner target, when it changed (nodes.rs).
+    learners: Option<Vec<NodeId>>,
     ticks: u32,
 }
 
@@ -268,6 +293,7 @@ impl HostInbox {
             && self.removes.is_empty()
             && self.queries.is_empty()
             && self.moves.is_empty()
+            && self.learners.is_none()
             && self.ticks == 0
     }
 }
@@ -284,6 +310,8 @@ struct Host {
     specs: RefCell<HashMap<GroupId, OpenSpec>>,
     /// Moves of this shard's groups under way (membership.rs).
     moves: RefCell<HashMap<GroupId, membership::Watched>>,
+    /// Shard 0: the controller group's learner target last given (nodes.rs).
+    controller_learners: RefCell<Option<Vec<NodeId>>>,
 }
 
 /// What a replica is opened from.
@@ -394,14 +422,24 @@ impl Host {
         pending: &mut Vec<PendingCmd>,
     ) {
         for (r, b) in inbox.opens {
-            bindings.insert(r.group(), b);
+            let group = r.group();
+            bindings.insert(group, b);
             node.insert(r);
+            if group == CONTROLLER_GROUP {
+                // A reopened controller replica keeps its learner target.
+                let learners = self.controller_learners.borrow().clone();
+                node.set_learner_target(CONTROLLER_GROUP, learners);
+            }
         }
         for (g, done) in inbox.removes {
             self.specs.borrow_mut().remove(&g);
             node.remove(g);
             bindings.remove(&g);
             let _ = done.send(Ok(()));
+        }
+        if let Some(l) = inbox.learners {
+            node.set_learner_target(CONTROLLER_GROUP, Some(l.clone()));
+            *self.controller_learners.borrow_mut() = Some(l);
         }
         for (from, msgs) in inbox.peer {
             node.on_peer_messages(from, msgs);
@@ -691,6 +729,7 @@ fn start_host(
         controller_apply,
         specs: RefCell::new(HashMap::new()),
         moves: RefCell::new(HashMap::new()),
+        controller_learners: RefCell::new(None),
     });
     HOST.with(|x| *x.borrow_mut() = Some(h.clone()));
     local.set_replication_hook(Rc::new(|group, key, batch, acks, reply| {

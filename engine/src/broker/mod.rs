@@ -15,6 +15,7 @@ pub mod groups;
 pub mod queue;
 
 pub use cluster::{
-    GroupId, NodeId, PeerSink, ReplicaConfig, ReplicaStatus, SecurityChanges, SecurityHook,
+    GroupId, NodeHook, NodeId, PeerSink, ReplicaConfig, ReplicaStatus, SecurityChanges,
+    SecurityHook,
 };
 pub use engine::Engine;

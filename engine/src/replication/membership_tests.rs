@@ -480,3 +480,59 @@ fn a_move_onto_a_dead_node_waits_and_a_new_target_undoes_it() {
     }
     assert_all_committed(&nodes, &[1, 2, 3], 10);
 }
+
+fn set_learners(nodes: &mut [Option<Node>], learners: &[NodeId]) {
+    for n in nodes.iter_mut().flatten() {
+        n.set_learner_target(G, Some(learners.to_vec()));
+    }
+}
+
+/// Ticks until the leader's applied configuration has `learners` as its learners (bounded).
+fn run_learners(nodes: &mut [Option<Node>], acks: &mut Vec<u64>, learners: &[NodeId]) {
+    for _ in 0..600 {
+        tick_round(nodes, acks);
+        let l = leader(nodes);
+        let done = l.is_some_and(|l| node(nodes, l).get(G).unwrap().learners() == learners);
+        if done {
+            return;
+        }
+    }
+    panic!("learners {learners:?} not reached in 600 ticks");
+}
+
+// Proves (the controller group's learners, docs/replication.md "Membership changes" step 3):
+// a learner target adds node 4 as a learner of {1,2,3} without touching the voters; it
+// receives every committed batch; a new leader (the old one cut off) keeps it from the
+// applied configuration; an empty target removes it, and batches then commit without it.
+#[test]
+fn a_learner_target_adds_and_removes_a_learner_and_leaves_the_voters() {
+    let stores: Vec<CrashStorage> = (0..4).map(|_| CrashStorage::new()).collect();
+    let mut nodes = four_nodes(&stores);
+    let mut acks = Vec::new();
+    produce(&mut nodes, &mut acks, 0, 5);
+    set_learners(&mut nodes, &[4]);
+    run_learners(&mut nodes, &mut acks, &[4]);
+    produce(&mut nodes, &mut acks, 5, 5);
+    for _ in 0..50 {
+        tick_round(&mut nodes, &mut acks);
+    }
+    for id in 1..=4 {
+        let p = node(&mut nodes, id).get(G).unwrap();
+        assert_eq!(p.voters(), vec![1, 2, 3], "node {id}");
+    }
+    assert_all_committed(&nodes, &[1, 2, 3, 4], 20);
+    // The leader goes: the next one has the learner in its configuration.
+    let old = leader(&nodes).unwrap();
+    nodes[usize::try_from(old - 1).unwrap()] = None;
+    produce(&mut nodes, &mut acks, 10, 3);
+    let l = leader(&nodes).unwrap();
+    assert_ne!(l, 4, "a learner never leads");
+    assert_eq!(node(&mut nodes, l).get(G).unwrap().learners(), vec![4]);
+    // Removed: an empty target.
+    set_learners(&mut nodes, &[]);
+    run_learners(&mut nodes, &mut acks, &[]);
+    nodes[3] = None;
+    produce(&mut nodes, &mut acks, 13, 2);
+    let survivors: Vec<NodeId> = [1, 2, 3].into_iter().filter(|n| *n != old).collect();
+    assert_all_committed(&nodes, &survivors, 30);
+}

@@ -570,6 +570,18 @@ impl<S: Storage, T> ReplicaNode<S, T> {
         changed
     }
 
+    /// Sets a group's learner target (`ReplicatedPartition::set_learner_target`); wakes it.
+    pub fn set_learner_target(&mut self, group: GroupId, learners: Option<Vec<NodeId>>) -> bool {
+        let Some(p) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        p.set_learner_target(learners);
+        self.awake.insert(group);
+        self.quiet.remove(&group);
+        self.touched.insert(group);
+        true
+    }
+
     /// Sets (or clears) the voter set a move of `group` heads for (see
     /// [`ReplicatedPartition::set_move_target`]); the group wakes. `false`: no such group.
     pub fn set_move_target(&mut self, group: GroupId, target: Option<Vec<NodeId>>) -> bool {

@@ -45,6 +45,7 @@ mod group_consumer;
 mod groups;
 mod membership;
 mod message;
+mod nodes;
 mod ops;
 mod partitioner;
 mod pool;

@@ -9,6 +9,7 @@ use super::codec::{Blobs, FrameEncoder, Head, Prepared, Source, checked, plain};
 use super::error::WireError;
 use super::membership::*;
 use super::messages::*;
+use super::nodes::*;
 use super::ops::*;
 use super::queue::*;
 use super::semantics::*;
@@ -62,7 +63,7 @@ macro_rules! api_table {
         /// Every request kind, and `Push`, the server's unsolicited frame. The numbers are the
         /// wire's `api_key`; they are never reused. They need not be dense (areas of the
         /// protocol own ranges: 0-14 core, 15-29 messaging semantics, 30-39 operations, 40-49
-        /// security) but stay below [`API_KEY_LIMIT`].
+        /// security, 50-59 cluster nodes) but stay below [`API_KEY_LIMIT`].
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         #[repr(u16)]
         pub enum ApiKey {
@@ -322,6 +323,10 @@ api_table! {
         // Users, tokens and ACLs (on a cluster through the controller): a super user's act.
         AlterSecurity = 41, versions 0..=0, AlterSecurityRequest => AlterSecurityResponse,
             acl |_, f| f(Cluster, "*", Admin);
+        // --- 50..=59: cluster nodes (nodes.rs) ---
+        // Adding or removing a node is a cluster operation.
+        AlterNode = 50, versions 0..=0, AlterNodeRequest => AlterNodeResponse,
+            acl |_, f| f(Cluster, "*", Admin);
     }
     one_way {
         GrantCredits = 11, versions 0..=0, GrantCreditsRequest,
@@ -529,6 +534,7 @@ mod tests {
             ("QueuePurge", 33), ("ListGroups", 34), ("AddPartitions", 35),
             ("CreateReplicatedTopic", 36), ("DescribeReplicas", 37), ("DescribeCluster", 38),
             ("ReassignPartition", 39), ("Authenticate", 40), ("AlterSecurity", 41),
+            ("AlterNode", 50),
         ];
         assert_eq!(keys, want);
         for k in ApiKey::ALL {

@@ -43,6 +43,7 @@ pub mod flow;
 pub mod frame;
 pub mod membership;
 pub mod messages;
+pub mod nodes;
 pub mod ops;
 pub mod queue;
 pub mod security;
@@ -62,6 +63,7 @@ pub use frame::{
 };
 pub use membership::*;
 pub use messages::*;
+pub use nodes::*;
 pub use ops::*;
 pub use security::Credentials;
 pub use semantics::*;

@@ -447,13 +447,25 @@ fn ops_request() -> impl Strategy<Value = Request> {
                     replicas,
                 })
             }),
+        (any::<u64>(), name(), any::<bool>()).prop_map(|(node_id, peer_address, remove)| {
+            Request::AlterNode(AlterNodeRequest {
+                node_id,
+                peer_address,
+                remove,
+            })
+        }),
     ]
 }
 
-/// Responses of api 39.
+/// Responses of apis 39 and 50.
 fn membership_response() -> impl Strategy<Value = Response> {
-    proptest::collection::vec(any::<u64>(), 0..6)
-        .prop_map(|replicas| Response::ReassignPartition(ReassignPartitionResponse { replicas }))
+    prop_oneof![
+        proptest::collection::vec(any::<u64>(), 0..6).prop_map(|replicas| {
+            Response::ReassignPartition(ReassignPartitionResponse { replicas })
+        }),
+        proptest::collection::vec(any::<u64>(), 0..6)
+            .prop_map(|nodes| Response::AlterNode(AlterNodeResponse { nodes })),
+    ]
 }
 
 /// Responses of apis 32..=34.

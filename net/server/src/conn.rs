@@ -620,7 +620,8 @@ impl Conn {
             | Request::AlterTopic(_)
             | Request::AddPartitions(_)
             | Request::CreateReplicatedTopic(_)
-            | Request::ReassignPartition(_) => {
+            | Request::ReassignPartition(_)
+            | Request::AlterNode(_) => {
                 self.barrier(call, async || self.admin(request).await).await;
             }
             Request::ListTopics(_)
@@ -959,6 +960,9 @@ impl Conn {
                     )),
                     Request::ReassignPartition(r) => {
                         crate::membership::reassign(&engine, r).map(Response::ReassignPartition)
+                    }
+                    Request::AlterNode(r) => {
+                        crate::nodes::alter_node(&engine, r).map(Response::AlterNode)
                     }
                     _ => Err(shardline_engine::Error::InvalidArgument(
                         "not an admin request".into(),

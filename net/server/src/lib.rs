@@ -25,6 +25,7 @@ mod convert;
 mod listener;
 mod membership;
 mod metrics;
+mod nodes;
 mod ops;
 pub mod peer;
 mod prometheus;

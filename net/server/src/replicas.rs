@@ -132,7 +132,14 @@ pub(crate) fn check_replicas(cluster: &ClusterView, replicas: u32) -> Result<(),
             "replicas must be between 1 and {REPLICAS_MAX}, got {replicas}"
         )));
     }
-    let nodes = cluster.nodes.load(Ordering::Acquire);
+    // The transport knows the nodes added and removed at run time (cluster add-node).
+    let nodes = cluster
+        .peers
+        .lock()
+        .ok()
+        .and_then(|p| p.as_ref().map(|t| t.node_ids().len()))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or_else(|| cluster.nodes.load(Ordering::Acquire));
     if replicas > nodes {
         let plural = if nodes == 1 { "" } else { "s" };
         return Err(Error::InvalidArgument(format!(

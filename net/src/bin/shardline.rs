@@ -127,8 +127,20 @@ enum Command {
     Request(reqrep::RequestArgs),
     /// Answer requests from a work queue: echo, a template, or a shell command's output.
     Reply(reqrep::ReplyArgs),
+    /// Cluster nodes: add one (started with `serve --join`), remove a drained one.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     #[command(flatten)]
     Security(security::SecurityCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Add a node that is not in the initial list: ID@HOST:PORT, its node-to-node address
+    /// (start it with `serve --node-id ID --join ... --peer-listen HOST:PORT`).
+    AddNode { node: String },
+    /// Remove a node; refused while it holds replicas (move them with `topic reassign`).
+    RemoveNode { id: u64 },
 }
 
 #[derive(Debug, Args)]
@@ -513,6 +525,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(g) => group_cli::run(&client, g),
         Command::Request(args) => reqrep::request(client, args),
         Command::Reply(args) => reqrep::serve_replies(&client, args),
+        Command::Cluster(c) => {
+            let mut out = io::stdout().lock();
+            match c {
+                ClusterCommand::AddNode { node } => {
+                    shardline_net::cli::nodes::add_node(&client, &node, &mut out)
+                }
+                ClusterCommand::RemoveNode { id } => {
+                    shardline_net::cli::nodes::remove_node(&client, id, &mut out)
+                }
+            }
+        }
     }
 }
 

@@ -35,6 +35,15 @@ pub struct ClusterArgs {
     /// (cluster.advertised_address); told to the other nodes and to clients
     #[arg(long, value_name = "HOST:PORT")]
     pub advertise: Option<String>,
+    /// Join a running cluster as a new node: its initial nodes (the controller's voters),
+    /// 1@HOST:PORT,2@HOST:PORT,...; this node's own entry is --node-id@--peer-listen; a member
+    /// then adds it with `shardline cluster add-node ID@HOST:PORT` (cluster.join)
+    #[arg(long, value_name = "ID@HOST:PORT,...", conflicts_with = "cluster",
+          requires_all = ["node_id", "peer_listen"])]
+    pub join: Option<String>,
+    /// With --join: this node's node-to-node address, HOST:PORT
+    #[arg(long, value_name = "HOST:PORT", requires = "join")]
+    pub peer_listen: Option<String>,
     /// Private key of --peer-tls-cert (cluster.tls.key)
     #[arg(long, value_name = "FILE", requires_all = ["peer_tls_cert", "peer_tls_ca"])]
     pub peer_tls_key: Option<PathBuf>,
@@ -50,6 +59,7 @@ impl ClusterArgs {
             || self.cluster_id.is_some()
             || self.peer_tls_cert.is_some()
             || self.advertise.is_some()
+            || self.join.is_some()
     }
 
     /// Applies the flags over the file's `[cluster]` table (creating it when a flag is given).
@@ -63,6 +73,11 @@ impl ClusterArgs {
         }
         if let Some(id) = self.node_id {
             c.node_id = id;
+        }
+        if let (Some(list), Some(at)) = (&self.join, &self.peer_listen) {
+            c.nodes = parse_cluster_list(list);
+            c.nodes.push(format!("{}@{at}", c.node_id));
+            c.join = true;
         }
         if let Some(id) = &self.cluster_id {
             c.cluster_id.clone_from(id);
@@ -180,9 +195,20 @@ pub fn start_cluster(
     spec: ClusterSpec,
     advertised: &str,
 ) -> anyhow::Result<PeerTransport> {
+    start_cluster_as(server, spec, advertised, false)
+}
+
+/// [`start_cluster`]; `joining`: this node is not one of the initial nodes (`--join`): the
+/// other nodes of `spec` are the controller's voters.
+pub fn start_cluster_as(
+    server: &shardline_server::Server,
+    spec: ClusterSpec,
+    advertised: &str,
+    joining: bool,
+) -> anyhow::Result<PeerTransport> {
     let engine = server.engine().clone();
     let node_id = spec.node_id;
-    let nodes: Vec<u64> = spec.nodes.keys().copied().collect();
+    let mut nodes: Vec<u64> = spec.nodes.keys().copied().collect();
     let inbound = engine.clone();
     let handler: InboundHandler = Arc::new(move |from, messages| {
         inbound.deliver_peer_messages(from, messages);
@@ -203,14 +229,15 @@ pub fn start_cluster(
         }
         out.flush();
     });
-    engine
-        .enable_cluster(
-            node_id,
-            nodes,
-            sink,
-            shardline_engine::ReplicaConfig::default(),
-        )
-        .context("cannot start replication")?;
+    let cfg = shardline_engine::ReplicaConfig::default();
+    let enabled = if joining {
+        nodes.retain(|n| *n != node_id);
+        engine.join_cluster(node_id, nodes, sink, cfg)
+    } else {
+        engine.enable_cluster(node_id, nodes, sink, cfg)
+    };
+    enabled.context("cannot start replication")?;
+    super::nodes::follow_members(&engine, &transport)?;
     server.set_advertised_address(advertised);
     server.set_peer_transport(transport.clone());
     server.enable_replication();

@@ -5,5 +5,6 @@ pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod membership;
+pub mod nodes;
 pub mod stats;
 pub mod top;

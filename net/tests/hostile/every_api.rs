@@ -170,6 +170,13 @@ pub(crate) fn every_api_on(topic: &str, queue: &str) -> Vec<Request> {
                     replicas: vec![1],
                 },
             )),
+            ApiKey::AlterNode => Some(Request::AlterNode(
+                shardline_net::protocol::AlterNodeRequest {
+                    node_id: 999,
+                    peer_address: String::new(),
+                    remove: true,
+                },
+            )),
         })
         .collect()
 }

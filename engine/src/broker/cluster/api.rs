@@ -11,9 +11,11 @@ impl Engine {
         })
     }
 
-    /// Makes this engine node `node_id` of a cluster of `nodes` (static; includes node_id):
-    /// starts the controller group on shard 0 and the per-shard replica hosts; reopens the
-    /// replicas of existing replicated topics. Call once, after open, before serving.
+    /// Makes this engine node `node_id` of a cluster of `nodes` (the initial membership and
+    /// the controller's voters; includes node_id): starts the controller group on shard 0 and
+    /// the per-shard replica hosts; reopens the replicas of existing replicated topics. Nodes
+    /// added since (`add_node`, in the metadata) are members too. Call once, after open,
+    /// before serving.
     pub fn enable_cluster(
         &self,
         node_id: NodeId,
@@ -21,29 +23,42 @@ impl Engine {
         sink: PeerSink,
         cfg: ReplicaConfig,
     ) -> Result<()> {
-        let mut nodes = nodes;
-        nodes.sort_unstable();
-        nodes.dedup();
-        if node_id == 0 || nodes.contains(&0) || !nodes.contains(&node_id) {
-            return Err(Error::InvalidArgument(format!(
-                "node ids must be >= 1 and include this node ({node_id}): {nodes:?}"
-            )));
-        }
-        if cfg.tick_ms == 0
-            || cfg.heartbeat_ticks == 0
-            || cfg.election_ticks <= cfg.heartbeat_ticks
-            || cfg.election_ticks_max <= cfg.election_ticks
-        {
-            return Err(Error::InvalidArgument(format!(
-                "replica timing needs tick_ms > 0 and heartbeat < election < election max: {cfg:?}"
-            )));
-        }
+        self.start_cluster(node_id, nodes, false, sink, cfg)
+    }
+
+    /// As [`Engine::enable_cluster`] for a node that is not in the initial list: `voters` are
+    /// the controller's voters (`shardline serve --join`). Its controller replica starts empty
+    /// with that configuration; it receives the log once a member proposed `AddNode` for it
+    /// (it becomes the controller's learner). A restart uses the same call.
+    pub fn join_cluster(
+        &self,
+        node_id: NodeId,
+        voters: Vec<NodeId>,
+        sink: PeerSink,
+        cfg: ReplicaConfig,
+    ) -> Result<()> {
+        self.start_cluster(node_id, voters, true, sink, cfg)
+    }
+
+    fn start_cluster(
+        &self,
+        node_id: NodeId,
+        voters: Vec<NodeId>,
+        joining: bool,
+        sink: PeerSink,
+        cfg: ReplicaConfig,
+    ) -> Result<()> {
+        let voters = check_start(node_id, voters, joining, &cfg)?;
+        let meta = lock(&self.inner.control)?.clone();
+        let nodes = nodes::membership(node_id, &voters, &meta);
         // Producer ids carry the node from now on (engine/src/producer_ids.rs).
         self.semantics()?.producer_ids.set_node(node_id, &nodes)?;
         let (moves_tx, moves_rx) = flume::unbounded();
         let state = Arc::new(ClusterState {
             node_id,
-            nodes: nodes.clone(),
+            nodes: RwLock::new(nodes),
+            controller_voters: voters.clone(),
+            node_hook: Mutex::new(None),
             sink,
             cfg,
             routes: RwLock::new(HashMap::from([(CONTROLLER_GROUP, 0)])),
@@ -62,7 +77,6 @@ impl Engine {
             return Err(Error::InvalidArgument("cluster already enabled".into()));
         }
         self.offsets_cluster_start()?;
-        let meta = lock(&self.inner.control)?.clone();
         let (apply_tx, apply_rx) = flume::unbounded();
         let weak = Arc::downgrade(&self.inner);
         std::thread::Builder::new()
@@ -94,15 +108,16 @@ impl Engine {
             .data_dir
             .join(CONTROLLER_DIR)
             .join(RAFT_DIR);
-        let initial = nodes.clone();
+        let initial = voters.clone();
         self.open_replica(
             0,
             CONTROLLER_GROUP,
             Binding::Controller,
             dir,
-            nodes,
+            voters,
             initial,
         )?;
+        self.order_learners(&state)?;
         for (name, t) in &meta.topics {
             self.open_topic_replicas(name, t, &meta.initial_sets)?;
         }
@@ -112,8 +127,11 @@ impl Engine {
             .name("partition-moves".into())
             .spawn(move || membership::moves_thread(weak, moves_rx))
             .map_err(|e| Error::Runtime(format!("partition moves thread: {e}")))?;
-        self.spawn_offsets_create(state.nodes.len())?;
-        tracing::info!(node_id, nodes = ?state.nodes, "cluster enabled");
+        if !joining {
+            // A joining node gets `__offsets` from the controller's log.
+            self.spawn_offsets_create(state.controller_voters.len())?;
+        }
+        tracing::info!(node_id, nodes = ?state.nodes(), joining, "cluster enabled");
         Ok(())
     }
 
@@ -208,7 +226,7 @@ impl Engine {
             let key: PartitionKey = (key_name.clone(), p as u32);
             let set = t.replica_sets.get(p).cloned().unwrap_or_default();
             // Preferred leader first (the host's balancer reads it there).
-            let voters = preferred_first(name, p as u32, &set, &state.nodes);
+            let voters = preferred_first(name, p as u32, &set, &state.nodes());
             if voters.contains(&state.node_id) {
                 let dir =
                     metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
@@ -244,7 +262,7 @@ impl Engine {
             let key = crate::queue::ack_key(&(Arc::from(name), p as u32));
             let g = crate::queue::replicated::ack_group(*group);
             let set = t.replica_sets.get(p).cloned().unwrap_or_default();
-            let voters = preferred_first(name, p as u32, &set, &state.nodes);
+            let voters = preferred_first(name, p as u32, &set, &state.nodes());
             if voters.contains(&state.node_id) {
                 let dir =
                     metadata::partition_dir(&self.inner.config.data_dir, name, t.id, p as u32)
@@ -346,7 +364,7 @@ impl Engine {
             q.validate()?;
         }
         let state = self.cluster()?.clone();
-        let n = state.nodes.len();
+        let n = state.nodes().len();
         if config.replicas as usize > n {
             return Err(Error::InvalidArgument(format!(
                 "replicas {} exceeds the cluster's {n} nodes",
@@ -358,7 +376,7 @@ impl Engine {
                 "encrypted topics need an encryption key file (engine.encryption_key_file)".into(),
             ));
         }
-        let placement = placement(name, config.partitions, config.replicas, &state.nodes);
+        let placement = placement(name, config.partitions, config.replicas, &state.nodes());
         let name = name.to_string();
         match self
             .controller_command(move |request_id| Command::CreateTopic {
@@ -413,7 +431,7 @@ impl Engine {
             };
             let set = t.replica_sets.get(p as usize).cloned().unwrap_or_default();
             // Preferred leader first (docs/protocol.md, DescribeReplicas).
-            let nodes = self.cluster().map(|c| c.nodes.clone()).unwrap_or_default();
+            let nodes = self.cluster().map(|c| c.nodes()).unwrap_or_default();
             let replicas = preferred_first(topic, p, &set, &nodes);
             let (tx, rx) = flume::bounded(1);
             let q: Box<dyn FnOnce(&Node) + Send> = Box::new(move |node: &Node| {
@@ -450,4 +468,35 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The sorted voters of a cluster start, checked with the replica timing.
+fn check_start(
+    node_id: NodeId,
+    voters: Vec<NodeId>,
+    joining: bool,
+    cfg: &ReplicaConfig,
+) -> Result<Vec<NodeId>> {
+    let mut voters = voters;
+    voters.sort_unstable();
+    voters.dedup();
+    if node_id == 0 || voters.contains(&0) || voters.contains(&node_id) == joining {
+        return Err(Error::InvalidArgument(format!(
+            "node ids must be >= 1 and the list must {} this node ({node_id}): {voters:?}",
+            if joining { "not include" } else { "include" }
+        )));
+    }
+    if voters.is_empty() {
+        return Err(Error::InvalidArgument("the node list is empty".into()));
+    }
+    if cfg.tick_ms == 0
+        || cfg.heartbeat_ticks == 0
+        || cfg.election_ticks <= cfg.heartbeat_ticks
+        || cfg.election_ticks_max <= cfg.election_ticks
+    {
+        return Err(Error::InvalidArgument(format!(
+            "replica timing needs tick_ms > 0 and heartbeat < election < election max: {cfg:?}"
+        )));
+    }
+    Ok(voters)
 }

@@ -73,6 +73,10 @@ impl Engine {
                 replicas,
                 ..
             } => self.apply_reassign_done(offset, request_id, &name, partition, replicas),
+            Command::AddNode { id, peer_addr, .. } => {
+                self.apply_add_node(offset, request_id, id, &peer_addr)
+            }
+            Command::RemoveNode { id, .. } => self.apply_remove_node(offset, request_id, id),
         })
     }
 

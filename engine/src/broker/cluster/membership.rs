@@ -134,7 +134,7 @@ impl Engine {
                 "a replica set needs 1 to 100 nodes".into(),
             ));
         }
-        if let Some(n) = replicas.iter().find(|n| !state.nodes.contains(n)) {
+        if let Some(n) = replicas.iter().find(|n| !state.nodes().contains(n)) {
             return Err(Error::InvalidArgument(format!(
                 "node {n} is not a member of the cluster"
             )));
@@ -245,7 +245,7 @@ impl Engine {
             let dir = metadata::partition_dir(&self.inner.config.data_dir, name, t.id, partition)
                 .join(RAFT_DIR);
             let key: PartitionKey = (Arc::from(name), partition);
-            let voters = preferred_first(name, partition, &target, &state.nodes);
+            let voters = preferred_first(name, partition, &target, &state.nodes());
             let binding = Binding::Partition(key);
             self.open_replica(shard as usize, group, binding, dir, voters, initial)?;
         } else if !holds {
@@ -351,7 +351,7 @@ impl Engine {
             .contains_key(&group);
         let shard = t.shards.get(partition as usize).copied().unwrap_or(0) as usize;
         if holds && replicas.contains(&state.node_id) {
-            let voters = preferred_first(name, partition, &replicas, &state.nodes);
+            let voters = preferred_first(name, partition, &replicas, &state.nodes());
             self.order_move(
                 shard,
                 MoveOrder {

@@ -43,6 +43,9 @@ pub(super) struct Members {
     changed: bool,
     /// The voter set a move heads for (sorted).
     target: Option<Vec<NodeId>>,
+    /// The learners the group should have, its voters unchanged (sorted; the controller
+    /// group's non-voting nodes: docs/replication.md, "Dynamic nodes").
+    learner_target: Option<Vec<NodeId>>,
     /// Conf changes this replica proposed (for tests and reports).
     proposed: u64,
 }
@@ -218,6 +221,17 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             .filter(|t| !t.is_empty());
     }
 
+    /// Sets (or clears) the learners the group should have while its voters stay: the leader
+    /// adds the missing ones and removes the others, one change at a time, on its ticks. A
+    /// move target, when set, takes precedence. Empty: no learners.
+    pub fn set_learner_target(&mut self, learners: Option<Vec<NodeId>>) {
+        self.members.learner_target = learners.map(|mut t| {
+            t.sort_unstable();
+            t.dedup();
+            t
+        });
+    }
+
     pub fn move_target(&self) -> Option<&[NodeId]> {
         self.members.target.as_deref()
     }
@@ -244,7 +258,23 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// (a leader does not hibernate during a move).
     pub(super) fn membership_settled(&self) -> bool {
         let cs = self.conf_state();
-        cs.get_learners().is_empty()
+        let learners_settled = match &self.members.learner_target {
+            None => cs.get_learners().is_empty(),
+            Some(want) => {
+                let mut have = cs.get_learners().to_vec();
+                have.sort_unstable();
+                let last = self.last_index();
+                &have == want
+                    && have.iter().all(|l| {
+                        self.node
+                            .raft
+                            .prs()
+                            .get(*l)
+                            .is_some_and(|pr| pr.matched >= last)
+                    })
+            }
+        };
+        learners_settled
             && cs.get_learners_next().is_empty()
             && cs.get_voters_outgoing().is_empty()
             && matches!(self.move_step(), MoveStep::Idle | MoveStep::Done)
@@ -272,6 +302,7 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
     /// configuration change is in flight or leadership is being transferred.
     pub(super) fn drive_move(&mut self) {
         let Some(target) = self.members.target.clone() else {
+            self.drive_learners();
             return;
         };
         if !self.is_leader() || self.transferring() || self.node.raft.has_pending_conf() {
@@ -319,6 +350,38 @@ impl<S: Storage, T> ReplicatedPartition<S, T> {
             }
             cc.set_transition(ConfChangeTransition::Explicit);
         }
+        self.propose_cc(cc);
+    }
+
+    /// One step towards the learner target (no move under way): remove a learner not in it,
+    /// else add one of it that is not a member. Voters are never changed here.
+    fn drive_learners(&mut self) {
+        let Some(want) = self.members.learner_target.clone() else {
+            return;
+        };
+        if !self.is_leader() || self.transferring() || self.node.raft.has_pending_conf() {
+            return;
+        }
+        let cs = self.conf_state();
+        if !cs.get_voters_outgoing().is_empty() {
+            return;
+        }
+        let voters = cs.get_voters();
+        let learners = cs.get_learners();
+        let mut cc = ConfChangeV2::default();
+        if let Some(l) = learners.iter().find(|l| !want.contains(l)) {
+            cc.mut_changes()
+                .push(single(*l, ConfChangeType::RemoveNode));
+        } else if let Some(n) = want
+            .iter()
+            .find(|n| !voters.contains(n) && !learners.contains(n))
+        {
+            cc.mut_changes()
+                .push(single(*n, ConfChangeType::AddLearnerNode));
+        } else {
+            return;
+        }
+        tracing::info!(group = self.group, change = ?cc.get_changes(), "learner change proposed");
         self.propose_cc(cc);
     }
 }

@@ -5,6 +5,7 @@ use crate::HANDSHAKE_APIS_MAX;
 use crate::error::{WireError, limit};
 use crate::membership::*;
 use crate::messages::*;
+use crate::nodes::*;
 use crate::ops::*;
 
 // Limits of the core (0-14), operations (30-39) and security (40-49) requests; those of the
@@ -131,5 +132,15 @@ impl Limits for ReassignPartitionRequest {
     fn check(&self) -> Result<(), WireError> {
         check_name("topic name bytes", &self.name)?;
         limit("replicas", self.replicas.len(), REASSIGN_REPLICAS_MAX)
+    }
+}
+
+impl Limits for AlterNodeRequest {
+    fn check(&self) -> Result<(), WireError> {
+        limit(
+            "peer address bytes",
+            self.peer_address.len(),
+            NODE_ADDRESS_BYTES_MAX,
+        )
     }
 }

@@ -51,6 +51,12 @@ pub struct ClusterConfig {
     /// from `server.listen` (a `0.0.0.0` listener, NAT, a proxy); told to every node in the
     /// peer handshake and to clients by DescribeCluster. Empty = the bound listener.
     pub advertised_address: String,
+    /// This node joins a running cluster (`shardline serve --join`): `nodes` lists the
+    /// controller's voters (the cluster's initial nodes) and this node, which is not one of
+    /// them; a member adds it with `shardline cluster add-node` (docs/replication.md,
+    /// "Membership changes").
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
 }
 
 impl Default for ClusterConfig {
@@ -61,6 +67,7 @@ impl Default for ClusterConfig {
             nodes: Vec::new(),
             tls: None,
             advertised_address: String::new(),
+            join: false,
         }
     }
 }

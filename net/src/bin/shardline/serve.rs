@@ -119,9 +119,11 @@ pub(crate) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let advertised =
         shardline_net::cli::cluster::advertised_address(config.cluster.as_ref(), server.addr());
     server.set_advertised_address(&advertised);
+    let joining = config.cluster.as_ref().is_some_and(|c| c.join);
     let peers = match cluster {
         Some(spec) => {
-            match shardline_net::cli::cluster::start_cluster(&server, spec, &advertised) {
+            match shardline_net::cli::cluster::start_cluster_as(&server, spec, &advertised, joining)
+            {
                 Ok(t) => Some(t),
                 Err(e) => {
                     let _ = server.shutdown();
