@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future::block_on as block;
 use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
-use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, ProduceAck, TopicConfig};
+use shardline_engine::{Acks, Engine, Error, NodeId, ProduceAck, TopicConfig};
 
 mod common;
 use common::{Net, config, start};
@@ -37,70 +37,15 @@ fn record(p: u32, seq: u32) -> Bytes {
     b.build().unwrap()
 }
 
-/// Produces `batch` at `acks` to whichever node leads partition `p`, following NOT_LEADER
-/// (bounded: 10 s). Returns the node that acknowledged and its ack.
+/// Produces `batch` at `acks` to whichever node leads partition `p` (common::produce_to_leader,
+/// bounded: 10 s). Returns the node that acknowledged and its ack.
 fn produce(net: &Net, p: u32, batch: &Bytes, acks: Acks, skip: &[NodeId]) -> (NodeId, ProduceAck) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut target: Option<NodeId> = None;
-    let mut i = 0usize;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no leader accepted partition {p}'s batch in 10 s"
-        );
-        let up: Vec<NodeId> = net.up().into_iter().filter(|n| !skip.contains(n)).collect();
-        let n = match target.take() {
-            Some(t) if up.contains(&t) => t,
-            _ => {
-                i += 1;
-                up[i % up.len()]
-            }
-        };
-        match net.engine(n).produce(TOPIC, p, batch.clone(), acks) {
-            Ok(Some(ack)) => return (n, ack),
-            Ok(None) => unreachable!("acks {acks:?} answers"),
-            Err(Error::NotLeader { leader, .. }) => {
-                target = leader;
-                if leader.is_none() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            Err(Error::PartitionFailed { .. }) | Err(Error::ShuttingDown) => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("produce to node {n}: {e}"),
-        }
-    }
+    common::produce_to_leader(net, (TOPIC, p), batch, acks, skip, 10)
 }
 
 /// Every record of a node's partition log: offset -> value.
 fn read_log(e: &Engine, p: u32) -> BTreeMap<u64, String> {
-    let mut out = BTreeMap::new();
-    let mut offset = 0;
-    loop {
-        let r = e
-            .fetch(FetchRequest {
-                max_bytes: 1 << 20,
-                ..FetchRequest::new(TOPIC, p, offset)
-            })
-            .unwrap();
-        if r.records == 0 {
-            return out;
-        }
-        for chunk in &r.chunks {
-            for b in batch::split_batches(chunk).unwrap() {
-                let (h, recs) = batch::decode(b).unwrap();
-                for (i, rec) in recs.into_iter().enumerate() {
-                    out.insert(
-                        h.base_offset + i as u64,
-                        String::from_utf8(rec.value).unwrap(),
-                    );
-                }
-            }
-        }
-        assert!(r.next_offset > offset, "fetch made no progress");
-        offset = r.next_offset;
-    }
+    common::read_values(e, TOPIC, p)
 }
 
 /// Waits (bounded) until every node up has the same log for partition `p`, of at least

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future::block_on;
-use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
-use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, TopicConfig};
+use shardline_engine::batch::{BatchBuilder, ProducerInfo};
+use shardline_engine::{Acks, Engine, NodeId, TopicConfig};
 
 mod common;
 use common::{Net, config, start_with};
@@ -41,65 +41,13 @@ fn produce(net: &Net, seq: u32, skip: &[NodeId]) -> u64 {
 
 /// [`produce`] at `acks`.
 fn produce_at(net: &Net, seq: u32, skip: &[NodeId], acks: Acks) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut target: Option<NodeId> = None;
-    let mut i = 0usize;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "record {seq} not acknowledged in 15 s"
-        );
-        let up: Vec<NodeId> = net.up().into_iter().filter(|n| !skip.contains(n)).collect();
-        let n = match target.take() {
-            Some(t) if up.contains(&t) => t,
-            _ => {
-                i += 1;
-                up[i % up.len()]
-            }
-        };
-        match net.engine(n).produce(TOPIC, 0, record(seq), acks) {
-            Ok(Some(ack)) => return ack.base_offset,
-            Ok(None) => unreachable!("{acks:?} answers"),
-            Err(Error::NotLeader { leader, .. }) => {
-                target = leader;
-                if leader.is_none() {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            Err(Error::PartitionFailed { .. } | Error::ShuttingDown) => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("produce to node {n}: {e}"),
-        }
-    }
+    common::produce_to_leader(net, (TOPIC, 0), &record(seq), acks, skip, 15)
+        .1
+        .base_offset
 }
 
 fn read_log(e: &Engine) -> BTreeMap<u64, String> {
-    let mut out = BTreeMap::new();
-    let mut offset = 0;
-    loop {
-        let r = e
-            .fetch(FetchRequest {
-                max_bytes: 1 << 20,
-                ..FetchRequest::new(TOPIC, 0, offset)
-            })
-            .unwrap();
-        if r.records == 0 {
-            return out;
-        }
-        for chunk in &r.chunks {
-            for b in batch::split_batches(chunk).unwrap() {
-                let (h, recs) = batch::decode(b).unwrap();
-                for (i, rec) in recs.into_iter().enumerate() {
-                    out.insert(
-                        h.base_offset + i as u64,
-                        String::from_utf8(rec.value).unwrap(),
-                    );
-                }
-            }
-        }
-        offset = r.next_offset;
-    }
+    common::read_values(e, TOPIC, 0)
 }
 
 /// The replica set and leader node `n` reports for partition 0.

@@ -8,15 +8,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::future::block_on as block;
-use shardline_engine::batch::{self, BatchBuilder, ProducerInfo};
-use shardline_engine::{Acks, Engine, Error, FetchRequest, NodeId, TopicConfig};
+use shardline_engine::batch::{BatchBuilder, ProducerInfo};
+use shardline_engine::{Acks, Engine, Error, NodeId, TopicConfig};
 
 mod common;
 use common::Net;
@@ -121,31 +120,7 @@ fn produce_round(net: &Net, seq: &mut [u32]) {
 
 /// Every value of a node's partition log, in offset order (offsets checked dense).
 fn read_log(e: &Engine, p: u32) -> Vec<String> {
-    let mut out = BTreeMap::new();
-    let mut offset = 0;
-    loop {
-        let r = e
-            .fetch(FetchRequest {
-                max_bytes: 1 << 20,
-                ..FetchRequest::new(TOPIC, p, offset)
-            })
-            .unwrap();
-        if r.records == 0 {
-            break;
-        }
-        for chunk in &r.chunks {
-            for b in batch::split_batches(chunk).unwrap() {
-                let (h, recs) = batch::decode(b).unwrap();
-                for (i, rec) in recs.into_iter().enumerate() {
-                    out.insert(
-                        h.base_offset + i as u64,
-                        String::from_utf8(rec.value).unwrap(),
-                    );
-                }
-            }
-        }
-        offset = r.next_offset;
-    }
+    let out = common::read_values(e, TOPIC, p);
     for (i, o) in out.keys().enumerate() {
         assert_eq!(*o, i as u64, "p{p}: dense offsets");
     }

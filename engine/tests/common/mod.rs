@@ -103,3 +103,84 @@ pub(crate) fn start_with(net: &Arc<Net>, n: NodeId, nodes: &[NodeId], cfg: Engin
 pub(crate) fn start(net: &Arc<Net>, n: NodeId, dir: &Path) -> Engine {
     start_with(net, n, &[1, 2, 3], config(dir))
 }
+
+/// Produces `batch` at `acks` to whichever node leads `topic`/`p`, following NOT_LEADER and
+/// waiting out failed or closing partitions (bounded: `secs`); nodes in `skip` are not asked.
+/// Returns the node that acknowledged and its ack.
+pub(crate) fn produce_to_leader(
+    net: &Net,
+    (topic, p): (&str, u32),
+    batch: &bytes::Bytes,
+    acks: shardline_engine::Acks,
+    skip: &[NodeId],
+    secs: u64,
+) -> (NodeId, shardline_engine::ProduceAck) {
+    use shardline_engine::Error;
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut target: Option<NodeId> = None;
+    let mut i = 0usize;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no leader accepted {topic}/{p}'s batch in {secs} s"
+        );
+        let up: Vec<NodeId> = net.up().into_iter().filter(|n| !skip.contains(n)).collect();
+        let n = match target.take() {
+            Some(t) if up.contains(&t) => t,
+            _ => {
+                i += 1;
+                up[i % up.len()]
+            }
+        };
+        match net.engine(n).produce(topic, p, batch.clone(), acks) {
+            Ok(Some(ack)) => return (n, ack),
+            Ok(None) => unreachable!("acks {acks:?} answers"),
+            Err(Error::NotLeader { leader, .. }) => {
+                target = leader;
+                if leader.is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Err(Error::PartitionFailed { .. } | Error::ShuttingDown) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("produce to node {n}: {e}"),
+        }
+    }
+}
+
+/// Every record of a node's copy of `topic`/`p` from offset 0: offset -> value.
+pub(crate) fn read_values(
+    e: &Engine,
+    topic: &str,
+    p: u32,
+) -> std::collections::BTreeMap<u64, String> {
+    use shardline_engine::{FetchRequest, batch};
+    let mut out = std::collections::BTreeMap::new();
+    let mut offset = 0;
+    loop {
+        let r = e
+            .fetch(FetchRequest {
+                max_bytes: 1 << 20,
+                ..FetchRequest::new(topic, p, offset)
+            })
+            .unwrap();
+        if r.records == 0 {
+            return out;
+        }
+        for chunk in &r.chunks {
+            for b in batch::split_batches(chunk).unwrap() {
+                let (h, recs) = batch::decode(b).unwrap();
+                for (i, rec) in recs.into_iter().enumerate() {
+                    out.insert(
+                        h.base_offset + i as u64,
+                        String::from_utf8(rec.value).unwrap(),
+                    );
+                }
+            }
+        }
+        assert!(r.next_offset > offset, "fetch made no progress");
+        offset = r.next_offset;
+    }
+}
